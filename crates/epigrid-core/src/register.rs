@@ -1,0 +1,666 @@
+//! From what a person typed to a [`NewRegistration`]: field extraction (JSON or form), validation
+//! per site kind, and sealing of personal data.
+//!
+//! Input is taken field by field from loosely typed sources so that a wrong type (a string
+//! where a number belongs, say) becomes a field error in the user's language, not a rejection
+//! of the whole request.
+
+use chrono::{DateTime, Duration, FixedOffset, NaiveDate, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::divisions;
+use crate::model::*;
+use crate::validate::*;
+use crate::vault::Vault;
+
+/// Maximum number of travel companions on one registration.
+pub const MAX_COMPANIONS: i32 = 60;
+/// Verification codes avoid look-alike characters (0/O, 1/I, 2/Z, 5/S, 8/B).
+const CODE_ALPHABET: &[u8] = b"ACDEFHJKMNPRTUVWXY34679";
+
+/// One companion as entered: a name and optionally a document.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompanionRaw {
+    pub name: Option<String>,
+    pub id_type: Option<String>,
+    pub id_number: Option<String>,
+}
+
+/// Raw registration input, every field still text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistrationInput {
+    pub name: Option<String>,
+    pub id_type: Option<String>,
+    pub id_number: Option<String>,
+    pub phone: Option<String>,
+    pub plate: Option<String>,
+    pub companions: Option<String>,
+    pub companion_list: Vec<CompanionRaw>,
+    pub origin: Option<String>,
+    pub destination: Option<String>,
+    pub temperature: Option<String>,
+    pub symptoms: Vec<String>,
+    pub high_risk_travel: Option<String>,
+    pub direction: Option<String>,
+    pub visitor: Option<String>,
+    pub unit_code: Option<String>,
+    pub visit_reason: Option<String>,
+    pub arrival_date: Option<String>,
+    pub residence_code: Option<String>,
+    pub address: Option<String>,
+    pub employer: Option<String>,
+    pub stay_days: Option<String>,
+    pub purpose: Option<String>,
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        // Arrays and objects in a scalar field: keep a marker that fails validation.
+        _ => Some("\u{0}".to_string()),
+    }
+}
+
+impl RegistrationInput {
+    /// Reads a JSON object; unknown keys are ignored, wrong shapes become field errors later.
+    pub fn from_json(v: &Value) -> Result<RegistrationInput, FieldError> {
+        let Some(obj) = v.as_object() else {
+            return Err(FieldError::new("body", "err.body.not_object"));
+        };
+        let s = |k: &str| obj.get(k).and_then(scalar);
+        let mut input = RegistrationInput {
+            name: s("name"),
+            id_type: s("id_type"),
+            id_number: s("id_number"),
+            phone: s("phone"),
+            plate: s("plate"),
+            origin: s("origin"),
+            destination: s("destination"),
+            temperature: s("temperature"),
+            high_risk_travel: s("high_risk_travel"),
+            direction: s("direction"),
+            visitor: s("visitor"),
+            unit_code: s("unit_code"),
+            visit_reason: s("visit_reason"),
+            arrival_date: s("arrival_date"),
+            residence_code: s("residence_code"),
+            address: s("address"),
+            employer: s("employer"),
+            stay_days: s("stay_days"),
+            purpose: s("purpose"),
+            ..Default::default()
+        };
+        match obj.get("symptoms") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(items)) => {
+                input.symptoms = items.iter().map(|i| scalar(i).unwrap_or_default()).collect()
+            }
+            Some(other) => input.symptoms = vec![scalar(other).unwrap_or_default()],
+        }
+        match obj.get("companions") {
+            Some(Value::Array(items)) => {
+                input.companions = Some(items.len().to_string());
+                for item in items {
+                    let get = |k: &str| item.get(k).and_then(scalar);
+                    input.companion_list.push(match item {
+                        Value::Object(_) => CompanionRaw {
+                            name: get("name"),
+                            id_type: get("id_type"),
+                            id_number: get("id_number"),
+                        },
+                        other => CompanionRaw {
+                            name: scalar(other),
+                            ..Default::default()
+                        },
+                    });
+                }
+            }
+            Some(v) => input.companions = scalar(v),
+            None => {}
+        }
+        Ok(input)
+    }
+
+    /// Reads `application/x-www-form-urlencoded` pairs (symptoms repeat; companions as
+    /// `companion_name_N` / `companion_id_N`).
+    pub fn from_pairs(pairs: &[(String, String)]) -> RegistrationInput {
+        let mut input = RegistrationInput::default();
+        let mut comps: std::collections::BTreeMap<u32, CompanionRaw> = Default::default();
+        for (k, v) in pairs {
+            let v = Some(v.clone()).filter(|s| !s.trim().is_empty());
+            match k.as_str() {
+                "name" => input.name = v,
+                "id_type" => input.id_type = v,
+                "id_number" => input.id_number = v,
+                "phone" => input.phone = v,
+                "plate" => input.plate = v,
+                "companions" => input.companions = v,
+                "origin" => input.origin = v,
+                "destination" => input.destination = v,
+                "temperature" => input.temperature = v,
+                "symptoms" => input.symptoms.extend(v),
+                "high_risk_travel" => input.high_risk_travel = v,
+                "direction" => input.direction = v,
+                "visitor" => input.visitor = v,
+                "unit_code" => input.unit_code = v,
+                "visit_reason" => input.visit_reason = v,
+                "arrival_date" => input.arrival_date = v,
+                "residence_code" => input.residence_code = v,
+                "address" => input.address = v,
+                "employer" => input.employer = v,
+                "stay_days" => input.stay_days = v,
+                "purpose" => input.purpose = v,
+                other => {
+                    if let Some(n) = other.strip_prefix("companion_name_") {
+                        if let Ok(n) = n.parse::<u32>() {
+                            comps.entry(n).or_default().name = v;
+                        }
+                    } else if let Some(n) = other.strip_prefix("companion_id_") {
+                        if let Ok(n) = n.parse::<u32>() {
+                            comps.entry(n).or_default().id_number = v;
+                        }
+                    }
+                }
+            }
+        }
+        input.companion_list = comps
+            .into_values()
+            .filter(|c| c.name.is_some() || c.id_number.is_some())
+            .collect();
+        input
+    }
+}
+
+/// What the validator needs to know besides the input.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub site: &'a Site,
+    pub channel: Channel,
+    pub by_user: Option<Uuid>,
+    pub now: DateTime<Utc>,
+    /// Offset of local time from UTC (Asia/Shanghai: +08:00).
+    pub tz: FixedOffset,
+}
+
+/// Validated identity of one person, still in clear.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: PersonName,
+    pub document: Option<Document>,
+    pub phone: Option<MobilePhone>,
+}
+
+/// A registration that passed validation, before sealing.
+#[derive(Debug, Clone)]
+pub struct ValidRegistration {
+    pub identity: Identity,
+    pub companions: Vec<(Option<String>, Option<Document>)>,
+    pub fields: RegistrationFields,
+}
+
+fn parse_bool(field: &str, raw: &Option<String>) -> Result<Option<bool>, FieldError> {
+    match raw.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("true" | "1" | "yes" | "on") => Ok(Some(true)),
+        Some("false" | "0" | "no" | "off") => Ok(Some(false)),
+        Some(_) => Err(FieldError::new(field, "err.bool.format")),
+    }
+}
+
+fn parse_int(field: &str, raw: &Option<String>, min: i64, max: i64) -> Result<Option<i64>, FieldError> {
+    let Some(s) = raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let n: i64 = s
+        .parse()
+        .map_err(|_| FieldError::new(field, "err.int.format"))?;
+    if n < min || n > max {
+        return Err(FieldError::new(field, "err.int.range")
+            .with("min", min.to_string())
+            .with("max", max.to_string()));
+    }
+    Ok(Some(n))
+}
+
+fn origin(field: &str, raw: &Option<String>) -> Result<Option<String>, FieldError> {
+    match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => divisions::normalise_origin(s)
+            .map(Some)
+            .ok_or_else(|| FieldError::new(field, "err.origin.unknown")),
+    }
+}
+
+fn parse_document(
+    errors: &mut Errors,
+    type_field: &str,
+    number_field: &str,
+    id_type: &Option<String>,
+    id_number: &Option<String>,
+) -> Option<Document> {
+    let number = id_number.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
+    let doc_type = match id_type.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => DocType::CnId,
+        Some(t) => match DocType::parse(t) {
+            Some(t) => t,
+            None => {
+                errors.push(FieldError::new(type_field, "err.doc_type.unknown"));
+                return None;
+            }
+        },
+    };
+    errors.check(Document::parse(number_field, doc_type, number))
+}
+
+/// Validates `input` for the site's kind. Every bad field is reported at once.
+pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidRegistration, Vec<FieldError>> {
+    let kind = ctx.site.kind;
+    let staff = ctx.channel == Channel::Staff;
+    let mut e = Errors::default();
+
+    let name = e.check(PersonName::parse("name", input.name.as_deref().unwrap_or("")));
+    let document = parse_document(&mut e, "id_type", "id_number", &input.id_type, &input.id_number);
+    let doc_given = input.id_number.as_deref().is_some_and(|s| !s.trim().is_empty());
+    let doc_required = matches!(kind, SiteKind::Checkpoint | SiteKind::Arrival | SiteKind::Venue);
+    if doc_required && !doc_given {
+        e.push(FieldError::new("id_number", "err.required"));
+    }
+    let phone = match input.phone.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(p) => e.check(MobilePhone::parse("phone", p)),
+        None => {
+            // Staff may register someone who has no phone, as long as a document identifies them.
+            if !(staff && doc_given) {
+                e.push(FieldError::new("phone", "err.required"));
+            }
+            None
+        }
+    };
+
+    let temperature = match input.temperature.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(t) => e.check(Temperature::parse("temperature", t)),
+        None => {
+            if matches!(kind, SiteKind::Checkpoint | SiteKind::Gate) {
+                e.push(FieldError::new("temperature", "err.required"));
+            }
+            None
+        }
+    };
+    let symptoms = e
+        .check(Symptoms::parse("symptoms", &input.symptoms))
+        .unwrap_or_default();
+    let mut fields = RegistrationFields {
+        temperature: temperature.map(|t| t.tenths()),
+        symptoms: symptoms.bits(),
+        ..Default::default()
+    };
+    let mut companions = Vec::new();
+
+    match kind {
+        SiteKind::Checkpoint => {
+            fields.plate = match input.plate.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                Some(p) => e.check(Plate::parse("plate", p)).map(|p| p.as_str().to_string()),
+                None => None,
+            };
+            let listed = input.companion_list.len() as i64;
+            let count = e
+                .check(parse_int("companions", &input.companions, 0, MAX_COMPANIONS as i64))
+                .flatten()
+                .unwrap_or(listed);
+            if listed > count {
+                e.push(FieldError::new("companions", "err.companions.more_listed"));
+            }
+            fields.companions = count as i32;
+            for (i, c) in input.companion_list.iter().enumerate() {
+                let name = match c.name.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                    Some(n) => e
+                        .check(PersonName::parse(&format!("companions[{i}].name"), n))
+                        .map(|n| n.as_str().to_string()),
+                    None => None,
+                };
+                let doc = parse_document(
+                    &mut e,
+                    &format!("companions[{i}].id_type"),
+                    &format!("companions[{i}].id_number"),
+                    &c.id_type,
+                    &c.id_number,
+                );
+                if doc.is_some() && name.is_none() {
+                    e.push(FieldError::new(format!("companions[{i}].name"), "err.required"));
+                }
+                companions.push((name, doc));
+            }
+            fields.origin_code = e.check(origin("origin", &input.origin)).flatten();
+            if input.origin.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                e.push(FieldError::new("origin", "err.required"));
+            }
+            fields.destination = e
+                .check(validate_text("destination", input.destination.as_deref().unwrap_or(""), 100, true))
+                .flatten();
+            fields.high_risk_travel =
+                Some(e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten().unwrap_or(false));
+        }
+        SiteKind::Gate => {
+            fields.direction = match input.direction.as_deref().map(str::trim) {
+                Some(d) if !d.is_empty() => match Direction::parse(d) {
+                    Some(d) => Some(d),
+                    None => {
+                        e.push(FieldError::new("direction", "err.direction.format"));
+                        None
+                    }
+                },
+                _ => {
+                    e.push(FieldError::new("direction", "err.required"));
+                    None
+                }
+            };
+            let visitor = e.check(parse_bool("visitor", &input.visitor)).flatten().unwrap_or(false);
+            fields.visitor = Some(visitor);
+            fields.unit_code = match input.unit_code.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                Some(u) => e.check(AreaCode::parse("unit_code", u)).map(|a| a.as_str().to_string()),
+                None => None,
+            };
+            fields.visit_reason = e
+                .check(validate_text(
+                    "visit_reason",
+                    input.visit_reason.as_deref().unwrap_or(""),
+                    100,
+                    visitor && fields.direction == Some(Direction::In),
+                ))
+                .flatten();
+            fields.high_risk_travel = e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten();
+        }
+        SiteKind::Arrival => {
+            let local_today = (ctx.now + Duration::seconds(i64::from(ctx.tz.local_minus_utc()))).date_naive();
+            fields.arrival_date = match input.arrival_date.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                None => {
+                    e.push(FieldError::new("arrival_date", "err.required"));
+                    None
+                }
+                Some(d) => match NaiveDate::parse_from_str(d, "%Y-%m-%d") {
+                    Err(_) => {
+                        e.push(FieldError::new("arrival_date", "err.date.format"));
+                        None
+                    }
+                    Ok(d) if d > local_today + Duration::days(1) => {
+                        e.push(FieldError::new("arrival_date", "err.date.future"));
+                        None
+                    }
+                    Ok(d) if d < local_today - Duration::days(366) => {
+                        e.push(FieldError::new("arrival_date", "err.date.too_old"));
+                        None
+                    }
+                    Ok(d) => Some(d),
+                },
+            };
+            fields.origin_code = e.check(origin("origin", &input.origin)).flatten();
+            if input.origin.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                e.push(FieldError::new("origin", "err.required"));
+            }
+            fields.residence_code = match input.residence_code.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+                Some(r) => e.check(AreaCode::parse("residence_code", r)).map(|a| a.as_str().to_string()),
+                None => {
+                    e.push(FieldError::new("residence_code", "err.required"));
+                    None
+                }
+            };
+            fields.address = e
+                .check(validate_text("address", input.address.as_deref().unwrap_or(""), 200, true))
+                .flatten();
+            fields.employer = e
+                .check(validate_text("employer", input.employer.as_deref().unwrap_or(""), 100, false))
+                .flatten();
+            fields.stay_days = e
+                .check(parse_int("stay_days", &input.stay_days, 1, 3650))
+                .flatten()
+                .map(|d| d as i32);
+            fields.purpose = e
+                .check(validate_text("purpose", input.purpose.as_deref().unwrap_or(""), 100, false))
+                .flatten();
+            fields.high_risk_travel = e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten();
+        }
+        SiteKind::Venue => {
+            fields.high_risk_travel = e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten();
+        }
+    }
+
+    match (e.into_result(), name) {
+        (Ok(()), Some(name)) => Ok(ValidRegistration {
+            identity: Identity { name, document, phone },
+            companions,
+            fields,
+        }),
+        (Err(errs), _) => Err(errs),
+        (Ok(()), None) => Err(vec![FieldError::new("name", "err.required")]),
+    }
+}
+
+/// The person id for an identity: derived from the blind index, so the same document always
+/// maps to the same person (and ciphertexts can be bound to the id before the write).
+pub fn person_id(vault: &Vault, doc: Option<&Document>, phone: Option<&MobilePhone>, name: &str) -> Uuid {
+    let idx = match (doc, phone) {
+        (Some(d), _) => vault.blind_index("person-id", &format!("{}:{}", d.doc_type.as_str(), d.number())),
+        (None, Some(p)) => vault.blind_index("person-id-provisional", &format!("{}\u{0}{name}", p.as_str())),
+        (None, None) => vault.blind_index("person-id-name-only", &format!("{name}\u{0}{}", crate::vault::random_token(8))),
+    };
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&idx[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Seals an identity into a [`PersonInput`]: blind indexes, ciphertexts bound to the person id,
+/// masked forms for display.
+pub fn seal_person(vault: &Vault, name: &str, doc: Option<&Document>, phone: Option<&MobilePhone>) -> PersonInput {
+    let id = person_id(vault, doc, phone, name);
+    let id_s = id.to_string();
+    let (birth_date, sex) = match doc.and_then(|d| d.id_number()) {
+        Some(n) => (Some(n.birth_date()), Some(n.sex())),
+        None => (None, None),
+    };
+    PersonInput {
+        id,
+        doc_type: doc.map(|d| d.doc_type),
+        doc_index: doc.map(|d| vault.blind_index(&format!("doc:{}", d.doc_type.as_str()), d.number())),
+        doc_cipher: doc.map(|d| vault.seal(&format!("persons.doc:{id_s}"), d.number())),
+        doc_masked: doc.map(|d| d.masked()),
+        name: name.to_string(),
+        phone_index: phone.map(|p| vault.blind_index("phone", p.as_str())),
+        phone_cipher: phone.map(|p| vault.seal(&format!("persons.phone:{id_s}"), p.as_str())),
+        phone_masked: phone.map(|p| p.masked()),
+        birth_date,
+        sex,
+        provisional: doc.is_none(),
+    }
+}
+
+/// A short code staff read off the confirmation screen.
+pub fn verification_code() -> String {
+    (0..4)
+        .map(|_| CODE_ALPHABET[crate::vault::random_below(CODE_ALPHABET.len() as u32) as usize] as char)
+        .collect()
+}
+
+/// Turns a validated registration into what the store keeps.
+pub fn seal(valid: &ValidRegistration, ctx: &Context<'_>, vault: &Vault) -> NewRegistration {
+    let id = &valid.identity;
+    let person = seal_person(vault, id.name.as_str(), id.document.as_ref(), id.phone.as_ref());
+    let companion_list = valid
+        .companions
+        .iter()
+        .map(|(name, doc)| CompanionInput {
+            name: name.clone(),
+            person: match (name, doc) {
+                (Some(n), Some(d)) => Some(seal_person(vault, n, Some(d), None)),
+                _ => None,
+            },
+        })
+        .collect();
+    let local = ctx.now.with_timezone(&ctx.tz);
+    NewRegistration {
+        id: Uuid::now_v7(),
+        site_id: ctx.site.id,
+        area_path: ctx.site.area_path.clone(),
+        at: ctx.now,
+        kind: ctx.site.kind,
+        channel: ctx.channel,
+        by_user: ctx.by_user,
+        verification_code: verification_code(),
+        person,
+        companion_list,
+        fields: valid.fields.clone(),
+        day: local.date_naive(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(kind: SiteKind) -> Site {
+        Site {
+            id: Uuid::now_v7(),
+            token: "t".into(),
+            kind,
+            name: "临河卡口".into(),
+            area_code: "150802".into(),
+            area_path: "/150800/150802/".into(),
+            active: true,
+            default_stay_min: 10,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn ctx(site: &Site) -> Context<'_> {
+        Context {
+            site,
+            channel: Channel::SelfService,
+            by_user: None,
+            now: Utc::now(),
+            tz: FixedOffset::east_opt(8 * 3600).unwrap(),
+        }
+    }
+
+    fn checkpoint_json() -> Value {
+        serde_json::json!({"name":"张三","id_type":"cn_id","id_number":"11010519491231002X","phone":"13912345678",
+            "plate":"蒙L12345","origin":"420100","destination":"150802","companions":0,"temperature":36.5,
+            "symptoms":[],"high_risk_travel":false})
+    }
+
+    fn fields_of(errs: &[FieldError]) -> Vec<&str> {
+        errs.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_valid_checkpoint_registration_seals_without_the_raw_number() {
+        let s = site(SiteKind::Checkpoint);
+        let c = ctx(&s);
+        let input = RegistrationInput::from_json(&checkpoint_json()).unwrap();
+        let valid = validate(&input, &c).unwrap();
+        assert_eq!(valid.fields.temperature, Some(365));
+        assert_eq!(valid.fields.origin_code.as_deref(), Some("420100"));
+        let vault = Vault::new(&[1; 32]);
+        let reg = seal(&valid, &c, &vault);
+        assert_eq!(reg.person.doc_masked.as_deref(), Some("110105********002X"));
+        let cipher = reg.person.doc_cipher.clone().unwrap();
+        assert_eq!(vault.open(&format!("persons.doc:{}", reg.person.id), &cipher).unwrap(), "11010519491231002X");
+        // same document, same person
+        let again = seal(&valid, &c, &vault);
+        assert_eq!(again.person.id, reg.person.id);
+        assert_ne!(again.id, reg.id);
+        assert_eq!(reg.verification_code.len(), 4);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let s = site(SiteKind::Checkpoint);
+        let mut j = checkpoint_json();
+        j["id_number"] = "110105194912310021".into();
+        j["temperature"] = 50.0.into();
+        j["phone"] = "12345".into();
+        j["origin"] = "999999".into();
+        j["symptoms"] = serde_json::json!(["none", "cough"]);
+        j["companions"] = "many".into();
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
+        let f = fields_of(&errs);
+        for want in ["id_number", "temperature", "phone", "origin", "symptoms", "companions"] {
+            assert!(f.contains(&want), "{want} missing from {f:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_json_types_become_field_errors() {
+        let s = site(SiteKind::Checkpoint);
+        let mut j = checkpoint_json();
+        j["temperature"] = serde_json::json!({"x": 1});
+        j["high_risk_travel"] = "perhaps".into();
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["temperature", "high_risk_travel"]);
+        assert!(RegistrationInput::from_json(&serde_json::json!([1, 2])).is_err());
+    }
+
+    #[test]
+    fn gate_needs_direction_and_a_visitor_needs_a_reason() {
+        let s = site(SiteKind::Gate);
+        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","visitor":true,"direction":"in"});
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["visit_reason"]);
+        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","direction":"sideways"});
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["direction"]);
+        // a resident going out needs no document: a provisional person by phone + name
+        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","direction":"out"});
+        let v = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap();
+        let reg = seal(&v, &ctx(&s), &Vault::new(&[1; 32]));
+        assert!(reg.person.provisional);
+        assert!(reg.person.doc_index.is_none());
+    }
+
+    #[test]
+    fn staff_may_register_a_person_without_a_phone_but_not_without_a_document() {
+        let s = site(SiteKind::Checkpoint);
+        let mut c = ctx(&s);
+        c.channel = Channel::Staff;
+        let mut j = checkpoint_json();
+        j.as_object_mut().unwrap().remove("phone");
+        assert!(validate(&RegistrationInput::from_json(&j).unwrap(), &c).is_ok());
+        c.channel = Channel::SelfService;
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["phone"]);
+    }
+
+    #[test]
+    fn arrival_checks_dates_and_residence() {
+        let s = site(SiteKind::Arrival);
+        let c = ctx(&s);
+        let j = serde_json::json!({"name":"王五","id_number":"11010519491231002X","phone":"13812345678",
+            "arrival_date":"2999-01-01","origin":"420100","residence_code":"15080200100","address":""});
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["arrival_date", "residence_code", "address"]);
+        let today = c.now.with_timezone(&c.tz).date_naive().to_string();
+        let j = serde_json::json!({"name":"王五","id_number":"11010519491231002X","phone":"13812345678",
+            "arrival_date":today,"origin":"42","residence_code":"150802001001","address":"胜利路1号","stay_days":30});
+        let v = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap();
+        assert_eq!(v.fields.origin_code.as_deref(), Some("420000"));
+        assert_eq!(v.fields.stay_days, Some(30));
+    }
+
+    #[test]
+    fn form_pairs_collect_repeated_symptoms_and_companions() {
+        let p = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let input = RegistrationInput::from_pairs(&[
+            p("name", "张三"),
+            p("symptoms", "cough"),
+            p("symptoms", "fever"),
+            p("companion_name_1", "李四"),
+            p("companion_id_1", "11010519491231002X"),
+            p("companion_name_2", ""),
+            p("plate", " "),
+        ]);
+        assert_eq!(input.symptoms, vec!["cough", "fever"]);
+        assert_eq!(input.companion_list.len(), 1);
+        assert_eq!(input.plate, None);
+    }
+}

@@ -1,0 +1,161 @@
+//! The storage port. The web layer and the CLI only ever talk to a `dyn Store`; each backend
+//! (SQLite, PostgreSQL) implements it with its own SQL and migrations, and one conformance
+//! suite (`crates/epigrid/tests/it/store.rs`) runs against both.
+//!
+//! Every method that returns personal data takes the caller's [`Scope`] and filters by it in
+//! SQL, so an out-of-scope record does not exist for the caller.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+use crate::area::{Area, Scope};
+use crate::model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule would be broken (`what` names it, e.g. `username`).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// The data breaks a rule the database checks (a missing parent area, say).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The database failed; the message is for logs and never holds personal data.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// Can the database be reached right now? (`/healthz`)
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- areas ----
+    /// Inserts or updates areas in one transaction (all or nothing); parents must come first
+    /// or already exist. Returns how many rows were new or changed.
+    async fn upsert_areas(&self, areas: &[Area]) -> StoreResult<usize>;
+    async fn area(&self, code: &str) -> StoreResult<Option<Area>>;
+    /// Children of `parent` (or the roots when None), sorted by code.
+    async fn area_children(&self, parent: Option<&str>) -> StoreResult<Vec<Area>>;
+    /// Every area in the scope at `level` or above (smaller number), sorted by path.
+    async fn areas_in(&self, scope: &Scope, max_level: u8) -> StoreResult<Vec<Area>>;
+    async fn area_count(&self) -> StoreResult<i64>;
+
+    // ---- sites ----
+    async fn insert_site(&self, site: &Site) -> StoreResult<()>;
+    /// Updates name, token, active and default stay of an existing site.
+    async fn update_site(&self, site: &Site) -> StoreResult<()>;
+    async fn site(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Site>>;
+    async fn site_by_token(&self, token: &str) -> StoreResult<Option<Site>>;
+    async fn sites(&self, scope: &Scope) -> StoreResult<Vec<Site>>;
+
+    // ---- registrations ----
+    /// Stores one registration durably (resolving or creating its person and companions and
+    /// updating rollups) and returns its sequence number. Returns only after commit.
+    async fn insert_registration(&self, reg: NewRegistration) -> StoreResult<i64>;
+    /// Bulk load (demo, imports): all or nothing.
+    async fn insert_registrations(&self, regs: Vec<NewRegistration>) -> StoreResult<()>;
+    async fn registration(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Registration>>;
+    /// Newest first unless `after_seq` is set (then oldest first, for the live feed).
+    async fn registrations(
+        &self,
+        scope: &Scope,
+        filter: &RegistrationFilter,
+    ) -> StoreResult<Vec<Registration>>;
+    /// Sets `left_at` (venue check-out); false if already checked out or not found.
+    async fn check_out(&self, id: Uuid, site_id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
+    async fn registration_count(&self) -> StoreResult<i64>;
+
+    // ---- persons ----
+    async fn person_secrets(
+        &self,
+        person_id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<PersonSecrets>>;
+
+    // ---- rollups ----
+    /// Sums of `metric` per local day over the scope, between `from` and `to` inclusive.
+    async fn rollup_series(
+        &self,
+        scope: &Scope,
+        metric: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<(NaiveDate, i64)>>;
+    /// Recounts the rollups from the facts (an invariant check and a repair tool).
+    async fn recount_rollups(&self) -> StoreResult<Vec<RollupRow>>;
+    async fn rollup_rows(&self) -> StoreResult<Vec<RollupRow>>;
+
+    // ---- users and sessions ----
+    async fn insert_user(&self, user: &User) -> StoreResult<()>;
+    /// Updates password hash, role, area and active flag.
+    async fn update_user(&self, user: &User) -> StoreResult<()>;
+    async fn user(&self, id: Uuid) -> StoreResult<Option<User>>;
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;
+    async fn users(&self, scope: &Scope) -> StoreResult<Vec<User>>;
+    async fn insert_session(&self, session: &Session) -> StoreResult<()>;
+    /// The live session with this token hash and its (active) user.
+    async fn session(
+        &self,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(Session, User)>>;
+    async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()>;
+    async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    // ---- audit ----
+    async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
+    /// Newest first, entries whose subject lies in the scope (or that the scope's users made).
+    async fn audit_log(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// Rollup metric names written with each registration.
+pub mod metric {
+    use crate::model::SiteKind;
+    pub const REG_ALL: &str = "reg";
+    pub const REG_FEVER: &str = "reg.fever";
+    pub const REG_SYMPTOMATIC: &str = "reg.symptomatic";
+    pub const REG_HIGH_RISK: &str = "reg.high_risk";
+    pub fn reg_kind(kind: SiteKind) -> &'static str {
+        match kind {
+            SiteKind::Checkpoint => "reg.checkpoint",
+            SiteKind::Gate => "reg.gate",
+            SiteKind::Arrival => "reg.arrival",
+            SiteKind::Venue => "reg.venue",
+        }
+    }
+}
+
+/// The rollup increments one registration contributes: `(metric, 1)` pairs.
+pub fn registration_metrics(kind: SiteKind, fields: &RegistrationFields) -> Vec<&'static str> {
+    let mut m = vec![metric::REG_ALL, metric::reg_kind(kind)];
+    if is_fever(fields) {
+        m.push(metric::REG_FEVER);
+    }
+    if fields.symptoms != 0 {
+        m.push(metric::REG_SYMPTOMATIC);
+    }
+    if fields.high_risk_travel == Some(true) {
+        m.push(metric::REG_HIGH_RISK);
+    }
+    m
+}
+
+/// A registration counts as fever when the measured temperature is 37.3 °C or more, or the
+/// person reported fever.
+pub fn is_fever(fields: &RegistrationFields) -> bool {
+    fields.temperature.is_some_and(|t| t >= 373)
+        || fields.symptoms & crate::validate::Symptom::Fever.bit() != 0
+}
+
+/// The site area code a registration's rollup is kept under (the last segment of its path).
+pub fn path_leaf(path: &str) -> &str {
+    path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
+}

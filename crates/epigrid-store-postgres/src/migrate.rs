@@ -1,0 +1,45 @@
+//! Embedded, ordered migrations recorded in `schema_migrations`.
+
+use epigrid_core::store::StoreResult;
+
+use crate::map_err;
+
+/// Every migration, in order. Append only: a released migration never changes.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "foundation",
+    include_str!("../migrations/0001_foundation.sql"),
+)];
+
+/// An arbitrary constant naming epigrid's migration lock.
+const LOCK_KEY: i64 = 0x6570_6967_7269_64;
+
+pub async fn run(client: &mut tokio_postgres::Client) -> StoreResult<()> {
+    let tx = client.transaction().await.map_err(map_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await
+        .map_err(map_err)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, \
+         applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(map_err)?;
+    for (version, name, sql) in MIGRATIONS {
+        let done = tx
+            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+            .await
+            .map_err(map_err)?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql).await.map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                &[version, name],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+    }
+    tx.commit().await.map_err(map_err)
+}

@@ -1,0 +1,43 @@
+//! Embedded, ordered migrations recorded in `schema_migrations`.
+
+use epigrid_core::store::{StoreError, StoreResult};
+use rusqlite::Connection;
+
+/// Every migration, in order. Append only: a released migration never changes.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "foundation",
+    include_str!("../migrations/0001_foundation.sql"),
+)];
+
+pub fn run(conn: &mut Connection) -> StoreResult<()> {
+    let e = |e: rusqlite::Error| StoreError::Backend(format!("migration: {e}"));
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(e)?;
+    for (version, name, sql) in MIGRATIONS {
+        // IMMEDIATE takes the write lock first, so two processes starting together apply each
+        // migration once.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let done: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = ?1)",
+                [version],
+                |r| r.get(0),
+            )
+            .map_err(e)?;
+        if !done {
+            tx.execute_batch(sql).map_err(e)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                rusqlite::params![version, name, chrono::Utc::now().timestamp()],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+    }
+    Ok(())
+}

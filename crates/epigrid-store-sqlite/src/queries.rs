@@ -1,0 +1,803 @@
+//! The `Store` implementation: SQL for each operation.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::types::ToSql;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use uuid::Uuid;
+
+use epigrid_core::area::{Area, Scope};
+use epigrid_core::model::*;
+use epigrid_core::store::{path_leaf, registration_metrics, Store, StoreError, StoreResult};
+use epigrid_core::validate::{DocType, Sex};
+
+use crate::convert::{date, micros, parse_enum, time, U};
+use crate::{map_err, SqliteStore};
+
+const AREA_COLS: &str = "code, name, level, parent_code, path";
+const SITE_COLS: &str = "id, token, kind, name, area_code, area_path, active, default_stay_min, created_at";
+const USER_COLS: &str = "id, username, password_hash, role, area_code, area_path, active, created_at";
+const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
+    r.person_id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.provisional, r.channel, r.by_user, \
+    r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
+    r.origin_code, r.destination, r.direction, r.visitor, r.unit_code, r.visit_reason, r.arrival_date, \
+    r.residence_code, r.address, r.employer, r.stay_days, r.purpose \
+    FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id";
+
+fn area_row(r: &Row<'_>) -> rusqlite::Result<Area> {
+    Ok(Area {
+        code: r.get(0)?,
+        name: r.get(1)?,
+        level: r.get(2)?,
+        parent_code: r.get(3)?,
+        path: r.get(4)?,
+    })
+}
+
+fn site_row(r: &Row<'_>) -> rusqlite::Result<Site> {
+    Ok(Site {
+        id: r.get::<_, U>(0)?.0,
+        token: r.get(1)?,
+        kind: parse_enum(&r.get::<_, String>(2)?, SiteKind::parse)?,
+        name: r.get(3)?,
+        area_code: r.get(4)?,
+        area_path: r.get(5)?,
+        active: r.get(6)?,
+        default_stay_min: r.get(7)?,
+        created_at: time(r.get(8)?),
+    })
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get::<_, U>(0)?.0,
+        username: r.get(1)?,
+        password_hash: r.get(2)?,
+        role: parse_enum(&r.get::<_, String>(3)?, Role::parse)?,
+        area_code: r.get(4)?,
+        area_path: r.get(5)?,
+        active: r.get(6)?,
+        created_at: time(r.get(7)?),
+    })
+}
+
+fn reg_row(r: &Row<'_>) -> rusqlite::Result<Registration> {
+    let doc_type: Option<String> = r.get(10)?;
+    let direction: Option<String> = r.get(25)?;
+    Ok(Registration {
+        id: r.get::<_, U>(0)?.0,
+        seq: r.get(1)?,
+        site_id: r.get::<_, U>(2)?.0,
+        site_name: r.get(3)?,
+        kind: parse_enum(&r.get::<_, String>(4)?, SiteKind::parse)?,
+        area_code: r.get(5)?,
+        area_path: r.get(6)?,
+        at: time(r.get(7)?),
+        person_id: r.get::<_, U>(8)?.0,
+        name: r.get(9)?,
+        id_type: doc_type.as_deref().and_then(DocType::parse),
+        doc_masked: r.get(11)?,
+        phone_masked: r.get(12)?,
+        provisional: r.get(13)?,
+        channel: parse_enum(&r.get::<_, String>(14)?, Channel::parse)?,
+        by_user: r.get::<_, Option<U>>(15)?.map(|u| u.0),
+        verification_code: r.get(16)?,
+        left_at: r.get::<_, Option<i64>>(17)?.map(time),
+        fields: RegistrationFields {
+            temperature: r.get(18)?,
+            symptoms: r.get(19)?,
+            high_risk_travel: r.get(20)?,
+            plate: r.get(21)?,
+            companions: r.get(22)?,
+            origin_code: r.get(23)?,
+            destination: r.get(24)?,
+            direction: direction.as_deref().and_then(Direction::parse),
+            visitor: r.get(26)?,
+            unit_code: r.get(27)?,
+            visit_reason: r.get(28)?,
+            arrival_date: date(r.get(29)?),
+            residence_code: r.get(30)?,
+            address: r.get(31)?,
+            employer: r.get(32)?,
+            stay_days: r.get(33)?,
+            purpose: r.get(34)?,
+        },
+    })
+}
+
+fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.get::<_, U>(0)?.0,
+        at: time(r.get(1)?),
+        user_id: r.get::<_, Option<U>>(2)?.map(|u| u.0),
+        username: r.get(3)?,
+        action: r.get(4)?,
+        subject: r.get(5)?,
+        area_path: r.get(6)?,
+        ip: r.get(7)?,
+        detail: r.get(8)?,
+    })
+}
+
+fn sex_str(s: Sex) -> &'static str {
+    match s {
+        Sex::Male => "male",
+        Sex::Female => "female",
+    }
+}
+
+/// Finds or creates a person; returns the id registrations should point at (following a merge).
+fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
+    let mut stmt = c
+        .prepare_cached(
+            "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
+             phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14) \
+             ON CONFLICT(id) DO UPDATE SET \
+               phone_index = COALESCE(excluded.phone_index, phone_index), \
+               phone_cipher = COALESCE(excluded.phone_cipher, phone_cipher), \
+               phone_masked = COALESCE(excluded.phone_masked, phone_masked), \
+               area_path = CASE WHEN home_area_code IS NULL AND excluded.last_seen_at >= last_seen_at \
+                           THEN excluded.area_path ELSE area_path END, \
+               last_seen_at = MAX(last_seen_at, excluded.last_seen_at) \
+             RETURNING COALESCE(merged_into, id)",
+        )
+        .map_err(map_err)?;
+    stmt.query_row(
+        params![
+            p.id.to_string(),
+            p.doc_type.map(|d| d.as_str()),
+            p.doc_index,
+            p.doc_cipher,
+            p.doc_masked,
+            p.name,
+            p.phone_index,
+            p.phone_cipher,
+            p.phone_masked,
+            p.birth_date.map(|d| d.to_string()),
+            p.sex.map(sex_str),
+            area_path,
+            p.provisional,
+            at,
+        ],
+        |r| r.get(0),
+    )
+    .map_err(map_err)
+}
+
+fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
+    let at = micros(reg.at);
+    let person_id = upsert_person(c, &reg.person, &reg.area_path, at)?;
+    let f = &reg.fields;
+    let id = reg.id.to_string();
+    let seq: i64 = c
+        .prepare_cached(
+            "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
+             verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
+             destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
+             employer, stay_days, purpose) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27) RETURNING seq",
+        )
+        .map_err(map_err)?
+        .query_row(
+            params![
+                id,
+                reg.site_id.to_string(),
+                person_id,
+                reg.area_path,
+                at,
+                reg.day.to_string(),
+                reg.kind.as_str(),
+                reg.channel.as_str(),
+                reg.by_user.map(|u| u.to_string()),
+                reg.verification_code,
+                f.temperature,
+                f.symptoms,
+                f.high_risk_travel,
+                f.plate,
+                f.companions,
+                f.origin_code,
+                f.destination,
+                f.direction.map(|d| d.as_str()),
+                f.visitor,
+                f.unit_code,
+                f.visit_reason,
+                f.arrival_date.map(|d| d.to_string()),
+                f.residence_code,
+                f.address,
+                f.employer,
+                f.stay_days,
+                f.purpose,
+            ],
+            |r| r.get(0),
+        )
+        .map_err(map_err)?;
+    for (i, comp) in reg.companion_list.iter().enumerate() {
+        let pid = match &comp.person {
+            Some(p) => Some(upsert_person(c, p, &reg.area_path, at)?),
+            None => None,
+        };
+        c.prepare_cached(
+            "INSERT INTO registration_companions (registration_id, position, name, person_id) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(map_err)?
+        .execute(params![id, i as i64, comp.name, pid])
+        .map_err(map_err)?;
+    }
+    let leaf = path_leaf(&reg.area_path);
+    let day = reg.day.to_string();
+    let mut up = c
+        .prepare_cached(
+            "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES (?1, ?2, ?3, ?4, 1) \
+             ON CONFLICT(area_code, day, metric) DO UPDATE SET value = value + 1",
+        )
+        .map_err(map_err)?;
+    for m in registration_metrics(reg.kind, f) {
+        up.execute(params![leaf, reg.area_path, day, m]).map_err(map_err)?;
+    }
+    Ok(seq)
+}
+
+fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
+    rows.collect::<rusqlite::Result<Vec<T>>>().map_err(map_err)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err)).await
+    }
+
+    async fn upsert_areas(&self, areas: &[Area]) -> StoreResult<usize> {
+        let areas = areas.to_vec();
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "INSERT INTO areas (code, name, level, parent_code, path) VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT(code) DO UPDATE SET name = excluded.name, level = excluded.level, \
+                     parent_code = excluded.parent_code, path = excluded.path \
+                     WHERE name IS NOT excluded.name OR level IS NOT excluded.level \
+                       OR parent_code IS NOT excluded.parent_code OR path IS NOT excluded.path",
+                )
+                .map_err(map_err)?;
+            let mut changed = 0;
+            for a in &areas {
+                changed += stmt
+                    .execute(params![a.code, a.name, a.level, a.parent_code, a.path])
+                    .map_err(map_err)?;
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    async fn area(&self, code: &str) -> StoreResult<Option<Area>> {
+        let code = code.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {AREA_COLS} FROM areas WHERE code = ?1"))
+                .map_err(map_err)?
+                .query_row([code], area_row)
+                .optional()
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn area_children(&self, parent: Option<&str>) -> StoreResult<Vec<Area>> {
+        let parent = parent.map(str::to_string);
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {AREA_COLS} FROM areas WHERE parent_code IS ?1 ORDER BY code"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map([parent], area_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn areas_in(&self, scope: &Scope, max_level: u8) -> StoreResult<Vec<Area>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {AREA_COLS} FROM areas WHERE path >= ?1 AND path < ?2 AND level <= ?3 ORDER BY path"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map(params![lo, hi, max_level], area_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn area_count(&self) -> StoreResult<i64> {
+        self.read(|c| c.query_row("SELECT COUNT(*) FROM areas", [], |r| r.get(0)).map_err(map_err))
+            .await
+    }
+
+    async fn insert_site(&self, site: &Site) -> StoreResult<()> {
+        let s = site.clone();
+        self.write(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO sites ({SITE_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))
+            .map_err(map_err)?
+            .execute(params![
+                s.id.to_string(),
+                s.token,
+                s.kind.as_str(),
+                s.name,
+                s.area_code,
+                s.area_path,
+                s.active,
+                s.default_stay_min,
+                micros(s.created_at)
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_site(&self, site: &Site) -> StoreResult<()> {
+        let s = site.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE sites SET name = ?2, token = ?3, active = ?4, default_stay_min = ?5 WHERE id = ?1",
+                )
+                .map_err(map_err)?
+                .execute(params![s.id.to_string(), s.name, s.token, s.active, s.default_stay_min])
+                .map_err(map_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn site(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Site>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {SITE_COLS} FROM sites WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3"
+            ))
+            .map_err(map_err)?
+            .query_row(params![id.to_string(), lo, hi], site_row)
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn site_by_token(&self, token: &str) -> StoreResult<Option<Site>> {
+        let token = token.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {SITE_COLS} FROM sites WHERE token = ?1"))
+                .map_err(map_err)?
+                .query_row([token], site_row)
+                .optional()
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn sites(&self, scope: &Scope) -> StoreResult<Vec<Site>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {SITE_COLS} FROM sites WHERE area_path >= ?1 AND area_path < ?2 ORDER BY area_path, name"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map(params![lo, hi], site_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn insert_registration(&self, reg: NewRegistration) -> StoreResult<i64> {
+        self.write(move |c| insert_reg(c, &reg)).await
+    }
+
+    async fn insert_registrations(&self, regs: Vec<NewRegistration>) -> StoreResult<()> {
+        self.write(move |c| {
+            for r in &regs {
+                insert_reg(c, r)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn registration(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Registration>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "{REG_SELECT} WHERE r.id = ?1 AND r.area_path >= ?2 AND r.area_path < ?3"
+            ))
+            .map_err(map_err)?
+            .query_row(params![id.to_string(), lo, hi], reg_row)
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn registrations(&self, scope: &Scope, f: &RegistrationFilter) -> StoreResult<Vec<Registration>> {
+        let (lo, hi) = scope.bounds();
+        let f = f.clone();
+        self.read(move |c| {
+            let mut sql = format!("{REG_SELECT} WHERE r.area_path >= ?1 AND r.area_path < ?2");
+            let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(lo), Box::new(hi)];
+            let mut add = |cond: &str, v: Box<dyn ToSql>| {
+                args.push(v);
+                sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+            };
+            if let Some(s) = f.site_id {
+                add("r.site_id =", Box::new(s.to_string()));
+            }
+            if let Some(k) = f.kind {
+                add("r.kind =", Box::new(k.as_str()));
+            }
+            if let Some(t) = f.from {
+                add("r.at >=", Box::new(micros(t)));
+            }
+            if let Some(t) = f.to {
+                add("r.at <", Box::new(micros(t)));
+            }
+            if let Some(p) = f.person_id {
+                add("r.person_id =", Box::new(p.to_string()));
+            }
+            if let Some(s) = f.after_seq {
+                add("r.seq >", Box::new(s));
+            }
+            if let Some(s) = f.before_seq {
+                add("r.seq <", Box::new(s));
+            }
+            let order = if f.after_seq.is_some() { "ASC" } else { "DESC" };
+            sql.push_str(&format!(" ORDER BY r.seq {order} LIMIT {}", f.limit.clamp(1, 5000)));
+            let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
+            let refs: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+            let rows = stmt.query_map(refs.as_slice(), reg_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn check_out(&self, id: Uuid, site_id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE registrations SET left_at = ?3 WHERE id = ?1 AND site_id = ?2 AND left_at IS NULL AND at <= ?3",
+                )
+                .map_err(map_err)?
+                .execute(params![id.to_string(), site_id.to_string(), micros(at)])
+                .map_err(map_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn registration_count(&self) -> StoreResult<i64> {
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM registrations", [], |r| r.get(0))
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn person_secrets(&self, person_id: Uuid, scope: &Scope) -> StoreResult<Option<PersonSecrets>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT id, doc_type, doc_cipher, phone_cipher, area_path FROM persons WHERE id = ?1 \
+                 AND ((area_path >= ?2 AND area_path < ?3) OR EXISTS (SELECT 1 FROM registrations r \
+                 WHERE r.person_id = persons.id AND r.area_path >= ?2 AND r.area_path < ?3))",
+            )
+            .map_err(map_err)?
+            .query_row(params![person_id.to_string(), lo, hi], |r| {
+                let dt: Option<String> = r.get(1)?;
+                Ok(PersonSecrets {
+                    person_id: r.get::<_, U>(0)?.0,
+                    doc_type: dt.as_deref().and_then(DocType::parse),
+                    doc_cipher: r.get(2)?,
+                    phone_cipher: r.get(3)?,
+                    area_path: r.get(4)?,
+                })
+            })
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn rollup_series(
+        &self,
+        scope: &Scope,
+        metric: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<(NaiveDate, i64)>> {
+        let (lo, hi) = scope.bounds();
+        let metric = metric.to_string();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT day, SUM(value) FROM rollups WHERE metric = ?1 AND area_path >= ?2 AND area_path < ?3 \
+                     AND day >= ?4 AND day <= ?5 GROUP BY day ORDER BY day",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![metric, lo, hi, from.to_string(), to.to_string()], |r| {
+                    Ok((date(Some(r.get(0)?)).unwrap_or_default(), r.get(1)?))
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn recount_rollups(&self) -> StoreResult<Vec<RollupRow>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT area_path, day, kind, temperature, symptoms, high_risk_travel FROM registrations")
+                .map_err(map_err)?;
+            let mut counts: std::collections::BTreeMap<(String, String, &'static str), i64> = Default::default();
+            let mut rows = stmt.query([]).map_err(map_err)?;
+            while let Some(r) = rows.next().map_err(map_err)? {
+                let path: String = r.get(0).map_err(map_err)?;
+                let day: String = r.get(1).map_err(map_err)?;
+                let kind = parse_enum(&r.get::<_, String>(2).map_err(map_err)?, SiteKind::parse).map_err(map_err)?;
+                let fields = RegistrationFields {
+                    temperature: r.get(3).map_err(map_err)?,
+                    symptoms: r.get(4).map_err(map_err)?,
+                    high_risk_travel: r.get(5).map_err(map_err)?,
+                    ..Default::default()
+                };
+                let leaf = path_leaf(&path).to_string();
+                for m in registration_metrics(kind, &fields) {
+                    *counts.entry((leaf.clone(), day.clone(), m)).or_default() += 1;
+                }
+            }
+            Ok(counts
+                .into_iter()
+                .map(|((area_code, day, metric), value)| RollupRow {
+                    area_code,
+                    day: date(Some(day)).unwrap_or_default(),
+                    metric: metric.to_string(),
+                    value,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn rollup_rows(&self) -> StoreResult<Vec<RollupRow>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare("SELECT area_code, day, metric, value FROM rollups ORDER BY area_code, day, metric")
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(RollupRow {
+                        area_code: r.get(0)?,
+                        day: date(Some(r.get(1)?)).unwrap_or_default(),
+                        metric: r.get(2)?,
+                        value: r.get(3)?,
+                    })
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+        let u = user.clone();
+        self.write(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))
+            .map_err(map_err)?
+            .execute(params![
+                u.id.to_string(),
+                u.username,
+                u.password_hash,
+                u.role.as_str(),
+                u.area_code,
+                u.area_path,
+                u.active,
+                micros(u.created_at)
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_user(&self, user: &User) -> StoreResult<()> {
+        let u = user.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE users SET password_hash = ?2, role = ?3, area_code = ?4, area_path = ?5, active = ?6 WHERE id = ?1",
+                )
+                .map_err(map_err)?
+                .execute(params![u.id.to_string(), u.password_hash, u.role.as_str(), u.area_code, u.area_path, u.active])
+                .map_err(map_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user(&self, id: Uuid) -> StoreResult<Option<User>> {
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))
+                .map_err(map_err)?
+                .query_row([id.to_string()], user_row)
+                .optional()
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
+        let name = username.to_string();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE username = ?1"))
+                .map_err(map_err)?
+                .query_row([name], user_row)
+                .optional()
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn users(&self, scope: &Scope) -> StoreResult<Vec<User>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLS} FROM users WHERE area_path >= ?1 AND area_path < ?2 ORDER BY username"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map(params![lo, hi], user_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    async fn insert_session(&self, s: &Session) -> StoreResult<()> {
+        let s = s.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO sessions (token_hash, user_id, csrf, api, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                s.token_hash,
+                s.user_id.to_string(),
+                s.csrf,
+                s.api,
+                micros(s.created_at),
+                micros(s.expires_at)
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: &[u8], now: DateTime<Utc>) -> StoreResult<Option<(Session, User)>> {
+        let h = token_hash.to_vec();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT s.token_hash, s.user_id, s.csrf, s.api, s.created_at, s.expires_at, \
+                 u.id, u.username, u.password_hash, u.role, u.area_code, u.area_path, u.active, u.created_at \
+                 FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND u.active = 1",
+            )
+            .map_err(map_err)?
+            .query_row(params![h, micros(now)], |r| {
+                let s = Session {
+                    token_hash: r.get(0)?,
+                    user_id: r.get::<_, U>(1)?.0,
+                    csrf: r.get(2)?,
+                    api: r.get(3)?,
+                    created_at: time(r.get(4)?),
+                    expires_at: time(r.get(5)?),
+                };
+                let u = User {
+                    id: r.get::<_, U>(6)?.0,
+                    username: r.get(7)?,
+                    password_hash: r.get(8)?,
+                    role: parse_enum(&r.get::<_, String>(9)?, Role::parse)?,
+                    area_code: r.get(10)?,
+                    area_path: r.get(11)?,
+                    active: r.get(12)?,
+                    created_at: time(r.get(13)?),
+                };
+                Ok((s, u))
+            })
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()> {
+        let h = token_hash.to_vec();
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")
+                .map_err(map_err)?
+                .execute([h])
+                .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")
+                .map_err(map_err)?
+                .execute([micros(now)])
+                .map_err(map_err)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
+        let e = e.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO audit_log (id, at, user_id, username, action, subject, area_path, ip, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                e.id.to_string(),
+                micros(e.at),
+                e.user_id.map(|u| u.to_string()),
+                e.username,
+                e.action,
+                e.subject,
+                e.area_path,
+                e.ip,
+                e.detail
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, at, user_id, username, action, subject, area_path, ip, detail FROM audit_log \
+                     WHERE area_path >= ?1 AND area_path < ?2 ORDER BY seq DESC LIMIT ?3",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![lo, hi, limit.clamp(1, 10_000)], audit_row)
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+}
