@@ -66,10 +66,12 @@ impl Lang {
 const ZH: &[&str] = &[
     include_str!("../locales/zh-CN/core.txt"),
     include_str!("../locales/zh-CN/web.txt"),
+    include_str!("../locales/zh-CN/cli.txt"),
 ];
 const EN: &[&str] = &[
     include_str!("../locales/en/core.txt"),
     include_str!("../locales/en/web.txt"),
+    include_str!("../locales/en/cli.txt"),
 ];
 const MN: &[&str] = &[include_str!("../locales/mn/web.txt")];
 

@@ -1,1 +1,410 @@
-fn main() {}
+//! The epigrid binary: command-line interface and wiring of store, vault and web server.
+
+mod demo;
+mod import;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{FixedOffset, Utc};
+use clap::{Args, Parser, Subcommand};
+use epigrid_core::area::Scope;
+use epigrid_core::i18n::{tf, Lang};
+use epigrid_core::model::{Role, SiteKind, User};
+use epigrid_core::store::{Store, StoreError};
+use epigrid_core::vault::Vault;
+use epigrid_store_postgres::PgStore;
+use epigrid_store_sqlite::{Durability, SqliteStore};
+use epigrid_web::{AppState, WebConfig};
+use uuid::Uuid;
+
+const DEFAULT_DB: &str = "sqlite://data/epigrid.db";
+
+#[derive(Parser)]
+#[command(name = "epigrid", version, about = "Outbreak response: QR self-registration, people under observation, contact tracing, dashboards.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// Database: sqlite://PATH (embedded, the default) or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "EPIGRID_DB", default_value = DEFAULT_DB)]
+    db: String,
+    /// Key file for personal data at rest (created if missing). Default: next to an SQLite
+    /// database, or ./data/epigrid.key for PostgreSQL. EPIGRID_KEY (64 hex characters) overrides it.
+    #[arg(long, env = "EPIGRID_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// SQLite durability: "process" (a commit survives the process being killed) or "power"
+    /// (fsync on every commit; survives power loss, slower).
+    #[arg(long, env = "EPIGRID_SQLITE_DURABILITY", default_value = "process")]
+    durability: String,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// Address to listen on.
+    #[arg(long, env = "EPIGRID_BIND", default_value = "127.0.0.1:8080")]
+    bind: String,
+    /// Public base URL put in QR codes (e.g. https://epigrid.example.org); default: the
+    /// address the request came in on.
+    #[arg(long, env = "EPIGRID_BASE_URL")]
+    base_url: Option<String>,
+    /// Local time offset from UTC for days and display (China: +08:00).
+    #[arg(long, env = "EPIGRID_TZ_OFFSET", default_value = "+08:00")]
+    tz_offset: String,
+    /// Log format: text or json.
+    #[arg(long, env = "EPIGRID_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// Send cookies with the Secure flag (set this behind HTTPS).
+    #[arg(long, env = "EPIGRID_SECURE_COOKIES")]
+    secure_cookies: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the web server.
+    Serve(ServeArgs),
+    /// Build the demo city (Bayannur) if the database is empty, then serve it.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Seed of the generated data (same seed, same people and registrations).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Number of synthetic people.
+        #[arg(long, default_value_t = 3000)]
+        people: u32,
+        /// Days of registrations, ending today.
+        #[arg(long, default_value_t = 3)]
+        days: u32,
+    },
+    /// Create or update the database schema, then exit.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Import data from files.
+    Import {
+        #[command(subcommand)]
+        what: ImportCommand,
+    },
+    /// Manage staff accounts.
+    User {
+        #[command(subcommand)]
+        what: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Areas from a CSV file with columns code,name,parent_code,level (UTF-8 or GBK).
+    Areas {
+        /// The CSV file.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a staff account scoped to an area and everything under it.
+    Add {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        username: String,
+        /// At least 10 characters.
+        #[arg(long, env = "EPIGRID_NEW_PASSWORD")]
+        password: String,
+        /// admin, manager, epidemiologist, grid_worker, site_staff or analyst.
+        #[arg(long)]
+        role: String,
+        /// Area code the account is scoped to (e.g. 150802).
+        #[arg(long)]
+        area: String,
+    },
+}
+
+fn cli_lang() -> Lang {
+    ["LC_ALL", "LC_MESSAGES", "LANG"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .and_then(|v| Lang::from_tag(&v))
+        .unwrap_or(Lang::En)
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn parse_offset(s: &str) -> Result<FixedOffset> {
+    let t = s.trim();
+    let (sign, rest) = match t.chars().next() {
+        Some('+') => (1, &t[1..]),
+        Some('-') => (-1, &t[1..]),
+        _ => (1, t),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let h: i32 = h.parse().map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
+    let m: i32 = m.parse().map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60)).ok_or_else(|| anyhow!("--tz-offset out of range: {s}"))
+}
+
+async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
+    if db.db.starts_with("sqlite:") {
+        let durability = match db.durability.as_str() {
+            "process" => Durability::Process,
+            "power" => Durability::Power,
+            other => bail!("--durability must be \"process\" or \"power\", not {other:?}"),
+        };
+        let url = db.db.clone();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_url(&url, durability)).await??;
+        Ok(Arc::new(store))
+    } else if db.db.starts_with("postgres://") || db.db.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(&db.db).await.with_context(|| "cannot open the PostgreSQL database")?))
+    } else {
+        bail!("--db must start with sqlite:// or postgres://, not {:?}", db.db)
+    }
+}
+
+fn key_path(db: &DbArgs) -> PathBuf {
+    if let Some(p) = &db.key_file {
+        return p.clone();
+    }
+    if let Some(p) = epigrid_store_sqlite::path_from_url(&db.db) {
+        if db.db.starts_with("sqlite:") {
+            let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+            return dir.join("epigrid.key");
+        }
+    }
+    PathBuf::from("data/epigrid.key")
+}
+
+fn open_vault(db: &DbArgs) -> Result<Vault> {
+    if let Ok(hex) = std::env::var("EPIGRID_KEY") {
+        return Vault::from_hex(&hex).context("EPIGRID_KEY");
+    }
+    let path = key_path(db);
+    Vault::load_or_create(&path).with_context(|| format!("key file {}", path.display()))
+}
+
+async fn serve(args: &ServeArgs, store: Arc<dyn Store>, vault: Vault, after_bind: impl FnOnce(SocketAddr)) -> Result<()> {
+    let cfg = WebConfig {
+        base_url: args.base_url.clone(),
+        tz: parse_offset(&args.tz_offset)?,
+        session_hours: 12,
+        secure_cookies: args.secure_cookies,
+    };
+    let state = AppState::new(store.clone(), vault, cfg);
+    let app = epigrid_web::router(state);
+    let listener = tokio::net::TcpListener::bind(&args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, backend = store.backend(), "epigrid listening");
+    after_bind(addr);
+    // Expired sessions are purged hourly.
+    let purge = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = purge.purge_sessions(Utc::now()).await {
+                tracing::warn!(error = %e, "session purge failed");
+            }
+        }
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}
+
+async fn add_user(store: &dyn Store, username: &str, password: &str, role: &str, area: &str, lang: Lang) -> Result<User> {
+    let mut problems = Vec::new();
+    if !epigrid_web::valid_username(username) {
+        problems.push(tf(lang, "cli.user.username", &[]));
+    }
+    if password.chars().count() < 10 {
+        problems.push(tf(lang, "cli.user.password", &[("min", "10")]));
+    }
+    let role_v = Role::parse(role);
+    if role_v.is_none() {
+        problems.push(tf(lang, "cli.user.role", &[("value", role)]));
+    }
+    let area_v = store.area(area).await?;
+    if area_v.is_none() {
+        problems.push(tf(lang, "cli.user.area", &[("value", area)]));
+    }
+    let (Some(role), Some(area)) = (role_v, area_v) else {
+        bail!(problems.join("\n"));
+    };
+    if !problems.is_empty() {
+        bail!(problems.join("\n"));
+    }
+    let pw = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || epigrid_web::hash_password(&pw)).await?.map_err(|e| anyhow!(e))?;
+    let user = User {
+        id: Uuid::now_v7(),
+        username: username.to_string(),
+        password_hash: hash,
+        role,
+        area_code: area.code,
+        area_path: area.path,
+        active: true,
+        created_at: Utc::now(),
+    };
+    match store.insert_user(&user).await {
+        Err(StoreError::Conflict(_)) => bail!(tf(lang, "cli.user.exists", &[("value", username)])),
+        r => r?,
+    }
+    Ok(user)
+}
+
+async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: Lang) -> Result<()> {
+    let store = open_store(&serve_args.db).await?;
+    let vault = open_vault(&serve_args.db)?;
+    let tz = parse_offset(&serve_args.tz_offset)?;
+    if store.area_count().await? == 0 {
+        eprintln!("{}", tf(lang, "cli.demo.building", &[("people", &people.to_string()), ("days", &days.to_string())]));
+        let started = std::time::Instant::now();
+        let opts = demo::DemoOptions { seed, people, days, now: Utc::now(), tz };
+        let summary = demo::build(store.as_ref(), &vault, &opts).await?;
+        eprintln!(
+            "{}",
+            tf(lang, "cli.demo.built", &[
+                ("areas", &summary.areas.to_string()),
+                ("sites", &summary.sites.len().to_string()),
+                ("registrations", &summary.registrations.to_string()),
+                ("secs", &format!("{:.1}", started.elapsed().as_secs_f64())),
+            ])
+        );
+    } else {
+        eprintln!("{}", tf(lang, "cli.demo.exists", &[]));
+    }
+    // A fresh admin password on every demo start, printed once.
+    let password = format!("demo-{}", &epigrid_core::vault::random_token(6));
+    let hash = epigrid_web::hash_password(&password).map_err(|e| anyhow!(e))?;
+    match store.user_by_username("admin").await? {
+        Some(mut u) => {
+            u.password_hash = hash;
+            u.active = true;
+            store.update_user(&u).await?;
+        }
+        None => {
+            add_user(store.as_ref(), "admin", &password, "admin", divisions_city(), lang).await?;
+        }
+    }
+    let sites = store.sites(&Scope::all()).await?;
+    let configured_base = serve_args.base_url.clone();
+    serve(serve_args, store, vault, move |addr| {
+        let base = configured_base.unwrap_or_else(|| format!("http://{addr}"));
+        println!("\n  epigrid demo: {base}/");
+        println!("  {}: admin / {password}", tf(lang, "cli.demo.login", &[]));
+        for kind in SiteKind::ALL {
+            if let Some(s) = sites.iter().find(|s| s.kind == *kind && s.active) {
+                println!("  {:<10} {}  {base}/s/{}", kind.as_str(), s.name, s.token);
+            }
+        }
+        println!("  {}: {base}/feed\n", tf(lang, "cli.demo.feed", &[]));
+    })
+    .await
+}
+
+fn divisions_city() -> &'static str {
+    epigrid_core::divisions::BAYANNUR_CITY
+}
+
+async fn run(cli: Cli, lang: Lang) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_logs(&args.log_format);
+            let store = open_store(&args.db).await?;
+            let vault = open_vault(&args.db)?;
+            serve(&args, store, vault, |_| {}).await
+        }
+        Command::Demo { serve, seed, people, days } => {
+            init_logs(&serve.log_format);
+            demo(&serve, seed, people, days, lang).await
+        }
+        Command::Migrate { db } => {
+            let store = open_store(&db).await?;
+            println!("{}", tf(lang, "cli.migrate.done", &[("backend", store.backend())]));
+            Ok(())
+        }
+        Command::Import { what: ImportCommand::Areas { file, db } } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            let store = open_store(&db).await?;
+            match import::import_areas(store.as_ref(), &bytes, lang).await? {
+                Ok(report) => {
+                    println!(
+                        "{}",
+                        tf(lang, "cli.import.areas.done", &[("rows", &report.rows.to_string()), ("changed", &report.changed.to_string())])
+                    );
+                    Ok(())
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{}", tf(lang, "cli.import.row_error", &[("line", &e.line.to_string()), ("field", &e.field), ("message", &e.message)]));
+                    }
+                    bail!(tf(lang, "cli.import.refused", &[("n", &errors.len().to_string())]))
+                }
+            }
+        }
+        Command::User { what: UserCommand::Add { db, username, password, role, area } } => {
+            let store = open_store(&db).await?;
+            let user = add_user(store.as_ref(), &username, &password, &role, &area, lang).await?;
+            println!("{}", tf(lang, "cli.user.added", &[("username", &user.username), ("role", user.role.as_str()), ("area", &user.area_code)]));
+            Ok(())
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let lang = cli_lang();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("epigrid: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli, lang)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("epigrid: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

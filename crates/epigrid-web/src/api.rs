@@ -1,0 +1,567 @@
+//! `/api/v1/...`: the JSON API. Every route that returns personal data filters by the caller's
+//! scope in the store, so out-of-scope records are 404 for them.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use epigrid_core::divisions;
+use epigrid_core::model::*;
+use epigrid_core::register::{self, Context, RegistrationInput};
+use epigrid_core::validate::FieldError;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::{self, MaybeStaff, Staff};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::view::{registration_json, site_json};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/token", post(create_token))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/areas", get(areas))
+        .route("/api/v1/divisions", get(division_children))
+        .route("/api/v1/sites", get(list_sites).post(create_site))
+        .route("/api/v1/sites/{site}", get(get_site).patch(update_site))
+        .route("/api/v1/sites/{site}/qr.svg", get(qr_svg))
+        .route("/api/v1/sites/{site}/qr.png", get(qr_png))
+        .route("/api/v1/sites/{site}/registrations", post(post_registration))
+        .route("/api/v1/registrations", get(list_registrations))
+        .route("/api/v1/registrations/{id}", get(get_registration))
+        .route("/api/v1/registrations/{id}/unmask", post(unmask_registration))
+        .route("/api/v1/registrations/{id}/checkout", post(checkout_registration))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/feed", get(crate::feed::sse))
+}
+
+/// A JSON object body; malformed JSON is a 400 with a field error for `body`, not a panic or
+/// an opaque rejection.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::BadRequest("err.body.too_large"))?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| ApiError::Invalid(vec![FieldError::new("body", "err.body.json")]))?;
+        if !v.is_object() {
+            return Err(ApiError::Invalid(vec![FieldError::new("body", "err.body.not_object")]));
+        }
+        Ok(JsonBody(v))
+    }
+}
+
+fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+pub fn base_url(st: &AppState, headers: &HeaderMap) -> String {
+    if let Some(b) = &st.cfg.base_url {
+        return b.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
+        .unwrap_or("127.0.0.1:8080");
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+        .filter(|p| *p == "https")
+        .unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+pub async fn readyz(State(st): State<AppState>) -> ApiResult<&'static str> {
+    st.store.ping().await?;
+    Ok("ready")
+}
+
+fn user_json(u: &User) -> Value {
+    json!({"id": u.id, "username": u.username, "role": u.role, "area_code": u.area_code, "active": u.active})
+}
+
+async fn create_token(State(st): State<AppState>, headers: HeaderMap, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+    let mut errs = Vec::new();
+    let username = str_field(&b, "username").unwrap_or("");
+    let password = str_field(&b, "password").unwrap_or("");
+    if username.trim().is_empty() {
+        errs.push(FieldError::new("username", "err.required"));
+    }
+    if password.is_empty() {
+        errs.push(FieldError::new("password", "err.required"));
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let ip = auth::client_ip(&headers, None);
+    let (token, session, user) = auth::login(&st, username, password, true, &ip).await?;
+    Ok(Json(json!({"token": token, "expires_at": session.expires_at, "user": user_json(&user)})))
+}
+
+async fn logout(State(st): State<AppState>, staff: Staff) -> ApiResult<StatusCode> {
+    st.store.delete_session(&staff.token_hash).await?;
+    st.forget_session(&staff.token_hash);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(staff: Staff) -> Json<Value> {
+    Json(user_json(&staff.user))
+}
+
+async fn areas(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    let scope = staff.scope();
+    let list = match q.get("parent").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => st.store.area(&staff.user.area_code).await?.into_iter().collect::<Vec<_>>(),
+        Some(parent) => {
+            let Some(p) = st.store.area(parent).await? else {
+                return Err(ApiError::NotFound);
+            };
+            // Visible: the parent is in scope, or is an ancestor of the caller's area.
+            if !scope.contains(&p.path) && !scope.path.starts_with(&p.path) {
+                return Err(ApiError::NotFound);
+            }
+            st.store
+                .area_children(Some(parent))
+                .await?
+                .into_iter()
+                .filter(|a| scope.contains(&a.path) || scope.path.starts_with(&a.path))
+                .collect()
+        }
+    };
+    Ok(Json(json!({"items": list})))
+}
+
+/// Province → city → county, for the origin picker (public: no personal data).
+async fn division_children(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    let items: Vec<Value> = match q.get("parent").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => divisions::provinces()
+            .iter()
+            .map(|d| json!({"code": d.code, "name": d.name}))
+            .collect(),
+        Some(p) => divisions::children(p)
+            .into_iter()
+            .map(|d| json!({"code": d.code, "name": d.display_name()}))
+            .collect(),
+    };
+    Json(json!({ "items": items }))
+}
+
+async fn list_sites(State(st): State<AppState>, staff: Staff, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let base = base_url(&st, &headers);
+    let sites = st.store.sites(&staff.scope()).await?;
+    Ok(Json(json!({"items": sites.iter().map(|s| site_json(s, &base)).collect::<Vec<_>>()})))
+}
+
+async fn site_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Site> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    st.store.site(id, &staff.scope()).await?.ok_or(ApiError::NotFound)
+}
+
+/// Creates a site: `{"kind","name","area_code","default_stay_min"?}`.
+async fn create_site(State(st): State<AppState>, staff: Staff, headers: HeaderMap, JsonBody(b): JsonBody) -> ApiResult<Response> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(staff.role().manages_sites())?;
+    let site = new_site(&st, &staff, &b).await?;
+    st.store.insert_site(&site).await?;
+    staff.audit(&st, "site.create", &format!("site:{}", site.id), &site.area_path, site.kind.as_str()).await;
+    let base = base_url(&st, &headers);
+    Ok((StatusCode::CREATED, Json(site_json(&site, &base))).into_response())
+}
+
+pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResult<Site> {
+    let mut errs = Vec::new();
+    let kind = match str_field(b, "kind").and_then(SiteKind::parse) {
+        Some(k) => Some(k),
+        None => {
+            errs.push(FieldError::new("kind", "err.site.kind"));
+            None
+        }
+    };
+    let name = match epigrid_core::validate::validate_text("name", str_field(b, "name").unwrap_or(""), 60, true) {
+        Ok(n) => n,
+        Err(e) => {
+            errs.push(e);
+            None
+        }
+    };
+    let area = match str_field(b, "area_code") {
+        None => {
+            errs.push(FieldError::new("area_code", "err.required"));
+            None
+        }
+        Some(code) => match st.store.area(code.trim()).await? {
+            Some(a) if staff.scope().contains(&a.path) => Some(a),
+            _ => {
+                errs.push(FieldError::new("area_code", "err.area.not_in_scope"));
+                None
+            }
+        },
+    };
+    let stay = match b.get("default_stay_min") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64().filter(|n| (1..=24 * 60).contains(n)) {
+            Some(n) => Some(n as i32),
+            None => {
+                errs.push(FieldError::new("default_stay_min", "err.int.range").with("min", "1").with("max", "1440"));
+                None
+            }
+        },
+    };
+    match (kind, name, area) {
+        (Some(kind), Some(name), Some(area)) if errs.is_empty() => Ok(Site {
+            id: Uuid::now_v7(),
+            token: epigrid_core::vault::random_token(16),
+            kind,
+            name,
+            area_code: area.code,
+            area_path: area.path,
+            active: true,
+            default_stay_min: stay.unwrap_or(kind.default_stay_min()),
+            created_at: Utc::now(),
+        }),
+        _ => Err(ApiError::Invalid(errs)),
+    }
+}
+
+async fn get_site(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let site = site_in_scope(&st, &staff, &id).await?;
+    Ok(Json(site_json(&site, &base_url(&st, &headers))))
+}
+
+/// Changes a site: `{"name"?, "active"?, "rotate_token"?, "default_stay_min"?}`.
+async fn update_site(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(staff.role().manages_sites())?;
+    let mut site = site_in_scope(&st, &staff, &id).await?;
+    let old_token = site.token.clone();
+    let mut errs = Vec::new();
+    if let Some(v) = b.get("name") {
+        match epigrid_core::validate::validate_text("name", v.as_str().unwrap_or(""), 60, true) {
+            Ok(Some(n)) => site.name = n,
+            Ok(None) => errs.push(FieldError::new("name", "err.required")),
+            Err(e) => errs.push(e),
+        }
+    }
+    if let Some(v) = b.get("active") {
+        match v.as_bool() {
+            Some(a) => site.active = a,
+            None => errs.push(FieldError::new("active", "err.bool.format")),
+        }
+    }
+    if let Some(v) = b.get("default_stay_min") {
+        match v.as_i64().filter(|n| (1..=1440).contains(n)) {
+            Some(n) => site.default_stay_min = n as i32,
+            None => errs.push(FieldError::new("default_stay_min", "err.int.range").with("min", "1").with("max", "1440")),
+        }
+    }
+    if b.get("rotate_token").and_then(Value::as_bool) == Some(true) {
+        site.token = epigrid_core::vault::random_token(16);
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    st.store.update_site(&site).await?;
+    st.forget_site(&old_token);
+    staff.audit(&st, "site.update", &format!("site:{}", site.id), &site.area_path, &format!("active={}", site.active)).await;
+    Ok(Json(site_json(&site, &base_url(&st, &headers))))
+}
+
+async fn qr_svg(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let site = site_in_scope(&st, &staff, &id).await?;
+    let url = crate::view::site_url(&base_url(&st, &headers), &site);
+    let svg = crate::qr::svg(&url, 320).map_err(ApiError::Internal)?;
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+async fn qr_png(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let site = site_in_scope(&st, &staff, &id).await?;
+    let url = crate::view::site_url(&base_url(&st, &headers), &site);
+    let png = crate::qr::png(&url, 10).map_err(ApiError::Internal)?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+}
+
+/// The registration path shared by the JSON API and the HTML form: validate for the site's
+/// kind, check what needs the store, seal, store, and wake the live feeds.
+pub(crate) async fn submit(st: &AppState, site: &Site, input: &RegistrationInput, staff: Option<&Staff>) -> ApiResult<Registration> {
+    if !site.active {
+        return Err(ApiError::Gone("err.site.inactive"));
+    }
+    let (channel, by_user) = match staff {
+        Some(s) => {
+            s.require(s.role().registers_for_others() && s.scope().contains(&site.area_path))?;
+            (Channel::Staff, Some(s.user.id))
+        }
+        None => (Channel::SelfService, None),
+    };
+    let ctx = Context {
+        site,
+        channel,
+        by_user,
+        now: Utc::now(),
+        tz: st.cfg.tz,
+    };
+    let valid = match register::validate(input, &ctx) {
+        Ok(v) => v,
+        Err(e) => {
+            st.metrics.registrations_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ApiError::Invalid(e));
+        }
+    };
+    // Checks that need the area hierarchy.
+    let mut errs = Vec::new();
+    if let Some(unit) = &valid.fields.unit_code {
+        match st.store.area(unit).await? {
+            Some(a) if a.path.starts_with(&site.area_path) && a.level >= 5 => {}
+            _ => errs.push(FieldError::new("unit_code", "err.unit.not_here")),
+        }
+    }
+    if let Some(res) = &valid.fields.residence_code {
+        if st.store.area(res).await?.is_none() {
+            errs.push(FieldError::new("residence_code", "err.area.unknown"));
+        }
+    }
+    if !errs.is_empty() {
+        st.metrics.registrations_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::Invalid(errs));
+    }
+    let new = register::seal(&valid, &ctx, &st.vault);
+    let seq = st.store.insert_registration(new.clone()).await?;
+    st.metrics.registrations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _ = st.live.send(seq);
+    Ok(Registration::from_new(&new, site, seq))
+}
+
+async fn post_registration(State(st): State<AppState>, MaybeStaff(staff): MaybeStaff, headers: HeaderMap, Path(token): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+    let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
+    if let Some(s) = &staff {
+        s.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    }
+    let input = RegistrationInput::from_json(&b).map_err(|e| ApiError::Invalid(vec![e]))?;
+    let reg = submit(&st, &site, &input, staff.as_ref()).await?;
+    Ok((StatusCode::CREATED, Json(registration_json(&reg, st.cfg.tz))).into_response())
+}
+
+/// `from`/`to` as RFC 3339 or a local date (`2026-11-28` = the start of that local day).
+fn parse_time(st: &AppState, field: &str, raw: &str) -> Result<DateTime<Utc>, FieldError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| FieldError::new(field, "err.date.format"))
+}
+
+pub(crate) fn registration_filter(st: &AppState, q: &HashMap<String, String>) -> Result<RegistrationFilter, Vec<FieldError>> {
+    let mut f = RegistrationFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let mut errs = Vec::new();
+    for (k, v) in q {
+        let v = v.trim();
+        if v.is_empty() {
+            continue;
+        }
+        match k.as_str() {
+            "site" => match Uuid::parse_str(v) {
+                Ok(id) => f.site_id = Some(id),
+                Err(_) => errs.push(FieldError::new("site", "err.id.format")),
+            },
+            "kind" => match SiteKind::parse(v) {
+                Some(kind) => f.kind = Some(kind),
+                None => errs.push(FieldError::new("kind", "err.site.kind")),
+            },
+            "from" => match parse_time(st, "from", v) {
+                Ok(t) => f.from = Some(t),
+                Err(e) => errs.push(e),
+            },
+            "to" => match parse_time(st, "to", v) {
+                Ok(t) => f.to = Some(t),
+                Err(e) => errs.push(e),
+            },
+            "person" => match Uuid::parse_str(v) {
+                Ok(id) => f.person_id = Some(id),
+                Err(_) => errs.push(FieldError::new("person", "err.id.format")),
+            },
+            "before" => match v.parse::<i64>() {
+                Ok(n) => f.before_seq = Some(n),
+                Err(_) => errs.push(FieldError::new("before", "err.int.format")),
+            },
+            "after" => match v.parse::<i64>() {
+                Ok(n) => f.after_seq = Some(n),
+                Err(_) => errs.push(FieldError::new("after", "err.int.format")),
+            },
+            "limit" => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => f.limit = n,
+                _ => errs.push(FieldError::new("limit", "err.int.range").with("min", "1").with("max", "1000")),
+            },
+            _ => {}
+        }
+    }
+    if let (Some(a), Some(b)) = (f.from, f.to) {
+        if a > b {
+            errs.push(FieldError::new("to", "err.date.before_start"));
+        }
+    }
+    if errs.is_empty() {
+        Ok(f)
+    } else {
+        Err(errs)
+    }
+}
+
+async fn list_registrations(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    staff.require(staff.role().sees_personal_data())?;
+    let f = registration_filter(&st, &q).map_err(ApiError::Invalid)?;
+    let rows = st.store.registrations(&staff.scope(), &f).await?;
+    let next = rows.last().map(|r| r.seq).filter(|_| rows.len() as u32 == f.limit && f.after_seq.is_none());
+    Ok(Json(json!({
+        "items": rows.iter().map(|r| registration_json(r, st.cfg.tz)).collect::<Vec<_>>(),
+        "next_before": next,
+    })))
+}
+
+pub(crate) async fn registration_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Registration> {
+    staff.require(staff.role().sees_personal_data())?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    st.store.registration(id, &staff.scope()).await?.ok_or(ApiError::NotFound)
+}
+
+async fn get_registration(State(st): State<AppState>, staff: Staff, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let r = registration_in_scope(&st, &staff, &id).await?;
+    Ok(Json(registration_json(&r, st.cfg.tz)))
+}
+
+/// Reveals a registration's name, document and phone number: allowed roles only, audited.
+pub(crate) async fn unmask(st: &AppState, staff: &Staff, r: &Registration, reason: &str) -> ApiResult<Value> {
+    staff.require(staff.role().may_unmask())?;
+    let secrets = st
+        .store
+        .person_secrets(r.person_id, &staff.scope())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let ad = |col: &str| format!("persons.{col}:{}", secrets.person_id);
+    let open = |col: &str, c: &Option<Vec<u8>>| -> ApiResult<Option<String>> {
+        c.as_ref()
+            .map(|c| st.vault.open(&ad(col), c).map_err(|e| ApiError::Internal(e.to_string())))
+            .transpose()
+    };
+    let doc = open("doc", &secrets.doc_cipher)?;
+    let phone = open("phone", &secrets.phone_cipher)?;
+    staff
+        .audit(st, "unmask", &format!("registration:{}", r.id), &r.area_path, &format!("person:{} fields=name,id_number,phone reason={}", r.person_id, reason))
+        .await;
+    st.metrics.unmasks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(json!({"id": r.id, "person_id": r.person_id, "name": r.name, "id_type": secrets.doc_type, "id_number": doc, "phone": phone}))
+}
+
+async fn unmask_registration(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    let r = registration_in_scope(&st, &staff, &id).await?;
+    // The body is optional: `{"reason": "..."}`.
+    let body: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
+    let reason = body
+        .as_ref()
+        .and_then(|b| str_field(b, "reason"))
+        .map(|s| s.chars().take(200).collect::<String>())
+        .unwrap_or_default();
+    Ok(Json(unmask(&st, &staff, &r, &reason).await?))
+}
+
+async fn checkout_registration(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    let r = registration_in_scope(&st, &staff, &id).await?;
+    if !st.store.check_out(r.id, r.site_id, Utc::now()).await? {
+        return Err(ApiError::Conflict("err.checkout.done"));
+    }
+    let r = registration_in_scope(&st, &staff, &id).await?;
+    Ok(Json(registration_json(&r, st.cfg.tz)))
+}
+
+async fn audit(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    staff.require(staff.role() == Role::Admin)?;
+    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(200);
+    let rows = st.store.audit_log(&staff.scope(), limit).await?;
+    Ok(Json(json!({"items": rows})))
+}
+
+async fn list_users(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
+    staff.require(matches!(staff.role(), Role::Admin | Role::Manager))?;
+    let users = st.store.users(&staff.scope()).await?;
+    Ok(Json(json!({"items": users.iter().map(user_json).collect::<Vec<_>>()})))
+}
+
+/// Creates a staff account in the admin's subtree: `{"username","password","role","area_code"}`.
+async fn create_user(State(st): State<AppState>, staff: Staff, headers: HeaderMap, JsonBody(b): JsonBody) -> ApiResult<Response> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(staff.role() == Role::Admin)?;
+    let mut errs = Vec::new();
+    let username = str_field(&b, "username").unwrap_or("").trim().to_string();
+    if !valid_username(&username) {
+        errs.push(FieldError::new("username", "err.username.format"));
+    }
+    let password = str_field(&b, "password").unwrap_or("");
+    if password.chars().count() < 10 {
+        errs.push(FieldError::new("password", "err.password.short").with("min", "10"));
+    }
+    let role = str_field(&b, "role").and_then(Role::parse);
+    if role.is_none() {
+        errs.push(FieldError::new("role", "err.role.unknown"));
+    }
+    let area = match str_field(&b, "area_code") {
+        Some(c) => st.store.area(c.trim()).await?.filter(|a| staff.scope().contains(&a.path)),
+        None => None,
+    };
+    if area.is_none() {
+        errs.push(FieldError::new("area_code", "err.area.not_in_scope"));
+    }
+    let (Some(role), Some(area)) = (role, area) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let pw = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&pw))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(ApiError::Internal)?;
+    let user = User {
+        id: Uuid::now_v7(),
+        username,
+        password_hash: hash,
+        role,
+        area_code: area.code,
+        area_path: area.path,
+        active: true,
+        created_at: Utc::now(),
+    };
+    match st.store.insert_user(&user).await {
+        Err(epigrid_core::store::StoreError::Conflict(_)) => {
+            return Err(ApiError::field("username", "err.username.taken"))
+        }
+        r => r?,
+    }
+    staff.audit(&st, "user.create", &format!("user:{}", user.id), &user.area_path, user.role.as_str()).await;
+    Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
+}
+
+pub fn valid_username(u: &str) -> bool {
+    (3..=40).contains(&u.chars().count())
+        && u.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}

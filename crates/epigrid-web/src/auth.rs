@@ -1,0 +1,252 @@
+//! Staff authentication: argon2 password hashes, server-side sessions (cookie) and API tokens
+//! (`Authorization: Bearer`), both stored only as SHA-256 hashes; CSRF synchronizer tokens for
+//! cookie-authenticated changes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use chrono::Utc;
+use epigrid_core::area::Scope;
+use epigrid_core::model::{AuditEntry, Role, Session, User};
+use epigrid_core::vault::{random_token, token_hash};
+use uuid::Uuid;
+
+use crate::error::{cookie, ApiError, ApiResult};
+use crate::state::AppState;
+
+pub const SESSION_COOKIE: &str = "epigrid_session";
+
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom_fill(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    getrandom::getrandom(buf).expect("the operating system provides randomness");
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// A hash to verify against when the user does not exist, so that timing does not reveal
+/// which usernames exist.
+fn dummy_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| hash_password("no such user").unwrap_or_default())
+}
+
+/// Failed logins per username in the last window; five failures lock the name for a while.
+static FAILURES: std::sync::LazyLock<Mutex<HashMap<String, (u32, Instant)>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+const LOCK_AFTER: u32 = 5;
+const LOCK_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+fn locked(username: &str) -> bool {
+    let g = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+    g.get(username)
+        .is_some_and(|(n, at)| *n >= LOCK_AFTER && at.elapsed() < LOCK_WINDOW)
+}
+
+fn record_failure(username: &str) {
+    let mut g = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+    let e = g.entry(username.to_string()).or_insert((0, Instant::now()));
+    if e.1.elapsed() >= LOCK_WINDOW {
+        *e = (0, Instant::now());
+    }
+    e.0 += 1;
+}
+
+fn clear_failures(username: &str) {
+    FAILURES.lock().unwrap_or_else(|e| e.into_inner()).remove(username);
+}
+
+/// Checks a username and password and opens a session; returns the raw token (shown once).
+pub async fn login(st: &AppState, username: &str, password: &str, api: bool, ip: &str) -> ApiResult<(String, Session, User)> {
+    let username = username.trim();
+    if locked(username) {
+        return Err(ApiError::TooMany);
+    }
+    let user = st.store.user_by_username(username).await?;
+    let ok = match &user {
+        Some(u) => {
+            let (p, h) = (password.to_string(), u.password_hash.clone());
+            tokio::task::spawn_blocking(move || verify_password(&p, &h))
+                .await
+                .unwrap_or(false)
+                && u.active
+        }
+        None => {
+            let p = password.to_string();
+            let _ = tokio::task::spawn_blocking(move || verify_password(&p, dummy_hash())).await;
+            false
+        }
+    };
+    let Some(user) = user.filter(|_| ok) else {
+        record_failure(username);
+        audit_raw(st, None, username, "login_failed", "user", "/", ip, "").await;
+        return Err(ApiError::Unauthorized);
+    };
+    clear_failures(username);
+    let token = random_token(32);
+    let now = Utc::now();
+    let session = Session {
+        token_hash: token_hash(&token),
+        user_id: user.id,
+        csrf: if api { String::new() } else { random_token(16) },
+        api,
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(st.cfg.session_hours),
+    };
+    st.store.insert_session(&session).await?;
+    audit_raw(st, Some(user.id), &user.username, "login", &format!("user:{}", user.id), &user.area_path, ip, if api { "api token" } else { "browser" }).await;
+    Ok((token, session, user))
+}
+
+/// The client's address as the server saw it (or as a trusted proxy said).
+pub fn client_ip(headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_string())
+        .or_else(|| peer.map(|p| p.ip().to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn audit_raw(st: &AppState, user_id: Option<Uuid>, username: &str, action: &str, subject: &str, area_path: &str, ip: &str, detail: &str) {
+    let e = AuditEntry {
+        id: Uuid::now_v7(),
+        at: Utc::now(),
+        user_id,
+        username: username.to_string(),
+        action: action.to_string(),
+        subject: subject.to_string(),
+        area_path: area_path.to_string(),
+        ip: ip.to_string(),
+        detail: detail.to_string(),
+    };
+    if let Err(err) = st.store.append_audit(&e).await {
+        tracing::error!(error = %err, action, "audit write failed");
+    }
+}
+
+/// A logged-in staff member, from a bearer token or the session cookie.
+#[derive(Debug, Clone)]
+pub struct Staff {
+    pub user: User,
+    pub session: Session,
+    pub token_hash: Vec<u8>,
+    /// True when authenticated by cookie: changes then need the CSRF token.
+    pub by_cookie: bool,
+    pub ip: String,
+}
+
+impl Staff {
+    pub fn scope(&self) -> Scope {
+        Scope::new(self.user.area_path.clone())
+    }
+    pub fn role(&self) -> Role {
+        self.user.role
+    }
+    pub fn require(&self, ok: bool) -> ApiResult<()> {
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+    /// For cookie sessions, `provided` must equal the session's CSRF token.
+    pub fn check_csrf(&self, provided: Option<&str>) -> ApiResult<()> {
+        if !self.by_cookie {
+            return Ok(());
+        }
+        match provided {
+            Some(p) if !self.session.csrf.is_empty() && constant_eq(p.as_bytes(), self.session.csrf.as_bytes()) => Ok(()),
+            _ => Err(ApiError::Forbidden),
+        }
+    }
+    pub async fn audit(&self, st: &AppState, action: &str, subject: &str, area_path: &str, detail: &str) {
+        audit_raw(st, Some(self.user.id), &self.user.username, action, subject, area_path, &self.ip, detail).await;
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|s| s.trim().to_string())
+}
+
+/// Finds the staff member behind a request, if any.
+pub async fn staff_of(st: &AppState, parts: &Parts) -> ApiResult<Option<Staff>> {
+    let (token, by_cookie) = match bearer(&parts.headers) {
+        Some(t) => (t, false),
+        None => match cookie(&parts.headers, SESSION_COOKIE) {
+            Some(t) => (t, true),
+            None => return Ok(None),
+        },
+    };
+    let hash = token_hash(&token);
+    let Some((session, user)) = st.session(&hash).await? else {
+        return Ok(None);
+    };
+    if session.api == by_cookie {
+        // An API token in a cookie or a browser session as a bearer token: refuse.
+        return Ok(None);
+    }
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    Ok(Some(Staff {
+        user,
+        session,
+        token_hash: hash,
+        by_cookie,
+        ip: client_ip(&parts.headers, peer),
+    }))
+}
+
+impl FromRequestParts<AppState> for Staff {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        staff_of(st, parts).await?.ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// Optional staff (public routes that staff may also use, e.g. registering someone).
+pub struct MaybeStaff(pub Option<Staff>);
+
+impl FromRequestParts<AppState> for MaybeStaff {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
+        Ok(MaybeStaff(staff_of(st, parts).await?))
+    }
+}
+
+pub fn session_cookie(st: &AppState, token: &str, max_age_s: i64) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{}",
+        if st.cfg.secure_cookies { "; Secure" } else { "" }
+    )
+}

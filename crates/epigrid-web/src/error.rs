@@ -1,0 +1,159 @@
+//! The error policy: every failure becomes a clear, localised response; nothing panics and no
+//! internal detail (or personal data) reaches the client. 5xx are logged with the route only.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use epigrid_core::i18n::{t, Lang};
+use epigrid_core::store::StoreError;
+use epigrid_core::validate::FieldError;
+use serde_json::json;
+
+tokio::task_local! {
+    /// The language of the request being handled (for error messages).
+    pub static LANG: Lang;
+}
+
+/// The request's language: `?lang=`, then the `lang` cookie, then `Accept-Language`.
+pub fn lang_of(headers: &HeaderMap, query: Option<&str>) -> Lang {
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            if let Some(v) = pair.strip_prefix("lang=") {
+                if let Some(l) = Lang::from_tag(v) {
+                    return l;
+                }
+            }
+        }
+    }
+    if let Some(c) = cookie(headers, "lang") {
+        if let Some(l) = Lang::from_tag(&c) {
+            return l;
+        }
+    }
+    headers
+        .get(header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .map(Lang::from_accept_language)
+        .unwrap_or_default()
+}
+
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.to_string())
+        })
+}
+
+/// Middleware: runs the request with its language in [`LANG`] and as an extension.
+pub async fn with_lang(mut req: Request, next: Next) -> Response {
+    let lang = lang_of(req.headers(), req.uri().query());
+    req.extensions_mut().insert(lang);
+    LANG.scope(lang, next.run(req)).await
+}
+
+pub fn current_lang() -> Lang {
+    LANG.try_with(|l| *l).unwrap_or_default()
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401: no or bad credentials.
+    Unauthorized,
+    /// 403: logged in, but the role may not do this.
+    Forbidden,
+    /// 404: absent, or outside the caller's scope (indistinguishable on purpose).
+    NotFound,
+    /// 410: the site was deactivated, the link revoked.
+    Gone(&'static str),
+    /// 400: the request itself is malformed (not JSON, say).
+    BadRequest(&'static str),
+    /// 409: a uniqueness or state rule.
+    Conflict(&'static str),
+    /// 422: field-level validation errors.
+    Invalid(Vec<FieldError>),
+    /// 429: too many attempts.
+    TooMany,
+    /// 500: logged, never detailed to the client.
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound,
+            StoreError::Conflict(_) => ApiError::Conflict("err.conflict"),
+            StoreError::Invalid(m) | StoreError::Backend(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn field(field: &str, key: &'static str) -> ApiError {
+        ApiError::Invalid(vec![FieldError::new(field, key)])
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message key of a non-field error.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "err.unauthorized",
+            ApiError::Forbidden => "err.forbidden",
+            ApiError::NotFound => "err.not_found",
+            ApiError::Gone(k) | ApiError::BadRequest(k) | ApiError::Conflict(k) => k,
+            ApiError::Invalid(_) => "err.invalid",
+            ApiError::TooMany => "err.too_many",
+            ApiError::Internal(_) => "err.internal",
+        }
+    }
+
+    pub fn body(&self, lang: Lang) -> serde_json::Value {
+        match self {
+            ApiError::Invalid(errs) => json!({
+                "errors": errs.iter().map(|e| json!({"field": e.field, "message": e.message(lang), "code": e.key})).collect::<Vec<_>>()
+            }),
+            other => json!({
+                "errors": [{"field": null, "message": t(lang, other.key()), "code": other.key()}]
+            }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(m) = &self {
+            // Store messages never contain personal data (see StoreError::Backend).
+            tracing::error!(error = %m, "internal error");
+        }
+        let mut res = (self.status(), axum::Json(self.body(current_lang()))).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        res
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

@@ -1,0 +1,135 @@
+//! The live feed of registrations (server-sent events) for the field view.
+//!
+//! A feed wakes when this process stores a registration (in-process broadcast) and at least
+//! every two seconds, then reads what is new in the caller's scope from the database. Reading
+//! from the database, not from the broadcast, is what makes registrations taken by another
+//! `epigrid serve` process on the same PostgreSQL appear too — no LISTEN/NOTIFY needed.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use epigrid_core::area::Scope;
+use epigrid_core::model::{Registration, RegistrationFilter};
+use futures_util::Stream;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::auth::Staff;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::view::registration_json;
+
+const POLL: Duration = Duration::from_secs(2);
+/// Minimum time between two reads, so a burst of registrations costs one query.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+struct Feed {
+    st: AppState,
+    scope: Scope,
+    site: Option<Uuid>,
+    hwm: i64,
+    lookback: i64,
+    seen: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+    pending: VecDeque<Registration>,
+    rx: broadcast::Receiver<i64>,
+    _guard: ClientGuard,
+}
+
+struct ClientGuard(AppState);
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.metrics.live_clients.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Feed {
+    fn remember(&mut self, id: Uuid) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > 2000 {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    async fn poll(&mut self) {
+        tokio::select! {
+            r = self.rx.recv() => { if let Err(broadcast::error::RecvError::Closed) = r { tokio::time::sleep(POLL).await; } }
+            _ = tokio::time::sleep(POLL) => {}
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        while self.rx.try_recv().is_ok() {}
+        let f = RegistrationFilter {
+            site_id: self.site,
+            after_seq: Some((self.hwm - self.lookback).max(0)),
+            limit: 500,
+            ..Default::default()
+        };
+        match self.st.store.registrations(&self.scope, &f).await {
+            Ok(rows) => {
+                for r in rows {
+                    self.hwm = self.hwm.max(r.seq);
+                    if self.remember(r.id) {
+                        self.pending.push_back(r);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "live feed read failed"),
+        }
+    }
+}
+
+/// `GET /api/v1/feed?site=ID`: `registration` events (masked JSON), newest last.
+pub async fn sse(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    staff.require(staff.role().sees_personal_data())?;
+    let site = match q.get("site").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        Some(s) => Some(Uuid::parse_str(s).map_err(|_| ApiError::field("site", "err.id.format"))?),
+        None => None,
+    };
+    let scope = staff.scope();
+    let recent = st
+        .store
+        .registrations(&scope, &RegistrationFilter { site_id: site, limit: 20, ..Default::default() })
+        .await?;
+    st.metrics.live_clients.fetch_add(1, Relaxed);
+    let mut feed = Feed {
+        rx: st.live.subscribe(),
+        lookback: if st.store.backend() == "postgres" { 200 } else { 0 },
+        hwm: recent.first().map(|r| r.seq).unwrap_or(0),
+        _guard: ClientGuard(st.clone()),
+        st,
+        scope,
+        site,
+        seen: HashSet::new(),
+        order: VecDeque::new(),
+        pending: VecDeque::new(),
+    };
+    for r in recent.into_iter().rev() {
+        feed.remember(r.id);
+        feed.pending.push_back(r);
+    }
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(r) = feed.pending.pop_front() {
+                let data = registration_json(&r, feed.st.cfg.tz).to_string();
+                let ev = Event::default().event("registration").id(r.seq.to_string()).data(data);
+                return Some((Ok(ev), feed));
+            }
+            feed.poll().await;
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,109 @@
+//! `GET /api/v1/openapi.json`: the API description (OpenAPI 3.1), written by hand next to the
+//! routes it describes; an integration test checks every API route is in it.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+fn op(summary: &str, tag: &str, auth: bool, params: Value, body: Option<Value>, ok: (&str, &str)) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "tags": [tag],
+        "parameters": params,
+        "responses": {
+            ok.0: {"description": ok.1},
+            "401": {"description": "not logged in", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}},
+            "404": {"description": "absent or outside the caller's area scope"},
+            "422": {"description": "invalid input, field by field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}}
+        }
+    });
+    if auth {
+        o["security"] = json!([{"bearer": []}]);
+    } else {
+        o["security"] = json!([]);
+    }
+    if let Some(b) = body {
+        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": b}}});
+    }
+    o
+}
+
+fn path_param(name: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}})
+}
+
+fn query(name: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": desc, "schema": {"type": "string"}})
+}
+
+pub fn spec() -> Value {
+    let site = path_param("id", "site id (UUID)");
+    let reg = path_param("id", "registration id (UUID)");
+    let registration_in = json!({
+        "type": "object",
+        "description": "Fields that apply depend on the site's kind (checkpoint, gate, arrival, venue).",
+        "properties": {
+            "name": {"type": "string"}, "id_type": {"enum": ["cn_id", "passport", "other"]},
+            "id_number": {"type": "string"}, "phone": {"type": "string"}, "plate": {"type": "string"},
+            "companions": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "id_type": {"type": "string"}, "id_number": {"type": "string"}}}}]},
+            "origin": {"type": "string", "description": "GB/T 2260 code (2, 4 or 6 digits)"},
+            "destination": {"type": "string"}, "temperature": {"type": "number", "minimum": 34, "maximum": 42.5},
+            "symptoms": {"type": "array", "items": {"enum": ["fever", "cough", "fatigue", "sore_throat", "shortness_of_breath", "diarrhoea", "none"]}},
+            "high_risk_travel": {"type": "boolean"}, "direction": {"enum": ["in", "out"]}, "visitor": {"type": "boolean"},
+            "unit_code": {"type": "string"}, "visit_reason": {"type": "string"}, "arrival_date": {"type": "string", "format": "date"},
+            "residence_code": {"type": "string"}, "address": {"type": "string"}, "employer": {"type": "string"},
+            "stay_days": {"type": "integer"}, "purpose": {"type": "string"}
+        }
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "epigrid API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Outbreak response: self-registration at sites, staff views scoped to their area. Personal fields are masked unless explicitly unmasked (audited)."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Errors": {"type": "object", "properties": {"errors": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": ["string", "null"]}, "message": {"type": "string"}, "code": {"type": "string"}}}}}},
+                "RegistrationIn": registration_in,
+                "Site": {"type": "object", "properties": {"id": {"type": "string"}, "token": {"type": "string"}, "kind": {"enum": ["checkpoint", "gate", "arrival", "venue"]}, "name": {"type": "string"}, "area_code": {"type": "string"}, "active": {"type": "boolean"}}}
+            }
+        },
+        "paths": {
+            "/healthz": {"get": op("liveness", "operations", false, json!([]), None, ("200", "ok"))},
+            "/readyz": {"get": op("readiness (database reachable)", "operations", false, json!([]), None, ("200", "ready"))},
+            "/metrics": {"get": op("Prometheus metrics", "operations", false, json!([]), None, ("200", "text exposition format"))},
+            "/api/v1/openapi.json": {"get": op("this document", "operations", false, json!([]), None, ("200", "OpenAPI 3.1"))},
+            "/api/v1/auth/token": {"post": op("exchange username and password for a bearer token", "auth", false, json!([]),
+                Some(json!({"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string"}}})), ("200", "{token, expires_at, user}"))},
+            "/api/v1/auth/logout": {"post": op("revoke the bearer token", "auth", true, json!([]), None, ("204", "revoked"))},
+            "/api/v1/me": {"get": op("the caller", "auth", true, json!([]), None, ("200", "user"))},
+            "/api/v1/areas": {"get": op("children of an area within the caller's scope (no parent: the caller's own area)", "areas", true, json!([query("parent", "area code")]), None, ("200", "{items:[area]}"))},
+            "/api/v1/divisions": {"get": op("China's provinces, cities and counties for the origin picker", "areas", false, json!([query("parent", "2- or 4-digit code")]), None, ("200", "{items:[{code,name}]}"))},
+            "/api/v1/sites": {
+                "get": op("sites in the caller's scope", "sites", true, json!([]), None, ("200", "{items:[Site]}")),
+                "post": op("create a site", "sites", true, json!([]), Some(json!({"type": "object", "required": ["kind", "name", "area_code"], "properties": {"kind": {"type": "string"}, "name": {"type": "string"}, "area_code": {"type": "string"}, "default_stay_min": {"type": "integer"}}})), ("201", "Site"))
+            },
+            "/api/v1/sites/{id}": {
+                "get": op("one site", "sites", true, json!([site.clone()]), None, ("200", "Site")),
+                "patch": op("rename, (de)activate, rotate the token", "sites", true, json!([site.clone()]), Some(json!({"type": "object", "properties": {"name": {"type": "string"}, "active": {"type": "boolean"}, "rotate_token": {"type": "boolean"}, "default_stay_min": {"type": "integer"}}})), ("200", "Site"))
+            },
+            "/api/v1/sites/{id}/qr.svg": {"get": op("QR code of the site's form URL (SVG)", "sites", true, json!([site.clone()]), None, ("200", "image/svg+xml"))},
+            "/api/v1/sites/{id}/qr.png": {"get": op("QR code of the site's form URL (PNG)", "sites", true, json!([site.clone()]), None, ("200", "image/png"))},
+            "/api/v1/sites/{token}/registrations": {"post": op("self-registration at a site (or by staff with a bearer token)", "registrations", false,
+                json!([path_param("token", "the site's public token")]), Some(json!({"$ref": "#/components/schemas/RegistrationIn"})), ("201", "the stored registration, personal fields masked, with verification_code"))},
+            "/api/v1/registrations": {"get": op("registrations in scope, newest first", "registrations", true,
+                json!([query("site", "site id"), query("kind", "site kind"), query("from", "RFC 3339 or local date"), query("to", "RFC 3339 or local date"), query("person", "person id"), query("before", "seq, for paging"), query("after", "seq"), query("limit", "1-1000")]), None, ("200", "{items, next_before}"))},
+            "/api/v1/registrations/{id}": {"get": op("one registration (masked)", "registrations", true, json!([reg.clone()]), None, ("200", "registration"))},
+            "/api/v1/registrations/{id}/unmask": {"post": op("reveal name, document and phone (audited)", "registrations", true, json!([reg.clone()]), Some(json!({"type": "object", "properties": {"reason": {"type": "string"}}})), ("200", "{name, id_number, phone}"))},
+            "/api/v1/registrations/{id}/checkout": {"post": op("record leaving a venue", "registrations", true, json!([reg]), None, ("200", "registration"))},
+            "/api/v1/feed": {"get": op("live feed of registrations in scope (text/event-stream)", "registrations", true, json!([query("site", "site id")]), None, ("200", "server-sent events named registration"))},
+            "/api/v1/audit": {"get": op("audit log of the admin's subtree", "admin", true, json!([query("limit", "rows")]), None, ("200", "{items}"))},
+            "/api/v1/users": {
+                "get": op("staff accounts in scope", "admin", true, json!([]), None, ("200", "{items}")),
+                "post": op("create a staff account", "admin", true, json!([]), Some(json!({"type": "object", "required": ["username", "password", "role", "area_code"]})), ("201", "user"))
+            }
+        }
+    })
+}
+
+pub async fn serve() -> Json<Value> {
+    Json(spec())
+}

@@ -1,0 +1,571 @@
+//! `/s/{token}`: the public self-registration forms (one per site kind) and confirmation
+//! screens. Server-rendered, usable without JavaScript; a few lines of script add the cascading
+//! origin picker and the opt-in "remember me on this phone" prefill (kept in localStorage only).
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use chrono::Utc;
+use epigrid_core::divisions;
+use epigrid_core::i18n::{t, Lang};
+use epigrid_core::model::{Channel, Direction, Registration, Site, SiteKind};
+use epigrid_core::register::RegistrationInput;
+use epigrid_core::validate::{DocType, FieldError, Symptom, Symptoms};
+use uuid::Uuid;
+
+use crate::api::submit;
+use crate::auth::MaybeStaff;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::view::{local, mask_name};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/s/{token}", get(form).post(form_submit))
+        .route("/s/{token}/r/{id}", get(confirmation))
+        .route("/s/{token}/r/{id}/out", post(check_out))
+}
+
+/// Translator handed to templates: `{{ tr.t("key") }}`.
+#[derive(Clone, Copy)]
+pub struct Tr(pub Lang);
+impl Tr {
+    pub fn t(&self, key: &str) -> &'static str {
+        t(self.0, key)
+    }
+    pub fn code(&self) -> &'static str {
+        self.0.code()
+    }
+    /// The same message in English and in Mongolian, for bilingual posters.
+    pub fn t_en(&self, key: &str) -> &'static str {
+        t(Lang::En, key)
+    }
+    pub fn t_mn(&self, key: &str) -> &'static str {
+        t(Lang::Mn, key)
+    }
+}
+
+/// One form control, described in Rust so one template renders every kind of form.
+pub struct Field {
+    pub name: &'static str,
+    pub label: &'static str,
+    /// text, tel, number, date, select, radio, checks, textarea, bool
+    pub kind: &'static str,
+    pub value: String,
+    pub error: String,
+    pub required: bool,
+    pub attrs: &'static str,
+    pub hint: &'static str,
+    pub options: Vec<(String, String, bool)>,
+    /// Starts a new fieldset with this legend.
+    pub section: &'static str,
+}
+
+impl Field {
+    fn new(name: &'static str, label: &'static str, kind: &'static str) -> Field {
+        Field {
+            name,
+            label,
+            kind,
+            value: String::new(),
+            error: String::new(),
+            required: false,
+            attrs: "",
+            hint: "",
+            options: Vec::new(),
+            section: "",
+        }
+    }
+    fn req(mut self) -> Field {
+        self.required = true;
+        self
+    }
+    fn attrs(mut self, a: &'static str) -> Field {
+        self.attrs = a;
+        self
+    }
+    fn hint(mut self, h: &'static str) -> Field {
+        self.hint = h;
+        self
+    }
+    fn section(mut self, s: &'static str) -> Field {
+        self.section = s;
+        self
+    }
+    fn options(mut self, o: Vec<(String, String)>) -> Field {
+        self.options = o.into_iter().map(|(v, l)| (v, l, false)).collect();
+        self
+    }
+}
+
+#[derive(Template)]
+#[template(path = "form.html")]
+struct FormPage<'a> {
+    tr: Tr,
+    site: &'a Site,
+    kind_label: &'static str,
+    action: String,
+    fields: Vec<Field>,
+    errors: Vec<String>,
+    staff_user: String,
+    csrf: String,
+    origin_picker: bool,
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+struct ConfirmPage<'a> {
+    tr: Tr,
+    site: &'a Site,
+    reg: &'a Registration,
+    name: String,
+    time: String,
+    at_ms: i64,
+    temperature: String,
+    fever: bool,
+    direction: &'static str,
+    checkout: bool,
+    checked_out: String,
+    again: String,
+}
+
+#[derive(Template)]
+#[template(path = "message.html")]
+pub struct MessagePage {
+    pub tr: Tr,
+    pub title: &'static str,
+    pub text: &'static str,
+}
+
+pub fn message(lang: Lang, status: StatusCode, title: &'static str, text: &'static str) -> Response {
+    let page = MessagePage { tr: Tr(lang), title, text };
+    (status, Html(page.render().unwrap_or_default())).into_response()
+}
+
+fn kind_label(kind: SiteKind) -> &'static str {
+    match kind {
+        SiteKind::Checkpoint => "site.kind.checkpoint",
+        SiteKind::Gate => "site.kind.gate",
+        SiteKind::Arrival => "site.kind.arrival",
+        SiteKind::Venue => "site.kind.venue",
+    }
+}
+
+fn tl(lang: Lang, k: &str) -> String {
+    t(lang, k).to_string()
+}
+
+/// The fields of a site's form, filled with `values` and `errors`.
+async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String, String)], errors: &[FieldError]) -> Vec<Field> {
+    let yes_no = vec![("false".to_string(), tl(lang, "form.no")), ("true".to_string(), tl(lang, "form.yes"))];
+    let doc_types: Vec<(String, String)> = DocType::ALL
+        .iter()
+        .map(|d| (d.as_str().to_string(), tl(lang, d.label_key())))
+        .collect();
+    let mut symptom_opts: Vec<(String, String)> = Symptom::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), tl(lang, s.label_key())))
+        .collect();
+    symptom_opts.push(("none".into(), tl(lang, "symptom.none")));
+
+    let mut f = vec![
+        Field::new("name", "form.name", "text").req().attrs("autocomplete=\"name\" maxlength=\"40\"").section("form.section.identity"),
+    ];
+    let doc_required = site.kind != SiteKind::Gate;
+    f.push(Field::new("id_type", "form.id_type", "select").options(doc_types));
+    let mut idn = Field::new("id_number", "form.id_number", "text")
+        .attrs("autocomplete=\"off\" autocapitalize=\"characters\" maxlength=\"30\" spellcheck=\"false\"")
+        .hint(if doc_required { "form.id_number.hint" } else { "form.id_number.optional" });
+    idn.required = doc_required;
+    f.push(idn);
+    f.push(Field::new("phone", "form.phone", "tel").req().attrs("autocomplete=\"tel\" inputmode=\"tel\" maxlength=\"20\""));
+
+    match site.kind {
+        SiteKind::Checkpoint => {
+            f.push(Field::new("plate", "form.plate", "text").attrs("autocapitalize=\"characters\" maxlength=\"12\"").hint("form.plate.hint").section("form.section.trip"));
+            f.push(Field::new("companions", "form.companions", "number").attrs("inputmode=\"numeric\" min=\"0\" max=\"60\"").hint("form.companions.hint"));
+            for i in 1..=3 {
+                let mut n = Field::new(["companion_name_1", "companion_name_2", "companion_name_3"][i - 1], "form.companion_name", "text").attrs("maxlength=\"40\"");
+                n.hint = "";
+                f.push(n);
+                f.push(Field::new(["companion_id_1", "companion_id_2", "companion_id_3"][i - 1], "form.companion_id", "text").attrs("autocomplete=\"off\" maxlength=\"30\""));
+            }
+            f.push(
+                Field::new("origin_province", "form.origin", "select")
+                    .req()
+                    .options(
+                        std::iter::once((String::new(), tl(lang, "form.choose")))
+                            .chain(divisions::provinces().iter().map(|p| (p.code.to_string(), p.name.to_string())))
+                            .collect(),
+                    ),
+            );
+            f.push(Field::new("origin_text", "form.origin_place", "text").attrs("maxlength=\"30\"").hint("form.origin_place.hint"));
+            f.push(Field::new("destination", "form.destination", "text").req().attrs("maxlength=\"100\""));
+            f.push(Field::new("high_risk_travel", "form.high_risk_travel", "radio").options(yes_no.clone()));
+        }
+        SiteKind::Gate => {
+            f.push(
+                Field::new("direction", "form.direction", "radio")
+                    .req()
+                    .options(vec![
+                        (Direction::In.as_str().into(), tl(lang, "form.direction.in")),
+                        (Direction::Out.as_str().into(), tl(lang, "form.direction.out")),
+                    ])
+                    .section("form.section.visit"),
+            );
+            f.push(Field::new("visitor", "form.visitor", "radio").options(vec![
+                ("false".into(), tl(lang, "form.visitor.resident")),
+                ("true".into(), tl(lang, "form.visitor.visitor")),
+            ]));
+            let units = st.store.areas_in(&epigrid_core::area::Scope::new(site.area_path.clone()), 6).await.unwrap_or_default();
+            let opts: Vec<(String, String)> = std::iter::once((String::new(), tl(lang, "form.choose")))
+                .chain(units.iter().filter(|a| a.level >= 5).take(400).map(|a| {
+                    let label = if a.level == 6 {
+                        let parent = units.iter().find(|p| Some(&p.code) == a.parent_code.as_ref()).map(|p| p.name.as_str()).unwrap_or("");
+                        format!("{parent} {}", a.name)
+                    } else {
+                        a.name.clone()
+                    };
+                    (a.code.clone(), label)
+                }))
+                .collect();
+            f.push(Field::new("unit_code", "form.unit", "select").options(opts));
+            f.push(Field::new("visit_reason", "form.visit_reason", "text").attrs("maxlength=\"100\"").hint("form.visit_reason.hint"));
+        }
+        SiteKind::Arrival => {
+            f.push(Field::new("arrival_date", "form.arrival_date", "date").req().section("form.section.arrival"));
+            f.push(
+                Field::new("origin_province", "form.origin", "select")
+                    .req()
+                    .options(
+                        std::iter::once((String::new(), tl(lang, "form.choose")))
+                            .chain(divisions::provinces().iter().map(|p| (p.code.to_string(), p.name.to_string())))
+                            .collect(),
+                    ),
+            );
+            f.push(Field::new("origin_text", "form.origin_place", "text").attrs("maxlength=\"30\"").hint("form.origin_place.hint"));
+            let scope_root = site.area_path.clone();
+            let areas = st.store.areas_in(&epigrid_core::area::Scope::new(scope_root), 4).await.unwrap_or_default();
+            let opts = std::iter::once((String::new(), tl(lang, "form.choose")))
+                .chain(areas.iter().filter(|a| a.level >= 3).take(400).map(|a| (a.code.clone(), a.name.clone())))
+                .collect();
+            f.push(Field::new("residence_code", "form.residence", "select").req().options(opts));
+            f.push(Field::new("address", "form.address", "text").req().attrs("maxlength=\"200\" autocomplete=\"street-address\""));
+            f.push(Field::new("employer", "form.employer", "text").attrs("maxlength=\"100\" autocomplete=\"organization\""));
+            f.push(Field::new("stay_days", "form.stay_days", "number").attrs("inputmode=\"numeric\" min=\"1\" max=\"3650\""));
+            f.push(Field::new("purpose", "form.purpose", "text").attrs("maxlength=\"100\"").hint("form.purpose.hint"));
+            f.push(Field::new("high_risk_travel", "form.high_risk_travel", "radio").options(yes_no.clone()));
+        }
+        SiteKind::Venue => {
+            f.push(Field::new("high_risk_travel", "form.high_risk_travel", "radio").options(yes_no.clone()).section("form.section.trip"));
+        }
+    }
+    let mut temp = Field::new("temperature", "form.temperature", "number")
+        .attrs("inputmode=\"decimal\" step=\"0.1\" min=\"34\" max=\"42.5\"")
+        .hint("form.temperature.hint")
+        .section("form.section.health");
+    temp.required = matches!(site.kind, SiteKind::Checkpoint | SiteKind::Gate);
+    f.push(temp);
+    f.push(Field::new("symptoms", "form.symptoms", "checks").options(symptom_opts));
+
+    // Fill values and errors.
+    for field in &mut f {
+        let mut vals = values.iter().filter(|(k, _)| k == field.name).map(|(_, v)| v.as_str());
+        match field.kind {
+            "checks" => {
+                let chosen: Vec<&str> = vals.collect();
+                for o in &mut field.options {
+                    o.2 = chosen.contains(&o.0.as_str());
+                }
+            }
+            "select" | "radio" => {
+                let v = vals.next().unwrap_or("");
+                let v = if v.is_empty() && field.kind == "radio" && field.name != "direction" {
+                    "false"
+                } else {
+                    v
+                };
+                if field.name == "id_type" && v.is_empty() {
+                    if let Some(o) = field.options.first_mut() {
+                        o.2 = true;
+                    }
+                }
+                for o in &mut field.options {
+                    if o.0 == v {
+                        o.2 = true;
+                    }
+                }
+            }
+            _ => field.value = vals.next().unwrap_or("").to_string(),
+        }
+        let target = match field.name {
+            "origin_province" | "origin_text" => "origin",
+            n => n,
+        };
+        if let Some(e) = errors.iter().find(|e| e.field == target || e.field == field.name) {
+            if field.name != "origin_text" {
+                field.error = e.message(lang);
+            }
+        }
+    }
+    // companion field errors arrive as companions[i].name / .id_number
+    for e in errors {
+        if let Some(rest) = e.field.strip_prefix("companions[") {
+            let (i, what) = rest.split_once("].").unwrap_or(("", ""));
+            let idx: usize = i.parse::<usize>().unwrap_or(99) + 1;
+            let name = match what {
+                "name" => format!("companion_name_{idx}"),
+                _ => format!("companion_id_{idx}"),
+            };
+            if let Some(field) = f.iter_mut().find(|x| x.name == name) {
+                field.error = e.message(lang);
+            }
+        }
+    }
+    f
+}
+
+fn with_lang_cookie(mut res: Response, q: &HashMap<String, String>) -> Response {
+    if let Some(l) = q.get("lang").and_then(|l| Lang::from_tag(l)) {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.code())) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    res
+}
+
+async fn render_form(st: &AppState, site: &Site, lang: Lang, staff: &MaybeStaff, values: &[(String, String)], errors: &[FieldError]) -> Response {
+    let fields = build_fields(st, site, lang, values, errors).await;
+    let page = FormPage {
+        tr: Tr(lang),
+        site,
+        kind_label: kind_label(site.kind),
+        action: format!("/s/{}", site.token),
+        fields,
+        errors: errors.iter().map(|e| e.message(lang)).collect(),
+        staff_user: staff.0.as_ref().map(|s| s.user.username.clone()).unwrap_or_default(),
+        csrf: staff.0.as_ref().map(|s| s.session.csrf.clone()).unwrap_or_default(),
+        origin_picker: matches!(site.kind, SiteKind::Checkpoint | SiteKind::Arrival),
+    };
+    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    match page.render() {
+        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+async fn form(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(token): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let site = match st.site_by_token(&token).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return message(lang, StatusCode::NOT_FOUND, "public.unknown_site.title", "public.unknown_site.text"),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if !site.active {
+        return message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text");
+    }
+    let res = render_form(&st, &site, lang, &staff, &[], &[]).await;
+    with_lang_cookie(res, &q)
+}
+
+/// Resolves the no-JavaScript origin fields (a province plus a typed place name) to a code.
+fn resolve_origin(pairs: &mut Vec<(String, String)>) -> Option<FieldError> {
+    let get = |k: &str| pairs.iter().find(|(n, v)| n == k && !v.trim().is_empty()).map(|(_, v)| v.trim().to_string());
+    if get("origin").is_some() {
+        return None;
+    }
+    let province = get("origin_province")?;
+    let code = match get("origin_text") {
+        None => Some(province.clone()),
+        Some(text) => {
+            let text = text.trim_end_matches(['市', '县', '区', '旗', '盟']).to_string();
+            let mut hits: Vec<&divisions::Division> = Vec::new();
+            for city in divisions::children(&province) {
+                if city.display_name().contains(&text) {
+                    hits.push(city);
+                }
+                for county in divisions::children(city.code) {
+                    if county.name.contains(&text) {
+                        hits.push(county);
+                    }
+                }
+            }
+            match hits.as_slice() {
+                [one] => Some(one.code.to_string()),
+                [] => return Some(FieldError::new("origin", "err.origin.not_found")),
+                many => {
+                    let strip = |n: &str| n.trim_end_matches(['市', '县', '区', '旗', '盟']).to_string();
+                    match many.iter().find(|d| strip(d.display_name()) == text) {
+                        Some(d) => Some(d.code.to_string()),
+                        None => return Some(FieldError::new("origin", "err.origin.ambiguous")),
+                    }
+                }
+            }
+        }
+    };
+    if let Some(c) = code {
+        pairs.push(("origin".into(), c));
+    }
+    None
+}
+
+async fn form_submit(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Response {
+    let site = match st.site_by_token(&token).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return message(lang, StatusCode::NOT_FOUND, "public.unknown_site.title", "public.unknown_site.text"),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if !site.active {
+        return message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text");
+    }
+    let mut pairs: Vec<(String, String)> = form_pairs(&body);
+    // Staff entering for someone else must prove the form came from their session.
+    let staff_entry = pairs.iter().any(|(k, v)| k == "staff_entry" && v == "1");
+    let acting = if staff_entry { staff.0.as_ref() } else { None };
+    if let Some(s) = acting {
+        let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
+        if s.check_csrf(csrf).is_err() {
+            return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
+        }
+    }
+    let origin_err = resolve_origin(&mut pairs);
+    let input = RegistrationInput::from_pairs(&pairs);
+    if let Some(oe) = origin_err {
+        // Report the origin together with every other bad field, and store nothing.
+        let ctx = epigrid_core::register::Context {
+            site: &site,
+            channel: if acting.is_some() { Channel::Staff } else { Channel::SelfService },
+            by_user: acting.map(|s| s.user.id),
+            now: Utc::now(),
+            tz: st.cfg.tz,
+        };
+        let mut errs = epigrid_core::register::validate(&input, &ctx).err().unwrap_or_default();
+        errs.retain(|x| x.field != "origin");
+        errs.push(oe);
+        return render_form(&st, &site, lang, &staff, &pairs, &errs).await;
+    }
+    match submit(&st, &site, &input, acting).await {
+        Ok(reg) => Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response(),
+        Err(ApiError::Invalid(errs)) => render_form(&st, &site, lang, &staff, &pairs, &errs).await,
+        Err(ApiError::Gone(_)) => message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text"),
+        Err(ApiError::Forbidden) => message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.forbidden"),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    url_decode_pairs(body)
+}
+
+/// `application/x-www-form-urlencoded` decoding (keys may repeat).
+pub fn url_decode_pairs(body: &[u8]) -> Vec<(String, String)> {
+    fn dec(s: &[u8]) -> String {
+        let mut out = Vec::with_capacity(s.len());
+        let mut i = 0;
+        while i < s.len() {
+            match s[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < s.len() => {
+                    let h = std::str::from_utf8(&s[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                    match h {
+                        Some(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    body.split(|b| *b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut it = p.splitn(2, |b| *b == b'=');
+            let k = it.next().unwrap_or_default();
+            let v = it.next().unwrap_or_default();
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+async fn load_reg(st: &AppState, token: &str, id: &str) -> Result<(Site, Registration), StatusCode> {
+    let site = st.site_by_token(token).await.ok().flatten().ok_or(StatusCode::NOT_FOUND)?;
+    let id = Uuid::parse_str(id).map_err(|_| StatusCode::NOT_FOUND)?;
+    let reg = st
+        .store
+        .registration(id, &epigrid_core::area::Scope::new(site.area_path.clone()))
+        .await
+        .ok()
+        .flatten()
+        .filter(|r| r.site_id == site.id)
+        .ok_or(StatusCode::NOT_FOUND)?;
+    Ok((site, reg))
+}
+
+async fn confirmation(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path((token, id)): Path<(String, String)>) -> Response {
+    let (site, reg) = match load_reg(&st, &token, &id).await {
+        Ok(x) => x,
+        Err(code) => return message(lang, code, "public.unknown_site.title", "public.unknown_site.text"),
+    };
+    // The confirmation is for showing at the gate right away, not a lasting pass.
+    if Utc::now() - reg.at > chrono::Duration::hours(12) {
+        return message(lang, StatusCode::GONE, "public.expired.title", "public.expired.text");
+    }
+    let fever = epigrid_core::store::is_fever(&reg.fields) || Symptoms::from_bits(reg.fields.symptoms).contains(Symptom::Fever);
+    let page = ConfirmPage {
+        tr: Tr(lang),
+        site: &site,
+        reg: &reg,
+        name: mask_name(&reg.name),
+        time: local(reg.at, st.cfg.tz),
+        at_ms: reg.at.timestamp_millis(),
+        temperature: reg.fields.temperature.map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)).unwrap_or_default(),
+        fever,
+        direction: match reg.fields.direction {
+            Some(Direction::In) => "form.direction.in",
+            Some(Direction::Out) => "form.direction.out",
+            None => "",
+        },
+        checkout: site.kind == SiteKind::Venue && reg.left_at.is_none(),
+        checked_out: reg.left_at.map(|t| local(t, st.cfg.tz)).unwrap_or_default(),
+        again: format!("/s/{}", site.token),
+    };
+    match page.render() {
+        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+async fn check_out(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path((token, id)): Path<(String, String)>) -> Response {
+    let (site, reg) = match load_reg(&st, &token, &id).await {
+        Ok(x) => x,
+        Err(code) => return message(lang, code, "public.unknown_site.title", "public.unknown_site.text"),
+    };
+    if site.kind == SiteKind::Venue {
+        if let Err(e) = st.store.check_out(reg.id, site.id, Utc::now()).await {
+            return ApiError::from(e).into_response();
+        }
+    }
+    Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response()
+}

@@ -1,0 +1,541 @@
+//! Staff pages: server-rendered HTML over the same core and store as the API. Every page shows
+//! the caller's area breadcrumb; every list is scoped to their subtree; unmasking is a POST
+//! that is audited.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use chrono::{Duration, Utc};
+use epigrid_core::area::{Area, Scope};
+use epigrid_core::i18n::Lang;
+use epigrid_core::model::{AuditEntry, Registration, Role, Site, SiteKind};
+use epigrid_core::store::metric;
+use serde_json::Value;
+
+use crate::api::{base_url, new_site, registration_filter, registration_in_scope, unmask};
+use crate::auth::{self, MaybeStaff, Staff};
+use crate::error::ApiError;
+use crate::public::{url_decode_pairs, Tr};
+use crate::state::AppState;
+use crate::view::{detail_pairs, kind_key, local, mask_name, row_view, site_url, RowView};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(home))
+        .route("/login", get(login_page).post(login_submit))
+        .route("/logout", post(logout))
+        .route("/sites", get(sites_page).post(sites_create))
+        .route("/sites/{id}", get(site_page))
+        .route("/sites/{id}/toggle", post(site_toggle))
+        .route("/sites/{id}/rotate", post(site_rotate))
+        .route("/sites/{id}/poster", get(poster))
+        .route("/registrations", get(registrations_page))
+        .route("/registrations/{id}", get(registration_page))
+        .route("/registrations/{id}/unmask", post(registration_unmask))
+        .route("/feed", get(feed_page))
+        .route("/audit", get(audit_page))
+}
+
+const STAFF_CSS: &str = include_str!("../assets/staff.css");
+
+pub async fn asset(Path(file): Path<String>) -> Response {
+    match file.as_str() {
+        "staff.css" => ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], STAFF_CSS).into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// What every staff page shows at the top.
+pub struct Chrome {
+    pub tr: Tr,
+    pub username: String,
+    pub role: Role,
+    pub crumbs: Vec<Area>,
+    pub csrf: String,
+    pub is_admin: bool,
+}
+
+async fn chrome(st: &AppState, s: &Staff, lang: Lang) -> Chrome {
+    let mut crumbs = Vec::new();
+    for code in s.user.area_path.split('/').filter(|c| !c.is_empty()) {
+        if let Ok(Some(a)) = st.store.area(code).await {
+            crumbs.push(a);
+        }
+    }
+    Chrome {
+        tr: Tr(lang),
+        username: s.user.username.clone(),
+        role: s.user.role,
+        crumbs,
+        csrf: s.session.csrf.clone(),
+        is_admin: s.user.role == Role::Admin,
+    }
+}
+
+/// Staff pages need a browser session; anything else goes to the login page.
+fn logged_in(s: MaybeStaff) -> Result<Staff, Response> {
+    match s.0 {
+        Some(s) if s.by_cookie => Ok(s),
+        _ => Err(Redirect::to("/login").into_response()),
+    }
+}
+
+fn page<T: Template>(t: T) -> Response {
+    match t.render() {
+        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+fn forbidden(lang: Lang) -> Response {
+    crate::public::message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.forbidden")
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    tr: Tr,
+    error: &'static str,
+    username: String,
+}
+
+async fn login_page(Extension(lang): Extension<Lang>) -> Response {
+    page(LoginPage { tr: Tr(lang), error: "", username: String::new() })
+}
+
+async fn login_submit(State(st): State<AppState>, Extension(lang): Extension<Lang>, headers: HeaderMap, body: Bytes) -> Response {
+    let pairs = url_decode_pairs(&body);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let (username, password) = (get("username"), get("password"));
+    let ip = auth::client_ip(&headers, None);
+    match auth::login(&st, &username, &password, false, &ip).await {
+        Ok((token, _, _)) => {
+            let cookie = auth::session_cookie(&st, &token, st.cfg.session_hours * 3600);
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+        }
+        Err(e) => {
+            let error = match e {
+                ApiError::TooMany => "login.locked",
+                _ => "login.failed",
+            };
+            let mut res = page(LoginPage { tr: Tr(lang), error, username });
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            res
+        }
+    }
+}
+
+async fn logout(State(st): State<AppState>, staff: MaybeStaff, body: Bytes) -> Response {
+    if let Some(s) = staff.0 {
+        let pairs = url_decode_pairs(&body);
+        let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
+        if s.check_csrf(csrf).is_ok() {
+            let _ = st.store.delete_session(&s.token_hash).await;
+            st.forget_session(&s.token_hash);
+        }
+    }
+    ([(header::SET_COOKIE, auth::session_cookie(&st, "", 0))], Redirect::to("/login")).into_response()
+}
+
+fn csrf_of(pairs: &[(String, String)]) -> Option<&str> {
+    pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str())
+}
+
+#[derive(Template)]
+#[template(path = "home.html")]
+struct HomePage {
+    c: Chrome,
+    today: Vec<(&'static str, i64)>,
+    week: Vec<(String, i64)>,
+    week_max: i64,
+    sites: usize,
+}
+
+async fn home(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let scope = s.scope();
+    let today = (Utc::now() + Duration::seconds(i64::from(st.cfg.tz.local_minus_utc()))).date_naive();
+    let mut counts = Vec::new();
+    for (label, m) in [
+        ("home.reg_today", metric::REG_ALL),
+        ("home.fever_today", metric::REG_FEVER),
+        ("home.symptomatic_today", metric::REG_SYMPTOMATIC),
+        ("home.high_risk_today", metric::REG_HIGH_RISK),
+    ] {
+        let n = st.store.rollup_series(&scope, m, today, today).await.ok().and_then(|v| v.first().map(|x| x.1)).unwrap_or(0);
+        counts.push((label, n));
+    }
+    let series = st.store.rollup_series(&scope, metric::REG_ALL, today - Duration::days(6), today).await.unwrap_or_default();
+    let week: Vec<(String, i64)> = (0..7)
+        .map(|i| {
+            let d = today - Duration::days(6 - i);
+            (d.format("%m-%d").to_string(), series.iter().find(|x| x.0 == d).map(|x| x.1).unwrap_or(0))
+        })
+        .collect();
+    let week_max = week.iter().map(|x| x.1).max().unwrap_or(0).max(1);
+    let sites = st.store.sites(&scope).await.map(|v| v.len()).unwrap_or(0);
+    page(HomePage { c: chrome(&st, &s, lang).await, today: counts, week, week_max, sites })
+}
+
+struct SiteRow {
+    site: Site,
+    kind_label: &'static str,
+    area_name: String,
+}
+
+#[derive(Template)]
+#[template(path = "sites.html")]
+struct SitesPage {
+    c: Chrome,
+    rows: Vec<SiteRow>,
+    can_manage: bool,
+    areas: Vec<Area>,
+    errors: Vec<String>,
+    kinds: Vec<(&'static str, &'static str)>,
+}
+
+async fn sites_view(st: &AppState, s: &Staff, lang: Lang, errors: Vec<String>) -> Response {
+    let scope = s.scope();
+    let sites = st.store.sites(&scope).await.unwrap_or_default();
+    let areas = st.store.areas_in(&scope, 4).await.unwrap_or_default();
+    let names: HashMap<&str, &str> = areas.iter().map(|a| (a.code.as_str(), a.name.as_str())).collect();
+    let rows = sites
+        .into_iter()
+        .map(|site| SiteRow {
+            kind_label: kind_key(site.kind),
+            area_name: names.get(site.area_code.as_str()).map(|s| s.to_string()).unwrap_or_else(|| site.area_code.clone()),
+            site,
+        })
+        .collect();
+    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let mut res = page(SitesPage {
+        c: chrome(st, s, lang).await,
+        rows,
+        can_manage: s.role().manages_sites(),
+        areas,
+        errors,
+        kinds: SiteKind::ALL.iter().map(|k| (k.as_str(), kind_key(*k))).collect(),
+    });
+    *res.status_mut() = status;
+    res
+}
+
+async fn sites_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff) -> Response {
+    match logged_in(staff) {
+        Ok(s) => sites_view(&st, &s, lang, Vec::new()).await,
+        Err(r) => r,
+    }
+}
+
+async fn sites_create(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, body: Bytes) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pairs = url_decode_pairs(&body);
+    if s.check_csrf(csrf_of(&pairs)).is_err() || !s.role().manages_sites() {
+        return forbidden(lang);
+    }
+    let mut obj = serde_json::Map::new();
+    for (k, v) in &pairs {
+        if ["kind", "name", "area_code"].contains(&k.as_str()) {
+            obj.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+    match new_site(&st, &s, &Value::Object(obj)).await {
+        Ok(site) => {
+            if let Err(e) = st.store.insert_site(&site).await {
+                return ApiError::from(e).into_response();
+            }
+            s.audit(&st, "site.create", &format!("site:{}", site.id), &site.area_path, site.kind.as_str()).await;
+            Redirect::to(&format!("/sites/{}", site.id)).into_response()
+        }
+        Err(ApiError::Invalid(errs)) => sites_view(&st, &s, lang, errs.iter().map(|e| format!("{}: {}", e.field, e.message(lang))).collect()).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn load_site(st: &AppState, s: &Staff, id: &str) -> Option<Site> {
+    let id = uuid::Uuid::parse_str(id).ok()?;
+    st.store.site(id, &s.scope()).await.ok().flatten()
+}
+
+#[derive(Template)]
+#[template(path = "site.html")]
+struct SitePage {
+    c: Chrome,
+    site: Site,
+    kind_label: &'static str,
+    url: String,
+    qr: String,
+    can_manage: bool,
+    recent: Vec<RowView>,
+}
+
+async fn site_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(site) = load_site(&st, &s, &id).await else {
+        return ApiError::NotFound.into_response();
+    };
+    let url = site_url(&base_url(&st, &headers), &site);
+    let qr = crate::qr::svg(&url, 240).unwrap_or_default();
+    let qr = qr.split_once("?>").map(|(_, svg)| svg.to_string()).unwrap_or(qr);
+    let f = epigrid_core::model::RegistrationFilter { site_id: Some(site.id), limit: 20, ..Default::default() };
+    let recent = st.store.registrations(&s.scope(), &f).await.unwrap_or_default();
+    page(SitePage {
+        c: chrome(&st, &s, lang).await,
+        kind_label: kind_key(site.kind),
+        url,
+        qr,
+        can_manage: s.role().manages_sites(),
+        recent: recent.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect(),
+        site,
+    })
+}
+
+async fn site_change(st: AppState, lang: Lang, staff: MaybeStaff, id: String, body: Bytes, rotate: bool) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pairs = url_decode_pairs(&body);
+    if s.check_csrf(csrf_of(&pairs)).is_err() || !s.role().manages_sites() {
+        return forbidden(lang);
+    }
+    let Some(mut site) = load_site(&st, &s, &id).await else {
+        return ApiError::NotFound.into_response();
+    };
+    let old = site.token.clone();
+    if rotate {
+        site.token = epigrid_core::vault::random_token(16);
+    } else {
+        site.active = !site.active;
+    }
+    if let Err(e) = st.store.update_site(&site).await {
+        return ApiError::from(e).into_response();
+    }
+    st.forget_site(&old);
+    let what = if rotate { "site.rotate" } else { "site.update" };
+    s.audit(&st, what, &format!("site:{}", site.id), &site.area_path, &format!("active={}", site.active)).await;
+    Redirect::to(&format!("/sites/{}", site.id)).into_response()
+}
+
+async fn site_toggle(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+    site_change(st, lang, staff, id, body, false).await
+}
+
+async fn site_rotate(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+    site_change(st, lang, staff, id, body, true).await
+}
+
+#[derive(Template)]
+#[template(path = "poster.html")]
+struct PosterPage {
+    tr: Tr,
+    site: Site,
+    kind_label: &'static str,
+    url: String,
+    qr: String,
+    area: String,
+}
+
+async fn poster(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(site) = load_site(&st, &s, &id).await else {
+        return ApiError::NotFound.into_response();
+    };
+    let url = site_url(&base_url(&st, &headers), &site);
+    let qr = crate::qr::svg(&url, 600).unwrap_or_default();
+    let qr = qr.split_once("?>").map(|(_, svg)| svg.to_string()).unwrap_or(qr);
+    let area = st.store.area(&site.area_code).await.ok().flatten().map(|a| a.name).unwrap_or_default();
+    page(PosterPage { tr: Tr(lang), kind_label: kind_key(site.kind), url, qr, area, site })
+}
+
+#[derive(Template)]
+#[template(path = "registrations.html")]
+struct RegistrationsPage {
+    c: Chrome,
+    rows: Vec<RowView>,
+    sites: Vec<Site>,
+    q: HashMap<String, String>,
+    errors: Vec<String>,
+    next: String,
+    kinds: Vec<(&'static str, &'static str)>,
+}
+
+impl RegistrationsPage {
+    fn qv(&self, k: &str) -> &str {
+        self.q.get(k).map(|s| s.as_str()).unwrap_or("")
+    }
+}
+
+async fn registrations_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !s.role().sees_personal_data() {
+        return forbidden(lang);
+    }
+    let scope = s.scope();
+    let (rows, errors, next) = match registration_filter(&st, &q) {
+        Ok(f) => {
+            let rows = st.store.registrations(&scope, &f).await.unwrap_or_default();
+            let next = match rows.last() {
+                Some(last) if rows.len() as u32 == f.limit => {
+                    let mut nq: Vec<String> = q.iter().filter(|(k, _)| k.as_str() != "before").map(|(k, v)| format!("{k}={}", pct(v))).collect();
+                    nq.push(format!("before={}", last.seq));
+                    format!("/registrations?{}", nq.join("&"))
+                }
+                _ => String::new(),
+            };
+            (rows, Vec::new(), next)
+        }
+        Err(errs) => (Vec::new(), errs.iter().map(|e| format!("{}: {}", e.field, e.message(lang))).collect(), String::new()),
+    };
+    let sites = st.store.sites(&scope).await.unwrap_or_default();
+    page(RegistrationsPage {
+        c: chrome(&st, &s, lang).await,
+        rows: rows.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect(),
+        sites,
+        q,
+        errors,
+        next,
+        kinds: SiteKind::ALL.iter().map(|k| (k.as_str(), kind_key(*k))).collect(),
+    })
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.:".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[derive(Template)]
+#[template(path = "registration.html")]
+struct RegistrationPage {
+    c: Chrome,
+    reg: Registration,
+    pairs: Vec<(&'static str, String)>,
+    unmasked: Option<(String, String, String)>,
+    can_unmask: bool,
+    name: String,
+}
+
+async fn registration_view(st: &AppState, s: &Staff, lang: Lang, id: &str, unmasked: Option<Value>) -> Response {
+    let unmasked = unmasked.map(|v| {
+        let g = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        (g("name"), g("id_number"), g("phone"))
+    });
+    let reg = match registration_in_scope(st, s, id).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    page(RegistrationPage {
+        c: chrome(st, s, lang).await,
+        pairs: detail_pairs(&reg, st.cfg.tz, lang),
+        name: mask_name(&reg.name),
+        can_unmask: s.role().may_unmask(),
+        unmasked,
+        reg,
+    })
+}
+
+async fn registration_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>) -> Response {
+    match logged_in(staff) {
+        Ok(s) => registration_view(&st, &s, lang, &id, None).await,
+        Err(r) => r,
+    }
+}
+
+async fn registration_unmask(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pairs = url_decode_pairs(&body);
+    if s.check_csrf(csrf_of(&pairs)).is_err() {
+        return forbidden(lang);
+    }
+    let reason: String = pairs.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.chars().take(200).collect()).unwrap_or_default();
+    let reg = match registration_in_scope(&st, &s, &id).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match unmask(&st, &s, &reg, &reason).await {
+        Ok(v) => registration_view(&st, &s, lang, &id, Some(v)).await,
+        Err(ApiError::Forbidden) => forbidden(lang),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "feed.html")]
+struct FeedPage {
+    c: Chrome,
+    sites: Vec<Site>,
+    site: String,
+    initial: Vec<RowView>,
+}
+
+async fn feed_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !s.role().sees_personal_data() {
+        return forbidden(lang);
+    }
+    let scope: Scope = s.scope();
+    let sites = st.store.sites(&scope).await.unwrap_or_default();
+    let site = q.get("site").cloned().unwrap_or_default();
+    let f = epigrid_core::model::RegistrationFilter {
+        site_id: uuid::Uuid::parse_str(&site).ok(),
+        limit: 30,
+        ..Default::default()
+    };
+    let initial = st.store.registrations(&scope, &f).await.unwrap_or_default();
+    page(FeedPage {
+        c: chrome(&st, &s, lang).await,
+        sites,
+        site,
+        initial: initial.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect(),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    c: Chrome,
+    rows: Vec<(String, AuditEntry)>,
+}
+
+async fn audit_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if s.role() != Role::Admin {
+        return forbidden(lang);
+    }
+    let rows = st.store.audit_log(&s.scope(), 500).await.unwrap_or_default();
+    page(AuditPage {
+        c: chrome(&st, &s, lang).await,
+        rows: rows.into_iter().map(|e| (local(e.at, st.cfg.tz), e)).collect(),
+    })
+}

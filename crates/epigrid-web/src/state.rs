@@ -1,0 +1,122 @@
+//! Shared application state and small caches.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::FixedOffset;
+use epigrid_core::model::{Session, Site, User};
+use epigrid_core::store::{Store, StoreResult};
+use epigrid_core::vault::Vault;
+use tokio::sync::broadcast;
+
+use crate::metrics::Metrics;
+
+/// Settings of the web layer.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Public base URL encoded in QR codes (`https://epigrid.example.org`); when None, the
+    /// request's `Host` header is used.
+    pub base_url: Option<String>,
+    /// Local time zone for display and local days (Asia/Shanghai: +08:00).
+    pub tz: FixedOffset,
+    /// Lifetime of a browser session or API token.
+    pub session_hours: i64,
+    /// Mark cookies `Secure` (behind HTTPS).
+    pub secure_cookies: bool,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            base_url: None,
+            tz: FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset"),
+            session_hours: 12,
+            secure_cookies: false,
+        }
+    }
+}
+
+/// How long a cached site or session may be served before it is read again. Other processes'
+/// changes (a deactivated site, a revoked token) take effect within this time.
+const CACHE_TTL: Duration = Duration::from_secs(10);
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub vault: Vault,
+    pub cfg: WebConfig,
+    /// Wakes live feeds when this process stores a registration (the sequence number).
+    pub live: broadcast::Sender<i64>,
+    pub metrics: Metrics,
+    sites: RwLock<HashMap<String, (Option<Site>, Instant)>>,
+    sessions: RwLock<HashMap<Vec<u8>, (Option<(Session, User)>, Instant)>>,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, vault: Vault, cfg: WebConfig) -> AppState {
+        let (live, _) = broadcast::channel(1024);
+        AppState(Arc::new(Inner {
+            store,
+            vault,
+            cfg,
+            live,
+            metrics: Metrics::default(),
+            sites: RwLock::new(HashMap::new()),
+            sessions: RwLock::new(HashMap::new()),
+        }))
+    }
+}
+
+fn cached<K: std::hash::Hash + Eq, V: Clone>(map: &RwLock<HashMap<K, (V, Instant)>>, k: &K) -> Option<V> {
+    let g = map.read().unwrap_or_else(|e| e.into_inner());
+    g.get(k).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(v, _)| v.clone())
+}
+
+fn remember<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, (V, Instant)>>, k: K, v: V) {
+    let mut g = map.write().unwrap_or_else(|e| e.into_inner());
+    if g.len() > 10_000 {
+        g.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+    }
+    g.insert(k, (v, Instant::now()));
+}
+
+impl Inner {
+    /// The site with this public token (cached briefly; the hot path of every registration).
+    pub async fn site_by_token(&self, token: &str) -> StoreResult<Option<Site>> {
+        if let Some(s) = cached(&self.sites, &token.to_string()) {
+            return Ok(s);
+        }
+        let site = self.store.site_by_token(token).await?;
+        remember(&self.sites, token.to_string(), site.clone());
+        Ok(site)
+    }
+
+    pub fn forget_site(&self, token: &str) {
+        self.sites.write().unwrap_or_else(|e| e.into_inner()).remove(token);
+    }
+
+    /// The live session for a token hash (cached briefly).
+    pub async fn session(&self, hash: &[u8]) -> StoreResult<Option<(Session, User)>> {
+        let now = chrono::Utc::now();
+        if let Some(s) = cached(&self.sessions, &hash.to_vec()) {
+            return Ok(s.filter(|(s, _)| s.expires_at > now));
+        }
+        let s = self.store.session(hash, now).await?;
+        remember(&self.sessions, hash.to_vec(), s.clone());
+        Ok(s)
+    }
+
+    pub fn forget_session(&self, hash: &[u8]) {
+        self.sessions.write().unwrap_or_else(|e| e.into_inner()).remove(hash);
+    }
+}

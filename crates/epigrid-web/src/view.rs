@@ -1,0 +1,198 @@
+//! What staff and clients see of stored records: JSON views with personal fields masked, and
+//! display helpers (local time, names of codes).
+
+use chrono::{DateTime, FixedOffset, Utc};
+use epigrid_core::divisions;
+use epigrid_core::model::{Registration, Site};
+use epigrid_core::validate::{PersonName, Symptoms};
+use serde_json::{json, Value};
+
+/// A person's name masked for display (`张*三`); names that no longer parse are fully hidden.
+pub fn mask_name(name: &str) -> String {
+    PersonName::parse("name", name)
+        .map(|n| n.masked())
+        .unwrap_or_else(|_| "*".repeat(name.chars().count().clamp(1, 4)))
+}
+
+pub fn local(t: DateTime<Utc>, tz: FixedOffset) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+pub fn temperature(tenths: Option<i16>) -> Option<f64> {
+    tenths.map(|t| f64::from(t) / 10.0)
+}
+
+/// A registration as JSON, with name, document and phone masked.
+pub fn registration_json(r: &Registration, tz: FixedOffset) -> Value {
+    let f = &r.fields;
+    let symptoms = Symptoms::from_bits(f.symptoms).names();
+    json!({
+        "id": r.id,
+        "seq": r.seq,
+        "site_id": r.site_id,
+        "site_name": r.site_name,
+        "kind": r.kind,
+        "area_code": r.area_code,
+        "at": r.at,
+        "at_local": local(r.at, tz),
+        "verification_code": r.verification_code,
+        "person_id": r.person_id,
+        "name": mask_name(&r.name),
+        "id_type": r.id_type,
+        "id_number": r.doc_masked,
+        "phone": r.phone_masked,
+        "provisional": r.provisional,
+        "channel": r.channel,
+        "by_user": r.by_user,
+        "temperature": temperature(f.temperature),
+        "fever": epigrid_core::store::is_fever(f),
+        "symptoms": symptoms,
+        "high_risk_travel": f.high_risk_travel,
+        "plate": f.plate,
+        "companions": f.companions,
+        "origin": f.origin_code,
+        "origin_name": f.origin_code.as_deref().and_then(divisions::full_name),
+        "destination": f.destination,
+        "direction": f.direction,
+        "visitor": f.visitor,
+        "unit_code": f.unit_code,
+        "visit_reason": f.visit_reason,
+        "arrival_date": f.arrival_date,
+        "residence_code": f.residence_code,
+        "address": f.address,
+        "employer": f.employer,
+        "stay_days": f.stay_days,
+        "purpose": f.purpose,
+        "left_at": r.left_at,
+    })
+}
+
+/// The public form URL of a site.
+pub fn site_url(base: &str, site: &Site) -> String {
+    format!("{}/s/{}", base.trim_end_matches('/'), site.token)
+}
+
+pub fn site_json(site: &Site, base: &str) -> Value {
+    json!({
+        "id": site.id,
+        "token": site.token,
+        "kind": site.kind,
+        "name": site.name,
+        "area_code": site.area_code,
+        "active": site.active,
+        "default_stay_min": site.default_stay_min,
+        "created_at": site.created_at,
+        "url": site_url(base, site),
+        "qr_svg": format!("/api/v1/sites/{}/qr.svg", site.id),
+        "qr_png": format!("/api/v1/sites/{}/qr.png", site.id),
+        "poster": format!("/sites/{}/poster", site.id),
+    })
+}
+
+/// One registration as a table row on staff pages (masked).
+pub struct RowView {
+    pub id: String,
+    pub at: String,
+    pub site_name: String,
+    pub kind_label: &'static str,
+    pub name: String,
+    pub doc: String,
+    pub phone: String,
+    pub temperature: String,
+    pub fever: bool,
+    pub symptoms: String,
+    pub summary: String,
+    pub code: String,
+    pub staff_entry: bool,
+}
+
+pub fn kind_key(k: epigrid_core::model::SiteKind) -> &'static str {
+    use epigrid_core::model::SiteKind;
+    match k {
+        SiteKind::Checkpoint => "site.kind.checkpoint",
+        SiteKind::Gate => "site.kind.gate",
+        SiteKind::Arrival => "site.kind.arrival",
+        SiteKind::Venue => "site.kind.venue",
+    }
+}
+
+pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> RowView {
+    use epigrid_core::i18n::t;
+    use epigrid_core::model::Direction;
+    let f = &r.fields;
+    let symptoms: Vec<&str> = Symptoms::from_bits(f.symptoms).iter().map(|s| t(lang, s.label_key())).collect();
+    let mut summary = Vec::new();
+    if let Some(d) = f.direction {
+        summary.push(t(lang, if d == Direction::In { "form.direction.in" } else { "form.direction.out" }).to_string());
+    }
+    if f.visitor == Some(true) {
+        summary.push(t(lang, "form.visitor.visitor").to_string());
+    }
+    if let Some(p) = &f.plate {
+        summary.push(p.clone());
+    }
+    if let Some(o) = &f.origin_code {
+        summary.push(format!("{} {}", t(lang, "form.origin"), divisions::full_name(o).unwrap_or_else(|| o.clone())));
+    }
+    if f.companions > 0 {
+        summary.push(format!("+{}", f.companions));
+    }
+    if f.high_risk_travel == Some(true) {
+        summary.push(t(lang, "row.high_risk").to_string());
+    }
+    if let Some(d) = f.arrival_date {
+        summary.push(format!("{} {d}", t(lang, "form.arrival_date")));
+    }
+    RowView {
+        id: r.id.to_string(),
+        at: local(r.at, tz),
+        site_name: r.site_name.clone(),
+        kind_label: kind_key(r.kind),
+        name: mask_name(&r.name),
+        doc: r.doc_masked.clone().unwrap_or_default(),
+        phone: r.phone_masked.clone().unwrap_or_default(),
+        temperature: f.temperature.map(|t| format!("{:.1}", f64::from(t) / 10.0)).unwrap_or_default(),
+        fever: epigrid_core::store::is_fever(f),
+        symptoms: symptoms.join("、"),
+        summary: summary.join(" · "),
+        code: r.verification_code.clone(),
+        staff_entry: r.channel == epigrid_core::model::Channel::Staff,
+    }
+}
+
+/// Every field of a registration as (label key, value) pairs for the detail page.
+pub fn detail_pairs(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> Vec<(&'static str, String)> {
+    use epigrid_core::i18n::t;
+    let f = &r.fields;
+    let mut v: Vec<(&'static str, String)> = vec![
+        ("detail.time", local(r.at, tz)),
+        ("detail.site", r.site_name.clone()),
+        ("detail.kind", t(lang, kind_key(r.kind)).to_string()),
+        ("detail.code", r.verification_code.clone()),
+        ("detail.channel", t(lang, if r.channel == epigrid_core::model::Channel::Staff { "detail.channel.staff" } else { "detail.channel.self" }).to_string()),
+    ];
+    let mut opt = |k: &'static str, val: Option<String>| {
+        if let Some(x) = val.filter(|x| !x.is_empty()) {
+            v.push((k, x));
+        }
+    };
+    opt("form.temperature", f.temperature.map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)));
+    opt("form.symptoms", Some(Symptoms::from_bits(f.symptoms).iter().map(|s| t(lang, s.label_key())).collect::<Vec<_>>().join("、")));
+    opt("form.high_risk_travel", f.high_risk_travel.map(|b| t(lang, if b { "form.yes" } else { "form.no" }).to_string()));
+    opt("form.plate", f.plate.clone());
+    opt("form.companions", (f.companions > 0).then(|| f.companions.to_string()));
+    opt("form.origin", f.origin_code.as_ref().map(|o| divisions::full_name(o).unwrap_or_else(|| o.clone())));
+    opt("form.destination", f.destination.clone());
+    opt("form.direction", f.direction.map(|d| t(lang, if d == epigrid_core::model::Direction::In { "form.direction.in" } else { "form.direction.out" }).to_string()));
+    opt("form.visitor", f.visitor.map(|b| t(lang, if b { "form.visitor.visitor" } else { "form.visitor.resident" }).to_string()));
+    opt("form.unit", f.unit_code.clone());
+    opt("form.visit_reason", f.visit_reason.clone());
+    opt("form.arrival_date", f.arrival_date.map(|d| d.to_string()));
+    opt("form.residence", f.residence_code.clone());
+    opt("form.address", f.address.clone());
+    opt("form.employer", f.employer.clone());
+    opt("form.stay_days", f.stay_days.map(|d| d.to_string()));
+    opt("form.purpose", f.purpose.clone());
+    opt("confirm.checked_out", r.left_at.map(|t| local(t, tz)));
+    v
+}
