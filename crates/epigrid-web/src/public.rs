@@ -20,7 +20,7 @@ use epigrid_core::validate::{DocType, FieldError, Symptom, Symptoms};
 use uuid::Uuid;
 
 use crate::api::submit;
-use crate::auth::MaybeStaff;
+use crate::auth::{MaybeStaff, Staff};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::view::{local, mask_name};
@@ -340,7 +340,8 @@ fn with_lang_cookie(mut res: Response, q: &HashMap<String, String>) -> Response 
     res
 }
 
-async fn render_form(st: &AppState, site: &Site, lang: Lang, staff: &MaybeStaff, values: &[(String, String)], errors: &[FieldError]) -> Response {
+/// Renders a site's form; `staff` (when given) turns it into a staff entry on someone's behalf.
+async fn render_form(st: &AppState, site: &Site, lang: Lang, staff: Option<&Staff>, values: &[(String, String)], errors: &[FieldError]) -> Response {
     let fields = build_fields(st, site, lang, values, errors).await;
     let page = FormPage {
         tr: Tr(lang),
@@ -349,8 +350,8 @@ async fn render_form(st: &AppState, site: &Site, lang: Lang, staff: &MaybeStaff,
         action: format!("/s/{}", site.token),
         fields,
         errors: errors.iter().map(|e| e.message(lang)).collect(),
-        staff_user: staff.0.as_ref().map(|s| s.user.username.clone()).unwrap_or_default(),
-        csrf: staff.0.as_ref().map(|s| s.session.csrf.clone()).unwrap_or_default(),
+        staff_user: staff.map(|s| s.user.username.clone()).unwrap_or_default(),
+        csrf: staff.map(|s| s.session.csrf.clone()).unwrap_or_default(),
         origin_picker: matches!(site.kind, SiteKind::Checkpoint | SiteKind::Arrival),
     };
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
@@ -375,7 +376,9 @@ async fn form(
     if !site.active {
         return message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text");
     }
-    let res = render_form(&st, &site, lang, &staff, &[], &[]).await;
+    let staff_mode = q.get("staff").is_some_and(|v| v == "1");
+    let acting = staff.0.as_ref().filter(|s| staff_mode && s.by_cookie);
+    let res = render_form(&st, &site, lang, acting, &[], &[]).await;
     with_lang_cookie(res, &q)
 }
 
@@ -438,7 +441,7 @@ async fn form_submit(
     let mut pairs: Vec<(String, String)> = form_pairs(&body);
     // Staff entering for someone else must prove the form came from their session.
     let staff_entry = pairs.iter().any(|(k, v)| k == "staff_entry" && v == "1");
-    let acting = if staff_entry { staff.0.as_ref() } else { None };
+    let acting = if staff_entry { staff.0.as_ref().filter(|s| s.by_cookie) } else { None };
     if let Some(s) = acting {
         let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
         if s.check_csrf(csrf).is_err() {
@@ -459,11 +462,11 @@ async fn form_submit(
         let mut errs = epigrid_core::register::validate(&input, &ctx).err().unwrap_or_default();
         errs.retain(|x| x.field != "origin");
         errs.push(oe);
-        return render_form(&st, &site, lang, &staff, &pairs, &errs).await;
+        return render_form(&st, &site, lang, acting, &pairs, &errs).await;
     }
     match submit(&st, &site, &input, acting).await {
         Ok(reg) => Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response(),
-        Err(ApiError::Invalid(errs)) => render_form(&st, &site, lang, &staff, &pairs, &errs).await,
+        Err(ApiError::Invalid(errs)) => render_form(&st, &site, lang, acting, &pairs, &errs).await,
         Err(ApiError::Gone(_)) => message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text"),
         Err(ApiError::Forbidden) => message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.forbidden"),
         Err(e) => e.into_response(),

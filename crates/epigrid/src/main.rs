@@ -1,7 +1,6 @@
 //! The epigrid binary: command-line interface and wiring of store, vault and web server.
 
-mod demo;
-mod import;
+use epigrid::{demo, import};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,225 @@
+//! Shared test fixtures: fresh databases of each backend, a small area tree, a running server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use epigrid_core::area::Area;
+use epigrid_core::model::{Role, Site, SiteKind, User};
+use epigrid_core::store::Store;
+use epigrid_core::vault::{random_token, Vault};
+use epigrid_store_postgres::PgStore;
+use epigrid_store_sqlite::{Durability, SqliteStore};
+use epigrid_web::{AppState, WebConfig};
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "test-password-123";
+
+/// A fresh scratch directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("epigrid-it-{tag}-{}", random_token(6)));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+pub fn sqlite() -> (Arc<dyn Store>, PathBuf) {
+    let dir = temp_dir("sqlite");
+    let store = SqliteStore::open(&dir.join("epigrid.db"), Durability::Process).expect("open sqlite");
+    (Arc::new(store), dir)
+}
+
+/// A PostgreSQL store in a schema of its own, when `EPIGRID_TEST_PG` is set. When it is set
+/// and the server cannot be reached, the test fails: CI must test both stores.
+pub async fn postgres() -> Option<Arc<dyn Store>> {
+    let url = std::env::var("EPIGRID_TEST_PG").ok().filter(|u| !u.is_empty())?;
+    let schema = format!("it_{}", random_token(6));
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("EPIGRID_TEST_PG is set but PostgreSQL cannot be reached");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .expect("create test schema");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
+    Some(Arc::new(PgStore::connect(&scoped).await.expect("open postgres store")))
+}
+
+/// Every backend to run a store test against.
+pub async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
+    let mut v: Vec<(&'static str, Arc<dyn Store>)> = vec![("sqlite", sqlite().0)];
+    if let Some(pg) = postgres().await {
+        v.push(("postgres", pg));
+    }
+    v
+}
+
+pub fn vault() -> Vault {
+    Vault::new(&[42u8; 32])
+}
+
+/// City 150800 with counties 150802 (Linhe) and 150821 (Wuyuan), a town, a community with a
+/// building and two units in each.
+pub fn areas() -> Vec<Area> {
+    let city = Area::new("150800", "巴彦淖尔市", 1, None);
+    let mut v = vec![city.clone()];
+    for (county, cname, town, community) in [
+        ("150802", "临河区", "150802001", "150802001001"),
+        ("150821", "五原县", "150821100", "150821100001"),
+    ] {
+        let c = Area::new(county, cname, 2, Some(&city));
+        let t = Area::new(town, "测试街道", 3, Some(&c));
+        let m = Area::new(community, "测试社区", 4, Some(&t));
+        let b = Area::new(&format!("{community}001"), "1号楼", 5, Some(&m));
+        let u1 = Area::new(&format!("{community}001001"), "1单元", 6, Some(&b));
+        let u2 = Area::new(&format!("{community}001002"), "2单元", 6, Some(&b));
+        v.extend([c, t, m, b, u1, u2]);
+    }
+    v
+}
+
+pub fn site(kind: SiteKind, area: &Area, name: &str) -> Site {
+    Site {
+        id: Uuid::now_v7(),
+        token: random_token(16),
+        kind,
+        name: name.to_string(),
+        area_code: area.code.clone(),
+        area_path: area.path.clone(),
+        active: true,
+        default_stay_min: kind.default_stay_min(),
+        // stores keep microseconds
+        created_at: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default(),
+    }
+}
+
+/// The areas plus one site of every kind in each county's community.
+pub async fn seed(store: &dyn Store) -> Vec<Site> {
+    let areas = areas();
+    store.upsert_areas(&areas).await.expect("areas");
+    let mut sites = Vec::new();
+    for a in areas.iter().filter(|a| a.level == 4) {
+        for kind in SiteKind::ALL {
+            let s = site(*kind, a, &format!("{} {}", a.code, kind.as_str()));
+            store.insert_site(&s).await.expect("site");
+            sites.push(s);
+        }
+    }
+    sites
+}
+
+pub async fn user(store: &dyn Store, username: &str, role: Role, area_code: &str) -> User {
+    let area = store.area(area_code).await.expect("area").expect("area exists");
+    let u = User {
+        id: Uuid::now_v7(),
+        username: username.to_string(),
+        password_hash: epigrid_web::hash_password(PASSWORD).expect("hash"),
+        role,
+        area_code: area.code,
+        area_path: area.path,
+        active: true,
+        created_at: Utc::now(),
+    };
+    store.insert_user(&u).await.expect("user");
+    u
+}
+
+/// A valid-check-digit mainland ID number.
+pub fn cn_id(county: &str, birth: &str, seq: u32) -> String {
+    const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let body = format!("{county}{birth}{:03}", seq % 1000);
+    let sum: u32 = body.chars().zip(W).map(|(c, w)| c.to_digit(10).unwrap_or(0) * w).sum();
+    let check = b"10X98765432"[(sum % 11) as usize] as char;
+    format!("{body}{check}")
+}
+
+/// A running epigrid server (the real router on a real socket) over an SQLite store.
+pub struct TestApp {
+    pub base: String,
+    pub store: Arc<dyn Store>,
+    pub sites: Vec<Site>,
+    pub client: reqwest::Client,
+    #[allow(dead_code)]
+    pub dir: PathBuf,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        let (store, dir) = sqlite();
+        TestApp::start_with(store, dir).await
+    }
+
+    pub async fn start_with(store: Arc<dyn Store>, dir: PathBuf) -> TestApp {
+        let sites = seed(store.as_ref()).await;
+        let state = AppState::new(store.clone(), vault(), WebConfig::default());
+        let app = epigrid_web::router(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+        });
+        TestApp {
+            base: format!("http://{addr}"),
+            store,
+            sites,
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            dir,
+        }
+    }
+
+    pub fn site(&self, kind: SiteKind, county: &str) -> &Site {
+        self.sites
+            .iter()
+            .find(|s| s.kind == kind && s.area_code.starts_with(county))
+            .expect("seeded site")
+    }
+
+    /// Creates a user and returns a bearer token for them.
+    pub async fn token(&self, username: &str, role: Role, area: &str) -> String {
+        user(self.store.as_ref(), username, role, area).await;
+        let r = self
+            .client
+            .post(format!("{}/api/v1/auth/token", self.base))
+            .json(&serde_json::json!({"username": username, "password": PASSWORD}))
+            .send()
+            .await
+            .expect("token request");
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.expect("json");
+        v["token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut rq = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        rq.send().await.expect("GET")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> reqwest::Response {
+        let mut rq = self.client.post(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        rq.send().await.expect("POST")
+    }
+
+    pub async fn register(&self, site: &Site, body: &serde_json::Value) -> reqwest::Response {
+        self.post_json(&format!("/api/v1/sites/{}/registrations", site.token), body, None).await
+    }
+}
+
+/// A valid checkpoint registration body.
+pub fn checkpoint_body(id_number: &str, name: &str, phone: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "id_type": "cn_id", "id_number": id_number, "phone": phone,
+        "plate": "蒙L12345", "origin": "420100", "destination": "150802", "companions": 0,
+        "temperature": 36.5, "symptoms": [], "high_risk_travel": false
+    })
+}
