@@ -500,7 +500,7 @@ pub fn seal(valid: &ValidRegistration, ctx: &Context<'_>, vault: &Vault) -> NewR
         .collect();
     let local = ctx.now.with_timezone(&ctx.tz);
     NewRegistration {
-        id: Uuid::now_v7(),
+        id: crate::vault::new_id(),
         site_id: ctx.site.id,
         area_path: ctx.site.area_path.clone(),
         at: ctx.now,

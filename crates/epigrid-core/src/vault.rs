@@ -32,7 +32,8 @@ pub enum VaultError {
 #[derive(Clone)]
 pub struct Vault {
     cipher: XChaCha20Poly1305,
-    index_key: [u8; 32],
+    /// HMAC keyed with the blind-index key, cloned per use (saves re-hashing the key pads).
+    index_mac: HmacSha256,
 }
 
 impl std::fmt::Debug for Vault {
@@ -52,7 +53,8 @@ impl Vault {
         let enc = derive(master, "epigrid/v1/encryption");
         Vault {
             cipher: XChaCha20Poly1305::new(&enc.into()),
-            index_key: derive(master, "epigrid/v1/blind-index"),
+            index_mac: <HmacSha256 as Mac>::new_from_slice(&derive(master, "epigrid/v1/blind-index"))
+                .expect("HMAC takes any key length"),
         }
     }
 
@@ -87,8 +89,7 @@ impl Vault {
     /// A blind index of `value` for `purpose` (e.g. `"doc:cn_id"`, `"phone"`): equal inputs give
     /// equal indexes, and without the key nothing about the value can be learnt from it.
     pub fn blind_index(&self, purpose: &str, value: &str) -> Vec<u8> {
-        let mut mac =
-            <HmacSha256 as Mac>::new_from_slice(&self.index_key).expect("HMAC takes any key");
+        let mut mac = self.index_mac.clone();
         mac.update(purpose.as_bytes());
         mac.update(&[0]);
         mac.update(value.as_bytes());
@@ -99,9 +100,7 @@ impl Vault {
     /// (`"persons.doc:<id>"`), so a value copied to another row or column fails to decrypt.
     pub fn seal(&self, ad: &str, plaintext: &str) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
-        // getrandom only fails if the OS has no entropy source at all, which we cannot work
-        // around; refusing to encrypt with a zero nonce is the safe choice.
-        getrandom::getrandom(&mut nonce).expect("the operating system provides randomness");
+        fill_random(&mut nonce);
         let ct = self
             .cipher
             .encrypt(
@@ -142,18 +141,66 @@ pub fn token_hash(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// Fills `buf` with bytes from the operating system's CSPRNG.
+///
+/// Bytes are read from the OS 4 KiB at a time into a per-thread buffer and each byte is handed
+/// out once, so the registration path costs one `getrandom` system call per ~100 requests
+/// instead of several per request. getrandom only fails if the OS has no entropy source at
+/// all; refusing to go on (rather than using weak nonces) is the only safe choice then.
+pub fn fill_random(buf: &mut [u8]) {
+    use std::cell::RefCell;
+    const POOL: usize = 4096;
+    thread_local! {
+        static BUF: RefCell<(Box<[u8; POOL]>, usize)> = RefCell::new((Box::new([0u8; POOL]), POOL));
+    }
+    if buf.len() > POOL / 4 {
+        getrandom::getrandom(buf).expect("the operating system provides randomness");
+        return;
+    }
+    BUF.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (pool, used) = &mut *guard;
+        if *used + buf.len() > POOL {
+            getrandom::getrandom(&mut pool[..]).expect("the operating system provides randomness");
+            *used = 0;
+        }
+        buf.copy_from_slice(&pool[*used..*used + buf.len()]);
+        // wipe what was handed out so it cannot be handed out again or read later
+        pool[*used..*used + buf.len()].fill(0);
+        *used += buf.len();
+    });
+}
+
 /// A random URL-safe token with `bytes` bytes of entropy (hex encoded).
 pub fn random_token(bytes: usize) -> String {
     let mut b = vec![0u8; bytes];
-    getrandom::getrandom(&mut b).expect("the operating system provides randomness");
+    fill_random(&mut b);
     hex::encode(b)
 }
 
-/// A random integer below `n` (for short verification codes).
+/// A random integer below `n` (for short verification codes), without modulo bias.
 pub fn random_below(n: u32) -> u32 {
-    let mut b = [0u8; 8];
-    getrandom::getrandom(&mut b).expect("the operating system provides randomness");
-    (u64::from_le_bytes(b) % u64::from(n.max(1))) as u32
+    let n = u64::from(n.max(1));
+    let zone = u64::MAX - (u64::MAX % n);
+    loop {
+        let mut b = [0u8; 8];
+        fill_random(&mut b);
+        let v = u64::from_le_bytes(b);
+        if v < zone {
+            return (v % n) as u32;
+        }
+    }
+}
+
+/// A new time-ordered id (UUIDv7) whose random bits come from [`fill_random`].
+pub fn new_id() -> uuid::Uuid {
+    let mut r = [0u8; 10];
+    fill_random(&mut r);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &r).into_uuid()
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -201,6 +248,23 @@ mod tests {
         assert_eq!(a, v.blind_index("doc:cn_id", "11010519491231002X"));
         assert_ne!(a, v.blind_index("phone", "11010519491231002X"));
         assert_ne!(a, Vault::new(&[9u8; 32]).blind_index("doc:cn_id", "11010519491231002X"));
+    }
+
+    #[test]
+    fn random_helpers_give_fresh_values() {
+        let a: std::collections::HashSet<String> = (0..2000).map(|_| random_token(16)).collect();
+        assert_eq!(a.len(), 2000);
+        let ids: Vec<uuid::Uuid> = (0..100).map(|_| new_id()).collect();
+        assert!(ids.iter().all(|i| i.get_version_num() == 7));
+        assert!(ids.windows(2).all(|w| w[0] != w[1]));
+        let mut counts = [0u32; 7];
+        for _ in 0..7000 {
+            counts[random_below(7) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+        let mut big = [0u8; 2000];
+        fill_random(&mut big);
+        assert!(big.iter().any(|b| *b != 0));
     }
 
     #[test]

@@ -49,8 +49,9 @@ CREATE UNIQUE INDEX persons_doc ON persons(doc_type, doc_index) WHERE doc_index 
 CREATE INDEX persons_phone ON persons(phone_index) WHERE phone_index IS NOT NULL;
 CREATE INDEX persons_path ON persons(area_path);
 
+-- seq is the rowid: new rows get max(seq)+1, so the live feed can read "what is after seq N".
 CREATE TABLE registrations (
-    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq               INTEGER PRIMARY KEY,
     id                TEXT NOT NULL UNIQUE,
     site_id           TEXT NOT NULL REFERENCES sites(id),
     person_id         TEXT NOT NULL REFERENCES persons(id),

@@ -26,7 +26,9 @@ pub const MAX_BATCH: usize = 512;
 const READERS: usize = 8;
 
 type Reply = Result<Box<dyn Any + Send>, StoreError>;
-type WriteFn = Box<dyn FnOnce(&Connection) -> Reply + Send>;
+/// `Fn`, not `FnOnce`: a job may run twice — once in an optimistic batch that is rolled back
+/// because a neighbour failed, then again on its own.
+type WriteFn = Box<dyn Fn(&Connection) -> Reply + Send>;
 
 struct Job {
     run: WriteFn,
@@ -94,7 +96,11 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
     ))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        // The checkpointer thread copies frames in the background; this connection's own
+        // automatic checkpoint then finds little left to do and lets the WAL start over, so
+        // the WAL file stays bounded (a background PASSIVE checkpoint alone never resets it
+        // while writes keep coming).
+        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -109,9 +115,19 @@ impl SqliteStore {
         let mut conn = open(path, false, durability).map_err(backend)?;
         migrate::run(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let checkpoints = open(path, false, durability).map_err(backend)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || {
+                writer_loop(conn, rx);
+                stop2.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+            .map_err(backend)?;
+        std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpointer(checkpoints, stop))
             .map_err(backend)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -136,7 +152,7 @@ impl SqliteStore {
     pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+        F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -183,51 +199,109 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
+/// Copies committed WAL frames into the database file every 200 ms on its own connection, so
+/// the fsyncs of checkpointing never stall the writer's commits (a PASSIVE checkpoint does not
+/// block writers). The WAL restarts from its beginning once everything in it is checkpointed.
+fn checkpointer(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "wal checkpoint failed");
         }
-        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE") {
-            let msg = e.to_string();
-            for job in batch {
-                let _ = job.reply.send(Err(StoreError::Backend(msg.clone())));
-            }
-            continue;
-        }
-        let mut done = Vec::with_capacity(batch.len());
-        for job in batch {
-            let result = match exec(&conn, "SAVEPOINT job") {
-                Err(e) => Err(backend(e)),
-                Ok(()) => {
-                    let run = job.run;
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&conn)))
-                        .unwrap_or_else(|_| Err(StoreError::Backend("a write panicked".into())));
-                    if r.is_err() {
-                        let _ = exec(&conn, "ROLLBACK TO job");
-                    }
-                    let _ = exec(&conn, "RELEASE job");
-                    r
-                }
-            };
-            done.push((job.reply, result));
-        }
-        match exec(&conn, "COMMIT") {
-            Ok(()) => {
-                for (reply, r) in done {
-                    let _ = reply.send(r);
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// Runs one job, catching a panic as an error.
+fn run_job(conn: &Connection, job: &Job) -> Reply {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(conn)))
+        .unwrap_or_else(|_| Err(StoreError::Backend("a write panicked".into())))
+}
+
+/// Runs `jobs` in one transaction; the first job's error (and nothing committed) if any job
+/// or the commit fails.
+fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
+    exec(conn, "BEGIN IMMEDIATE").map_err(backend)?;
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut rollups: std::collections::BTreeMap<_, i64> = Default::default();
+    for job in jobs {
+        let r = run_job(conn, job);
+        let increments = queries::take_job_rollups();
+        match r {
+            Ok(v) => {
+                out.push(v);
+                for (k, n) in increments {
+                    *rollups.entry(k).or_default() += n;
                 }
             }
             Err(e) => {
-                let _ = exec(&conn, "ROLLBACK");
-                let msg = e.to_string();
-                tracing::error!(error = %msg, "sqlite commit failed");
-                for (reply, _) in done {
-                    let _ = reply.send(Err(StoreError::Backend(msg.clone())));
+                let _ = exec(conn, "ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    let committed = queries::flush_rollups(conn, &rollups).and_then(|()| exec(conn, "COMMIT").map_err(map_err));
+    if let Err(e) = committed {
+        let _ = exec(conn, "ROLLBACK");
+        tracing::error!(error = %e, "sqlite commit failed");
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// How long a busy writer waits for more work before committing a smaller batch.
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
+
+fn drain(rx: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(j) => batch.push(j),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The writer: takes what is queued, runs it as one transaction (group commit) and answers
+/// every caller after the commit. If anything in the batch fails, the batch is rolled back and
+/// each job runs again in a transaction of its own, so one bad write fails alone and a
+/// refused write changes nothing. (No per-job savepoints on the fast path: a savepoint makes
+/// SQLite copy every page a job touches into a statement journal.)
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut last_batch = 0usize;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        drain(&rx, &mut batch);
+        // Under load, wait a moment for more work: one commit for many registrations writes
+        // each touched page to the WAL once. An idle server (last batch of one) does not wait.
+        if last_batch >= 4 && batch.len() < last_batch {
+            let until = std::time::Instant::now() + BATCH_WAIT;
+            while batch.len() < MAX_BATCH {
+                match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(j) => {
+                        batch.push(j);
+                        drain(&rx, &mut batch);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        last_batch = batch.len();
+        match run_batch(&conn, &batch) {
+            Ok(results) => {
+                for (job, r) in batch.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(r));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                if let Some(job) = batch.pop() {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for job in batch {
+                    let r = run_batch(&conn, std::slice::from_ref(&job))
+                        .and_then(|mut v| v.pop().ok_or_else(|| StoreError::Backend("no result".into())));
+                    let _ = job.reply.send(r);
                 }
             }
         }

@@ -127,42 +127,68 @@ fn sex_str(s: Sex) -> &'static str {
 }
 
 /// Finds or creates a person; returns the id registrations should point at (following a merge).
+///
+/// A returning person whose phone and area are unchanged costs one index lookup and no write
+/// (the common case at a gate or checkpoint); otherwise the row is inserted or updated.
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
-    let mut stmt = c
+    let id = p.id.to_string();
+    let existing: Option<(String, Option<Vec<u8>>, String, i64, bool)> = c
         .prepare_cached(
-            "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
-             phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14) \
-             ON CONFLICT(id) DO UPDATE SET \
-               phone_index = COALESCE(excluded.phone_index, phone_index), \
-               phone_cipher = COALESCE(excluded.phone_cipher, phone_cipher), \
-               phone_masked = COALESCE(excluded.phone_masked, phone_masked), \
-               area_path = CASE WHEN home_area_code IS NULL AND excluded.last_seen_at >= last_seen_at \
-                           THEN excluded.area_path ELSE area_path END, \
-               last_seen_at = MAX(last_seen_at, excluded.last_seen_at) \
-             RETURNING COALESCE(merged_into, id)",
+            "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, home_area_code IS NOT NULL \
+             FROM persons WHERE id = ?1",
         )
+        .map_err(map_err)?
+        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .optional()
         .map_err(map_err)?;
-    stmt.query_row(
-        params![
-            p.id.to_string(),
-            p.doc_type.map(|d| d.as_str()),
-            p.doc_index,
-            p.doc_cipher,
-            p.doc_masked,
-            p.name,
-            p.phone_index,
-            p.phone_cipher,
-            p.phone_masked,
-            p.birth_date.map(|d| d.to_string()),
-            p.sex.map(sex_str),
-            area_path,
-            p.provisional,
-            at,
-        ],
-        |r| r.get(0),
-    )
-    .map_err(map_err)
+    match existing {
+        None => {
+            c.prepare_cached(
+                "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
+                 phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                id,
+                p.doc_type.map(|d| d.as_str()),
+                p.doc_index,
+                p.doc_cipher,
+                p.doc_masked,
+                p.name,
+                p.phone_index,
+                p.phone_cipher,
+                p.phone_masked,
+                p.birth_date.map(|d| d.to_string()),
+                p.sex.map(sex_str),
+                area_path,
+                p.provisional,
+                at,
+            ])
+            .map_err(map_err)?;
+            Ok(id)
+        }
+        Some((effective, phone_index, old_path, last_seen, has_home)) => {
+            let new_phone = p.phone_index.is_some() && p.phone_index != phone_index;
+            let newer = at >= last_seen;
+            let moves = newer && !has_home && old_path != area_path;
+            if new_phone || moves {
+                c.prepare_cached(
+                    "UPDATE persons SET \
+                       phone_index = CASE WHEN ?2 THEN ?3 ELSE phone_index END, \
+                       phone_cipher = CASE WHEN ?2 THEN ?4 ELSE phone_cipher END, \
+                       phone_masked = CASE WHEN ?2 THEN ?5 ELSE phone_masked END, \
+                       area_path = CASE WHEN ?6 THEN ?7 ELSE area_path END, \
+                       last_seen_at = MAX(last_seen_at, ?8) \
+                     WHERE id = ?1",
+                )
+                .map_err(map_err)?
+                .execute(params![id, new_phone, p.phone_index, p.phone_cipher, p.phone_masked, moves, area_path, at])
+                .map_err(map_err)?;
+            }
+            Ok(effective)
+        }
+    }
 }
 
 fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
@@ -176,10 +202,10 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
              verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
              destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
              employer, stay_days, purpose) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27) RETURNING seq",
+             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
         )
         .map_err(map_err)?
-        .query_row(
+        .execute(
             params![
                 id,
                 reg.site_id.to_string(),
@@ -209,8 +235,8 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
                 f.stay_days,
                 f.purpose,
             ],
-            |r| r.get(0),
         )
+        .map(|_| c.last_insert_rowid())
         .map_err(map_err)?;
     for (i, comp) in reg.companion_list.iter().enumerate() {
         let pid = match &comp.person {
@@ -224,18 +250,40 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
         .execute(params![id, i as i64, comp.name, pid])
         .map_err(map_err)?;
     }
-    let leaf = path_leaf(&reg.area_path);
-    let day = reg.day.to_string();
+    // Rollup increments are collected per job and written once per batch (see lib.rs).
+    JOB_ROLLUPS.with(|r| {
+        let mut r = r.borrow_mut();
+        for m in registration_metrics(reg.kind, f) {
+            r.push(((reg.area_path.clone(), reg.day.to_string(), m), 1));
+        }
+    });
+    Ok(seq)
+}
+
+type RollupKey = (String, String, &'static str);
+
+thread_local! {
+    /// Rollup increments of the job running on the writer thread, not yet accepted.
+    static JOB_ROLLUPS: std::cell::RefCell<Vec<(RollupKey, i64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The increments of the job that just ran (the writer keeps them only if the job succeeded).
+pub(crate) fn take_job_rollups() -> Vec<(RollupKey, i64)> {
+    JOB_ROLLUPS.with(|r| std::mem::take(&mut *r.borrow_mut()))
+}
+
+/// Adds a batch's summed increments to the rollups table (inside the batch's transaction).
+pub(crate) fn flush_rollups(c: &Connection, sums: &std::collections::BTreeMap<RollupKey, i64>) -> StoreResult<()> {
     let mut up = c
         .prepare_cached(
-            "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES (?1, ?2, ?3, ?4, 1) \
-             ON CONFLICT(area_code, day, metric) DO UPDATE SET value = value + 1",
+            "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT(area_code, day, metric) DO UPDATE SET value = value + excluded.value",
         )
         .map_err(map_err)?;
-    for m in registration_metrics(reg.kind, f) {
-        up.execute(params![leaf, reg.area_path, day, m]).map_err(map_err)?;
+    for ((path, day, metric), n) in sums {
+        up.execute(params![path_leaf(path), path, day, metric, n]).map_err(map_err)?;
     }
-    Ok(seq)
+    Ok(())
 }
 
 fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {
@@ -740,7 +788,7 @@ impl Store for SqliteStore {
         self.write(move |c| {
             c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")
                 .map_err(map_err)?
-                .execute([h])
+                .execute([&h])
                 .map_err(map_err)?;
             Ok(())
         })

@@ -442,9 +442,9 @@ pub(crate) async fn registration_in_scope(st: &AppState, staff: &Staff, id: &str
     st.store.registration(id, &staff.scope()).await?.ok_or(ApiError::NotFound)
 }
 
-async fn get_registration(State(st): State<AppState>, staff: Staff, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_registration(State(st): State<AppState>, staff: Staff, Path(id): Path<String>) -> ApiResult<Response> {
     let r = registration_in_scope(&st, &staff, &id).await?;
-    Ok(Json(registration_json(&r, st.cfg.tz)))
+    Ok(Json(registration_json(&r, st.cfg.tz)).into_response())
 }
 
 /// Reveals a registration's name, document and phone number: allowed roles only, audited.
@@ -483,14 +483,14 @@ async fn unmask_registration(State(st): State<AppState>, staff: Staff, headers: 
     Ok(Json(unmask(&st, &staff, &r, &reason).await?))
 }
 
-async fn checkout_registration(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn checkout_registration(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     let r = registration_in_scope(&st, &staff, &id).await?;
     if !st.store.check_out(r.id, r.site_id, Utc::now()).await? {
         return Err(ApiError::Conflict("err.checkout.done"));
     }
     let r = registration_in_scope(&st, &staff, &id).await?;
-    Ok(Json(registration_json(&r, st.cfg.tz)))
+    Ok(Json(registration_json(&r, st.cfg.tz)).into_response())
 }
 
 async fn audit(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {

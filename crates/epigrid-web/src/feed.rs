@@ -124,7 +124,7 @@ pub async fn sse(
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
             if let Some(r) = feed.pending.pop_front() {
-                let data = registration_json(&r, feed.st.cfg.tz).to_string();
+                let data = serde_json::to_string(&registration_json(&r, feed.st.cfg.tz)).unwrap_or_default();
                 let ev = Event::default().event("registration").id(r.seq.to_string()).data(data);
                 return Some((Ok(ev), feed));
             }

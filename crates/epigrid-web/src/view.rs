@@ -7,6 +7,7 @@ use epigrid_core::model::{Registration, Site};
 use epigrid_core::validate::{PersonName, Symptoms};
 use serde_json::{json, Value};
 
+
 /// A person's name masked for display (`张*三`); names that no longer parse are fully hidden.
 pub fn mask_name(name: &str) -> String {
     PersonName::parse("name", name)
@@ -22,49 +23,89 @@ pub fn temperature(tenths: Option<i16>) -> Option<f64> {
     tenths.map(|t| f64::from(t) / 10.0)
 }
 
-/// A registration as JSON, with name, document and phone masked.
-pub fn registration_json(r: &Registration, tz: FixedOffset) -> Value {
+/// A registration as clients see it: name, document and phone masked.
+#[derive(serde::Serialize)]
+pub struct RegistrationOut<'a> {
+    pub id: uuid::Uuid,
+    pub seq: i64,
+    pub site_id: uuid::Uuid,
+    pub site_name: &'a str,
+    pub kind: epigrid_core::model::SiteKind,
+    pub area_code: &'a str,
+    pub at: DateTime<Utc>,
+    pub at_local: String,
+    pub verification_code: &'a str,
+    pub person_id: uuid::Uuid,
+    pub name: String,
+    pub id_type: Option<epigrid_core::validate::DocType>,
+    pub id_number: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub provisional: bool,
+    pub channel: epigrid_core::model::Channel,
+    pub by_user: Option<uuid::Uuid>,
+    pub temperature: Option<f64>,
+    pub fever: bool,
+    pub symptoms: Vec<&'static str>,
+    pub high_risk_travel: Option<bool>,
+    pub plate: Option<&'a str>,
+    pub companions: i32,
+    pub origin: Option<&'a str>,
+    pub origin_name: Option<String>,
+    pub destination: Option<&'a str>,
+    pub direction: Option<epigrid_core::model::Direction>,
+    pub visitor: Option<bool>,
+    pub unit_code: Option<&'a str>,
+    pub visit_reason: Option<&'a str>,
+    pub arrival_date: Option<chrono::NaiveDate>,
+    pub residence_code: Option<&'a str>,
+    pub address: Option<&'a str>,
+    pub employer: Option<&'a str>,
+    pub stay_days: Option<i32>,
+    pub purpose: Option<&'a str>,
+    pub left_at: Option<DateTime<Utc>>,
+}
+
+pub fn registration_json(r: &Registration, tz: FixedOffset) -> RegistrationOut<'_> {
     let f = &r.fields;
-    let symptoms = Symptoms::from_bits(f.symptoms).names();
-    json!({
-        "id": r.id,
-        "seq": r.seq,
-        "site_id": r.site_id,
-        "site_name": r.site_name,
-        "kind": r.kind,
-        "area_code": r.area_code,
-        "at": r.at,
-        "at_local": local(r.at, tz),
-        "verification_code": r.verification_code,
-        "person_id": r.person_id,
-        "name": mask_name(&r.name),
-        "id_type": r.id_type,
-        "id_number": r.doc_masked,
-        "phone": r.phone_masked,
-        "provisional": r.provisional,
-        "channel": r.channel,
-        "by_user": r.by_user,
-        "temperature": temperature(f.temperature),
-        "fever": epigrid_core::store::is_fever(f),
-        "symptoms": symptoms,
-        "high_risk_travel": f.high_risk_travel,
-        "plate": f.plate,
-        "companions": f.companions,
-        "origin": f.origin_code,
-        "origin_name": f.origin_code.as_deref().and_then(divisions::full_name),
-        "destination": f.destination,
-        "direction": f.direction,
-        "visitor": f.visitor,
-        "unit_code": f.unit_code,
-        "visit_reason": f.visit_reason,
-        "arrival_date": f.arrival_date,
-        "residence_code": f.residence_code,
-        "address": f.address,
-        "employer": f.employer,
-        "stay_days": f.stay_days,
-        "purpose": f.purpose,
-        "left_at": r.left_at,
-    })
+    RegistrationOut {
+        id: r.id,
+        seq: r.seq,
+        site_id: r.site_id,
+        site_name: &r.site_name,
+        kind: r.kind,
+        area_code: &r.area_code,
+        at: r.at,
+        at_local: local(r.at, tz),
+        verification_code: &r.verification_code,
+        person_id: r.person_id,
+        name: mask_name(&r.name),
+        id_type: r.id_type,
+        id_number: r.doc_masked.as_deref(),
+        phone: r.phone_masked.as_deref(),
+        provisional: r.provisional,
+        channel: r.channel,
+        by_user: r.by_user,
+        temperature: temperature(f.temperature),
+        fever: epigrid_core::store::is_fever(f),
+        symptoms: Symptoms::from_bits(f.symptoms).names(),
+        high_risk_travel: f.high_risk_travel,
+        plate: f.plate.as_deref(),
+        companions: f.companions,
+        origin: f.origin_code.as_deref(),
+        origin_name: f.origin_code.as_deref().and_then(divisions::full_name),
+        destination: f.destination.as_deref(),
+        direction: f.direction,
+        visitor: f.visitor,
+        unit_code: f.unit_code.as_deref(),
+        visit_reason: f.visit_reason.as_deref(),
+        arrival_date: f.arrival_date,
+        residence_code: f.residence_code.as_deref(),
+        address: f.address.as_deref(),
+        employer: f.employer.as_deref(),
+        stay_days: f.stay_days,
+        purpose: f.purpose.as_deref(),
+        left_at: r.left_at,
+    }
 }
 
 /// The public form URL of a site.

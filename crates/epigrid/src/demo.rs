@@ -58,13 +58,12 @@ pub struct DemoSummary {
     /// The sites created, in creation order.
     pub sites: Vec<Site>,
     /// Number of synthetic persons.
-    #[allow(dead_code)] // part of the API; the CLI does not print it yet
     pub people: u32,
     /// Number of registrations written.
     pub registrations: u64,
 }
 
-/// Registrations per `insert_registrations` call.
+/// Registrations per `insert_registrations` call (one transaction each).
 const CHUNK: usize = 2_000;
 /// A person makes at most this many registrations a day.
 const MAX_PER_DAY: usize = 4;
