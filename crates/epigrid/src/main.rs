@@ -1,6 +1,6 @@
 //! The epigrid binary: command-line interface and wiring of store, vault and web server.
 
-use epigrid::{demo, import};
+use epigrid::{bench, demo, import};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -97,6 +97,27 @@ enum Command {
     User {
         #[command(subcommand)]
         what: UserCommand,
+    },
+    /// Benchmarks (figures for the release notes; not tests).
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Registrations/s through HTTP vs. /healthz requests/s on the same server, in one run.
+    Http {
+        /// Database to run against; default: a fresh SQLite database in a temporary folder.
+        #[arg(long, env = "EPIGRID_DB")]
+        db: Option<String>,
+        /// Seconds of load for each of the two endpoints.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
     },
 }
 
@@ -380,6 +401,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                 }
             }
         }
+        Command::Bench { what: BenchCommand::Http { db, seconds, connections } } => bench_http(db, seconds, connections).await,
         Command::User { what: UserCommand::Add { db, username, password, role, area } } => {
             let store = open_store(&db).await?;
             let user = add_user(store.as_ref(), &username, &password, &role, &area, lang).await?;
@@ -387,6 +409,45 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bench_http(db: Option<String>, seconds: u64, connections: usize) -> Result<()> {
+    let db = match db {
+        Some(d) => d,
+        None => {
+            let dir = std::env::temp_dir().join(format!("epigrid-bench-{}", epigrid_core::vault::random_token(4)));
+            format!("sqlite://{}/bench.db", dir.display())
+        }
+    };
+    let args = DbArgs { db: db.clone(), key_file: None, durability: "process".into() };
+    let store = open_store(&args).await?;
+    let vault = open_vault(&args)?;
+    if store.area_count().await? == 0 {
+        let opts = demo::DemoOptions { seed: 1, people: 500, days: 1, now: Utc::now(), tz: parse_offset("+08:00")? };
+        demo::build(store.as_ref(), &vault, &opts).await?;
+    }
+    let site = store
+        .sites(&Scope::all())
+        .await?
+        .into_iter()
+        .find(|s| s.kind == SiteKind::Checkpoint && s.active)
+        .ok_or_else(|| anyhow!("no active checkpoint site in {db}"))?;
+    let state = AppState::new(store.clone(), vault, WebConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let app = epigrid_web::router(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+    });
+    let body = r#"{"name":"李四","id_type":"cn_id","id_number":"150802198503120019","phone":"13912345678","plate":"蒙L12345","origin":"420100","destination":"150802","companions":0,"temperature":36.6,"symptoms":[],"high_risk_travel":false}"#;
+    let trivial = bench::load(&addr, bench::request("GET", &addr, "/healthz", None), connections, seconds).await?;
+    let path = format!("/api/v1/sites/{}/registrations", site.token);
+    let regs = bench::load(&addr, bench::request("POST", &addr, &path, Some(body)), connections, seconds).await?;
+    println!("store: {}  connections: {connections}  seconds: {seconds} each", store.backend());
+    println!("GET /healthz:                 {:>9.0} requests/s ({} failed)", trivial.per_second, trivial.failed);
+    println!("POST registrations:           {:>9.0} registrations/s ({} failed)", regs.per_second, regs.failed);
+    println!("ratio registrations/healthz:  {:>9.2}", regs.per_second / trivial.per_second.max(1.0));
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
