@@ -7,6 +7,7 @@ pub mod area;
 pub mod divisions;
 pub mod i18n;
 pub mod model;
+pub mod person;
 pub mod register;
 pub mod rng;
 pub mod store;

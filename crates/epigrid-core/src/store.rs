@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::area::{Area, Scope};
 use crate::model::*;
+use crate::person::{Category, CategoryChange, HealthReport, LabResult, Observation, ObservationRow, Person, PersonQuery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +80,43 @@ pub trait Store: Send + Sync + 'static {
         person_id: Uuid,
         scope: &Scope,
     ) -> StoreResult<Option<PersonSecrets>>;
+
+    /// A person visible in the scope (their area is in it).
+    async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>>;
+    /// People in the scope matching the query, most recently seen first.
+    async fn search_persons(&self, scope: &Scope, query: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>>;
+    /// Records a category change if the person is still in `change.from` (compare-and-set);
+    /// Ok(false) when someone changed it meanwhile. History row and person update are atomic.
+    async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool>;
+    async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>>;
+    /// Current number of people per (area path, category) in the scope, counted from the
+    /// people themselves (an index on category and path), so it is always exact.
+    async fn category_counts(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>>;
+
+    // ---- medical observation ----
+    async fn insert_observation(&self, o: &Observation) -> StoreResult<()>;
+    /// Updates end, release, token state, grid worker and reports per day.
+    async fn update_observation(&self, o: &Observation) -> StoreResult<()>;
+    async fn observation(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>>;
+    async fn observation_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<Observation>>;
+    async fn observations_of(&self, person_id: Uuid) -> StoreResult<Vec<Observation>>;
+    /// Observations of people in the scope still open or ended on or after `ended_since`.
+    async fn observation_rows(
+        &self,
+        scope: &Scope,
+        today: NaiveDate,
+        ended_since: NaiveDate,
+        grid_worker: Option<Uuid>,
+    ) -> StoreResult<Vec<ObservationRow>>;
+    /// Conflict when the observation already has a report in that slot.
+    async fn insert_report(&self, r: &HealthReport) -> StoreResult<()>;
+    async fn reports_of(&self, person_id: Uuid) -> StoreResult<Vec<HealthReport>>;
+
+    // ---- laboratory ----
+    async fn insert_lab_result(&self, r: &LabResult) -> StoreResult<()>;
+    async fn lab_results_of(&self, person_id: Uuid) -> StoreResult<Vec<LabResult>>;
+    /// People in scope with a positive result who are not (yet) confirmed.
+    async fn review_list(&self, scope: &Scope) -> StoreResult<Vec<(Person, LabResult)>>;
 
     // ---- rollups ----
     /// Sums of `metric` per local day over the scope, between `from` and `to` inclusive.

@@ -9,6 +9,10 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,
     "foundation",
     include_str!("../migrations/0001_foundation.sql"),
+), (
+    2,
+    "people",
+    include_str!("../migrations/0002_people.sql"),
 )];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -366,6 +366,55 @@ impl Store for PgStore {
             }))
     }
 
+    async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
+        self.person_impl(id, scope).await
+    }
+    async fn search_persons(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+        self.search_impl(scope, q, limit).await
+    }
+    async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool> {
+        self.change_category_impl(change).await
+    }
+    async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
+        self.category_history_impl(person_id).await
+    }
+    async fn category_counts(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
+        self.category_counts_impl(scope).await
+    }
+    async fn insert_observation(&self, o: &Observation) -> StoreResult<()> {
+        self.insert_observation_impl(o).await
+    }
+    async fn update_observation(&self, o: &Observation) -> StoreResult<()> {
+        self.update_observation_impl(o).await
+    }
+    async fn observation(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
+        self.observation_impl(id, scope).await
+    }
+    async fn observation_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<Observation>> {
+        self.observation_by_token_impl(token_hash).await
+    }
+    async fn observations_of(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
+        self.observations_of_impl(person_id).await
+    }
+    async fn observation_rows(&self, scope: &Scope, today: NaiveDate, ended_since: NaiveDate, grid_worker: Option<Uuid>) -> StoreResult<Vec<ObservationRow>> {
+        self.observation_rows_impl(scope, today, ended_since, grid_worker).await
+    }
+    async fn insert_report(&self, r: &HealthReport) -> StoreResult<()> {
+        self.insert_report_impl(r).await
+    }
+    async fn reports_of(&self, person_id: Uuid) -> StoreResult<Vec<HealthReport>> {
+        self.reports_of_impl(person_id).await
+    }
+    async fn insert_lab_result(&self, r: &LabResult) -> StoreResult<()> {
+        self.insert_lab_impl(r).await
+    }
+    async fn lab_results_of(&self, person_id: Uuid) -> StoreResult<Vec<LabResult>> {
+        self.lab_of_impl(person_id).await
+    }
+    async fn review_list(&self, scope: &Scope) -> StoreResult<Vec<(Person, LabResult)>> {
+        self.review_impl(scope).await
+    }
+
     async fn rollup_series(
         &self,
         scope: &Scope,
@@ -568,5 +617,408 @@ impl Store for PgStore {
                 detail: r.get(8),
             })
             .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// People under management
+
+use epigrid_core::person::{
+    Category, CategoryChange, HealthReport, LabResult, Observation, ObservationKind, ObservationRow, Person,
+    PersonQuery, TestKind, TestResult,
+};
+use epigrid_core::validate::Sex;
+
+const PERSON_COLS: &str = "p.id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.birth_date, p.sex, \
+    p.home_area_code, p.area_path, p.provisional, p.merged_into, p.category, p.category_since, p.created_at, p.last_seen_at";
+const OBS_COLS: &str = "o.id, o.person_id, o.kind, o.site_id, o.start_date, o.planned_end, o.released_at, \
+    o.release_reason, o.grid_worker_id, o.token_hash, o.token_revoked, o.reports_per_day, o.area_path, o.created_at, o.created_by";
+
+fn person_row(r: &Row) -> StoreResult<Person> {
+    let dt: Option<String> = r.get(2);
+    let sex: Option<String> = r.get(6);
+    let cat: String = r.get(11);
+    Ok(Person {
+        id: r.get(0),
+        name: r.get(1),
+        doc_type: dt.as_deref().and_then(DocType::parse),
+        doc_masked: r.get(3),
+        phone_masked: r.get(4),
+        birth_date: r.get(5),
+        sex: sex.as_deref().and_then(Sex::parse),
+        home_area_code: r.get(7),
+        area_path: r.get(8),
+        provisional: r.get(9),
+        merged_into: r.get(10),
+        category: Category::parse(&cat).ok_or_else(|| bad("category", &cat))?,
+        category_since: r.get(12),
+        created_at: r.get(13),
+        last_seen_at: r.get(14),
+    })
+}
+
+fn obs_row(r: &Row) -> StoreResult<Observation> {
+    let kind: String = r.get(2);
+    Ok(Observation {
+        id: r.get(0),
+        person_id: r.get(1),
+        kind: ObservationKind::parse(&kind).ok_or_else(|| bad("observation kind", &kind))?,
+        site_id: r.get(3),
+        start: r.get(4),
+        planned_end: r.get(5),
+        released_at: r.get(6),
+        release_reason: r.get(7),
+        grid_worker_id: r.get(8),
+        token_hash: r.get(9),
+        token_revoked: r.get(10),
+        reports_per_day: r.get::<_, i16>(11) as u8,
+        area_path: r.get(12),
+        created_at: r.get(13),
+        created_by: r.get(14),
+    })
+}
+
+fn report_row(r: &Row) -> HealthReport {
+    HealthReport {
+        id: r.get(0),
+        observation_id: r.get(1),
+        person_id: r.get(2),
+        day: r.get(3),
+        slot: r.get::<_, i16>(4) as u8,
+        at: r.get(5),
+        temperature: r.get(6),
+        symptoms: r.get::<_, i16>(7) as u8,
+        note: r.get(8),
+        by_user: r.get(9),
+    }
+}
+
+fn lab_row(r: &Row, o: usize) -> StoreResult<LabResult> {
+    let test: String = r.get(o + 2);
+    let result: String = r.get(o + 5);
+    Ok(LabResult {
+        id: r.get(o),
+        person_id: r.get(o + 1),
+        test: TestKind::parse(&test).ok_or_else(|| bad("test", &test))?,
+        sample_date: r.get(o + 3),
+        result_date: r.get(o + 4),
+        result: TestResult::parse(&result).ok_or_else(|| bad("result", &result))?,
+        entered_by: r.get(o + 6),
+        created_at: r.get(o + 7),
+    })
+}
+
+impl PgStore {
+    pub(crate) async fn person_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
+        let (lo, hi) = scope.bounds();
+        self.query_opt(
+            &format!("SELECT {PERSON_COLS} FROM persons p WHERE p.id = $1 AND p.area_path >= $2 AND p.area_path < $3"),
+            &[&id, &lo, &hi],
+        )
+        .await?
+        .map(|r| person_row(&r))
+        .transpose()
+    }
+
+    pub(crate) async fn search_impl(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+        let (lo, hi) = scope.bounds();
+        let limit = i64::from(limit.clamp(1, 500));
+        let scoped = "p.area_path >= $1 AND p.area_path < $2 AND p.merged_into IS NULL";
+        let rows = match q {
+            PersonQuery::Document { index, doc_type } => {
+                self.query(
+                    &format!("SELECT {PERSON_COLS} FROM persons p WHERE p.doc_type = $4 AND p.doc_index = $3 AND {scoped} LIMIT $5"),
+                    &[&lo, &hi, index, &doc_type.as_str(), &limit],
+                )
+                .await?
+            }
+            PersonQuery::Phone(index) => {
+                self.query(
+                    &format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = $3 AND {scoped} ORDER BY p.last_seen_at DESC LIMIT $4"),
+                    &[&lo, &hi, index, &limit],
+                )
+                .await?
+            }
+            PersonQuery::Plate(plate) => {
+                self.query(
+                    &format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM registrations WHERE plate = $3) \
+                         AND {scoped} ORDER BY p.last_seen_at DESC LIMIT $4"
+                    ),
+                    &[&lo, &hi, plate, &limit],
+                )
+                .await?
+            }
+            PersonQuery::Name(name) => {
+                self.query(
+                    &format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE strpos(p.name, $3) > 0 AND {scoped} \
+                         ORDER BY (p.name = $3) DESC, p.last_seen_at DESC LIMIT $4"
+                    ),
+                    &[&lo, &hi, name, &limit],
+                )
+                .await?
+            }
+        };
+        rows.iter().map(person_row).collect()
+    }
+
+    pub(crate) async fn change_category_impl(&self, ch: &CategoryChange) -> StoreResult<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let n = tx
+            .execute(
+                "UPDATE persons SET category = $2, category_since = $3 WHERE id = $1 AND category = $4",
+                &[&ch.person_id, &ch.to.as_str(), &ch.at, &ch.from.as_str()],
+            )
+            .await
+            .map_err(map_err)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&ch.id, &ch.person_id, &ch.from.as_str(), &ch.to.as_str(), &ch.at, &ch.by_user, &ch.by_username, &ch.reason],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    pub(crate) async fn category_history_impl(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
+        self.query(
+            "SELECT id, person_id, from_cat, to_cat, at, by_user, by_username, reason FROM category_changes \
+             WHERE person_id = $1 ORDER BY at, id",
+            &[&person_id],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let (f, t): (String, String) = (r.get(2), r.get(3));
+            Ok(CategoryChange {
+                id: r.get(0),
+                person_id: r.get(1),
+                from: Category::parse(&f).ok_or_else(|| bad("category", &f))?,
+                to: Category::parse(&t).ok_or_else(|| bad("category", &t))?,
+                at: r.get(4),
+                by_user: r.get(5),
+                by_username: r.get(6),
+                reason: r.get(7),
+            })
+        })
+        .collect()
+    }
+
+    pub(crate) async fn category_counts_impl(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
+        let (lo, hi) = scope.bounds();
+        self.query(
+            "SELECT area_path, category, COUNT(*) FROM persons WHERE category <> 'none' \
+             AND area_path >= $1 AND area_path < $2 AND merged_into IS NULL GROUP BY area_path, category",
+            &[&lo, &hi],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let c: String = r.get(1);
+            Ok((r.get(0), Category::parse(&c).ok_or_else(|| bad("category", &c))?, r.get(2)))
+        })
+        .collect()
+    }
+
+    pub(crate) async fn insert_observation_impl(&self, o: &Observation) -> StoreResult<()> {
+        self.execute(
+            &format!(
+                "INSERT INTO observations ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                OBS_COLS.replace("o.", "")
+            ),
+            &[
+                &o.id,
+                &o.person_id,
+                &o.kind.as_str(),
+                &o.site_id,
+                &o.start,
+                &o.planned_end,
+                &o.released_at,
+                &o.release_reason,
+                &o.grid_worker_id,
+                &o.token_hash,
+                &o.token_revoked,
+                &i16::from(o.reports_per_day),
+                &o.area_path,
+                &o.created_at,
+                &o.created_by,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(crate) async fn update_observation_impl(&self, o: &Observation) -> StoreResult<()> {
+        let n = self
+            .execute(
+                "UPDATE observations SET planned_end = $2, released_at = $3, release_reason = $4, grid_worker_id = $5, \
+                 token_hash = $6, token_revoked = $7, reports_per_day = $8 WHERE id = $1",
+                &[
+                    &o.id,
+                    &o.planned_end,
+                    &o.released_at,
+                    &o.release_reason,
+                    &o.grid_worker_id,
+                    &o.token_hash,
+                    &o.token_revoked,
+                    &i16::from(o.reports_per_day),
+                ],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn observation_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
+        let (lo, hi) = scope.bounds();
+        self.query_opt(
+            &format!(
+                "SELECT {OBS_COLS} FROM observations o JOIN persons p ON p.id = o.person_id \
+                 WHERE o.id = $1 AND p.area_path >= $2 AND p.area_path < $3"
+            ),
+            &[&id, &lo, &hi],
+        )
+        .await?
+        .map(|r| obs_row(&r))
+        .transpose()
+    }
+
+    pub(crate) async fn observation_by_token_impl(&self, hash: &[u8]) -> StoreResult<Option<Observation>> {
+        self.query_opt(&format!("SELECT {OBS_COLS} FROM observations o WHERE o.token_hash = $1"), &[&hash])
+            .await?
+            .map(|r| obs_row(&r))
+            .transpose()
+    }
+
+    pub(crate) async fn observations_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
+        self.query(
+            &format!("SELECT {OBS_COLS} FROM observations o WHERE o.person_id = $1 ORDER BY o.start_date DESC, o.created_at DESC"),
+            &[&person_id],
+        )
+        .await?
+        .iter()
+        .map(obs_row)
+        .collect()
+    }
+
+    pub(crate) async fn observation_rows_impl(
+        &self,
+        scope: &Scope,
+        today: NaiveDate,
+        ended_since: NaiveDate,
+        grid_worker: Option<Uuid>,
+    ) -> StoreResult<Vec<ObservationRow>> {
+        let (lo, hi) = scope.bounds();
+        let since_ts = ended_since.and_hms_opt(0, 0, 0).map(|d| d.and_utc()).unwrap_or_default();
+        self.query(
+            &format!(
+                "SELECT {OBS_COLS}, p.name, p.category, last.at, last.temperature, last.symptoms, \
+                 (SELECT COUNT(*) FROM health_reports h WHERE h.observation_id = o.id AND h.day = $3) \
+                 FROM observations o JOIN persons p ON p.id = o.person_id \
+                 LEFT JOIN LATERAL (SELECT h.at, h.temperature, h.symptoms FROM health_reports h \
+                   WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1) last ON TRUE \
+                 WHERE p.area_path >= $1 AND p.area_path < $2 \
+                 AND (o.released_at IS NULL OR o.planned_end >= $4 OR o.released_at >= $5) \
+                 AND ($6::uuid IS NULL OR o.grid_worker_id = $6) ORDER BY o.planned_end, o.id"
+            ),
+            &[&lo, &hi, &today, &ended_since, &since_ts, &grid_worker],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            let cat: String = r.get(16);
+            Ok(ObservationRow {
+                observation: obs_row(r)?,
+                person_name: r.get(15),
+                category: Category::parse(&cat).ok_or_else(|| bad("category", &cat))?,
+                last_report_at: r.get(17),
+                last_temperature: r.get(18),
+                last_symptoms: r.get::<_, Option<i16>>(19).unwrap_or(0) as u8,
+                reports_today: r.get(20),
+            })
+        })
+        .collect()
+    }
+
+    pub(crate) async fn insert_report_impl(&self, h: &HealthReport) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO health_reports (id, observation_id, person_id, day, slot, at, temperature, symptoms, note, by_user) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &h.id,
+                &h.observation_id,
+                &h.person_id,
+                &h.day,
+                &i16::from(h.slot),
+                &h.at,
+                &h.temperature,
+                &i16::from(h.symptoms),
+                &h.note,
+                &h.by_user,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(crate) async fn reports_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<HealthReport>> {
+        Ok(self
+            .query(
+                "SELECT id, observation_id, person_id, day, slot, at, temperature, symptoms, note, by_user \
+                 FROM health_reports WHERE person_id = $1 ORDER BY at DESC",
+                &[&person_id],
+            )
+            .await?
+            .iter()
+            .map(report_row)
+            .collect())
+    }
+
+    pub(crate) async fn insert_lab_impl(&self, l: &LabResult) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO lab_results (id, person_id, test, sample_date, result_date, result, entered_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[&l.id, &l.person_id, &l.test.as_str(), &l.sample_date, &l.result_date, &l.result.as_str(), &l.entered_by, &l.created_at],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    pub(crate) async fn lab_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<LabResult>> {
+        self.query(
+            "SELECT id, person_id, test, sample_date, result_date, result, entered_by, created_at \
+             FROM lab_results WHERE person_id = $1 ORDER BY sample_date DESC, created_at DESC",
+            &[&person_id],
+        )
+        .await?
+        .iter()
+        .map(|r| lab_row(r, 0))
+        .collect()
+    }
+
+    pub(crate) async fn review_impl(&self, scope: &Scope) -> StoreResult<Vec<(Person, LabResult)>> {
+        let (lo, hi) = scope.bounds();
+        self.query(
+            &format!(
+                "SELECT {PERSON_COLS}, l.id, l.person_id, l.test, l.sample_date, l.result_date, l.result, l.entered_by, l.created_at \
+                 FROM lab_results l JOIN persons p ON p.id = l.person_id \
+                 WHERE l.result = 'positive' AND p.category NOT IN ('confirmed', 'recovered', 'deceased') \
+                 AND p.area_path >= $1 AND p.area_path < $2 ORDER BY l.sample_date DESC"
+            ),
+            &[&lo, &hi],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((person_row(r)?, lab_row(r, 15)?)))
+        .collect()
     }
 }

@@ -8,6 +8,10 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,
     "foundation",
     include_str!("../migrations/0001_foundation.sql"),
+), (
+    2,
+    "people",
+    include_str!("../migrations/0002_people.sql"),
 )];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

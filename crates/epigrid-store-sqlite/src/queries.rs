@@ -566,6 +566,55 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
+        self.person_impl(id, scope).await
+    }
+    async fn search_persons(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+        self.search_impl(scope, q, limit).await
+    }
+    async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool> {
+        self.change_category_impl(change).await
+    }
+    async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
+        self.category_history_impl(person_id).await
+    }
+    async fn category_counts(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
+        self.category_counts_impl(scope).await
+    }
+    async fn insert_observation(&self, o: &Observation) -> StoreResult<()> {
+        self.insert_observation_impl(o).await
+    }
+    async fn update_observation(&self, o: &Observation) -> StoreResult<()> {
+        self.update_observation_impl(o).await
+    }
+    async fn observation(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
+        self.observation_impl(id, scope).await
+    }
+    async fn observation_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<Observation>> {
+        self.observation_by_token_impl(token_hash).await
+    }
+    async fn observations_of(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
+        self.observations_of_impl(person_id).await
+    }
+    async fn observation_rows(&self, scope: &Scope, today: NaiveDate, ended_since: NaiveDate, grid_worker: Option<Uuid>) -> StoreResult<Vec<ObservationRow>> {
+        self.observation_rows_impl(scope, today, ended_since, grid_worker).await
+    }
+    async fn insert_report(&self, r: &HealthReport) -> StoreResult<()> {
+        self.insert_report_impl(r).await
+    }
+    async fn reports_of(&self, person_id: Uuid) -> StoreResult<Vec<HealthReport>> {
+        self.reports_of_impl(person_id).await
+    }
+    async fn insert_lab_result(&self, r: &LabResult) -> StoreResult<()> {
+        self.insert_lab_impl(r).await
+    }
+    async fn lab_results_of(&self, person_id: Uuid) -> StoreResult<Vec<LabResult>> {
+        self.lab_of_impl(person_id).await
+    }
+    async fn review_list(&self, scope: &Scope) -> StoreResult<Vec<(Person, LabResult)>> {
+        self.review_impl(scope).await
+    }
+
     async fn rollup_series(
         &self,
         scope: &Scope,
@@ -843,6 +892,462 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             let rows = stmt
                 .query_map(params![lo, hi, limit.clamp(1, 10_000)], audit_row)
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// People under management
+
+use epigrid_core::person::{
+    Category, CategoryChange, HealthReport, LabResult, Observation, ObservationKind, ObservationRow, Person,
+    PersonQuery, TestKind, TestResult,
+};
+
+const PERSON_COLS: &str = "p.id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.birth_date, p.sex, \
+    p.home_area_code, p.area_path, p.provisional, p.merged_into, p.category, p.category_since, p.created_at, p.last_seen_at";
+const OBS_COLS: &str = "o.id, o.person_id, o.kind, o.site_id, o.start_date, o.planned_end, o.released_at, \
+    o.release_reason, o.grid_worker_id, o.token_hash, o.token_revoked, o.reports_per_day, o.area_path, o.created_at, o.created_by";
+
+fn person_row(r: &Row<'_>) -> rusqlite::Result<Person> {
+    let dt: Option<String> = r.get(2)?;
+    let sex: Option<String> = r.get(6)?;
+    Ok(Person {
+        id: r.get::<_, U>(0)?.0,
+        name: r.get(1)?,
+        doc_type: dt.as_deref().and_then(DocType::parse),
+        doc_masked: r.get(3)?,
+        phone_masked: r.get(4)?,
+        birth_date: date(r.get(5)?),
+        sex: sex.as_deref().and_then(Sex::parse),
+        home_area_code: r.get(7)?,
+        area_path: r.get(8)?,
+        provisional: r.get(9)?,
+        merged_into: r.get::<_, Option<U>>(10)?.map(|u| u.0),
+        category: parse_enum(&r.get::<_, String>(11)?, Category::parse)?,
+        category_since: r.get::<_, Option<i64>>(12)?.map(time),
+        created_at: time(r.get(13)?),
+        last_seen_at: time(r.get(14)?),
+    })
+}
+
+fn obs_row(r: &Row<'_>) -> rusqlite::Result<Observation> {
+    Ok(Observation {
+        id: r.get::<_, U>(0)?.0,
+        person_id: r.get::<_, U>(1)?.0,
+        kind: parse_enum(&r.get::<_, String>(2)?, ObservationKind::parse)?,
+        site_id: r.get::<_, Option<U>>(3)?.map(|u| u.0),
+        start: date(r.get(4)?).unwrap_or_default(),
+        planned_end: date(r.get(5)?).unwrap_or_default(),
+        released_at: r.get::<_, Option<i64>>(6)?.map(time),
+        release_reason: r.get(7)?,
+        grid_worker_id: r.get::<_, Option<U>>(8)?.map(|u| u.0),
+        token_hash: r.get(9)?,
+        token_revoked: r.get(10)?,
+        reports_per_day: r.get(11)?,
+        area_path: r.get(12)?,
+        created_at: time(r.get(13)?),
+        created_by: r.get::<_, Option<U>>(14)?.map(|u| u.0),
+    })
+}
+
+fn report_row(r: &Row<'_>) -> rusqlite::Result<HealthReport> {
+    Ok(HealthReport {
+        id: r.get::<_, U>(0)?.0,
+        observation_id: r.get::<_, U>(1)?.0,
+        person_id: r.get::<_, U>(2)?.0,
+        day: date(r.get(3)?).unwrap_or_default(),
+        slot: r.get(4)?,
+        at: time(r.get(5)?),
+        temperature: r.get(6)?,
+        symptoms: r.get(7)?,
+        note: r.get(8)?,
+        by_user: r.get::<_, Option<U>>(9)?.map(|u| u.0),
+    })
+}
+
+fn lab_row(r: &Row<'_>, o: usize) -> rusqlite::Result<LabResult> {
+    Ok(LabResult {
+        id: r.get::<_, U>(o)?.0,
+        person_id: r.get::<_, U>(o + 1)?.0,
+        test: parse_enum(&r.get::<_, String>(o + 2)?, TestKind::parse)?,
+        sample_date: date(r.get(o + 3)?).unwrap_or_default(),
+        result_date: date(r.get(o + 4)?),
+        result: parse_enum(&r.get::<_, String>(o + 5)?, TestResult::parse)?,
+        entered_by: r.get::<_, Option<U>>(o + 6)?.map(|u| u.0),
+        created_at: time(r.get(o + 7)?),
+    })
+}
+
+impl SqliteStore {
+    pub(crate) async fn person_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {PERSON_COLS} FROM persons p WHERE p.id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3"
+            ))
+            .map_err(map_err)?
+            .query_row(params![id.to_string(), lo, hi], person_row)
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    pub(crate) async fn search_impl(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+        let (lo, hi) = scope.bounds();
+        let q = q.clone();
+        let limit = i64::from(limit.clamp(1, 500));
+        self.read(move |c| {
+            let scoped = "p.area_path >= ?1 AND p.area_path < ?2 AND p.merged_into IS NULL";
+            let (sql, arg): (String, Box<dyn ToSql>) = match &q {
+                PersonQuery::Document { index, doc_type } => (
+                    format!("SELECT {PERSON_COLS} FROM persons p WHERE p.doc_type = '{}' AND p.doc_index = ?3 AND {scoped} LIMIT ?4", doc_type.as_str()),
+                    Box::new(index.clone()),
+                ),
+                PersonQuery::Phone(index) => (
+                    format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = ?3 AND {scoped} ORDER BY p.last_seen_at DESC LIMIT ?4"),
+                    Box::new(index.clone()),
+                ),
+                PersonQuery::Plate(plate) => (
+                    format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM registrations WHERE plate = ?3) \
+                         AND {scoped} ORDER BY p.last_seen_at DESC LIMIT ?4"
+                    ),
+                    Box::new(plate.clone()),
+                ),
+                PersonQuery::Name(name) => (
+                    format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE instr(p.name, ?3) > 0 AND {scoped} \
+                         ORDER BY (p.name = ?3) DESC, p.last_seen_at DESC LIMIT ?4"
+                    ),
+                    Box::new(name.clone()),
+                ),
+            };
+            let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![lo, hi, arg, limit], person_row)
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn change_category_impl(&self, ch: &CategoryChange) -> StoreResult<bool> {
+        let ch = ch.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("UPDATE persons SET category = ?2, category_since = ?3 WHERE id = ?1 AND category = ?4")
+                .map_err(map_err)?
+                .execute(params![ch.person_id.to_string(), ch.to.as_str(), micros(ch.at), ch.from.as_str()])
+                .map_err(map_err)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            c.prepare_cached(
+                "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                ch.id.to_string(),
+                ch.person_id.to_string(),
+                ch.from.as_str(),
+                ch.to.as_str(),
+                micros(ch.at),
+                ch.by_user.map(|u| u.to_string()),
+                ch.by_username,
+                ch.reason
+            ])
+            .map_err(map_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(crate) async fn category_history_impl(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, person_id, from_cat, to_cat, at, by_user, by_username, reason FROM category_changes \
+                     WHERE person_id = ?1 ORDER BY at, id",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([person_id.to_string()], |r| {
+                    Ok(CategoryChange {
+                        id: r.get::<_, U>(0)?.0,
+                        person_id: r.get::<_, U>(1)?.0,
+                        from: parse_enum(&r.get::<_, String>(2)?, Category::parse)?,
+                        to: parse_enum(&r.get::<_, String>(3)?, Category::parse)?,
+                        at: time(r.get(4)?),
+                        by_user: r.get::<_, Option<U>>(5)?.map(|u| u.0),
+                        by_username: r.get(6)?,
+                        reason: r.get(7)?,
+                    })
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn category_counts_impl(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT area_path, category, COUNT(*) FROM persons WHERE category <> 'none' \
+                     AND area_path >= ?1 AND area_path < ?2 AND merged_into IS NULL GROUP BY area_path, category",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![lo, hi], |r| {
+                    Ok((r.get(0)?, parse_enum(&r.get::<_, String>(1)?, Category::parse)?, r.get(2)?))
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn insert_observation_impl(&self, o: &Observation) -> StoreResult<()> {
+        let o = o.clone();
+        self.write(move |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO observations ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                OBS_COLS.replace("o.", "")
+            ))
+            .map_err(map_err)?
+            .execute(params![
+                o.id.to_string(),
+                o.person_id.to_string(),
+                o.kind.as_str(),
+                o.site_id.map(|u| u.to_string()),
+                o.start.to_string(),
+                o.planned_end.to_string(),
+                o.released_at.map(micros),
+                o.release_reason,
+                o.grid_worker_id.map(|u| u.to_string()),
+                o.token_hash,
+                o.token_revoked,
+                o.reports_per_day,
+                o.area_path,
+                micros(o.created_at),
+                o.created_by.map(|u| u.to_string()),
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn update_observation_impl(&self, o: &Observation) -> StoreResult<()> {
+        let o = o.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE observations SET planned_end = ?2, released_at = ?3, release_reason = ?4, grid_worker_id = ?5, \
+                     token_hash = ?6, token_revoked = ?7, reports_per_day = ?8 WHERE id = ?1",
+                )
+                .map_err(map_err)?
+                .execute(params![
+                    o.id.to_string(),
+                    o.planned_end.to_string(),
+                    o.released_at.map(micros),
+                    o.release_reason,
+                    o.grid_worker_id.map(|u| u.to_string()),
+                    o.token_hash,
+                    o.token_revoked,
+                    o.reports_per_day
+                ])
+                .map_err(map_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn observation_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {OBS_COLS} FROM observations o JOIN persons p ON p.id = o.person_id \
+                 WHERE o.id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3"
+            ))
+            .map_err(map_err)?
+            .query_row(params![id.to_string(), lo, hi], obs_row)
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    pub(crate) async fn observation_by_token_impl(&self, hash: &[u8]) -> StoreResult<Option<Observation>> {
+        let h = hash.to_vec();
+        self.read(move |c| {
+            c.prepare_cached(&format!("SELECT {OBS_COLS} FROM observations o WHERE o.token_hash = ?1"))
+                .map_err(map_err)?
+                .query_row([&h], obs_row)
+                .optional()
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    pub(crate) async fn observations_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {OBS_COLS} FROM observations o WHERE o.person_id = ?1 ORDER BY o.start_date DESC, o.created_at DESC"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map([person_id.to_string()], obs_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn observation_rows_impl(
+        &self,
+        scope: &Scope,
+        today: NaiveDate,
+        ended_since: NaiveDate,
+        grid_worker: Option<Uuid>,
+    ) -> StoreResult<Vec<ObservationRow>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {OBS_COLS}, p.name, p.category, \
+                     (SELECT h.at FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1), \
+                     (SELECT h.temperature FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1), \
+                     (SELECT h.symptoms FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1), \
+                     (SELECT COUNT(*) FROM health_reports h WHERE h.observation_id = o.id AND h.day = ?3) \
+                     FROM observations o JOIN persons p ON p.id = o.person_id \
+                     WHERE p.area_path >= ?1 AND p.area_path < ?2 \
+                     AND (o.released_at IS NULL OR o.planned_end >= ?4 OR o.released_at >= ?5) \
+                     AND (?6 IS NULL OR o.grid_worker_id = ?6) ORDER BY o.planned_end, o.id"
+                ))
+                .map_err(map_err)?;
+            let since_us = ended_since.and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp_micros()).unwrap_or(0);
+            let rows = stmt
+                .query_map(
+                    params![lo, hi, today.to_string(), ended_since.to_string(), since_us, grid_worker.map(|u| u.to_string())],
+                    |r| {
+                        Ok(ObservationRow {
+                            observation: obs_row(r)?,
+                            person_name: r.get(15)?,
+                            category: parse_enum(&r.get::<_, String>(16)?, Category::parse)?,
+                            last_report_at: r.get::<_, Option<i64>>(17)?.map(time),
+                            last_temperature: r.get(18)?,
+                            last_symptoms: r.get::<_, Option<u8>>(19)?.unwrap_or(0),
+                            reports_today: r.get(20)?,
+                        })
+                    },
+                )
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn insert_report_impl(&self, h: &HealthReport) -> StoreResult<()> {
+        let h = h.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO health_reports (id, observation_id, person_id, day, slot, at, temperature, symptoms, note, by_user) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                h.id.to_string(),
+                h.observation_id.to_string(),
+                h.person_id.to_string(),
+                h.day.to_string(),
+                h.slot,
+                micros(h.at),
+                h.temperature,
+                h.symptoms,
+                h.note,
+                h.by_user.map(|u| u.to_string())
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn reports_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<HealthReport>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, observation_id, person_id, day, slot, at, temperature, symptoms, note, by_user \
+                     FROM health_reports WHERE person_id = ?1 ORDER BY at DESC",
+                )
+                .map_err(map_err)?;
+            let rows = stmt.query_map([person_id.to_string()], report_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn insert_lab_impl(&self, l: &LabResult) -> StoreResult<()> {
+        let l = l.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO lab_results (id, person_id, test, sample_date, result_date, result, entered_by, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                l.id.to_string(),
+                l.person_id.to_string(),
+                l.test.as_str(),
+                l.sample_date.to_string(),
+                l.result_date.map(|d| d.to_string()),
+                l.result.as_str(),
+                l.entered_by.map(|u| u.to_string()),
+                micros(l.created_at)
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn lab_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<LabResult>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, person_id, test, sample_date, result_date, result, entered_by, created_at \
+                     FROM lab_results WHERE person_id = ?1 ORDER BY sample_date DESC, created_at DESC",
+                )
+                .map_err(map_err)?;
+            let rows = stmt.query_map([person_id.to_string()], |r| lab_row(r, 0)).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn review_impl(&self, scope: &Scope) -> StoreResult<Vec<(Person, LabResult)>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {PERSON_COLS}, l.id, l.person_id, l.test, l.sample_date, l.result_date, l.result, l.entered_by, l.created_at \
+                     FROM lab_results l JOIN persons p ON p.id = l.person_id \
+                     WHERE l.result = 'positive' AND p.category NOT IN ('confirmed', 'recovered', 'deceased') \
+                     AND p.area_path >= ?1 AND p.area_path < ?2 ORDER BY l.sample_date DESC"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![lo, hi], |r| Ok((person_row(r)?, lab_row(r, 15)?)))
                 .map_err(map_err)?;
             collect(rows)
         })

@@ -13,6 +13,7 @@ mod error;
 mod feed;
 mod metrics;
 mod openapi;
+mod persons;
 mod public;
 mod qr;
 mod staff;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes())
         .merge(public::routes())
         .merge(staff::routes())
+        .merge(persons::routes())
         .route("/assets/{*file}", get(staff::asset))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .fallback(error::not_found)

@@ -36,8 +36,8 @@ pub fn routes() -> Router<AppState> {
 #[derive(Clone, Copy)]
 pub struct Tr(pub Lang);
 impl Tr {
-    pub fn t(&self, key: &str) -> &'static str {
-        t(self.0, key)
+    pub fn t(&self, key: impl AsRef<str>) -> &'static str {
+        t(self.0, key.as_ref())
     }
     pub fn code(&self) -> &'static str {
         self.0.code()

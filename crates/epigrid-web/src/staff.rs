@@ -61,7 +61,7 @@ pub struct Chrome {
     pub is_admin: bool,
 }
 
-async fn chrome(st: &AppState, s: &Staff, lang: Lang) -> Chrome {
+pub(crate) async fn chrome(st: &AppState, s: &Staff, lang: Lang) -> Chrome {
     let mut crumbs = Vec::new();
     for code in s.user.area_path.split('/').filter(|c| !c.is_empty()) {
         if let Ok(Some(a)) = st.store.area(code).await {
@@ -79,7 +79,7 @@ async fn chrome(st: &AppState, s: &Staff, lang: Lang) -> Chrome {
 }
 
 /// Staff pages need a browser session; anything else goes to the login page.
-fn logged_in(s: MaybeStaff) -> Result<Staff, Response> {
+pub(crate) fn logged_in(s: MaybeStaff) -> Result<Staff, Response> {
     match s.0 {
         Some(s) if s.by_cookie => Ok(s),
         _ => Err(Redirect::to("/login").into_response()),

@@ -1,0 +1,1061 @@
+//! People under management: search, the person page, categories with history, medical
+//! observation with personal daily-report links, lab results, line lists and exports.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use chrono::{Duration, NaiveDate, Utc};
+use epigrid_core::area::Scope;
+use epigrid_core::i18n::Lang;
+use epigrid_core::model::{RegistrationFilter, Role};
+use epigrid_core::person::*;
+use epigrid_core::validate::{Document, DocType, FieldError, IdNumber, MobilePhone, Plate, Symptoms, Temperature};
+use epigrid_core::vault::{new_id, random_token, token_hash};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::api::{base_url, JsonBody};
+use crate::auth::{MaybeStaff, Staff};
+use crate::error::{ApiError, ApiResult};
+use crate::public::{message, url_decode_pairs, Tr};
+use crate::state::AppState;
+use crate::view::{local, mask_name, registration_json};
+
+/// Hours without a report after which an observation is overdue.
+pub const OVERDUE_HOURS: i64 = 36;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/persons", get(search))
+        .route("/api/v1/persons/{id}", get(person_detail))
+        .route("/api/v1/persons/{id}/category", post(change_category))
+        .route("/api/v1/persons/{id}/observations", post(start_observation))
+        .route("/api/v1/persons/{id}/reports", post(report_on_behalf))
+        .route("/api/v1/persons/{id}/lab-results", post(add_lab_result))
+        .route("/api/v1/observations", get(line_list))
+        .route("/api/v1/observations/export.csv", get(export_csv))
+        .route("/api/v1/observations/{id}", axum::routing::patch(update_observation))
+        .route("/api/v1/review", get(review))
+        .route("/api/v1/category-counts", get(category_counts))
+        .route("/api/v1/reports/{token}", post(report_json))
+        .route("/r/{token}", get(report_page).post(report_form))
+        .route("/persons", get(persons_page))
+        .route("/persons/{id}", get(person_page))
+        .route("/persons/{id}/category", post(person_page_category))
+        .route("/persons/{id}/observe", post(person_page_observe))
+        .route("/observations", get(observations_page))
+}
+
+fn err_field(field: &str, key: &'static str) -> ApiError {
+    ApiError::Invalid(vec![FieldError::new(field, key)])
+}
+
+/// Decides what a search string is: a document, a phone, a plate or (part of) a name.
+pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> {
+    let q = q.trim();
+    if q.is_empty() || q.chars().count() > 40 {
+        return Err(err_field("q", "err.search.empty"));
+    }
+    if let Ok(id) = IdNumber::parse("q", q) {
+        let doc = Document::parse("q", DocType::CnId, id.as_str()).map_err(|e| ApiError::Invalid(vec![e]))?;
+        return Ok(PersonQuery::Document { index: st.vault.blind_index("doc:cn_id", doc.number()), doc_type: DocType::CnId });
+    }
+    if let Ok(p) = MobilePhone::parse("q", q) {
+        return Ok(PersonQuery::Phone(st.vault.blind_index("phone", p.as_str())));
+    }
+    if let Ok(p) = Plate::parse("q", q) {
+        return Ok(PersonQuery::Plate(p.as_str().to_string()));
+    }
+    let ascii_doc = q.chars().all(|c| c.is_ascii_alphanumeric()) && q.chars().any(|c| c.is_ascii_digit());
+    if ascii_doc {
+        if let Ok(d) = Document::parse("q", DocType::Passport, q) {
+            return Ok(PersonQuery::Document { index: st.vault.blind_index("doc:passport", d.number()), doc_type: DocType::Passport });
+        }
+    }
+    if q.chars().any(|c| c.is_ascii_digit()) {
+        return Err(err_field("q", "err.search.number"));
+    }
+    Ok(PersonQuery::Name(q.to_string()))
+}
+
+pub fn person_json(p: &Person) -> Value {
+    json!({
+        "id": p.id,
+        "name": mask_name(&p.name),
+        "category": p.category,
+        "category_since": p.category_since,
+        "area_code": p.area_code(),
+        "id_type": p.doc_type,
+        "id_number": p.doc_masked,
+        "phone": p.phone_masked,
+        "birth_date": p.birth_date.map(|d| d.format("%Y").to_string()),
+        "sex": p.sex,
+        "provisional": p.provisional,
+        "last_seen_at": p.last_seen_at,
+    })
+}
+
+async fn search(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    staff.require(staff.role().sees_personal_data())?;
+    let query = interpret_query(&st, q.get("q").map(String::as_str).unwrap_or(""))?;
+    let people = st.store.search_persons(&staff.scope(), &query, 50).await?;
+    Ok(Json(json!({"items": people.iter().map(person_json).collect::<Vec<_>>()})))
+}
+
+async fn person_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Person> {
+    staff.require(staff.role().sees_personal_data())?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    st.store.person(id, &staff.scope()).await?.ok_or(ApiError::NotFound)
+}
+
+fn report_url(st: &AppState, headers: &HeaderMap, token: &str) -> String {
+    format!("{}/r/{token}", base_url(st, headers))
+}
+
+fn observation_json(o: &Observation, today: NaiveDate) -> Value {
+    json!({
+        "id": o.id, "person_id": o.person_id, "kind": o.kind, "site_id": o.site_id,
+        "start": o.start, "planned_end": o.planned_end, "released_at": o.released_at,
+        "release_reason": o.release_reason, "grid_worker_id": o.grid_worker_id,
+        "link_revoked": o.token_revoked, "reports_per_day": o.reports_per_day,
+        "active": o.is_active(today),
+    })
+}
+
+fn today(st: &AppState) -> NaiveDate {
+    Utc::now().with_timezone(&st.cfg.tz).date_naive()
+}
+
+async fn person_detail(State(st): State<AppState>, staff: Staff, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let p = person_in_scope(&st, &staff, &id).await?;
+    let history = st.store.category_history(p.id).await?;
+    let observations = st.store.observations_of(p.id).await?;
+    let reports = st.store.reports_of(p.id).await?;
+    let labs = st.store.lab_results_of(p.id).await?;
+    let regs = st
+        .store
+        .registrations(&Scope::all(), &RegistrationFilter { person_id: Some(p.id), limit: 200, ..Default::default() })
+        .await?;
+    let scope = staff.scope();
+    let t = today(&st);
+    let mut v = person_json(&p);
+    v["category_history"] = json!(history);
+    v["observations"] = json!(observations.iter().map(|o| observation_json(o, t)).collect::<Vec<_>>());
+    v["reports"] = json!(reports);
+    v["lab_results"] = json!(labs);
+    // The timeline shows where the person registered; places outside the caller's area are
+    // shown without detail.
+    v["registrations"] = json!(regs
+        .iter()
+        .map(|r| if scope.contains(&r.area_path) {
+            serde_json::to_value(registration_json(r, st.cfg.tz)).unwrap_or(Value::Null)
+        } else {
+            json!({"id": r.id, "at": r.at, "kind": r.kind, "outside_scope": true})
+        })
+        .collect::<Vec<_>>());
+    Ok(Json(v))
+}
+
+pub(crate) async fn apply_category(st: &AppState, staff: &Staff, p: &Person, to_raw: &str, reason_raw: &str) -> ApiResult<Person> {
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager))?;
+    let mut errs = Vec::new();
+    let to = Category::parse(to_raw.trim());
+    if to.is_none() {
+        errs.push(FieldError::new("category", "err.category.unknown"));
+    }
+    let reason = reason_raw.trim();
+    if reason.is_empty() {
+        errs.push(FieldError::new("reason", "err.required"));
+    } else if reason.chars().count() > 500 {
+        errs.push(FieldError::new("reason", "err.text.too_long").with("max", "500"));
+    }
+    let Some(to) = to.filter(|_| errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    check_transition(p.category, to).map_err(ApiError::Conflict)?;
+    let change = CategoryChange {
+        id: new_id(),
+        person_id: p.id,
+        from: p.category,
+        to,
+        at: Utc::now(),
+        by_user: Some(staff.user.id),
+        by_username: staff.user.username.clone(),
+        reason: reason.to_string(),
+    };
+    if !st.store.change_category(&change).await? {
+        return Err(ApiError::Conflict("err.category.changed_meanwhile"));
+    }
+    staff
+        .audit(st, "category.change", &format!("person:{}", p.id), &p.area_path, &format!("{} -> {}", p.category, to))
+        .await;
+    st.store.person(p.id, &Scope::all()).await?.ok_or(ApiError::NotFound)
+}
+
+async fn change_category(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    let p = person_in_scope(&st, &staff, &id).await?;
+    let to = b.get("category").and_then(Value::as_str).unwrap_or("");
+    let reason = b.get("reason").and_then(Value::as_str).unwrap_or("");
+    let p = apply_category(&st, &staff, &p, to, reason).await?;
+    Ok(Json(person_json(&p)))
+}
+
+/// Parsed request to start an observation.
+struct ObservationRequest {
+    kind: ObservationKind,
+    start: NaiveDate,
+    days: u32,
+    site_id: Option<Uuid>,
+    grid_worker: Option<Uuid>,
+    per_day: u8,
+}
+
+async fn parse_observation(st: &AppState, staff: &Staff, p: &Person, get: &(dyn Fn(&str) -> Option<String> + Sync)) -> ApiResult<ObservationRequest> {
+    let mut errs = Vec::new();
+    let kind = match get("kind").as_deref().map(str::trim) {
+        None | Some("") => Some(ObservationKind::Home),
+        Some(k) => ObservationKind::parse(k).or_else(|| {
+            errs.push(FieldError::new("kind", "err.observation.kind"));
+            None
+        }),
+    };
+    let t = today(st);
+    let start = match get("start").as_deref().map(str::trim) {
+        None | Some("") => Some(t),
+        Some(s) => match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            Ok(d) if d > t + Duration::days(30) => {
+                errs.push(FieldError::new("start", "err.date.future"));
+                None
+            }
+            Ok(d) if d < t - Duration::days(60) => {
+                errs.push(FieldError::new("start", "err.date.too_old"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(_) => {
+                errs.push(FieldError::new("start", "err.date.format"));
+                None
+            }
+        },
+    };
+    let days = match get("days").as_deref().map(str::trim) {
+        None | Some("") => Some(p.category.default_observation_days()),
+        Some(d) => match d.parse::<i64>() {
+            Ok(n) if (1..=90).contains(&n) => Some(n as u32),
+            Ok(_) => {
+                errs.push(FieldError::new("days", "err.int.range").with("min", "1").with("max", "90"));
+                None
+            }
+            Err(_) => {
+                errs.push(FieldError::new("days", "err.int.format"));
+                None
+            }
+        },
+    };
+    let per_day = match get("reports_per_day").as_deref().map(str::trim) {
+        None | Some("") | Some("1") => 1,
+        Some("2") => 2,
+        Some(_) => {
+            errs.push(FieldError::new("reports_per_day", "err.int.range").with("min", "1").with("max", "2"));
+            1
+        }
+    };
+    let site_id = match get("site_id").as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match Uuid::parse_str(s).ok() {
+            Some(id) if st.store.site(id, &staff.scope()).await?.is_some() => Some(id),
+            _ => {
+                errs.push(FieldError::new("site_id", "err.site.not_found"));
+                None
+            }
+        },
+    };
+    if kind == Some(ObservationKind::Central) && site_id.is_none() && !errs.iter().any(|e| e.field == "site_id") {
+        errs.push(FieldError::new("site_id", "err.observation.central_site"));
+    }
+    let grid_worker = match get("grid_worker").as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match Uuid::parse_str(s).ok() {
+            Some(id) => match st.store.user(id).await? {
+                Some(u) if u.role == Role::GridWorker && p.area_path.starts_with(&u.area_path) => Some(id),
+                _ => {
+                    errs.push(FieldError::new("grid_worker", "err.grid_worker.not_here"));
+                    None
+                }
+            },
+            None => {
+                errs.push(FieldError::new("grid_worker", "err.id.format"));
+                None
+            }
+        },
+    };
+    match (kind, start, days) {
+        (Some(kind), Some(start), Some(days)) if errs.is_empty() => Ok(ObservationRequest { kind, start, days, site_id, grid_worker, per_day }),
+        _ => Err(ApiError::Invalid(errs)),
+    }
+}
+
+/// Starts an observation; returns it with the personal report link (shown once).
+async fn open_observation(st: &AppState, staff: &Staff, p: &Person, req: ObservationRequest) -> ApiResult<(Observation, String)> {
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker))?;
+    if st.store.observations_of(p.id).await?.iter().any(|o| o.released_at.is_none() && o.planned_end >= today(st)) {
+        return Err(ApiError::Conflict("err.observation.already_open"));
+    }
+    let token = random_token(16);
+    let o = Observation {
+        id: new_id(),
+        person_id: p.id,
+        kind: req.kind,
+        site_id: req.site_id,
+        start: req.start,
+        planned_end: req.start + Duration::days(i64::from(req.days) - 1),
+        released_at: None,
+        release_reason: None,
+        grid_worker_id: req.grid_worker,
+        token_hash: token_hash(&token),
+        token_revoked: false,
+        reports_per_day: req.per_day,
+        area_path: p.area_path.clone(),
+        created_at: Utc::now(),
+        created_by: Some(staff.user.id),
+    };
+    st.store.insert_observation(&o).await?;
+    staff.audit(st, "observation.start", &format!("person:{}", p.id), &p.area_path, &format!("{} {} days", o.kind, req.days)).await;
+    Ok((o, token))
+}
+
+async fn start_observation(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    let p = person_in_scope(&st, &staff, &id).await?;
+    let get = |k: &str| b.get(k).and_then(|v| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    });
+    let req = parse_observation(&st, &staff, &p, &get).await?;
+    let (o, token) = open_observation(&st, &staff, &p, req).await?;
+    let mut v = observation_json(&o, today(&st));
+    v["report_url"] = json!(report_url(&st, &headers, &token));
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn update_observation(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker))?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let mut o = st.store.observation(id, &staff.scope()).await?.ok_or(ApiError::NotFound)?;
+    if o.released_at.is_some() {
+        return Err(ApiError::Conflict("err.observation.released"));
+    }
+    let mut errs = Vec::new();
+    let mut new_link = None;
+    if let Some(v) = b.get("extend_days") {
+        match v.as_i64().filter(|n| (1..=60).contains(n)) {
+            Some(n) => o.planned_end += Duration::days(n),
+            None => errs.push(FieldError::new("extend_days", "err.int.range").with("min", "1").with("max", "60")),
+        }
+    }
+    if let Some(v) = b.get("release_reason") {
+        match v.as_str().map(str::trim).filter(|s| !s.is_empty() && s.chars().count() <= 200) {
+            Some(r) => {
+                let early = o.planned_end > today(&st);
+                if early && b.get("early_release").and_then(Value::as_bool) != Some(true) {
+                    errs.push(FieldError::new("early_release", "err.observation.early"));
+                }
+                if early {
+                    // Early release needs a negative test since the start.
+                    let negative = st
+                        .store
+                        .lab_results_of(o.person_id)
+                        .await?
+                        .iter()
+                        .any(|l| l.result == TestResult::Negative && l.sample_date >= o.start);
+                    if !negative {
+                        errs.push(FieldError::new("early_release", "err.observation.needs_negative"));
+                    }
+                }
+                o.released_at = Some(Utc::now());
+                o.release_reason = Some(r.to_string());
+            }
+            None => errs.push(FieldError::new("release_reason", "err.required")),
+        }
+    }
+    if b.get("revoke_link").and_then(Value::as_bool) == Some(true) {
+        o.token_revoked = true;
+    }
+    if b.get("new_link").and_then(Value::as_bool) == Some(true) {
+        let t = random_token(16);
+        o.token_hash = token_hash(&t);
+        o.token_revoked = false;
+        new_link = Some(t);
+    }
+    if let Some(v) = b.get("reports_per_day") {
+        match v.as_u64() {
+            Some(n @ 1..=2) => o.reports_per_day = n as u8,
+            _ => errs.push(FieldError::new("reports_per_day", "err.int.range").with("min", "1").with("max", "2")),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    st.store.update_observation(&o).await?;
+    staff.audit(&st, "observation.update", &format!("observation:{}", o.id), &o.area_path, "").await;
+    let mut v = observation_json(&o, today(&st));
+    if let Some(t) = new_link {
+        v["report_url"] = json!(report_url(&st, &headers, &t));
+    }
+    Ok(Json(v))
+}
+
+/// Validates a health report's fields.
+fn parse_report(get: &dyn Fn(&str) -> Option<String>, symptoms: &[String]) -> Result<(Option<i16>, u8, Option<String>), ApiError> {
+    let mut errs = Vec::new();
+    let temperature = match get("temperature").as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => {
+            errs.push(FieldError::new("temperature", "err.required"));
+            None
+        }
+        Some(t) => match Temperature::parse("temperature", t) {
+            Ok(t) => Some(t.tenths()),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        },
+    };
+    let symptoms = match Symptoms::parse("symptoms", symptoms) {
+        Ok(s) => s.bits(),
+        Err(e) => {
+            errs.push(e);
+            0
+        }
+    };
+    let note = match epigrid_core::validate::validate_text("note", get("note").as_deref().unwrap_or(""), 300, false) {
+        Ok(n) => n,
+        Err(e) => {
+            errs.push(e);
+            None
+        }
+    };
+    if errs.is_empty() {
+        Ok((temperature, symptoms, note))
+    } else {
+        Err(ApiError::Invalid(errs))
+    }
+}
+
+/// Stores a report for the current slot of an open observation.
+async fn file_report(st: &AppState, o: &Observation, fields: (Option<i16>, u8, Option<String>), by_user: Option<Uuid>) -> ApiResult<HealthReport> {
+    let now = Utc::now();
+    let t = today(st);
+    if o.released_at.is_some() || t > o.planned_end {
+        return Err(ApiError::Gone("err.report.ended"));
+    }
+    if t < o.start {
+        return Err(ApiError::Conflict("err.report.not_started"));
+    }
+    let (day, slot) = report_slot(now, st.cfg.tz, o.reports_per_day);
+    let r = HealthReport {
+        id: new_id(),
+        observation_id: o.id,
+        person_id: o.person_id,
+        day,
+        slot,
+        at: now,
+        temperature: fields.0,
+        symptoms: fields.1,
+        note: fields.2,
+        by_user,
+    };
+    match st.store.insert_report(&r).await {
+        Err(epigrid_core::store::StoreError::Conflict(_)) => Err(ApiError::Conflict("err.report.slot_taken")),
+        other => other.map(|_| r).map_err(ApiError::from),
+    }
+}
+
+async fn observation_for_token(st: &AppState, token: &str) -> ApiResult<Observation> {
+    let o = st.store.observation_by_token(&token_hash(token)).await?.ok_or(ApiError::NotFound)?;
+    if o.token_revoked {
+        return Err(ApiError::Gone("err.report.revoked"));
+    }
+    Ok(o)
+}
+
+fn json_get(b: &Value) -> impl Fn(&str) -> Option<String> + '_ {
+    move |k: &str| {
+        b.get(k).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        })
+    }
+}
+
+fn json_symptoms(b: &Value) -> Vec<String> {
+    match b.get("symptoms") {
+        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn report_json_value(r: &HealthReport) -> Value {
+    json!({"id": r.id, "day": r.day, "slot": r.slot, "at": r.at,
+           "temperature": r.temperature.map(|t| f64::from(t) / 10.0),
+           "symptoms": Symptoms::from_bits(r.symptoms).names(), "on_behalf": r.by_user.is_some()})
+}
+
+/// `POST /api/v1/reports/{token}`: the person's own report.
+async fn report_json(State(st): State<AppState>, Path(token): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+    let o = observation_for_token(&st, &token).await?;
+    let fields = parse_report(&json_get(&b), &json_symptoms(&b))?;
+    let r = file_report(&st, &o, fields, None).await?;
+    Ok((StatusCode::CREATED, Json(report_json_value(&r))).into_response())
+}
+
+/// A grid worker enters a report on the person's behalf (marked and audited).
+async fn report_on_behalf(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker))?;
+    let p = person_in_scope(&st, &staff, &id).await?;
+    let o = st
+        .store
+        .observations_of(p.id)
+        .await?
+        .into_iter()
+        .find(|o| o.released_at.is_none())
+        .ok_or(ApiError::Conflict("err.report.no_observation"))?;
+    let fields = parse_report(&json_get(&b), &json_symptoms(&b))?;
+    let r = file_report(&st, &o, fields, Some(staff.user.id)).await?;
+    staff.audit(&st, "report.on_behalf", &format!("person:{}", p.id), &p.area_path, "").await;
+    Ok((StatusCode::CREATED, Json(report_json_value(&r))).into_response())
+}
+
+async fn add_lab_result(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager))?;
+    let p = person_in_scope(&st, &staff, &id).await?;
+    let get = json_get(&b);
+    let mut errs = Vec::new();
+    let test = get("test").and_then(|t| TestKind::parse(t.trim()));
+    if test.is_none() {
+        errs.push(FieldError::new("test", "err.lab.test"));
+    }
+    let result = get("result").and_then(|t| TestResult::parse(t.trim()));
+    if result.is_none() {
+        errs.push(FieldError::new("result", "err.lab.result"));
+    }
+    let t = today(&st);
+    let date = |k: &str, required: bool, errs: &mut Vec<FieldError>| -> Option<NaiveDate> {
+        match get(k).as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => {
+                if required {
+                    errs.push(FieldError::new(k, "err.required"));
+                }
+                None
+            }
+            Some(s) => match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+                Ok(d) if d > t => {
+                    errs.push(FieldError::new(k, "err.date.future"));
+                    None
+                }
+                Ok(d) => Some(d),
+                Err(_) => {
+                    errs.push(FieldError::new(k, "err.date.format"));
+                    None
+                }
+            },
+        }
+    };
+    let sample = date("sample_date", true, &mut errs);
+    let result_date = date("result_date", false, &mut errs);
+    if let (Some(s), Some(r)) = (sample, result_date) {
+        if r < s {
+            errs.push(FieldError::new("result_date", "err.date.before_start"));
+        }
+    }
+    let (Some(test), Some(result), Some(sample_date)) = (test, result, sample) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let l = LabResult { id: new_id(), person_id: p.id, test, sample_date, result_date, result, entered_by: Some(staff.user.id), created_at: Utc::now() };
+    st.store.insert_lab_result(&l).await?;
+    staff.audit(&st, "lab.add", &format!("person:{}", p.id), &p.area_path, result.as_str()).await;
+    let review = result == TestResult::Positive && !matches!(p.category, Category::Confirmed | Category::Recovered | Category::Deceased);
+    let mut v = json!(l);
+    v["needs_review"] = json!(review);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn review(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
+    staff.require(staff.role().sees_personal_data())?;
+    let rows = st.store.review_list(&staff.scope()).await?;
+    Ok(Json(json!({"items": rows.iter().map(|(p, l)| json!({"person": person_json(p), "lab_result": l})).collect::<Vec<_>>()})))
+}
+
+/// Counts of people per category in the scope, with small cells hidden for analysts.
+async fn category_counts(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
+    let rows = st.store.category_counts(&staff.scope()).await?;
+    let mut totals: HashMap<Category, i64> = HashMap::new();
+    for (_, c, n) in &rows {
+        *totals.entry(*c).or_default() += n;
+    }
+    let suppress = staff.role() == Role::Analyst;
+    let cell = |n: i64| if suppress && n > 0 && n < 5 { Value::Null } else { json!(n) };
+    Ok(Json(json!({
+        "totals": Category::FOUR.iter().map(|c| json!({"category": c, "count": cell(*totals.get(c).unwrap_or(&0))})).collect::<Vec<_>>(),
+        "by_area": rows.iter().map(|(path, c, n)| json!({"area_code": epigrid_core::store::path_leaf(path), "category": c, "count": cell(*n)})).collect::<Vec<_>>(),
+        "small_cells_suppressed": suppress,
+    })))
+}
+
+/// Line lists: `?status=reported_today|not_reported|overdue|symptomatic|ending_soon|ended&grid_worker=ID`.
+async fn rows_for(st: &AppState, staff: &Staff, q: &HashMap<String, String>) -> ApiResult<Vec<(ObservationRow, Vec<LineStatus>)>> {
+    staff.require(staff.role().sees_personal_data())?;
+    let status = match q.get("status").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(LineStatus::parse(s).ok_or_else(|| err_field("status", "err.status.unknown"))?),
+    };
+    let grid_worker = match q.get("grid_worker").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None if staff.role() == Role::GridWorker && q.get("all").is_none() => Some(staff.user.id),
+        None => None,
+        Some(g) => Some(Uuid::parse_str(g).map_err(|_| err_field("grid_worker", "err.id.format"))?),
+    };
+    let now = Utc::now();
+    let t = today(st);
+    let rows = st.store.observation_rows(&staff.scope(), t, t - Duration::days(7), grid_worker).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let s = line_statuses(&r, now, st.cfg.tz, OVERDUE_HOURS);
+            (r, s)
+        })
+        .filter(|(_, s)| status.is_none_or(|x| s.contains(&x)))
+        .collect())
+}
+
+fn line_json(r: &ObservationRow, s: &[LineStatus], today: NaiveDate) -> Value {
+    json!({
+        "observation": observation_json(&r.observation, today),
+        "person_id": r.observation.person_id,
+        "name": mask_name(&r.person_name),
+        "category": r.category,
+        "last_report_at": r.last_report_at,
+        "last_temperature": r.last_temperature.map(|t| f64::from(t) / 10.0),
+        "last_symptoms": Symptoms::from_bits(r.last_symptoms).names(),
+        "reports_today": r.reports_today,
+        "statuses": s,
+    })
+}
+
+async fn line_list(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+    let rows = rows_for(&st, &staff, &q).await?;
+    let t = today(&st);
+    Ok(Json(json!({"items": rows.iter().map(|(r, s)| line_json(r, s, t)).collect::<Vec<_>>()})))
+}
+
+/// A CSV cell: quoted, and neutralised if a spreadsheet would read it as a formula.
+fn csv_cell(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Line list as CSV (UTF-8 with BOM for Excel); `unmask=1` shows full names, documents and
+/// phones for roles that may (audited like every export).
+async fn export_csv(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Response> {
+    let rows = rows_for(&st, &staff, &q).await?;
+    let unmask = q.get("unmask").is_some_and(|v| v == "1");
+    if unmask {
+        staff.require(staff.role().may_unmask())?;
+    }
+    let lang = crate::error::current_lang();
+    let t = |k: &str| epigrid_core::i18n::t(lang, k);
+    let mut out = String::from("\u{feff}");
+    let header = [t("form.name"), t("form.id_number"), t("form.phone"), t("person.category"), t("obs.start"), t("obs.end"), t("obs.last_report"), t("form.temperature"), t("form.symptoms"), t("obs.status")];
+    out.push_str(&header.iter().map(|h| csv_cell(h)).collect::<Vec<_>>().join(","));
+    out.push_str("\r\n");
+    for (r, s) in &rows {
+        let (name, doc, phone) = if unmask {
+            let secrets = st.store.person_secrets(r.observation.person_id, &staff.scope()).await?;
+            let open = |col: &str, c: Option<&Vec<u8>>| {
+                c.and_then(|c| st.vault.open(&format!("persons.{col}:{}", r.observation.person_id), c).ok()).unwrap_or_default()
+            };
+            let s = secrets.as_ref();
+            (r.person_name.clone(), open("doc", s.and_then(|s| s.doc_cipher.as_ref())), open("phone", s.and_then(|s| s.phone_cipher.as_ref())))
+        } else {
+            let p = st.store.person(r.observation.person_id, &Scope::all()).await?;
+            (mask_name(&r.person_name), p.as_ref().and_then(|p| p.doc_masked.clone()).unwrap_or_default(), p.and_then(|p| p.phone_masked).unwrap_or_default())
+        };
+        let cells = [
+            name,
+            doc,
+            phone,
+            t(r.category.label_key()).to_string(),
+            r.observation.start.to_string(),
+            r.observation.planned_end.to_string(),
+            r.last_report_at.map(|x| local(x, st.cfg.tz)).unwrap_or_default(),
+            r.last_temperature.map(|x| format!("{:.1}", f64::from(x) / 10.0)).unwrap_or_default(),
+            Symptoms::from_bits(r.last_symptoms).iter().map(|x| t(x.label_key())).collect::<Vec<_>>().join("、"),
+            s.iter().map(|x| t(&format!("status.{}", x.as_str()))).collect::<Vec<_>>().join(" "),
+        ];
+        out.push_str(&cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    staff
+        .audit(&st, "export", "observations", &staff.user.area_path, &format!("rows={} unmasked={unmask} status={}", rows.len(), q.get("status").cloned().unwrap_or_default()))
+        .await;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"observations.csv\"".to_string()),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The personal daily-report page
+
+#[derive(Template)]
+#[template(path = "report.html")]
+struct ReportPage {
+    tr: Tr,
+    action: String,
+    name: String,
+    errors: Vec<String>,
+    done: bool,
+    ended: bool,
+    slot_taken: bool,
+    temperature: String,
+    symptoms: Vec<(&'static str, &'static str, bool)>,
+    note: String,
+    end: String,
+}
+
+fn report_page_html(lang: Lang, o: &Observation, name: &str, token: &str, errors: Vec<String>, values: &[(String, String)], state: (bool, bool, bool)) -> ReportPage {
+    let chosen: Vec<&str> = values.iter().filter(|(k, _)| k == "symptoms").map(|(_, v)| v.as_str()).collect();
+    let mut symptoms: Vec<(&'static str, &'static str, bool)> = epigrid_core::validate::Symptom::ALL
+        .iter()
+        .map(|s| (s.as_str(), s.label_key(), chosen.contains(&s.as_str())))
+        .collect();
+    symptoms.push(("none", "symptom.none", chosen.contains(&"none")));
+    let get = |k: &str| values.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    ReportPage {
+        tr: Tr(lang),
+        action: format!("/r/{token}"),
+        name: mask_name(name),
+        errors,
+        done: state.0,
+        ended: state.1,
+        slot_taken: state.2,
+        temperature: get("temperature"),
+        symptoms,
+        note: get("note"),
+        end: o.planned_end.to_string(),
+    }
+}
+
+fn render<T: Template>(status: StatusCode, t: T) -> Response {
+    match t.render() {
+        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+async fn report_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path(token): Path<String>) -> Response {
+    let o = match observation_for_token(&st, &token).await {
+        Ok(o) => o,
+        Err(ApiError::Gone(_)) => return message(lang, StatusCode::GONE, "report.revoked.title", "report.revoked.text"),
+        Err(_) => return message(lang, StatusCode::NOT_FOUND, "report.unknown.title", "report.unknown.text"),
+    };
+    let name = st.store.person(o.person_id, &Scope::all()).await.ok().flatten().map(|p| p.name).unwrap_or_default();
+    let ended = o.released_at.is_some() || today(&st) > o.planned_end;
+    render(StatusCode::OK, report_page_html(lang, &o, &name, &token, vec![], &[], (false, ended, false)))
+}
+
+async fn report_form(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path(token): Path<String>, body: Bytes) -> Response {
+    let o = match observation_for_token(&st, &token).await {
+        Ok(o) => o,
+        Err(ApiError::Gone(_)) => return message(lang, StatusCode::GONE, "report.revoked.title", "report.revoked.text"),
+        Err(_) => return message(lang, StatusCode::NOT_FOUND, "report.unknown.title", "report.unknown.text"),
+    };
+    let name = st.store.person(o.person_id, &Scope::all()).await.ok().flatten().map(|p| p.name).unwrap_or_default();
+    let pairs = url_decode_pairs(&body);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let symptoms: Vec<String> = pairs.iter().filter(|(k, _)| k == "symptoms").map(|(_, v)| v.clone()).collect();
+    let result = match parse_report(&get, &symptoms) {
+        Ok(fields) => file_report(&st, &o, fields, None).await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => render(StatusCode::OK, report_page_html(lang, &o, &name, &token, vec![], &[], (true, false, false))),
+        Err(ApiError::Invalid(errs)) => render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            report_page_html(lang, &o, &name, &token, errs.iter().map(|e| e.message(lang)).collect(), &pairs, (false, false, false)),
+        ),
+        Err(ApiError::Conflict("err.report.slot_taken")) => render(StatusCode::CONFLICT, report_page_html(lang, &o, &name, &token, vec![], &pairs, (false, false, true))),
+        Err(ApiError::Gone(_)) | Err(ApiError::Conflict(_)) => render(StatusCode::GONE, report_page_html(lang, &o, &name, &token, vec![], &pairs, (false, true, false))),
+        Err(e) => e.into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Staff pages
+
+struct PersonRow {
+    id: String,
+    name: String,
+    category: Category,
+    doc: String,
+    phone: String,
+    area: String,
+}
+
+fn person_row(p: &Person) -> PersonRow {
+    PersonRow {
+        id: p.id.to_string(),
+        name: mask_name(&p.name),
+        category: p.category,
+        doc: p.doc_masked.clone().unwrap_or_default(),
+        phone: p.phone_masked.clone().unwrap_or_default(),
+        area: p.area_code().to_string(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "persons.html")]
+struct PersonsPage {
+    c: crate::staff::Chrome,
+    q: String,
+    rows: Vec<PersonRow>,
+    error: String,
+    counts: Vec<(Category, i64)>,
+    review: Vec<(PersonRow, String)>,
+}
+
+async fn persons_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if !s.role().sees_personal_data() {
+        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.forbidden");
+    }
+    let text = q.get("q").cloned().unwrap_or_default();
+    let (rows, error) = if text.trim().is_empty() {
+        (Vec::new(), String::new())
+    } else {
+        match interpret_query(&st, &text) {
+            Ok(query) => (st.store.search_persons(&s.scope(), &query, 50).await.unwrap_or_default().iter().map(person_row).collect(), String::new()),
+            Err(ApiError::Invalid(e)) => (Vec::new(), e.first().map(|e| e.message(lang)).unwrap_or_default()),
+            Err(_) => (Vec::new(), String::new()),
+        }
+    };
+    let mut totals: HashMap<Category, i64> = HashMap::new();
+    for (_, c, n) in st.store.category_counts(&s.scope()).await.unwrap_or_default() {
+        *totals.entry(c).or_default() += n;
+    }
+    let review = st
+        .store
+        .review_list(&s.scope())
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|(p, l)| (person_row(p), format!("{} {}", l.test, l.sample_date)))
+        .collect();
+    render(
+        StatusCode::OK,
+        PersonsPage {
+            c: crate::staff::chrome(&st, &s, lang).await,
+            q: text,
+            rows,
+            error,
+            counts: Category::FOUR.iter().map(|c| (*c, *totals.get(c).unwrap_or(&0))).collect(),
+            review,
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "person.html")]
+struct PersonPage {
+    c: crate::staff::Chrome,
+    p: Person,
+    name: String,
+    history: Vec<(String, CategoryChange)>,
+    observations: Vec<Observation>,
+    reports: Vec<(String, String, String, bool)>,
+    labs: Vec<LabResult>,
+    timeline: Vec<crate::view::RowView>,
+    categories: Vec<Category>,
+    error: String,
+    link: String,
+    can_classify: bool,
+}
+
+async fn person_view(st: &AppState, s: &Staff, lang: Lang, id: &str, error: String, link: String) -> Response {
+    let p = match person_in_scope(st, s, id).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let history = st.store.category_history(p.id).await.unwrap_or_default();
+    let observations = st.store.observations_of(p.id).await.unwrap_or_default();
+    let reports = st.store.reports_of(p.id).await.unwrap_or_default();
+    let labs = st.store.lab_results_of(p.id).await.unwrap_or_default();
+    let regs = st
+        .store
+        .registrations(&s.scope(), &RegistrationFilter { person_id: Some(p.id), limit: 100, ..Default::default() })
+        .await
+        .unwrap_or_default();
+    let tz = st.cfg.tz;
+    render(
+        if error.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY },
+        PersonPage {
+            c: crate::staff::chrome(st, s, lang).await,
+            name: mask_name(&p.name),
+            history: history.into_iter().map(|h| (local(h.at, tz), h)).collect(),
+            observations,
+            reports: reports
+                .iter()
+                .map(|r| {
+                    (
+                        local(r.at, tz),
+                        r.temperature.map(|t| format!("{:.1}", f64::from(t) / 10.0)).unwrap_or_default(),
+                        Symptoms::from_bits(r.symptoms).iter().map(|x| epigrid_core::i18n::t(lang, x.label_key())).collect::<Vec<_>>().join("、"),
+                        r.by_user.is_some(),
+                    )
+                })
+                .collect(),
+            labs,
+            timeline: regs.iter().map(|r| crate::view::row_view(r, tz, lang)).collect(),
+            categories: Category::ALL.iter().copied().filter(|c| check_transition(p.category, *c).is_ok()).collect(),
+            error,
+            link,
+            can_classify: matches!(s.role(), Role::Admin | Role::Epidemiologist | Role::Manager),
+            p,
+        },
+    )
+}
+
+async fn person_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>) -> Response {
+    match crate::staff::logged_in(staff) {
+        Ok(s) => person_view(&st, &s, lang, &id, String::new(), String::new()).await,
+        Err(r) => r,
+    }
+}
+
+fn error_text(e: &ApiError, lang: Lang) -> String {
+    match e {
+        ApiError::Invalid(errs) => errs.iter().map(|e| e.message(lang)).collect::<Vec<_>>().join(" "),
+        other => epigrid_core::i18n::t(lang, other.key()).to_string(),
+    }
+}
+
+async fn person_page_category(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pairs = url_decode_pairs(&body);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    if s.check_csrf(Some(&get("csrf"))).is_err() {
+        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
+    }
+    let p = match person_in_scope(&st, &s, &id).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    match apply_category(&st, &s, &p, &get("category"), &get("reason")).await {
+        Ok(_) => Redirect::to(&format!("/persons/{}", p.id)).into_response(),
+        Err(e) => person_view(&st, &s, lang, &id, error_text(&e, lang), String::new()).await,
+    }
+}
+
+async fn person_page_observe(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let pairs = url_decode_pairs(&body);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if s.check_csrf(get("csrf").as_deref()).is_err() {
+        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
+    }
+    let p = match person_in_scope(&st, &s, &id).await {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let opened = match parse_observation(&st, &s, &p, &get).await {
+        Ok(req) => open_observation(&st, &s, &p, req).await,
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok((_, token)) => person_view(&st, &s, lang, &id, String::new(), report_url(&st, &headers, &token)).await,
+        Err(e) => person_view(&st, &s, lang, &id, error_text(&e, lang), String::new()).await,
+    }
+}
+
+struct LineRow {
+    person_id: String,
+    name: String,
+    category: Category,
+    start: String,
+    end: String,
+    last: String,
+    temperature: String,
+    statuses: Vec<LineStatus>,
+}
+
+#[derive(Template)]
+#[template(path = "observations.html")]
+struct ObservationsPage {
+    c: crate::staff::Chrome,
+    status: String,
+    rows: Vec<LineRow>,
+    counts: Vec<(LineStatus, usize)>,
+}
+
+async fn observations_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let mut all_q = q.clone();
+    all_q.remove("status");
+    let all = match rows_for(&st, &s, &all_q).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let status = q.get("status").and_then(|s| LineStatus::parse(s));
+    let counts = LineStatus::ALL.iter().map(|x| (*x, all.iter().filter(|(_, s)| s.contains(x)).count())).collect();
+    let rows = all
+        .iter()
+        .filter(|(_, s)| status.is_none_or(|x| s.contains(&x)))
+        .map(|(r, s)| LineRow {
+            person_id: r.observation.person_id.to_string(),
+            name: mask_name(&r.person_name),
+            category: r.category,
+            start: r.observation.start.to_string(),
+            end: r.observation.planned_end.to_string(),
+            last: r.last_report_at.map(|t| local(t, st.cfg.tz)).unwrap_or_default(),
+            temperature: r.last_temperature.map(|t| format!("{:.1}", f64::from(t) / 10.0)).unwrap_or_default(),
+            statuses: s.clone(),
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        ObservationsPage { c: crate::staff::chrome(&st, &s, lang).await, status: status.map(|s| s.as_str().to_string()).unwrap_or_default(), rows, counts },
+    )
+}
