@@ -3,6 +3,7 @@
 //! that run the built `epigrid` binary.
 
 mod http;
+mod people;
 mod process;
 mod store;
 mod support;
