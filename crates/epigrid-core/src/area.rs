@@ -108,7 +108,11 @@ impl Scope {
 
     /// The area code at the root of this scope (None for the everything scope).
     pub fn root_code(&self) -> Option<&str> {
-        self.path.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty())
+        self.path
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
     }
 }
 
@@ -120,14 +124,26 @@ mod tests {
     fn bounds_cover_the_subtree_and_nothing_else() {
         let s = Scope::new("/150800/150802/");
         let (lo, hi) = s.bounds();
-        let inside = ["/150800/150802/", "/150800/150802/150802001/", "/150800/150802/1/"];
-        let outside = ["/150800/", "/150800/1508021/", "/150800/150821/", "/150800/150802"];
+        let inside = [
+            "/150800/150802/",
+            "/150800/150802/150802001/",
+            "/150800/150802/1/",
+        ];
+        let outside = [
+            "/150800/",
+            "/150800/1508021/",
+            "/150800/150821/",
+            "/150800/150802",
+        ];
         for p in inside {
             assert!(p >= lo.as_str() && p < hi.as_str(), "{p} should be inside");
             assert!(s.contains(p));
         }
         for p in outside {
-            assert!(!(p >= lo.as_str() && p < hi.as_str()), "{p} should be outside");
+            assert!(
+                !(p >= lo.as_str() && p < hi.as_str()),
+                "{p} should be outside"
+            );
             assert!(!s.contains(p));
         }
         assert_eq!(s.root_code(), Some("150802"));

@@ -8,7 +8,9 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, Default,
+)]
 pub enum Lang {
     /// Simplified Chinese, the default.
     #[default]
@@ -51,7 +53,11 @@ impl Lang {
             let mut it = part.split(';');
             let tag = it.next().unwrap_or("");
             let q = it
-                .find_map(|p| p.trim().strip_prefix("q=").and_then(|v| v.parse::<f32>().ok()))
+                .find_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|v| v.parse::<f32>().ok())
+                })
                 .unwrap_or(1.0);
             if let Some(l) = Lang::from_tag(tag) {
                 if best.is_none_or(|(bq, _)| q > bq) {
@@ -146,8 +152,14 @@ mod tests {
 
     #[test]
     fn accept_language_prefers_highest_q() {
-        assert_eq!(Lang::from_accept_language("en-US,en;q=0.9,zh-CN;q=0.8"), Lang::En);
-        assert_eq!(Lang::from_accept_language("fr, zh;q=0.5, en;q=0.4"), Lang::Zh);
+        assert_eq!(
+            Lang::from_accept_language("en-US,en;q=0.9,zh-CN;q=0.8"),
+            Lang::En
+        );
+        assert_eq!(
+            Lang::from_accept_language("fr, zh;q=0.5, en;q=0.4"),
+            Lang::Zh
+        );
         assert_eq!(Lang::from_accept_language("fr"), Lang::Zh);
         assert_eq!(Lang::from_accept_language("mn-Mong"), Lang::Mn);
     }
@@ -158,14 +170,24 @@ mod tests {
         let en = keys(Lang::En);
         let missing_en: Vec<_> = zh.iter().filter(|k| !en.contains(k)).collect();
         let missing_zh: Vec<_> = en.iter().filter(|k| !zh.contains(k)).collect();
-        assert!(missing_en.is_empty(), "keys without English: {missing_en:?}");
-        assert!(missing_zh.is_empty(), "keys without Chinese: {missing_zh:?}");
+        assert!(
+            missing_en.is_empty(),
+            "keys without English: {missing_en:?}"
+        );
+        assert!(
+            missing_zh.is_empty(),
+            "keys without Chinese: {missing_zh:?}"
+        );
     }
 
     #[test]
     fn placeholders_are_filled_and_unknown_keys_fall_back() {
         assert_eq!(t(Lang::Mn, "no.such.key"), "no.such.key");
-        let s = tf(Lang::En, "err.temperature.range", &[("min", "34.0"), ("max", "43.0")]);
+        let s = tf(
+            Lang::En,
+            "err.temperature.range",
+            &[("min", "34.0"), ("max", "43.0")],
+        );
         assert!(s.contains("34.0") && s.contains("43.0"), "{s}");
     }
 }

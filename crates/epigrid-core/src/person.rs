@@ -162,7 +162,10 @@ impl Person {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PersonQuery {
     /// A document number: exact match through the blind index.
-    Document { index: Vec<u8>, doc_type: crate::validate::DocType },
+    Document {
+        index: Vec<u8>,
+        doc_type: crate::validate::DocType,
+    },
     /// A mobile number: exact match through the blind index.
     Phone(Vec<u8>),
     /// A vehicle plate seen at a checkpoint.
@@ -254,7 +257,11 @@ pub struct ObservationRow {
 /// when two reports a day are asked for).
 pub fn report_slot(at: DateTime<Utc>, tz: FixedOffset, per_day: u8) -> (NaiveDate, u8) {
     let local = at.with_timezone(&tz);
-    let slot = if per_day >= 2 && local.hour() >= 12 { 1 } else { 0 };
+    let slot = if per_day >= 2 && local.hour() >= 12 {
+        1
+    } else {
+        0
+    };
     (local.date_naive(), slot)
 }
 
@@ -292,10 +299,14 @@ impl LineStatus {
     }
 }
 
-
 /// Every line list an observation is on right now (a symptomatic person who reported today is
 /// on both lists).
-pub fn line_statuses(row: &ObservationRow, now: DateTime<Utc>, tz: FixedOffset, overdue_hours: i64) -> Vec<LineStatus> {
+pub fn line_statuses(
+    row: &ObservationRow,
+    now: DateTime<Utc>,
+    tz: FixedOffset,
+    overdue_hours: i64,
+) -> Vec<LineStatus> {
     let today = now.with_timezone(&tz).date_naive();
     let o = &row.observation;
     if o.released_at.is_some() || today > o.planned_end {
@@ -338,11 +349,23 @@ mod tests {
         assert!(check_transition(Suspected, Confirmed).is_ok());
         assert!(check_transition(Confirmed, Recovered).is_ok());
         assert!(check_transition(Recovered, CloseContact).is_ok());
-        assert_eq!(check_transition(Confirmed, CloseContact), Err("err.category.confirmed"));
-        assert_eq!(check_transition(Deceased, None), Err("err.category.deceased"));
+        assert_eq!(
+            check_transition(Confirmed, CloseContact),
+            Err("err.category.confirmed")
+        );
+        assert_eq!(
+            check_transition(Deceased, None),
+            Err("err.category.deceased")
+        );
         assert_eq!(check_transition(Fever, Fever), Err("err.category.same"));
-        assert_eq!(check_transition(None, Recovered), Err("err.category.outcome"));
-        assert_eq!(check_transition(Suspected, Fever), Err("err.category.downgrade"));
+        assert_eq!(
+            check_transition(None, Recovered),
+            Err("err.category.outcome")
+        );
+        assert_eq!(
+            check_transition(Suspected, Fever),
+            Err("err.category.downgrade")
+        );
         // every pair has an answer and none panics
         for a in Category::ALL {
             for b in Category::ALL {
@@ -354,9 +377,15 @@ mod tests {
     #[test]
     fn slots_follow_local_noon_when_two_reports_are_asked() {
         let tz = FixedOffset::east_opt(8 * 3600).unwrap();
-        let morning = DateTime::parse_from_rfc3339("2026-11-28T01:00:00Z").unwrap().with_timezone(&Utc); // 09:00 local
-        let evening = DateTime::parse_from_rfc3339("2026-11-28T11:00:00Z").unwrap().with_timezone(&Utc); // 19:00 local
-        let late = DateTime::parse_from_rfc3339("2026-11-28T17:00:00Z").unwrap().with_timezone(&Utc); // 01:00 next day
+        let morning = DateTime::parse_from_rfc3339("2026-11-28T01:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc); // 09:00 local
+        let evening = DateTime::parse_from_rfc3339("2026-11-28T11:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc); // 19:00 local
+        let late = DateTime::parse_from_rfc3339("2026-11-28T17:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc); // 01:00 next day
         let d = NaiveDate::from_ymd_opt(2026, 11, 28).unwrap();
         assert_eq!(report_slot(morning, tz, 2), (d, 0));
         assert_eq!(report_slot(evening, tz, 2), (d, 1));
@@ -364,7 +393,13 @@ mod tests {
         assert_eq!(report_slot(late, tz, 1).0, d.succ_opt().unwrap());
     }
 
-    fn row(start: NaiveDate, end: NaiveDate, last: Option<DateTime<Utc>>, today_reports: i64, temp: Option<i16>) -> ObservationRow {
+    fn row(
+        start: NaiveDate,
+        end: NaiveDate,
+        last: Option<DateTime<Utc>>,
+        today_reports: i64,
+        temp: Option<i16>,
+    ) -> ObservationRow {
         ObservationRow {
             observation: Observation {
                 id: Uuid::nil(),
@@ -395,16 +430,44 @@ mod tests {
     #[test]
     fn line_statuses_classify_observations() {
         let tz = FixedOffset::east_opt(8 * 3600).unwrap();
-        let now = DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-28T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
-        let fresh = row(d("2026-11-20"), d("2026-12-03"), Some(now - Duration::hours(2)), 1, Some(365));
-        assert_eq!(line_statuses(&fresh, now, tz, 36), vec![LineStatus::ReportedToday]);
-        let silent = row(d("2026-11-20"), d("2026-11-29"), Some(now - Duration::hours(50)), 0, Some(380));
+        let fresh = row(
+            d("2026-11-20"),
+            d("2026-12-03"),
+            Some(now - Duration::hours(2)),
+            1,
+            Some(365),
+        );
+        assert_eq!(
+            line_statuses(&fresh, now, tz, 36),
+            vec![LineStatus::ReportedToday]
+        );
+        let silent = row(
+            d("2026-11-20"),
+            d("2026-11-29"),
+            Some(now - Duration::hours(50)),
+            0,
+            Some(380),
+        );
         assert_eq!(
             line_statuses(&silent, now, tz, 36),
-            vec![LineStatus::NotReported, LineStatus::Overdue, LineStatus::Symptomatic, LineStatus::EndingSoon]
+            vec![
+                LineStatus::NotReported,
+                LineStatus::Overdue,
+                LineStatus::Symptomatic,
+                LineStatus::EndingSoon
+            ]
         );
-        let over = row(d("2026-11-01"), d("2026-11-14"), Option::None, 0, Option::None);
+        let over = row(
+            d("2026-11-01"),
+            d("2026-11-14"),
+            Option::None,
+            0,
+            Option::None,
+        );
         assert_eq!(line_statuses(&over, now, tz, 36), vec![LineStatus::Ended]);
     }
 }

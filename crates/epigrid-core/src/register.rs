@@ -97,7 +97,10 @@ impl RegistrationInput {
         match obj.get("symptoms") {
             None | Some(Value::Null) => {}
             Some(Value::Array(items)) => {
-                input.symptoms = items.iter().map(|i| scalar(i).unwrap_or_default()).collect()
+                input.symptoms = items
+                    .iter()
+                    .map(|i| scalar(i).unwrap_or_default())
+                    .collect()
             }
             Some(other) => input.symptoms = vec![scalar(other).unwrap_or_default()],
         }
@@ -211,7 +214,12 @@ fn parse_bool(field: &str, raw: &Option<String>) -> Result<Option<bool>, FieldEr
     }
 }
 
-fn parse_int(field: &str, raw: &Option<String>, min: i64, max: i64) -> Result<Option<i64>, FieldError> {
+fn parse_int(
+    field: &str,
+    raw: &Option<String>,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, FieldError> {
     let Some(s) = raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
@@ -242,7 +250,10 @@ fn parse_document(
     id_type: &Option<String>,
     id_number: &Option<String>,
 ) -> Option<Document> {
-    let number = id_number.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
+    let number = id_number
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())?;
     let doc_type = match id_type.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => DocType::CnId,
         Some(t) => match DocType::parse(t) {
@@ -257,19 +268,42 @@ fn parse_document(
 }
 
 /// Validates `input` for the site's kind. Every bad field is reported at once.
-pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidRegistration, Vec<FieldError>> {
+pub fn validate(
+    input: &RegistrationInput,
+    ctx: &Context<'_>,
+) -> Result<ValidRegistration, Vec<FieldError>> {
     let kind = ctx.site.kind;
     let staff = ctx.channel == Channel::Staff;
     let mut e = Errors::default();
 
-    let name = e.check(PersonName::parse("name", input.name.as_deref().unwrap_or("")));
-    let document = parse_document(&mut e, "id_type", "id_number", &input.id_type, &input.id_number);
-    let doc_given = input.id_number.as_deref().is_some_and(|s| !s.trim().is_empty());
-    let doc_required = matches!(kind, SiteKind::Checkpoint | SiteKind::Arrival | SiteKind::Venue);
+    let name = e.check(PersonName::parse(
+        "name",
+        input.name.as_deref().unwrap_or(""),
+    ));
+    let document = parse_document(
+        &mut e,
+        "id_type",
+        "id_number",
+        &input.id_type,
+        &input.id_number,
+    );
+    let doc_given = input
+        .id_number
+        .as_deref()
+        .is_some_and(|s| !s.trim().is_empty());
+    let doc_required = matches!(
+        kind,
+        SiteKind::Checkpoint | SiteKind::Arrival | SiteKind::Venue
+    );
     if doc_required && !doc_given {
         e.push(FieldError::new("id_number", "err.required"));
     }
-    let phone = match input.phone.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let phone = match input
+        .phone
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         Some(p) => e.check(MobilePhone::parse("phone", p)),
         None => {
             // Staff may register someone who has no phone, as long as a document identifies them.
@@ -280,7 +314,12 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
         }
     };
 
-    let temperature = match input.temperature.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let temperature = match input
+        .temperature
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         Some(t) => e.check(Temperature::parse("temperature", t)),
         None => {
             if matches!(kind, SiteKind::Checkpoint | SiteKind::Gate) {
@@ -301,13 +340,25 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
 
     match kind {
         SiteKind::Checkpoint => {
-            fields.plate = match input.plate.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-                Some(p) => e.check(Plate::parse("plate", p)).map(|p| p.as_str().to_string()),
+            fields.plate = match input
+                .plate
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                Some(p) => e
+                    .check(Plate::parse("plate", p))
+                    .map(|p| p.as_str().to_string()),
                 None => None,
             };
             let listed = input.companion_list.len() as i64;
             let count = e
-                .check(parse_int("companions", &input.companions, 0, MAX_COMPANIONS as i64))
+                .check(parse_int(
+                    "companions",
+                    &input.companions,
+                    0,
+                    MAX_COMPANIONS as i64,
+                ))
                 .flatten()
                 .unwrap_or(listed);
             if listed > count {
@@ -329,7 +380,10 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
                     &c.id_number,
                 );
                 if doc.is_some() && name.is_none() {
-                    e.push(FieldError::new(format!("companions[{i}].name"), "err.required"));
+                    e.push(FieldError::new(
+                        format!("companions[{i}].name"),
+                        "err.required",
+                    ));
                 }
                 companions.push((name, doc));
             }
@@ -338,10 +392,18 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
                 e.push(FieldError::new("origin", "err.required"));
             }
             fields.destination = e
-                .check(validate_text("destination", input.destination.as_deref().unwrap_or(""), 100, true))
+                .check(validate_text(
+                    "destination",
+                    input.destination.as_deref().unwrap_or(""),
+                    100,
+                    true,
+                ))
                 .flatten();
-            fields.high_risk_travel =
-                Some(e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten().unwrap_or(false));
+            fields.high_risk_travel = Some(
+                e.check(parse_bool("high_risk_travel", &input.high_risk_travel))
+                    .flatten()
+                    .unwrap_or(false),
+            );
         }
         SiteKind::Gate => {
             fields.direction = match input.direction.as_deref().map(str::trim) {
@@ -357,10 +419,20 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
                     None
                 }
             };
-            let visitor = e.check(parse_bool("visitor", &input.visitor)).flatten().unwrap_or(false);
+            let visitor = e
+                .check(parse_bool("visitor", &input.visitor))
+                .flatten()
+                .unwrap_or(false);
             fields.visitor = Some(visitor);
-            fields.unit_code = match input.unit_code.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-                Some(u) => e.check(AreaCode::parse("unit_code", u)).map(|a| a.as_str().to_string()),
+            fields.unit_code = match input
+                .unit_code
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                Some(u) => e
+                    .check(AreaCode::parse("unit_code", u))
+                    .map(|a| a.as_str().to_string()),
                 None => None,
             };
             fields.visit_reason = e
@@ -371,11 +443,19 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
                     visitor && fields.direction == Some(Direction::In),
                 ))
                 .flatten();
-            fields.high_risk_travel = e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten();
+            fields.high_risk_travel = e
+                .check(parse_bool("high_risk_travel", &input.high_risk_travel))
+                .flatten();
         }
         SiteKind::Arrival => {
-            let local_today = (ctx.now + Duration::seconds(i64::from(ctx.tz.local_minus_utc()))).date_naive();
-            fields.arrival_date = match input.arrival_date.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            let local_today =
+                (ctx.now + Duration::seconds(i64::from(ctx.tz.local_minus_utc()))).date_naive();
+            fields.arrival_date = match input
+                .arrival_date
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
                 None => {
                     e.push(FieldError::new("arrival_date", "err.required"));
                     None
@@ -400,36 +480,66 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
             if input.origin.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 e.push(FieldError::new("origin", "err.required"));
             }
-            fields.residence_code = match input.residence_code.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-                Some(r) => e.check(AreaCode::parse("residence_code", r)).map(|a| a.as_str().to_string()),
+            fields.residence_code = match input
+                .residence_code
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+            {
+                Some(r) => e
+                    .check(AreaCode::parse("residence_code", r))
+                    .map(|a| a.as_str().to_string()),
                 None => {
                     e.push(FieldError::new("residence_code", "err.required"));
                     None
                 }
             };
             fields.address = e
-                .check(validate_text("address", input.address.as_deref().unwrap_or(""), 200, true))
+                .check(validate_text(
+                    "address",
+                    input.address.as_deref().unwrap_or(""),
+                    200,
+                    true,
+                ))
                 .flatten();
             fields.employer = e
-                .check(validate_text("employer", input.employer.as_deref().unwrap_or(""), 100, false))
+                .check(validate_text(
+                    "employer",
+                    input.employer.as_deref().unwrap_or(""),
+                    100,
+                    false,
+                ))
                 .flatten();
             fields.stay_days = e
                 .check(parse_int("stay_days", &input.stay_days, 1, 3650))
                 .flatten()
                 .map(|d| d as i32);
             fields.purpose = e
-                .check(validate_text("purpose", input.purpose.as_deref().unwrap_or(""), 100, false))
+                .check(validate_text(
+                    "purpose",
+                    input.purpose.as_deref().unwrap_or(""),
+                    100,
+                    false,
+                ))
                 .flatten();
-            fields.high_risk_travel = e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten();
+            fields.high_risk_travel = e
+                .check(parse_bool("high_risk_travel", &input.high_risk_travel))
+                .flatten();
         }
         SiteKind::Venue => {
-            fields.high_risk_travel = e.check(parse_bool("high_risk_travel", &input.high_risk_travel)).flatten();
+            fields.high_risk_travel = e
+                .check(parse_bool("high_risk_travel", &input.high_risk_travel))
+                .flatten();
         }
     }
 
     match (e.into_result(), name) {
         (Ok(()), Some(name)) => Ok(ValidRegistration {
-            identity: Identity { name, document, phone },
+            identity: Identity {
+                name,
+                document,
+                phone,
+            },
             companions,
             fields,
         }),
@@ -440,11 +550,25 @@ pub fn validate(input: &RegistrationInput, ctx: &Context<'_>) -> Result<ValidReg
 
 /// The person id for an identity: derived from the blind index, so the same document always
 /// maps to the same person (and ciphertexts can be bound to the id before the write).
-pub fn person_id(vault: &Vault, doc: Option<&Document>, phone: Option<&MobilePhone>, name: &str) -> Uuid {
+pub fn person_id(
+    vault: &Vault,
+    doc: Option<&Document>,
+    phone: Option<&MobilePhone>,
+    name: &str,
+) -> Uuid {
     let idx = match (doc, phone) {
-        (Some(d), _) => vault.blind_index("person-id", &format!("{}:{}", d.doc_type.as_str(), d.number())),
-        (None, Some(p)) => vault.blind_index("person-id-provisional", &format!("{}\u{0}{name}", p.as_str())),
-        (None, None) => vault.blind_index("person-id-name-only", &format!("{name}\u{0}{}", crate::vault::random_token(8))),
+        (Some(d), _) => vault.blind_index(
+            "person-id",
+            &format!("{}:{}", d.doc_type.as_str(), d.number()),
+        ),
+        (None, Some(p)) => vault.blind_index(
+            "person-id-provisional",
+            &format!("{}\u{0}{name}", p.as_str()),
+        ),
+        (None, None) => vault.blind_index(
+            "person-id-name-only",
+            &format!("{name}\u{0}{}", crate::vault::random_token(8)),
+        ),
     };
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&idx[..16]);
@@ -453,7 +577,12 @@ pub fn person_id(vault: &Vault, doc: Option<&Document>, phone: Option<&MobilePho
 
 /// Seals an identity into a [`PersonInput`]: blind indexes, ciphertexts bound to the person id,
 /// masked forms for display.
-pub fn seal_person(vault: &Vault, name: &str, doc: Option<&Document>, phone: Option<&MobilePhone>) -> PersonInput {
+pub fn seal_person(
+    vault: &Vault,
+    name: &str,
+    doc: Option<&Document>,
+    phone: Option<&MobilePhone>,
+) -> PersonInput {
     let id = person_id(vault, doc, phone, name);
     let id_s = id.to_string();
     let (birth_date, sex) = match doc.and_then(|d| d.id_number()) {
@@ -463,7 +592,8 @@ pub fn seal_person(vault: &Vault, name: &str, doc: Option<&Document>, phone: Opt
     PersonInput {
         id,
         doc_type: doc.map(|d| d.doc_type),
-        doc_index: doc.map(|d| vault.blind_index(&format!("doc:{}", d.doc_type.as_str()), d.number())),
+        doc_index: doc
+            .map(|d| vault.blind_index(&format!("doc:{}", d.doc_type.as_str()), d.number())),
         doc_cipher: doc.map(|d| vault.seal(&format!("persons.doc:{id_s}"), d.number())),
         doc_masked: doc.map(|d| d.masked()),
         name: name.to_string(),
@@ -479,14 +609,21 @@ pub fn seal_person(vault: &Vault, name: &str, doc: Option<&Document>, phone: Opt
 /// A short code staff read off the confirmation screen.
 pub fn verification_code() -> String {
     (0..4)
-        .map(|_| CODE_ALPHABET[crate::vault::random_below(CODE_ALPHABET.len() as u32) as usize] as char)
+        .map(|_| {
+            CODE_ALPHABET[crate::vault::random_below(CODE_ALPHABET.len() as u32) as usize] as char
+        })
         .collect()
 }
 
 /// Turns a validated registration into what the store keeps.
 pub fn seal(valid: &ValidRegistration, ctx: &Context<'_>, vault: &Vault) -> NewRegistration {
     let id = &valid.identity;
-    let person = seal_person(vault, id.name.as_str(), id.document.as_ref(), id.phone.as_ref());
+    let person = seal_person(
+        vault,
+        id.name.as_str(),
+        id.document.as_ref(),
+        id.phone.as_ref(),
+    );
     let companion_list = valid
         .companions
         .iter()
@@ -565,7 +702,12 @@ mod tests {
         let reg = seal(&valid, &c, &vault);
         assert_eq!(reg.person.doc_masked.as_deref(), Some("110105********002X"));
         let cipher = reg.person.doc_cipher.clone().unwrap();
-        assert_eq!(vault.open(&format!("persons.doc:{}", reg.person.id), &cipher).unwrap(), "11010519491231002X");
+        assert_eq!(
+            vault
+                .open(&format!("persons.doc:{}", reg.person.id), &cipher)
+                .unwrap(),
+            "11010519491231002X"
+        );
         // same document, same person
         let again = seal(&valid, &c, &vault);
         assert_eq!(again.person.id, reg.person.id);
@@ -585,7 +727,14 @@ mod tests {
         j["companions"] = "many".into();
         let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
         let f = fields_of(&errs);
-        for want in ["id_number", "temperature", "phone", "origin", "symptoms", "companions"] {
+        for want in [
+            "id_number",
+            "temperature",
+            "phone",
+            "origin",
+            "symptoms",
+            "companions",
+        ] {
             assert!(f.contains(&want), "{want} missing from {f:?}");
         }
     }
@@ -638,7 +787,10 @@ mod tests {
         let j = serde_json::json!({"name":"王五","id_number":"11010519491231002X","phone":"13812345678",
             "arrival_date":"2999-01-01","origin":"420100","residence_code":"15080200100","address":""});
         let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap_err();
-        assert_eq!(fields_of(&errs), vec!["arrival_date", "residence_code", "address"]);
+        assert_eq!(
+            fields_of(&errs),
+            vec!["arrival_date", "residence_code", "address"]
+        );
         let today = c.now.with_timezone(&c.tz).date_naive().to_string();
         let j = serde_json::json!({"name":"王五","id_number":"11010519491231002X","phone":"13812345678",
             "arrival_date":today,"origin":"42","residence_code":"150802001001","address":"胜利路1号","stay_days":30});

@@ -11,7 +11,10 @@ use uuid::Uuid;
 
 use crate::area::{Area, Scope};
 use crate::model::*;
-use crate::person::{Category, CategoryChange, HealthReport, LabResult, Observation, ObservationRow, Person, PersonQuery};
+use crate::person::{
+    Category, CategoryChange, HealthReport, LabResult, Observation, ObservationRow, Person,
+    PersonQuery,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,7 +87,12 @@ pub trait Store: Send + Sync + 'static {
     /// A person visible in the scope (their area is in it).
     async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>>;
     /// People in the scope matching the query, most recently seen first.
-    async fn search_persons(&self, scope: &Scope, query: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>>;
+    async fn search_persons(
+        &self,
+        scope: &Scope,
+        query: &PersonQuery,
+        limit: u32,
+    ) -> StoreResult<Vec<Person>>;
     /// Records a category change if the person is still in `change.from` (compare-and-set);
     /// Ok(false) when someone changed it meanwhile. History row and person update are atomic.
     async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool>;

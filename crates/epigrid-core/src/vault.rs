@@ -53,8 +53,11 @@ impl Vault {
         let enc = derive(master, "epigrid/v1/encryption");
         Vault {
             cipher: XChaCha20Poly1305::new(&enc.into()),
-            index_mac: <HmacSha256 as Mac>::new_from_slice(&derive(master, "epigrid/v1/blind-index"))
-                .expect("HMAC takes any key length"),
+            index_mac: <HmacSha256 as Mac>::new_from_slice(&derive(
+                master,
+                "epigrid/v1/blind-index",
+            ))
+            .expect("HMAC takes any key length"),
         }
     }
 
@@ -78,7 +81,8 @@ impl Vault {
                     std::fs::create_dir_all(dir).map_err(io)?;
                 }
                 let mut key = [0u8; 32];
-                getrandom::getrandom(&mut key).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+                getrandom::getrandom(&mut key)
+                    .map_err(|e| io(std::io::Error::other(e.to_string())))?;
                 write_private(path, &hex::encode(key)).map_err(io)?;
                 Ok(Vault::new(&key))
             }
@@ -232,9 +236,14 @@ mod tests {
         assert!(!sealed
             .windows(18)
             .any(|w| w == b"11010519491231002X".as_slice()));
-        assert_eq!(v.open("persons.doc:1", &sealed).unwrap(), "11010519491231002X");
+        assert_eq!(
+            v.open("persons.doc:1", &sealed).unwrap(),
+            "11010519491231002X"
+        );
         assert!(v.open("persons.doc:2", &sealed).is_err());
-        assert!(Vault::new(&[8u8; 32]).open("persons.doc:1", &sealed).is_err());
+        assert!(Vault::new(&[8u8; 32])
+            .open("persons.doc:1", &sealed)
+            .is_err());
         assert!(v.open("persons.doc:1", &sealed[..10]).is_err());
         // fresh nonce each time
         assert_ne!(sealed, v.seal("persons.doc:1", "11010519491231002X"));
@@ -247,7 +256,10 @@ mod tests {
         assert_eq!(a.len(), INDEX_LEN);
         assert_eq!(a, v.blind_index("doc:cn_id", "11010519491231002X"));
         assert_ne!(a, v.blind_index("phone", "11010519491231002X"));
-        assert_ne!(a, Vault::new(&[9u8; 32]).blind_index("doc:cn_id", "11010519491231002X"));
+        assert_ne!(
+            a,
+            Vault::new(&[9u8; 32]).blind_index("doc:cn_id", "11010519491231002X")
+        );
     }
 
     #[test]
@@ -275,7 +287,10 @@ mod tests {
         let v2 = Vault::load_or_create(&path).unwrap();
         assert_eq!(v1.blind_index("x", "y"), v2.blind_index("x", "y"));
         std::fs::write(&path, "not hex").unwrap();
-        assert!(matches!(Vault::load_or_create(&path), Err(VaultError::BadKey)));
+        assert!(matches!(
+            Vault::load_or_create(&path),
+            Err(VaultError::BadKey)
+        ));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -5,18 +5,17 @@ use epigrid_core::store::StoreResult;
 use crate::map_err;
 
 /// Every migration, in order. Append only: a released migration never changes.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../migrations/0001_foundation.sql"),
-), (
-    2,
-    "people",
-    include_str!("../migrations/0002_people.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../migrations/0001_foundation.sql"),
+    ),
+    (2, "people", include_str!("../migrations/0002_people.sql")),
+];
 
 /// An arbitrary constant naming epigrid's migration lock.
-const LOCK_KEY: i64 = 0x6570_6967_7269_64;
+const LOCK_KEY: i64 = 0x0065_7069_6772_6964;
 
 pub async fn run(client: &mut tokio_postgres::Client) -> StoreResult<()> {
     let tx = client.transaction().await.map_err(map_err)?;
@@ -31,7 +30,10 @@ pub async fn run(client: &mut tokio_postgres::Client) -> StoreResult<()> {
     .map_err(map_err)?;
     for (version, name, sql) in MIGRATIONS {
         let done = tx
-            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
             .await
             .map_err(map_err)?
             .is_some();

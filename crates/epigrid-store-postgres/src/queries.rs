@@ -15,8 +15,10 @@ use epigrid_core::validate::DocType;
 use crate::{map_err, PgStore};
 
 const AREA_COLS: &str = "code, name, level, parent_code, path";
-const SITE_COLS: &str = "id, token, kind, name, area_code, area_path, active, default_stay_min, created_at";
-const USER_COLS: &str = "id, username, password_hash, role, area_code, area_path, active, created_at";
+const SITE_COLS: &str =
+    "id, token, kind, name, area_code, area_path, active, default_stay_min, created_at";
+const USER_COLS: &str =
+    "id, username, password_hash, role, area_code, area_path, active, created_at";
 const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
     r.person_id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.provisional, r.channel, r.by_user, \
     r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
@@ -120,7 +122,11 @@ impl PgStore {
         c.query(&stmt, params).await.map_err(map_err)
     }
 
-    async fn query_opt(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<Option<Row>> {
+    async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> StoreResult<Option<Row>> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
         c.query_opt(&stmt, params).await.map_err(map_err)
@@ -159,7 +165,16 @@ impl Store for PgStore {
         let mut changed = 0;
         for a in areas {
             changed += tx
-                .execute(&stmt, &[&a.code, &a.name, &i16::from(a.level), &a.parent_code, &a.path])
+                .execute(
+                    &stmt,
+                    &[
+                        &a.code,
+                        &a.name,
+                        &i16::from(a.level),
+                        &a.parent_code,
+                        &a.path,
+                    ],
+                )
                 .await
                 .map_err(map_err)?;
         }
@@ -169,7 +184,10 @@ impl Store for PgStore {
 
     async fn area(&self, code: &str) -> StoreResult<Option<Area>> {
         Ok(self
-            .query_opt(&format!("SELECT {AREA_COLS} FROM areas WHERE code = $1"), &[&code])
+            .query_opt(
+                &format!("SELECT {AREA_COLS} FROM areas WHERE code = $1"),
+                &[&code],
+            )
             .await?
             .map(|r| area_row(&r)))
     }
@@ -177,12 +195,20 @@ impl Store for PgStore {
     async fn area_children(&self, parent: Option<&str>) -> StoreResult<Vec<Area>> {
         let rows = match parent {
             Some(p) => {
-                self.query(&format!("SELECT {AREA_COLS} FROM areas WHERE parent_code = $1 ORDER BY code"), &[&p])
-                    .await?
+                self.query(
+                    &format!("SELECT {AREA_COLS} FROM areas WHERE parent_code = $1 ORDER BY code"),
+                    &[&p],
+                )
+                .await?
             }
             None => {
-                self.query(&format!("SELECT {AREA_COLS} FROM areas WHERE parent_code IS NULL ORDER BY code"), &[])
-                    .await?
+                self.query(
+                    &format!(
+                        "SELECT {AREA_COLS} FROM areas WHERE parent_code IS NULL ORDER BY code"
+                    ),
+                    &[],
+                )
+                .await?
             }
         };
         Ok(rows.iter().map(area_row).collect())
@@ -247,10 +273,13 @@ impl Store for PgStore {
     }
 
     async fn site_by_token(&self, token: &str) -> StoreResult<Option<Site>> {
-        self.query_opt(&format!("SELECT {SITE_COLS} FROM sites WHERE token = $1"), &[&token])
-            .await?
-            .map(|r| site_row(&r))
-            .transpose()
+        self.query_opt(
+            &format!("SELECT {SITE_COLS} FROM sites WHERE token = $1"),
+            &[&token],
+        )
+        .await?
+        .map(|r| site_row(&r))
+        .transpose()
     }
 
     async fn sites(&self, scope: &Scope) -> StoreResult<Vec<Site>> {
@@ -295,7 +324,11 @@ impl Store for PgStore {
         .transpose()
     }
 
-    async fn registrations(&self, scope: &Scope, f: &RegistrationFilter) -> StoreResult<Vec<Registration>> {
+    async fn registrations(
+        &self,
+        scope: &Scope,
+        f: &RegistrationFilter,
+    ) -> StoreResult<Vec<Registration>> {
         let (lo, hi) = scope.bounds();
         let mut sql = format!("{REG_SELECT} WHERE r.area_path >= $1 AND r.area_path < $2");
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(lo), Box::new(hi)];
@@ -325,8 +358,14 @@ impl Store for PgStore {
             add("r.seq <", Box::new(s));
         }
         let order = if f.after_seq.is_some() { "ASC" } else { "DESC" };
-        sql.push_str(&format!(" ORDER BY r.seq {order} LIMIT {}", f.limit.clamp(1, 5000)));
-        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
+        sql.push_str(&format!(
+            " ORDER BY r.seq {order} LIMIT {}",
+            f.limit.clamp(1, 5000)
+        ));
+        let refs: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         self.query(&sql, &refs).await?.iter().map(reg_row).collect()
     }
 
@@ -341,10 +380,17 @@ impl Store for PgStore {
     }
 
     async fn registration_count(&self) -> StoreResult<i64> {
-        Ok(self.query("SELECT COUNT(*) FROM registrations", &[]).await?[0].get(0))
+        Ok(self
+            .query("SELECT COUNT(*) FROM registrations", &[])
+            .await?[0]
+            .get(0))
     }
 
-    async fn person_secrets(&self, person_id: Uuid, scope: &Scope) -> StoreResult<Option<PersonSecrets>> {
+    async fn person_secrets(
+        &self,
+        person_id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<PersonSecrets>> {
         let (lo, hi) = scope.bounds();
         Ok(self
             .query_opt(
@@ -369,7 +415,12 @@ impl Store for PgStore {
     async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
         self.person_impl(id, scope).await
     }
-    async fn search_persons(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+    async fn search_persons(
+        &self,
+        scope: &Scope,
+        q: &PersonQuery,
+        limit: u32,
+    ) -> StoreResult<Vec<Person>> {
         self.search_impl(scope, q, limit).await
     }
     async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool> {
@@ -396,8 +447,15 @@ impl Store for PgStore {
     async fn observations_of(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
         self.observations_of_impl(person_id).await
     }
-    async fn observation_rows(&self, scope: &Scope, today: NaiveDate, ended_since: NaiveDate, grid_worker: Option<Uuid>) -> StoreResult<Vec<ObservationRow>> {
-        self.observation_rows_impl(scope, today, ended_since, grid_worker).await
+    async fn observation_rows(
+        &self,
+        scope: &Scope,
+        today: NaiveDate,
+        ended_since: NaiveDate,
+        grid_worker: Option<Uuid>,
+    ) -> StoreResult<Vec<ObservationRow>> {
+        self.observation_rows_impl(scope, today, ended_since, grid_worker)
+            .await
     }
     async fn insert_report(&self, r: &HealthReport) -> StoreResult<()> {
         self.insert_report_impl(r).await
@@ -442,7 +500,8 @@ impl Store for PgStore {
                 &[],
             )
             .await?;
-        let mut counts: std::collections::BTreeMap<(String, NaiveDate, &'static str), i64> = Default::default();
+        let mut counts: std::collections::BTreeMap<(String, NaiveDate, &'static str), i64> =
+            Default::default();
         for r in rows {
             let path: String = r.get(0);
             let kind: String = r.get(2);
@@ -454,7 +513,9 @@ impl Store for PgStore {
                 ..Default::default()
             };
             for m in registration_metrics(kind, &fields) {
-                *counts.entry((path_leaf(&path).to_string(), r.get(1), m)).or_default() += 1;
+                *counts
+                    .entry((path_leaf(&path).to_string(), r.get(1), m))
+                    .or_default() += 1;
             }
         }
         Ok(counts
@@ -470,7 +531,10 @@ impl Store for PgStore {
 
     async fn rollup_rows(&self) -> StoreResult<Vec<RollupRow>> {
         Ok(self
-            .query("SELECT area_code, day, metric, value FROM rollups ORDER BY area_code, day, metric", &[])
+            .query(
+                "SELECT area_code, day, metric, value FROM rollups ORDER BY area_code, day, metric",
+                &[],
+            )
             .await?
             .iter()
             .map(|r| RollupRow {
@@ -514,17 +578,23 @@ impl Store for PgStore {
     }
 
     async fn user(&self, id: Uuid) -> StoreResult<Option<User>> {
-        self.query_opt(&format!("SELECT {USER_COLS} FROM users WHERE id = $1"), &[&id])
-            .await?
-            .map(|r| user_row_at(&r, 0))
-            .transpose()
+        self.query_opt(
+            &format!("SELECT {USER_COLS} FROM users WHERE id = $1"),
+            &[&id],
+        )
+        .await?
+        .map(|r| user_row_at(&r, 0))
+        .transpose()
     }
 
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
-        self.query_opt(&format!("SELECT {USER_COLS} FROM users WHERE username = $1"), &[&username])
-            .await?
-            .map(|r| user_row_at(&r, 0))
-            .transpose()
+        self.query_opt(
+            &format!("SELECT {USER_COLS} FROM users WHERE username = $1"),
+            &[&username],
+        )
+        .await?
+        .map(|r| user_row_at(&r, 0))
+        .transpose()
     }
 
     async fn users(&self, scope: &Scope) -> StoreResult<Vec<User>> {
@@ -548,7 +618,11 @@ impl Store for PgStore {
         .map(|_| ())
     }
 
-    async fn session(&self, token_hash: &[u8], now: DateTime<Utc>) -> StoreResult<Option<(Session, User)>> {
+    async fn session(
+        &self,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(Session, User)>> {
         let row = self
             .query_opt(
                 "SELECT s.token_hash, s.user_id, s.csrf, s.api, s.created_at, s.expires_at, \
@@ -581,7 +655,8 @@ impl Store for PgStore {
     }
 
     async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
-        self.execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now]).await
+        self.execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
+            .await
     }
 
     async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
@@ -624,8 +699,8 @@ impl Store for PgStore {
 // People under management
 
 use epigrid_core::person::{
-    Category, CategoryChange, HealthReport, LabResult, Observation, ObservationKind, ObservationRow, Person,
-    PersonQuery, TestKind, TestResult,
+    Category, CategoryChange, HealthReport, LabResult, Observation, ObservationKind,
+    ObservationRow, Person, PersonQuery, TestKind, TestResult,
 };
 use epigrid_core::validate::Sex;
 
@@ -720,7 +795,12 @@ impl PgStore {
         .transpose()
     }
 
-    pub(crate) async fn search_impl(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+    pub(crate) async fn search_impl(
+        &self,
+        scope: &Scope,
+        q: &PersonQuery,
+        limit: u32,
+    ) -> StoreResult<Vec<Person>> {
         let (lo, hi) = scope.bounds();
         let limit = i64::from(limit.clamp(1, 500));
         let scoped = "p.area_path >= $1 AND p.area_path < $2 AND p.merged_into IS NULL";
@@ -787,7 +867,10 @@ impl PgStore {
         Ok(true)
     }
 
-    pub(crate) async fn category_history_impl(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
+    pub(crate) async fn category_history_impl(
+        &self,
+        person_id: Uuid,
+    ) -> StoreResult<Vec<CategoryChange>> {
         self.query(
             "SELECT id, person_id, from_cat, to_cat, at, by_user, by_username, reason FROM category_changes \
              WHERE person_id = $1 ORDER BY at, id",
@@ -811,7 +894,10 @@ impl PgStore {
         .collect()
     }
 
-    pub(crate) async fn category_counts_impl(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
+    pub(crate) async fn category_counts_impl(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<(String, Category, i64)>> {
         let (lo, hi) = scope.bounds();
         self.query(
             "SELECT area_path, category, COUNT(*) FROM persons WHERE category <> 'none' \
@@ -878,7 +964,11 @@ impl PgStore {
         Ok(())
     }
 
-    pub(crate) async fn observation_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
+    pub(crate) async fn observation_impl(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<Observation>> {
         let (lo, hi) = scope.bounds();
         self.query_opt(
             &format!(
@@ -892,14 +982,23 @@ impl PgStore {
         .transpose()
     }
 
-    pub(crate) async fn observation_by_token_impl(&self, hash: &[u8]) -> StoreResult<Option<Observation>> {
-        self.query_opt(&format!("SELECT {OBS_COLS} FROM observations o WHERE o.token_hash = $1"), &[&hash])
-            .await?
-            .map(|r| obs_row(&r))
-            .transpose()
+    pub(crate) async fn observation_by_token_impl(
+        &self,
+        hash: &[u8],
+    ) -> StoreResult<Option<Observation>> {
+        self.query_opt(
+            &format!("SELECT {OBS_COLS} FROM observations o WHERE o.token_hash = $1"),
+            &[&hash],
+        )
+        .await?
+        .map(|r| obs_row(&r))
+        .transpose()
     }
 
-    pub(crate) async fn observations_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
+    pub(crate) async fn observations_of_impl(
+        &self,
+        person_id: Uuid,
+    ) -> StoreResult<Vec<Observation>> {
         self.query(
             &format!("SELECT {OBS_COLS} FROM observations o WHERE o.person_id = $1 ORDER BY o.start_date DESC, o.created_at DESC"),
             &[&person_id],
@@ -918,7 +1017,10 @@ impl PgStore {
         grid_worker: Option<Uuid>,
     ) -> StoreResult<Vec<ObservationRow>> {
         let (lo, hi) = scope.bounds();
-        let since_ts = ended_since.and_hms_opt(0, 0, 0).map(|d| d.and_utc()).unwrap_or_default();
+        let since_ts = ended_since
+            .and_hms_opt(0, 0, 0)
+            .map(|d| d.and_utc())
+            .unwrap_or_default();
         self.query(
             &format!(
                 "SELECT {OBS_COLS}, p.name, p.category, last.at, last.temperature, last.symptoms, \

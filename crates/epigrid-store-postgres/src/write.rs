@@ -42,7 +42,10 @@ impl Values {
         self.sql.push(')');
     }
     fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
     }
 }
 
@@ -66,11 +69,15 @@ pub(crate) async fn insert_batch(
         return Ok(Vec::new());
     }
     // Persons: one row per person (the latest sighting wins), sorted by id against deadlocks.
-    let mut persons: BTreeMap<Uuid, (&PersonInput, &str, chrono::DateTime<chrono::Utc>)> = BTreeMap::new();
+    let mut persons: BTreeMap<Uuid, (&PersonInput, &str, chrono::DateTime<chrono::Utc>)> =
+        BTreeMap::new();
     for r in regs {
-        let people = std::iter::once(&r.person).chain(r.companion_list.iter().filter_map(|c| c.person.as_ref()));
+        let people = std::iter::once(&r.person)
+            .chain(r.companion_list.iter().filter_map(|c| c.person.as_ref()));
         for p in people {
-            let e = persons.entry(p.id).or_insert((p, r.area_path.as_str(), r.at));
+            let e = persons
+                .entry(p.id)
+                .or_insert((p, r.area_path.as_str(), r.at));
             if r.at >= e.2 {
                 *e = (p, r.area_path.as_str(), r.at);
             }
@@ -162,7 +169,12 @@ pub(crate) async fn insert_batch(
     let mut v = Values::new();
     for r in regs {
         for (i, c) in r.companion_list.iter().enumerate() {
-            v.row(vec![b(r.id), b(i as i32), b(c.name.clone()), b(c.person.as_ref().map(|p| eff(&p.id)))]);
+            v.row(vec![
+                b(r.id),
+                b(i as i32),
+                b(c.name.clone()),
+                b(c.person.as_ref().map(|p| eff(&p.id))),
+            ]);
         }
     }
     if !v.params.is_empty() {
@@ -176,12 +188,20 @@ pub(crate) async fn insert_batch(
     let mut counts: BTreeMap<(&str, &str, chrono::NaiveDate, &str), i64> = BTreeMap::new();
     for r in regs {
         for m in registration_metrics(r.kind, &r.fields) {
-            *counts.entry((path_leaf(&r.area_path), &r.area_path, r.day, m)).or_default() += 1;
+            *counts
+                .entry((path_leaf(&r.area_path), &r.area_path, r.day, m))
+                .or_default() += 1;
         }
     }
     let mut v = Values::new();
     for ((leaf, path, day, metric), n) in counts {
-        v.row(vec![b(leaf.to_string()), b(path.to_string()), b(day), b(metric.to_string()), b(n)]);
+        v.row(vec![
+            b(leaf.to_string()),
+            b(path.to_string()),
+            b(day),
+            b(metric.to_string()),
+            b(n),
+        ]);
     }
     let sql = format!(
         "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES {} \
@@ -225,7 +245,7 @@ pub(crate) async fn batcher(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
             }
             Err(_) => {
                 // Retry one by one so that one bad registration fails alone.
-                let pending: Vec<Pending> = batch.drain(..).collect();
+                let pending: Vec<Pending> = std::mem::take(&mut batch);
                 for (reg, reply) in pending {
                     let r = write_once(&pool, std::slice::from_ref(&reg)).await;
                     let _ = reply.send(r.map(|s| s.first().copied().unwrap_or_default()));

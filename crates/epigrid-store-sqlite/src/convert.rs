@@ -17,14 +17,20 @@ pub struct U(pub Uuid);
 impl FromSql for U {
     fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
         let s = v.as_str()?;
-        Uuid::parse_str(s).map(U).map_err(|e| FromSqlError::Other(Box::new(e)))
+        Uuid::parse_str(s)
+            .map(U)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
     }
 }
 
 /// An enum stored by its wire name.
 pub fn parse_enum<T>(s: &str, parse: fn(&str) -> Option<T>) -> rusqlite::Result<T> {
     parse(s).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, format!("unknown value {s}").into())
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown value {s}").into(),
+        )
     })
 }
 

@@ -20,7 +20,6 @@ use epigrid_core::store::{StoreError, StoreResult};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, Semaphore};
 
-
 /// Most writes one transaction takes before committing.
 pub const MAX_BATCH: usize = 512;
 const READERS: usize = 8;
@@ -73,7 +72,9 @@ pub(crate) fn map_err(e: rusqlite::Error) -> StoreError {
 
 /// Parses `sqlite://PATH` (or a bare path) into a file path.
 pub fn path_from_url(url: &str) -> Option<PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
     let rest = rest.split('?').next().unwrap_or(rest);
     (!rest.is_empty()).then(|| PathBuf::from(rest))
 }
@@ -82,7 +83,9 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -240,7 +243,8 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
             }
         }
     }
-    let committed = queries::flush_rollups(conn, &rollups).and_then(|()| exec(conn, "COMMIT").map_err(map_err));
+    let committed =
+        queries::flush_rollups(conn, &rollups).and_then(|()| exec(conn, "COMMIT").map_err(map_err));
     if let Err(e) = committed {
         let _ = exec(conn, "ROLLBACK");
         tracing::error!(error = %e, "sqlite commit failed");
@@ -299,8 +303,10 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
             Err(_) => {
                 for job in batch {
-                    let r = run_batch(&conn, std::slice::from_ref(&job))
-                        .and_then(|mut v| v.pop().ok_or_else(|| StoreError::Backend("no result".into())));
+                    let r = run_batch(&conn, std::slice::from_ref(&job)).and_then(|mut v| {
+                        v.pop()
+                            .ok_or_else(|| StoreError::Backend("no result".into()))
+                    });
                     let _ = job.reply.send(r);
                 }
             }

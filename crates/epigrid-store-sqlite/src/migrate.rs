@@ -4,15 +4,14 @@ use epigrid_core::store::{StoreError, StoreResult};
 use rusqlite::Connection;
 
 /// Every migration, in order. Append only: a released migration never changes.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../migrations/0001_foundation.sql"),
-), (
-    2,
-    "people",
-    include_str!("../migrations/0002_people.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../migrations/0001_foundation.sql"),
+    ),
+    (2, "people", include_str!("../migrations/0002_people.sql")),
+];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {
     let e = |e: rusqlite::Error| StoreError::Backend(format!("migration: {e}"));

@@ -15,8 +15,10 @@ use crate::convert::{date, micros, parse_enum, time, U};
 use crate::{map_err, SqliteStore};
 
 const AREA_COLS: &str = "code, name, level, parent_code, path";
-const SITE_COLS: &str = "id, token, kind, name, area_code, area_path, active, default_stay_min, created_at";
-const USER_COLS: &str = "id, username, password_hash, role, area_code, area_path, active, created_at";
+const SITE_COLS: &str =
+    "id, token, kind, name, area_code, area_path, active, default_stay_min, created_at";
+const USER_COLS: &str =
+    "id, username, password_hash, role, area_code, area_path, active, created_at";
 const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
     r.person_id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.provisional, r.channel, r.by_user, \
     r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
@@ -132,7 +134,9 @@ fn sex_str(s: Sex) -> &'static str {
 /// (the common case at a gate or checkpoint); otherwise the row is inserted or updated.
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
     let id = p.id.to_string();
-    let existing: Option<(String, Option<Vec<u8>>, String, i64, bool)> = c
+    // (effective id, phone index, area path, last seen, has a home area)
+    type Known = (String, Option<Vec<u8>>, String, i64, bool);
+    let existing: Option<Known> = c
         .prepare_cached(
             "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, home_area_code IS NOT NULL \
              FROM persons WHERE id = ?1",
@@ -183,7 +187,16 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                      WHERE id = ?1",
                 )
                 .map_err(map_err)?
-                .execute(params![id, new_phone, p.phone_index, p.phone_cipher, p.phone_masked, moves, area_path, at])
+                .execute(params![
+                    id,
+                    new_phone,
+                    p.phone_index,
+                    p.phone_cipher,
+                    p.phone_masked,
+                    moves,
+                    area_path,
+                    at
+                ])
                 .map_err(map_err)?;
             }
             Ok(effective)
@@ -273,7 +286,10 @@ pub(crate) fn take_job_rollups() -> Vec<(RollupKey, i64)> {
 }
 
 /// Adds a batch's summed increments to the rollups table (inside the batch's transaction).
-pub(crate) fn flush_rollups(c: &Connection, sums: &std::collections::BTreeMap<RollupKey, i64>) -> StoreResult<()> {
+pub(crate) fn flush_rollups(
+    c: &Connection,
+    sums: &std::collections::BTreeMap<RollupKey, i64>,
+) -> StoreResult<()> {
     let mut up = c
         .prepare_cached(
             "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -281,7 +297,8 @@ pub(crate) fn flush_rollups(c: &Connection, sums: &std::collections::BTreeMap<Ro
         )
         .map_err(map_err)?;
     for ((path, day, metric), n) in sums {
-        up.execute(params![path_leaf(path), path, day, metric, n]).map_err(map_err)?;
+        up.execute(params![path_leaf(path), path, day, metric, n])
+            .map_err(map_err)?;
     }
     Ok(())
 }
@@ -297,7 +314,8 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err)).await
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(map_err))
+            .await
     }
 
     async fn upsert_areas(&self, areas: &[Area]) -> StoreResult<usize> {
@@ -364,8 +382,11 @@ impl Store for SqliteStore {
     }
 
     async fn area_count(&self) -> StoreResult<i64> {
-        self.read(|c| c.query_row("SELECT COUNT(*) FROM areas", [], |r| r.get(0)).map_err(map_err))
-            .await
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM areas", [], |r| r.get(0))
+                .map_err(map_err)
+        })
+        .await
     }
 
     async fn insert_site(&self, site: &Site) -> StoreResult<()> {
@@ -478,7 +499,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn registrations(&self, scope: &Scope, f: &RegistrationFilter) -> StoreResult<Vec<Registration>> {
+    async fn registrations(
+        &self,
+        scope: &Scope,
+        f: &RegistrationFilter,
+    ) -> StoreResult<Vec<Registration>> {
         let (lo, hi) = scope.bounds();
         let f = f.clone();
         self.read(move |c| {
@@ -510,7 +535,10 @@ impl Store for SqliteStore {
                 add("r.seq <", Box::new(s));
             }
             let order = if f.after_seq.is_some() { "ASC" } else { "DESC" };
-            sql.push_str(&format!(" ORDER BY r.seq {order} LIMIT {}", f.limit.clamp(1, 5000)));
+            sql.push_str(&format!(
+                " ORDER BY r.seq {order} LIMIT {}",
+                f.limit.clamp(1, 5000)
+            ));
             let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
             let refs: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
             let rows = stmt.query_map(refs.as_slice(), reg_row).map_err(map_err)?;
@@ -541,7 +569,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn person_secrets(&self, person_id: Uuid, scope: &Scope) -> StoreResult<Option<PersonSecrets>> {
+    async fn person_secrets(
+        &self,
+        person_id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<PersonSecrets>> {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
             c.prepare_cached(
@@ -569,7 +601,12 @@ impl Store for SqliteStore {
     async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
         self.person_impl(id, scope).await
     }
-    async fn search_persons(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+    async fn search_persons(
+        &self,
+        scope: &Scope,
+        q: &PersonQuery,
+        limit: u32,
+    ) -> StoreResult<Vec<Person>> {
         self.search_impl(scope, q, limit).await
     }
     async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool> {
@@ -596,8 +633,15 @@ impl Store for SqliteStore {
     async fn observations_of(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
         self.observations_of_impl(person_id).await
     }
-    async fn observation_rows(&self, scope: &Scope, today: NaiveDate, ended_since: NaiveDate, grid_worker: Option<Uuid>) -> StoreResult<Vec<ObservationRow>> {
-        self.observation_rows_impl(scope, today, ended_since, grid_worker).await
+    async fn observation_rows(
+        &self,
+        scope: &Scope,
+        today: NaiveDate,
+        ended_since: NaiveDate,
+        grid_worker: Option<Uuid>,
+    ) -> StoreResult<Vec<ObservationRow>> {
+        self.observation_rows_impl(scope, today, ended_since, grid_worker)
+            .await
     }
     async fn insert_report(&self, r: &HealthReport) -> StoreResult<()> {
         self.insert_report_impl(r).await
@@ -751,11 +795,13 @@ impl Store for SqliteStore {
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>> {
         let name = username.to_string();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE username = ?1"))
-                .map_err(map_err)?
-                .query_row([name], user_row)
-                .optional()
-                .map_err(map_err)
+            c.prepare_cached(&format!(
+                "SELECT {USER_COLS} FROM users WHERE username = ?1"
+            ))
+            .map_err(map_err)?
+            .query_row([name], user_row)
+            .optional()
+            .map_err(map_err)
         })
         .await
     }
@@ -795,7 +841,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn session(&self, token_hash: &[u8], now: DateTime<Utc>) -> StoreResult<Option<(Session, User)>> {
+    async fn session(
+        &self,
+        token_hash: &[u8],
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<(Session, User)>> {
         let h = token_hash.to_vec();
         self.read(move |c| {
             c.prepare_cached(
@@ -903,8 +953,8 @@ impl Store for SqliteStore {
 // People under management
 
 use epigrid_core::person::{
-    Category, CategoryChange, HealthReport, LabResult, Observation, ObservationKind, ObservationRow, Person,
-    PersonQuery, TestKind, TestResult,
+    Category, CategoryChange, HealthReport, LabResult, Observation, ObservationKind,
+    ObservationRow, Person, PersonQuery, TestKind, TestResult,
 };
 
 const PERSON_COLS: &str = "p.id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.birth_date, p.sex, \
@@ -997,7 +1047,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn search_impl(&self, scope: &Scope, q: &PersonQuery, limit: u32) -> StoreResult<Vec<Person>> {
+    pub(crate) async fn search_impl(
+        &self,
+        scope: &Scope,
+        q: &PersonQuery,
+        limit: u32,
+    ) -> StoreResult<Vec<Person>> {
         let (lo, hi) = scope.bounds();
         let q = q.clone();
         let limit = i64::from(limit.clamp(1, 500));
@@ -1068,7 +1123,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn category_history_impl(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
+    pub(crate) async fn category_history_impl(
+        &self,
+        person_id: Uuid,
+    ) -> StoreResult<Vec<CategoryChange>> {
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
@@ -1095,7 +1153,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn category_counts_impl(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
+    pub(crate) async fn category_counts_impl(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<(String, Category, i64)>> {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
             let mut stmt = c
@@ -1173,7 +1234,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn observation_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
+    pub(crate) async fn observation_impl(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<Observation>> {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
             c.prepare_cached(&format!(
@@ -1188,19 +1253,27 @@ impl SqliteStore {
         .await
     }
 
-    pub(crate) async fn observation_by_token_impl(&self, hash: &[u8]) -> StoreResult<Option<Observation>> {
+    pub(crate) async fn observation_by_token_impl(
+        &self,
+        hash: &[u8],
+    ) -> StoreResult<Option<Observation>> {
         let h = hash.to_vec();
         self.read(move |c| {
-            c.prepare_cached(&format!("SELECT {OBS_COLS} FROM observations o WHERE o.token_hash = ?1"))
-                .map_err(map_err)?
-                .query_row([&h], obs_row)
-                .optional()
-                .map_err(map_err)
+            c.prepare_cached(&format!(
+                "SELECT {OBS_COLS} FROM observations o WHERE o.token_hash = ?1"
+            ))
+            .map_err(map_err)?
+            .query_row([&h], obs_row)
+            .optional()
+            .map_err(map_err)
         })
         .await
     }
 
-    pub(crate) async fn observations_of_impl(&self, person_id: Uuid) -> StoreResult<Vec<Observation>> {
+    pub(crate) async fn observations_of_impl(
+        &self,
+        person_id: Uuid,
+    ) -> StoreResult<Vec<Observation>> {
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(

@@ -33,11 +33,20 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/sites/{site}", get(get_site).patch(update_site))
         .route("/api/v1/sites/{site}/qr.svg", get(qr_svg))
         .route("/api/v1/sites/{site}/qr.png", get(qr_png))
-        .route("/api/v1/sites/{site}/registrations", post(post_registration))
+        .route(
+            "/api/v1/sites/{site}/registrations",
+            post(post_registration),
+        )
         .route("/api/v1/registrations", get(list_registrations))
         .route("/api/v1/registrations/{id}", get(get_registration))
-        .route("/api/v1/registrations/{id}/unmask", post(unmask_registration))
-        .route("/api/v1/registrations/{id}/checkout", post(checkout_registration))
+        .route(
+            "/api/v1/registrations/{id}/unmask",
+            post(unmask_registration),
+        )
+        .route(
+            "/api/v1/registrations/{id}/checkout",
+            post(checkout_registration),
+        )
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/users", get(list_users).post(create_user))
         .route("/api/v1/feed", get(crate::feed::sse))
@@ -56,7 +65,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|_| ApiError::Invalid(vec![FieldError::new("body", "err.body.json")]))?;
         if !v.is_object() {
-            return Err(ApiError::Invalid(vec![FieldError::new("body", "err.body.not_object")]));
+            return Err(ApiError::Invalid(vec![FieldError::new(
+                "body",
+                "err.body.not_object",
+            )]));
         }
         Ok(JsonBody(v))
     }
@@ -73,7 +85,10 @@ pub fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c)))
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+        })
         .unwrap_or("127.0.0.1:8080");
     let scheme = headers
         .get("x-forwarded-proto")
@@ -92,7 +107,11 @@ fn user_json(u: &User) -> Value {
     json!({"id": u.id, "username": u.username, "role": u.role, "area_code": u.area_code, "active": u.active})
 }
 
-async fn create_token(State(st): State<AppState>, headers: HeaderMap, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+async fn create_token(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
     let mut errs = Vec::new();
     let username = str_field(&b, "username").unwrap_or("");
     let password = str_field(&b, "password").unwrap_or("");
@@ -107,7 +126,9 @@ async fn create_token(State(st): State<AppState>, headers: HeaderMap, JsonBody(b
     }
     let ip = auth::client_ip(&headers, None);
     let (token, session, user) = auth::login(&st, username, password, true, &ip).await?;
-    Ok(Json(json!({"token": token, "expires_at": session.expires_at, "user": user_json(&user)})))
+    Ok(Json(
+        json!({"token": token, "expires_at": session.expires_at, "user": user_json(&user)}),
+    ))
 }
 
 async fn logout(State(st): State<AppState>, staff: Staff) -> ApiResult<StatusCode> {
@@ -120,10 +141,19 @@ async fn me(staff: Staff) -> Json<Value> {
     Json(user_json(&staff.user))
 }
 
-async fn areas(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+async fn areas(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     let scope = staff.scope();
     let list = match q.get("parent").map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        None => st.store.area(&staff.user.area_code).await?.into_iter().collect::<Vec<_>>(),
+        None => st
+            .store
+            .area(&staff.user.area_code)
+            .await?
+            .into_iter()
+            .collect::<Vec<_>>(),
         Some(parent) => {
             let Some(p) = st.store.area(parent).await? else {
                 return Err(ApiError::NotFound);
@@ -158,24 +188,46 @@ async fn division_children(Query(q): Query<HashMap<String, String>>) -> Json<Val
     Json(json!({ "items": items }))
 }
 
-async fn list_sites(State(st): State<AppState>, staff: Staff, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn list_sites(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let base = base_url(&st, &headers);
     let sites = st.store.sites(&staff.scope()).await?;
-    Ok(Json(json!({"items": sites.iter().map(|s| site_json(s, &base)).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"items": sites.iter().map(|s| site_json(s, &base)).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn site_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Site> {
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
-    st.store.site(id, &staff.scope()).await?.ok_or(ApiError::NotFound)
+    st.store
+        .site(id, &staff.scope())
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
 /// Creates a site: `{"kind","name","area_code","default_stay_min"?}`.
-async fn create_site(State(st): State<AppState>, staff: Staff, headers: HeaderMap, JsonBody(b): JsonBody) -> ApiResult<Response> {
+async fn create_site(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Response> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     staff.require(staff.role().manages_sites())?;
     let site = new_site(&st, &staff, &b).await?;
     st.store.insert_site(&site).await?;
-    staff.audit(&st, "site.create", &format!("site:{}", site.id), &site.area_path, site.kind.as_str()).await;
+    staff
+        .audit(
+            &st,
+            "site.create",
+            &format!("site:{}", site.id),
+            &site.area_path,
+            site.kind.as_str(),
+        )
+        .await;
     let base = base_url(&st, &headers);
     Ok((StatusCode::CREATED, Json(site_json(&site, &base))).into_response())
 }
@@ -189,7 +241,12 @@ pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResu
             None
         }
     };
-    let name = match epigrid_core::validate::validate_text("name", str_field(b, "name").unwrap_or(""), 60, true) {
+    let name = match epigrid_core::validate::validate_text(
+        "name",
+        str_field(b, "name").unwrap_or(""),
+        60,
+        true,
+    ) {
         Ok(n) => n,
         Err(e) => {
             errs.push(e);
@@ -214,7 +271,11 @@ pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResu
         Some(v) => match v.as_i64().filter(|n| (1..=24 * 60).contains(n)) {
             Some(n) => Some(n as i32),
             None => {
-                errs.push(FieldError::new("default_stay_min", "err.int.range").with("min", "1").with("max", "1440"));
+                errs.push(
+                    FieldError::new("default_stay_min", "err.int.range")
+                        .with("min", "1")
+                        .with("max", "1440"),
+                );
                 None
             }
         },
@@ -235,13 +296,24 @@ pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResu
     }
 }
 
-async fn get_site(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_site(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let site = site_in_scope(&st, &staff, &id).await?;
     Ok(Json(site_json(&site, &base_url(&st, &headers))))
 }
 
 /// Changes a site: `{"name"?, "active"?, "rotate_token"?, "default_stay_min"?}`.
-async fn update_site(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+async fn update_site(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     staff.require(staff.role().manages_sites())?;
     let mut site = site_in_scope(&st, &staff, &id).await?;
@@ -263,7 +335,11 @@ async fn update_site(State(st): State<AppState>, staff: Staff, headers: HeaderMa
     if let Some(v) = b.get("default_stay_min") {
         match v.as_i64().filter(|n| (1..=1440).contains(n)) {
             Some(n) => site.default_stay_min = n as i32,
-            None => errs.push(FieldError::new("default_stay_min", "err.int.range").with("min", "1").with("max", "1440")),
+            None => errs.push(
+                FieldError::new("default_stay_min", "err.int.range")
+                    .with("min", "1")
+                    .with("max", "1440"),
+            ),
         }
     }
     if b.get("rotate_token").and_then(Value::as_bool) == Some(true) {
@@ -274,18 +350,36 @@ async fn update_site(State(st): State<AppState>, staff: Staff, headers: HeaderMa
     }
     st.store.update_site(&site).await?;
     st.forget_site(&old_token);
-    staff.audit(&st, "site.update", &format!("site:{}", site.id), &site.area_path, &format!("active={}", site.active)).await;
+    staff
+        .audit(
+            &st,
+            "site.update",
+            &format!("site:{}", site.id),
+            &site.area_path,
+            &format!("active={}", site.active),
+        )
+        .await;
     Ok(Json(site_json(&site, &base_url(&st, &headers))))
 }
 
-async fn qr_svg(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+async fn qr_svg(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let site = site_in_scope(&st, &staff, &id).await?;
     let url = crate::view::site_url(&base_url(&st, &headers), &site);
     let svg = crate::qr::svg(&url, 320).map_err(ApiError::Internal)?;
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
 
-async fn qr_png(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+async fn qr_png(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let site = site_in_scope(&st, &staff, &id).await?;
     let url = crate::view::site_url(&base_url(&st, &headers), &site);
     let png = crate::qr::png(&url, 10).map_err(ApiError::Internal)?;
@@ -294,7 +388,12 @@ async fn qr_png(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Pa
 
 /// The registration path shared by the JSON API and the HTML form: validate for the site's
 /// kind, check what needs the store, seal, store, and wake the live feeds.
-pub(crate) async fn submit(st: &AppState, site: &Site, input: &RegistrationInput, staff: Option<&Staff>) -> ApiResult<Registration> {
+pub(crate) async fn submit(
+    st: &AppState,
+    site: &Site,
+    input: &RegistrationInput,
+    staff: Option<&Staff>,
+) -> ApiResult<Registration> {
     if !site.active {
         return Err(ApiError::Gone("err.site.inactive"));
     }
@@ -315,7 +414,9 @@ pub(crate) async fn submit(st: &AppState, site: &Site, input: &RegistrationInput
     let valid = match register::validate(input, &ctx) {
         Ok(v) => v,
         Err(e) => {
-            st.metrics.registrations_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            st.metrics
+                .registrations_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(ApiError::Invalid(e));
         }
     };
@@ -333,24 +434,38 @@ pub(crate) async fn submit(st: &AppState, site: &Site, input: &RegistrationInput
         }
     }
     if !errs.is_empty() {
-        st.metrics.registrations_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        st.metrics
+            .registrations_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(ApiError::Invalid(errs));
     }
     let new = register::seal(&valid, &ctx, &st.vault);
     let seq = st.store.insert_registration(new.clone()).await?;
-    st.metrics.registrations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    st.metrics
+        .registrations
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = st.live.send(seq);
     Ok(Registration::from_new(&new, site, seq))
 }
 
-async fn post_registration(State(st): State<AppState>, MaybeStaff(staff): MaybeStaff, headers: HeaderMap, Path(token): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+async fn post_registration(
+    State(st): State<AppState>,
+    MaybeStaff(staff): MaybeStaff,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Response> {
     let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
     if let Some(s) = &staff {
         s.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     }
     let input = RegistrationInput::from_json(&b).map_err(|e| ApiError::Invalid(vec![e]))?;
     let reg = submit(&st, &site, &input, staff.as_ref()).await?;
-    Ok((StatusCode::CREATED, Json(registration_json(&reg, st.cfg.tz))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(registration_json(&reg, st.cfg.tz)),
+    )
+        .into_response())
 }
 
 /// `from`/`to` as RFC 3339 or a local date (`2026-11-28` = the start of that local day).
@@ -366,7 +481,10 @@ fn parse_time(st: &AppState, field: &str, raw: &str) -> Result<DateTime<Utc>, Fi
         .ok_or_else(|| FieldError::new(field, "err.date.format"))
 }
 
-pub(crate) fn registration_filter(st: &AppState, q: &HashMap<String, String>) -> Result<RegistrationFilter, Vec<FieldError>> {
+pub(crate) fn registration_filter(
+    st: &AppState,
+    q: &HashMap<String, String>,
+) -> Result<RegistrationFilter, Vec<FieldError>> {
     let mut f = RegistrationFilter {
         limit: 100,
         ..Default::default()
@@ -408,7 +526,11 @@ pub(crate) fn registration_filter(st: &AppState, q: &HashMap<String, String>) ->
             },
             "limit" => match v.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => f.limit = n,
-                _ => errs.push(FieldError::new("limit", "err.int.range").with("min", "1").with("max", "1000")),
+                _ => errs.push(
+                    FieldError::new("limit", "err.int.range")
+                        .with("min", "1")
+                        .with("max", "1000"),
+                ),
             },
             _ => {}
         }
@@ -425,30 +547,53 @@ pub(crate) fn registration_filter(st: &AppState, q: &HashMap<String, String>) ->
     }
 }
 
-async fn list_registrations(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+async fn list_registrations(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     staff.require(staff.role().sees_personal_data())?;
     let f = registration_filter(&st, &q).map_err(ApiError::Invalid)?;
     let rows = st.store.registrations(&staff.scope(), &f).await?;
-    let next = rows.last().map(|r| r.seq).filter(|_| rows.len() as u32 == f.limit && f.after_seq.is_none());
+    let next = rows
+        .last()
+        .map(|r| r.seq)
+        .filter(|_| rows.len() as u32 == f.limit && f.after_seq.is_none());
     Ok(Json(json!({
         "items": rows.iter().map(|r| registration_json(r, st.cfg.tz)).collect::<Vec<_>>(),
         "next_before": next,
     })))
 }
 
-pub(crate) async fn registration_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Registration> {
+pub(crate) async fn registration_in_scope(
+    st: &AppState,
+    staff: &Staff,
+    id: &str,
+) -> ApiResult<Registration> {
     staff.require(staff.role().sees_personal_data())?;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
-    st.store.registration(id, &staff.scope()).await?.ok_or(ApiError::NotFound)
+    st.store
+        .registration(id, &staff.scope())
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
-async fn get_registration(State(st): State<AppState>, staff: Staff, Path(id): Path<String>) -> ApiResult<Response> {
+async fn get_registration(
+    State(st): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     let r = registration_in_scope(&st, &staff, &id).await?;
     Ok(Json(registration_json(&r, st.cfg.tz)).into_response())
 }
 
 /// Reveals a registration's name, document and phone number: allowed roles only, audited.
-pub(crate) async fn unmask(st: &AppState, staff: &Staff, r: &Registration, reason: &str) -> ApiResult<Value> {
+pub(crate) async fn unmask(
+    st: &AppState,
+    staff: &Staff,
+    r: &Registration,
+    reason: &str,
+) -> ApiResult<Value> {
     staff.require(staff.role().may_unmask())?;
     let secrets = st
         .store
@@ -458,23 +603,50 @@ pub(crate) async fn unmask(st: &AppState, staff: &Staff, r: &Registration, reaso
     let ad = |col: &str| format!("persons.{col}:{}", secrets.person_id);
     let open = |col: &str, c: &Option<Vec<u8>>| -> ApiResult<Option<String>> {
         c.as_ref()
-            .map(|c| st.vault.open(&ad(col), c).map_err(|e| ApiError::Internal(e.to_string())))
+            .map(|c| {
+                st.vault
+                    .open(&ad(col), c)
+                    .map_err(|e| ApiError::Internal(e.to_string()))
+            })
             .transpose()
     };
     let doc = open("doc", &secrets.doc_cipher)?;
     let phone = open("phone", &secrets.phone_cipher)?;
     staff
-        .audit(st, "unmask", &format!("registration:{}", r.id), &r.area_path, &format!("person:{} fields=name,id_number,phone reason={}", r.person_id, reason))
+        .audit(
+            st,
+            "unmask",
+            &format!("registration:{}", r.id),
+            &r.area_path,
+            &format!(
+                "person:{} fields=name,id_number,phone reason={}",
+                r.person_id, reason
+            ),
+        )
         .await;
-    st.metrics.unmasks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(json!({"id": r.id, "person_id": r.person_id, "name": r.name, "id_type": secrets.doc_type, "id_number": doc, "phone": phone}))
+    st.metrics
+        .unmasks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(
+        json!({"id": r.id, "person_id": r.person_id, "name": r.name, "id_type": secrets.doc_type, "id_number": doc, "phone": phone}),
+    )
 }
 
-async fn unmask_registration(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> ApiResult<Json<Value>> {
+async fn unmask_registration(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     let r = registration_in_scope(&st, &staff, &id).await?;
     // The body is optional: `{"reason": "..."}`.
-    let body: Option<Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
+    let body: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&body).ok()
+    };
     let reason = body
         .as_ref()
         .and_then(|b| str_field(b, "reason"))
@@ -483,7 +655,12 @@ async fn unmask_registration(State(st): State<AppState>, staff: Staff, headers: 
     Ok(Json(unmask(&st, &staff, &r, &reason).await?))
 }
 
-async fn checkout_registration(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+async fn checkout_registration(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     let r = registration_in_scope(&st, &staff, &id).await?;
     if !st.store.check_out(r.id, r.site_id, Utc::now()).await? {
@@ -493,7 +670,11 @@ async fn checkout_registration(State(st): State<AppState>, staff: Staff, headers
     Ok(Json(registration_json(&r, st.cfg.tz)).into_response())
 }
 
-async fn audit(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+async fn audit(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     staff.require(staff.role() == Role::Admin)?;
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(200);
     let rows = st.store.audit_log(&staff.scope(), limit).await?;
@@ -503,11 +684,18 @@ async fn audit(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap
 async fn list_users(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
     staff.require(matches!(staff.role(), Role::Admin | Role::Manager))?;
     let users = st.store.users(&staff.scope()).await?;
-    Ok(Json(json!({"items": users.iter().map(user_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"items": users.iter().map(user_json).collect::<Vec<_>>()}),
+    ))
 }
 
 /// Creates a staff account in the admin's subtree: `{"username","password","role","area_code"}`.
-async fn create_user(State(st): State<AppState>, staff: Staff, headers: HeaderMap, JsonBody(b): JsonBody) -> ApiResult<Response> {
+async fn create_user(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Response> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     staff.require(staff.role() == Role::Admin)?;
     let mut errs = Vec::new();
@@ -524,7 +712,11 @@ async fn create_user(State(st): State<AppState>, staff: Staff, headers: HeaderMa
         errs.push(FieldError::new("role", "err.role.unknown"));
     }
     let area = match str_field(&b, "area_code") {
-        Some(c) => st.store.area(c.trim()).await?.filter(|a| staff.scope().contains(&a.path)),
+        Some(c) => st
+            .store
+            .area(c.trim())
+            .await?
+            .filter(|a| staff.scope().contains(&a.path)),
         None => None,
     };
     if area.is_none() {
@@ -557,11 +749,20 @@ async fn create_user(State(st): State<AppState>, staff: Staff, headers: HeaderMa
         }
         r => r?,
     }
-    staff.audit(&st, "user.create", &format!("user:{}", user.id), &user.area_path, user.role.as_str()).await;
+    staff
+        .audit(
+            &st,
+            "user.create",
+            &format!("user:{}", user.id),
+            &user.area_path,
+            user.role.as_str(),
+        )
+        .await;
     Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
 }
 
 pub fn valid_username(u: &str) -> bool {
     (3..=40).contains(&u.chars().count())
-        && u.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        && u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }

@@ -38,7 +38,11 @@ fn getrandom_fill(buf: &mut [u8]) {
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -71,11 +75,20 @@ fn record_failure(username: &str) {
 }
 
 fn clear_failures(username: &str) {
-    FAILURES.lock().unwrap_or_else(|e| e.into_inner()).remove(username);
+    FAILURES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(username);
 }
 
 /// Checks a username and password and opens a session; returns the raw token (shown once).
-pub async fn login(st: &AppState, username: &str, password: &str, api: bool, ip: &str) -> ApiResult<(String, Session, User)> {
+pub async fn login(
+    st: &AppState,
+    username: &str,
+    password: &str,
+    api: bool,
+    ip: &str,
+) -> ApiResult<(String, Session, User)> {
     let username = username.trim();
     if locked(username) {
         return Err(ApiError::TooMany);
@@ -112,7 +125,17 @@ pub async fn login(st: &AppState, username: &str, password: &str, api: bool, ip:
         expires_at: now + chrono::Duration::hours(st.cfg.session_hours),
     };
     st.store.insert_session(&session).await?;
-    audit_raw(st, Some(user.id), &user.username, "login", &format!("user:{}", user.id), &user.area_path, ip, if api { "api token" } else { "browser" }).await;
+    audit_raw(
+        st,
+        Some(user.id),
+        &user.username,
+        "login",
+        &format!("user:{}", user.id),
+        &user.area_path,
+        ip,
+        if api { "api token" } else { "browser" },
+    )
+    .await;
     Ok((token, session, user))
 }
 
@@ -128,7 +151,16 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> Str
 }
 
 #[allow(clippy::too_many_arguments)]
-pub async fn audit_raw(st: &AppState, user_id: Option<Uuid>, username: &str, action: &str, subject: &str, area_path: &str, ip: &str, detail: &str) {
+pub async fn audit_raw(
+    st: &AppState,
+    user_id: Option<Uuid>,
+    username: &str,
+    action: &str,
+    subject: &str,
+    area_path: &str,
+    ip: &str,
+    detail: &str,
+) {
     let e = AuditEntry {
         id: Uuid::now_v7(),
         at: Utc::now(),
@@ -176,12 +208,34 @@ impl Staff {
             return Ok(());
         }
         match provided {
-            Some(p) if !self.session.csrf.is_empty() && constant_eq(p.as_bytes(), self.session.csrf.as_bytes()) => Ok(()),
+            Some(p)
+                if !self.session.csrf.is_empty()
+                    && constant_eq(p.as_bytes(), self.session.csrf.as_bytes()) =>
+            {
+                Ok(())
+            }
             _ => Err(ApiError::Forbidden),
         }
     }
-    pub async fn audit(&self, st: &AppState, action: &str, subject: &str, area_path: &str, detail: &str) {
-        audit_raw(st, Some(self.user.id), &self.user.username, action, subject, area_path, &self.ip, detail).await;
+    pub async fn audit(
+        &self,
+        st: &AppState,
+        action: &str,
+        subject: &str,
+        area_path: &str,
+        detail: &str,
+    ) {
+        audit_raw(
+            st,
+            Some(self.user.id),
+            &self.user.username,
+            action,
+            subject,
+            area_path,
+            &self.ip,
+            detail,
+        )
+        .await;
     }
 }
 
@@ -193,7 +247,10 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|s| s.trim().to_string())
 }
 
@@ -247,6 +304,10 @@ impl FromRequestParts<AppState> for MaybeStaff {
 pub fn session_cookie(st: &AppState, token: &str, max_age_s: i64) -> String {
     format!(
         "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{}",
-        if st.cfg.secure_cookies { "; Secure" } else { "" }
+        if st.cfg.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
     )
 }

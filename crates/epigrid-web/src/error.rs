@@ -145,8 +145,10 @@ impl IntoResponse for ApiError {
         }
         let mut res = (self.status(), axum::Json(self.body(current_lang()))).into_response();
         if matches!(self, ApiError::Unauthorized) {
-            res.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
         }
         res
     }

@@ -102,12 +102,23 @@ pub async fn sse(
     let scope = staff.scope();
     let recent = st
         .store
-        .registrations(&scope, &RegistrationFilter { site_id: site, limit: 20, ..Default::default() })
+        .registrations(
+            &scope,
+            &RegistrationFilter {
+                site_id: site,
+                limit: 20,
+                ..Default::default()
+            },
+        )
         .await?;
     st.metrics.live_clients.fetch_add(1, Relaxed);
     let mut feed = Feed {
         rx: st.live.subscribe(),
-        lookback: if st.store.backend() == "postgres" { 200 } else { 0 },
+        lookback: if st.store.backend() == "postgres" {
+            200
+        } else {
+            0
+        },
         hwm: recent.first().map(|r| r.seq).unwrap_or(0),
         _guard: ClientGuard(st.clone()),
         st,
@@ -124,8 +135,12 @@ pub async fn sse(
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
             if let Some(r) = feed.pending.pop_front() {
-                let data = serde_json::to_string(&registration_json(&r, feed.st.cfg.tz)).unwrap_or_default();
-                let ev = Event::default().event("registration").id(r.seq.to_string()).data(data);
+                let data = serde_json::to_string(&registration_json(&r, feed.st.cfg.tz))
+                    .unwrap_or_default();
+                let ev = Event::default()
+                    .event("registration")
+                    .id(r.seq.to_string())
+                    .data(data);
                 return Some((Ok(ev), feed));
             }
             feed.poll().await;

@@ -40,7 +40,10 @@ pub fn router(state: AppState) -> Router {
         .merge(staff::routes())
         .merge(persons::routes())
         .route("/assets/{*file}", get(staff::asset))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(error::with_lang))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))

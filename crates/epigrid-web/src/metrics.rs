@@ -94,21 +94,48 @@ pub async fn render(State(st): State<AppState>) -> impl IntoResponse {
     use std::fmt::Write;
     let m = &st.metrics;
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP epigrid_registrations_total Registrations stored by this process.");
+    let _ = writeln!(
+        out,
+        "# HELP epigrid_registrations_total Registrations stored by this process."
+    );
     let _ = writeln!(out, "# TYPE epigrid_registrations_total counter");
-    let _ = writeln!(out, "epigrid_registrations_total {}", m.registrations.load(Relaxed));
-    let _ = writeln!(out, "# HELP epigrid_registrations_refused_total Registrations refused for invalid input.");
+    let _ = writeln!(
+        out,
+        "epigrid_registrations_total {}",
+        m.registrations.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP epigrid_registrations_refused_total Registrations refused for invalid input."
+    );
     let _ = writeln!(out, "# TYPE epigrid_registrations_refused_total counter");
-    let _ = writeln!(out, "epigrid_registrations_refused_total {}", m.registrations_refused.load(Relaxed));
-    let _ = writeln!(out, "# HELP epigrid_unmask_total Audited reveals of masked personal data.");
+    let _ = writeln!(
+        out,
+        "epigrid_registrations_refused_total {}",
+        m.registrations_refused.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP epigrid_unmask_total Audited reveals of masked personal data."
+    );
     let _ = writeln!(out, "# TYPE epigrid_unmask_total counter");
     let _ = writeln!(out, "epigrid_unmask_total {}", m.unmasks.load(Relaxed));
-    let _ = writeln!(out, "# HELP epigrid_live_clients Open live-feed connections.");
+    let _ = writeln!(
+        out,
+        "# HELP epigrid_live_clients Open live-feed connections."
+    );
     let _ = writeln!(out, "# TYPE epigrid_live_clients gauge");
     let _ = writeln!(out, "epigrid_live_clients {}", m.live_clients.load(Relaxed));
-    let _ = writeln!(out, "# HELP epigrid_store_backend The storage backend in use.");
+    let _ = writeln!(
+        out,
+        "# HELP epigrid_store_backend The storage backend in use."
+    );
     let _ = writeln!(out, "# TYPE epigrid_store_backend gauge");
-    let _ = writeln!(out, "epigrid_store_backend{{backend=\"{}\"}} 1", st.store.backend());
+    let _ = writeln!(
+        out,
+        "epigrid_store_backend{{backend=\"{}\"}} 1",
+        st.store.backend()
+    );
     let routes: Vec<_> = m
         .routes
         .read()
@@ -116,7 +143,10 @@ pub async fn render(State(st): State<AppState>) -> impl IntoResponse {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let _ = writeln!(out, "# HELP epigrid_http_requests_total HTTP requests by route template and status class.");
+    let _ = writeln!(
+        out,
+        "# HELP epigrid_http_requests_total HTTP requests by route template and status class."
+    );
     let _ = writeln!(out, "# TYPE epigrid_http_requests_total counter");
     for ((route, method), s) in &routes {
         for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
@@ -129,8 +159,14 @@ pub async fn render(State(st): State<AppState>) -> impl IntoResponse {
             }
         }
     }
-    let _ = writeln!(out, "# HELP epigrid_http_request_duration_seconds Request latency by route template.");
-    let _ = writeln!(out, "# TYPE epigrid_http_request_duration_seconds histogram");
+    let _ = writeln!(
+        out,
+        "# HELP epigrid_http_request_duration_seconds Request latency by route template."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE epigrid_http_request_duration_seconds histogram"
+    );
     for ((route, method), s) in &routes {
         let mut cum = 0;
         for (i, b) in BUCKETS.iter().enumerate() {
@@ -156,7 +192,10 @@ pub async fn render(State(st): State<AppState>) -> impl IntoResponse {
         );
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         out,
     )
 }

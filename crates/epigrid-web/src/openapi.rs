@@ -4,7 +4,14 @@
 use axum::Json;
 use serde_json::{json, Value};
 
-fn op(summary: &str, tag: &str, auth: bool, params: Value, body: Option<Value>, ok: (&str, &str)) -> Value {
+fn op(
+    summary: &str,
+    tag: &str,
+    auth: bool,
+    params: Value,
+    body: Option<Value>,
+    ok: (&str, &str),
+) -> Value {
     let mut o = json!({
         "summary": summary,
         "tags": [tag],
@@ -22,7 +29,8 @@ fn op(summary: &str, tag: &str, auth: bool, params: Value, body: Option<Value>, 
         o["security"] = json!([]);
     }
     if let Some(b) = body {
-        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": b}}});
+        o["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": b}}});
     }
     o
 }

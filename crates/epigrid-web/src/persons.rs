@@ -15,7 +15,9 @@ use epigrid_core::area::Scope;
 use epigrid_core::i18n::Lang;
 use epigrid_core::model::{RegistrationFilter, Role};
 use epigrid_core::person::*;
-use epigrid_core::validate::{Document, DocType, FieldError, IdNumber, MobilePhone, Plate, Symptoms, Temperature};
+use epigrid_core::validate::{
+    DocType, Document, FieldError, IdNumber, MobilePhone, Plate, Symptoms, Temperature,
+};
 use epigrid_core::vault::{new_id, random_token, token_hash};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -40,7 +42,10 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/persons/{id}/lab-results", post(add_lab_result))
         .route("/api/v1/observations", get(line_list))
         .route("/api/v1/observations/export.csv", get(export_csv))
-        .route("/api/v1/observations/{id}", axum::routing::patch(update_observation))
+        .route(
+            "/api/v1/observations/{id}",
+            axum::routing::patch(update_observation),
+        )
         .route("/api/v1/review", get(review))
         .route("/api/v1/category-counts", get(category_counts))
         .route("/api/v1/reports/{token}", post(report_json))
@@ -63,19 +68,29 @@ pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> 
         return Err(err_field("q", "err.search.empty"));
     }
     if let Ok(id) = IdNumber::parse("q", q) {
-        let doc = Document::parse("q", DocType::CnId, id.as_str()).map_err(|e| ApiError::Invalid(vec![e]))?;
-        return Ok(PersonQuery::Document { index: st.vault.blind_index("doc:cn_id", doc.number()), doc_type: DocType::CnId });
+        let doc = Document::parse("q", DocType::CnId, id.as_str())
+            .map_err(|e| ApiError::Invalid(vec![e]))?;
+        return Ok(PersonQuery::Document {
+            index: st.vault.blind_index("doc:cn_id", doc.number()),
+            doc_type: DocType::CnId,
+        });
     }
     if let Ok(p) = MobilePhone::parse("q", q) {
-        return Ok(PersonQuery::Phone(st.vault.blind_index("phone", p.as_str())));
+        return Ok(PersonQuery::Phone(
+            st.vault.blind_index("phone", p.as_str()),
+        ));
     }
     if let Ok(p) = Plate::parse("q", q) {
         return Ok(PersonQuery::Plate(p.as_str().to_string()));
     }
-    let ascii_doc = q.chars().all(|c| c.is_ascii_alphanumeric()) && q.chars().any(|c| c.is_ascii_digit());
+    let ascii_doc =
+        q.chars().all(|c| c.is_ascii_alphanumeric()) && q.chars().any(|c| c.is_ascii_digit());
     if ascii_doc {
         if let Ok(d) = Document::parse("q", DocType::Passport, q) {
-            return Ok(PersonQuery::Document { index: st.vault.blind_index("doc:passport", d.number()), doc_type: DocType::Passport });
+            return Ok(PersonQuery::Document {
+                index: st.vault.blind_index("doc:passport", d.number()),
+                doc_type: DocType::Passport,
+            });
         }
     }
     if q.chars().any(|c| c.is_ascii_digit()) {
@@ -101,17 +116,26 @@ pub fn person_json(p: &Person) -> Value {
     })
 }
 
-async fn search(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+async fn search(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     staff.require(staff.role().sees_personal_data())?;
     let query = interpret_query(&st, q.get("q").map(String::as_str).unwrap_or(""))?;
     let people = st.store.search_persons(&staff.scope(), &query, 50).await?;
-    Ok(Json(json!({"items": people.iter().map(person_json).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"items": people.iter().map(person_json).collect::<Vec<_>>()}),
+    ))
 }
 
 async fn person_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Person> {
     staff.require(staff.role().sees_personal_data())?;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
-    st.store.person(id, &staff.scope()).await?.ok_or(ApiError::NotFound)
+    st.store
+        .person(id, &staff.scope())
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
 fn report_url(st: &AppState, headers: &HeaderMap, token: &str) -> String {
@@ -132,7 +156,11 @@ fn today(st: &AppState) -> NaiveDate {
     Utc::now().with_timezone(&st.cfg.tz).date_naive()
 }
 
-async fn person_detail(State(st): State<AppState>, staff: Staff, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn person_detail(
+    State(st): State<AppState>,
+    staff: Staff,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let p = person_in_scope(&st, &staff, &id).await?;
     let history = st.store.category_history(p.id).await?;
     let observations = st.store.observations_of(p.id).await?;
@@ -140,13 +168,23 @@ async fn person_detail(State(st): State<AppState>, staff: Staff, Path(id): Path<
     let labs = st.store.lab_results_of(p.id).await?;
     let regs = st
         .store
-        .registrations(&Scope::all(), &RegistrationFilter { person_id: Some(p.id), limit: 200, ..Default::default() })
+        .registrations(
+            &Scope::all(),
+            &RegistrationFilter {
+                person_id: Some(p.id),
+                limit: 200,
+                ..Default::default()
+            },
+        )
         .await?;
     let scope = staff.scope();
     let t = today(&st);
     let mut v = person_json(&p);
     v["category_history"] = json!(history);
-    v["observations"] = json!(observations.iter().map(|o| observation_json(o, t)).collect::<Vec<_>>());
+    v["observations"] = json!(observations
+        .iter()
+        .map(|o| observation_json(o, t))
+        .collect::<Vec<_>>());
     v["reports"] = json!(reports);
     v["lab_results"] = json!(labs);
     // The timeline shows where the person registered; places outside the caller's area are
@@ -162,8 +200,17 @@ async fn person_detail(State(st): State<AppState>, staff: Staff, Path(id): Path<
     Ok(Json(v))
 }
 
-pub(crate) async fn apply_category(st: &AppState, staff: &Staff, p: &Person, to_raw: &str, reason_raw: &str) -> ApiResult<Person> {
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager))?;
+pub(crate) async fn apply_category(
+    st: &AppState,
+    staff: &Staff,
+    p: &Person,
+    to_raw: &str,
+    reason_raw: &str,
+) -> ApiResult<Person> {
+    staff.require(matches!(
+        staff.role(),
+        Role::Admin | Role::Epidemiologist | Role::Manager
+    ))?;
     let mut errs = Vec::new();
     let to = Category::parse(to_raw.trim());
     if to.is_none() {
@@ -193,12 +240,27 @@ pub(crate) async fn apply_category(st: &AppState, staff: &Staff, p: &Person, to_
         return Err(ApiError::Conflict("err.category.changed_meanwhile"));
     }
     staff
-        .audit(st, "category.change", &format!("person:{}", p.id), &p.area_path, &format!("{} -> {}", p.category, to))
+        .audit(
+            st,
+            "category.change",
+            &format!("person:{}", p.id),
+            &p.area_path,
+            &format!("{} -> {}", p.category, to),
+        )
         .await;
-    st.store.person(p.id, &Scope::all()).await?.ok_or(ApiError::NotFound)
+    st.store
+        .person(p.id, &Scope::all())
+        .await?
+        .ok_or(ApiError::NotFound)
 }
 
-async fn change_category(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+async fn change_category(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let to = b.get("category").and_then(Value::as_str).unwrap_or("");
@@ -217,7 +279,12 @@ struct ObservationRequest {
     per_day: u8,
 }
 
-async fn parse_observation(st: &AppState, staff: &Staff, p: &Person, get: &(dyn Fn(&str) -> Option<String> + Sync)) -> ApiResult<ObservationRequest> {
+async fn parse_observation(
+    st: &AppState,
+    staff: &Staff,
+    p: &Person,
+    get: &(dyn Fn(&str) -> Option<String> + Sync),
+) -> ApiResult<ObservationRequest> {
     let mut errs = Vec::new();
     let kind = match get("kind").as_deref().map(str::trim) {
         None | Some("") => Some(ObservationKind::Home),
@@ -250,7 +317,11 @@ async fn parse_observation(st: &AppState, staff: &Staff, p: &Person, get: &(dyn 
         Some(d) => match d.parse::<i64>() {
             Ok(n) if (1..=90).contains(&n) => Some(n as u32),
             Ok(_) => {
-                errs.push(FieldError::new("days", "err.int.range").with("min", "1").with("max", "90"));
+                errs.push(
+                    FieldError::new("days", "err.int.range")
+                        .with("min", "1")
+                        .with("max", "90"),
+                );
                 None
             }
             Err(_) => {
@@ -263,11 +334,19 @@ async fn parse_observation(st: &AppState, staff: &Staff, p: &Person, get: &(dyn 
         None | Some("") | Some("1") => 1,
         Some("2") => 2,
         Some(_) => {
-            errs.push(FieldError::new("reports_per_day", "err.int.range").with("min", "1").with("max", "2"));
+            errs.push(
+                FieldError::new("reports_per_day", "err.int.range")
+                    .with("min", "1")
+                    .with("max", "2"),
+            );
             1
         }
     };
-    let site_id = match get("site_id").as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let site_id = match get("site_id")
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         None => None,
         Some(s) => match Uuid::parse_str(s).ok() {
             Some(id) if st.store.site(id, &staff.scope()).await?.is_some() => Some(id),
@@ -277,14 +356,23 @@ async fn parse_observation(st: &AppState, staff: &Staff, p: &Person, get: &(dyn 
             }
         },
     };
-    if kind == Some(ObservationKind::Central) && site_id.is_none() && !errs.iter().any(|e| e.field == "site_id") {
+    if kind == Some(ObservationKind::Central)
+        && site_id.is_none()
+        && !errs.iter().any(|e| e.field == "site_id")
+    {
         errs.push(FieldError::new("site_id", "err.observation.central_site"));
     }
-    let grid_worker = match get("grid_worker").as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let grid_worker = match get("grid_worker")
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         None => None,
         Some(s) => match Uuid::parse_str(s).ok() {
             Some(id) => match st.store.user(id).await? {
-                Some(u) if u.role == Role::GridWorker && p.area_path.starts_with(&u.area_path) => Some(id),
+                Some(u) if u.role == Role::GridWorker && p.area_path.starts_with(&u.area_path) => {
+                    Some(id)
+                }
                 _ => {
                     errs.push(FieldError::new("grid_worker", "err.grid_worker.not_here"));
                     None
@@ -297,15 +385,36 @@ async fn parse_observation(st: &AppState, staff: &Staff, p: &Person, get: &(dyn 
         },
     };
     match (kind, start, days) {
-        (Some(kind), Some(start), Some(days)) if errs.is_empty() => Ok(ObservationRequest { kind, start, days, site_id, grid_worker, per_day }),
+        (Some(kind), Some(start), Some(days)) if errs.is_empty() => Ok(ObservationRequest {
+            kind,
+            start,
+            days,
+            site_id,
+            grid_worker,
+            per_day,
+        }),
         _ => Err(ApiError::Invalid(errs)),
     }
 }
 
 /// Starts an observation; returns it with the personal report link (shown once).
-async fn open_observation(st: &AppState, staff: &Staff, p: &Person, req: ObservationRequest) -> ApiResult<(Observation, String)> {
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker))?;
-    if st.store.observations_of(p.id).await?.iter().any(|o| o.released_at.is_none() && o.planned_end >= today(st)) {
+async fn open_observation(
+    st: &AppState,
+    staff: &Staff,
+    p: &Person,
+    req: ObservationRequest,
+) -> ApiResult<(Observation, String)> {
+    staff.require(matches!(
+        staff.role(),
+        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
+    ))?;
+    if st
+        .store
+        .observations_of(p.id)
+        .await?
+        .iter()
+        .any(|o| o.released_at.is_none() && o.planned_end >= today(st))
+    {
         return Err(ApiError::Conflict("err.observation.already_open"));
     }
     let token = random_token(16);
@@ -327,19 +436,35 @@ async fn open_observation(st: &AppState, staff: &Staff, p: &Person, req: Observa
         created_by: Some(staff.user.id),
     };
     st.store.insert_observation(&o).await?;
-    staff.audit(st, "observation.start", &format!("person:{}", p.id), &p.area_path, &format!("{} {} days", o.kind, req.days)).await;
+    staff
+        .audit(
+            st,
+            "observation.start",
+            &format!("person:{}", p.id),
+            &p.area_path,
+            &format!("{} {} days", o.kind, req.days),
+        )
+        .await;
     Ok((o, token))
 }
 
-async fn start_observation(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+async fn start_observation(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Response> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     let p = person_in_scope(&st, &staff, &id).await?;
-    let get = |k: &str| b.get(k).and_then(|v| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    });
+    let get = |k: &str| {
+        b.get(k).and_then(|v| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        })
+    };
     let req = parse_observation(&st, &staff, &p, &get).await?;
     let (o, token) = open_observation(&st, &staff, &p, req).await?;
     let mut v = observation_json(&o, today(&st));
@@ -347,11 +472,24 @@ async fn start_observation(State(st): State<AppState>, staff: Staff, headers: He
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn update_observation(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Json<Value>> {
+async fn update_observation(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker))?;
+    staff.require(matches!(
+        staff.role(),
+        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
+    ))?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let mut o = st.store.observation(id, &staff.scope()).await?.ok_or(ApiError::NotFound)?;
+    let mut o = st
+        .store
+        .observation(id, &staff.scope())
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if o.released_at.is_some() {
         return Err(ApiError::Conflict("err.observation.released"));
     }
@@ -360,11 +498,19 @@ async fn update_observation(State(st): State<AppState>, staff: Staff, headers: H
     if let Some(v) = b.get("extend_days") {
         match v.as_i64().filter(|n| (1..=60).contains(n)) {
             Some(n) => o.planned_end += Duration::days(n),
-            None => errs.push(FieldError::new("extend_days", "err.int.range").with("min", "1").with("max", "60")),
+            None => errs.push(
+                FieldError::new("extend_days", "err.int.range")
+                    .with("min", "1")
+                    .with("max", "60"),
+            ),
         }
     }
     if let Some(v) = b.get("release_reason") {
-        match v.as_str().map(str::trim).filter(|s| !s.is_empty() && s.chars().count() <= 200) {
+        match v
+            .as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.chars().count() <= 200)
+        {
             Some(r) => {
                 let early = o.planned_end > today(&st);
                 if early && b.get("early_release").and_then(Value::as_bool) != Some(true) {
@@ -379,7 +525,10 @@ async fn update_observation(State(st): State<AppState>, staff: Staff, headers: H
                         .iter()
                         .any(|l| l.result == TestResult::Negative && l.sample_date >= o.start);
                     if !negative {
-                        errs.push(FieldError::new("early_release", "err.observation.needs_negative"));
+                        errs.push(FieldError::new(
+                            "early_release",
+                            "err.observation.needs_negative",
+                        ));
                     }
                 }
                 o.released_at = Some(Utc::now());
@@ -400,14 +549,26 @@ async fn update_observation(State(st): State<AppState>, staff: Staff, headers: H
     if let Some(v) = b.get("reports_per_day") {
         match v.as_u64() {
             Some(n @ 1..=2) => o.reports_per_day = n as u8,
-            _ => errs.push(FieldError::new("reports_per_day", "err.int.range").with("min", "1").with("max", "2")),
+            _ => errs.push(
+                FieldError::new("reports_per_day", "err.int.range")
+                    .with("min", "1")
+                    .with("max", "2"),
+            ),
         }
     }
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
     st.store.update_observation(&o).await?;
-    staff.audit(&st, "observation.update", &format!("observation:{}", o.id), &o.area_path, "").await;
+    staff
+        .audit(
+            &st,
+            "observation.update",
+            &format!("observation:{}", o.id),
+            &o.area_path,
+            "",
+        )
+        .await;
     let mut v = observation_json(&o, today(&st));
     if let Some(t) = new_link {
         v["report_url"] = json!(report_url(&st, &headers, &t));
@@ -416,9 +577,16 @@ async fn update_observation(State(st): State<AppState>, staff: Staff, headers: H
 }
 
 /// Validates a health report's fields.
-fn parse_report(get: &dyn Fn(&str) -> Option<String>, symptoms: &[String]) -> Result<(Option<i16>, u8, Option<String>), ApiError> {
+fn parse_report(
+    get: &dyn Fn(&str) -> Option<String>,
+    symptoms: &[String],
+) -> Result<(Option<i16>, u8, Option<String>), ApiError> {
     let mut errs = Vec::new();
-    let temperature = match get("temperature").as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let temperature = match get("temperature")
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         None => {
             errs.push(FieldError::new("temperature", "err.required"));
             None
@@ -438,7 +606,12 @@ fn parse_report(get: &dyn Fn(&str) -> Option<String>, symptoms: &[String]) -> Re
             0
         }
     };
-    let note = match epigrid_core::validate::validate_text("note", get("note").as_deref().unwrap_or(""), 300, false) {
+    let note = match epigrid_core::validate::validate_text(
+        "note",
+        get("note").as_deref().unwrap_or(""),
+        300,
+        false,
+    ) {
         Ok(n) => n,
         Err(e) => {
             errs.push(e);
@@ -453,7 +626,12 @@ fn parse_report(get: &dyn Fn(&str) -> Option<String>, symptoms: &[String]) -> Re
 }
 
 /// Stores a report for the current slot of an open observation.
-async fn file_report(st: &AppState, o: &Observation, fields: (Option<i16>, u8, Option<String>), by_user: Option<Uuid>) -> ApiResult<HealthReport> {
+async fn file_report(
+    st: &AppState,
+    o: &Observation,
+    fields: (Option<i16>, u8, Option<String>),
+    by_user: Option<Uuid>,
+) -> ApiResult<HealthReport> {
     let now = Utc::now();
     let t = today(st);
     if o.released_at.is_some() || t > o.planned_end {
@@ -476,13 +654,19 @@ async fn file_report(st: &AppState, o: &Observation, fields: (Option<i16>, u8, O
         by_user,
     };
     match st.store.insert_report(&r).await {
-        Err(epigrid_core::store::StoreError::Conflict(_)) => Err(ApiError::Conflict("err.report.slot_taken")),
+        Err(epigrid_core::store::StoreError::Conflict(_)) => {
+            Err(ApiError::Conflict("err.report.slot_taken"))
+        }
         other => other.map(|_| r).map_err(ApiError::from),
     }
 }
 
 async fn observation_for_token(st: &AppState, token: &str) -> ApiResult<Observation> {
-    let o = st.store.observation_by_token(&token_hash(token)).await?.ok_or(ApiError::NotFound)?;
+    let o = st
+        .store
+        .observation_by_token(&token_hash(token))
+        .await?
+        .ok_or(ApiError::NotFound)?;
     if o.token_revoked {
         return Err(ApiError::Gone("err.report.revoked"));
     }
@@ -502,7 +686,14 @@ fn json_get(b: &Value) -> impl Fn(&str) -> Option<String> + '_ {
 
 fn json_symptoms(b: &Value) -> Vec<String> {
     match b.get("symptoms") {
-        Some(Value::Array(a)) => a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
     }
@@ -515,7 +706,11 @@ fn report_json_value(r: &HealthReport) -> Value {
 }
 
 /// `POST /api/v1/reports/{token}`: the person's own report.
-async fn report_json(State(st): State<AppState>, Path(token): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+async fn report_json(
+    State(st): State<AppState>,
+    Path(token): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Response> {
     let o = observation_for_token(&st, &token).await?;
     let fields = parse_report(&json_get(&b), &json_symptoms(&b))?;
     let r = file_report(&st, &o, fields, None).await?;
@@ -523,9 +718,18 @@ async fn report_json(State(st): State<AppState>, Path(token): Path<String>, Json
 }
 
 /// A grid worker enters a report on the person's behalf (marked and audited).
-async fn report_on_behalf(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+async fn report_on_behalf(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Response> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker))?;
+    staff.require(matches!(
+        staff.role(),
+        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
+    ))?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let o = st
         .store
@@ -536,13 +740,30 @@ async fn report_on_behalf(State(st): State<AppState>, staff: Staff, headers: Hea
         .ok_or(ApiError::Conflict("err.report.no_observation"))?;
     let fields = parse_report(&json_get(&b), &json_symptoms(&b))?;
     let r = file_report(&st, &o, fields, Some(staff.user.id)).await?;
-    staff.audit(&st, "report.on_behalf", &format!("person:{}", p.id), &p.area_path, "").await;
+    staff
+        .audit(
+            &st,
+            "report.on_behalf",
+            &format!("person:{}", p.id),
+            &p.area_path,
+            "",
+        )
+        .await;
     Ok((StatusCode::CREATED, Json(report_json_value(&r))).into_response())
 }
 
-async fn add_lab_result(State(st): State<AppState>, staff: Staff, headers: HeaderMap, Path(id): Path<String>, JsonBody(b): JsonBody) -> ApiResult<Response> {
+async fn add_lab_result(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Response> {
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist | Role::Manager))?;
+    staff.require(matches!(
+        staff.role(),
+        Role::Admin | Role::Epidemiologist | Role::Manager
+    ))?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let get = json_get(&b);
     let mut errs = Vec::new();
@@ -589,10 +810,31 @@ async fn add_lab_result(State(st): State<AppState>, staff: Staff, headers: Heade
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let l = LabResult { id: new_id(), person_id: p.id, test, sample_date, result_date, result, entered_by: Some(staff.user.id), created_at: Utc::now() };
+    let l = LabResult {
+        id: new_id(),
+        person_id: p.id,
+        test,
+        sample_date,
+        result_date,
+        result,
+        entered_by: Some(staff.user.id),
+        created_at: Utc::now(),
+    };
     st.store.insert_lab_result(&l).await?;
-    staff.audit(&st, "lab.add", &format!("person:{}", p.id), &p.area_path, result.as_str()).await;
-    let review = result == TestResult::Positive && !matches!(p.category, Category::Confirmed | Category::Recovered | Category::Deceased);
+    staff
+        .audit(
+            &st,
+            "lab.add",
+            &format!("person:{}", p.id),
+            &p.area_path,
+            result.as_str(),
+        )
+        .await;
+    let review = result == TestResult::Positive
+        && !matches!(
+            p.category,
+            Category::Confirmed | Category::Recovered | Category::Deceased
+        );
     let mut v = json!(l);
     v["needs_review"] = json!(review);
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -601,7 +843,9 @@ async fn add_lab_result(State(st): State<AppState>, staff: Staff, headers: Heade
 async fn review(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
     staff.require(staff.role().sees_personal_data())?;
     let rows = st.store.review_list(&staff.scope()).await?;
-    Ok(Json(json!({"items": rows.iter().map(|(p, l)| json!({"person": person_json(p), "lab_result": l})).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"items": rows.iter().map(|(p, l)| json!({"person": person_json(p), "lab_result": l})).collect::<Vec<_>>()}),
+    ))
 }
 
 /// Counts of people per category in the scope, with small cells hidden for analysts.
@@ -612,7 +856,13 @@ async fn category_counts(State(st): State<AppState>, staff: Staff) -> ApiResult<
         *totals.entry(*c).or_default() += n;
     }
     let suppress = staff.role() == Role::Analyst;
-    let cell = |n: i64| if suppress && n > 0 && n < 5 { Value::Null } else { json!(n) };
+    let cell = |n: i64| {
+        if suppress && n > 0 && n < 5 {
+            Value::Null
+        } else {
+            json!(n)
+        }
+    };
     Ok(Json(json!({
         "totals": Category::FOUR.iter().map(|c| json!({"category": c, "count": cell(*totals.get(c).unwrap_or(&0))})).collect::<Vec<_>>(),
         "by_area": rows.iter().map(|(path, c, n)| json!({"area_code": epigrid_core::store::path_leaf(path), "category": c, "count": cell(*n)})).collect::<Vec<_>>(),
@@ -621,20 +871,33 @@ async fn category_counts(State(st): State<AppState>, staff: Staff) -> ApiResult<
 }
 
 /// Line lists: `?status=reported_today|not_reported|overdue|symptomatic|ending_soon|ended&grid_worker=ID`.
-async fn rows_for(st: &AppState, staff: &Staff, q: &HashMap<String, String>) -> ApiResult<Vec<(ObservationRow, Vec<LineStatus>)>> {
+async fn rows_for(
+    st: &AppState,
+    staff: &Staff,
+    q: &HashMap<String, String>,
+) -> ApiResult<Vec<(ObservationRow, Vec<LineStatus>)>> {
     staff.require(staff.role().sees_personal_data())?;
     let status = match q.get("status").map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => Some(LineStatus::parse(s).ok_or_else(|| err_field("status", "err.status.unknown"))?),
+        Some(s) => {
+            Some(LineStatus::parse(s).ok_or_else(|| err_field("status", "err.status.unknown"))?)
+        }
     };
-    let grid_worker = match q.get("grid_worker").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    let grid_worker = match q
+        .get("grid_worker")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
         None if staff.role() == Role::GridWorker && q.get("all").is_none() => Some(staff.user.id),
         None => None,
         Some(g) => Some(Uuid::parse_str(g).map_err(|_| err_field("grid_worker", "err.id.format"))?),
     };
     let now = Utc::now();
     let t = today(st);
-    let rows = st.store.observation_rows(&staff.scope(), t, t - Duration::days(7), grid_worker).await?;
+    let rows = st
+        .store
+        .observation_rows(&staff.scope(), t, t - Duration::days(7), grid_worker)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -659,21 +922,35 @@ fn line_json(r: &ObservationRow, s: &[LineStatus], today: NaiveDate) -> Value {
     })
 }
 
-async fn line_list(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
+async fn line_list(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     let rows = rows_for(&st, &staff, &q).await?;
     let t = today(&st);
-    Ok(Json(json!({"items": rows.iter().map(|(r, s)| line_json(r, s, t)).collect::<Vec<_>>()})))
+    Ok(Json(
+        json!({"items": rows.iter().map(|(r, s)| line_json(r, s, t)).collect::<Vec<_>>()}),
+    ))
 }
 
 /// A CSV cell: quoted, and neutralised if a spreadsheet would read it as a formula.
 fn csv_cell(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Line list as CSV (UTF-8 with BOM for Excel); `unmask=1` shows full names, documents and
 /// phones for roles that may (audited like every export).
-async fn export_csv(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Response> {
+async fn export_csv(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
     let rows = rows_for(&st, &staff, &q).await?;
     let unmask = q.get("unmask").is_some_and(|v| v == "1");
     if unmask {
@@ -682,20 +959,58 @@ async fn export_csv(State(st): State<AppState>, staff: Staff, Query(q): Query<Ha
     let lang = crate::error::current_lang();
     let t = |k: &str| epigrid_core::i18n::t(lang, k);
     let mut out = String::from("\u{feff}");
-    let header = [t("form.name"), t("form.id_number"), t("form.phone"), t("person.category"), t("obs.start"), t("obs.end"), t("obs.last_report"), t("form.temperature"), t("form.symptoms"), t("obs.status")];
-    out.push_str(&header.iter().map(|h| csv_cell(h)).collect::<Vec<_>>().join(","));
+    let header = [
+        t("form.name"),
+        t("form.id_number"),
+        t("form.phone"),
+        t("person.category"),
+        t("obs.start"),
+        t("obs.end"),
+        t("obs.last_report"),
+        t("form.temperature"),
+        t("form.symptoms"),
+        t("obs.status"),
+    ];
+    out.push_str(
+        &header
+            .iter()
+            .map(|h| csv_cell(h))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
     out.push_str("\r\n");
     for (r, s) in &rows {
         let (name, doc, phone) = if unmask {
-            let secrets = st.store.person_secrets(r.observation.person_id, &staff.scope()).await?;
+            let secrets = st
+                .store
+                .person_secrets(r.observation.person_id, &staff.scope())
+                .await?;
             let open = |col: &str, c: Option<&Vec<u8>>| {
-                c.and_then(|c| st.vault.open(&format!("persons.{col}:{}", r.observation.person_id), c).ok()).unwrap_or_default()
+                c.and_then(|c| {
+                    st.vault
+                        .open(&format!("persons.{col}:{}", r.observation.person_id), c)
+                        .ok()
+                })
+                .unwrap_or_default()
             };
             let s = secrets.as_ref();
-            (r.person_name.clone(), open("doc", s.and_then(|s| s.doc_cipher.as_ref())), open("phone", s.and_then(|s| s.phone_cipher.as_ref())))
+            (
+                r.person_name.clone(),
+                open("doc", s.and_then(|s| s.doc_cipher.as_ref())),
+                open("phone", s.and_then(|s| s.phone_cipher.as_ref())),
+            )
         } else {
-            let p = st.store.person(r.observation.person_id, &Scope::all()).await?;
-            (mask_name(&r.person_name), p.as_ref().and_then(|p| p.doc_masked.clone()).unwrap_or_default(), p.and_then(|p| p.phone_masked).unwrap_or_default())
+            let p = st
+                .store
+                .person(r.observation.person_id, &Scope::all())
+                .await?;
+            (
+                mask_name(&r.person_name),
+                p.as_ref()
+                    .and_then(|p| p.doc_masked.clone())
+                    .unwrap_or_default(),
+                p.and_then(|p| p.phone_masked).unwrap_or_default(),
+            )
         };
         let cells = [
             name,
@@ -704,21 +1019,51 @@ async fn export_csv(State(st): State<AppState>, staff: Staff, Query(q): Query<Ha
             t(r.category.label_key()).to_string(),
             r.observation.start.to_string(),
             r.observation.planned_end.to_string(),
-            r.last_report_at.map(|x| local(x, st.cfg.tz)).unwrap_or_default(),
-            r.last_temperature.map(|x| format!("{:.1}", f64::from(x) / 10.0)).unwrap_or_default(),
-            Symptoms::from_bits(r.last_symptoms).iter().map(|x| t(x.label_key())).collect::<Vec<_>>().join("、"),
-            s.iter().map(|x| t(&format!("status.{}", x.as_str()))).collect::<Vec<_>>().join(" "),
+            r.last_report_at
+                .map(|x| local(x, st.cfg.tz))
+                .unwrap_or_default(),
+            r.last_temperature
+                .map(|x| format!("{:.1}", f64::from(x) / 10.0))
+                .unwrap_or_default(),
+            Symptoms::from_bits(r.last_symptoms)
+                .iter()
+                .map(|x| t(x.label_key()))
+                .collect::<Vec<_>>()
+                .join("、"),
+            s.iter()
+                .map(|x| t(&format!("status.{}", x.as_str())))
+                .collect::<Vec<_>>()
+                .join(" "),
         ];
-        out.push_str(&cells.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str(
+            &cells
+                .iter()
+                .map(|c| csv_cell(c))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         out.push_str("\r\n");
     }
     staff
-        .audit(&st, "export", "observations", &staff.user.area_path, &format!("rows={} unmasked={unmask} status={}", rows.len(), q.get("status").cloned().unwrap_or_default()))
+        .audit(
+            &st,
+            "export",
+            "observations",
+            &staff.user.area_path,
+            &format!(
+                "rows={} unmasked={unmask} status={}",
+                rows.len(),
+                q.get("status").cloned().unwrap_or_default()
+            ),
+        )
         .await;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"observations.csv\"".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"observations.csv\"".to_string(),
+            ),
         ],
         out,
     )
@@ -744,14 +1089,33 @@ struct ReportPage {
     end: String,
 }
 
-fn report_page_html(lang: Lang, o: &Observation, name: &str, token: &str, errors: Vec<String>, values: &[(String, String)], state: (bool, bool, bool)) -> ReportPage {
-    let chosen: Vec<&str> = values.iter().filter(|(k, _)| k == "symptoms").map(|(_, v)| v.as_str()).collect();
-    let mut symptoms: Vec<(&'static str, &'static str, bool)> = epigrid_core::validate::Symptom::ALL
+fn report_page_html(
+    lang: Lang,
+    o: &Observation,
+    name: &str,
+    token: &str,
+    errors: Vec<String>,
+    values: &[(String, String)],
+    state: (bool, bool, bool),
+) -> ReportPage {
+    let chosen: Vec<&str> = values
         .iter()
-        .map(|s| (s.as_str(), s.label_key(), chosen.contains(&s.as_str())))
+        .filter(|(k, _)| k == "symptoms")
+        .map(|(_, v)| v.as_str())
         .collect();
+    let mut symptoms: Vec<(&'static str, &'static str, bool)> =
+        epigrid_core::validate::Symptom::ALL
+            .iter()
+            .map(|s| (s.as_str(), s.label_key(), chosen.contains(&s.as_str())))
+            .collect();
     symptoms.push(("none", "symptom.none", chosen.contains(&"none")));
-    let get = |k: &str| values.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |k: &str| {
+        values
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     ReportPage {
         tr: Tr(lang),
         action: format!("/r/{token}"),
@@ -774,39 +1138,130 @@ fn render<T: Template>(status: StatusCode, t: T) -> Response {
     }
 }
 
-async fn report_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path(token): Path<String>) -> Response {
+async fn report_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    Path(token): Path<String>,
+) -> Response {
     let o = match observation_for_token(&st, &token).await {
         Ok(o) => o,
-        Err(ApiError::Gone(_)) => return message(lang, StatusCode::GONE, "report.revoked.title", "report.revoked.text"),
-        Err(_) => return message(lang, StatusCode::NOT_FOUND, "report.unknown.title", "report.unknown.text"),
+        Err(ApiError::Gone(_)) => {
+            return message(
+                lang,
+                StatusCode::GONE,
+                "report.revoked.title",
+                "report.revoked.text",
+            )
+        }
+        Err(_) => {
+            return message(
+                lang,
+                StatusCode::NOT_FOUND,
+                "report.unknown.title",
+                "report.unknown.text",
+            )
+        }
     };
-    let name = st.store.person(o.person_id, &Scope::all()).await.ok().flatten().map(|p| p.name).unwrap_or_default();
+    let name = st
+        .store
+        .person(o.person_id, &Scope::all())
+        .await
+        .ok()
+        .flatten()
+        .map(|p| p.name)
+        .unwrap_or_default();
     let ended = o.released_at.is_some() || today(&st) > o.planned_end;
-    render(StatusCode::OK, report_page_html(lang, &o, &name, &token, vec![], &[], (false, ended, false)))
+    render(
+        StatusCode::OK,
+        report_page_html(lang, &o, &name, &token, vec![], &[], (false, ended, false)),
+    )
 }
 
-async fn report_form(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path(token): Path<String>, body: Bytes) -> Response {
+async fn report_form(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> Response {
     let o = match observation_for_token(&st, &token).await {
         Ok(o) => o,
-        Err(ApiError::Gone(_)) => return message(lang, StatusCode::GONE, "report.revoked.title", "report.revoked.text"),
-        Err(_) => return message(lang, StatusCode::NOT_FOUND, "report.unknown.title", "report.unknown.text"),
+        Err(ApiError::Gone(_)) => {
+            return message(
+                lang,
+                StatusCode::GONE,
+                "report.revoked.title",
+                "report.revoked.text",
+            )
+        }
+        Err(_) => {
+            return message(
+                lang,
+                StatusCode::NOT_FOUND,
+                "report.unknown.title",
+                "report.unknown.text",
+            )
+        }
     };
-    let name = st.store.person(o.person_id, &Scope::all()).await.ok().flatten().map(|p| p.name).unwrap_or_default();
+    let name = st
+        .store
+        .person(o.person_id, &Scope::all())
+        .await
+        .ok()
+        .flatten()
+        .map(|p| p.name)
+        .unwrap_or_default();
     let pairs = url_decode_pairs(&body);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let symptoms: Vec<String> = pairs.iter().filter(|(k, _)| k == "symptoms").map(|(_, v)| v.clone()).collect();
+    let symptoms: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "symptoms")
+        .map(|(_, v)| v.clone())
+        .collect();
     let result = match parse_report(&get, &symptoms) {
         Ok(fields) => file_report(&st, &o, fields, None).await.map(|_| ()),
         Err(e) => Err(e),
     };
     match result {
-        Ok(()) => render(StatusCode::OK, report_page_html(lang, &o, &name, &token, vec![], &[], (true, false, false))),
+        Ok(()) => render(
+            StatusCode::OK,
+            report_page_html(lang, &o, &name, &token, vec![], &[], (true, false, false)),
+        ),
         Err(ApiError::Invalid(errs)) => render(
             StatusCode::UNPROCESSABLE_ENTITY,
-            report_page_html(lang, &o, &name, &token, errs.iter().map(|e| e.message(lang)).collect(), &pairs, (false, false, false)),
+            report_page_html(
+                lang,
+                &o,
+                &name,
+                &token,
+                errs.iter().map(|e| e.message(lang)).collect(),
+                &pairs,
+                (false, false, false),
+            ),
         ),
-        Err(ApiError::Conflict("err.report.slot_taken")) => render(StatusCode::CONFLICT, report_page_html(lang, &o, &name, &token, vec![], &pairs, (false, false, true))),
-        Err(ApiError::Gone(_)) | Err(ApiError::Conflict(_)) => render(StatusCode::GONE, report_page_html(lang, &o, &name, &token, vec![], &pairs, (false, true, false))),
+        Err(ApiError::Conflict("err.report.slot_taken")) => render(
+            StatusCode::CONFLICT,
+            report_page_html(
+                lang,
+                &o,
+                &name,
+                &token,
+                vec![],
+                &pairs,
+                (false, false, true),
+            ),
+        ),
+        Err(ApiError::Gone(_)) | Err(ApiError::Conflict(_)) => render(
+            StatusCode::GONE,
+            report_page_html(
+                lang,
+                &o,
+                &name,
+                &token,
+                vec![],
+                &pairs,
+                (false, true, false),
+            ),
+        ),
         Err(e) => e.into_response(),
     }
 }
@@ -845,26 +1300,53 @@ struct PersonsPage {
     review: Vec<(PersonRow, String)>,
 }
 
-async fn persons_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn persons_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let s = match crate::staff::logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !s.role().sees_personal_data() {
-        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.forbidden");
+        return message(
+            lang,
+            StatusCode::FORBIDDEN,
+            "err.forbidden",
+            "err.forbidden",
+        );
     }
     let text = q.get("q").cloned().unwrap_or_default();
     let (rows, error) = if text.trim().is_empty() {
         (Vec::new(), String::new())
     } else {
         match interpret_query(&st, &text) {
-            Ok(query) => (st.store.search_persons(&s.scope(), &query, 50).await.unwrap_or_default().iter().map(person_row).collect(), String::new()),
-            Err(ApiError::Invalid(e)) => (Vec::new(), e.first().map(|e| e.message(lang)).unwrap_or_default()),
+            Ok(query) => (
+                st.store
+                    .search_persons(&s.scope(), &query, 50)
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .map(person_row)
+                    .collect(),
+                String::new(),
+            ),
+            Err(ApiError::Invalid(e)) => (
+                Vec::new(),
+                e.first().map(|e| e.message(lang)).unwrap_or_default(),
+            ),
             Err(_) => (Vec::new(), String::new()),
         }
     };
     let mut totals: HashMap<Category, i64> = HashMap::new();
-    for (_, c, n) in st.store.category_counts(&s.scope()).await.unwrap_or_default() {
+    for (_, c, n) in st
+        .store
+        .category_counts(&s.scope())
+        .await
+        .unwrap_or_default()
+    {
         *totals.entry(c).or_default() += n;
     }
     let review = st
@@ -882,7 +1364,10 @@ async fn persons_page(State(st): State<AppState>, Extension(lang): Extension<Lan
             q: text,
             rows,
             error,
-            counts: Category::FOUR.iter().map(|c| (*c, *totals.get(c).unwrap_or(&0))).collect(),
+            counts: Category::FOUR
+                .iter()
+                .map(|c| (*c, *totals.get(c).unwrap_or(&0)))
+                .collect(),
             review,
         },
     )
@@ -905,7 +1390,14 @@ struct PersonPage {
     can_classify: bool,
 }
 
-async fn person_view(st: &AppState, s: &Staff, lang: Lang, id: &str, error: String, link: String) -> Response {
+async fn person_view(
+    st: &AppState,
+    s: &Staff,
+    lang: Lang,
+    id: &str,
+    error: String,
+    link: String,
+) -> Response {
     let p = match person_in_scope(st, s, id).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -916,12 +1408,23 @@ async fn person_view(st: &AppState, s: &Staff, lang: Lang, id: &str, error: Stri
     let labs = st.store.lab_results_of(p.id).await.unwrap_or_default();
     let regs = st
         .store
-        .registrations(&s.scope(), &RegistrationFilter { person_id: Some(p.id), limit: 100, ..Default::default() })
+        .registrations(
+            &s.scope(),
+            &RegistrationFilter {
+                person_id: Some(p.id),
+                limit: 100,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_or_default();
     let tz = st.cfg.tz;
     render(
-        if error.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY },
+        if error.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        },
         PersonPage {
             c: crate::staff::chrome(st, s, lang).await,
             name: mask_name(&p.name),
@@ -932,15 +1435,28 @@ async fn person_view(st: &AppState, s: &Staff, lang: Lang, id: &str, error: Stri
                 .map(|r| {
                     (
                         local(r.at, tz),
-                        r.temperature.map(|t| format!("{:.1}", f64::from(t) / 10.0)).unwrap_or_default(),
-                        Symptoms::from_bits(r.symptoms).iter().map(|x| epigrid_core::i18n::t(lang, x.label_key())).collect::<Vec<_>>().join("、"),
+                        r.temperature
+                            .map(|t| format!("{:.1}", f64::from(t) / 10.0))
+                            .unwrap_or_default(),
+                        Symptoms::from_bits(r.symptoms)
+                            .iter()
+                            .map(|x| epigrid_core::i18n::t(lang, x.label_key()))
+                            .collect::<Vec<_>>()
+                            .join("、"),
                         r.by_user.is_some(),
                     )
                 })
                 .collect(),
             labs,
-            timeline: regs.iter().map(|r| crate::view::row_view(r, tz, lang)).collect(),
-            categories: Category::ALL.iter().copied().filter(|c| check_transition(p.category, *c).is_ok()).collect(),
+            timeline: regs
+                .iter()
+                .map(|r| crate::view::row_view(r, tz, lang))
+                .collect(),
+            categories: Category::ALL
+                .iter()
+                .copied()
+                .filter(|c| check_transition(p.category, *c).is_ok())
+                .collect(),
             error,
             link,
             can_classify: matches!(s.role(), Role::Admin | Role::Epidemiologist | Role::Manager),
@@ -949,27 +1465,48 @@ async fn person_view(st: &AppState, s: &Staff, lang: Lang, id: &str, error: Stri
     )
 }
 
-async fn person_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>) -> Response {
+async fn person_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+) -> Response {
     match crate::staff::logged_in(staff) {
         Ok(s) => person_view(&st, &s, lang, &id, String::new(), String::new()).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
 fn error_text(e: &ApiError, lang: Lang) -> String {
     match e {
-        ApiError::Invalid(errs) => errs.iter().map(|e| e.message(lang)).collect::<Vec<_>>().join(" "),
+        ApiError::Invalid(errs) => errs
+            .iter()
+            .map(|e| e.message(lang))
+            .collect::<Vec<_>>()
+            .join(" "),
         other => epigrid_core::i18n::t(lang, other.key()).to_string(),
     }
 }
 
-async fn person_page_category(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+async fn person_page_category(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let s = match crate::staff::logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let pairs = url_decode_pairs(&body);
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     if s.check_csrf(Some(&get("csrf"))).is_err() {
         return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
     }
@@ -983,10 +1520,17 @@ async fn person_page_category(State(st): State<AppState>, Extension(lang): Exten
     }
 }
 
-async fn person_page_observe(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Response {
+async fn person_page_observe(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let s = match crate::staff::logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let pairs = url_decode_pairs(&body);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -1002,7 +1546,17 @@ async fn person_page_observe(State(st): State<AppState>, Extension(lang): Extens
         Err(e) => Err(e),
     };
     match opened {
-        Ok((_, token)) => person_view(&st, &s, lang, &id, String::new(), report_url(&st, &headers, &token)).await,
+        Ok((_, token)) => {
+            person_view(
+                &st,
+                &s,
+                lang,
+                &id,
+                String::new(),
+                report_url(&st, &headers, &token),
+            )
+            .await
+        }
         Err(e) => person_view(&st, &s, lang, &id, error_text(&e, lang), String::new()).await,
     }
 }
@@ -1027,10 +1581,15 @@ struct ObservationsPage {
     counts: Vec<(LineStatus, usize)>,
 }
 
-async fn observations_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn observations_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let s = match crate::staff::logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut all_q = q.clone();
     all_q.remove("status");
@@ -1039,7 +1598,10 @@ async fn observations_page(State(st): State<AppState>, Extension(lang): Extensio
         Err(e) => return e.into_response(),
     };
     let status = q.get("status").and_then(|s| LineStatus::parse(s));
-    let counts = LineStatus::ALL.iter().map(|x| (*x, all.iter().filter(|(_, s)| s.contains(x)).count())).collect();
+    let counts = LineStatus::ALL
+        .iter()
+        .map(|x| (*x, all.iter().filter(|(_, s)| s.contains(x)).count()))
+        .collect();
     let rows = all
         .iter()
         .filter(|(_, s)| status.is_none_or(|x| s.contains(&x)))
@@ -1049,13 +1611,24 @@ async fn observations_page(State(st): State<AppState>, Extension(lang): Extensio
             category: r.category,
             start: r.observation.start.to_string(),
             end: r.observation.planned_end.to_string(),
-            last: r.last_report_at.map(|t| local(t, st.cfg.tz)).unwrap_or_default(),
-            temperature: r.last_temperature.map(|t| format!("{:.1}", f64::from(t) / 10.0)).unwrap_or_default(),
+            last: r
+                .last_report_at
+                .map(|t| local(t, st.cfg.tz))
+                .unwrap_or_default(),
+            temperature: r
+                .last_temperature
+                .map(|t| format!("{:.1}", f64::from(t) / 10.0))
+                .unwrap_or_default(),
             statuses: s.clone(),
         })
         .collect();
     render(
         StatusCode::OK,
-        ObservationsPage { c: crate::staff::chrome(&st, &s, lang).await, status: status.map(|s| s.as_str().to_string()).unwrap_or_default(), rows, counts },
+        ObservationsPage {
+            c: crate::staff::chrome(&st, &s, lang).await,
+            status: status.map(|s| s.as_str().to_string()).unwrap_or_default(),
+            rows,
+            counts,
+        },
     )
 }

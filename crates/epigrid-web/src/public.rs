@@ -143,8 +143,17 @@ pub struct MessagePage {
     pub text: &'static str,
 }
 
-pub fn message(lang: Lang, status: StatusCode, title: &'static str, text: &'static str) -> Response {
-    let page = MessagePage { tr: Tr(lang), title, text };
+pub fn message(
+    lang: Lang,
+    status: StatusCode,
+    title: &'static str,
+    text: &'static str,
+) -> Response {
+    let page = MessagePage {
+        tr: Tr(lang),
+        title,
+        text,
+    };
     (status, Html(page.render().unwrap_or_default())).into_response()
 }
 
@@ -162,8 +171,17 @@ fn tl(lang: Lang, k: &str) -> String {
 }
 
 /// The fields of a site's form, filled with `values` and `errors`.
-async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String, String)], errors: &[FieldError]) -> Vec<Field> {
-    let yes_no = vec![("false".to_string(), tl(lang, "form.no")), ("true".to_string(), tl(lang, "form.yes"))];
+async fn build_fields(
+    st: &AppState,
+    site: &Site,
+    lang: Lang,
+    values: &[(String, String)],
+    errors: &[FieldError],
+) -> Vec<Field> {
+    let yes_no = vec![
+        ("false".to_string(), tl(lang, "form.no")),
+        ("true".to_string(), tl(lang, "form.yes")),
+    ];
     let doc_types: Vec<(String, String)> = DocType::ALL
         .iter()
         .map(|d| (d.as_str().to_string(), tl(lang, d.label_key())))
@@ -174,9 +192,10 @@ async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String,
         .collect();
     symptom_opts.push(("none".into(), tl(lang, "symptom.none")));
 
-    let mut f = vec![
-        Field::new("name", "form.name", "text").req().attrs("autocomplete=\"name\" maxlength=\"40\"").section("form.section.identity"),
-    ];
+    let mut f = vec![Field::new("name", "form.name", "text")
+        .req()
+        .attrs("autocomplete=\"name\" maxlength=\"40\"")
+        .section("form.section.identity")];
     let doc_required = site.kind != SiteKind::Gate;
     f.push(Field::new("id_type", "form.id_type", "select").options(doc_types));
     let mut idn = Field::new("id_number", "form.id_number", "text")
@@ -184,30 +203,70 @@ async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String,
         .hint(if doc_required { "form.id_number.hint" } else { "form.id_number.optional" });
     idn.required = doc_required;
     f.push(idn);
-    f.push(Field::new("phone", "form.phone", "tel").req().attrs("autocomplete=\"tel\" inputmode=\"tel\" maxlength=\"20\""));
+    f.push(
+        Field::new("phone", "form.phone", "tel")
+            .req()
+            .attrs("autocomplete=\"tel\" inputmode=\"tel\" maxlength=\"20\""),
+    );
 
     match site.kind {
         SiteKind::Checkpoint => {
-            f.push(Field::new("plate", "form.plate", "text").attrs("autocapitalize=\"characters\" maxlength=\"12\"").hint("form.plate.hint").section("form.section.trip"));
-            f.push(Field::new("companions", "form.companions", "number").attrs("inputmode=\"numeric\" min=\"0\" max=\"60\"").hint("form.companions.hint"));
+            f.push(
+                Field::new("plate", "form.plate", "text")
+                    .attrs("autocapitalize=\"characters\" maxlength=\"12\"")
+                    .hint("form.plate.hint")
+                    .section("form.section.trip"),
+            );
+            f.push(
+                Field::new("companions", "form.companions", "number")
+                    .attrs("inputmode=\"numeric\" min=\"0\" max=\"60\"")
+                    .hint("form.companions.hint"),
+            );
             for i in 1..=3 {
-                let mut n = Field::new(["companion_name_1", "companion_name_2", "companion_name_3"][i - 1], "form.companion_name", "text").attrs("maxlength=\"40\"");
+                let mut n = Field::new(
+                    ["companion_name_1", "companion_name_2", "companion_name_3"][i - 1],
+                    "form.companion_name",
+                    "text",
+                )
+                .attrs("maxlength=\"40\"");
                 n.hint = "";
                 f.push(n);
-                f.push(Field::new(["companion_id_1", "companion_id_2", "companion_id_3"][i - 1], "form.companion_id", "text").attrs("autocomplete=\"off\" maxlength=\"30\""));
+                f.push(
+                    Field::new(
+                        ["companion_id_1", "companion_id_2", "companion_id_3"][i - 1],
+                        "form.companion_id",
+                        "text",
+                    )
+                    .attrs("autocomplete=\"off\" maxlength=\"30\""),
+                );
             }
             f.push(
                 Field::new("origin_province", "form.origin", "select")
                     .req()
                     .options(
                         std::iter::once((String::new(), tl(lang, "form.choose")))
-                            .chain(divisions::provinces().iter().map(|p| (p.code.to_string(), p.name.to_string())))
+                            .chain(
+                                divisions::provinces()
+                                    .iter()
+                                    .map(|p| (p.code.to_string(), p.name.to_string())),
+                            )
                             .collect(),
                     ),
             );
-            f.push(Field::new("origin_text", "form.origin_place", "text").attrs("maxlength=\"30\"").hint("form.origin_place.hint"));
-            f.push(Field::new("destination", "form.destination", "text").req().attrs("maxlength=\"100\""));
-            f.push(Field::new("high_risk_travel", "form.high_risk_travel", "radio").options(yes_no.clone()));
+            f.push(
+                Field::new("origin_text", "form.origin_place", "text")
+                    .attrs("maxlength=\"30\"")
+                    .hint("form.origin_place.hint"),
+            );
+            f.push(
+                Field::new("destination", "form.destination", "text")
+                    .req()
+                    .attrs("maxlength=\"100\""),
+            );
+            f.push(
+                Field::new("high_risk_travel", "form.high_risk_travel", "radio")
+                    .options(yes_no.clone()),
+            );
         }
         SiteKind::Gate => {
             f.push(
@@ -215,7 +274,10 @@ async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String,
                     .req()
                     .options(vec![
                         (Direction::In.as_str().into(), tl(lang, "form.direction.in")),
-                        (Direction::Out.as_str().into(), tl(lang, "form.direction.out")),
+                        (
+                            Direction::Out.as_str().into(),
+                            tl(lang, "form.direction.out"),
+                        ),
                     ])
                     .section("form.section.visit"),
             );
@@ -223,47 +285,107 @@ async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String,
                 ("false".into(), tl(lang, "form.visitor.resident")),
                 ("true".into(), tl(lang, "form.visitor.visitor")),
             ]));
-            let units = st.store.areas_in(&epigrid_core::area::Scope::new(site.area_path.clone()), 6).await.unwrap_or_default();
-            let opts: Vec<(String, String)> = std::iter::once((String::new(), tl(lang, "form.choose")))
-                .chain(units.iter().filter(|a| a.level >= 5).take(400).map(|a| {
-                    let label = if a.level == 6 {
-                        let parent = units.iter().find(|p| Some(&p.code) == a.parent_code.as_ref()).map(|p| p.name.as_str()).unwrap_or("");
-                        format!("{parent} {}", a.name)
-                    } else {
-                        a.name.clone()
-                    };
-                    (a.code.clone(), label)
-                }))
-                .collect();
+            let units = st
+                .store
+                .areas_in(&epigrid_core::area::Scope::new(site.area_path.clone()), 6)
+                .await
+                .unwrap_or_default();
+            let opts: Vec<(String, String)> =
+                std::iter::once((String::new(), tl(lang, "form.choose")))
+                    .chain(units.iter().filter(|a| a.level >= 5).take(400).map(|a| {
+                        let label = if a.level == 6 {
+                            let parent = units
+                                .iter()
+                                .find(|p| Some(&p.code) == a.parent_code.as_ref())
+                                .map(|p| p.name.as_str())
+                                .unwrap_or("");
+                            format!("{parent} {}", a.name)
+                        } else {
+                            a.name.clone()
+                        };
+                        (a.code.clone(), label)
+                    }))
+                    .collect();
             f.push(Field::new("unit_code", "form.unit", "select").options(opts));
-            f.push(Field::new("visit_reason", "form.visit_reason", "text").attrs("maxlength=\"100\"").hint("form.visit_reason.hint"));
+            f.push(
+                Field::new("visit_reason", "form.visit_reason", "text")
+                    .attrs("maxlength=\"100\"")
+                    .hint("form.visit_reason.hint"),
+            );
         }
         SiteKind::Arrival => {
-            f.push(Field::new("arrival_date", "form.arrival_date", "date").req().section("form.section.arrival"));
+            f.push(
+                Field::new("arrival_date", "form.arrival_date", "date")
+                    .req()
+                    .section("form.section.arrival"),
+            );
             f.push(
                 Field::new("origin_province", "form.origin", "select")
                     .req()
                     .options(
                         std::iter::once((String::new(), tl(lang, "form.choose")))
-                            .chain(divisions::provinces().iter().map(|p| (p.code.to_string(), p.name.to_string())))
+                            .chain(
+                                divisions::provinces()
+                                    .iter()
+                                    .map(|p| (p.code.to_string(), p.name.to_string())),
+                            )
                             .collect(),
                     ),
             );
-            f.push(Field::new("origin_text", "form.origin_place", "text").attrs("maxlength=\"30\"").hint("form.origin_place.hint"));
+            f.push(
+                Field::new("origin_text", "form.origin_place", "text")
+                    .attrs("maxlength=\"30\"")
+                    .hint("form.origin_place.hint"),
+            );
             let scope_root = site.area_path.clone();
-            let areas = st.store.areas_in(&epigrid_core::area::Scope::new(scope_root), 4).await.unwrap_or_default();
+            let areas = st
+                .store
+                .areas_in(&epigrid_core::area::Scope::new(scope_root), 4)
+                .await
+                .unwrap_or_default();
             let opts = std::iter::once((String::new(), tl(lang, "form.choose")))
-                .chain(areas.iter().filter(|a| a.level >= 3).take(400).map(|a| (a.code.clone(), a.name.clone())))
+                .chain(
+                    areas
+                        .iter()
+                        .filter(|a| a.level >= 3)
+                        .take(400)
+                        .map(|a| (a.code.clone(), a.name.clone())),
+                )
                 .collect();
-            f.push(Field::new("residence_code", "form.residence", "select").req().options(opts));
-            f.push(Field::new("address", "form.address", "text").req().attrs("maxlength=\"200\" autocomplete=\"street-address\""));
-            f.push(Field::new("employer", "form.employer", "text").attrs("maxlength=\"100\" autocomplete=\"organization\""));
-            f.push(Field::new("stay_days", "form.stay_days", "number").attrs("inputmode=\"numeric\" min=\"1\" max=\"3650\""));
-            f.push(Field::new("purpose", "form.purpose", "text").attrs("maxlength=\"100\"").hint("form.purpose.hint"));
-            f.push(Field::new("high_risk_travel", "form.high_risk_travel", "radio").options(yes_no.clone()));
+            f.push(
+                Field::new("residence_code", "form.residence", "select")
+                    .req()
+                    .options(opts),
+            );
+            f.push(
+                Field::new("address", "form.address", "text")
+                    .req()
+                    .attrs("maxlength=\"200\" autocomplete=\"street-address\""),
+            );
+            f.push(
+                Field::new("employer", "form.employer", "text")
+                    .attrs("maxlength=\"100\" autocomplete=\"organization\""),
+            );
+            f.push(
+                Field::new("stay_days", "form.stay_days", "number")
+                    .attrs("inputmode=\"numeric\" min=\"1\" max=\"3650\""),
+            );
+            f.push(
+                Field::new("purpose", "form.purpose", "text")
+                    .attrs("maxlength=\"100\"")
+                    .hint("form.purpose.hint"),
+            );
+            f.push(
+                Field::new("high_risk_travel", "form.high_risk_travel", "radio")
+                    .options(yes_no.clone()),
+            );
         }
         SiteKind::Venue => {
-            f.push(Field::new("high_risk_travel", "form.high_risk_travel", "radio").options(yes_no.clone()).section("form.section.trip"));
+            f.push(
+                Field::new("high_risk_travel", "form.high_risk_travel", "radio")
+                    .options(yes_no.clone())
+                    .section("form.section.trip"),
+            );
         }
     }
     let mut temp = Field::new("temperature", "form.temperature", "number")
@@ -276,7 +398,10 @@ async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String,
 
     // Fill values and errors.
     for field in &mut f {
-        let mut vals = values.iter().filter(|(k, _)| k == field.name).map(|(_, v)| v.as_str());
+        let mut vals = values
+            .iter()
+            .filter(|(k, _)| k == field.name)
+            .map(|(_, v)| v.as_str());
         match field.kind {
             "checks" => {
                 let chosen: Vec<&str> = vals.collect();
@@ -308,7 +433,10 @@ async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String,
             "origin_province" | "origin_text" => "origin",
             n => n,
         };
-        if let Some(e) = errors.iter().find(|e| e.field == target || e.field == field.name) {
+        if let Some(e) = errors
+            .iter()
+            .find(|e| e.field == target || e.field == field.name)
+        {
             if field.name != "origin_text" {
                 field.error = e.message(lang);
             }
@@ -333,7 +461,10 @@ async fn build_fields(st: &AppState, site: &Site, lang: Lang, values: &[(String,
 
 fn with_lang_cookie(mut res: Response, q: &HashMap<String, String>) -> Response {
     if let Some(l) = q.get("lang").and_then(|l| Lang::from_tag(l)) {
-        if let Ok(v) = header::HeaderValue::from_str(&format!("lang={}; Path=/; Max-Age=31536000; SameSite=Lax", l.code())) {
+        if let Ok(v) = header::HeaderValue::from_str(&format!(
+            "lang={}; Path=/; Max-Age=31536000; SameSite=Lax",
+            l.code()
+        )) {
             res.headers_mut().append(header::SET_COOKIE, v);
         }
     }
@@ -341,7 +472,14 @@ fn with_lang_cookie(mut res: Response, q: &HashMap<String, String>) -> Response 
 }
 
 /// Renders a site's form; `staff` (when given) turns it into a staff entry on someone's behalf.
-async fn render_form(st: &AppState, site: &Site, lang: Lang, staff: Option<&Staff>, values: &[(String, String)], errors: &[FieldError]) -> Response {
+async fn render_form(
+    st: &AppState,
+    site: &Site,
+    lang: Lang,
+    staff: Option<&Staff>,
+    values: &[(String, String)],
+    errors: &[FieldError],
+) -> Response {
     let fields = build_fields(st, site, lang, values, errors).await;
     let page = FormPage {
         tr: Tr(lang),
@@ -354,7 +492,11 @@ async fn render_form(st: &AppState, site: &Site, lang: Lang, staff: Option<&Staf
         csrf: staff.map(|s| s.session.csrf.clone()).unwrap_or_default(),
         origin_picker: matches!(site.kind, SiteKind::Checkpoint | SiteKind::Arrival),
     };
-    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     match page.render() {
         Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
         Err(e) => ApiError::Internal(e.to_string()).into_response(),
@@ -370,11 +512,23 @@ async fn form(
 ) -> Response {
     let site = match st.site_by_token(&token).await {
         Ok(Some(s)) => s,
-        Ok(None) => return message(lang, StatusCode::NOT_FOUND, "public.unknown_site.title", "public.unknown_site.text"),
+        Ok(None) => {
+            return message(
+                lang,
+                StatusCode::NOT_FOUND,
+                "public.unknown_site.title",
+                "public.unknown_site.text",
+            )
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
     if !site.active {
-        return message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text");
+        return message(
+            lang,
+            StatusCode::GONE,
+            "public.inactive.title",
+            "public.inactive.text",
+        );
     }
     let staff_mode = q.get("staff").is_some_and(|v| v == "1");
     let acting = staff.0.as_ref().filter(|s| staff_mode && s.by_cookie);
@@ -384,7 +538,12 @@ async fn form(
 
 /// Resolves the no-JavaScript origin fields (a province plus a typed place name) to a code.
 fn resolve_origin(pairs: &mut Vec<(String, String)>) -> Option<FieldError> {
-    let get = |k: &str| pairs.iter().find(|(n, v)| n == k && !v.trim().is_empty()).map(|(_, v)| v.trim().to_string());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, v)| n == k && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string())
+    };
     if get("origin").is_some() {
         return None;
     }
@@ -392,7 +551,9 @@ fn resolve_origin(pairs: &mut Vec<(String, String)>) -> Option<FieldError> {
     let code = match get("origin_text") {
         None => Some(province.clone()),
         Some(text) => {
-            let text = text.trim_end_matches(['市', '县', '区', '旗', '盟']).to_string();
+            let text = text
+                .trim_end_matches(['市', '县', '区', '旗', '盟'])
+                .to_string();
             let mut hits: Vec<&divisions::Division> = Vec::new();
             for city in divisions::children(&province) {
                 if city.display_name().contains(&text) {
@@ -408,7 +569,10 @@ fn resolve_origin(pairs: &mut Vec<(String, String)>) -> Option<FieldError> {
                 [one] => Some(one.code.to_string()),
                 [] => return Some(FieldError::new("origin", "err.origin.not_found")),
                 many => {
-                    let strip = |n: &str| n.trim_end_matches(['市', '县', '区', '旗', '盟']).to_string();
+                    let strip = |n: &str| {
+                        n.trim_end_matches(['市', '县', '区', '旗', '盟'])
+                            .to_string()
+                    };
                     match many.iter().find(|d| strip(d.display_name()) == text) {
                         Some(d) => Some(d.code.to_string()),
                         None => return Some(FieldError::new("origin", "err.origin.ambiguous")),
@@ -432,18 +596,37 @@ async fn form_submit(
 ) -> Response {
     let site = match st.site_by_token(&token).await {
         Ok(Some(s)) => s,
-        Ok(None) => return message(lang, StatusCode::NOT_FOUND, "public.unknown_site.title", "public.unknown_site.text"),
+        Ok(None) => {
+            return message(
+                lang,
+                StatusCode::NOT_FOUND,
+                "public.unknown_site.title",
+                "public.unknown_site.text",
+            )
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
     if !site.active {
-        return message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text");
+        return message(
+            lang,
+            StatusCode::GONE,
+            "public.inactive.title",
+            "public.inactive.text",
+        );
     }
     let mut pairs: Vec<(String, String)> = form_pairs(&body);
     // Staff entering for someone else must prove the form came from their session.
     let staff_entry = pairs.iter().any(|(k, v)| k == "staff_entry" && v == "1");
-    let acting = if staff_entry { staff.0.as_ref().filter(|s| s.by_cookie) } else { None };
+    let acting = if staff_entry {
+        staff.0.as_ref().filter(|s| s.by_cookie)
+    } else {
+        None
+    };
     if let Some(s) = acting {
-        let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
+        let csrf = pairs
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.as_str());
         if s.check_csrf(csrf).is_err() {
             return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
         }
@@ -454,12 +637,18 @@ async fn form_submit(
         // Report the origin together with every other bad field, and store nothing.
         let ctx = epigrid_core::register::Context {
             site: &site,
-            channel: if acting.is_some() { Channel::Staff } else { Channel::SelfService },
+            channel: if acting.is_some() {
+                Channel::Staff
+            } else {
+                Channel::SelfService
+            },
             by_user: acting.map(|s| s.user.id),
             now: Utc::now(),
             tz: st.cfg.tz,
         };
-        let mut errs = epigrid_core::register::validate(&input, &ctx).err().unwrap_or_default();
+        let mut errs = epigrid_core::register::validate(&input, &ctx)
+            .err()
+            .unwrap_or_default();
         errs.retain(|x| x.field != "origin");
         errs.push(oe);
         return render_form(&st, &site, lang, acting, &pairs, &errs).await;
@@ -467,8 +656,18 @@ async fn form_submit(
     match submit(&st, &site, &input, acting).await {
         Ok(reg) => Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response(),
         Err(ApiError::Invalid(errs)) => render_form(&st, &site, lang, acting, &pairs, &errs).await,
-        Err(ApiError::Gone(_)) => message(lang, StatusCode::GONE, "public.inactive.title", "public.inactive.text"),
-        Err(ApiError::Forbidden) => message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.forbidden"),
+        Err(ApiError::Gone(_)) => message(
+            lang,
+            StatusCode::GONE,
+            "public.inactive.title",
+            "public.inactive.text",
+        ),
+        Err(ApiError::Forbidden) => message(
+            lang,
+            StatusCode::FORBIDDEN,
+            "err.forbidden",
+            "err.forbidden",
+        ),
         Err(e) => e.into_response(),
     }
 }
@@ -486,7 +685,9 @@ pub fn url_decode_pairs(body: &[u8]) -> Vec<(String, String)> {
             match s[i] {
                 b'+' => out.push(b' '),
                 b'%' if i + 2 < s.len() => {
-                    let h = std::str::from_utf8(&s[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                    let h = std::str::from_utf8(&s[i + 1..i + 3])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
                     match h {
                         Some(b) => {
                             out.push(b);
@@ -512,8 +713,17 @@ pub fn url_decode_pairs(body: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn load_reg(st: &AppState, token: &str, id: &str) -> Result<(Site, Registration), StatusCode> {
-    let site = st.site_by_token(token).await.ok().flatten().ok_or(StatusCode::NOT_FOUND)?;
+async fn load_reg(
+    st: &AppState,
+    token: &str,
+    id: &str,
+) -> Result<(Site, Registration), StatusCode> {
+    let site = st
+        .site_by_token(token)
+        .await
+        .ok()
+        .flatten()
+        .ok_or(StatusCode::NOT_FOUND)?;
     let id = Uuid::parse_str(id).map_err(|_| StatusCode::NOT_FOUND)?;
     let reg = st
         .store
@@ -526,16 +736,33 @@ async fn load_reg(st: &AppState, token: &str, id: &str) -> Result<(Site, Registr
     Ok((site, reg))
 }
 
-async fn confirmation(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path((token, id)): Path<(String, String)>) -> Response {
+async fn confirmation(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    Path((token, id)): Path<(String, String)>,
+) -> Response {
     let (site, reg) = match load_reg(&st, &token, &id).await {
         Ok(x) => x,
-        Err(code) => return message(lang, code, "public.unknown_site.title", "public.unknown_site.text"),
+        Err(code) => {
+            return message(
+                lang,
+                code,
+                "public.unknown_site.title",
+                "public.unknown_site.text",
+            )
+        }
     };
     // The confirmation is for showing at the gate right away, not a lasting pass.
     if Utc::now() - reg.at > chrono::Duration::hours(12) {
-        return message(lang, StatusCode::GONE, "public.expired.title", "public.expired.text");
+        return message(
+            lang,
+            StatusCode::GONE,
+            "public.expired.title",
+            "public.expired.text",
+        );
     }
-    let fever = epigrid_core::store::is_fever(&reg.fields) || Symptoms::from_bits(reg.fields.symptoms).contains(Symptom::Fever);
+    let fever = epigrid_core::store::is_fever(&reg.fields)
+        || Symptoms::from_bits(reg.fields.symptoms).contains(Symptom::Fever);
     let page = ConfirmPage {
         tr: Tr(lang),
         site: &site,
@@ -543,7 +770,11 @@ async fn confirmation(State(st): State<AppState>, Extension(lang): Extension<Lan
         name: mask_name(&reg.name),
         time: local(reg.at, st.cfg.tz),
         at_ms: reg.at.timestamp_millis(),
-        temperature: reg.fields.temperature.map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)).unwrap_or_default(),
+        temperature: reg
+            .fields
+            .temperature
+            .map(|t| format!("{:.1} ℃", f64::from(t) / 10.0))
+            .unwrap_or_default(),
         fever,
         direction: match reg.fields.direction {
             Some(Direction::In) => "form.direction.in",
@@ -560,10 +791,21 @@ async fn confirmation(State(st): State<AppState>, Extension(lang): Extension<Lan
     }
 }
 
-async fn check_out(State(st): State<AppState>, Extension(lang): Extension<Lang>, Path((token, id)): Path<(String, String)>) -> Response {
+async fn check_out(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    Path((token, id)): Path<(String, String)>,
+) -> Response {
     let (site, reg) = match load_reg(&st, &token, &id).await {
         Ok(x) => x,
-        Err(code) => return message(lang, code, "public.unknown_site.title", "public.unknown_site.text"),
+        Err(code) => {
+            return message(
+                lang,
+                code,
+                "public.unknown_site.title",
+                "public.unknown_site.text",
+            )
+        }
     };
     if site.kind == SiteKind::Venue {
         if let Err(e) = st.store.check_out(reg.id, site.id, Utc::now()).await {

@@ -38,7 +38,9 @@ pub fn png(data: &str, scale: u32) -> Result<Vec<u8>, String> {
         enc.set_color(png::ColorType::Grayscale);
         enc.set_depth(png::BitDepth::Eight);
         let mut writer = enc.write_header().map_err(|e| e.to_string())?;
-        writer.write_image_data(&pixels).map_err(|e| e.to_string())?;
+        writer
+            .write_image_data(&pixels)
+            .map_err(|e| e.to_string())?;
     }
     Ok(out)
 }
@@ -47,7 +49,11 @@ pub fn png(data: &str, scale: u32) -> Result<Vec<u8>, String> {
 mod tests {
     #[test]
     fn png_is_a_png_of_the_right_size() {
-        let p = super::png("http://127.0.0.1:8080/s/0123456789abcdef0123456789abcdef", 8).unwrap();
+        let p = super::png(
+            "http://127.0.0.1:8080/s/0123456789abcdef0123456789abcdef",
+            8,
+        )
+        .unwrap();
         assert_eq!(&p[..8], b"\x89PNG\r\n\x1a\n");
         let svg = super::svg("http://x/s/abc", 256).unwrap();
         assert!(svg.starts_with("<?xml") && svg.contains("<svg"));

@@ -46,7 +46,14 @@ const STAFF_CSS: &str = include_str!("../assets/staff.css");
 
 pub async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
-        "staff.css" => ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], STAFF_CSS).into_response(),
+        "staff.css" => (
+            [
+                (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+                (header::CACHE_CONTROL, "public, max-age=3600"),
+            ],
+            STAFF_CSS,
+        )
+            .into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -79,10 +86,10 @@ pub(crate) async fn chrome(st: &AppState, s: &Staff, lang: Lang) -> Chrome {
 }
 
 /// Staff pages need a browser session; anything else goes to the login page.
-pub(crate) fn logged_in(s: MaybeStaff) -> Result<Staff, Response> {
+pub(crate) fn logged_in(s: MaybeStaff) -> Result<Staff, Box<Response>> {
     match s.0 {
         Some(s) if s.by_cookie => Ok(s),
-        _ => Err(Redirect::to("/login").into_response()),
+        _ => Err(Box::new(Redirect::to("/login").into_response())),
     }
 }
 
@@ -94,7 +101,12 @@ fn page<T: Template>(t: T) -> Response {
 }
 
 fn forbidden(lang: Lang) -> Response {
-    crate::public::message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.forbidden")
+    crate::public::message(
+        lang,
+        StatusCode::FORBIDDEN,
+        "err.forbidden",
+        "err.forbidden",
+    )
 }
 
 #[derive(Template)]
@@ -106,12 +118,27 @@ struct LoginPage {
 }
 
 async fn login_page(Extension(lang): Extension<Lang>) -> Response {
-    page(LoginPage { tr: Tr(lang), error: "", username: String::new() })
+    page(LoginPage {
+        tr: Tr(lang),
+        error: "",
+        username: String::new(),
+    })
 }
 
-async fn login_submit(State(st): State<AppState>, Extension(lang): Extension<Lang>, headers: HeaderMap, body: Bytes) -> Response {
+async fn login_submit(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let pairs = url_decode_pairs(&body);
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let (username, password) = (get("username"), get("password"));
     let ip = auth::client_ip(&headers, None);
     match auth::login(&st, &username, &password, false, &ip).await {
@@ -124,7 +151,11 @@ async fn login_submit(State(st): State<AppState>, Extension(lang): Extension<Lan
                 ApiError::TooMany => "login.locked",
                 _ => "login.failed",
             };
-            let mut res = page(LoginPage { tr: Tr(lang), error, username });
+            let mut res = page(LoginPage {
+                tr: Tr(lang),
+                error,
+                username,
+            });
             *res.status_mut() = StatusCode::UNAUTHORIZED;
             res
         }
@@ -134,17 +165,27 @@ async fn login_submit(State(st): State<AppState>, Extension(lang): Extension<Lan
 async fn logout(State(st): State<AppState>, staff: MaybeStaff, body: Bytes) -> Response {
     if let Some(s) = staff.0 {
         let pairs = url_decode_pairs(&body);
-        let csrf = pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str());
+        let csrf = pairs
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.as_str());
         if s.check_csrf(csrf).is_ok() {
             let _ = st.store.delete_session(&s.token_hash).await;
             st.forget_session(&s.token_hash);
         }
     }
-    ([(header::SET_COOKIE, auth::session_cookie(&st, "", 0))], Redirect::to("/login")).into_response()
+    (
+        [(header::SET_COOKIE, auth::session_cookie(&st, "", 0))],
+        Redirect::to("/login"),
+    )
+        .into_response()
 }
 
 fn csrf_of(pairs: &[(String, String)]) -> Option<&str> {
-    pairs.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str())
+    pairs
+        .iter()
+        .find(|(k, _)| k == "csrf")
+        .map(|(_, v)| v.as_str())
 }
 
 #[derive(Template)]
@@ -157,13 +198,18 @@ struct HomePage {
     sites: usize,
 }
 
-async fn home(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff) -> Response {
+async fn home(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let scope = s.scope();
-    let today = (Utc::now() + Duration::seconds(i64::from(st.cfg.tz.local_minus_utc()))).date_naive();
+    let today =
+        (Utc::now() + Duration::seconds(i64::from(st.cfg.tz.local_minus_utc()))).date_naive();
     let mut counts = Vec::new();
     for (label, m) in [
         ("home.reg_today", metric::REG_ALL),
@@ -171,19 +217,38 @@ async fn home(State(st): State<AppState>, Extension(lang): Extension<Lang>, staf
         ("home.symptomatic_today", metric::REG_SYMPTOMATIC),
         ("home.high_risk_today", metric::REG_HIGH_RISK),
     ] {
-        let n = st.store.rollup_series(&scope, m, today, today).await.ok().and_then(|v| v.first().map(|x| x.1)).unwrap_or(0);
+        let n = st
+            .store
+            .rollup_series(&scope, m, today, today)
+            .await
+            .ok()
+            .and_then(|v| v.first().map(|x| x.1))
+            .unwrap_or(0);
         counts.push((label, n));
     }
-    let series = st.store.rollup_series(&scope, metric::REG_ALL, today - Duration::days(6), today).await.unwrap_or_default();
+    let series = st
+        .store
+        .rollup_series(&scope, metric::REG_ALL, today - Duration::days(6), today)
+        .await
+        .unwrap_or_default();
     let week: Vec<(String, i64)> = (0..7)
         .map(|i| {
             let d = today - Duration::days(6 - i);
-            (d.format("%m-%d").to_string(), series.iter().find(|x| x.0 == d).map(|x| x.1).unwrap_or(0))
+            (
+                d.format("%m-%d").to_string(),
+                series.iter().find(|x| x.0 == d).map(|x| x.1).unwrap_or(0),
+            )
         })
         .collect();
     let week_max = week.iter().map(|x| x.1).max().unwrap_or(0).max(1);
     let sites = st.store.sites(&scope).await.map(|v| v.len()).unwrap_or(0);
-    page(HomePage { c: chrome(&st, &s, lang).await, today: counts, week, week_max, sites })
+    page(HomePage {
+        c: chrome(&st, &s, lang).await,
+        today: counts,
+        week,
+        week_max,
+        sites,
+    })
 }
 
 struct SiteRow {
@@ -207,39 +272,61 @@ async fn sites_view(st: &AppState, s: &Staff, lang: Lang, errors: Vec<String>) -
     let scope = s.scope();
     let sites = st.store.sites(&scope).await.unwrap_or_default();
     let areas = st.store.areas_in(&scope, 4).await.unwrap_or_default();
-    let names: HashMap<&str, &str> = areas.iter().map(|a| (a.code.as_str(), a.name.as_str())).collect();
+    let names: HashMap<&str, &str> = areas
+        .iter()
+        .map(|a| (a.code.as_str(), a.name.as_str()))
+        .collect();
     let rows = sites
         .into_iter()
         .map(|site| SiteRow {
             kind_label: kind_key(site.kind),
-            area_name: names.get(site.area_code.as_str()).map(|s| s.to_string()).unwrap_or_else(|| site.area_code.clone()),
+            area_name: names
+                .get(site.area_code.as_str())
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| site.area_code.clone()),
             site,
         })
         .collect();
-    let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     let mut res = page(SitesPage {
         c: chrome(st, s, lang).await,
         rows,
         can_manage: s.role().manages_sites(),
         areas,
         errors,
-        kinds: SiteKind::ALL.iter().map(|k| (k.as_str(), kind_key(*k))).collect(),
+        kinds: SiteKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), kind_key(*k)))
+            .collect(),
     });
     *res.status_mut() = status;
     res
 }
 
-async fn sites_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff) -> Response {
+async fn sites_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+) -> Response {
     match logged_in(staff) {
         Ok(s) => sites_view(&st, &s, lang, Vec::new()).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
-async fn sites_create(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, body: Bytes) -> Response {
+async fn sites_create(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    body: Bytes,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let pairs = url_decode_pairs(&body);
     if s.check_csrf(csrf_of(&pairs)).is_err() || !s.role().manages_sites() {
@@ -256,10 +343,27 @@ async fn sites_create(State(st): State<AppState>, Extension(lang): Extension<Lan
             if let Err(e) = st.store.insert_site(&site).await {
                 return ApiError::from(e).into_response();
             }
-            s.audit(&st, "site.create", &format!("site:{}", site.id), &site.area_path, site.kind.as_str()).await;
+            s.audit(
+                &st,
+                "site.create",
+                &format!("site:{}", site.id),
+                &site.area_path,
+                site.kind.as_str(),
+            )
+            .await;
             Redirect::to(&format!("/sites/{}", site.id)).into_response()
         }
-        Err(ApiError::Invalid(errs)) => sites_view(&st, &s, lang, errs.iter().map(|e| format!("{}: {}", e.field, e.message(lang))).collect()).await,
+        Err(ApiError::Invalid(errs)) => {
+            sites_view(
+                &st,
+                &s,
+                lang,
+                errs.iter()
+                    .map(|e| format!("{}: {}", e.field, e.message(lang)))
+                    .collect(),
+            )
+            .await
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -281,34 +385,61 @@ struct SitePage {
     recent: Vec<RowView>,
 }
 
-async fn site_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn site_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(site) = load_site(&st, &s, &id).await else {
         return ApiError::NotFound.into_response();
     };
     let url = site_url(&base_url(&st, &headers), &site);
     let qr = crate::qr::svg(&url, 240).unwrap_or_default();
-    let qr = qr.split_once("?>").map(|(_, svg)| svg.to_string()).unwrap_or(qr);
-    let f = epigrid_core::model::RegistrationFilter { site_id: Some(site.id), limit: 20, ..Default::default() };
-    let recent = st.store.registrations(&s.scope(), &f).await.unwrap_or_default();
+    let qr = qr
+        .split_once("?>")
+        .map(|(_, svg)| svg.to_string())
+        .unwrap_or(qr);
+    let f = epigrid_core::model::RegistrationFilter {
+        site_id: Some(site.id),
+        limit: 20,
+        ..Default::default()
+    };
+    let recent = st
+        .store
+        .registrations(&s.scope(), &f)
+        .await
+        .unwrap_or_default();
     page(SitePage {
         c: chrome(&st, &s, lang).await,
         kind_label: kind_key(site.kind),
         url,
         qr,
         can_manage: s.role().manages_sites(),
-        recent: recent.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect(),
+        recent: recent
+            .iter()
+            .map(|r| row_view(r, st.cfg.tz, lang))
+            .collect(),
         site,
     })
 }
 
-async fn site_change(st: AppState, lang: Lang, staff: MaybeStaff, id: String, body: Bytes, rotate: bool) -> Response {
+async fn site_change(
+    st: AppState,
+    lang: Lang,
+    staff: MaybeStaff,
+    id: String,
+    body: Bytes,
+    rotate: bool,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let pairs = url_decode_pairs(&body);
     if s.check_csrf(csrf_of(&pairs)).is_err() || !s.role().manages_sites() {
@@ -328,15 +459,34 @@ async fn site_change(st: AppState, lang: Lang, staff: MaybeStaff, id: String, bo
     }
     st.forget_site(&old);
     let what = if rotate { "site.rotate" } else { "site.update" };
-    s.audit(&st, what, &format!("site:{}", site.id), &site.area_path, &format!("active={}", site.active)).await;
+    s.audit(
+        &st,
+        what,
+        &format!("site:{}", site.id),
+        &site.area_path,
+        &format!("active={}", site.active),
+    )
+    .await;
     Redirect::to(&format!("/sites/{}", site.id)).into_response()
 }
 
-async fn site_toggle(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+async fn site_toggle(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     site_change(st, lang, staff, id, body, false).await
 }
 
-async fn site_rotate(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+async fn site_rotate(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     site_change(st, lang, staff, id, body, true).await
 }
 
@@ -351,19 +501,42 @@ struct PosterPage {
     area: String,
 }
 
-async fn poster(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn poster(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(site) = load_site(&st, &s, &id).await else {
         return ApiError::NotFound.into_response();
     };
     let url = site_url(&base_url(&st, &headers), &site);
     let qr = crate::qr::svg(&url, 600).unwrap_or_default();
-    let qr = qr.split_once("?>").map(|(_, svg)| svg.to_string()).unwrap_or(qr);
-    let area = st.store.area(&site.area_code).await.ok().flatten().map(|a| a.name).unwrap_or_default();
-    page(PosterPage { tr: Tr(lang), kind_label: kind_key(site.kind), url, qr, area, site })
+    let qr = qr
+        .split_once("?>")
+        .map(|(_, svg)| svg.to_string())
+        .unwrap_or(qr);
+    let area = st
+        .store
+        .area(&site.area_code)
+        .await
+        .ok()
+        .flatten()
+        .map(|a| a.name)
+        .unwrap_or_default();
+    page(PosterPage {
+        tr: Tr(lang),
+        kind_label: kind_key(site.kind),
+        url,
+        qr,
+        area,
+        site,
+    })
 }
 
 #[derive(Template)]
@@ -384,10 +557,15 @@ impl RegistrationsPage {
     }
 }
 
-async fn registrations_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn registrations_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !s.role().sees_personal_data() {
         return forbidden(lang);
@@ -398,7 +576,11 @@ async fn registrations_page(State(st): State<AppState>, Extension(lang): Extensi
             let rows = st.store.registrations(&scope, &f).await.unwrap_or_default();
             let next = match rows.last() {
                 Some(last) if rows.len() as u32 == f.limit => {
-                    let mut nq: Vec<String> = q.iter().filter(|(k, _)| k.as_str() != "before").map(|(k, v)| format!("{k}={}", pct(v))).collect();
+                    let mut nq: Vec<String> = q
+                        .iter()
+                        .filter(|(k, _)| k.as_str() != "before")
+                        .map(|(k, v)| format!("{k}={}", pct(v)))
+                        .collect();
                     nq.push(format!("before={}", last.seq));
                     format!("/registrations?{}", nq.join("&"))
                 }
@@ -406,7 +588,13 @@ async fn registrations_page(State(st): State<AppState>, Extension(lang): Extensi
             };
             (rows, Vec::new(), next)
         }
-        Err(errs) => (Vec::new(), errs.iter().map(|e| format!("{}: {}", e.field, e.message(lang))).collect(), String::new()),
+        Err(errs) => (
+            Vec::new(),
+            errs.iter()
+                .map(|e| format!("{}: {}", e.field, e.message(lang)))
+                .collect(),
+            String::new(),
+        ),
     };
     let sites = st.store.sites(&scope).await.unwrap_or_default();
     page(RegistrationsPage {
@@ -416,13 +604,22 @@ async fn registrations_page(State(st): State<AppState>, Extension(lang): Extensi
         q,
         errors,
         next,
-        kinds: SiteKind::ALL.iter().map(|k| (k.as_str(), kind_key(*k))).collect(),
+        kinds: SiteKind::ALL
+            .iter()
+            .map(|k| (k.as_str(), kind_key(*k)))
+            .collect(),
     })
 }
 
 fn pct(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.:".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.:".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -437,7 +634,13 @@ struct RegistrationPage {
     name: String,
 }
 
-async fn registration_view(st: &AppState, s: &Staff, lang: Lang, id: &str, unmasked: Option<Value>) -> Response {
+async fn registration_view(
+    st: &AppState,
+    s: &Staff,
+    lang: Lang,
+    id: &str,
+    unmasked: Option<Value>,
+) -> Response {
     let unmasked = unmasked.map(|v| {
         let g = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         (g("name"), g("id_number"), g("phone"))
@@ -456,23 +659,38 @@ async fn registration_view(st: &AppState, s: &Staff, lang: Lang, id: &str, unmas
     })
 }
 
-async fn registration_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>) -> Response {
+async fn registration_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+) -> Response {
     match logged_in(staff) {
         Ok(s) => registration_view(&st, &s, lang, &id, None).await,
-        Err(r) => r,
+        Err(r) => *r,
     }
 }
 
-async fn registration_unmask(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Path(id): Path<String>, body: Bytes) -> Response {
+async fn registration_unmask(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let pairs = url_decode_pairs(&body);
     if s.check_csrf(csrf_of(&pairs)).is_err() {
         return forbidden(lang);
     }
-    let reason: String = pairs.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.chars().take(200).collect()).unwrap_or_default();
+    let reason: String = pairs
+        .iter()
+        .find(|(k, _)| k == "reason")
+        .map(|(_, v)| v.chars().take(200).collect())
+        .unwrap_or_default();
     let reg = match registration_in_scope(&st, &s, &id).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -493,10 +711,15 @@ struct FeedPage {
     initial: Vec<RowView>,
 }
 
-async fn feed_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn feed_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !s.role().sees_personal_data() {
         return forbidden(lang);
@@ -514,7 +737,10 @@ async fn feed_page(State(st): State<AppState>, Extension(lang): Extension<Lang>,
         c: chrome(&st, &s, lang).await,
         sites,
         site,
-        initial: initial.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect(),
+        initial: initial
+            .iter()
+            .map(|r| row_view(r, st.cfg.tz, lang))
+            .collect(),
     })
 }
 
@@ -525,17 +751,28 @@ struct AuditPage {
     rows: Vec<(String, AuditEntry)>,
 }
 
-async fn audit_page(State(st): State<AppState>, Extension(lang): Extension<Lang>, staff: MaybeStaff) -> Response {
+async fn audit_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if s.role() != Role::Admin {
         return forbidden(lang);
     }
-    let rows = st.store.audit_log(&s.scope(), 500).await.unwrap_or_default();
+    let rows = st
+        .store
+        .audit_log(&s.scope(), 500)
+        .await
+        .unwrap_or_default();
     page(AuditPage {
         c: chrome(&st, &s, lang).await,
-        rows: rows.into_iter().map(|e| (local(e.at, st.cfg.tz), e)).collect(),
+        rows: rows
+            .into_iter()
+            .map(|e| (local(e.at, st.cfg.tz), e))
+            .collect(),
     })
 }

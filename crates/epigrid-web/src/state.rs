@@ -37,6 +37,10 @@ impl Default for WebConfig {
     }
 }
 
+type SessionUser = (Session, User);
+/// A small map whose entries expire after [`CACHE_TTL`].
+type Cache<K, V> = RwLock<HashMap<K, (V, Instant)>>;
+
 /// How long a cached site or session may be served before it is read again. Other processes'
 /// changes (a deactivated site, a revoked token) take effect within this time.
 const CACHE_TTL: Duration = Duration::from_secs(10);
@@ -48,8 +52,8 @@ pub struct Inner {
     /// Wakes live feeds when this process stores a registration (the sequence number).
     pub live: broadcast::Sender<i64>,
     pub metrics: Metrics,
-    sites: RwLock<HashMap<String, (Option<Site>, Instant)>>,
-    sessions: RwLock<HashMap<Vec<u8>, (Option<(Session, User)>, Instant)>>,
+    sites: Cache<String, Option<Site>>,
+    sessions: Cache<Vec<u8>, Option<SessionUser>>,
 }
 
 #[derive(Clone)]
@@ -77,9 +81,14 @@ impl AppState {
     }
 }
 
-fn cached<K: std::hash::Hash + Eq, V: Clone>(map: &RwLock<HashMap<K, (V, Instant)>>, k: &K) -> Option<V> {
+fn cached<K: std::hash::Hash + Eq, V: Clone>(
+    map: &RwLock<HashMap<K, (V, Instant)>>,
+    k: &K,
+) -> Option<V> {
     let g = map.read().unwrap_or_else(|e| e.into_inner());
-    g.get(k).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(v, _)| v.clone())
+    g.get(k)
+        .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+        .map(|(v, _)| v.clone())
 }
 
 fn remember<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, (V, Instant)>>, k: K, v: V) {
@@ -102,7 +111,10 @@ impl Inner {
     }
 
     pub fn forget_site(&self, token: &str) {
-        self.sites.write().unwrap_or_else(|e| e.into_inner()).remove(token);
+        self.sites
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token);
     }
 
     /// The live session for a token hash (cached briefly).
@@ -117,6 +129,9 @@ impl Inner {
     }
 
     pub fn forget_session(&self, hash: &[u8]) {
-        self.sessions.write().unwrap_or_else(|e| e.into_inner()).remove(hash);
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
     }
 }

@@ -7,7 +7,6 @@ use epigrid_core::model::{Registration, Site};
 use epigrid_core::validate::{PersonName, Symptoms};
 use serde_json::{json, Value};
 
-
 /// A person's name masked for display (`张*三`); names that no longer parse are fully hidden.
 pub fn mask_name(name: &str) -> String {
     PersonName::parse("name", name)
@@ -161,10 +160,23 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
     use epigrid_core::i18n::t;
     use epigrid_core::model::Direction;
     let f = &r.fields;
-    let symptoms: Vec<&str> = Symptoms::from_bits(f.symptoms).iter().map(|s| t(lang, s.label_key())).collect();
+    let symptoms: Vec<&str> = Symptoms::from_bits(f.symptoms)
+        .iter()
+        .map(|s| t(lang, s.label_key()))
+        .collect();
     let mut summary = Vec::new();
     if let Some(d) = f.direction {
-        summary.push(t(lang, if d == Direction::In { "form.direction.in" } else { "form.direction.out" }).to_string());
+        summary.push(
+            t(
+                lang,
+                if d == Direction::In {
+                    "form.direction.in"
+                } else {
+                    "form.direction.out"
+                },
+            )
+            .to_string(),
+        );
     }
     if f.visitor == Some(true) {
         summary.push(t(lang, "form.visitor.visitor").to_string());
@@ -173,7 +185,11 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         summary.push(p.clone());
     }
     if let Some(o) = &f.origin_code {
-        summary.push(format!("{} {}", t(lang, "form.origin"), divisions::full_name(o).unwrap_or_else(|| o.clone())));
+        summary.push(format!(
+            "{} {}",
+            t(lang, "form.origin"),
+            divisions::full_name(o).unwrap_or_else(|| o.clone())
+        ));
     }
     if f.companions > 0 {
         summary.push(format!("+{}", f.companions));
@@ -192,7 +208,10 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         name: mask_name(&r.name),
         doc: r.doc_masked.clone().unwrap_or_default(),
         phone: r.phone_masked.clone().unwrap_or_default(),
-        temperature: f.temperature.map(|t| format!("{:.1}", f64::from(t) / 10.0)).unwrap_or_default(),
+        temperature: f
+            .temperature
+            .map(|t| format!("{:.1}", f64::from(t) / 10.0))
+            .unwrap_or_default(),
         fever: epigrid_core::store::is_fever(f),
         symptoms: symptoms.join("、"),
         summary: summary.join(" · "),
@@ -202,7 +221,11 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
 }
 
 /// Every field of a registration as (label key, value) pairs for the detail page.
-pub fn detail_pairs(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> Vec<(&'static str, String)> {
+pub fn detail_pairs(
+    r: &Registration,
+    tz: FixedOffset,
+    lang: epigrid_core::Lang,
+) -> Vec<(&'static str, String)> {
     use epigrid_core::i18n::t;
     let f = &r.fields;
     let mut v: Vec<(&'static str, String)> = vec![
@@ -210,22 +233,84 @@ pub fn detail_pairs(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang)
         ("detail.site", r.site_name.clone()),
         ("detail.kind", t(lang, kind_key(r.kind)).to_string()),
         ("detail.code", r.verification_code.clone()),
-        ("detail.channel", t(lang, if r.channel == epigrid_core::model::Channel::Staff { "detail.channel.staff" } else { "detail.channel.self" }).to_string()),
+        (
+            "detail.channel",
+            t(
+                lang,
+                if r.channel == epigrid_core::model::Channel::Staff {
+                    "detail.channel.staff"
+                } else {
+                    "detail.channel.self"
+                },
+            )
+            .to_string(),
+        ),
     ];
     let mut opt = |k: &'static str, val: Option<String>| {
         if let Some(x) = val.filter(|x| !x.is_empty()) {
             v.push((k, x));
         }
     };
-    opt("form.temperature", f.temperature.map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)));
-    opt("form.symptoms", Some(Symptoms::from_bits(f.symptoms).iter().map(|s| t(lang, s.label_key())).collect::<Vec<_>>().join("、")));
-    opt("form.high_risk_travel", f.high_risk_travel.map(|b| t(lang, if b { "form.yes" } else { "form.no" }).to_string()));
+    opt(
+        "form.temperature",
+        f.temperature
+            .map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)),
+    );
+    opt(
+        "form.symptoms",
+        Some(
+            Symptoms::from_bits(f.symptoms)
+                .iter()
+                .map(|s| t(lang, s.label_key()))
+                .collect::<Vec<_>>()
+                .join("、"),
+        ),
+    );
+    opt(
+        "form.high_risk_travel",
+        f.high_risk_travel
+            .map(|b| t(lang, if b { "form.yes" } else { "form.no" }).to_string()),
+    );
     opt("form.plate", f.plate.clone());
-    opt("form.companions", (f.companions > 0).then(|| f.companions.to_string()));
-    opt("form.origin", f.origin_code.as_ref().map(|o| divisions::full_name(o).unwrap_or_else(|| o.clone())));
+    opt(
+        "form.companions",
+        (f.companions > 0).then(|| f.companions.to_string()),
+    );
+    opt(
+        "form.origin",
+        f.origin_code
+            .as_ref()
+            .map(|o| divisions::full_name(o).unwrap_or_else(|| o.clone())),
+    );
     opt("form.destination", f.destination.clone());
-    opt("form.direction", f.direction.map(|d| t(lang, if d == epigrid_core::model::Direction::In { "form.direction.in" } else { "form.direction.out" }).to_string()));
-    opt("form.visitor", f.visitor.map(|b| t(lang, if b { "form.visitor.visitor" } else { "form.visitor.resident" }).to_string()));
+    opt(
+        "form.direction",
+        f.direction.map(|d| {
+            t(
+                lang,
+                if d == epigrid_core::model::Direction::In {
+                    "form.direction.in"
+                } else {
+                    "form.direction.out"
+                },
+            )
+            .to_string()
+        }),
+    );
+    opt(
+        "form.visitor",
+        f.visitor.map(|b| {
+            t(
+                lang,
+                if b {
+                    "form.visitor.visitor"
+                } else {
+                    "form.visitor.resident"
+                },
+            )
+            .to_string()
+        }),
+    );
     opt("form.unit", f.unit_code.clone());
     opt("form.visit_reason", f.visit_reason.clone());
     opt("form.arrival_date", f.arrival_date.map(|d| d.to_string()));

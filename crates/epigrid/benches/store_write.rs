@@ -11,13 +11,22 @@ use epigrid_core::store::Store;
 use epigrid_core::vault::{random_token, Vault};
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("epigrid-bench-{}", random_token(4)));
-        let s = epigrid_store_sqlite::SqliteStore::open(&dir.join("b.db"), epigrid_store_sqlite::Durability::Process).expect("open");
+        let s = epigrid_store_sqlite::SqliteStore::open(
+            &dir.join("b.db"),
+            epigrid_store_sqlite::Durability::Process,
+        )
+        .expect("open");
         run("sqlite", Arc::new(s)).await;
         if let Ok(url) = std::env::var("EPIGRID_BENCH_PG") {
-            let pg = epigrid_store_postgres::PgStore::connect(&url).await.expect("pg");
+            let pg = epigrid_store_postgres::PgStore::connect(&url)
+                .await
+                .expect("pg");
             run("postgres", Arc::new(pg)).await;
         }
     });
@@ -47,7 +56,13 @@ async fn run(name: &str, store: Arc<dyn Store>) {
     let t0 = Instant::now();
     let regs: Vec<NewRegistration> = (0..n)
         .map(|_| {
-            let ctx = Context { site: &site, channel: Channel::SelfService, by_user: None, now: Utc::now(), tz: FixedOffset::east_opt(8 * 3600).expect("tz") };
+            let ctx = Context {
+                site: &site,
+                channel: Channel::SelfService,
+                by_user: None,
+                now: Utc::now(),
+                tz: FixedOffset::east_opt(8 * 3600).expect("tz"),
+            };
             let v = register::validate(&input, &ctx).expect("valid");
             register::seal(&v, &ctx, &vault)
         })

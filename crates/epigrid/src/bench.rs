@@ -36,7 +36,8 @@ async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16>
                 .lines()
                 .find_map(|l| {
                     let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
                 })
                 .unwrap_or(0);
             let total = end + 4 + len;
@@ -68,9 +69,12 @@ pub async fn load(addr: &str, request: Vec<u8>, connections: usize, seconds: u64
     let request = Arc::new(request);
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        let (ok, failed, stop, request) = (ok.clone(), failed.clone(), stop.clone(), request.clone());
+        let (ok, failed, stop, request) =
+            (ok.clone(), failed.clone(), stop.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
             let mut buf = Vec::with_capacity(32 * 1024);
             while !stop.load(Ordering::Relaxed) {
@@ -93,7 +97,11 @@ pub async fn load(addr: &str, request: Vec<u8>, connections: usize, seconds: u64
         let _ = t.await;
     }
     let ok = ok.load(Ordering::Relaxed);
-    Ok(Rate { ok, failed: failed.load(Ordering::Relaxed), per_second: ok as f64 / elapsed })
+    Ok(Rate {
+        ok,
+        failed: failed.load(Ordering::Relaxed),
+        per_second: ok as f64 / elapsed,
+    })
 }
 
 /// A raw HTTP/1.1 request.
@@ -101,7 +109,10 @@ pub fn request(method: &str, host: &str, path: &str, json_body: Option<&str>) ->
     let mut r = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
     match json_body {
         Some(b) => {
-            r.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()));
+            r.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ));
         }
         None => r.push_str("\r\n"),
     }

@@ -22,7 +22,11 @@ use uuid::Uuid;
 const DEFAULT_DB: &str = "sqlite://data/epigrid.db";
 
 #[derive(Parser)]
-#[command(name = "epigrid", version, about = "Outbreak response: QR self-registration, people under observation, contact tracing, dashboards.")]
+#[command(
+    name = "epigrid",
+    version,
+    about = "Outbreak response: QR self-registration, people under observation, contact tracing, dashboards."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -163,7 +167,9 @@ fn cli_lang() -> Lang {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
@@ -179,9 +185,14 @@ fn parse_offset(s: &str) -> Result<FixedOffset> {
         _ => (1, t),
     };
     let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-    let h: i32 = h.parse().map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
-    let m: i32 = m.parse().map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
-    FixedOffset::east_opt(sign * (h * 3600 + m * 60)).ok_or_else(|| anyhow!("--tz-offset out of range: {s}"))
+    let h: i32 = h
+        .parse()
+        .map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
+    let m: i32 = m
+        .parse()
+        .map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+        .ok_or_else(|| anyhow!("--tz-offset out of range: {s}"))
 }
 
 async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
@@ -192,12 +203,20 @@ async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
             other => bail!("--durability must be \"process\" or \"power\", not {other:?}"),
         };
         let url = db.db.clone();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open_url(&url, durability)).await??;
+        let store =
+            tokio::task::spawn_blocking(move || SqliteStore::open_url(&url, durability)).await??;
         Ok(Arc::new(store))
     } else if db.db.starts_with("postgres://") || db.db.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(&db.db).await.with_context(|| "cannot open the PostgreSQL database")?))
+        Ok(Arc::new(
+            PgStore::connect(&db.db)
+                .await
+                .with_context(|| "cannot open the PostgreSQL database")?,
+        ))
     } else {
-        bail!("--db must start with sqlite:// or postgres://, not {:?}", db.db)
+        bail!(
+            "--db must start with sqlite:// or postgres://, not {:?}",
+            db.db
+        )
     }
 }
 
@@ -222,7 +241,12 @@ fn open_vault(db: &DbArgs) -> Result<Vault> {
     Vault::load_or_create(&path).with_context(|| format!("key file {}", path.display()))
 }
 
-async fn serve(args: &ServeArgs, store: Arc<dyn Store>, vault: Vault, after_bind: impl FnOnce(SocketAddr)) -> Result<()> {
+async fn serve(
+    args: &ServeArgs,
+    store: Arc<dyn Store>,
+    vault: Vault,
+    after_bind: impl FnOnce(SocketAddr),
+) -> Result<()> {
     let cfg = WebConfig {
         base_url: args.base_url.clone(),
         tz: parse_offset(&args.tz_offset)?,
@@ -248,9 +272,12 @@ async fn serve(args: &ServeArgs, store: Arc<dyn Store>, vault: Vault, after_bind
             }
         }
     });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
     Ok(())
 }
 
@@ -260,7 +287,8 @@ async fn shutdown() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -270,7 +298,14 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
-async fn add_user(store: &dyn Store, username: &str, password: &str, role: &str, area: &str, lang: Lang) -> Result<User> {
+async fn add_user(
+    store: &dyn Store,
+    username: &str,
+    password: &str,
+    role: &str,
+    area: &str,
+    lang: Lang,
+) -> Result<User> {
     let mut problems = Vec::new();
     if !epigrid_web::valid_username(username) {
         problems.push(tf(lang, "cli.user.username", &[]));
@@ -293,7 +328,9 @@ async fn add_user(store: &dyn Store, username: &str, password: &str, role: &str,
         bail!(problems.join("\n"));
     }
     let pw = password.to_string();
-    let hash = tokio::task::spawn_blocking(move || epigrid_web::hash_password(&pw)).await?.map_err(|e| anyhow!(e))?;
+    let hash = tokio::task::spawn_blocking(move || epigrid_web::hash_password(&pw))
+        .await?
+        .map_err(|e| anyhow!(e))?;
     let user = User {
         id: Uuid::now_v7(),
         username: username.to_string(),
@@ -316,18 +353,35 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
     let vault = open_vault(&serve_args.db)?;
     let tz = parse_offset(&serve_args.tz_offset)?;
     if store.area_count().await? == 0 {
-        eprintln!("{}", tf(lang, "cli.demo.building", &[("people", &people.to_string()), ("days", &days.to_string())]));
+        eprintln!(
+            "{}",
+            tf(
+                lang,
+                "cli.demo.building",
+                &[("people", &people.to_string()), ("days", &days.to_string())]
+            )
+        );
         let started = std::time::Instant::now();
-        let opts = demo::DemoOptions { seed, people, days, now: Utc::now(), tz };
+        let opts = demo::DemoOptions {
+            seed,
+            people,
+            days,
+            now: Utc::now(),
+            tz,
+        };
         let summary = demo::build(store.as_ref(), &vault, &opts).await?;
         eprintln!(
             "{}",
-            tf(lang, "cli.demo.built", &[
-                ("areas", &summary.areas.to_string()),
-                ("sites", &summary.sites.len().to_string()),
-                ("registrations", &summary.registrations.to_string()),
-                ("secs", &format!("{:.1}", started.elapsed().as_secs_f64())),
-            ])
+            tf(
+                lang,
+                "cli.demo.built",
+                &[
+                    ("areas", &summary.areas.to_string()),
+                    ("sites", &summary.sites.len().to_string()),
+                    ("registrations", &summary.registrations.to_string()),
+                    ("secs", &format!("{:.1}", started.elapsed().as_secs_f64())),
+                ]
+            )
         );
     } else {
         eprintln!("{}", tf(lang, "cli.demo.exists", &[]));
@@ -342,7 +396,15 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
             store.update_user(&u).await?;
         }
         None => {
-            add_user(store.as_ref(), "admin", &password, "admin", divisions_city(), lang).await?;
+            add_user(
+                store.as_ref(),
+                "admin",
+                &password,
+                "admin",
+                divisions_city(),
+                lang,
+            )
+            .await?;
         }
     }
     let sites = store.sites(&Scope::all()).await?;
@@ -373,39 +435,98 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             let vault = open_vault(&args.db)?;
             serve(&args, store, vault, |_| {}).await
         }
-        Command::Demo { serve, seed, people, days } => {
+        Command::Demo {
+            serve,
+            seed,
+            people,
+            days,
+        } => {
             init_logs(&serve.log_format);
             demo(&serve, seed, people, days, lang).await
         }
         Command::Migrate { db } => {
             let store = open_store(&db).await?;
-            println!("{}", tf(lang, "cli.migrate.done", &[("backend", store.backend())]));
+            println!(
+                "{}",
+                tf(lang, "cli.migrate.done", &[("backend", store.backend())])
+            );
             Ok(())
         }
-        Command::Import { what: ImportCommand::Areas { file, db } } => {
+        Command::Import {
+            what: ImportCommand::Areas { file, db },
+        } => {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
             let store = open_store(&db).await?;
             match import::import_areas(store.as_ref(), &bytes, lang).await? {
                 Ok(report) => {
                     println!(
                         "{}",
-                        tf(lang, "cli.import.areas.done", &[("rows", &report.rows.to_string()), ("changed", &report.changed.to_string())])
+                        tf(
+                            lang,
+                            "cli.import.areas.done",
+                            &[
+                                ("rows", &report.rows.to_string()),
+                                ("changed", &report.changed.to_string())
+                            ]
+                        )
                     );
                     Ok(())
                 }
                 Err(errors) => {
                     for e in &errors {
-                        eprintln!("{}", tf(lang, "cli.import.row_error", &[("line", &e.line.to_string()), ("field", &e.field), ("message", &e.message)]));
+                        eprintln!(
+                            "{}",
+                            tf(
+                                lang,
+                                "cli.import.row_error",
+                                &[
+                                    ("line", &e.line.to_string()),
+                                    ("field", &e.field),
+                                    ("message", &e.message)
+                                ]
+                            )
+                        );
                     }
-                    bail!(tf(lang, "cli.import.refused", &[("n", &errors.len().to_string())]))
+                    bail!(tf(
+                        lang,
+                        "cli.import.refused",
+                        &[("n", &errors.len().to_string())]
+                    ))
                 }
             }
         }
-        Command::Bench { what: BenchCommand::Http { db, seconds, connections } } => bench_http(db, seconds, connections).await,
-        Command::User { what: UserCommand::Add { db, username, password, role, area } } => {
+        Command::Bench {
+            what:
+                BenchCommand::Http {
+                    db,
+                    seconds,
+                    connections,
+                },
+        } => bench_http(db, seconds, connections).await,
+        Command::User {
+            what:
+                UserCommand::Add {
+                    db,
+                    username,
+                    password,
+                    role,
+                    area,
+                },
+        } => {
             let store = open_store(&db).await?;
             let user = add_user(store.as_ref(), &username, &password, &role, &area, lang).await?;
-            println!("{}", tf(lang, "cli.user.added", &[("username", &user.username), ("role", user.role.as_str()), ("area", &user.area_code)]));
+            println!(
+                "{}",
+                tf(
+                    lang,
+                    "cli.user.added",
+                    &[
+                        ("username", &user.username),
+                        ("role", user.role.as_str()),
+                        ("area", &user.area_code)
+                    ]
+                )
+            );
             Ok(())
         }
     }
@@ -415,15 +536,28 @@ async fn bench_http(db: Option<String>, seconds: u64, connections: usize) -> Res
     let db = match db {
         Some(d) => d,
         None => {
-            let dir = std::env::temp_dir().join(format!("epigrid-bench-{}", epigrid_core::vault::random_token(4)));
+            let dir = std::env::temp_dir().join(format!(
+                "epigrid-bench-{}",
+                epigrid_core::vault::random_token(4)
+            ));
             format!("sqlite://{}/bench.db", dir.display())
         }
     };
-    let args = DbArgs { db: db.clone(), key_file: None, durability: "process".into() };
+    let args = DbArgs {
+        db: db.clone(),
+        key_file: None,
+        durability: "process".into(),
+    };
     let store = open_store(&args).await?;
     let vault = open_vault(&args)?;
     if store.area_count().await? == 0 {
-        let opts = demo::DemoOptions { seed: 1, people: 500, days: 1, now: Utc::now(), tz: parse_offset("+08:00")? };
+        let opts = demo::DemoOptions {
+            seed: 1,
+            people: 500,
+            days: 1,
+            now: Utc::now(),
+            tz: parse_offset("+08:00")?,
+        };
         demo::build(store.as_ref(), &vault, &opts).await?;
     }
     let site = store
@@ -437,23 +571,54 @@ async fn bench_http(db: Option<String>, seconds: u64, connections: usize) -> Res
     let addr = listener.local_addr()?.to_string();
     let app = epigrid_web::router(state);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
     });
     let body = r#"{"name":"李四","id_type":"cn_id","id_number":"150802198503120019","phone":"13912345678","plate":"蒙L12345","origin":"420100","destination":"150802","companions":0,"temperature":36.6,"symptoms":[],"high_risk_travel":false}"#;
-    let trivial = bench::load(&addr, bench::request("GET", &addr, "/healthz", None), connections, seconds).await?;
+    let trivial = bench::load(
+        &addr,
+        bench::request("GET", &addr, "/healthz", None),
+        connections,
+        seconds,
+    )
+    .await?;
     let path = format!("/api/v1/sites/{}/registrations", site.token);
-    let regs = bench::load(&addr, bench::request("POST", &addr, &path, Some(body)), connections, seconds).await?;
-    println!("store: {}  connections: {connections}  seconds: {seconds} each", store.backend());
-    println!("GET /healthz:                 {:>9.0} requests/s ({} failed)", trivial.per_second, trivial.failed);
-    println!("POST registrations:           {:>9.0} registrations/s ({} failed)", regs.per_second, regs.failed);
-    println!("ratio registrations/healthz:  {:>9.2}", regs.per_second / trivial.per_second.max(1.0));
+    let regs = bench::load(
+        &addr,
+        bench::request("POST", &addr, &path, Some(body)),
+        connections,
+        seconds,
+    )
+    .await?;
+    println!(
+        "store: {}  connections: {connections}  seconds: {seconds} each",
+        store.backend()
+    );
+    println!(
+        "GET /healthz:                 {:>9.0} requests/s ({} failed)",
+        trivial.per_second, trivial.failed
+    );
+    println!(
+        "POST registrations:           {:>9.0} registrations/s ({} failed)",
+        regs.per_second, regs.failed
+    );
+    println!(
+        "ratio registrations/healthz:  {:>9.2}",
+        regs.per_second / trivial.per_second.max(1.0)
+    );
     Ok(())
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let lang = cli_lang();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("epigrid: {e}");

@@ -10,7 +10,14 @@ async fn body(r: reqwest::Response) -> Value {
 }
 
 fn fields(v: &Value) -> Vec<String> {
-    v["errors"].as_array().map(|a| a.iter().filter_map(|e| e["field"].as_str().map(String::from)).collect()).unwrap_or_default()
+    v["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["field"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -18,11 +25,19 @@ async fn every_public_form_is_small_a_real_form_and_localised() {
     let app = TestApp::start().await;
     for kind in SiteKind::ALL {
         let site = app.site(*kind, "150802");
-        let r = app.client.get(format!("{}/s/{}", app.base, site.token)).send().await.unwrap();
+        let r = app
+            .client
+            .get(format!("{}/s/{}", app.base, site.token))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let html = r.text().await.unwrap();
         assert!(html.len() < 30_000, "{kind}: {} bytes", html.len());
-        assert!(html.contains("<form") && html.contains("lang=\"zh-CN\""), "{kind}");
+        assert!(
+            html.contains("<form") && html.contains("lang=\"zh-CN\""),
+            "{kind}"
+        );
         assert!(html.contains("提交登记"), "{kind}: Chinese by default");
         let en = app
             .client
@@ -34,13 +49,35 @@ async fn every_public_form_is_small_a_real_form_and_localised() {
             .text()
             .await
             .unwrap();
-        assert!(en.contains(">Register<") && en.contains("lang=\"en\""), "{kind}: English");
+        assert!(
+            en.contains(">Register<") && en.contains("lang=\"en\""),
+            "{kind}: English"
+        );
     }
     let gate = app.site(SiteKind::Gate, "150802");
-    let html = app.client.get(format!("{}/s/{}", app.base, gate.token)).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains("150802001001001001"), "the gate form lists the compound's units");
-    assert!(!html.contains("150821100001001001"), "and not another compound's");
-    let r = app.client.get(format!("{}/s/not-a-token", app.base)).send().await.unwrap();
+    let html = app
+        .client
+        .get(format!("{}/s/{}", app.base, gate.token))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("150802001001001001"),
+        "the gate form lists the compound's units"
+    );
+    assert!(
+        !html.contains("150821100001001001"),
+        "and not another compound's"
+    );
+    let r = app
+        .client
+        .get(format!("{}/s/not-a-token", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
@@ -49,11 +86,16 @@ async fn a_json_registration_is_stored_masked_and_bad_input_gets_field_errors() 
     let app = TestApp::start().await;
     let site = app.site(SiteKind::Checkpoint, "150802");
     let raw = "11010519491231002X";
-    let r = app.register(site, &checkpoint_body(raw, "欧阳晓明", "13912345678")).await;
+    let r = app
+        .register(site, &checkpoint_body(raw, "欧阳晓明", "13912345678"))
+        .await;
     assert_eq!(r.status(), 201);
     let v = body(r).await;
     let text = v.to_string();
-    assert!(!text.contains(raw) && !text.contains("13912345678") && !text.contains("欧阳晓明"), "{text}");
+    assert!(
+        !text.contains(raw) && !text.contains("13912345678") && !text.contains("欧阳晓明"),
+        "{text}"
+    );
     assert_eq!(v["id_number"], "110105********002X");
     assert_eq!(v["phone"], "139****5678");
     assert_eq!(v["name"], "欧**明");
@@ -65,7 +107,10 @@ async fn a_json_registration_is_stored_masked_and_bad_input_gets_field_errors() 
     bad["symptoms"] = json!(["sneezing"]);
     let r = app
         .client
-        .post(format!("{}/api/v1/sites/{}/registrations", app.base, site.token))
+        .post(format!(
+            "{}/api/v1/sites/{}/registrations",
+            app.base, site.token
+        ))
         .header("Accept-Language", "en")
         .json(&bad)
         .send()
@@ -73,13 +118,19 @@ async fn a_json_registration_is_stored_masked_and_bad_input_gets_field_errors() 
         .unwrap();
     assert_eq!(r.status(), 422);
     let v = body(r).await;
-    assert_eq!(fields(&v), ["id_number", "phone", "temperature", "symptoms"]);
+    assert_eq!(
+        fields(&v),
+        ["id_number", "phone", "temperature", "symptoms"]
+    );
     let msg = v["errors"][0]["message"].as_str().unwrap();
     assert!(msg.is_ascii() && msg.len() > 10, "English message: {msg}");
 
     let r = app
         .client
-        .post(format!("{}/api/v1/sites/{}/registrations", app.base, site.token))
+        .post(format!(
+            "{}/api/v1/sites/{}/registrations",
+            app.base, site.token
+        ))
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -89,9 +140,19 @@ async fn a_json_registration_is_stored_masked_and_bad_input_gets_field_errors() 
     assert_eq!(fields(&body(r).await), ["body"]);
     let r = app.register(site, &json!([1, 2])).await;
     assert_eq!(r.status(), 422);
-    let r = app.post_json("/api/v1/sites/nope/registrations", &checkpoint_body(raw, "张三", "13912345678"), None).await;
+    let r = app
+        .post_json(
+            "/api/v1/sites/nope/registrations",
+            &checkpoint_body(raw, "张三", "13912345678"),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 404);
-    assert_eq!(app.store.registration_count().await.unwrap(), 1, "refused requests stored nothing");
+    assert_eq!(
+        app.store.registration_count().await.unwrap(),
+        1,
+        "refused requests stored nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -105,11 +166,19 @@ async fn each_kind_validates_its_own_fields() {
     b["unit_code"] = json!("150821100001001001");
     let r = app.register(gate, &b).await;
     assert_eq!(r.status(), 422);
-    assert_eq!(fields(&body(r).await), ["visit_reason"], "visitor reason first");
+    assert_eq!(
+        fields(&body(r).await),
+        ["visit_reason"],
+        "visitor reason first"
+    );
     b["visit_reason"] = json!("探亲");
     let r = app.register(gate, &b).await;
     assert_eq!(r.status(), 422);
-    assert_eq!(fields(&body(r).await), ["unit_code"], "a unit of another compound");
+    assert_eq!(
+        fields(&body(r).await),
+        ["unit_code"],
+        "a unit of another compound"
+    );
     b["unit_code"] = json!("150802001001001002");
     let r = app.register(gate, &b).await;
     assert_eq!(r.status(), 201);
@@ -127,7 +196,10 @@ async fn each_kind_validates_its_own_fields() {
     let r = app.register(arrival, &a).await;
     assert_eq!(r.status(), 422);
     let f = fields(&body(r).await);
-    assert!(f.contains(&"arrival_date".to_string()) && f.contains(&"address".to_string()), "{f:?}");
+    assert!(
+        f.contains(&"arrival_date".to_string()) && f.contains(&"address".to_string()),
+        "{f:?}"
+    );
     a["arrival_date"] = json!(chrono::Utc::now().date_naive().to_string());
     a["residence_code"] = json!("150802001001");
     a["address"] = json!("胜利路 8 号");
@@ -149,9 +221,26 @@ async fn scope_matrix_staff_see_only_their_subtree() {
     let app = TestApp::start().await;
     let linhe_site = app.site(SiteKind::Checkpoint, "150802").clone();
     let wuyuan_site = app.site(SiteKind::Checkpoint, "150821").clone();
-    let a = body(app.register(&linhe_site, &checkpoint_body(&cn_id("150802", "19900101", 1), "张三", "13900000001")).await).await;
-    let b = body(app.register(&wuyuan_site, &checkpoint_body(&cn_id("150821", "19900101", 2), "李四", "13900000002")).await).await;
-    let (ra, rb) = (a["id"].as_str().unwrap().to_string(), b["id"].as_str().unwrap().to_string());
+    let a = body(
+        app.register(
+            &linhe_site,
+            &checkpoint_body(&cn_id("150802", "19900101", 1), "张三", "13900000001"),
+        )
+        .await,
+    )
+    .await;
+    let b = body(
+        app.register(
+            &wuyuan_site,
+            &checkpoint_body(&cn_id("150821", "19900101", 2), "李四", "13900000002"),
+        )
+        .await,
+    )
+    .await;
+    let (ra, rb) = (
+        a["id"].as_str().unwrap().to_string(),
+        b["id"].as_str().unwrap().to_string(),
+    );
 
     // (user, role, area, sees Linhe's, sees Wuyuan's)
     let matrix = [
@@ -159,37 +248,94 @@ async fn scope_matrix_staff_see_only_their_subtree() {
         ("linhe_manager", Role::Manager, "150802", true, false),
         ("linhe_epi", Role::Epidemiologist, "150802", true, false),
         ("wuyuan_gw", Role::GridWorker, "150821", false, true),
-        ("community_gw", Role::GridWorker, "150802001001", true, false),
-        ("building_gw", Role::GridWorker, "150802001001001", false, false),
+        (
+            "community_gw",
+            Role::GridWorker,
+            "150802001001",
+            true,
+            false,
+        ),
+        (
+            "building_gw",
+            Role::GridWorker,
+            "150802001001001",
+            false,
+            false,
+        ),
         ("wuyuan_staff", Role::SiteStaff, "150821", false, true),
     ];
     for (user, role, area, sees_a, sees_b) in matrix {
         let tok = app.token(user, role, area).await;
         for (id, sees) in [(&ra, sees_a), (&rb, sees_b)] {
-            let st = app.get(&format!("/api/v1/registrations/{id}"), Some(&tok)).await.status();
+            let st = app
+                .get(&format!("/api/v1/registrations/{id}"), Some(&tok))
+                .await
+                .status();
             assert_eq!(st.as_u16(), if sees { 200 } else { 404 }, "{user} GET {id}");
         }
-        let list = body(app.get("/api/v1/registrations?limit=1000", Some(&tok)).await).await.to_string();
+        let list = body(
+            app.get("/api/v1/registrations?limit=1000", Some(&tok))
+                .await,
+        )
+        .await
+        .to_string();
         assert_eq!(list.contains(&ra), sees_a, "{user} list");
         assert_eq!(list.contains(&rb), sees_b, "{user} list");
-        let sites = body(app.get("/api/v1/sites", Some(&tok)).await).await.to_string();
-        assert_eq!(sites.contains(&wuyuan_site.token), sees_b || area == "150800", "{user} sites");
-        let qr = app.get(&format!("/api/v1/sites/{}/qr.png", linhe_site.id), Some(&tok)).await.status();
+        let sites = body(app.get("/api/v1/sites", Some(&tok)).await)
+            .await
+            .to_string();
+        assert_eq!(
+            sites.contains(&wuyuan_site.token),
+            sees_b || area == "150800",
+            "{user} sites"
+        );
+        let qr = app
+            .get(
+                &format!("/api/v1/sites/{}/qr.png", linhe_site.id),
+                Some(&tok),
+            )
+            .await
+            .status();
         assert_eq!(qr.as_u16() == 200, sees_a, "{user} qr");
     }
     // analysts see aggregates only
     let analyst = app.token("analyst", Role::Analyst, "150800").await;
-    assert_eq!(app.get(&format!("/api/v1/registrations/{ra}"), Some(&analyst)).await.status(), 403);
-    assert_eq!(app.get("/api/v1/registrations", Some(&analyst)).await.status(), 403);
+    assert_eq!(
+        app.get(&format!("/api/v1/registrations/{ra}"), Some(&analyst))
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.get("/api/v1/registrations", Some(&analyst))
+            .await
+            .status(),
+        403
+    );
     // nobody without a token
     assert_eq!(app.get("/api/v1/registrations", None).await.status(), 401);
-    assert_eq!(app.get("/api/v1/registrations", Some("forged")).await.status(), 401);
+    assert_eq!(
+        app.get("/api/v1/registrations", Some("forged"))
+            .await
+            .status(),
+        401
+    );
     // areas: children within scope; an ancestor shows only the way down
     let gw = app.token("wuyuan_gw2", Role::GridWorker, "150821").await;
     let kids = body(app.get("/api/v1/areas?parent=150800", Some(&gw)).await).await;
-    let codes: Vec<&str> = kids["items"].as_array().unwrap().iter().map(|a| a["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> = kids["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["code"].as_str().unwrap())
+        .collect();
     assert_eq!(codes, ["150821"]);
-    assert_eq!(app.get("/api/v1/areas?parent=150802", Some(&gw)).await.status(), 404);
+    assert_eq!(
+        app.get("/api/v1/areas?parent=150802", Some(&gw))
+            .await
+            .status(),
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -197,51 +343,126 @@ async fn unmasking_is_for_allowed_roles_and_always_audited() {
     let app = TestApp::start().await;
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
     let raw = cn_id("150802", "19870706", 5);
-    let reg = body(app.register(&site, &checkpoint_body(&raw, "司马静", "13700002222")).await).await;
+    let reg = body(
+        app.register(&site, &checkpoint_body(&raw, "司马静", "13700002222"))
+            .await,
+    )
+    .await;
     let id = reg["id"].as_str().unwrap();
     let admin = app.token("admin", Role::Admin, "150800").await;
     let epi = app.token("epi", Role::Epidemiologist, "150802").await;
     let staff = app.token("gatekeeper", Role::SiteStaff, "150802").await;
-    let other = app.token("wuyuan_epi", Role::Epidemiologist, "150821").await;
+    let other = app
+        .token("wuyuan_epi", Role::Epidemiologist, "150821")
+        .await;
 
-    let r = app.post_json(&format!("/api/v1/registrations/{id}/unmask"), &json!({"reason": "流调"}), Some(&epi)).await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/registrations/{id}/unmask"),
+            &json!({"reason": "流调"}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let v = body(r).await;
-    assert_eq!((v["id_number"].as_str(), v["phone"].as_str(), v["name"].as_str()), (Some(raw.as_str()), Some("13700002222"), Some("司马静")));
-    let r = app.post_json(&format!("/api/v1/registrations/{id}/unmask"), &json!({}), Some(&staff)).await;
+    assert_eq!(
+        (
+            v["id_number"].as_str(),
+            v["phone"].as_str(),
+            v["name"].as_str()
+        ),
+        (Some(raw.as_str()), Some("13700002222"), Some("司马静"))
+    );
+    let r = app
+        .post_json(
+            &format!("/api/v1/registrations/{id}/unmask"),
+            &json!({}),
+            Some(&staff),
+        )
+        .await;
     assert_eq!(r.status(), 403, "site staff may not unmask");
-    let r = app.post_json(&format!("/api/v1/registrations/{id}/unmask"), &json!({}), Some(&other)).await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/registrations/{id}/unmask"),
+            &json!({}),
+            Some(&other),
+        )
+        .await;
     assert_eq!(r.status(), 404, "out of scope");
 
     let audit = body(app.get("/api/v1/audit", Some(&admin)).await).await;
-    let unmasks: Vec<&Value> = audit["items"].as_array().unwrap().iter().filter(|e| e["action"] == "unmask").collect();
+    let unmasks: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "unmask")
+        .collect();
     assert_eq!(unmasks.len(), 1);
     assert_eq!(unmasks[0]["username"], "epi");
     assert_eq!(unmasks[0]["subject"], format!("registration:{id}"));
     assert!(unmasks[0]["detail"].as_str().unwrap().contains("流调"));
-    assert!(!audit.to_string().contains(&raw), "the audit log holds no personal data");
-    assert_eq!(app.get("/api/v1/audit", Some(&epi)).await.status(), 403, "audit is for admins");
+    assert!(
+        !audit.to_string().contains(&raw),
+        "the audit log holds no personal data"
+    );
+    assert_eq!(
+        app.get("/api/v1/audit", Some(&epi)).await.status(),
+        403,
+        "audit is for admins"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn login_tokens_logout_and_lockout() {
     let app = TestApp::start().await;
     let tok = app.token("mgr", Role::Manager, "150802").await;
-    assert_eq!(body(app.get("/api/v1/me", Some(&tok)).await).await["role"], "manager");
-    let r = app.post_json("/api/v1/auth/token", &json!({"username": "mgr", "password": "wrong"}), None).await;
+    assert_eq!(
+        body(app.get("/api/v1/me", Some(&tok)).await).await["role"],
+        "manager"
+    );
+    let r = app
+        .post_json(
+            "/api/v1/auth/token",
+            &json!({"username": "mgr", "password": "wrong"}),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 401);
-    let r = app.post_json("/api/v1/auth/token", &json!({"username": ""}), None).await;
+    let r = app
+        .post_json("/api/v1/auth/token", &json!({"username": ""}), None)
+        .await;
     assert_eq!(r.status(), 422);
     assert_eq!(fields(&body(r).await), ["username", "password"]);
-    let r = app.post_json("/api/v1/auth/logout", &json!({}), Some(&tok)).await;
+    let r = app
+        .post_json("/api/v1/auth/logout", &json!({}), Some(&tok))
+        .await;
     assert_eq!(r.status(), 204);
-    assert_eq!(app.get("/api/v1/me", Some(&tok)).await.status(), 401, "revoked");
+    assert_eq!(
+        app.get("/api/v1/me", Some(&tok)).await.status(),
+        401,
+        "revoked"
+    );
     user(app.store.as_ref(), "victim", Role::GridWorker, "150802").await;
     for _ in 0..5 {
-        app.post_json("/api/v1/auth/token", &json!({"username": "victim", "password": "guess"}), None).await;
+        app.post_json(
+            "/api/v1/auth/token",
+            &json!({"username": "victim", "password": "guess"}),
+            None,
+        )
+        .await;
     }
-    let r = app.post_json("/api/v1/auth/token", &json!({"username": "victim", "password": PASSWORD}), None).await;
-    assert_eq!(r.status(), 429, "locked after five failures, even with the right password");
+    let r = app
+        .post_json(
+            "/api/v1/auth/token",
+            &json!({"username": "victim", "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        429,
+        "locked after five failures, even with the right password"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,8 +471,19 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
     let mgr = app.token("mgr", Role::Manager, "150802").await;
     let gw = app.token("gw", Role::GridWorker, "150802").await;
     let new = json!({"kind": "venue", "name": "临河火车站", "area_code": "150802001"});
-    assert_eq!(app.post_json("/api/v1/sites", &new, Some(&gw)).await.status(), 403);
-    let r = app.post_json("/api/v1/sites", &json!({"kind": "shop", "name": "", "area_code": "150821"}), Some(&mgr)).await;
+    assert_eq!(
+        app.post_json("/api/v1/sites", &new, Some(&gw))
+            .await
+            .status(),
+        403
+    );
+    let r = app
+        .post_json(
+            "/api/v1/sites",
+            &json!({"kind": "shop", "name": "", "area_code": "150821"}),
+            Some(&mgr),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     assert_eq!(fields(&body(r).await), ["kind", "name", "area_code"]);
     let r = app.post_json("/api/v1/sites", &new, Some(&mgr)).await;
@@ -262,24 +494,76 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
     assert!(token.len() >= 32, "128-bit token");
     assert!(s["url"].as_str().unwrap().ends_with(&format!("/s/{token}")));
     let id = s["id"].as_str().unwrap();
-    let svg = app.get(&format!("/api/v1/sites/{id}/qr.svg"), Some(&mgr)).await;
+    let svg = app
+        .get(&format!("/api/v1/sites/{id}/qr.svg"), Some(&mgr))
+        .await;
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
-    let png = app.get(&format!("/api/v1/sites/{id}/qr.png"), Some(&mgr)).await.bytes().await.unwrap();
+    let png = app
+        .get(&format!("/api/v1/sites/{id}/qr.png"), Some(&mgr))
+        .await
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 
-    let r = app.client.patch(format!("{}/api/v1/sites/{id}", app.base)).bearer_auth(&mgr).json(&json!({"active": false})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/sites/{id}", app.base))
+        .bearer_auth(&mgr)
+        .json(&json!({"active": false}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let page = app.client.get(format!("{}/s/{token}", app.base)).send().await.unwrap();
+    let page = app
+        .client
+        .get(format!("{}/s/{token}", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 410);
-    assert!(page.text().await.unwrap().contains("已停用"), "the form says the site is deactivated");
-    let r = app.post_json(&format!("/api/v1/sites/{token}/registrations"), &json!({"name": "张三"}), None).await;
+    assert!(
+        page.text().await.unwrap().contains("已停用"),
+        "the form says the site is deactivated"
+    );
+    let r = app
+        .post_json(
+            &format!("/api/v1/sites/{token}/registrations"),
+            &json!({"name": "张三"}),
+            None,
+        )
+        .await;
     assert_eq!(r.status(), 410);
 
-    let r = app.client.patch(format!("{}/api/v1/sites/{id}", app.base)).bearer_auth(&mgr).json(&json!({"active": true, "rotate_token": true})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/sites/{id}", app.base))
+        .bearer_auth(&mgr)
+        .json(&json!({"active": true, "rotate_token": true}))
+        .send()
+        .await
+        .unwrap();
     let new_token = body(r).await["token"].as_str().unwrap().to_string();
     assert_ne!(new_token, token);
-    assert_eq!(app.client.get(format!("{}/s/{token}", app.base)).send().await.unwrap().status(), 404, "old QR dead");
-    assert_eq!(app.client.get(format!("{}/s/{new_token}", app.base)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(format!("{}/s/{token}", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "old QR dead"
+    );
+    assert_eq!(
+        app.client
+            .get(format!("{}/s/{new_token}", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -302,24 +586,54 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
     assert_eq!(r.status(), 422);
     let html = r.text().await.unwrap();
     assert!(html.contains("校验码"), "the ID error is shown");
-    assert!(html.contains("value=\"王小明\"") && html.contains("value=\"cough\" checked"), "input kept");
+    assert!(
+        html.contains("value=\"王小明\"") && html.contains("value=\"cough\" checked"),
+        "input kept"
+    );
     let mut ok = form;
     ok[2] = ("id_number", "11010519491231002X");
     let r = app.client.post(&url).form(&ok).send().await.unwrap();
     assert_eq!(r.status(), 303);
     let location = r.headers()["location"].to_str().unwrap().to_string();
-    let page = app.client.get(format!("{}{location}", app.base)).send().await.unwrap().text().await.unwrap();
-    let list = app.store.registrations(&epigrid_core::area::Scope::all(), &Default::default()).await.unwrap();
-    let _ = list;
+    let page = app
+        .client
+        .get(format!("{}{location}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
     let regs = app
         .store
-        .registrations(&epigrid_core::area::Scope::all(), &epigrid_core::model::RegistrationFilter { limit: 10, ..Default::default() })
+        .registrations(
+            &epigrid_core::area::Scope::all(),
+            &epigrid_core::model::RegistrationFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(regs.len(), 1);
-    assert_eq!(regs[0].fields.origin_code.as_deref(), Some("420100"), "武汉 in 湖北 resolved without JavaScript");
-    assert!(page.contains(&regs[0].verification_code) && page.contains("王**") == false && page.contains("王*明"));
-    assert!(page.contains("animation"), "a moving band marks a live screen");
+    assert_eq!(
+        regs[0].fields.origin_code.as_deref(),
+        Some("420100"),
+        "武汉 in 湖北 resolved without JavaScript"
+    );
+    assert!(
+        page.contains(&regs[0].verification_code),
+        "the code is on the confirmation"
+    );
+    assert!(
+        page.contains("王*明") && !page.contains("王小明"),
+        "the name is masked"
+    );
+    assert!(
+        page.contains("animation"),
+        "a moving band marks a live screen"
+    );
     // ambiguous or unknown places are field errors
     let mut amb = ok;
     amb[5] = ("origin_text", "火星");
@@ -332,13 +646,39 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
 async fn staff_register_a_person_without_a_phone_through_their_session() {
     let app = TestApp::start().await;
     user(app.store.as_ref(), "keeper", Role::SiteStaff, "150802").await;
-    let login = app.client.post(format!("{}/login", app.base)).form(&[("username", "keeper"), ("password", PASSWORD)]).send().await.unwrap();
+    let login = app
+        .client
+        .post(format!("{}/login", app.base))
+        .form(&[("username", "keeper"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(login.status(), 303);
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let site = app.site(SiteKind::Checkpoint, "150802");
     let url = format!("{}/s/{}", app.base, site.token);
-    let page = app.client.get(format!("{url}?staff=1")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
-    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).expect("csrf in the staff form").to_string();
+    let page = app
+        .client
+        .get(format!("{url}?staff=1"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("csrf in the staff form")
+        .to_string();
     let form = vec![
         ("staff_entry", "1"),
         ("name", "老人甲"),
@@ -349,15 +689,35 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
     ];
     let mut forged = form.clone();
     forged.push(("csrf", "forged"));
-    let r = app.client.post(&url).header("cookie", &cookie).form(&forged).send().await.unwrap();
+    let r = app
+        .client
+        .post(&url)
+        .header("cookie", &cookie)
+        .form(&forged)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403, "CSRF token required");
     let mut good = form.clone();
     good.push(("csrf", csrf.as_str()));
-    let r = app.client.post(&url).header("cookie", &cookie).form(&good).send().await.unwrap();
+    let r = app
+        .client
+        .post(&url)
+        .header("cookie", &cookie)
+        .form(&good)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 303);
     let regs = app
         .store
-        .registrations(&epigrid_core::area::Scope::all(), &epigrid_core::model::RegistrationFilter { limit: 10, ..Default::default() })
+        .registrations(
+            &epigrid_core::area::Scope::all(),
+            &epigrid_core::model::RegistrationFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(regs.len(), 1);
@@ -372,23 +732,50 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
 async fn the_live_feed_streams_new_registrations_in_scope() {
     let app = TestApp::start().await;
     let tok = app.token("watcher", Role::SiteStaff, "150802").await;
-    let mut feed = app.client.get(format!("{}/api/v1/feed", app.base)).bearer_auth(&tok).send().await.unwrap();
+    let mut feed = app
+        .client
+        .get(format!("{}/api/v1/feed", app.base))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(feed.status(), 200);
-    assert!(feed.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(feed.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let other = app.site(SiteKind::Checkpoint, "150821").clone();
     let mine = app.site(SiteKind::Checkpoint, "150802").clone();
-    app.register(&other, &checkpoint_body(&cn_id("150821", "19900101", 8), "外县人", "13900000008")).await;
-    let mine_reg = body(app.register(&mine, &checkpoint_body(&cn_id("150802", "19900101", 9), "本县人", "13900000009")).await).await;
+    app.register(
+        &other,
+        &checkpoint_body(&cn_id("150821", "19900101", 8), "外县人", "13900000008"),
+    )
+    .await;
+    let mine_reg = body(
+        app.register(
+            &mine,
+            &checkpoint_body(&cn_id("150802", "19900101", 9), "本县人", "13900000009"),
+        )
+        .await,
+    )
+    .await;
     let code = mine_reg["verification_code"].as_str().unwrap().to_string();
     let mut got = String::new();
     // Bounded: the feed must deliver within the wait, or the test fails (not a speed test).
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     while !got.contains(&code) {
-        let chunk = tokio::time::timeout_at(deadline, feed.chunk()).await.expect("feed delivered in time").unwrap().expect("stream open");
+        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
+            .await
+            .expect("feed delivered in time")
+            .unwrap()
+            .expect("stream open");
         got.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(got.contains("event: registration"));
-    assert!(!got.contains("外县人") && !got.contains("13900000008") && !got.contains("150821"), "nothing out of scope");
+    assert!(
+        !got.contains("外县人") && !got.contains("13900000008") && !got.contains("150821"),
+        "nothing out of scope"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -400,39 +787,113 @@ async fn operations_endpoints_describe_and_measure_the_service() {
     app.register(site, &json!({"name": "张三"})).await;
     let m = app.get("/metrics", None).await.text().await.unwrap();
     assert!(m.contains("# TYPE epigrid_http_requests_total counter"));
-    assert!(m.contains("route=\"/api/v1/sites/{site}/registrations\",status=\"4xx\""), "{m}");
+    assert!(
+        m.contains("route=\"/api/v1/sites/{site}/registrations\",status=\"4xx\""),
+        "{m}"
+    );
     assert!(!m.contains(&site.token), "no tokens in metrics");
     let spec = body(app.get("/api/v1/openapi.json", None).await).await;
     let paths = spec["paths"].as_object().unwrap();
     for p in [
-        "/api/v1/auth/token", "/api/v1/auth/logout", "/api/v1/me", "/api/v1/areas", "/api/v1/divisions", "/api/v1/sites",
-        "/api/v1/sites/{id}", "/api/v1/sites/{id}/qr.svg", "/api/v1/sites/{id}/qr.png", "/api/v1/sites/{token}/registrations",
-        "/api/v1/registrations", "/api/v1/registrations/{id}", "/api/v1/registrations/{id}/unmask",
-        "/api/v1/registrations/{id}/checkout", "/api/v1/feed", "/api/v1/audit", "/api/v1/users", "/healthz", "/metrics",
+        "/api/v1/auth/token",
+        "/api/v1/auth/logout",
+        "/api/v1/me",
+        "/api/v1/areas",
+        "/api/v1/divisions",
+        "/api/v1/sites",
+        "/api/v1/sites/{id}",
+        "/api/v1/sites/{id}/qr.svg",
+        "/api/v1/sites/{id}/qr.png",
+        "/api/v1/sites/{token}/registrations",
+        "/api/v1/registrations",
+        "/api/v1/registrations/{id}",
+        "/api/v1/registrations/{id}/unmask",
+        "/api/v1/registrations/{id}/checkout",
+        "/api/v1/feed",
+        "/api/v1/audit",
+        "/api/v1/users",
+        "/healthz",
+        "/metrics",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
     let div = body(app.get("/api/v1/divisions?parent=42", None).await).await;
-    assert!(div["items"].as_array().unwrap().iter().any(|d| d["name"] == "武汉市"));
+    assert!(div["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["name"] == "武汉市"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn staff_pages_need_a_login_and_show_the_breadcrumb() {
     let app = TestApp::start().await;
-    let r = app.client.get(format!("{}/registrations", app.base)).send().await.unwrap();
+    let r = app
+        .client
+        .get(format!("{}/registrations", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 303);
     user(app.store.as_ref(), "pages", Role::Admin, "150802").await;
-    let login = app.client.post(format!("{}/login", app.base)).form(&[("username", "pages"), ("password", PASSWORD)]).send().await.unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let login = app
+        .client
+        .post(format!("{}/login", app.base))
+        .form(&[("username", "pages"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
-    let reg = body(app.register(&site, &checkpoint_body(&cn_id("150802", "19900101", 3), "张三", "13900000003")).await).await;
-    for path in ["/", "/sites", "/registrations", "/feed", "/audit", &format!("/sites/{}", site.id), &format!("/sites/{}/poster", site.id), &format!("/registrations/{}", reg["id"].as_str().unwrap())] {
-        let r = app.client.get(format!("{}{path}", app.base)).header("cookie", &cookie).send().await.unwrap();
+    let reg = body(
+        app.register(
+            &site,
+            &checkpoint_body(&cn_id("150802", "19900101", 3), "张三", "13900000003"),
+        )
+        .await,
+    )
+    .await;
+    for path in [
+        "/",
+        "/sites",
+        "/registrations",
+        "/feed",
+        "/audit",
+        &format!("/sites/{}", site.id),
+        &format!("/sites/{}/poster", site.id),
+        &format!("/registrations/{}", reg["id"].as_str().unwrap()),
+    ] {
+        let r = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let html = r.text().await.unwrap();
-        assert!(html.contains("巴彦淖尔市") || path.contains("poster"), "{path}: breadcrumb");
+        assert!(
+            html.contains("巴彦淖尔市") || path.contains("poster"),
+            "{path}: breadcrumb"
+        );
         assert!(!html.contains("13900000003"), "{path}: phone masked");
     }
-    let wrong = app.client.get(format!("{}/sites/{}", app.base, app.site(SiteKind::Gate, "150821").id)).header("cookie", &cookie).send().await.unwrap();
+    let wrong = app
+        .client
+        .get(format!(
+            "{}/sites/{}",
+            app.base,
+            app.site(SiteKind::Gate, "150821").id
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 404, "another county's site");
 }

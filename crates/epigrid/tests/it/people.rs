@@ -12,10 +12,21 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-async fn registered_person(store: &dyn epigrid_core::store::Store, site: &epigrid_core::model::Site, id: &str, name: &str) -> Uuid {
+async fn registered_person(
+    store: &dyn epigrid_core::store::Store,
+    site: &epigrid_core::model::Site,
+    id: &str,
+    name: &str,
+) -> Uuid {
     let body = checkpoint_body(id, name, "13911112222");
     let input = RegistrationInput::from_json(&body).unwrap();
-    let ctx = Context { site, channel: Channel::SelfService, by_user: None, now: Utc::now(), tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap() };
+    let ctx = Context {
+        site,
+        channel: Channel::SelfService,
+        by_user: None,
+        now: Utc::now(),
+        tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
+    };
     let reg = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
     let pid = reg.person.id;
     store.insert_registration(reg).await.unwrap();
@@ -46,73 +57,242 @@ fn observation(person_id: Uuid, start: NaiveDate, days: i64, token: &str) -> Obs
 async fn categories_observations_reports_and_labs_behave_the_same_on_every_store() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
-        let linhe = sites.iter().find(|s| s.area_code.starts_with("150802")).unwrap();
-        let pid = registered_person(store.as_ref(), linhe, &cn_id("150802", "19900101", 5), "欧阳晓明").await;
+        let linhe = sites
+            .iter()
+            .find(|s| s.area_code.starts_with("150802"))
+            .unwrap();
+        let pid = registered_person(
+            store.as_ref(),
+            linhe,
+            &cn_id("150802", "19900101", 5),
+            "欧阳晓明",
+        )
+        .await;
         let in_scope = Scope::new("/150800/150802/");
         let out_scope = Scope::new("/150800/150821/");
-        let p = store.person(pid, &in_scope).await.unwrap().expect("person in scope");
+        let p = store
+            .person(pid, &in_scope)
+            .await
+            .unwrap()
+            .expect("person in scope");
         assert_eq!(p.category, Category::None, "{name}");
-        assert!(store.person(pid, &out_scope).await.unwrap().is_none(), "{name}");
+        assert!(
+            store.person(pid, &out_scope).await.unwrap().is_none(),
+            "{name}"
+        );
 
         // search by name fragment, in scope only
-        let hits = store.search_persons(&in_scope, &PersonQuery::Name("晓明".into()), 10).await.unwrap();
-        assert_eq!(hits.iter().map(|p| p.id).collect::<Vec<_>>(), vec![pid], "{name}");
-        assert!(store.search_persons(&out_scope, &PersonQuery::Name("晓明".into()), 10).await.unwrap().is_empty(), "{name}");
-        let by_plate = store.search_persons(&in_scope, &PersonQuery::Plate("蒙L12345".into()), 10).await.unwrap();
+        let hits = store
+            .search_persons(&in_scope, &PersonQuery::Name("晓明".into()), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            hits.iter().map(|p| p.id).collect::<Vec<_>>(),
+            vec![pid],
+            "{name}"
+        );
+        assert!(
+            store
+                .search_persons(&out_scope, &PersonQuery::Name("晓明".into()), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        let by_plate = store
+            .search_persons(&in_scope, &PersonQuery::Plate("蒙L12345".into()), 10)
+            .await
+            .unwrap();
         assert_eq!(by_plate.len(), 1, "{name}");
 
         // compare-and-set category changes with history
-        let change = |from, to| CategoryChange { id: new_id(), person_id: pid, from, to, at: Utc::now(), by_user: None, by_username: "epi".into(), reason: "test".into() };
-        assert!(store.change_category(&change(Category::None, Category::CloseContact)).await.unwrap(), "{name}");
-        assert!(!store.change_category(&change(Category::None, Category::Suspected)).await.unwrap(), "{name}: stale from");
-        assert!(store.change_category(&change(Category::CloseContact, Category::Confirmed)).await.unwrap(), "{name}");
+        let change = |from, to| CategoryChange {
+            id: new_id(),
+            person_id: pid,
+            from,
+            to,
+            at: Utc::now(),
+            by_user: None,
+            by_username: "epi".into(),
+            reason: "test".into(),
+        };
+        assert!(
+            store
+                .change_category(&change(Category::None, Category::CloseContact))
+                .await
+                .unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store
+                .change_category(&change(Category::None, Category::Suspected))
+                .await
+                .unwrap(),
+            "{name}: stale from"
+        );
+        assert!(
+            store
+                .change_category(&change(Category::CloseContact, Category::Confirmed))
+                .await
+                .unwrap(),
+            "{name}"
+        );
         let history = store.category_history(pid).await.unwrap();
-        assert_eq!(history.iter().map(|h| (h.from, h.to)).collect::<Vec<_>>(), vec![(Category::None, Category::CloseContact), (Category::CloseContact, Category::Confirmed)], "{name}");
+        assert_eq!(
+            history.iter().map(|h| (h.from, h.to)).collect::<Vec<_>>(),
+            vec![
+                (Category::None, Category::CloseContact),
+                (Category::CloseContact, Category::Confirmed)
+            ],
+            "{name}"
+        );
         let counts = store.category_counts(&Scope::all()).await.unwrap();
-        assert_eq!(counts, vec![("/150800/150802/150802001/150802001001/".to_string(), Category::Confirmed, 1)], "{name}");
-        assert!(store.category_counts(&out_scope).await.unwrap().is_empty(), "{name}");
+        assert_eq!(
+            counts,
+            vec![(
+                "/150800/150802/150802001/150802001001/".to_string(),
+                Category::Confirmed,
+                1
+            )],
+            "{name}"
+        );
+        assert!(
+            store.category_counts(&out_scope).await.unwrap().is_empty(),
+            "{name}"
+        );
 
         // observation, reports one per slot, lab results and the review list
         let today = Utc::now().date_naive();
         let mut o = observation(pid, today - Duration::days(1), 14, "tok-1");
         store.insert_observation(&o).await.unwrap();
-        assert_eq!(store.observation_by_token(&token_hash("tok-1")).await.unwrap().map(|x| x.id), Some(o.id), "{name}");
-        assert!(store.observation(o.id, &out_scope).await.unwrap().is_none(), "{name}");
-        let report = |day, slot| HealthReport { id: new_id(), observation_id: o.id, person_id: pid, day, slot, at: Utc::now(), temperature: Some(381), symptoms: 2, note: None, by_user: None };
+        assert_eq!(
+            store
+                .observation_by_token(&token_hash("tok-1"))
+                .await
+                .unwrap()
+                .map(|x| x.id),
+            Some(o.id),
+            "{name}"
+        );
+        assert!(
+            store.observation(o.id, &out_scope).await.unwrap().is_none(),
+            "{name}"
+        );
+        let report = |day, slot| HealthReport {
+            id: new_id(),
+            observation_id: o.id,
+            person_id: pid,
+            day,
+            slot,
+            at: Utc::now(),
+            temperature: Some(381),
+            symptoms: 2,
+            note: None,
+            by_user: None,
+        };
         store.insert_report(&report(today, 0)).await.unwrap();
-        assert!(matches!(store.insert_report(&report(today, 0)).await, Err(epigrid_core::store::StoreError::Conflict(_))), "{name}: one per slot");
+        assert!(
+            matches!(
+                store.insert_report(&report(today, 0)).await,
+                Err(epigrid_core::store::StoreError::Conflict(_))
+            ),
+            "{name}: one per slot"
+        );
         store.insert_report(&report(today, 1)).await.unwrap();
-        let rows = store.observation_rows(&in_scope, today, today - Duration::days(7), None).await.unwrap();
+        let rows = store
+            .observation_rows(&in_scope, today, today - Duration::days(7), None)
+            .await
+            .unwrap();
         assert_eq!(rows.len(), 1, "{name}");
-        assert_eq!((rows[0].reports_today, rows[0].last_temperature, rows[0].last_symptoms), (2, Some(381), 2), "{name}");
-        assert!(store.observation_rows(&out_scope, today, today, None).await.unwrap().is_empty(), "{name}");
+        assert_eq!(
+            (
+                rows[0].reports_today,
+                rows[0].last_temperature,
+                rows[0].last_symptoms
+            ),
+            (2, Some(381), 2),
+            "{name}"
+        );
+        assert!(
+            store
+                .observation_rows(&out_scope, today, today, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
         o.planned_end += Duration::days(3);
         o.token_revoked = true;
         store.update_observation(&o).await.unwrap();
         let back = store.observations_of(pid).await.unwrap();
-        assert_eq!((back[0].planned_end, back[0].token_revoked), (o.planned_end, true), "{name}");
+        assert_eq!(
+            (back[0].planned_end, back[0].token_revoked),
+            (o.planned_end, true),
+            "{name}"
+        );
         assert_eq!(store.reports_of(pid).await.unwrap().len(), 2, "{name}");
 
-        let other = registered_person(store.as_ref(), linhe, &cn_id("150802", "19800101", 6), "司马静").await;
-        let lab = LabResult { id: new_id(), person_id: other, test: TestKind::NucleicAcid, sample_date: today, result_date: Some(today), result: TestResult::Positive, entered_by: None, created_at: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap() };
+        let other = registered_person(
+            store.as_ref(),
+            linhe,
+            &cn_id("150802", "19800101", 6),
+            "司马静",
+        )
+        .await;
+        let lab = LabResult {
+            id: new_id(),
+            person_id: other,
+            test: TestKind::NucleicAcid,
+            sample_date: today,
+            result_date: Some(today),
+            result: TestResult::Positive,
+            entered_by: None,
+            created_at: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+                .unwrap(),
+        };
         store.insert_lab_result(&lab).await.unwrap();
-        assert_eq!(store.lab_results_of(other).await.unwrap(), vec![lab.clone()], "{name}");
+        assert_eq!(
+            store.lab_results_of(other).await.unwrap(),
+            vec![lab.clone()],
+            "{name}"
+        );
         let review = store.review_list(&in_scope).await.unwrap();
-        assert_eq!(review.iter().map(|(p, _)| p.id).collect::<Vec<_>>(), vec![other], "{name}: positive, not confirmed");
+        assert_eq!(
+            review.iter().map(|(p, _)| p.id).collect::<Vec<_>>(),
+            vec![other],
+            "{name}: positive, not confirmed"
+        );
         // the confirmed person with a positive result is not on it
         let mut lab2 = lab.clone();
         lab2.id = new_id();
         lab2.person_id = pid;
         store.insert_lab_result(&lab2).await.unwrap();
-        assert_eq!(store.review_list(&in_scope).await.unwrap().len(), 1, "{name}");
+        assert_eq!(
+            store.review_list(&in_scope).await.unwrap().len(),
+            1,
+            "{name}"
+        );
     }
 }
 
 async fn person_via_api(app: &TestApp, id: &str, name: &str, phone: &str, token: &str) -> String {
     let site = app.site(SiteKind::Checkpoint, "150802");
-    assert_eq!(app.register(site, &checkpoint_body(id, name, phone)).await.status(), 201);
-    let v: Value = app.get(&format!("/api/v1/persons?q={id}"), Some(token)).await.json().await.unwrap();
-    v["items"][0]["id"].as_str().expect("found by ID number").to_string()
+    assert_eq!(
+        app.register(site, &checkpoint_body(id, name, phone))
+            .await
+            .status(),
+        201
+    );
+    let v: Value = app
+        .get(&format!("/api/v1/persons?q={id}"), Some(token))
+        .await
+        .json()
+        .await
+        .unwrap();
+    v["items"][0]["id"]
+        .as_str()
+        .expect("found by ID number")
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,15 +302,63 @@ async fn search_finds_people_by_document_phone_plate_and_name_in_scope() {
     let other = app.token("wuyuan", Role::GridWorker, "150821").await;
     let id = cn_id("150802", "19900101", 417);
     let pid = person_via_api(&app, &id, "欧阳晓明", "13700001111", &epi).await;
-    for q in [id.as_str(), "13700001111", "蒙L12345", "蒙L·12345", "晓明", "欧阳晓明", &id.to_lowercase()] {
-        let v: Value = app.client.get(format!("{}/api/v1/persons", app.base)).query(&[("q", q)]).bearer_auth(&epi).send().await.unwrap().json().await.unwrap();
-        assert!(v["items"].as_array().unwrap().iter().any(|p| p["id"] == pid.as_str()), "{q}");
-        assert!(!v.to_string().contains("13700001111") && !v.to_string().contains(&id), "{q}: masked");
-        let v: Value = app.client.get(format!("{}/api/v1/persons", app.base)).query(&[("q", q)]).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
-        assert!(v["items"].as_array().unwrap().is_empty(), "{q}: out of scope");
+    for q in [
+        id.as_str(),
+        "13700001111",
+        "蒙L12345",
+        "蒙L·12345",
+        "晓明",
+        "欧阳晓明",
+        &id.to_lowercase(),
+    ] {
+        let v: Value = app
+            .client
+            .get(format!("{}/api/v1/persons", app.base))
+            .query(&[("q", q)])
+            .bearer_auth(&epi)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == pid.as_str()),
+            "{q}"
+        );
+        assert!(
+            !v.to_string().contains("13700001111") && !v.to_string().contains(&id),
+            "{q}: masked"
+        );
+        let v: Value = app
+            .client
+            .get(format!("{}/api/v1/persons", app.base))
+            .query(&[("q", q)])
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["items"].as_array().unwrap().is_empty(),
+            "{q}: out of scope"
+        );
     }
     for bad in ["", "12", "张三12"] {
-        let r = app.client.get(format!("{}/api/v1/persons", app.base)).query(&[("q", bad)]).bearer_auth(&epi).send().await.unwrap();
+        let r = app
+            .client
+            .get(format!("{}/api/v1/persons", app.base))
+            .query(&[("q", bad)])
+            .bearer_auth(&epi)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 422, "{bad:?}");
     }
 }
@@ -140,31 +368,91 @@ async fn category_changes_follow_the_rules_and_keep_history() {
     let app = TestApp::start().await;
     let epi = app.token("epi", Role::Epidemiologist, "150802").await;
     let gw = app.token("gw", Role::GridWorker, "150802").await;
-    let pid = person_via_api(&app, &cn_id("150802", "19900101", 1), "张三", "13700000001", &epi).await;
+    let pid = person_via_api(
+        &app,
+        &cn_id("150802", "19900101", 1),
+        "张三",
+        "13700000001",
+        &epi,
+    )
+    .await;
     let set = |c: &'static str, tok: String| {
         let app = &app;
         let pid = pid.clone();
-        async move { app.post_json(&format!("/api/v1/persons/{pid}/category"), &json!({"category": c, "reason": "流调结果"}), Some(&tok)).await }
+        async move {
+            app.post_json(
+                &format!("/api/v1/persons/{pid}/category"),
+                &json!({"category": c, "reason": "流调结果"}),
+                Some(&tok),
+            )
+            .await
+        }
     };
-    assert_eq!(set("suspected", gw.clone()).await.status(), 403, "grid workers do not classify");
+    assert_eq!(
+        set("suspected", gw.clone()).await.status(),
+        403,
+        "grid workers do not classify"
+    );
     assert_eq!(set("suspected", epi.clone()).await.status(), 200);
     assert_eq!(set("confirmed", epi.clone()).await.status(), 200);
     let r = set("close_contact", epi.clone()).await;
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("确诊"), "the reason is said: {v}");
+    assert!(
+        v["errors"][0]["message"].as_str().unwrap().contains("确诊"),
+        "the reason is said: {v}"
+    );
     assert_eq!(set("zombie", epi.clone()).await.status(), 422);
-    let r = app.post_json(&format!("/api/v1/persons/{pid}/category"), &json!({"category": "recovered"}), Some(&epi)).await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/category"),
+            &json!({"category": "recovered"}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 422, "a reason is required");
     assert_eq!(set("deceased", epi.clone()).await.status(), 200);
-    assert_eq!(set("recovered", epi.clone()).await.status(), 409, "nothing after deceased");
-    let v: Value = app.get(&format!("/api/v1/persons/{pid}"), Some(&epi)).await.json().await.unwrap();
-    let hist: Vec<(&str, &str)> = v["category_history"].as_array().unwrap().iter().map(|h| (h["from"].as_str().unwrap(), h["to"].as_str().unwrap())).collect();
-    assert_eq!(hist, [("none", "suspected"), ("suspected", "confirmed"), ("confirmed", "deceased")]);
+    assert_eq!(
+        set("recovered", epi.clone()).await.status(),
+        409,
+        "nothing after deceased"
+    );
+    let v: Value = app
+        .get(&format!("/api/v1/persons/{pid}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let hist: Vec<(&str, &str)> = v["category_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["from"].as_str().unwrap(), h["to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        hist,
+        [
+            ("none", "suspected"),
+            ("suspected", "confirmed"),
+            ("confirmed", "deceased")
+        ]
+    );
     assert_eq!(v["category"], "deceased");
     assert_eq!(v["registrations"].as_array().unwrap().len(), 1);
-    let counts: Value = app.get("/api/v1/category-counts", Some(&epi)).await.json().await.unwrap();
-    assert!(counts["totals"].as_array().unwrap().iter().all(|c| c["count"] == 0), "a deceased person is not among the four: {counts}");
+    let counts: Value = app
+        .get("/api/v1/category-counts", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        counts["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["count"] == 0),
+        "a deceased person is not among the four: {counts}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -172,94 +460,281 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
     let app = TestApp::start().await;
     let epi = app.token("epi", Role::Epidemiologist, "150802").await;
     let admin = app.token("admin", Role::Admin, "150800").await;
-    let pid = person_via_api(&app, &cn_id("150802", "19771231", 233), "司马静", "13700002222", &epi).await;
-    let start = Utc::now().with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap()).date_naive();
+    let pid = person_via_api(
+        &app,
+        &cn_id("150802", "19771231", 233),
+        "司马静",
+        "13700002222",
+        &epi,
+    )
+    .await;
+    let start = Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+        .date_naive();
     for (body, field) in [
-        (json!({"kind": "home", "start": start.to_string(), "days": -3}), "days"),
-        (json!({"kind": "tent", "start": start.to_string(), "days": 14}), "kind"),
-        (json!({"kind": "home", "start": "28/11/2026", "days": 14}), "start"),
-        (json!({"kind": "central", "start": start.to_string(), "days": 14}), "site_id"),
+        (
+            json!({"kind": "home", "start": start.to_string(), "days": -3}),
+            "days",
+        ),
+        (
+            json!({"kind": "tent", "start": start.to_string(), "days": 14}),
+            "kind",
+        ),
+        (
+            json!({"kind": "home", "start": "28/11/2026", "days": 14}),
+            "start",
+        ),
+        (
+            json!({"kind": "central", "start": start.to_string(), "days": 14}),
+            "site_id",
+        ),
     ] {
-        let r = app.post_json(&format!("/api/v1/persons/{pid}/observations"), &body, Some(&epi)).await;
+        let r = app
+            .post_json(
+                &format!("/api/v1/persons/{pid}/observations"),
+                &body,
+                Some(&epi),
+            )
+            .await;
         assert_eq!(r.status(), 422, "{body}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["errors"][0]["field"], field);
     }
-    let r = app.post_json(&format!("/api/v1/persons/{pid}/observations"), &json!({"kind": "home", "start": start.to_string(), "days": 14}), Some(&epi)).await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/observations"),
+            &json!({"kind": "home", "start": start.to_string(), "days": 14}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     let obs: Value = r.json().await.unwrap();
     let url = obs["report_url"].as_str().unwrap().to_string();
     assert!(url.starts_with(&app.base) && url.contains("/r/"));
     let token = url.rsplit('/').next().unwrap().to_string();
-    let again = app.post_json(&format!("/api/v1/persons/{pid}/observations"), &json!({"kind": "home"}), Some(&epi)).await;
+    let again = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/observations"),
+            &json!({"kind": "home"}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(again.status(), 409, "one open observation at a time");
 
     let page = app.client.get(&url).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.len() < 20_000 && html.contains("<form"), "{} bytes", html.len());
-    assert!(!html.contains("司马静"), "the name is masked on the link page");
+    assert!(
+        html.len() < 20_000 && html.contains("<form"),
+        "{} bytes",
+        html.len()
+    );
+    assert!(
+        !html.contains("司马静"),
+        "the name is masked on the link page"
+    );
 
-    let bad = app.post_json(&format!("/api/v1/reports/{token}"), &json!({"temperature": 48, "symptoms": ["cough"]}), None).await;
+    let bad = app
+        .post_json(
+            &format!("/api/v1/reports/{token}"),
+            &json!({"temperature": 48, "symptoms": ["cough"]}),
+            None,
+        )
+        .await;
     assert_eq!(bad.status(), 422);
-    let ok = app.post_json(&format!("/api/v1/reports/{token}"), &json!({"temperature": 38.2, "symptoms": ["cough"]}), None).await;
+    let ok = app
+        .post_json(
+            &format!("/api/v1/reports/{token}"),
+            &json!({"temperature": 38.2, "symptoms": ["cough"]}),
+            None,
+        )
+        .await;
     assert_eq!(ok.status(), 201);
-    let dup = app.post_json(&format!("/api/v1/reports/{token}"), &json!({"temperature": 36.9, "symptoms": []}), None).await;
+    let dup = app
+        .post_json(
+            &format!("/api/v1/reports/{token}"),
+            &json!({"temperature": 36.9, "symptoms": []}),
+            None,
+        )
+        .await;
     assert_eq!(dup.status(), 409);
-    assert_eq!(app.post_json(&format!("/api/v1/reports/{token}x"), &json!({"temperature": 36.9}), None).await.status(), 404);
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/reports/{token}x"),
+            &json!({"temperature": 36.9}),
+            None
+        )
+        .await
+        .status(),
+        404
+    );
 
-    let list: Value = app.get("/api/v1/observations?status=symptomatic", Some(&epi)).await.json().await.unwrap();
+    let list: Value = app
+        .get("/api/v1/observations?status=symptomatic", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    let today: Value = app.get("/api/v1/observations?status=reported_today", Some(&epi)).await.json().await.unwrap();
+    let today: Value = app
+        .get("/api/v1/observations?status=reported_today", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(today["items"].as_array().unwrap().len(), 1);
-    let none: Value = app.get("/api/v1/observations?status=not_reported", Some(&epi)).await.json().await.unwrap();
+    let none: Value = app
+        .get("/api/v1/observations?status=not_reported", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert!(none["items"].as_array().unwrap().is_empty());
-    assert_eq!(app.get("/api/v1/observations?status=sleeping", Some(&epi)).await.status(), 422);
+    assert_eq!(
+        app.get("/api/v1/observations?status=sleeping", Some(&epi))
+            .await
+            .status(),
+        422
+    );
 
     // revoke the link: reports refused, the page says so
     let oid = obs["id"].as_str().unwrap();
-    let r = app.client.patch(format!("{}/api/v1/observations/{oid}", app.base)).bearer_auth(&epi).json(&json!({"revoke_link": true})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/observations/{oid}", app.base))
+        .bearer_auth(&epi)
+        .json(&json!({"revoke_link": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(app.post_json(&format!("/api/v1/reports/{token}"), &json!({"temperature": 36.5}), None).await.status(), 410);
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/reports/{token}"),
+            &json!({"temperature": 36.5}),
+            None
+        )
+        .await
+        .status(),
+        410
+    );
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 410);
     // early release needs a negative test
-    let r = app.client.patch(format!("{}/api/v1/observations/{oid}", app.base)).bearer_auth(&epi).json(&json!({"release_reason": "阴性", "early_release": true})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/observations/{oid}", app.base))
+        .bearer_auth(&epi)
+        .json(&json!({"release_reason": "阴性", "early_release": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let lab = app.post_json(&format!("/api/v1/persons/{pid}/lab-results"), &json!({"test": "nucleic_acid", "sample_date": start.to_string(), "result": "negative"}), Some(&epi)).await;
     assert_eq!(lab.status(), 201);
-    let r = app.client.patch(format!("{}/api/v1/observations/{oid}", app.base)).bearer_auth(&epi).json(&json!({"release_reason": "阴性", "early_release": true})).send().await.unwrap();
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/observations/{oid}", app.base))
+        .bearer_auth(&epi)
+        .json(&json!({"release_reason": "阴性", "early_release": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let ended: Value = app.get("/api/v1/observations?status=ended", Some(&epi)).await.json().await.unwrap();
+    let ended: Value = app
+        .get("/api/v1/observations?status=ended", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ended["items"].as_array().unwrap().len(), 1);
 
     // the export is CSV with a BOM, masked unless asked, and audited
-    let csv = app.get("/api/v1/observations/export.csv", Some(&epi)).await.text().await.unwrap();
+    let csv = app
+        .get("/api/v1/observations/export.csv", Some(&epi))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(csv.starts_with('\u{feff}') && csv.contains("司*静") && !csv.contains("13700002222"));
-    let csv = app.get("/api/v1/observations/export.csv?unmask=1", Some(&epi)).await.text().await.unwrap();
+    let csv = app
+        .get("/api/v1/observations/export.csv?unmask=1", Some(&epi))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(csv.contains("13700002222"));
-    let audit: Value = app.get("/api/v1/audit", Some(&admin)).await.json().await.unwrap();
-    assert_eq!(audit["items"].as_array().unwrap().iter().filter(|e| e["action"] == "export").count(), 2);
+    let audit: Value = app
+        .get("/api/v1/audit", Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "export")
+            .count(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn positive_results_put_people_on_the_review_list() {
     let app = TestApp::start().await;
     let epi = app.token("epi", Role::Epidemiologist, "150802").await;
-    let pid = person_via_api(&app, &cn_id("150802", "19900101", 3), "王五", "13700000003", &epi).await;
+    let pid = person_via_api(
+        &app,
+        &cn_id("150802", "19900101", 3),
+        "王五",
+        "13700000003",
+        &epi,
+    )
+    .await;
     let today = Utc::now().date_naive();
     for (body, field) in [
-        (json!({"test": "blood", "sample_date": today.to_string(), "result": "positive"}), "test"),
-        (json!({"test": "antigen", "sample_date": "2999-01-01", "result": "positive"}), "sample_date"),
-        (json!({"test": "antigen", "sample_date": today.to_string(), "result": "maybe"}), "result"),
+        (
+            json!({"test": "blood", "sample_date": today.to_string(), "result": "positive"}),
+            "test",
+        ),
+        (
+            json!({"test": "antigen", "sample_date": "2999-01-01", "result": "positive"}),
+            "sample_date",
+        ),
+        (
+            json!({"test": "antigen", "sample_date": today.to_string(), "result": "maybe"}),
+            "result",
+        ),
     ] {
-        let r = app.post_json(&format!("/api/v1/persons/{pid}/lab-results"), &body, Some(&epi)).await;
+        let r = app
+            .post_json(
+                &format!("/api/v1/persons/{pid}/lab-results"),
+                &body,
+                Some(&epi),
+            )
+            .await;
         assert_eq!(r.status(), 422, "{body}");
-        assert_eq!(r.json::<Value>().await.unwrap()["errors"][0]["field"], field);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["errors"][0]["field"],
+            field
+        );
     }
-    let r = app.post_json(&format!("/api/v1/persons/{pid}/lab-results"), &json!({"test": "antigen", "sample_date": today.to_string(), "result": "positive"}), Some(&epi)).await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/lab-results"),
+            &json!({"test": "antigen", "sample_date": today.to_string(), "result": "positive"}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.json::<Value>().await.unwrap()["needs_review"], true);
-    let list: Value = app.get("/api/v1/review", Some(&epi)).await.json().await.unwrap();
+    let list: Value = app
+        .get("/api/v1/review", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["items"][0]["person"]["id"], pid.as_str());
 }
 
@@ -267,14 +742,48 @@ async fn positive_results_put_people_on_the_review_list() {
 async fn the_report_form_works_without_javascript() {
     let app = TestApp::start().await;
     let epi = app.token("epi", Role::Epidemiologist, "150802").await;
-    let pid = person_via_api(&app, &cn_id("150802", "19900101", 4), "赵六", "13700000004", &epi).await;
-    let obs: Value = app.post_json(&format!("/api/v1/persons/{pid}/observations"), &json!({}), Some(&epi)).await.json().await.unwrap();
+    let pid = person_via_api(
+        &app,
+        &cn_id("150802", "19900101", 4),
+        "赵六",
+        "13700000004",
+        &epi,
+    )
+    .await;
+    let obs: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/observations"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     let url = obs["report_url"].as_str().unwrap();
-    let r = app.client.post(url).form(&[("temperature", "abc")]).send().await.unwrap();
+    let r = app
+        .client
+        .post(url)
+        .form(&[("temperature", "abc")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
-    let r = app.client.post(url).form(&[("temperature", "36.6"), ("symptoms", "none")]).send().await.unwrap();
+    let r = app
+        .client
+        .post(url)
+        .form(&[("temperature", "36.6"), ("symptoms", "none")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("已收到"));
-    let r = app.client.post(url).form(&[("temperature", "36.6")]).send().await.unwrap();
+    let r = app
+        .client
+        .post(url)
+        .form(&[("temperature", "36.6")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
 }

@@ -14,12 +14,26 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_epigrid");
 
 fn epigrid(args: &[&str]) -> (bool, String) {
-    let out = Command::new(BIN).args(args).env("LANG", "en_US.UTF-8").output().expect("run epigrid");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(BIN)
+        .args(args)
+        .env("LANG", "en_US.UTF-8")
+        .output()
+        .expect("run epigrid");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 struct Server {
@@ -40,7 +54,10 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn epigrid");
-        Server { child, base: format!("http://{bind}") }
+        Server {
+            child,
+            base: format!("http://{bind}"),
+        }
     }
 
     async fn wait_ready(&mut self, client: &reqwest::Client) {
@@ -86,7 +103,10 @@ fn every_command_has_help() {
         assert!(ok && out.contains("Usage"), "{args:?}: {out}");
     }
     let (ok, out) = epigrid(&["serve", "--db", "mysql://x"]);
-    assert!(!ok && out.contains("sqlite://"), "a clear error for an unsupported --db: {out}");
+    assert!(
+        !ok && out.contains("sqlite://"),
+        "a clear error for an unsupported --db: {out}"
+    );
 }
 
 #[test]
@@ -94,22 +114,74 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
     let dir = temp_dir("cli");
     let db = format!("sqlite://{}/epigrid.db", dir.display());
     let csv = dir.join("areas.csv");
-    std::fs::write(&csv, "code,name,parent_code,level\n150800,巴彦淖尔市,,1\n150802,临河区,150800,2\n").unwrap();
+    std::fs::write(
+        &csv,
+        "code,name,parent_code,level\n150800,巴彦淖尔市,,1\n150802,临河区,150800,2\n",
+    )
+    .unwrap();
     let (ok, out) = epigrid(&["import", "areas", csv.to_str().unwrap(), "--db", &db]);
     assert!(ok, "{out}");
-    let (ok, out) = epigrid(&["user", "add", "--db", &db, "--username", "boss", "--password", "long-enough-pw", "--role", "king", "--area", "159999"]);
-    assert!(!ok && out.contains("king") && out.contains("159999"), "role and area errors named: {out}");
-    let (ok, out) = epigrid(&["user", "add", "--db", &db, "--username", "boss", "--password", "long-enough-pw", "--role", "admin", "--area", "150802"]);
+    let (ok, out) = epigrid(&[
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--username",
+        "boss",
+        "--password",
+        "long-enough-pw",
+        "--role",
+        "king",
+        "--area",
+        "159999",
+    ]);
+    assert!(
+        !ok && out.contains("king") && out.contains("159999"),
+        "role and area errors named: {out}"
+    );
+    let (ok, out) = epigrid(&[
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--username",
+        "boss",
+        "--password",
+        "long-enough-pw",
+        "--role",
+        "admin",
+        "--area",
+        "150802",
+    ]);
     assert!(ok, "{out}");
-    let (ok, out) = epigrid(&["user", "add", "--db", &db, "--username", "boss", "--password", "long-enough-pw", "--role", "admin", "--area", "150802"]);
+    let (ok, out) = epigrid(&[
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--username",
+        "boss",
+        "--password",
+        "long-enough-pw",
+        "--role",
+        "admin",
+        "--area",
+        "150802",
+    ]);
     assert!(!ok && out.contains("taken"), "{out}");
     let bad = dir.join("bad.csv");
     std::fs::write(&bad, "code,name,parent_code,level\n150802001,车站街道,150802,3\n15080200X,坏,150802,3\n150821001,无父,150821,3\n").unwrap();
     let (ok, out) = epigrid(&["import", "areas", bad.to_str().unwrap(), "--db", &db]);
     assert!(!ok, "{out}");
-    assert!(out.contains("3") && out.contains("4"), "line numbers of the bad rows: {out}");
+    assert!(
+        out.contains("3") && out.contains("4"),
+        "line numbers of the bad rows: {out}"
+    );
     let (ok, out) = epigrid(&["import", "areas", csv.to_str().unwrap(), "--db", &db]);
-    assert!(ok && out.contains("0"), "re-import changes nothing and the refused file left nothing: {out}");
+    assert!(
+        ok && out.contains("0"),
+        "re-import changes nothing and the refused file left nothing: {out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,7 +189,10 @@ async fn acknowledged_registrations_survive_kill_9() {
     let dir = temp_dir("kill9");
     let db = format!("sqlite://{}/epigrid.db", dir.display());
     let client = reqwest::Client::new();
-    let mut demo = Server::start(&["demo", "--seed", "3", "--people", "50", "--days", "1"], &db);
+    let mut demo = Server::start(
+        &["demo", "--seed", "3", "--people", "50", "--days", "1"],
+        &db,
+    );
     demo.wait_ready(&client).await;
     let mut stdout = String::new();
     // the demo prints its site URLs after binding; read what is there
@@ -149,11 +224,21 @@ async fn acknowledged_registrations_survive_kill_9() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for w in 0..8u32 {
-        let (client, base, token, acked, stop) = (client.clone(), demo.base.clone(), token.clone(), acked.clone(), stop.clone());
+        let (client, base, token, acked, stop) = (
+            client.clone(),
+            demo.base.clone(),
+            token.clone(),
+            acked.clone(),
+            stop.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) && i < 5000 {
-                let body = checkpoint_body(&cn_id("150802", "19850312", w * 100 + i % 100), "张三", "13912345678");
+                let body = checkpoint_body(
+                    &cn_id("150802", "19850312", w * 100 + i % 100),
+                    "张三",
+                    "13912345678",
+                );
                 let r = client
                     .post(format!("{base}/api/v1/sites/{token}/registrations"))
                     .json(&body)
@@ -189,13 +274,26 @@ async fn acknowledged_registrations_survive_kill_9() {
     again.wait_ready(&client).await;
     // read back through the store directly: every acknowledged registration is there
     drop(again);
-    let store = epigrid_store_sqlite::SqliteStore::open(&dir.join("epigrid.db"), epigrid_store_sqlite::Durability::Process).unwrap();
+    let store = epigrid_store_sqlite::SqliteStore::open(
+        &dir.join("epigrid.db"),
+        epigrid_store_sqlite::Durability::Process,
+    )
+    .unwrap();
     let mut lost = 0;
     for id in &acked {
         let id = uuid::Uuid::parse_str(id).unwrap();
-        if epigrid_core::store::Store::registration(&store, id, &epigrid_core::area::Scope::all()).await.unwrap().is_none() {
+        if epigrid_core::store::Store::registration(&store, id, &epigrid_core::area::Scope::all())
+            .await
+            .unwrap()
+            .is_none()
+        {
             lost += 1;
         }
     }
-    assert_eq!(lost, 0, "{lost} of {} acknowledged registrations lost", acked.len());
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} acknowledged registrations lost",
+        acked.len()
+    );
 }

@@ -26,7 +26,13 @@ fn new_reg(site: &Site, id_number: &str, name: &str, at: chrono::DateTime<Utc>) 
         body["address"] = "胜利路1号".into();
     }
     let input = RegistrationInput::from_json(&body).expect("object");
-    let ctx = Context { site, channel: Channel::SelfService, by_user: None, now: at, tz: tz() };
+    let ctx = Context {
+        site,
+        channel: Channel::SelfService,
+        by_user: None,
+        now: at,
+        tz: tz(),
+    };
     let valid = register::validate(&input, &ctx).expect("valid registration");
     register::seal(&valid, &ctx, &vault())
 }
@@ -35,14 +41,29 @@ fn new_reg(site: &Site, id_number: &str, name: &str, at: chrono::DateTime<Utc>) 
 async fn areas_upsert_is_idempotent_scoped_and_all_or_nothing() {
     for (name, store) in stores().await {
         let areas = areas();
-        assert_eq!(store.upsert_areas(&areas).await.unwrap(), areas.len(), "{name}");
-        assert_eq!(store.upsert_areas(&areas).await.unwrap(), 0, "{name}: second import changes nothing");
+        assert_eq!(
+            store.upsert_areas(&areas).await.unwrap(),
+            areas.len(),
+            "{name}"
+        );
+        assert_eq!(
+            store.upsert_areas(&areas).await.unwrap(),
+            0,
+            "{name}: second import changes nothing"
+        );
         let kids = store.area_children(Some("150800")).await.unwrap();
-        assert_eq!(kids.iter().map(|a| a.code.as_str()).collect::<Vec<_>>(), ["150802", "150821"], "{name}");
+        assert_eq!(
+            kids.iter().map(|a| a.code.as_str()).collect::<Vec<_>>(),
+            ["150802", "150821"],
+            "{name}"
+        );
         assert_eq!(store.area_children(None).await.unwrap().len(), 1, "{name}");
         let linhe = Scope::new("/150800/150802/");
         let inside = store.areas_in(&linhe, 6).await.unwrap();
-        assert!(inside.iter().all(|a| a.path.starts_with("/150800/150802/")), "{name}");
+        assert!(
+            inside.iter().all(|a| a.path.starts_with("/150800/150802/")),
+            "{name}"
+        );
         assert_eq!(inside.len(), 6, "{name}");
         assert_eq!(store.areas_in(&linhe, 3).await.unwrap().len(), 2, "{name}");
         // A batch with one orphan is refused whole.
@@ -53,12 +74,20 @@ async fn areas_upsert_is_idempotent_scoped_and_all_or_nothing() {
         orphan.parent_code = Some("150897".into());
         let err = store.upsert_areas(&[ok, orphan]).await.unwrap_err();
         assert!(matches!(err, StoreError::Invalid(_)), "{name}: {err:?}");
-        assert_eq!(store.area_count().await.unwrap(), before, "{name}: nothing half-imported");
+        assert_eq!(
+            store.area_count().await.unwrap(),
+            before,
+            "{name}: nothing half-imported"
+        );
         // A rename is an update.
         let mut renamed = store.area("150802").await.unwrap().unwrap();
         renamed.name = "临河区（新）".into();
         assert_eq!(store.upsert_areas(&[renamed]).await.unwrap(), 1, "{name}");
-        assert_eq!(store.area("150802").await.unwrap().unwrap().name, "临河区（新）", "{name}");
+        assert_eq!(
+            store.area("150802").await.unwrap().unwrap().name,
+            "临河区（新）",
+            "{name}"
+        );
     }
 }
 
@@ -69,20 +98,55 @@ async fn sites_are_found_by_token_and_filtered_by_scope() {
         let wuyuan = Scope::new("/150800/150821/");
         let visible = store.sites(&wuyuan).await.unwrap();
         assert_eq!(visible.len(), 4, "{name}");
-        assert!(visible.iter().all(|s| s.area_code.starts_with("150821")), "{name}");
+        assert!(
+            visible.iter().all(|s| s.area_code.starts_with("150821")),
+            "{name}"
+        );
         assert_eq!(store.sites(&Scope::all()).await.unwrap().len(), 8, "{name}");
-        let linhe_site = sites.iter().find(|s| s.area_code.starts_with("150802")).unwrap();
-        assert!(store.site(linhe_site.id, &wuyuan).await.unwrap().is_none(), "{name}: out of scope");
-        let mut s = store.site_by_token(&linhe_site.token).await.unwrap().expect("by token");
+        let linhe_site = sites
+            .iter()
+            .find(|s| s.area_code.starts_with("150802"))
+            .unwrap();
+        assert!(
+            store.site(linhe_site.id, &wuyuan).await.unwrap().is_none(),
+            "{name}: out of scope"
+        );
+        let mut s = store
+            .site_by_token(&linhe_site.token)
+            .await
+            .unwrap()
+            .expect("by token");
         assert_eq!(s, *linhe_site, "{name}: round trip");
         s.active = false;
         s.token = "rotated-token".into();
         store.update_site(&s).await.unwrap();
-        assert!(store.site_by_token(&linhe_site.token).await.unwrap().is_none(), "{name}: old token dead");
-        assert!(!store.site_by_token("rotated-token").await.unwrap().unwrap().active, "{name}");
-        let mut dup = site(SiteKind::Venue, &store.area("150802").await.unwrap().unwrap(), "dup");
+        assert!(
+            store
+                .site_by_token(&linhe_site.token)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: old token dead"
+        );
+        assert!(
+            !store
+                .site_by_token("rotated-token")
+                .await
+                .unwrap()
+                .unwrap()
+                .active,
+            "{name}"
+        );
+        let mut dup = site(
+            SiteKind::Venue,
+            &store.area("150802").await.unwrap().unwrap(),
+            "dup",
+        );
         dup.token = "rotated-token".into();
-        assert!(matches!(store.insert_site(&dup).await, Err(StoreError::Conflict(_))), "{name}");
+        assert!(
+            matches!(store.insert_site(&dup).await, Err(StoreError::Conflict(_))),
+            "{name}"
+        );
     }
 }
 
@@ -90,8 +154,14 @@ async fn sites_are_found_by_token_and_filtered_by_scope() {
 async fn registrations_link_persons_respect_scope_and_keep_rollups_exact() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
-        let linhe: Vec<&Site> = sites.iter().filter(|s| s.area_code.starts_with("150802")).collect();
-        let wuyuan: Vec<&Site> = sites.iter().filter(|s| s.area_code.starts_with("150821")).collect();
+        let linhe: Vec<&Site> = sites
+            .iter()
+            .filter(|s| s.area_code.starts_with("150802"))
+            .collect();
+        let wuyuan: Vec<&Site> = sites
+            .iter()
+            .filter(|s| s.area_code.starts_with("150821"))
+            .collect();
         let now = Utc::now();
         let id1 = cn_id("150802", "19900101", 11);
         let id2 = cn_id("150821", "19800202", 22);
@@ -105,55 +175,149 @@ async fn registrations_link_persons_respect_scope_and_keep_rollups_exact() {
         let other = new_reg(wuyuan[0], &id2, "李四", now);
         let other_id = other.id;
         store.insert_registration(other).await.unwrap();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{name}: seq increases");
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "{name}: seq increases"
+        );
 
         let linhe_scope = Scope::new("/150800/150802/");
-        let r = store.registration(ids[0], &linhe_scope).await.unwrap().expect("in scope");
-        assert_eq!(r.doc_masked.as_deref().map(|d| d.ends_with(&id1[14..])), Some(true), "{name}");
-        assert!(store.registration(other_id, &linhe_scope).await.unwrap().is_none(), "{name}: other county hidden");
+        let r = store
+            .registration(ids[0], &linhe_scope)
+            .await
+            .unwrap()
+            .expect("in scope");
+        assert_eq!(
+            r.doc_masked.as_deref().map(|d| d.ends_with(&id1[14..])),
+            Some(true),
+            "{name}"
+        );
+        assert!(
+            store
+                .registration(other_id, &linhe_scope)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: other county hidden"
+        );
         // the same document is the same person
         let all = store
-            .registrations(&linhe_scope, &RegistrationFilter { limit: 100, ..Default::default() })
+            .registrations(
+                &linhe_scope,
+                &RegistrationFilter {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(all.len(), linhe.len(), "{name}");
-        assert!(all.iter().all(|x| x.person_id == all[0].person_id), "{name}: one person");
-        assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "{name}: newest first");
+        assert!(
+            all.iter().all(|x| x.person_id == all[0].person_id),
+            "{name}: one person"
+        );
+        assert!(
+            all.windows(2).all(|w| w[0].seq > w[1].seq),
+            "{name}: newest first"
+        );
         // filters
         let by_site = store
-            .registrations(&Scope::all(), &RegistrationFilter { site_id: Some(linhe[0].id), limit: 100, ..Default::default() })
+            .registrations(
+                &Scope::all(),
+                &RegistrationFilter {
+                    site_id: Some(linhe[0].id),
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(by_site.len(), 1, "{name}");
         let by_kind = store
-            .registrations(&Scope::all(), &RegistrationFilter { kind: Some(SiteKind::Gate), limit: 100, ..Default::default() })
+            .registrations(
+                &Scope::all(),
+                &RegistrationFilter {
+                    kind: Some(SiteKind::Gate),
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(by_kind.len(), 1, "{name}");
         let recent = store
-            .registrations(&Scope::all(), &RegistrationFilter { from: Some(now - Duration::minutes(8)), limit: 100, ..Default::default() })
+            .registrations(
+                &Scope::all(),
+                &RegistrationFilter {
+                    from: Some(now - Duration::minutes(8)),
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
-        assert_eq!(recent.len(), 3, "{name}: the last two Linhe ones and Wuyuan's");
+        assert_eq!(
+            recent.len(),
+            3,
+            "{name}: the last two Linhe ones and Wuyuan's"
+        );
         let after = store
-            .registrations(&Scope::all(), &RegistrationFilter { after_seq: Some(seqs[1]), limit: 100, ..Default::default() })
+            .registrations(
+                &Scope::all(),
+                &RegistrationFilter {
+                    after_seq: Some(seqs[1]),
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
-        assert!(after.windows(2).all(|w| w[0].seq < w[1].seq), "{name}: live feed order is oldest first");
+        assert!(
+            after.windows(2).all(|w| w[0].seq < w[1].seq),
+            "{name}: live feed order is oldest first"
+        );
         assert!(after.iter().all(|x| x.seq > seqs[1]), "{name}");
         // secrets are only for the person's scope and decrypt with the person-bound key
-        let secrets = store.person_secrets(all[0].person_id, &linhe_scope).await.unwrap().expect("secrets");
+        let secrets = store
+            .person_secrets(all[0].person_id, &linhe_scope)
+            .await
+            .unwrap()
+            .expect("secrets");
         let doc = vault()
-            .open(&format!("persons.doc:{}", secrets.person_id), secrets.doc_cipher.as_deref().unwrap())
+            .open(
+                &format!("persons.doc:{}", secrets.person_id),
+                secrets.doc_cipher.as_deref().unwrap(),
+            )
             .unwrap();
         assert_eq!(doc, id1, "{name}");
-        assert!(store.person_secrets(all[0].person_id, &Scope::new("/150800/150821/")).await.unwrap().is_none(), "{name}");
+        assert!(
+            store
+                .person_secrets(all[0].person_id, &Scope::new("/150800/150821/"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
         // rollups equal a recount of the facts
-        assert_eq!(store.rollup_rows().await.unwrap(), store.recount_rollups().await.unwrap(), "{name}");
+        assert_eq!(
+            store.rollup_rows().await.unwrap(),
+            store.recount_rollups().await.unwrap(),
+            "{name}"
+        );
         let today = (now + Duration::hours(8)).date_naive();
-        let series = store.rollup_series(&linhe_scope, "reg", today - Duration::days(1), today).await.unwrap();
-        assert_eq!(series.iter().map(|x| x.1).sum::<i64>(), linhe.len() as i64, "{name}");
-        assert_eq!(store.registration_count().await.unwrap(), linhe.len() as i64 + 1, "{name}");
+        let series = store
+            .rollup_series(&linhe_scope, "reg", today - Duration::days(1), today)
+            .await
+            .unwrap();
+        assert_eq!(
+            series.iter().map(|x| x.1).sum::<i64>(),
+            linhe.len() as i64,
+            "{name}"
+        );
+        assert_eq!(
+            store.registration_count().await.unwrap(),
+            linhe.len() as i64 + 1,
+            "{name}"
+        );
     }
 }
 
@@ -167,7 +331,12 @@ async fn concurrent_registrations_are_all_stored_with_distinct_sequence_numbers(
             let store = store.clone();
             let site = site.clone();
             tasks.push(tokio::spawn(async move {
-                let r = new_reg(&site, &cn_id("150802", "19850312", i % 50), "王五", Utc::now());
+                let r = new_reg(
+                    &site,
+                    &cn_id("150802", "19850312", i % 50),
+                    "王五",
+                    Utc::now(),
+                );
                 (r.id, store.insert_registration(r).await.unwrap())
             }));
         }
@@ -179,10 +348,21 @@ async fn concurrent_registrations_are_all_stored_with_distinct_sequence_numbers(
             ids.push(id);
         }
         for id in ids {
-            assert!(store.registration(id, &Scope::all()).await.unwrap().is_some(), "{name}");
+            assert!(
+                store
+                    .registration(id, &Scope::all())
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{name}"
+            );
         }
         assert_eq!(store.registration_count().await.unwrap(), 200, "{name}");
-        assert_eq!(store.rollup_rows().await.unwrap(), store.recount_rollups().await.unwrap(), "{name}");
+        assert_eq!(
+            store.rollup_rows().await.unwrap(),
+            store.recount_rollups().await.unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -195,9 +375,17 @@ async fn a_registration_for_an_unknown_site_is_refused_and_changes_nothing() {
         let r = new_reg(&ghost, &cn_id("150802", "19700101", 1), "赵六", Utc::now());
         assert!(store.insert_registration(r).await.is_err(), "{name}");
         assert_eq!(store.registration_count().await.unwrap(), 0, "{name}");
-        assert!(store.rollup_rows().await.unwrap().is_empty(), "{name}: no rollup from a refused write");
+        assert!(
+            store.rollup_rows().await.unwrap().is_empty(),
+            "{name}: no rollup from a refused write"
+        );
         // and the store still works afterwards
-        let ok = new_reg(&sites[0], &cn_id("150802", "19700101", 1), "赵六", Utc::now());
+        let ok = new_reg(
+            &sites[0],
+            &cn_id("150802", "19700101", 1),
+            "赵六",
+            Utc::now(),
+        );
         store.insert_registration(ok).await.unwrap();
         assert_eq!(store.registration_count().await.unwrap(), 1, "{name}");
     }
@@ -208,13 +396,23 @@ async fn bulk_insert_is_all_or_nothing() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
         let mut batch: Vec<NewRegistration> = (0..10)
-            .map(|i| new_reg(&sites[0], &cn_id("150802", "19700101", i), "孙七", Utc::now()))
+            .map(|i| {
+                new_reg(
+                    &sites[0],
+                    &cn_id("150802", "19700101", i),
+                    "孙七",
+                    Utc::now(),
+                )
+            })
             .collect();
         let mut bad = batch[0].clone();
         bad.id = Uuid::now_v7();
         bad.site_id = Uuid::now_v7();
         batch.push(bad);
-        assert!(store.insert_registrations(batch.clone()).await.is_err(), "{name}");
+        assert!(
+            store.insert_registrations(batch.clone()).await.is_err(),
+            "{name}"
+        );
         assert_eq!(store.registration_count().await.unwrap(), 0, "{name}");
         batch.pop();
         store.insert_registrations(batch).await.unwrap();
@@ -227,14 +425,37 @@ async fn venue_check_out_happens_once() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
         let venue = sites.iter().find(|s| s.kind == SiteKind::Venue).unwrap();
-        let r = new_reg(venue, &cn_id("150802", "19700101", 3), "周八", Utc::now() - Duration::minutes(30));
+        let r = new_reg(
+            venue,
+            &cn_id("150802", "19700101", 3),
+            "周八",
+            Utc::now() - Duration::minutes(30),
+        );
         let id = r.id;
         store.insert_registration(r).await.unwrap();
         assert_ne!(sites[0].id, venue.id);
-        assert!(!store.check_out(id, sites[0].id, Utc::now()).await.unwrap(), "{name}: wrong site");
-        assert!(store.check_out(id, venue.id, Utc::now()).await.unwrap(), "{name}");
-        assert!(!store.check_out(id, venue.id, Utc::now()).await.unwrap(), "{name}: only once");
-        assert!(store.registration(id, &Scope::all()).await.unwrap().unwrap().left_at.is_some(), "{name}");
+        assert!(
+            !store.check_out(id, sites[0].id, Utc::now()).await.unwrap(),
+            "{name}: wrong site"
+        );
+        assert!(
+            store.check_out(id, venue.id, Utc::now()).await.unwrap(),
+            "{name}"
+        );
+        assert!(
+            !store.check_out(id, venue.id, Utc::now()).await.unwrap(),
+            "{name}: only once"
+        );
+        assert!(
+            store
+                .registration(id, &Scope::all())
+                .await
+                .unwrap()
+                .unwrap()
+                .left_at
+                .is_some(),
+            "{name}"
+        );
     }
 }
 
@@ -245,25 +466,73 @@ async fn users_sessions_and_audit() {
         let u = user(store.as_ref(), "gw1", Role::GridWorker, "150821").await;
         let mut dup = u.clone();
         dup.id = Uuid::now_v7();
-        assert!(matches!(store.insert_user(&dup).await, Err(StoreError::Conflict(_))), "{name}");
-        assert_eq!(store.user_by_username("gw1").await.unwrap().unwrap().id, u.id, "{name}");
-        assert_eq!(store.users(&Scope::new("/150800/150802/")).await.unwrap().len(), 0, "{name}");
-        assert_eq!(store.users(&Scope::new("/150800/")).await.unwrap().len(), 1, "{name}");
+        assert!(
+            matches!(store.insert_user(&dup).await, Err(StoreError::Conflict(_))),
+            "{name}"
+        );
+        assert_eq!(
+            store.user_by_username("gw1").await.unwrap().unwrap().id,
+            u.id,
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .users(&Scope::new("/150800/150802/"))
+                .await
+                .unwrap()
+                .len(),
+            0,
+            "{name}"
+        );
+        assert_eq!(
+            store.users(&Scope::new("/150800/")).await.unwrap().len(),
+            1,
+            "{name}"
+        );
 
         let now = Utc::now();
-        let live = Session { token_hash: token_hash("live"), user_id: u.id, csrf: "c".into(), api: true, created_at: now, expires_at: now + Duration::hours(1) };
-        let dead = Session { token_hash: token_hash("dead"), expires_at: now - Duration::seconds(1), ..live.clone() };
+        let live = Session {
+            token_hash: token_hash("live"),
+            user_id: u.id,
+            csrf: "c".into(),
+            api: true,
+            created_at: now,
+            expires_at: now + Duration::hours(1),
+        };
+        let dead = Session {
+            token_hash: token_hash("dead"),
+            expires_at: now - Duration::seconds(1),
+            ..live.clone()
+        };
         store.insert_session(&live).await.unwrap();
         store.insert_session(&dead).await.unwrap();
-        let (s, su) = store.session(&token_hash("live"), now).await.unwrap().expect("live session");
+        let (s, su) = store
+            .session(&token_hash("live"), now)
+            .await
+            .unwrap()
+            .expect("live session");
         assert_eq!((s.user_id, su.username.as_str()), (u.id, "gw1"), "{name}");
-        assert!(store.session(&token_hash("dead"), now).await.unwrap().is_none(), "{name}: expired");
+        assert!(
+            store
+                .session(&token_hash("dead"), now)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: expired"
+        );
         assert_eq!(store.purge_sessions(now).await.unwrap(), 1, "{name}");
         // a deactivated user's sessions stop working
         let mut off = u.clone();
         off.active = false;
         store.update_user(&off).await.unwrap();
-        assert!(store.session(&token_hash("live"), now).await.unwrap().is_none(), "{name}: inactive user");
+        assert!(
+            store
+                .session(&token_hash("live"), now)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: inactive user"
+        );
         store.delete_session(&token_hash("live")).await.unwrap();
 
         for (i, path) in ["/150800/150802/", "/150800/150821/"].iter().enumerate() {
@@ -282,10 +551,17 @@ async fn users_sessions_and_audit() {
                 .await
                 .unwrap();
         }
-        let wuyuan = store.audit_log(&Scope::new("/150800/150821/"), 10).await.unwrap();
+        let wuyuan = store
+            .audit_log(&Scope::new("/150800/150821/"), 10)
+            .await
+            .unwrap();
         assert_eq!(wuyuan.len(), 1, "{name}");
         assert_eq!(wuyuan[0].subject, "registration:1", "{name}");
-        assert_eq!(store.audit_log(&Scope::all(), 10).await.unwrap().len(), 2, "{name}");
+        assert_eq!(
+            store.audit_log(&Scope::all(), 10).await.unwrap().len(),
+            2,
+            "{name}"
+        );
     }
 }
 
@@ -295,15 +571,24 @@ async fn no_raw_id_number_is_written_to_the_sqlite_files() {
     let sites = seed(store.as_ref()).await;
     let raw = "11010519491231002X";
     for s in &sites {
-        store.insert_registration(new_reg(s, raw, "张三", Utc::now())).await.unwrap();
+        store
+            .insert_registration(new_reg(s, raw, "张三", Utc::now()))
+            .await
+            .unwrap();
     }
     drop(store);
     let mut seen = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         seen += bytes.len();
-        assert!(!bytes.windows(raw.len()).any(|w| w == raw.as_bytes()), "raw ID number on disk");
-        assert!(!bytes.windows(11).any(|w| w == b"13912345678"), "raw phone number on disk");
+        assert!(
+            !bytes.windows(raw.len()).any(|w| w == raw.as_bytes()),
+            "raw ID number on disk"
+        );
+        assert!(
+            !bytes.windows(11).any(|w| w == b"13912345678"),
+            "raw phone number on disk"
+        );
     }
     assert!(seen > 10_000, "the database files were read");
 }

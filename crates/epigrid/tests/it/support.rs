@@ -25,14 +25,17 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 
 pub fn sqlite() -> (Arc<dyn Store>, PathBuf) {
     let dir = temp_dir("sqlite");
-    let store = SqliteStore::open(&dir.join("epigrid.db"), Durability::Process).expect("open sqlite");
+    let store =
+        SqliteStore::open(&dir.join("epigrid.db"), Durability::Process).expect("open sqlite");
     (Arc::new(store), dir)
 }
 
 /// A PostgreSQL store in a schema of its own, when `EPIGRID_TEST_PG` is set. When it is set
 /// and the server cannot be reached, the test fails: CI must test both stores.
 pub async fn postgres() -> Option<Arc<dyn Store>> {
-    let url = std::env::var("EPIGRID_TEST_PG").ok().filter(|u| !u.is_empty())?;
+    let url = std::env::var("EPIGRID_TEST_PG")
+        .ok()
+        .filter(|u| !u.is_empty())?;
     let schema = format!("it_{}", random_token(6));
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
@@ -44,7 +47,11 @@ pub async fn postgres() -> Option<Arc<dyn Store>> {
         .expect("create test schema");
     let sep = if url.contains('?') { '&' } else { '?' };
     let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
-    Some(Arc::new(PgStore::connect(&scoped).await.expect("open postgres store")))
+    Some(Arc::new(
+        PgStore::connect(&scoped)
+            .await
+            .expect("open postgres store"),
+    ))
 }
 
 /// Every backend to run a store test against.
@@ -91,7 +98,8 @@ pub fn site(kind: SiteKind, area: &Area, name: &str) -> Site {
         active: true,
         default_stay_min: kind.default_stay_min(),
         // stores keep microseconds
-        created_at: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap_or_default(),
+        created_at: chrono::DateTime::from_timestamp_micros(Utc::now().timestamp_micros())
+            .unwrap_or_default(),
     }
 }
 
@@ -111,7 +119,11 @@ pub async fn seed(store: &dyn Store) -> Vec<Site> {
 }
 
 pub async fn user(store: &dyn Store, username: &str, role: Role, area_code: &str) -> User {
-    let area = store.area(area_code).await.expect("area").expect("area exists");
+    let area = store
+        .area(area_code)
+        .await
+        .expect("area")
+        .expect("area exists");
     let u = User {
         id: Uuid::now_v7(),
         username: username.to_string(),
@@ -130,7 +142,11 @@ pub async fn user(store: &dyn Store, username: &str, role: Role, area_code: &str
 pub fn cn_id(county: &str, birth: &str, seq: u32) -> String {
     const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
     let body = format!("{county}{birth}{:03}", seq % 1000);
-    let sum: u32 = body.chars().zip(W).map(|(c, w)| c.to_digit(10).unwrap_or(0) * w).sum();
+    let sum: u32 = body
+        .chars()
+        .zip(W)
+        .map(|(c, w)| c.to_digit(10).unwrap_or(0) * w)
+        .sum();
     let check = b"10X98765432"[(sum % 11) as usize] as char;
     format!("{body}{check}")
 }
@@ -155,10 +171,16 @@ impl TestApp {
         let sites = seed(store.as_ref()).await;
         let state = AppState::new(store.clone(), vault(), WebConfig::default());
         let app = epigrid_web::router(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         TestApp {
             base: format!("http://{addr}"),
@@ -202,7 +224,12 @@ impl TestApp {
         rq.send().await.expect("GET")
     }
 
-    pub async fn post_json(&self, path: &str, body: &serde_json::Value, token: Option<&str>) -> reqwest::Response {
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> reqwest::Response {
         let mut rq = self.client.post(format!("{}{path}", self.base)).json(body);
         if let Some(t) = token {
             rq = rq.bearer_auth(t);
@@ -211,7 +238,12 @@ impl TestApp {
     }
 
     pub async fn register(&self, site: &Site, body: &serde_json::Value) -> reqwest::Response {
-        self.post_json(&format!("/api/v1/sites/{}/registrations", site.token), body, None).await
+        self.post_json(
+            &format!("/api/v1/sites/{}/registrations", site.token),
+            body,
+            None,
+        )
+        .await
     }
 }
 
