@@ -187,6 +187,19 @@ pub struct CategoryChange {
     pub reason: String,
 }
 
+/// Two records found to be the same person: `from` now points at `into`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonMerge {
+    pub id: Uuid,
+    pub from_person: Uuid,
+    pub into_person: Uuid,
+    pub at: DateTime<Utc>,
+    pub by_user: Option<Uuid>,
+    pub by_username: String,
+    pub reason: String,
+    pub undone_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Observation {
     pub id: Uuid,

@@ -13,7 +13,7 @@ use crate::area::{Area, Scope};
 use crate::model::*;
 use crate::person::{
     Category, CategoryChange, HealthReport, LabResult, Observation, ObservationRow, Person,
-    PersonQuery,
+    PersonMerge, PersonQuery,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,18 @@ pub trait Store: Send + Sync + 'static {
     /// Ok(false) when someone changed it meanwhile. History row and person update are atomic.
     async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool>;
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>>;
+    /// Marks `from` as a duplicate of `into` (both must be unmerged and distinct) and records
+    /// the merge; registrations stay where they are and are read through the kept person.
+    async fn merge_persons(&self, merge: &PersonMerge) -> StoreResult<()>;
+    /// Undoes a merge that has not been undone yet; returns the merge.
+    async fn undo_merge(&self, merge_id: Uuid, at: DateTime<Utc>) -> StoreResult<PersonMerge>;
+    /// Corrects a person's name and home area (home_path is the home area's path).
+    async fn update_person(
+        &self,
+        id: Uuid,
+        name: &str,
+        home: Option<(&str, &str)>,
+    ) -> StoreResult<()>;
     /// Current number of people per (area path, category) in the scope, counted from the
     /// people themselves (an index on category and path), so it is always exact.
     async fn category_counts(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>>;

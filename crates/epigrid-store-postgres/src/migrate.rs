@@ -12,6 +12,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0001_foundation.sql"),
     ),
     (2, "people", include_str!("../migrations/0002_people.sql")),
+    (3, "merges", include_str!("../migrations/0003_merges.sql")),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

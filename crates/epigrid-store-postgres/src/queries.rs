@@ -334,7 +334,12 @@ impl Store for PgStore {
         let mut args: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(lo), Box::new(hi)];
         let mut add = |cond: &str, v: Box<dyn ToSql + Sync + Send>| {
             args.push(v);
-            sql.push_str(&format!(" AND {cond} ${}", args.len()));
+            let ph = format!("${}", args.len());
+            if cond.contains('#') {
+                sql.push_str(&format!(" AND {}", cond.replace('#', &ph)));
+            } else {
+                sql.push_str(&format!(" AND {cond} {ph}"));
+            }
         };
         if let Some(s) = f.site_id {
             add("r.site_id =", Box::new(s));
@@ -349,7 +354,11 @@ impl Store for PgStore {
             add("r.at <", Box::new(t));
         }
         if let Some(p) = f.person_id {
-            add("r.person_id =", Box::new(p));
+            // a person's registrations include those of records merged into them
+            add(
+                "r.person_id IN (SELECT id FROM persons WHERE id = # OR merged_into = #)",
+                Box::new(p),
+            );
         }
         if let Some(s) = f.after_seq {
             add("r.seq >", Box::new(s));
@@ -428,6 +437,24 @@ impl Store for PgStore {
     }
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
         self.category_history_impl(person_id).await
+    }
+    async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
+        self.merge_impl(merge).await
+    }
+    async fn undo_merge(
+        &self,
+        merge_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::person::PersonMerge> {
+        self.undo_merge_impl(merge_id, at).await
+    }
+    async fn update_person(
+        &self,
+        id: Uuid,
+        name: &str,
+        home: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        self.update_person_impl(id, name, home).await
     }
     async fn category_counts(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
         self.category_counts_impl(scope).await
@@ -1122,5 +1149,106 @@ impl PgStore {
         .iter()
         .map(|r| Ok((person_row(r)?, lab_row(r, 15)?)))
         .collect()
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn merge_impl(
+        &self,
+        m: &epigrid_core::person::PersonMerge,
+    ) -> StoreResult<()> {
+        if m.from_person == m.into_person {
+            return Err(StoreError::Invalid(
+                "a person cannot be merged into itself".into(),
+            ));
+        }
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let n = tx
+            .execute(
+                "UPDATE persons SET merged_into = $2 WHERE id = $1 AND merged_into IS NULL \
+                 AND EXISTS (SELECT 1 FROM persons t WHERE t.id = $2 AND t.merged_into IS NULL)",
+                &[&m.from_person, &m.into_person],
+            )
+            .await
+            .map_err(map_err)?;
+        if n == 0 {
+            return Err(StoreError::Conflict("merge".into()));
+        }
+        tx.execute(
+            "UPDATE persons SET merged_into = $2 WHERE merged_into = $1",
+            &[&m.from_person, &m.into_person],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.execute(
+            "INSERT INTO person_merges (id, from_person, into_person, at, by_user, by_username, reason) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&m.id, &m.from_person, &m.into_person, &m.at, &m.by_user, &m.by_username, &m.reason],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    pub(crate) async fn undo_merge_impl(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::person::PersonMerge> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let r = tx
+            .query_opt(
+                "SELECT id, from_person, into_person, at, by_user, by_username, reason FROM person_merges \
+                 WHERE id = $1 AND undone_at IS NULL FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(map_err)?
+            .ok_or(StoreError::NotFound)?;
+        let m = epigrid_core::person::PersonMerge {
+            id: r.get(0),
+            from_person: r.get(1),
+            into_person: r.get(2),
+            at: r.get(3),
+            by_user: r.get(4),
+            by_username: r.get(5),
+            reason: r.get(6),
+            undone_at: Some(at),
+        };
+        tx.execute(
+            "UPDATE persons SET merged_into = NULL WHERE id = $1 AND merged_into = $2",
+            &[&m.from_person, &m.into_person],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.execute(
+            "UPDATE person_merges SET undone_at = $2 WHERE id = $1",
+            &[&id, &at],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(m)
+    }
+
+    pub(crate) async fn update_person_impl(
+        &self,
+        id: Uuid,
+        name: &str,
+        home: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        let n = self
+            .execute(
+                "UPDATE persons SET name = $2, home_area_code = COALESCE($3, home_area_code), \
+                 area_path = COALESCE($4, area_path) WHERE id = $1",
+                &[&id, &name, &home.map(|h| h.0), &home.map(|h| h.1)],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
     }
 }

@@ -11,6 +11,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0001_foundation.sql"),
     ),
     (2, "people", include_str!("../migrations/0002_people.sql")),
+    (3, "merges", include_str!("../migrations/0003_merges.sql")),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

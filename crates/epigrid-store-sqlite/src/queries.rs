@@ -511,7 +511,12 @@ impl Store for SqliteStore {
             let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(lo), Box::new(hi)];
             let mut add = |cond: &str, v: Box<dyn ToSql>| {
                 args.push(v);
-                sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+                let ph = format!("?{}", args.len());
+                if cond.contains('#') {
+                    sql.push_str(&format!(" AND {}", cond.replace('#', &ph)));
+                } else {
+                    sql.push_str(&format!(" AND {cond} {ph}"));
+                }
             };
             if let Some(s) = f.site_id {
                 add("r.site_id =", Box::new(s.to_string()));
@@ -526,7 +531,11 @@ impl Store for SqliteStore {
                 add("r.at <", Box::new(micros(t)));
             }
             if let Some(p) = f.person_id {
-                add("r.person_id =", Box::new(p.to_string()));
+                // a person's registrations include those of records merged into them
+                add(
+                    "r.person_id IN (SELECT id FROM persons WHERE id = # OR merged_into = #)",
+                    Box::new(p.to_string()),
+                );
             }
             if let Some(s) = f.after_seq {
                 add("r.seq >", Box::new(s));
@@ -614,6 +623,24 @@ impl Store for SqliteStore {
     }
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
         self.category_history_impl(person_id).await
+    }
+    async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
+        self.merge_impl(merge).await
+    }
+    async fn undo_merge(
+        &self,
+        merge_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::person::PersonMerge> {
+        self.undo_merge_impl(merge_id, at).await
+    }
+    async fn update_person(
+        &self,
+        id: Uuid,
+        name: &str,
+        home: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        self.update_person_impl(id, name, home).await
     }
     async fn category_counts(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>> {
         self.category_counts_impl(scope).await
@@ -1423,6 +1450,125 @@ impl SqliteStore {
                 .query_map(params![lo, hi], |r| Ok((person_row(r)?, lab_row(r, 15)?)))
                 .map_err(map_err)?;
             collect(rows)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    pub(crate) async fn merge_impl(
+        &self,
+        m: &epigrid_core::person::PersonMerge,
+    ) -> StoreResult<()> {
+        let m = m.clone();
+        self.write(move |c| {
+            if m.from_person == m.into_person {
+                return Err(StoreError::Invalid("a person cannot be merged into itself".into()));
+            }
+            let n = c
+                .prepare_cached(
+                    "UPDATE persons SET merged_into = ?2 WHERE id = ?1 AND merged_into IS NULL \
+                     AND EXISTS (SELECT 1 FROM persons t WHERE t.id = ?2 AND t.merged_into IS NULL)",
+                )
+                .map_err(map_err)?
+                .execute(params![m.from_person.to_string(), m.into_person.to_string()])
+                .map_err(map_err)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("merge".into()));
+            }
+            // persons merged earlier into `from` follow it
+            c.prepare_cached("UPDATE persons SET merged_into = ?2 WHERE merged_into = ?1")
+                .map_err(map_err)?
+                .execute(params![m.from_person.to_string(), m.into_person.to_string()])
+                .map_err(map_err)?;
+            c.prepare_cached(
+                "INSERT INTO person_merges (id, from_person, into_person, at, by_user, by_username, reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                m.id.to_string(),
+                m.from_person.to_string(),
+                m.into_person.to_string(),
+                micros(m.at),
+                m.by_user.map(|u| u.to_string()),
+                m.by_username,
+                m.reason
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn undo_merge_impl(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::person::PersonMerge> {
+        self.write(move |c| {
+            let m = c
+                .prepare_cached(
+                    "SELECT id, from_person, into_person, at, by_user, by_username, reason, undone_at FROM person_merges \
+                     WHERE id = ?1 AND undone_at IS NULL",
+                )
+                .map_err(map_err)?
+                .query_row([id.to_string()], |r| {
+                    Ok(epigrid_core::person::PersonMerge {
+                        id: r.get::<_, U>(0)?.0,
+                        from_person: r.get::<_, U>(1)?.0,
+                        into_person: r.get::<_, U>(2)?.0,
+                        at: time(r.get(3)?),
+                        by_user: r.get::<_, Option<U>>(4)?.map(|u| u.0),
+                        by_username: r.get(5)?,
+                        reason: r.get(6)?,
+                        undone_at: r.get::<_, Option<i64>>(7)?.map(time),
+                    })
+                })
+                .optional()
+                .map_err(map_err)?
+                .ok_or(StoreError::NotFound)?;
+            c.prepare_cached("UPDATE persons SET merged_into = NULL WHERE id = ?1 AND merged_into = ?2")
+                .map_err(map_err)?
+                .execute(params![m.from_person.to_string(), m.into_person.to_string()])
+                .map_err(map_err)?;
+            c.prepare_cached("UPDATE person_merges SET undone_at = ?2 WHERE id = ?1")
+                .map_err(map_err)?
+                .execute(params![id.to_string(), micros(at)])
+                .map_err(map_err)?;
+            Ok(epigrid_core::person::PersonMerge { undone_at: Some(at), ..m })
+        })
+        .await
+    }
+
+    pub(crate) async fn update_person_impl(
+        &self,
+        id: Uuid,
+        name: &str,
+        home: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        let (name, home) = (
+            name.to_string(),
+            home.map(|(c, p)| (c.to_string(), p.to_string())),
+        );
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE persons SET name = ?2, home_area_code = COALESCE(?3, home_area_code), \
+                     area_path = COALESCE(?4, area_path) WHERE id = ?1",
+                )
+                .map_err(map_err)?
+                .execute(params![
+                    id.to_string(),
+                    name,
+                    home.as_ref().map(|h| &h.0),
+                    home.as_ref().map(|h| &h.1)
+                ])
+                .map_err(map_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
         })
         .await
     }

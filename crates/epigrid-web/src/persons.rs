@@ -35,7 +35,12 @@ pub const OVERDUE_HOURS: i64 = 36;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/persons", get(search))
-        .route("/api/v1/persons/{id}", get(person_detail))
+        .route(
+            "/api/v1/persons/{id}",
+            get(person_detail).patch(correct_person),
+        )
+        .route("/api/v1/persons/{id}/merge", post(merge_person))
+        .route("/api/v1/merges/{id}/undo", post(undo_merge))
         .route("/api/v1/persons/{id}/category", post(change_category))
         .route("/api/v1/persons/{id}/observations", post(start_observation))
         .route("/api/v1/persons/{id}/reports", post(report_on_behalf))
@@ -112,6 +117,8 @@ pub fn person_json(p: &Person) -> Value {
         "birth_date": p.birth_date.map(|d| d.format("%Y").to_string()),
         "sex": p.sex,
         "provisional": p.provisional,
+        "merged_into": p.merged_into,
+        "home_area_code": p.home_area_code,
         "last_seen_at": p.last_seen_at,
     })
 }
@@ -154,6 +161,162 @@ fn observation_json(o: &Observation, today: NaiveDate) -> Value {
 
 fn today(st: &AppState) -> NaiveDate {
     Utc::now().with_timezone(&st.cfg.tz).date_naive()
+}
+
+/// Corrects a person's details: `{"name"?, "home_area_code"?}` (audited).
+async fn correct_person(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(matches!(
+        staff.role(),
+        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
+    ))?;
+    let p = person_in_scope(&st, &staff, &id).await?;
+    let mut errs = Vec::new();
+    let name = match b.get("name") {
+        None => Some(p.name.clone()),
+        Some(v) => {
+            match epigrid_core::validate::PersonName::parse("name", v.as_str().unwrap_or("")) {
+                Ok(n) => Some(n.as_str().to_string()),
+                Err(e) => {
+                    errs.push(e);
+                    None
+                }
+            }
+        }
+    };
+    let home = match b.get("home_area_code").and_then(Value::as_str) {
+        None => None,
+        Some(code) => match st.store.area(code.trim()).await? {
+            Some(a) if staff.scope().contains(&a.path) => Some(a),
+            _ => {
+                errs.push(FieldError::new("home_area_code", "err.area.not_in_scope"));
+                None
+            }
+        },
+    };
+    let Some(name) = name.filter(|_| errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    st.store
+        .update_person(
+            p.id,
+            &name,
+            home.as_ref().map(|a| (a.code.as_str(), a.path.as_str())),
+        )
+        .await?;
+    staff
+        .audit(
+            &st,
+            "person.correct",
+            &format!("person:{}", p.id),
+            &p.area_path,
+            if home.is_some() { "name,home" } else { "name" },
+        )
+        .await;
+    let p = st
+        .store
+        .person(p.id, &Scope::all())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(person_json(&p)))
+}
+
+/// Merges this person into another found to be the same: `{"into", "reason"}` (audited,
+/// reversible through `POST /api/v1/merges/{id}/undo`).
+async fn merge_person(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
+    let from = person_in_scope(&st, &staff, &id).await?;
+    let mut errs = Vec::new();
+    let into = match b
+        .get("into")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+    {
+        Some(i) => st.store.person(i, &staff.scope()).await?,
+        None => None,
+    };
+    if into.is_none() {
+        errs.push(FieldError::new("into", "err.person.not_found"));
+    }
+    let reason = b
+        .get("reason")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .unwrap_or("");
+    if reason.is_empty() {
+        errs.push(FieldError::new("reason", "err.required"));
+    }
+    let Some(into) = into.filter(|_| errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    if into.id == from.id {
+        return Err(err_field("into", "err.merge.self"));
+    }
+    let m = PersonMerge {
+        id: new_id(),
+        from_person: from.id,
+        into_person: into.id,
+        at: Utc::now(),
+        by_user: Some(staff.user.id),
+        by_username: staff.user.username.clone(),
+        reason: reason.chars().take(500).collect(),
+        undone_at: None,
+    };
+    match st.store.merge_persons(&m).await {
+        Err(epigrid_core::store::StoreError::Conflict(_)) => {
+            return Err(ApiError::Conflict("err.merge.already"))
+        }
+        r => r?,
+    }
+    staff
+        .audit(
+            &st,
+            "person.merge",
+            &format!("person:{}", from.id),
+            &from.area_path,
+            &format!("into person:{} merge:{}", into.id, m.id),
+        )
+        .await;
+    Ok(Json(
+        json!({"merge_id": m.id, "from": from.id, "into": into.id}),
+    ))
+}
+
+async fn undo_merge(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let m = st.store.undo_merge(id, Utc::now()).await?;
+    staff
+        .audit(
+            &st,
+            "person.unmerge",
+            &format!("person:{}", m.from_person),
+            &staff.user.area_path,
+            &format!("merge:{}", m.id),
+        )
+        .await;
+    Ok(Json(
+        json!({"merge_id": m.id, "from": m.from_person, "into": m.into_person, "undone_at": m.undone_at}),
+    ))
 }
 
 async fn person_detail(

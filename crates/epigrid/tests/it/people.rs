@@ -787,3 +787,246 @@ async fn the_report_form_works_without_javascript() {
         .unwrap();
     assert_eq!(r.status(), 409);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicates_are_merged_reversibly_and_details_corrected() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let admin = app.token("admin", Role::Admin, "150800").await;
+    let gate = app.site(SiteKind::Gate, "150802").clone();
+    // the same man registered once with his ID card and once at a gate without it
+    let real = person_via_api(
+        &app,
+        &cn_id("150802", "19660606", 7),
+        "刘德",
+        "13600000007",
+        &epi,
+    )
+    .await;
+    let r = app.register(&gate, &json!({"name": "刘德", "phone": "13600000008", "temperature": 36.4, "direction": "in"})).await;
+    assert_eq!(r.status(), 201);
+    let dup = r.json::<Value>().await.unwrap()["person_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(dup, real);
+
+    let bad = app
+        .post_json(
+            &format!("/api/v1/persons/{dup}/merge"),
+            &json!({"into": dup, "reason": "同一人"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(bad.status(), 422);
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{dup}/merge"),
+            &json!({"into": real, "reason": "同一人，核对证件"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let merge_id = r.json::<Value>().await.unwrap()["merge_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v: Value = app
+        .get(&format!("/api/v1/persons/{real}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["registrations"].as_array().unwrap().len(),
+        2,
+        "the kept person shows both registrations"
+    );
+    let found: Value = app
+        .get("/api/v1/persons?q=%E5%88%98%E5%BE%B7", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        found["items"].as_array().unwrap().len(),
+        1,
+        "the duplicate no longer shows in search"
+    );
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/persons/{dup}/merge"),
+            &json!({"into": real, "reason": "again"}),
+            Some(&epi)
+        )
+        .await
+        .status(),
+        409
+    );
+
+    let r = app
+        .post_json(
+            &format!("/api/v1/merges/{merge_id}/undo"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = app
+        .get(&format!("/api/v1/persons/{real}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["registrations"].as_array().unwrap().len(), 1, "undone");
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/merges/{merge_id}/undo"),
+            &json!({}),
+            Some(&epi)
+        )
+        .await
+        .status(),
+        404,
+        "only once"
+    );
+
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/persons/{dup}", app.base))
+        .bearer_auth(&epi)
+        .json(&json!({"name": "刘德华", "home_area_code": "150802001001001002"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["home_area_code"],
+        "150802001001001002"
+    );
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/persons/{dup}", app.base))
+        .bearer_auth(&epi)
+        .json(&json!({"name": "12", "home_area_code": "150821"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let audit: Value = app
+        .get("/api/v1/audit", Some(&admin))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for a in ["person.merge", "person.unmerge", "person.correct"] {
+        assert!(actions.contains(&a), "{a} audited");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merges_and_corrections_behave_the_same_on_every_store() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let linhe = sites
+            .iter()
+            .find(|s| s.area_code.starts_with("150802"))
+            .unwrap();
+        let a =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 1), "甲").await;
+        let b =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 2), "甲").await;
+        let merge = PersonMerge {
+            id: new_id(),
+            from_person: b,
+            into_person: a,
+            at: Utc::now(),
+            by_user: None,
+            by_username: "epi".into(),
+            reason: "same".into(),
+            undone_at: None,
+        };
+        store.merge_persons(&merge).await.unwrap();
+        assert!(
+            matches!(
+                store
+                    .merge_persons(&PersonMerge {
+                        id: new_id(),
+                        ..merge.clone()
+                    })
+                    .await,
+                Err(epigrid_core::store::StoreError::Conflict(_))
+            ),
+            "{name}"
+        );
+        let regs = store
+            .registrations(
+                &Scope::all(),
+                &epigrid_core::model::RegistrationFilter {
+                    person_id: Some(a),
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(regs.len(), 2, "{name}");
+        assert_eq!(
+            store
+                .search_persons(&Scope::all(), &PersonQuery::Name("甲".into()), 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}"
+        );
+        let undone = store.undo_merge(merge.id, Utc::now()).await.unwrap();
+        assert!(undone.undone_at.is_some(), "{name}");
+        assert!(
+            matches!(
+                store.undo_merge(merge.id, Utc::now()).await,
+                Err(epigrid_core::store::StoreError::NotFound)
+            ),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .search_persons(&Scope::all(), &PersonQuery::Name("甲".into()), 10)
+                .await
+                .unwrap()
+                .len(),
+            2,
+            "{name}"
+        );
+        store
+            .update_person(
+                b,
+                "乙",
+                Some((
+                    "150802001001001001",
+                    "/150800/150802/150802001/150802001001/150802001001001/150802001001001001/",
+                )),
+            )
+            .await
+            .unwrap();
+        let p = store.person(b, &Scope::all()).await.unwrap().unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.home_area_code.as_deref()),
+            ("乙", Some("150802001001001001")),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                store.update_person(Uuid::nil(), "丙", None).await,
+                Err(epigrid_core::store::StoreError::NotFound)
+            ),
+            "{name}"
+        );
+    }
+}
