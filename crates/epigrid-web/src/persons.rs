@@ -47,6 +47,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/persons/{id}/lab-results", post(add_lab_result))
         .route("/api/v1/observations", get(line_list))
         .route("/api/v1/observations/export.csv", get(export_csv))
+        .route("/api/v1/observations/export.xlsx", get(export_xlsx))
         .route(
             "/api/v1/observations/{id}",
             axum::routing::patch(update_observation),
@@ -1097,138 +1098,92 @@ async fn line_list(
     ))
 }
 
-/// A CSV cell: quoted, and neutralised if a spreadsheet would read it as a formula.
-fn csv_cell(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
 
-/// Line list as CSV (UTF-8 with BOM for Excel); `unmask=1` shows full names, documents and
-/// phones for roles that may (audited like every export).
-async fn export_csv(
-    State(st): State<AppState>,
-    staff: Staff,
-    Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Response> {
-    let rows = rows_for(&st, &staff, &q).await?;
+/// The line list as a table (header + rows) for export; `unmask` shows full names, documents
+/// and phones (roles that may only). Every export is audited.
+async fn export_table(st: &AppState, staff: &Staff, q: &HashMap<String, String>, format: &str) -> ApiResult<(Vec<String>, Vec<Vec<String>>)> {
+    let rows = rows_for(st, staff, q).await?;
     let unmask = q.get("unmask").is_some_and(|v| v == "1");
     if unmask {
         staff.require(staff.role().may_unmask())?;
     }
     let lang = crate::error::current_lang();
     let t = |k: &str| epigrid_core::i18n::t(lang, k);
-    let mut out = String::from("\u{feff}");
-    let header = [
-        t("form.name"),
-        t("form.id_number"),
-        t("form.phone"),
-        t("person.category"),
-        t("obs.start"),
-        t("obs.end"),
-        t("obs.last_report"),
-        t("form.temperature"),
-        t("form.symptoms"),
-        t("obs.status"),
-    ];
-    out.push_str(
-        &header
-            .iter()
-            .map(|h| csv_cell(h))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    out.push_str("\r\n");
+    let header: Vec<String> = ["form.name", "form.id_number", "form.phone", "person.category", "obs.start", "obs.end", "obs.last_report", "form.temperature", "form.symptoms", "obs.status"]
+        .iter()
+        .map(|k| t(k).to_string())
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
     for (r, s) in &rows {
+        let pid = r.observation.person_id;
         let (name, doc, phone) = if unmask {
-            let secrets = st
-                .store
-                .person_secrets(r.observation.person_id, &staff.scope())
-                .await?;
-            let open = |col: &str, c: Option<&Vec<u8>>| {
-                c.and_then(|c| {
-                    st.vault
-                        .open(&format!("persons.{col}:{}", r.observation.person_id), c)
-                        .ok()
-                })
-                .unwrap_or_default()
-            };
+            let secrets = st.store.person_secrets(pid, &staff.scope()).await?;
+            let open = |col: &str, c: Option<&Vec<u8>>| c.and_then(|c| st.vault.open(&format!("persons.{col}:{pid}"), c).ok()).unwrap_or_default();
             let s = secrets.as_ref();
-            (
-                r.person_name.clone(),
-                open("doc", s.and_then(|s| s.doc_cipher.as_ref())),
-                open("phone", s.and_then(|s| s.phone_cipher.as_ref())),
-            )
+            (r.person_name.clone(), open("doc", s.and_then(|s| s.doc_cipher.as_ref())), open("phone", s.and_then(|s| s.phone_cipher.as_ref())))
         } else {
-            let p = st
-                .store
-                .person(r.observation.person_id, &Scope::all())
-                .await?;
-            (
-                mask_name(&r.person_name),
-                p.as_ref()
-                    .and_then(|p| p.doc_masked.clone())
-                    .unwrap_or_default(),
-                p.and_then(|p| p.phone_masked).unwrap_or_default(),
-            )
+            let p = st.store.person(pid, &Scope::all()).await?;
+            (mask_name(&r.person_name), p.as_ref().and_then(|p| p.doc_masked.clone()).unwrap_or_default(), p.and_then(|p| p.phone_masked).unwrap_or_default())
         };
-        let cells = [
+        out.push(vec![
             name,
             doc,
             phone,
             t(r.category.label_key()).to_string(),
             r.observation.start.to_string(),
             r.observation.planned_end.to_string(),
-            r.last_report_at
-                .map(|x| local(x, st.cfg.tz))
-                .unwrap_or_default(),
-            r.last_temperature
-                .map(|x| format!("{:.1}", f64::from(x) / 10.0))
-                .unwrap_or_default(),
-            Symptoms::from_bits(r.last_symptoms)
-                .iter()
-                .map(|x| t(x.label_key()))
-                .collect::<Vec<_>>()
-                .join("、"),
-            s.iter()
-                .map(|x| t(&format!("status.{}", x.as_str())))
-                .collect::<Vec<_>>()
-                .join(" "),
-        ];
-        out.push_str(
-            &cells
-                .iter()
-                .map(|c| csv_cell(c))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push_str("\r\n");
+            r.last_report_at.map(|x| local(x, st.cfg.tz)).unwrap_or_default(),
+            r.last_temperature.map(|x| format!("{:.1}", f64::from(x) / 10.0)).unwrap_or_default(),
+            Symptoms::from_bits(r.last_symptoms).iter().map(|x| t(x.label_key())).collect::<Vec<_>>().join("、"),
+            s.iter().map(|x| t(&x.label_key())).collect::<Vec<_>>().join(" "),
+        ]);
     }
     staff
-        .audit(
-            &st,
-            "export",
-            "observations",
-            &staff.user.area_path,
-            &format!(
-                "rows={} unmasked={unmask} status={}",
-                rows.len(),
-                q.get("status").cloned().unwrap_or_default()
-            ),
-        )
+        .audit(st, "export", "observations", &staff.user.area_path, &format!("{format} rows={} unmasked={unmask} status={}", out.len(), q.get("status").cloned().unwrap_or_default()))
         .await;
+    Ok((header, out))
+}
+
+/// A CSV cell: quoted, and neutralised if a spreadsheet would read it as a formula.
+fn csv_cell(s: &str) -> String {
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The line list as CSV: UTF-8 with a BOM so that Excel in a Chinese locale reads it right.
+async fn export_csv(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Response> {
+    let (header, rows) = export_table(&st, &staff, &q, "csv").await?;
+    let mut out = String::from("\u{feff}");
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        out.push_str(&row.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str("\r\n");
+    }
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::CONTENT_DISPOSITION, "attachment; filename=\"observations.csv\"")], out).into_response())
+}
+
+/// The line list as XLSX; every cell is written as text (ID numbers keep their digits, and
+/// nothing is ever evaluated as a formula).
+async fn export_xlsx(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Response> {
+    let (header, rows) = export_table(&st, &staff, &q, "xlsx").await?;
+    let xerr = |e: rust_xlsxwriter::XlsxError| ApiError::Internal(e.to_string());
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    let bold = rust_xlsxwriter::Format::new().set_bold();
+    for (c, h) in header.iter().enumerate() {
+        ws.write_string_with_format(0, c as u16, h, &bold).map_err(xerr)?;
+    }
+    for (r, row) in rows.iter().enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            ws.write_string(r as u32 + 1, c as u16, v).map_err(xerr)?;
+        }
+    }
+    let bytes = wb.save_to_buffer().map_err(xerr)?;
     Ok((
         [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"observations.csv\"".to_string(),
-            ),
+            (header::CONTENT_TYPE, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"observations.xlsx\""),
         ],
-        out,
+        bytes,
     )
         .into_response())
 }
