@@ -1098,10 +1098,14 @@ async fn line_list(
     ))
 }
 
-
 /// The line list as a table (header + rows) for export; `unmask` shows full names, documents
 /// and phones (roles that may only). Every export is audited.
-async fn export_table(st: &AppState, staff: &Staff, q: &HashMap<String, String>, format: &str) -> ApiResult<(Vec<String>, Vec<Vec<String>>)> {
+async fn export_table(
+    st: &AppState,
+    staff: &Staff,
+    q: &HashMap<String, String>,
+    format: &str,
+) -> ApiResult<(Vec<String>, Vec<Vec<String>>)> {
     let rows = rows_for(st, staff, q).await?;
     let unmask = q.get("unmask").is_some_and(|v| v == "1");
     if unmask {
@@ -1109,21 +1113,45 @@ async fn export_table(st: &AppState, staff: &Staff, q: &HashMap<String, String>,
     }
     let lang = crate::error::current_lang();
     let t = |k: &str| epigrid_core::i18n::t(lang, k);
-    let header: Vec<String> = ["form.name", "form.id_number", "form.phone", "person.category", "obs.start", "obs.end", "obs.last_report", "form.temperature", "form.symptoms", "obs.status"]
-        .iter()
-        .map(|k| t(k).to_string())
-        .collect();
+    let header: Vec<String> = [
+        "form.name",
+        "form.id_number",
+        "form.phone",
+        "person.category",
+        "obs.start",
+        "obs.end",
+        "obs.last_report",
+        "form.temperature",
+        "form.symptoms",
+        "obs.status",
+    ]
+    .iter()
+    .map(|k| t(k).to_string())
+    .collect();
     let mut out = Vec::with_capacity(rows.len());
     for (r, s) in &rows {
         let pid = r.observation.person_id;
         let (name, doc, phone) = if unmask {
             let secrets = st.store.person_secrets(pid, &staff.scope()).await?;
-            let open = |col: &str, c: Option<&Vec<u8>>| c.and_then(|c| st.vault.open(&format!("persons.{col}:{pid}"), c).ok()).unwrap_or_default();
+            let open = |col: &str, c: Option<&Vec<u8>>| {
+                c.and_then(|c| st.vault.open(&format!("persons.{col}:{pid}"), c).ok())
+                    .unwrap_or_default()
+            };
             let s = secrets.as_ref();
-            (r.person_name.clone(), open("doc", s.and_then(|s| s.doc_cipher.as_ref())), open("phone", s.and_then(|s| s.phone_cipher.as_ref())))
+            (
+                r.person_name.clone(),
+                open("doc", s.and_then(|s| s.doc_cipher.as_ref())),
+                open("phone", s.and_then(|s| s.phone_cipher.as_ref())),
+            )
         } else {
             let p = st.store.person(pid, &Scope::all()).await?;
-            (mask_name(&r.person_name), p.as_ref().and_then(|p| p.doc_masked.clone()).unwrap_or_default(), p.and_then(|p| p.phone_masked).unwrap_or_default())
+            (
+                mask_name(&r.person_name),
+                p.as_ref()
+                    .and_then(|p| p.doc_masked.clone())
+                    .unwrap_or_default(),
+                p.and_then(|p| p.phone_masked).unwrap_or_default(),
+            )
         };
         out.push(vec![
             name,
@@ -1132,45 +1160,94 @@ async fn export_table(st: &AppState, staff: &Staff, q: &HashMap<String, String>,
             t(r.category.label_key()).to_string(),
             r.observation.start.to_string(),
             r.observation.planned_end.to_string(),
-            r.last_report_at.map(|x| local(x, st.cfg.tz)).unwrap_or_default(),
-            r.last_temperature.map(|x| format!("{:.1}", f64::from(x) / 10.0)).unwrap_or_default(),
-            Symptoms::from_bits(r.last_symptoms).iter().map(|x| t(x.label_key())).collect::<Vec<_>>().join("、"),
-            s.iter().map(|x| t(&x.label_key())).collect::<Vec<_>>().join(" "),
+            r.last_report_at
+                .map(|x| local(x, st.cfg.tz))
+                .unwrap_or_default(),
+            r.last_temperature
+                .map(|x| format!("{:.1}", f64::from(x) / 10.0))
+                .unwrap_or_default(),
+            Symptoms::from_bits(r.last_symptoms)
+                .iter()
+                .map(|x| t(x.label_key()))
+                .collect::<Vec<_>>()
+                .join("、"),
+            s.iter()
+                .map(|x| t(&x.label_key()))
+                .collect::<Vec<_>>()
+                .join(" "),
         ]);
     }
     staff
-        .audit(st, "export", "observations", &staff.user.area_path, &format!("{format} rows={} unmasked={unmask} status={}", out.len(), q.get("status").cloned().unwrap_or_default()))
+        .audit(
+            st,
+            "export",
+            "observations",
+            &staff.user.area_path,
+            &format!(
+                "{format} rows={} unmasked={unmask} status={}",
+                out.len(),
+                q.get("status").cloned().unwrap_or_default()
+            ),
+        )
         .await;
     Ok((header, out))
 }
 
 /// A CSV cell: quoted, and neutralised if a spreadsheet would read it as a formula.
 fn csv_cell(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{s}") } else { s.to_string() };
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// The line list as CSV: UTF-8 with a BOM so that Excel in a Chinese locale reads it right.
-async fn export_csv(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Response> {
+async fn export_csv(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
     let (header, rows) = export_table(&st, &staff, &q, "csv").await?;
     let mut out = String::from("\u{feff}");
     for row in std::iter::once(&header).chain(rows.iter()) {
-        out.push_str(&row.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str(
+            &row.iter()
+                .map(|c| csv_cell(c))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         out.push_str("\r\n");
     }
-    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8"), (header::CONTENT_DISPOSITION, "attachment; filename=\"observations.csv\"")], out).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"observations.csv\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
 }
 
 /// The line list as XLSX; every cell is written as text (ID numbers keep their digits, and
 /// nothing is ever evaluated as a formula).
-async fn export_xlsx(State(st): State<AppState>, staff: Staff, Query(q): Query<HashMap<String, String>>) -> ApiResult<Response> {
+async fn export_xlsx(
+    State(st): State<AppState>,
+    staff: Staff,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Response> {
     let (header, rows) = export_table(&st, &staff, &q, "xlsx").await?;
     let xerr = |e: rust_xlsxwriter::XlsxError| ApiError::Internal(e.to_string());
     let mut wb = rust_xlsxwriter::Workbook::new();
     let ws = wb.add_worksheet();
     let bold = rust_xlsxwriter::Format::new().set_bold();
     for (c, h) in header.iter().enumerate() {
-        ws.write_string_with_format(0, c as u16, h, &bold).map_err(xerr)?;
+        ws.write_string_with_format(0, c as u16, h, &bold)
+            .map_err(xerr)?;
     }
     for (r, row) in rows.iter().enumerate() {
         for (c, v) in row.iter().enumerate() {
@@ -1180,8 +1257,14 @@ async fn export_xlsx(State(st): State<AppState>, staff: Staff, Query(q): Query<H
     let bytes = wb.save_to_buffer().map_err(xerr)?;
     Ok((
         [
-            (header::CONTENT_TYPE, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"observations.xlsx\""),
+            (
+                header::CONTENT_TYPE,
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"observations.xlsx\"",
+            ),
         ],
         bytes,
     )

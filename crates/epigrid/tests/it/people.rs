@@ -663,6 +663,24 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         .await
         .unwrap();
     assert!(csv.contains("13700002222"));
+    let xlsx = app
+        .get("/api/v1/observations/export.xlsx", Some(&epi))
+        .await;
+    assert_eq!(xlsx.status(), 200);
+    assert!(xlsx.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("spreadsheetml"));
+    let bytes = xlsx.bytes().await.unwrap();
+    assert_eq!(&bytes[..2], b"PK", "an XLSX is a zip package");
+    let staff = app.token("keeper", Role::SiteStaff, "150802").await;
+    assert_eq!(
+        app.get("/api/v1/observations/export.csv?unmask=1", Some(&staff))
+            .await
+            .status(),
+        403,
+        "site staff may not unmask"
+    );
     let audit: Value = app
         .get("/api/v1/audit", Some(&admin))
         .await
@@ -676,7 +694,7 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
             .iter()
             .filter(|e| e["action"] == "export")
             .count(),
-        2
+        3
     );
 }
 
