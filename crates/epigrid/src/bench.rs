@@ -118,3 +118,13 @@ pub fn request(method: &str, host: &str, path: &str, json_body: Option<&str>) ->
     }
     r.into_bytes()
 }
+
+/// Latency percentiles of a set of measurements, in milliseconds.
+pub fn percentiles(mut ms: Vec<f64>) -> (f64, f64, f64) {
+    if ms.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    (at(0.5), at(0.95), at(1.0))
+}

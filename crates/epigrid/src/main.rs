@@ -123,6 +123,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// Person search latency (p50/p95) by ID number, phone, plate and part of a name.
+    Search {
+        /// Database to run against; default: a fresh SQLite database in a temporary folder.
+        #[arg(long, env = "EPIGRID_DB")]
+        db: Option<String>,
+        /// People in the demo city built when the database is empty.
+        #[arg(long, default_value_t = 1_000_000)]
+        people: u32,
+        /// Queries of each kind.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -503,6 +515,14 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     connections,
                 },
         } => bench_http(db, seconds, connections).await,
+        Command::Bench {
+            what:
+                BenchCommand::Search {
+                    db,
+                    people,
+                    queries,
+                },
+        } => bench_search(db, people, queries).await,
         Command::User {
             what:
                 UserCommand::Add {
@@ -532,7 +552,9 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
     }
 }
 
-async fn bench_http(db: Option<String>, seconds: u64, connections: usize) -> Result<()> {
+/// A store for a benchmark: the given database, or a fresh SQLite one; filled with the demo
+/// city of `people` people when empty.
+async fn bench_store(db: Option<String>, people: u32) -> Result<(String, Arc<dyn Store>, Vault)> {
     let db = match db {
         Some(d) => d,
         None => {
@@ -551,15 +573,127 @@ async fn bench_http(db: Option<String>, seconds: u64, connections: usize) -> Res
     let store = open_store(&args).await?;
     let vault = open_vault(&args)?;
     if store.area_count().await? == 0 {
+        let started = std::time::Instant::now();
         let opts = demo::DemoOptions {
             seed: 1,
-            people: 500,
+            people,
             days: 1,
             now: Utc::now(),
             tz: parse_offset("+08:00")?,
         };
-        demo::build(store.as_ref(), &vault, &opts).await?;
+        let s = demo::build(store.as_ref(), &vault, &opts).await?;
+        eprintln!(
+            "built {} registrations of {people} people in {:.0} s",
+            s.registrations,
+            started.elapsed().as_secs_f64()
+        );
     }
+    Ok((db, store, vault))
+}
+
+async fn bench_search(db: Option<String>, people: u32, queries: usize) -> Result<()> {
+    use epigrid_core::person::PersonQuery;
+    use epigrid_core::validate::DocType;
+    let (_, store, vault) = bench_store(db, people).await?;
+    // Sample people from recent registrations, with their numbers decrypted as a user would type them.
+    let sample = store
+        .registrations(
+            &Scope::all(),
+            &epigrid_core::model::RegistrationFilter {
+                limit: 5000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut docs = Vec::new();
+    let mut phones = Vec::new();
+    let mut plates = Vec::new();
+    let mut names = Vec::new();
+    for r in sample
+        .iter()
+        .step_by((sample.len() / queries.max(1)).max(1))
+        .take(queries)
+    {
+        if let Some(s) = store.person_secrets(r.person_id, &Scope::all()).await? {
+            let pid = s.person_id;
+            if let (Some(DocType::CnId), Some(c)) = (s.doc_type, s.doc_cipher.as_ref()) {
+                docs.push(vault.open(&format!("persons.doc:{pid}"), c)?);
+            }
+            if let Some(c) = s.phone_cipher.as_ref() {
+                phones.push(vault.open(&format!("persons.phone:{pid}"), c)?);
+            }
+        }
+        let chars: Vec<char> = r.name.chars().collect();
+        names.push(
+            chars[chars.len().saturating_sub(2)..]
+                .iter()
+                .collect::<String>(),
+        );
+    }
+    let checkpoints = store
+        .registrations(
+            &Scope::all(),
+            &epigrid_core::model::RegistrationFilter {
+                kind: Some(SiteKind::Checkpoint),
+                limit: 5000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    plates.extend(
+        checkpoints
+            .iter()
+            .filter_map(|r| r.fields.plate.clone())
+            .take(queries),
+    );
+    let scope = Scope::all();
+    println!("store: {}  people: {people}", store.backend());
+    let kinds: [(&str, Vec<PersonQuery>); 4] = [
+        (
+            "ID number",
+            docs.iter()
+                .map(|d| PersonQuery::Document {
+                    index: vault.blind_index("doc:cn_id", d),
+                    doc_type: DocType::CnId,
+                })
+                .collect(),
+        ),
+        (
+            "phone",
+            phones
+                .iter()
+                .map(|p| PersonQuery::Phone(vault.blind_index("phone", p)))
+                .collect(),
+        ),
+        (
+            "plate",
+            plates
+                .iter()
+                .map(|p| PersonQuery::Plate(p.clone()))
+                .collect(),
+        ),
+        (
+            "part of a name",
+            names.iter().map(|n| PersonQuery::Name(n.clone())).collect(),
+        ),
+    ];
+    for (label, qs) in kinds {
+        let mut ms = Vec::with_capacity(qs.len());
+        let mut found = 0usize;
+        for q in &qs {
+            let t = std::time::Instant::now();
+            let hits = store.search_persons(&scope, q, 50).await?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            found += usize::from(!hits.is_empty());
+        }
+        let (p50, p95, max) = bench::percentiles(ms);
+        println!("{label:<15} {:>4} queries  p50 {p50:>8.2} ms  p95 {p95:>8.2} ms  max {max:>8.2} ms  ({found} found)", qs.len());
+    }
+    Ok(())
+}
+
+async fn bench_http(db: Option<String>, seconds: u64, connections: usize) -> Result<()> {
+    let (db, store, vault) = bench_store(db, 500).await?;
     let site = store
         .sites(&Scope::all())
         .await?
