@@ -11,6 +11,7 @@ pub mod person;
 pub mod register;
 pub mod rng;
 pub mod store;
+pub mod trace;
 pub mod validate;
 pub mod vault;
 

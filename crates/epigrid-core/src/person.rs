@@ -484,3 +484,39 @@ mod tests {
         assert_eq!(line_statuses(&over, now, tz, 36), vec![LineStatus::Ended]);
     }
 }
+
+/// The search grams of a name: every character and every pair of neighbouring characters
+/// (what the `person_grams` index holds), without repeats.
+pub fn name_grams(name: &str) -> Vec<String> {
+    let chars: Vec<char> = name.chars().filter(|c| !c.is_whitespace()).collect();
+    let mut out: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
+    out.extend(chars.windows(2).map(|w| w.iter().collect::<String>()));
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The gram a search for `q` looks up: its first pair of characters, or the character itself.
+pub fn search_gram(q: &str) -> String {
+    q.chars().filter(|c| !c.is_whitespace()).take(2).collect()
+}
+
+#[cfg(test)]
+mod gram_tests {
+    #[test]
+    fn grams_cover_every_substring_start() {
+        assert_eq!(super::name_grams("欧阳晓明"), vec!["明", "晓", "晓明", "欧", "欧阳", "阳", "阳晓"]);
+        assert_eq!(super::search_gram("晓明"), "晓明");
+        assert_eq!(super::search_gram("明"), "明");
+        // every substring of length >= 1 starts with a gram of the name
+        let name = "阿依古丽·买买提";
+        let grams = super::name_grams(name);
+        let chars: Vec<char> = name.chars().collect();
+        for i in 0..chars.len() {
+            for j in i + 1..=chars.len() {
+                let q: String = chars[i..j].iter().collect();
+                assert!(grams.contains(&super::search_gram(&q)), "{q}");
+            }
+        }
+    }
+}

@@ -857,12 +857,13 @@ impl PgStore {
                 .await?
             }
             PersonQuery::Name(name) => {
+                let gram = epigrid_core::person::search_gram(name);
                 self.query(
                     &format!(
-                        "SELECT {PERSON_COLS} FROM persons p WHERE strpos(p.name, $3) > 0 AND {scoped} \
-                         ORDER BY (p.name = $3) DESC, p.last_seen_at DESC LIMIT $4"
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram = $5) \
+                         AND strpos(p.name, $3) > 0 AND {scoped} ORDER BY (p.name = $3) DESC, p.last_seen_at DESC LIMIT $4"
                     ),
-                    &[&lo, &hi, name, &limit],
+                    &[&lo, &hi, name, &limit, &gram],
                 )
                 .await?
             }
@@ -1239,16 +1240,25 @@ impl PgStore {
         name: &str,
         home: Option<(&str, &str)>,
     ) -> StoreResult<()> {
-        let n = self
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let n = tx
             .execute(
                 "UPDATE persons SET name = $2, home_area_code = COALESCE($3, home_area_code), \
                  area_path = COALESCE($4, area_path) WHERE id = $1",
                 &[&id, &name, &home.map(|h| h.0), &home.map(|h| h.1)],
             )
-            .await?;
+            .await
+            .map_err(map_err)?;
         if n == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        tx.execute("DELETE FROM person_grams WHERE person_id = $1", &[&id]).await.map_err(map_err)?;
+        for g in epigrid_core::person::name_grams(name) {
+            tx.execute("INSERT INTO person_grams (gram, person_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&g, &id])
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 }

@@ -113,13 +113,27 @@ pub(crate) async fn insert_batch(
            area_path = CASE WHEN persons.home_area_code IS NULL AND EXCLUDED.last_seen_at >= persons.last_seen_at \
                        THEN EXCLUDED.area_path ELSE persons.area_path END, \
            last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) \
-         RETURNING id, COALESCE(merged_into, id)",
+         RETURNING id, COALESCE(merged_into, id), (xmax = 0)",
         v.sql
     );
     let rows = tx.query(&sql, &v.refs()).await.map_err(map_err)?;
     let mut effective: BTreeMap<Uuid, Uuid> = BTreeMap::new();
+    let mut grams = Values::new();
     for row in rows {
-        effective.insert(row.get(0), row.get(1));
+        let id: Uuid = row.get(0);
+        effective.insert(id, row.get(1));
+        // new people: index their names for search by part of a name
+        if row.get::<_, bool>(2) {
+            if let Some((p, _, _)) = persons.get(&id) {
+                for g in epigrid_core::person::name_grams(&p.name) {
+                    grams.row(vec![b(g), b(id)]);
+                }
+            }
+        }
+    }
+    if !grams.params.is_empty() {
+        let sql = format!("INSERT INTO person_grams (gram, person_id) VALUES {} ON CONFLICT DO NOTHING", grams.sql);
+        tx.execute(&sql, &grams.refs()).await.map_err(map_err)?;
     }
     let eff = |id: &Uuid| effective.get(id).copied().unwrap_or(*id);
 

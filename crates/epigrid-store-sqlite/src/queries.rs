@@ -170,6 +170,7 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                 at,
             ])
             .map_err(map_err)?;
+            insert_grams(c, &id, &p.name)?;
             Ok(id)
         }
         Some((effective, phone_index, old_path, last_seen, has_home)) => {
@@ -202,6 +203,17 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             Ok(effective)
         }
     }
+}
+
+/// Indexes a name for search by part of it (see `person::name_grams`).
+fn insert_grams(c: &Connection, person_id: &str, name: &str) -> StoreResult<()> {
+    let mut stmt = c
+        .prepare_cached("INSERT OR IGNORE INTO person_grams (gram, person_id) VALUES (?1, ?2)")
+        .map_err(map_err)?;
+    for g in epigrid_core::person::name_grams(name) {
+        stmt.execute(params![g, person_id]).map_err(map_err)?;
+    }
+    Ok(())
 }
 
 fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
@@ -1103,16 +1115,23 @@ impl SqliteStore {
                 ),
                 PersonQuery::Name(name) => (
                     format!(
-                        "SELECT {PERSON_COLS} FROM persons p WHERE instr(p.name, ?3) > 0 AND {scoped} \
-                         ORDER BY (p.name = ?3) DESC, p.last_seen_at DESC LIMIT ?4"
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram = ?5) \
+                         AND instr(p.name, ?3) > 0 AND {scoped} ORDER BY (p.name = ?3) DESC, p.last_seen_at DESC LIMIT ?4"
                     ),
                     Box::new(name.clone()),
                 ),
             };
             let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![lo, hi, arg, limit], person_row)
-                .map_err(map_err)?;
+            let gram = match &q {
+                PersonQuery::Name(n) => epigrid_core::person::search_gram(n),
+                _ => String::new(),
+            };
+            let rows = if matches!(q, PersonQuery::Name(_)) {
+                stmt.query_map(params![lo, hi, arg, limit, gram], person_row)
+            } else {
+                stmt.query_map(params![lo, hi, arg, limit], person_row)
+            }
+            .map_err(map_err)?;
             collect(rows)
         })
         .await
@@ -1568,6 +1587,12 @@ impl SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
+            let id = id.to_string();
+            c.prepare_cached("DELETE FROM person_grams WHERE person_id = ?1")
+                .map_err(map_err)?
+                .execute([&id])
+                .map_err(map_err)?;
+            insert_grams(c, &id, &name)?;
             Ok(())
         })
         .await

@@ -1,0 +1,409 @@
+//! The contact-tracing engine: given an index person and an infectious window, find everyone
+//! whose records put them near the index person, with the evidence, total exposure and a score.
+//!
+//! It works on an in-memory copy of the records ([`Records`]), independent of any store:
+//! visits are grouped by site and sorted by start, so the candidates for one visit are found by
+//! binary search instead of a self-join. Sources of contact:
+//! * **co-location** — presence at the same site overlapping in time (with a per-kind
+//!   tolerance; a visit without a registered exit lasts the site's default stay);
+//! * **vehicle** — the same plate at a checkpoint within a few minutes;
+//! * **companion** — registered together as travel companions;
+//! * **household** — the same residence unit;
+//! * **proximity** — imported contact-token or study records.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Dense person number inside the engine.
+pub type Pid = u32;
+
+/// One presence of a person at a site: `[start, end)` in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visit {
+    pub person: Pid,
+    pub site: u32,
+    pub start: i64,
+    pub end: i64,
+    /// Index of the registration this visit came from (evidence).
+    pub record: u32,
+    /// Plate number id at a checkpoint, if any.
+    pub plate: Option<u32>,
+}
+
+/// A proximity record: two people near each other from `at` for `duration_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proximity {
+    pub a: Pid,
+    pub b: Pid,
+    pub at: i64,
+    pub duration_s: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactKind {
+    CoLocation,
+    Vehicle,
+    Companion,
+    Household,
+    Proximity,
+}
+
+impl ContactKind {
+    /// How much one second of this kind of exposure weighs in the score.
+    pub fn weight(self) -> f64 {
+        match self {
+            ContactKind::Household => 3.0,
+            ContactKind::Companion | ContactKind::Vehicle => 2.0,
+            ContactKind::Proximity => 1.5,
+            ContactKind::CoLocation => 1.0,
+        }
+    }
+}
+
+/// Why two people are contacts: one piece of evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub kind: ContactKind,
+    /// Records (registrations) of the index person and of the contact, where there are any.
+    pub index_record: Option<u32>,
+    pub contact_record: Option<u32>,
+    pub from: i64,
+    pub to: i64,
+    pub exposure_s: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contact {
+    pub person: Pid,
+    pub degree: u8,
+    /// For second-degree contacts: the first-degree contact they were found through.
+    pub via: Option<Pid>,
+    pub kinds: Vec<ContactKind>,
+    pub exposure_s: i64,
+    pub score: f64,
+    pub evidence: Vec<Evidence>,
+}
+
+/// Settings of a trace.
+#[derive(Debug, Clone)]
+pub struct TraceParams {
+    pub from: i64,
+    pub to: i64,
+    pub degree: u8,
+    /// Contacts with less total exposure are left out.
+    pub min_exposure_s: i64,
+    /// Presence this close in time still counts as overlap, per site (seconds).
+    pub tolerance_s: i64,
+    /// The same plate at a checkpoint within this many seconds is a shared vehicle.
+    pub vehicle_window_s: i64,
+    /// Exposure credited to a shared household for a whole window (seconds per day).
+    pub household_s_per_day: i64,
+}
+
+impl Default for TraceParams {
+    fn default() -> Self {
+        TraceParams {
+            from: i64::MIN,
+            to: i64::MAX,
+            degree: 1,
+            min_exposure_s: 0,
+            tolerance_s: 0,
+            vehicle_window_s: 300,
+            household_s_per_day: 8 * 3600,
+        }
+    }
+}
+
+/// The records a trace runs over, indexed for it.
+#[derive(Debug, Default, Clone)]
+pub struct Records {
+    /// Visits grouped by site, each group sorted by start.
+    by_site: HashMap<u32, Vec<Visit>>,
+    /// Longest visit at each site (bounds the binary search).
+    longest: HashMap<u32, i64>,
+    by_person: HashMap<Pid, Vec<Visit>>,
+    companions: HashMap<Pid, Vec<(Pid, u32, i64)>>,
+    household: HashMap<u32, Vec<Pid>>,
+    household_of: HashMap<Pid, u32>,
+    proximity: HashMap<Pid, Vec<Proximity>>,
+}
+
+impl Records {
+    pub fn new(visits: Vec<Visit>) -> Records {
+        let mut r = Records::default();
+        for v in visits {
+            let e = r.longest.entry(v.site).or_insert(0);
+            *e = (*e).max(v.end - v.start);
+            r.by_person.entry(v.person).or_default().push(v);
+            r.by_site.entry(v.site).or_default().push(v);
+        }
+        for list in r.by_site.values_mut() {
+            list.sort_unstable_by_key(|v| (v.start, v.person));
+        }
+        r
+    }
+
+    /// People registered together (record id, time of the registration).
+    pub fn add_companions(&mut self, a: Pid, b: Pid, record: u32, at: i64) {
+        self.companions.entry(a).or_default().push((b, record, at));
+        self.companions.entry(b).or_default().push((a, record, at));
+    }
+
+    /// A person's residence unit.
+    pub fn set_household(&mut self, person: Pid, unit: u32) {
+        self.household.entry(unit).or_default().push(person);
+        self.household_of.insert(person, unit);
+    }
+
+    pub fn add_proximity(&mut self, p: Proximity) {
+        self.proximity.entry(p.a).or_default().push(p);
+        self.proximity.entry(p.b).or_default().push(Proximity { a: p.b, b: p.a, ..p });
+    }
+
+    pub fn visit_count(&self) -> usize {
+        self.by_site.values().map(Vec::len).sum()
+    }
+
+    /// Direct contacts of one person in the window, unfiltered.
+    fn direct(&self, index: Pid, p: &TraceParams) -> HashMap<Pid, Vec<Evidence>> {
+        let mut found: HashMap<Pid, Vec<Evidence>> = HashMap::new();
+        let tol = p.tolerance_s;
+        for v in self.by_person.get(&index).into_iter().flatten() {
+            // the part of the visit inside the window
+            let (vs, ve) = (v.start.max(p.from), v.end.min(p.to));
+            if vs >= ve {
+                continue;
+            }
+            let Some(list) = self.by_site.get(&v.site) else { continue };
+            let longest = self.longest.get(&v.site).copied().unwrap_or(0);
+            // any visit overlapping [vs - tol, ve + tol) starts after vs - tol - longest
+            let lo = list.partition_point(|w| w.start < vs - tol - longest);
+            for w in &list[lo..] {
+                if w.start >= ve + tol {
+                    break;
+                }
+                if w.person == index || w.end + tol <= vs {
+                    continue;
+                }
+                let from = vs.max(w.start);
+                let to = ve.min(w.end);
+                let exposure = (to - from).max(0);
+                found.entry(w.person).or_default().push(Evidence {
+                    kind: ContactKind::CoLocation,
+                    index_record: Some(v.record),
+                    contact_record: Some(w.record),
+                    from: from.min(to),
+                    to,
+                    exposure_s: exposure,
+                });
+                if let (Some(a), Some(b)) = (v.plate, w.plate) {
+                    if a == b && (w.start - v.start).abs() <= p.vehicle_window_s {
+                        found.entry(w.person).or_default().push(Evidence {
+                            kind: ContactKind::Vehicle,
+                            index_record: Some(v.record),
+                            contact_record: Some(w.record),
+                            from: v.start.min(w.start),
+                            to: v.end.max(w.end),
+                            exposure_s: (v.end - v.start).max(w.end - w.start),
+                        });
+                    }
+                }
+            }
+        }
+        for (other, record, at) in self.companions.get(&index).into_iter().flatten() {
+            if *at >= p.from && *at < p.to && *other != index {
+                found.entry(*other).or_default().push(Evidence {
+                    kind: ContactKind::Companion,
+                    index_record: Some(*record),
+                    contact_record: Some(*record),
+                    from: *at,
+                    to: *at,
+                    exposure_s: 3600,
+                });
+            }
+        }
+        if let Some(unit) = self.household_of.get(&index) {
+            let days = ((p.to.min(i64::MAX / 2) - p.from.max(i64::MIN / 2)) / 86_400).clamp(1, 60);
+            for other in self.household.get(unit).into_iter().flatten() {
+                if *other != index {
+                    found.entry(*other).or_default().push(Evidence {
+                        kind: ContactKind::Household,
+                        index_record: None,
+                        contact_record: None,
+                        from: p.from,
+                        to: p.to,
+                        exposure_s: days * p.household_s_per_day,
+                    });
+                }
+            }
+        }
+        for x in self.proximity.get(&index).into_iter().flatten() {
+            let (s, e) = (x.at.max(p.from), (x.at + x.duration_s).min(p.to));
+            if s < e && x.b != index {
+                found.entry(x.b).or_default().push(Evidence {
+                    kind: ContactKind::Proximity,
+                    index_record: None,
+                    contact_record: None,
+                    from: s,
+                    to: e,
+                    exposure_s: e - s,
+                });
+            }
+        }
+        found
+    }
+
+    fn contact(person: Pid, degree: u8, via: Option<Pid>, mut evidence: Vec<Evidence>) -> Contact {
+        evidence.sort_by_key(|e| (e.from, e.kind));
+        let mut kinds: Vec<ContactKind> = evidence.iter().map(|e| e.kind).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        // co-location exposure is the sum over visits; other kinds add their own
+        let exposure_s = evidence.iter().filter(|e| e.kind != ContactKind::Vehicle).map(|e| e.exposure_s).sum();
+        let score = evidence
+            .iter()
+            .map(|e| e.kind.weight() * (e.exposure_s.max(1) as f64 / 60.0))
+            .sum::<f64>()
+            .ln_1p();
+        Contact { person, degree, via, kinds, exposure_s, score: (score * 1000.0).round() / 1000.0, evidence }
+    }
+
+    /// Contacts of `index` in the window; second degree (contacts of contacts, through the
+    /// first-degree contact with the most exposure) when `degree` is 2. Highest score first.
+    pub fn trace(&self, index: Pid, p: &TraceParams) -> Vec<Contact> {
+        let mut out: Vec<Contact> = self
+            .direct(index, p)
+            .into_iter()
+            .map(|(person, ev)| Records::contact(person, 1, None, ev))
+            .filter(|c| c.exposure_s >= p.min_exposure_s)
+            .collect();
+        if p.degree >= 2 {
+            let first: HashMap<Pid, i64> = out.iter().map(|c| (c.person, c.exposure_s)).collect();
+            let mut second: HashMap<Pid, Contact> = HashMap::new();
+            for (via, _) in &first {
+                for (person, ev) in self.direct(*via, p) {
+                    if person == index || first.contains_key(&person) {
+                        continue;
+                    }
+                    let c = Records::contact(person, 2, Some(*via), ev);
+                    if c.exposure_s < p.min_exposure_s {
+                        continue;
+                    }
+                    match second.get(&person) {
+                        Some(old) if old.exposure_s >= c.exposure_s => {}
+                        _ => {
+                            second.insert(person, c);
+                        }
+                    }
+                }
+            }
+            out.extend(second.into_values());
+        }
+        out.sort_by(|a, b| a.degree.cmp(&b.degree).then(b.score.total_cmp(&a.score)).then(a.person.cmp(&b.person)));
+        out
+    }
+}
+
+/// The reference: first-degree co-location by comparing every pair of visits (tests only).
+pub fn brute_force_colocation(visits: &[Visit], index: Pid, p: &TraceParams) -> HashMap<Pid, i64> {
+    let mut out: HashMap<Pid, i64> = HashMap::new();
+    for v in visits.iter().filter(|v| v.person == index) {
+        let (vs, ve) = (v.start.max(p.from), v.end.min(p.to));
+        if vs >= ve {
+            continue;
+        }
+        for w in visits {
+            if w.person == index || w.site != v.site {
+                continue;
+            }
+            if w.start < ve + p.tolerance_s && w.end + p.tolerance_s > vs {
+                *out.entry(w.person).or_default() += (ve.min(w.end) - vs.max(w.start)).max(0);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn v(person: Pid, site: u32, start: i64, end: i64, record: u32) -> Visit {
+        Visit { person, site, start, end, record, plate: None }
+    }
+
+    #[test]
+    fn overlapping_visits_at_the_same_site_are_contacts_with_their_overlap() {
+        let r = Records::new(vec![
+            v(1, 10, 1000, 2000, 0),
+            v(2, 10, 1500, 2500, 1), // overlaps 500 s
+            v(3, 10, 2000, 3000, 2), // touches, no overlap
+            v(4, 11, 1000, 2000, 3), // another site
+            v(2, 10, 1900, 1950, 4), // a second overlap of 50 s
+        ]);
+        let c = r.trace(1, &TraceParams::default());
+        assert_eq!(c.len(), 1);
+        assert_eq!((c[0].person, c[0].exposure_s), (2, 550));
+        assert_eq!(c[0].evidence.len(), 2);
+        // with a tolerance, touching counts (zero exposure)
+        let c = r.trace(1, &TraceParams { tolerance_s: 60, ..Default::default() });
+        assert!(c.iter().any(|x| x.person == 3));
+        // the window cuts the index person's presence
+        let c = r.trace(1, &TraceParams { from: 1900, to: 2000, ..Default::default() });
+        assert_eq!(c[0].exposure_s, 150);
+    }
+
+    #[test]
+    fn vehicles_companions_households_and_proximity_are_contacts_too() {
+        let mut visits = vec![v(1, 10, 0, 600, 0), v(2, 10, 100, 700, 1)];
+        visits[0].plate = Some(7);
+        visits[1].plate = Some(7);
+        let mut r = Records::new(visits);
+        r.add_companions(1, 5, 9, 50);
+        r.set_household(1, 100);
+        r.set_household(6, 100);
+        r.add_proximity(Proximity { a: 8, b: 1, at: 200, duration_s: 20 });
+        let c = r.trace(1, &TraceParams { from: 0, to: 86_400, ..Default::default() });
+        let kinds = |p: Pid| c.iter().find(|x| x.person == p).map(|x| x.kinds.clone()).unwrap_or_default();
+        assert_eq!(kinds(2), vec![ContactKind::CoLocation, ContactKind::Vehicle]);
+        assert_eq!(kinds(5), vec![ContactKind::Companion]);
+        assert_eq!(kinds(6), vec![ContactKind::Household]);
+        assert_eq!(kinds(8), vec![ContactKind::Proximity]);
+        // the household member ranks first
+        assert_eq!(c[0].person, 6);
+    }
+
+    #[test]
+    fn second_degree_goes_through_first_degree_contacts() {
+        let r = Records::new(vec![v(1, 10, 0, 100, 0), v(2, 10, 50, 150, 1), v(2, 11, 500, 600, 2), v(3, 11, 550, 650, 3)]);
+        let c = r.trace(1, &TraceParams { degree: 2, ..Default::default() });
+        assert_eq!(c.iter().map(|x| (x.person, x.degree, x.via)).collect::<Vec<_>>(), vec![(2, 1, None), (3, 2, Some(2))]);
+        let c = r.trace(1, &TraceParams { min_exposure_s: 60, ..Default::default() });
+        assert!(c.is_empty(), "50 s is below the minimum");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn the_engine_finds_exactly_the_pairs_brute_force_finds(
+            raw in proptest::collection::vec((0u32..30, 0u32..6, 0i64..20_000, 1i64..3_600), 1..300),
+            index in 0u32..30,
+            tol in 0i64..600,
+            from in 0i64..10_000,
+            len in 1i64..30_000,
+        ) {
+            let visits: Vec<Visit> = raw.iter().enumerate().map(|(i, (p, s, st, d))| v(*p, *s, *st, st + d, i as u32)).collect();
+            let params = TraceParams { from, to: from + len, tolerance_s: tol, ..Default::default() };
+            let engine: HashMap<Pid, i64> = Records::new(visits.clone())
+                .trace(index, &params)
+                .into_iter()
+                .map(|c| (c.person, c.exposure_s))
+                .collect();
+            let brute = brute_force_colocation(&visits, index, &params);
+            prop_assert_eq!(engine, brute);
+        }
+    }
+}
