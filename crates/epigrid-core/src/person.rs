@@ -505,7 +505,10 @@ pub fn search_gram(q: &str) -> String {
 mod gram_tests {
     #[test]
     fn grams_cover_every_substring_start() {
-        assert_eq!(super::name_grams("欧阳晓明"), vec!["明", "晓", "晓明", "欧", "欧阳", "阳", "阳晓"]);
+        assert_eq!(
+            super::name_grams("欧阳晓明"),
+            vec!["明", "晓", "晓明", "欧", "欧阳", "阳", "阳晓"]
+        );
         assert_eq!(super::search_gram("晓明"), "晓明");
         assert_eq!(super::search_gram("明"), "明");
         // every substring of length >= 1 starts with a gram of the name

@@ -113,6 +113,10 @@ pub trait Store: Send + Sync + 'static {
     /// people themselves (an index on category and path), so it is always exact.
     async fn category_counts(&self, scope: &Scope) -> StoreResult<Vec<(String, Category, i64)>>;
 
+    // ---- contact tracing ----
+    /// The visits, companions and households a trace needs, for registrations from `since` on.
+    async fn trace_data(&self, since: DateTime<Utc>) -> StoreResult<crate::trace::TraceData>;
+
     // ---- medical observation ----
     async fn insert_observation(&self, o: &Observation) -> StoreResult<()>;
     /// Updates end, release, token state, grid worker and reports per day.

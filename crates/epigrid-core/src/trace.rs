@@ -159,7 +159,11 @@ impl Records {
 
     pub fn add_proximity(&mut self, p: Proximity) {
         self.proximity.entry(p.a).or_default().push(p);
-        self.proximity.entry(p.b).or_default().push(Proximity { a: p.b, b: p.a, ..p });
+        self.proximity.entry(p.b).or_default().push(Proximity {
+            a: p.b,
+            b: p.a,
+            ..p
+        });
     }
 
     pub fn visit_count(&self) -> usize {
@@ -176,7 +180,9 @@ impl Records {
             if vs >= ve {
                 continue;
             }
-            let Some(list) = self.by_site.get(&v.site) else { continue };
+            let Some(list) = self.by_site.get(&v.site) else {
+                continue;
+            };
             let longest = self.longest.get(&v.site).copied().unwrap_or(0);
             // any visit overlapping [vs - tol, ve + tol) starts after vs - tol - longest
             let lo = list.partition_point(|w| w.start < vs - tol - longest);
@@ -261,13 +267,25 @@ impl Records {
         kinds.sort_unstable();
         kinds.dedup();
         // co-location exposure is the sum over visits; other kinds add their own
-        let exposure_s = evidence.iter().filter(|e| e.kind != ContactKind::Vehicle).map(|e| e.exposure_s).sum();
+        let exposure_s = evidence
+            .iter()
+            .filter(|e| e.kind != ContactKind::Vehicle)
+            .map(|e| e.exposure_s)
+            .sum();
         let score = evidence
             .iter()
             .map(|e| e.kind.weight() * (e.exposure_s.max(1) as f64 / 60.0))
             .sum::<f64>()
             .ln_1p();
-        Contact { person, degree, via, kinds, exposure_s, score: (score * 1000.0).round() / 1000.0, evidence }
+        Contact {
+            person,
+            degree,
+            via,
+            kinds,
+            exposure_s,
+            score: (score * 1000.0).round() / 1000.0,
+            evidence,
+        }
     }
 
     /// Contacts of `index` in the window; second degree (contacts of contacts, through the
@@ -282,7 +300,7 @@ impl Records {
         if p.degree >= 2 {
             let first: HashMap<Pid, i64> = out.iter().map(|c| (c.person, c.exposure_s)).collect();
             let mut second: HashMap<Pid, Contact> = HashMap::new();
-            for (via, _) in &first {
+            for via in first.keys() {
                 for (person, ev) in self.direct(*via, p) {
                     if person == index || first.contains_key(&person) {
                         continue;
@@ -301,8 +319,113 @@ impl Records {
             }
             out.extend(second.into_values());
         }
-        out.sort_by(|a, b| a.degree.cmp(&b.degree).then(b.score.total_cmp(&a.score)).then(a.person.cmp(&b.person)));
+        out.sort_by(|a, b| {
+            a.degree
+                .cmp(&b.degree)
+                .then(b.score.total_cmp(&a.score))
+                .then(a.person.cmp(&b.person))
+        });
         out
+    }
+}
+
+/// One registration as the tracing engine reads it from a store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisitRow {
+    pub registration_id: uuid::Uuid,
+    pub person_id: uuid::Uuid,
+    pub site_id: uuid::Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub left_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub default_stay_min: i32,
+    pub plate: Option<String>,
+}
+
+/// Everything a trace needs from a store.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceData {
+    pub visits: Vec<VisitRow>,
+    /// (registering person, companion person, registration id, time)
+    pub companions: Vec<(
+        uuid::Uuid,
+        uuid::Uuid,
+        uuid::Uuid,
+        chrono::DateTime<chrono::Utc>,
+    )>,
+    /// (person, home unit code)
+    pub households: Vec<(uuid::Uuid, String)>,
+}
+
+/// [`Records`] built from store rows, with the maps between store ids and engine numbers.
+pub struct Loaded {
+    pub records: Records,
+    pub person_ids: Vec<uuid::Uuid>,
+    pub pid_of: HashMap<uuid::Uuid, Pid>,
+    pub registration_ids: Vec<uuid::Uuid>,
+}
+
+impl Loaded {
+    pub fn from_data(data: TraceData) -> Loaded {
+        let mut person_ids = Vec::new();
+        let mut pid_of: HashMap<uuid::Uuid, Pid> = HashMap::new();
+        let mut pid = |u: uuid::Uuid, ids: &mut Vec<uuid::Uuid>| -> Pid {
+            *pid_of.entry(u).or_insert_with(|| {
+                ids.push(u);
+                (ids.len() - 1) as Pid
+            })
+        };
+        let mut sites: HashMap<uuid::Uuid, u32> = HashMap::new();
+        let mut plates: HashMap<String, u32> = HashMap::new();
+        let mut registration_ids = Vec::with_capacity(data.visits.len());
+        let mut reg_no: HashMap<uuid::Uuid, u32> = HashMap::new();
+        let mut visits = Vec::with_capacity(data.visits.len());
+        for v in &data.visits {
+            let n = sites.len() as u32;
+            let site = *sites.entry(v.site_id).or_insert(n);
+            let plate = v.plate.as_ref().map(|p| {
+                let n = plates.len() as u32;
+                *plates.entry(p.clone()).or_insert(n)
+            });
+            let start = v.at.timestamp();
+            let end = v
+                .left_at
+                .map(|l| l.timestamp())
+                .filter(|e| *e > start)
+                .unwrap_or(start + i64::from(v.default_stay_min.max(1)) * 60);
+            let record = registration_ids.len() as u32;
+            registration_ids.push(v.registration_id);
+            reg_no.insert(v.registration_id, record);
+            visits.push(Visit {
+                person: pid(v.person_id, &mut person_ids),
+                site,
+                start,
+                end,
+                record,
+                plate,
+            });
+        }
+        let mut records = Records::new(visits);
+        for (a, b, reg, at) in &data.companions {
+            let (a, b) = (pid(*a, &mut person_ids), pid(*b, &mut person_ids));
+            let record = reg_no.get(reg).copied().unwrap_or(u32::MAX);
+            records.add_companions(a, b, record, at.timestamp());
+        }
+        let mut units: HashMap<&str, u32> = HashMap::new();
+        for (p, unit) in &data.households {
+            let n = units.len() as u32;
+            let u = *units.entry(unit.as_str()).or_insert(n);
+            records.set_household(pid(*p, &mut person_ids), u);
+        }
+        Loaded {
+            records,
+            person_ids,
+            pid_of,
+            registration_ids,
+        }
+    }
+
+    pub fn registration(&self, record: Option<u32>) -> Option<uuid::Uuid> {
+        record.and_then(|r| self.registration_ids.get(r as usize).copied())
     }
 }
 
@@ -332,7 +455,14 @@ mod tests {
     use proptest::prelude::*;
 
     fn v(person: Pid, site: u32, start: i64, end: i64, record: u32) -> Visit {
-        Visit { person, site, start, end, record, plate: None }
+        Visit {
+            person,
+            site,
+            start,
+            end,
+            record,
+            plate: None,
+        }
     }
 
     #[test]
@@ -349,10 +479,23 @@ mod tests {
         assert_eq!((c[0].person, c[0].exposure_s), (2, 550));
         assert_eq!(c[0].evidence.len(), 2);
         // with a tolerance, touching counts (zero exposure)
-        let c = r.trace(1, &TraceParams { tolerance_s: 60, ..Default::default() });
+        let c = r.trace(
+            1,
+            &TraceParams {
+                tolerance_s: 60,
+                ..Default::default()
+            },
+        );
         assert!(c.iter().any(|x| x.person == 3));
         // the window cuts the index person's presence
-        let c = r.trace(1, &TraceParams { from: 1900, to: 2000, ..Default::default() });
+        let c = r.trace(
+            1,
+            &TraceParams {
+                from: 1900,
+                to: 2000,
+                ..Default::default()
+            },
+        );
         assert_eq!(c[0].exposure_s, 150);
     }
 
@@ -365,10 +508,30 @@ mod tests {
         r.add_companions(1, 5, 9, 50);
         r.set_household(1, 100);
         r.set_household(6, 100);
-        r.add_proximity(Proximity { a: 8, b: 1, at: 200, duration_s: 20 });
-        let c = r.trace(1, &TraceParams { from: 0, to: 86_400, ..Default::default() });
-        let kinds = |p: Pid| c.iter().find(|x| x.person == p).map(|x| x.kinds.clone()).unwrap_or_default();
-        assert_eq!(kinds(2), vec![ContactKind::CoLocation, ContactKind::Vehicle]);
+        r.add_proximity(Proximity {
+            a: 8,
+            b: 1,
+            at: 200,
+            duration_s: 20,
+        });
+        let c = r.trace(
+            1,
+            &TraceParams {
+                from: 0,
+                to: 86_400,
+                ..Default::default()
+            },
+        );
+        let kinds = |p: Pid| {
+            c.iter()
+                .find(|x| x.person == p)
+                .map(|x| x.kinds.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            kinds(2),
+            vec![ContactKind::CoLocation, ContactKind::Vehicle]
+        );
         assert_eq!(kinds(5), vec![ContactKind::Companion]);
         assert_eq!(kinds(6), vec![ContactKind::Household]);
         assert_eq!(kinds(8), vec![ContactKind::Proximity]);
@@ -378,10 +541,32 @@ mod tests {
 
     #[test]
     fn second_degree_goes_through_first_degree_contacts() {
-        let r = Records::new(vec![v(1, 10, 0, 100, 0), v(2, 10, 50, 150, 1), v(2, 11, 500, 600, 2), v(3, 11, 550, 650, 3)]);
-        let c = r.trace(1, &TraceParams { degree: 2, ..Default::default() });
-        assert_eq!(c.iter().map(|x| (x.person, x.degree, x.via)).collect::<Vec<_>>(), vec![(2, 1, None), (3, 2, Some(2))]);
-        let c = r.trace(1, &TraceParams { min_exposure_s: 60, ..Default::default() });
+        let r = Records::new(vec![
+            v(1, 10, 0, 100, 0),
+            v(2, 10, 50, 150, 1),
+            v(2, 11, 500, 600, 2),
+            v(3, 11, 550, 650, 3),
+        ]);
+        let c = r.trace(
+            1,
+            &TraceParams {
+                degree: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            c.iter()
+                .map(|x| (x.person, x.degree, x.via))
+                .collect::<Vec<_>>(),
+            vec![(2, 1, None), (3, 2, Some(2))]
+        );
+        let c = r.trace(
+            1,
+            &TraceParams {
+                min_exposure_s: 60,
+                ..Default::default()
+            },
+        );
         assert!(c.is_empty(), "50 s is below the minimum");
     }
 

@@ -13,7 +13,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (2, "people", include_str!("../migrations/0002_people.sql")),
     (3, "merges", include_str!("../migrations/0003_merges.sql")),
-    (4, "name_grams", include_str!("../migrations/0004_name_grams.sql")),
+    (
+        4,
+        "name_grams",
+        include_str!("../migrations/0004_name_grams.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -438,6 +438,12 @@ impl Store for PgStore {
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
         self.category_history_impl(person_id).await
     }
+    async fn trace_data(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::trace::TraceData> {
+        self.trace_data_impl(since).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1253,12 +1259,64 @@ impl PgStore {
         if n == 0 {
             return Err(StoreError::NotFound);
         }
-        tx.execute("DELETE FROM person_grams WHERE person_id = $1", &[&id]).await.map_err(map_err)?;
+        tx.execute("DELETE FROM person_grams WHERE person_id = $1", &[&id])
+            .await
+            .map_err(map_err)?;
         for g in epigrid_core::person::name_grams(name) {
-            tx.execute("INSERT INTO person_grams (gram, person_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&g, &id])
-                .await
-                .map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO person_grams (gram, person_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&g, &id],
+            )
+            .await
+            .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
+    }
+}
+impl PgStore {
+    pub(crate) async fn trace_data_impl(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::trace::TraceData> {
+        use epigrid_core::trace::{TraceData, VisitRow};
+        let visits = self
+            .query(
+                "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate \
+                 FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.at >= $1",
+                &[&since],
+            )
+            .await?
+            .iter()
+            .map(|r| VisitRow {
+                registration_id: r.get(0),
+                person_id: r.get(1),
+                site_id: r.get(2),
+                at: r.get(3),
+                left_at: r.get(4),
+                default_stay_min: r.get(5),
+                plate: r.get(6),
+            })
+            .collect();
+        let companions = self
+            .query(
+                "SELECT r.person_id, c.person_id, r.id, r.at FROM registration_companions c \
+                 JOIN registrations r ON r.id = c.registration_id WHERE c.person_id IS NOT NULL AND r.at >= $1",
+                &[&since],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        let households = self
+            .query("SELECT id, home_area_code FROM persons WHERE home_area_code IS NOT NULL AND merged_into IS NULL", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok(TraceData {
+            visits,
+            companions,
+            households,
+        })
     }
 }

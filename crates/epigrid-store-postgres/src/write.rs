@@ -132,7 +132,10 @@ pub(crate) async fn insert_batch(
         }
     }
     if !grams.params.is_empty() {
-        let sql = format!("INSERT INTO person_grams (gram, person_id) VALUES {} ON CONFLICT DO NOTHING", grams.sql);
+        let sql = format!(
+            "INSERT INTO person_grams (gram, person_id) VALUES {} ON CONFLICT DO NOTHING",
+            grams.sql
+        );
         tx.execute(&sql, &grams.refs()).await.map_err(map_err)?;
     }
     let eff = |id: &Uuid| effective.get(id).copied().unwrap_or(*id);

@@ -636,6 +636,12 @@ impl Store for SqliteStore {
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
         self.category_history_impl(person_id).await
     }
+    async fn trace_data(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::trace::TraceData> {
+        self.trace_data_impl(since).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1594,6 +1600,55 @@ impl SqliteStore {
                 .map_err(map_err)?;
             insert_grams(c, &id, &name)?;
             Ok(())
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    pub(crate) async fn trace_data_impl(
+        &self,
+        since: DateTime<Utc>,
+    ) -> StoreResult<epigrid_core::trace::TraceData> {
+        use epigrid_core::trace::{TraceData, VisitRow};
+        self.read(move |c| {
+            let mut data = TraceData::default();
+            let mut stmt = c
+                .prepare(
+                    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate \
+                     FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.at >= ?1",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([micros(since)], |r| {
+                    Ok(VisitRow {
+                        registration_id: r.get::<_, U>(0)?.0,
+                        person_id: r.get::<_, U>(1)?.0,
+                        site_id: r.get::<_, U>(2)?.0,
+                        at: time(r.get(3)?),
+                        left_at: r.get::<_, Option<i64>>(4)?.map(time),
+                        default_stay_min: r.get(5)?,
+                        plate: r.get(6)?,
+                    })
+                })
+                .map_err(map_err)?;
+            data.visits = collect(rows)?;
+            let mut stmt = c
+                .prepare(
+                    "SELECT r.person_id, c.person_id, r.id, r.at FROM registration_companions c \
+                     JOIN registrations r ON r.id = c.registration_id WHERE c.person_id IS NOT NULL AND r.at >= ?1",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([micros(since)], |r| Ok((r.get::<_, U>(0)?.0, r.get::<_, U>(1)?.0, r.get::<_, U>(2)?.0, time(r.get(3)?))))
+                .map_err(map_err)?;
+            data.companions = collect(rows)?;
+            let mut stmt = c
+                .prepare("SELECT id, home_area_code FROM persons WHERE home_area_code IS NOT NULL AND merged_into IS NULL")
+                .map_err(map_err)?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, U>(0)?.0, r.get(1)?))).map_err(map_err)?;
+            data.households = collect(rows)?;
+            Ok(data)
         })
         .await
     }

@@ -1,3 +1,4 @@
+#![recursion_limit = "512"]
 //! epigrid's HTTP layer: the axum router, public self-registration forms, staff pages and the
 //! JSON API. Handlers turn requests into core types, decide with core, and call the `Store`.
 //!
@@ -9,6 +10,7 @@
 
 mod api;
 mod auth;
+mod contacts;
 mod error;
 mod feed;
 mod metrics;
@@ -39,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(public::routes())
         .merge(staff::routes())
         .merge(persons::routes())
+        .merge(contacts::routes())
         .route("/assets/{*file}", get(staff::asset))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

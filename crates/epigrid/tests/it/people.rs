@@ -1048,3 +1048,61 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let venue = app.site(SiteKind::Venue, "150802").clone();
+    let elsewhere = app.site(SiteKind::Venue, "150821").clone();
+    let body = |id: &str, name: &str| json!({"name": name, "id_number": id, "phone": "13500000000", "temperature": 36.5});
+    let case = cn_id("150802", "19800101", 1);
+    for (id, name, site) in [
+        (case.clone(), "病例甲", &venue),
+        (cn_id("150802", "19800101", 2), "同场乙", &venue),
+        (cn_id("150821", "19800101", 3), "外县丙", &elsewhere),
+    ] {
+        assert_eq!(app.register(site, &body(&id, name)).await.status(), 201);
+    }
+    let v: Value = app
+        .get(&format!("/api/v1/persons?q={case}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({"degree": 3}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({"degree": 2}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let contacts = v["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 1, "{v}");
+    assert_eq!(contacts[0]["name"], "同*乙");
+    assert_eq!(contacts[0]["kinds"], json!(["co_location"]));
+    assert!(contacts[0]["exposure_s"].as_i64().unwrap() > 0);
+    assert!(contacts[0]["evidence"][0]["contact_registration_id"].is_string());
+    let gw = app.token("gw", Role::GridWorker, "150802").await;
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&gw)
+        )
+        .await
+        .status(),
+        403
+    );
+}
