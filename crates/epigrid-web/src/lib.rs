@@ -25,7 +25,7 @@ mod view;
 pub use api::valid_username;
 pub use auth::hash_password;
 pub use openapi::spec as openapi_spec;
-pub use state::{AppState, WebConfig};
+pub use state::{parse_observation_days, AppState, WebConfig};
 
 use axum::routing::get;
 use axum::Router;

@@ -29,9 +29,6 @@ use crate::public::{message, url_decode_pairs, Tr};
 use crate::state::AppState;
 use crate::view::{local, mask_name, registration_json};
 
-/// Hours without a report after which an observation is overdue.
-pub const OVERDUE_HOURS: i64 = 36;
-
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/persons", get(search))
@@ -477,7 +474,7 @@ async fn parse_observation(
         },
     };
     let days = match get("days").as_deref().map(str::trim) {
-        None | Some("") => Some(p.category.default_observation_days()),
+        None | Some("") => Some(st.cfg.observation_days(p.category)),
         Some(d) => match d.parse::<i64>() {
             Ok(n) if (1..=90).contains(&n) => Some(n as u32),
             Ok(_) => {
@@ -1065,7 +1062,7 @@ async fn rows_for(
     Ok(rows
         .into_iter()
         .map(|r| {
-            let s = line_statuses(&r, now, st.cfg.tz, OVERDUE_HOURS);
+            let s = line_statuses(&r, now, st.cfg.tz, st.cfg.overdue_hours);
             (r, s)
         })
         .filter(|(_, s)| status.is_none_or(|x| s.contains(&x)))
@@ -1588,6 +1585,8 @@ struct PersonPage {
     categories: Vec<Category>,
     error: String,
     link: String,
+    link_qr: String,
+    default_days: u32,
     can_classify: bool,
 }
 
@@ -1659,7 +1658,16 @@ async fn person_view(
                 .filter(|c| check_transition(p.category, *c).is_ok())
                 .collect(),
             error,
+            link_qr: if link.is_empty() {
+                String::new()
+            } else {
+                let svg = crate::qr::svg(&link, 200).unwrap_or_default();
+                svg.split_once("?>")
+                    .map(|(_, s)| s.to_string())
+                    .unwrap_or(svg)
+            },
             link,
+            default_days: st.cfg.observation_days(p.category),
             can_classify: matches!(s.role(), Role::Admin | Role::Epidemiologist | Role::Manager),
             p,
         },

@@ -24,6 +24,42 @@ pub struct WebConfig {
     pub session_hours: i64,
     /// Mark cookies `Secure` (behind HTTPS).
     pub secure_cookies: bool,
+    /// Observation length per category where it differs from the built-in default.
+    pub observation_days: std::collections::HashMap<epigrid_core::person::Category, u32>,
+    /// Hours without a daily report after which a person under observation is overdue.
+    pub overdue_hours: i64,
+}
+
+impl WebConfig {
+    /// The default length of observation for a person in `category`, in days.
+    pub fn observation_days(&self, category: epigrid_core::person::Category) -> u32 {
+        self.observation_days
+            .get(&category)
+            .copied()
+            .unwrap_or_else(|| category.default_observation_days())
+    }
+}
+
+/// Parses `close_contact=14,confirmed=28` (the `--observation-days` setting).
+pub fn parse_observation_days(
+    s: &str,
+) -> Result<std::collections::HashMap<epigrid_core::person::Category, u32>, String> {
+    let mut out = std::collections::HashMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("expected category=days, got {part:?}"))?;
+        let c = epigrid_core::person::Category::parse(k.trim())
+            .ok_or_else(|| format!("unknown category {k:?}"))?;
+        let d: u32 = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|d| (1..=90).contains(d))
+            .ok_or_else(|| format!("days for {k} must be 1-90, got {v:?}"))?;
+        out.insert(c, d);
+    }
+    Ok(out)
 }
 
 impl Default for WebConfig {
@@ -33,6 +69,8 @@ impl Default for WebConfig {
             tz: FixedOffset::east_opt(8 * 3600).expect("+08:00 is a valid offset"),
             session_hours: 12,
             secure_cookies: false,
+            observation_days: Default::default(),
+            overdue_hours: 36,
         }
     }
 }
@@ -133,5 +171,28 @@ impl Inner {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(hash);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use epigrid_core::person::Category;
+
+    #[test]
+    fn observation_days_are_read_per_category_and_bad_settings_are_named() {
+        let m = super::parse_observation_days("close_contact=21, confirmed = 28").unwrap();
+        assert_eq!(m.get(&Category::CloseContact), Some(&21));
+        let cfg = super::WebConfig {
+            observation_days: m,
+            ..Default::default()
+        };
+        assert_eq!(cfg.observation_days(Category::CloseContact), 21);
+        assert_eq!(cfg.observation_days(Category::Fever), 7, "built-in default");
+        assert!(super::parse_observation_days("").unwrap().is_empty());
+        assert!(super::parse_observation_days("zombie=3")
+            .unwrap_err()
+            .contains("zombie"));
+        assert!(super::parse_observation_days("fever=0").is_err());
+        assert!(super::parse_observation_days("fever").is_err());
     }
 }

@@ -67,6 +67,13 @@ struct ServeArgs {
     /// Send cookies with the Secure flag (set this behind HTTPS).
     #[arg(long, env = "EPIGRID_SECURE_COOKIES")]
     secure_cookies: bool,
+    /// Observation length per category, e.g. "close_contact=14,confirmed=28" (defaults:
+    /// confirmed 28, fever 7, others 14 days).
+    #[arg(long, env = "EPIGRID_OBSERVATION_DAYS", default_value = "")]
+    observation_days: String,
+    /// Hours without a daily report after which a person under observation is overdue.
+    #[arg(long, env = "EPIGRID_OVERDUE_HOURS", default_value_t = 36)]
+    overdue_hours: i64,
 }
 
 #[derive(Subcommand)]
@@ -264,6 +271,9 @@ async fn serve(
         tz: parse_offset(&args.tz_offset)?,
         session_hours: 12,
         secure_cookies: args.secure_cookies,
+        observation_days: epigrid_web::parse_observation_days(&args.observation_days)
+            .map_err(|e| anyhow!("--observation-days: {e}"))?,
+        overdue_hours: args.overdue_hours.clamp(1, 24 * 14),
     };
     let state = AppState::new(store.clone(), vault, cfg);
     let app = epigrid_web::router(state);
