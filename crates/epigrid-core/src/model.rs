@@ -6,23 +6,7 @@ use uuid::Uuid;
 
 use crate::validate::{DocType, Sex};
 
-macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name { $(#[serde(rename = $wire)] $variant),+ }
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str { match self { $($name::$variant => $wire),+ } }
-            pub fn parse(s: &str) -> Option<$name> { match s { $($wire => Some($name::$variant),)+ _ => None } }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
-        }
-    };
-}
-
-string_enum!(
+crate::wire_enum!(
     /// A staff role. Every role is scoped to one area and everything under it.
     Role {
         Admin = "admin",
@@ -56,7 +40,7 @@ impl Role {
     }
 }
 
-string_enum!(
+crate::wire_enum!(
     /// What kind of place a site is; it chooses the self-registration form.
     SiteKind {
         Checkpoint = "checkpoint",
@@ -78,7 +62,7 @@ impl SiteKind {
     }
 }
 
-string_enum!(
+crate::wire_enum!(
     /// How a registration came in.
     Channel {
         SelfService = "self",
@@ -87,7 +71,7 @@ string_enum!(
     }
 );
 
-string_enum!(
+crate::wire_enum!(
     /// In or out at a compound gate.
     Direction {
         In = "in",

@@ -5,23 +5,7 @@ use chrono::{DateTime, Duration, FixedOffset, NaiveDate, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-macro_rules! wire_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        pub enum $name { $(#[serde(rename = $wire)] $variant),+ }
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str { match self { $($name::$variant => $wire),+ } }
-            pub fn parse(s: &str) -> Option<$name> { match s { $($wire => Some($name::$variant),)+ _ => None } }
-        }
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str(self.as_str()) }
-        }
-    };
-}
-
-wire_enum!(
+crate::wire_enum!(
     /// A person's category: the four categories, their outcomes, and none.
     Category {
         Confirmed = "confirmed",
@@ -104,7 +88,7 @@ pub fn check_transition(from: Category, to: Category) -> Result<(), &'static str
     }
 }
 
-wire_enum!(
+crate::wire_enum!(
     /// Home observation or centralised (a quarantine hotel or similar site).
     ObservationKind {
         Home = "home",
@@ -112,7 +96,7 @@ wire_enum!(
     }
 );
 
-wire_enum!(
+crate::wire_enum!(
     /// Kinds of laboratory test.
     TestKind {
         NucleicAcid = "nucleic_acid",
@@ -121,7 +105,7 @@ wire_enum!(
     }
 );
 
-wire_enum!(
+crate::wire_enum!(
     /// A laboratory result.
     TestResult {
         Positive = "positive",
@@ -278,7 +262,7 @@ pub fn report_slot(at: DateTime<Utc>, tz: FixedOffset, per_day: u8) -> (NaiveDat
     (local.date_naive(), slot)
 }
 
-wire_enum!(
+crate::wire_enum!(
     /// Where an observation stands on the line lists.
     LineStatus {
         ReportedToday = "reported_today",

@@ -1336,28 +1336,30 @@ fn render<T: Template>(status: StatusCode, t: T) -> Response {
     }
 }
 
-async fn report_page(
-    State(st): State<AppState>,
-    Extension(lang): Extension<Lang>,
-    Path(token): Path<String>,
-) -> Response {
-    let o = match observation_for_token(&st, &token).await {
+/// The observation behind a personal report link and the person's name, or the page that says
+/// why the link does not work.
+async fn report_target(
+    st: &AppState,
+    lang: Lang,
+    token: &str,
+) -> Result<(Observation, String), Box<Response>> {
+    let o = match observation_for_token(st, token).await {
         Ok(o) => o,
         Err(ApiError::Gone(_)) => {
-            return message(
+            return Err(Box::new(message(
                 lang,
                 StatusCode::GONE,
                 "report.revoked.title",
                 "report.revoked.text",
-            )
+            )))
         }
         Err(_) => {
-            return message(
+            return Err(Box::new(message(
                 lang,
                 StatusCode::NOT_FOUND,
                 "report.unknown.title",
                 "report.unknown.text",
-            )
+            )))
         }
     };
     let name = st
@@ -1368,6 +1370,18 @@ async fn report_page(
         .flatten()
         .map(|p| p.name)
         .unwrap_or_default();
+    Ok((o, name))
+}
+
+async fn report_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    Path(token): Path<String>,
+) -> Response {
+    let (o, name) = match report_target(&st, lang, &token).await {
+        Ok(x) => x,
+        Err(page) => return *page,
+    };
     let ended = o.released_at.is_some() || today(&st) > o.planned_end;
     render(
         StatusCode::OK,
@@ -1381,33 +1395,10 @@ async fn report_form(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let o = match observation_for_token(&st, &token).await {
-        Ok(o) => o,
-        Err(ApiError::Gone(_)) => {
-            return message(
-                lang,
-                StatusCode::GONE,
-                "report.revoked.title",
-                "report.revoked.text",
-            )
-        }
-        Err(_) => {
-            return message(
-                lang,
-                StatusCode::NOT_FOUND,
-                "report.unknown.title",
-                "report.unknown.text",
-            )
-        }
+    let (o, name) = match report_target(&st, lang, &token).await {
+        Ok(x) => x,
+        Err(page) => return *page,
     };
-    let name = st
-        .store
-        .person(o.person_id, &Scope::all())
-        .await
-        .ok()
-        .flatten()
-        .map(|p| p.name)
-        .unwrap_or_default();
     let pairs = url_decode_pairs(&body);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let symptoms: Vec<String> = pairs
