@@ -116,6 +116,10 @@ pub trait Store: Send + Sync + 'static {
     // ---- contact tracing ----
     /// The visits, companions and households a trace needs, for registrations from `since` on.
     async fn trace_data(&self, since: DateTime<Utc>) -> StoreResult<crate::trace::TraceData>;
+    /// Stores imported proximity records, all or none; returns how many.
+    async fn insert_proximity(&self, rows: Vec<crate::trace::ProximityRow>) -> StoreResult<usize>;
+    /// Which of these person ids exist (for checking an import before writing it).
+    async fn existing_persons(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>>;
 
     // ---- medical observation ----
     async fn insert_observation(&self, o: &Observation) -> StoreResult<()>;

@@ -354,6 +354,19 @@ pub struct TraceData {
     )>,
     /// (person, home unit code)
     pub households: Vec<(uuid::Uuid, String)>,
+    /// (a, b, time, duration in seconds)
+    pub proximity: Vec<(uuid::Uuid, uuid::Uuid, chrono::DateTime<chrono::Utc>, i64)>,
+}
+
+/// An imported proximity record, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProximityRow {
+    pub id: uuid::Uuid,
+    pub a: uuid::Uuid,
+    pub b: uuid::Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub duration_s: i64,
+    pub source: String,
 }
 
 /// [`Records`] built from store rows, with the maps between store ids and engine numbers.
@@ -415,6 +428,15 @@ impl Loaded {
             let n = units.len() as u32;
             let u = *units.entry(unit.as_str()).or_insert(n);
             records.set_household(pid(*p, &mut person_ids), u);
+        }
+        for (a, b, at, d) in &data.proximity {
+            let (a, b) = (pid(*a, &mut person_ids), pid(*b, &mut person_ids));
+            records.add_proximity(Proximity {
+                a,
+                b,
+                at: at.timestamp(),
+                duration_s: *d,
+            });
         }
         Loaded {
             records,

@@ -18,6 +18,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "name_grams",
         include_str!("../migrations/0004_name_grams.sql"),
     ),
+    (
+        5,
+        "proximity",
+        include_str!("../migrations/0005_proximity.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

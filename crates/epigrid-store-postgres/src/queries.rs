@@ -444,6 +444,15 @@ impl Store for PgStore {
     ) -> StoreResult<epigrid_core::trace::TraceData> {
         self.trace_data_impl(since).await
     }
+    async fn insert_proximity(
+        &self,
+        rows: Vec<epigrid_core::trace::ProximityRow>,
+    ) -> StoreResult<usize> {
+        self.insert_proximity_impl(rows).await
+    }
+    async fn existing_persons(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>> {
+        self.existing_persons_impl(ids).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1313,10 +1322,51 @@ impl PgStore {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let proximity = self
+            .query(
+                "SELECT a, b, at, duration_s FROM proximity WHERE at >= $1",
+                &[&since],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), i64::from(r.get::<_, i32>(3))))
+            .collect();
         Ok(TraceData {
             visits,
             companions,
             households,
+            proximity,
         })
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn insert_proximity_impl(
+        &self,
+        rows: Vec<epigrid_core::trace::ProximityRow>,
+    ) -> StoreResult<usize> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let stmt = tx
+            .prepare("INSERT INTO proximity (id, a, b, at, duration_s, source) VALUES ($1, $2, $3, $4, $5, $6)")
+            .await
+            .map_err(map_err)?;
+        for r in &rows {
+            let d = i32::try_from(r.duration_s).unwrap_or(i32::MAX);
+            tx.execute(&stmt, &[&r.id, &r.a, &r.b, &r.at, &d, &r.source])
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(rows.len())
+    }
+
+    pub(crate) async fn existing_persons_impl(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>> {
+        Ok(self
+            .query("SELECT id FROM persons WHERE id = ANY($1)", &[&ids])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 }

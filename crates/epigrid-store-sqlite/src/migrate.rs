@@ -17,6 +17,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "name_grams",
         include_str!("../migrations/0004_name_grams.sql"),
     ),
+    (
+        5,
+        "proximity",
+        include_str!("../migrations/0005_proximity.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

@@ -642,6 +642,15 @@ impl Store for SqliteStore {
     ) -> StoreResult<epigrid_core::trace::TraceData> {
         self.trace_data_impl(since).await
     }
+    async fn insert_proximity(
+        &self,
+        rows: Vec<epigrid_core::trace::ProximityRow>,
+    ) -> StoreResult<usize> {
+        self.insert_proximity_impl(rows).await
+    }
+    async fn existing_persons(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>> {
+        self.existing_persons_impl(ids).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1648,8 +1657,64 @@ impl SqliteStore {
                 .map_err(map_err)?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, U>(0)?.0, r.get(1)?))).map_err(map_err)?;
             data.households = collect(rows)?;
+            data.proximity = SqliteStore::proximity_since(c, since)?;
             Ok(data)
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    pub(crate) async fn insert_proximity_impl(
+        &self,
+        rows: Vec<epigrid_core::trace::ProximityRow>,
+    ) -> StoreResult<usize> {
+        self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached("INSERT INTO proximity (id, a, b, at, duration_s, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                .map_err(map_err)?;
+            for r in &rows {
+                stmt.execute(params![r.id.to_string(), r.a.to_string(), r.b.to_string(), micros(r.at), r.duration_s, r.source])
+                    .map_err(map_err)?;
+            }
+            Ok(rows.len())
+        })
+        .await
+    }
+
+    pub(crate) async fn existing_persons_impl(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT 1 FROM persons WHERE id = ?1")
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            for id in ids {
+                if stmt.exists([id.to_string()]).map_err(map_err)? {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(crate) fn proximity_since(
+        c: &Connection,
+        since: DateTime<Utc>,
+    ) -> StoreResult<Vec<(Uuid, Uuid, DateTime<Utc>, i64)>> {
+        let mut stmt = c
+            .prepare("SELECT a, b, at, duration_s FROM proximity WHERE at >= ?1")
+            .map_err(map_err)?;
+        let rows = stmt
+            .query_map([micros(since)], |r| {
+                Ok((
+                    r.get::<_, U>(0)?.0,
+                    r.get::<_, U>(1)?.0,
+                    time(r.get(2)?),
+                    r.get(3)?,
+                ))
+            })
+            .map_err(map_err)?;
+        collect(rows)
     }
 }

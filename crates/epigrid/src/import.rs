@@ -711,3 +711,138 @@ mod tests {
         }
     }
 }
+
+/// What an import of proximity records did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProximityReport {
+    pub imported: usize,
+    /// Rows naming someone epigrid does not know (skipped): (line, which column).
+    pub unknown: Vec<(usize, String)>,
+}
+
+/// Imports proximity records: CSV `time,a,b[,duration_s]` with a header, or the research
+/// format `t i j` (whitespace-separated, no header, 20-second resolution). `time` is Unix
+/// seconds or ISO 8601; `a`/`b` are the ID numbers of registered people; the duration
+/// defaults to 20 s. A malformed row refuses the whole file (nothing is written); rows naming
+/// people epigrid does not know are reported and skipped.
+pub async fn import_proximity(
+    store: &dyn Store,
+    vault: &epigrid_core::vault::Vault,
+    bytes: &[u8],
+    source: &str,
+    lang: Lang,
+) -> anyhow::Result<Result<ProximityReport, Vec<RowError>>> {
+    use epigrid_core::trace::ProximityRow;
+    use epigrid_core::validate::{DocType, Document};
+    let Some(text) = decode(bytes) else {
+        return Ok(Err(vec![RowError {
+            line: 1,
+            field: "file".into(),
+            message: tf(lang, "import.proximity.encoding", &[]),
+        }]));
+    };
+    let mut errors = Vec::new();
+    let mut rows: Vec<(usize, ProximityRow)> = Vec::new();
+    let mut people: HashMap<uuid::Uuid, (usize, String)> = HashMap::new();
+    let err = |line: usize, field: &str, key: &str| RowError {
+        line,
+        field: field.into(),
+        message: tf(lang, key, &[]),
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let cells: Vec<&str> = if l.contains(',') {
+            l.split(',').map(str::trim).collect()
+        } else {
+            l.split_whitespace().collect()
+        };
+        if line == 1
+            && cells
+                .first()
+                .is_some_and(|c| c.eq_ignore_ascii_case("time"))
+        {
+            continue;
+        }
+        if !(3..=4).contains(&cells.len()) {
+            errors.push(err(line, "row", "import.proximity.columns"));
+            continue;
+        }
+        let at = match cells[0].parse::<i64>() {
+            Ok(s) => chrono::DateTime::from_timestamp(s, 0),
+            Err(_) => chrono::DateTime::parse_from_rfc3339(cells[0])
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        };
+        let Some(at) = at else {
+            errors.push(err(line, "time", "import.proximity.time"));
+            continue;
+        };
+        let duration_s = match cells.get(3) {
+            None => 20,
+            Some(d) => match d.parse::<i64>() {
+                Ok(n) if (1..=86_400).contains(&n) => n,
+                _ => {
+                    errors.push(err(line, "duration_s", "import.proximity.duration"));
+                    continue;
+                }
+            },
+        };
+        let mut ids = [uuid::Uuid::nil(); 2];
+        let mut ok = true;
+        for (k, col) in ["a", "b"].iter().enumerate() {
+            match Document::parse(col, DocType::CnId, cells[k + 1]) {
+                Ok(doc) => {
+                    ids[k] = epigrid_core::register::person_id(vault, Some(&doc), None, "");
+                    people.entry(ids[k]).or_insert((line, col.to_string()));
+                }
+                Err(e) => {
+                    errors.push(RowError {
+                        line,
+                        field: col.to_string(),
+                        message: e.message(lang),
+                    });
+                    ok = false;
+                }
+            }
+        }
+        if ok && ids[0] == ids[1] {
+            errors.push(err(line, "b", "import.proximity.same"));
+            ok = false;
+        }
+        if ok {
+            rows.push((
+                line,
+                ProximityRow {
+                    id: epigrid_core::vault::new_id(),
+                    a: ids[0],
+                    b: ids[1],
+                    at,
+                    duration_s,
+                    source: source.to_string(),
+                },
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Ok(Err(errors));
+    }
+    let known: std::collections::HashSet<uuid::Uuid> = store
+        .existing_persons(people.keys().copied().collect())
+        .await?
+        .into_iter()
+        .collect();
+    let mut unknown = Vec::new();
+    let mut keep = Vec::new();
+    for (line, r) in rows {
+        match (known.contains(&r.a), known.contains(&r.b)) {
+            (true, true) => keep.push(r),
+            (a, _) => unknown.push((line, if a { "b" } else { "a" }.to_string())),
+        }
+    }
+    let imported = store.insert_proximity(keep).await?;
+    Ok(Ok(ProximityReport { imported, unknown }))
+}

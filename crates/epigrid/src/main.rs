@@ -146,6 +146,17 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum ImportCommand {
+    /// Proximity records (contact tokens, studies): CSV time,a,b[,duration_s] or "t i j";
+    /// a and b are ID numbers of registered people.
+    Proximity {
+        /// The file.
+        file: PathBuf,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Where the records come from (kept with each record).
+        #[arg(long, default_value = "import")]
+        source: String,
+    },
     /// Areas from a CSV file with columns code,name,parent_code,level (UTF-8 or GBK).
     Areas {
         /// The CSV file.
@@ -473,6 +484,60 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                 tf(lang, "cli.migrate.done", &[("backend", store.backend())])
             );
             Ok(())
+        }
+        Command::Import {
+            what: ImportCommand::Proximity { file, db, source },
+        } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            let store = open_store(&db).await?;
+            let vault = open_vault(&db)?;
+            match import::import_proximity(store.as_ref(), &vault, &bytes, &source, lang).await? {
+                Ok(report) => {
+                    for (line, col) in &report.unknown {
+                        eprintln!(
+                            "{}",
+                            tf(
+                                lang,
+                                "cli.import.unknown_person",
+                                &[("line", &line.to_string()), ("field", col)]
+                            )
+                        );
+                    }
+                    println!(
+                        "{}",
+                        tf(
+                            lang,
+                            "cli.import.proximity.done",
+                            &[
+                                ("n", &report.imported.to_string()),
+                                ("unknown", &report.unknown.len().to_string())
+                            ]
+                        )
+                    );
+                    Ok(())
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!(
+                            "{}",
+                            tf(
+                                lang,
+                                "cli.import.row_error",
+                                &[
+                                    ("line", &e.line.to_string()),
+                                    ("field", &e.field),
+                                    ("message", &e.message)
+                                ]
+                            )
+                        );
+                    }
+                    bail!(tf(
+                        lang,
+                        "cli.import.refused",
+                        &[("n", &errors.len().to_string())]
+                    ))
+                }
+            }
         }
         Command::Import {
             what: ImportCommand::Areas { file, db },

@@ -6,6 +6,7 @@ use epigrid_core::area::Scope;
 use epigrid_core::model::{Channel, Role, SiteKind};
 use epigrid_core::person::*;
 use epigrid_core::register::{self, Context, RegistrationInput};
+use epigrid_core::trace::Loaded;
 use epigrid_core::vault::{new_id, token_hash};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -1105,4 +1106,96 @@ async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
         .status(),
         403
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imported_proximity_records_become_contacts_and_bad_files_change_nothing() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let (ida, idb, idc) = (
+            cn_id("150802", "19900101", 11),
+            cn_id("150802", "19900101", 12),
+            cn_id("150802", "19900101", 13),
+        );
+        let a = registered_person(store.as_ref(), &sites[0], &ida, "甲").await;
+        let b = registered_person(store.as_ref(), &sites[4], &idb, "乙").await;
+        let now = Utc::now().timestamp();
+        let bad = format!(
+            "time,a,b,duration_s\n{now},{ida},{idb},60\nyesterday,{ida},{idb}\n{now},{ida},123\n"
+        );
+        let r = epigrid::import::import_proximity(
+            store.as_ref(),
+            &vault(),
+            bad.as_bytes(),
+            "study",
+            epigrid_core::Lang::En,
+        )
+        .await
+        .unwrap();
+        let errs = r.unwrap_err();
+        assert_eq!(
+            errs.iter()
+                .map(|e| (e.line, e.field.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(3, "time"), (4, "b")],
+            "{name}"
+        );
+        assert!(
+            store
+                .trace_data(Utc::now() - Duration::days(1))
+                .await
+                .unwrap()
+                .proximity
+                .is_empty(),
+            "{name}: nothing written"
+        );
+        let good = format!("{now} {ida} {idb}\n{now} {ida} {idc}\n");
+        let r = epigrid::import::import_proximity(
+            store.as_ref(),
+            &vault(),
+            good.as_bytes(),
+            "study",
+            epigrid_core::Lang::En,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (r.imported, r.unknown.len()),
+            (1, 1),
+            "{name}: the unknown person is reported and skipped"
+        );
+        let data = store
+            .trace_data(Utc::now() - Duration::days(1))
+            .await
+            .unwrap();
+        let loaded = Loaded::from_data(data);
+        let ia = loaded.pid_of[&a];
+        let found = loaded.records.trace(
+            ia,
+            &epigrid_core::trace::TraceParams {
+                from: now - 3600,
+                to: now + 3600,
+                ..Default::default()
+            },
+        );
+        let hit = found
+            .iter()
+            .find(|c| loaded.person_ids[c.person as usize] == b)
+            .expect("b is a contact");
+        assert!(
+            hit.kinds
+                .contains(&epigrid_core::trace::ContactKind::Proximity),
+            "{name}: {:?}",
+            hit.kinds
+        );
+        assert_eq!(
+            hit.evidence
+                .iter()
+                .find(|e| e.kind == epigrid_core::trace::ContactKind::Proximity)
+                .map(|e| e.exposure_s),
+            Some(20),
+            "{name}"
+        );
+    }
 }

@@ -96,6 +96,8 @@ fn every_command_has_help() {
         vec!["migrate", "--help"],
         vec!["import", "--help"],
         vec!["import", "areas", "--help"],
+        vec!["import", "proximity", "--help"],
+        vec!["bench", "search", "--help"],
         vec!["user", "--help"],
         vec!["user", "add", "--help"],
     ] {

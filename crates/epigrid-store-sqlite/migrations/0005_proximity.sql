@@ -1,0 +1,10 @@
+-- Proximity records imported from contact tokens or studies: two people near each other.
+CREATE TABLE proximity (
+    id         TEXT PRIMARY KEY,
+    a          TEXT NOT NULL REFERENCES persons(id),
+    b          TEXT NOT NULL REFERENCES persons(id),
+    at         INTEGER NOT NULL,
+    duration_s INTEGER NOT NULL CHECK (duration_s > 0),
+    source     TEXT NOT NULL
+);
+CREATE INDEX proximity_at ON proximity(at);
