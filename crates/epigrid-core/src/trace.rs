@@ -354,9 +354,11 @@ pub struct TraceData {
     )>,
     /// (person, home unit code)
     pub households: Vec<(uuid::Uuid, String)>,
-    /// (a, b, time, duration in seconds)
-    pub proximity: Vec<(uuid::Uuid, uuid::Uuid, chrono::DateTime<chrono::Utc>, i64)>,
+    pub proximity: Vec<ProximityPair>,
 }
+
+/// A stored proximity record as a trace reads it: (a, b, time, duration in seconds).
+pub type ProximityPair = (uuid::Uuid, uuid::Uuid, chrono::DateTime<chrono::Utc>, i64);
 
 /// An imported proximity record, ready to store.
 #[derive(Debug, Clone, PartialEq)]

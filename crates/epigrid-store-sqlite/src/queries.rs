@@ -1701,7 +1701,7 @@ impl SqliteStore {
     pub(crate) fn proximity_since(
         c: &Connection,
         since: DateTime<Utc>,
-    ) -> StoreResult<Vec<(Uuid, Uuid, DateTime<Utc>, i64)>> {
+    ) -> StoreResult<Vec<epigrid_core::trace::ProximityPair>> {
         let mut stmt = c
             .prepare("SELECT a, b, at, duration_s FROM proximity WHERE at >= ?1")
             .map_err(map_err)?;
