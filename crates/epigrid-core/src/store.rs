@@ -97,6 +97,13 @@ pub trait Store: Send + Sync + 'static {
     /// Ok(false) when someone changed it meanwhile. History row and person update are atomic.
     async fn change_category(&self, change: &CategoryChange) -> StoreResult<bool>;
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>>;
+    /// Applies several category changes (each compare-and-set) and opens observations, all in
+    /// one transaction: if any person changed meanwhile, nothing is written (Conflict).
+    async fn classify_many(
+        &self,
+        changes: &[CategoryChange],
+        observations: &[Observation],
+    ) -> StoreResult<()>;
     /// Marks `from` as a duplicate of `into` (both must be unmerged and distinct) and records
     /// the merge; registrations stay where they are and are read through the kept person.
     async fn merge_persons(&self, merge: &PersonMerge) -> StoreResult<()>;

@@ -453,6 +453,13 @@ impl Store for PgStore {
     async fn existing_persons(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>> {
         self.existing_persons_impl(ids).await
     }
+    async fn classify_many(
+        &self,
+        changes: &[CategoryChange],
+        observations: &[Observation],
+    ) -> StoreResult<()> {
+        self.classify_many_impl(changes, observations).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1368,5 +1375,63 @@ impl PgStore {
             .iter()
             .map(|r| r.get(0))
             .collect())
+    }
+}
+
+impl PgStore {
+    pub(crate) async fn classify_many_impl(
+        &self,
+        changes: &[CategoryChange],
+        observations: &[Observation],
+    ) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        for ch in changes {
+            let n = tx
+                .execute(
+                    "UPDATE persons SET category = $2, category_since = $3 WHERE id = $1 AND category = $4",
+                    &[&ch.person_id, &ch.to.as_str(), &ch.at, &ch.from.as_str()],
+                )
+                .await
+                .map_err(map_err)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("person:{}", ch.person_id)));
+            }
+            tx.execute(
+                "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[&ch.id, &ch.person_id, &ch.from.as_str(), &ch.to.as_str(), &ch.at, &ch.by_user, &ch.by_username, &ch.reason],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        for o in observations {
+            tx.execute(
+                &format!(
+                    "INSERT INTO observations ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                    OBS_COLS.replace("o.", "")
+                ),
+                &[
+                    &o.id,
+                    &o.person_id,
+                    &o.kind.as_str(),
+                    &o.site_id,
+                    &o.start,
+                    &o.planned_end,
+                    &o.released_at,
+                    &o.release_reason,
+                    &o.grid_worker_id,
+                    &o.token_hash,
+                    &o.token_revoked,
+                    &i16::from(o.reports_per_day),
+                    &o.area_path,
+                    &o.created_at,
+                    &o.created_by,
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 }

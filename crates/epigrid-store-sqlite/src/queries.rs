@@ -651,6 +651,13 @@ impl Store for SqliteStore {
     async fn existing_persons(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>> {
         self.existing_persons_impl(ids).await
     }
+    async fn classify_many(
+        &self,
+        changes: &[CategoryChange],
+        observations: &[Observation],
+    ) -> StoreResult<()> {
+        self.classify_many_impl(changes, observations).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1716,5 +1723,70 @@ impl SqliteStore {
             })
             .map_err(map_err)?;
         collect(rows)
+    }
+}
+
+impl SqliteStore {
+    pub(crate) async fn classify_many_impl(
+        &self,
+        changes: &[CategoryChange],
+        observations: &[Observation],
+    ) -> StoreResult<()> {
+        let (changes, observations) = (changes.to_vec(), observations.to_vec());
+        self.write(move |c| {
+            for ch in &changes {
+                let n = c
+                    .prepare_cached("UPDATE persons SET category = ?2, category_since = ?3 WHERE id = ?1 AND category = ?4")
+                    .map_err(map_err)?
+                    .execute(params![ch.person_id.to_string(), ch.to.as_str(), micros(ch.at), ch.from.as_str()])
+                    .map_err(map_err)?;
+                if n == 0 {
+                    return Err(StoreError::Conflict(format!("person:{}", ch.person_id)));
+                }
+                c.prepare_cached(
+                    "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(map_err)?
+                .execute(params![
+                    ch.id.to_string(),
+                    ch.person_id.to_string(),
+                    ch.from.as_str(),
+                    ch.to.as_str(),
+                    micros(ch.at),
+                    ch.by_user.map(|u| u.to_string()),
+                    ch.by_username,
+                    ch.reason
+                ])
+                .map_err(map_err)?;
+            }
+            for o in &observations {
+                c.prepare_cached(&format!(
+                    "INSERT INTO observations ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    OBS_COLS.replace("o.", "")
+                ))
+                .map_err(map_err)?
+                .execute(params![
+                    o.id.to_string(),
+                    o.person_id.to_string(),
+                    o.kind.as_str(),
+                    o.site_id.map(|u| u.to_string()),
+                    o.start.to_string(),
+                    o.planned_end.to_string(),
+                    o.released_at.map(micros),
+                    o.release_reason,
+                    o.grid_worker_id.map(|u| u.to_string()),
+                    o.token_hash,
+                    o.token_revoked,
+                    o.reports_per_day,
+                    o.area_path,
+                    micros(o.created_at),
+                    o.created_by.map(|u| u.to_string()),
+                ])
+                .map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
     }
 }

@@ -19,7 +19,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/persons/{id}/trace", post(trace))
+    Router::new()
+        .route("/api/v1/persons/{id}/trace", post(trace))
+        .route("/api/v1/persons/{id}/contacts", post(confirm_contacts))
 }
 
 /// Longest visit the window must look back for (a day covers any default stay).
@@ -209,5 +211,145 @@ async fn trace(
         .await;
     Ok(Json(
         json!({"person_id": person.id, "from": from, "to": to, "degree": degree, "contacts": contacts}),
+    ))
+}
+
+/// `POST /api/v1/persons/{id}/contacts`: marks the selected people close contacts of this case
+/// in one action — all or none — starting their home observation and assigning each to the
+/// grid worker whose area is closest above theirs. Returns each person's report link (shown
+/// once) for delivery.
+async fn confirm_contacts(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
+    use epigrid_core::model::Role;
+    use epigrid_core::person::{check_transition, CategoryChange, Observation, ObservationKind};
+    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
+    let index_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let index = st
+        .store
+        .person(index_id, &staff.scope())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let mut errs = Vec::new();
+    let ids: Vec<Uuid> = match b.get("person_ids").and_then(Value::as_array) {
+        Some(a) if !a.is_empty() && a.len() <= 1000 => a
+            .iter()
+            .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+            .collect(),
+        _ => {
+            errs.push(FieldError::new("person_ids", "err.contacts.list"));
+            Vec::new()
+        }
+    };
+    let reason = b
+        .get("reason")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .unwrap_or("")
+        .to_string();
+    if reason.is_empty() {
+        errs.push(FieldError::new("reason", "err.required"));
+    }
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
+    let scope = staff.scope();
+    let mut people = Vec::new();
+    for pid in &ids {
+        let p = st
+            .store
+            .person(*pid, &scope)
+            .await?
+            .ok_or_else(|| ApiError::field("person_ids", "err.person.not_found"))?;
+        if p.id == index.id {
+            return Err(ApiError::field("person_ids", "err.contacts.index"));
+        }
+        people.push(p);
+    }
+    let workers: Vec<_> = st
+        .store
+        .users(&scope)
+        .await?
+        .into_iter()
+        .filter(|u| u.role == Role::GridWorker && u.active)
+        .collect();
+    let now = Utc::now();
+    let today = now.with_timezone(&st.cfg.tz).date_naive();
+    let mut changes = Vec::new();
+    let mut observations = Vec::new();
+    let mut links = Vec::new();
+    for p in &people {
+        if p.category != Category::CloseContact {
+            check_transition(p.category, Category::CloseContact).map_err(ApiError::Conflict)?;
+            changes.push(CategoryChange {
+                id: epigrid_core::vault::new_id(),
+                person_id: p.id,
+                from: p.category,
+                to: Category::CloseContact,
+                at: now,
+                by_user: Some(staff.user.id),
+                by_username: staff.user.username.clone(),
+                reason: format!("{reason} (person:{})", index.id),
+            });
+        }
+        let open = st
+            .store
+            .observations_of(p.id)
+            .await?
+            .iter()
+            .any(|o| o.released_at.is_none() && o.planned_end >= today);
+        if !open {
+            let token = epigrid_core::vault::random_token(16);
+            let days = st.cfg.observation_days(Category::CloseContact);
+            let worker = workers
+                .iter()
+                .filter(|u| p.area_path.starts_with(&u.area_path))
+                .max_by_key(|u| u.area_path.len());
+            observations.push(Observation {
+                id: epigrid_core::vault::new_id(),
+                person_id: p.id,
+                kind: ObservationKind::Home,
+                site_id: None,
+                start: today,
+                planned_end: today + Duration::days(i64::from(days) - 1),
+                released_at: None,
+                release_reason: None,
+                grid_worker_id: worker.map(|u| u.id),
+                token_hash: epigrid_core::vault::token_hash(&token),
+                token_revoked: false,
+                reports_per_day: 1,
+                area_path: p.area_path.clone(),
+                created_at: now,
+                created_by: Some(staff.user.id),
+            });
+            links.push(json!({"person_id": p.id, "grid_worker_id": worker.map(|u| u.id), "report_url": format!("{}/r/{token}", crate::api::base_url(&st, &headers))}));
+        }
+    }
+    match st.store.classify_many(&changes, &observations).await {
+        Err(epigrid_core::store::StoreError::Conflict(_)) => {
+            return Err(ApiError::Conflict("err.category.changed_meanwhile"))
+        }
+        r => r?,
+    }
+    staff
+        .audit(
+            &st,
+            "contacts.confirm",
+            &format!("person:{}", index.id),
+            &index.area_path,
+            &format!(
+                "classified={} observations={}",
+                changes.len(),
+                observations.len()
+            ),
+        )
+        .await;
+    Ok(Json(
+        json!({"classified": changes.len(), "observations": links}),
     ))
 }

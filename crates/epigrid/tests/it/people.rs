@@ -1199,3 +1199,174 @@ async fn imported_proximity_records_become_contacts_and_bad_files_change_nothing
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn selected_contacts_are_classified_and_observed_in_one_action_or_not_at_all() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let gw = user(
+        app.store.as_ref(),
+        "gw_community",
+        Role::GridWorker,
+        "150802001001",
+    )
+    .await;
+    user(app.store.as_ref(), "gw_county", Role::GridWorker, "150802").await;
+    let case = person_via_api(
+        &app,
+        &cn_id("150802", "19700101", 1),
+        "病例",
+        "13800000001",
+        &epi,
+    )
+    .await;
+    let c1 = person_via_api(
+        &app,
+        &cn_id("150802", "19700101", 2),
+        "接触一",
+        "13800000002",
+        &epi,
+    )
+    .await;
+    let c2 = person_via_api(
+        &app,
+        &cn_id("150802", "19700101", 3),
+        "接触二",
+        "13800000003",
+        &epi,
+    )
+    .await;
+    // c2 is already confirmed: the whole action is refused and nothing changes
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{c2}/category"),
+            &json!({"category": "confirmed", "reason": "阳性"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{case}/contacts"),
+            &json!({"person_ids": [c1, c2], "reason": "同场所"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let v: Value = app
+        .get(&format!("/api/v1/persons/{c1}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["category"], "none", "nothing half-done");
+    assert!(v["observations"].as_array().unwrap().is_empty());
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/persons/{case}/contacts"),
+            &json!({"person_ids": [], "reason": "x"}),
+            Some(&epi)
+        )
+        .await
+        .status(),
+        422
+    );
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{case}/contacts"),
+            &json!({"person_ids": [c1], "reason": "同场所"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["classified"], 1);
+    assert_eq!(
+        v["observations"][0]["grid_worker_id"],
+        gw.id.to_string(),
+        "the closest grid worker"
+    );
+    assert!(v["observations"][0]["report_url"]
+        .as_str()
+        .unwrap()
+        .contains("/r/"));
+    let p: Value = app
+        .get(&format!("/api/v1/persons/{c1}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["category"], "close_contact");
+    assert_eq!(p["observations"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn classify_many_is_all_or_nothing_on_every_store() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let a = registered_person(
+            store.as_ref(),
+            &sites[0],
+            &cn_id("150802", "19700101", 21),
+            "甲",
+        )
+        .await;
+        let b = registered_person(
+            store.as_ref(),
+            &sites[0],
+            &cn_id("150802", "19700101", 22),
+            "乙",
+        )
+        .await;
+        let ch = |p, from| CategoryChange {
+            id: new_id(),
+            person_id: p,
+            from,
+            to: Category::CloseContact,
+            at: Utc::now(),
+            by_user: None,
+            by_username: "epi".into(),
+            reason: "x".into(),
+        };
+        let today = Utc::now().date_naive();
+        let obs = observation(a, today, 14, "bulk-a");
+        // b is not in "suspected": the batch fails and a is untouched
+        let r = store
+            .classify_many(
+                &[ch(a, Category::None), ch(b, Category::Suspected)],
+                std::slice::from_ref(&obs),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(epigrid_core::store::StoreError::Conflict(_))),
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .person(a, &Scope::all())
+                .await
+                .unwrap()
+                .unwrap()
+                .category,
+            Category::None,
+            "{name}"
+        );
+        assert!(store.observations_of(a).await.unwrap().is_empty(), "{name}");
+        store
+            .classify_many(&[ch(a, Category::None), ch(b, Category::None)], &[obs])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .person(b, &Scope::all())
+                .await
+                .unwrap()
+                .unwrap()
+                .category,
+            Category::CloseContact,
+            "{name}"
+        );
+        assert_eq!(store.observations_of(a).await.unwrap().len(), 1, "{name}");
+        assert_eq!(store.category_history(a).await.unwrap().len(), 1, "{name}");
+    }
+}
