@@ -22,6 +22,8 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/persons/{id}/trace", post(trace))
         .route("/api/v1/persons/{id}/contacts", post(confirm_contacts))
+        .route("/persons/{id}/trace", axum::routing::get(trace_page))
+        .route("/persons/{id}/contacts", post(trace_confirm_page))
 }
 
 /// Longest visit the window must look back for (a day covers any default stay).
@@ -149,7 +151,25 @@ async fn trace(
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let (dfrom, dto) = default_window(&st, &person).await?;
+    let (from, to, contacts) =
+        run_trace(&st, &staff, &person, from, to, degree, min_exposure_s).await?;
+    Ok(Json(
+        json!({"person_id": person.id, "from": from, "to": to, "degree": degree, "contacts": contacts}),
+    ))
+}
+
+/// Runs a trace for `person` (default window where `from`/`to` are None) and returns the
+/// contacts in the caller's scope as JSON, highest score first. Audited.
+pub(crate) async fn run_trace(
+    st: &AppState,
+    staff: &Staff,
+    person: &epigrid_core::person::Person,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    degree: u8,
+    min_exposure_s: i64,
+) -> ApiResult<(DateTime<Utc>, DateTime<Utc>, Vec<Value>)> {
+    let (dfrom, dto) = default_window(st, person).await?;
     let (from, to) = (from.unwrap_or(dfrom), to.unwrap_or(dto));
     if from >= to {
         return Err(ApiError::field("to", "err.date.before_start"));
@@ -160,7 +180,7 @@ async fn trace(
         .await?;
     let loaded = Loaded::from_data(data);
     let Some(index) = loaded.pid_of.get(&person.id).copied() else {
-        return Ok(Json(json!({"from": from, "to": to, "contacts": []})));
+        return Ok((from, to, Vec::new()));
     };
     let params = TraceParams {
         from: from.timestamp(),
@@ -202,16 +222,14 @@ async fn trace(
     }
     staff
         .audit(
-            &st,
+            st,
             "trace",
             &format!("person:{}", person.id),
             &person.area_path,
             &format!("degree={degree} contacts={}", contacts.len()),
         )
         .await;
-    Ok(Json(
-        json!({"person_id": person.id, "from": from, "to": to, "degree": degree, "contacts": contacts}),
-    ))
+    Ok((from, to, contacts))
 }
 
 /// `POST /api/v1/persons/{id}/contacts`: marks the selected people close contacts of this case
@@ -226,7 +244,6 @@ async fn confirm_contacts(
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
     use epigrid_core::model::Role;
-    use epigrid_core::person::{check_transition, CategoryChange, Observation, ObservationKind};
     staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
     staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
     let index_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
@@ -258,9 +275,28 @@ async fn confirm_contacts(
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
+    let base = crate::api::base_url(&st, &headers);
+    let (classified, links) = confirm(&st, &staff, &base, &index, &ids, &reason).await?;
+    Ok(Json(
+        json!({"classified": classified, "observations": links}),
+    ))
+}
+
+/// Marks `ids` close contacts of `index` (all or none), opening observations; returns how many
+/// changed category and the report links of the observations opened.
+pub(crate) async fn confirm(
+    st: &AppState,
+    staff: &Staff,
+    base: &str,
+    index: &epigrid_core::person::Person,
+    ids: &[Uuid],
+    reason: &str,
+) -> ApiResult<(usize, Vec<Value>)> {
+    use epigrid_core::model::Role;
+    use epigrid_core::person::{check_transition, CategoryChange, Observation, ObservationKind};
     let scope = staff.scope();
     let mut people = Vec::new();
-    for pid in &ids {
+    for pid in ids {
         let p = st
             .store
             .person(*pid, &scope)
@@ -327,7 +363,7 @@ async fn confirm_contacts(
                 created_at: now,
                 created_by: Some(staff.user.id),
             });
-            links.push(json!({"person_id": p.id, "grid_worker_id": worker.map(|u| u.id), "report_url": format!("{}/r/{token}", crate::api::base_url(&st, &headers))}));
+            links.push(json!({"person_id": p.id, "grid_worker_id": worker.map(|u| u.id), "report_url": format!("{}/r/{token}", base.trim_end_matches('/'))}));
         }
     }
     match st.store.classify_many(&changes, &observations).await {
@@ -338,7 +374,7 @@ async fn confirm_contacts(
     }
     staff
         .audit(
-            &st,
+            st,
             "contacts.confirm",
             &format!("person:{}", index.id),
             &index.area_path,
@@ -349,7 +385,220 @@ async fn confirm_contacts(
             ),
         )
         .await;
-    Ok(Json(
-        json!({"classified": changes.len(), "observations": links}),
-    ))
+    Ok((changes.len(), links))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The trace page: review the contacts found, mark the selected ones close contacts.
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::Extension;
+use epigrid_core::i18n::Lang;
+
+struct TraceRow {
+    person_id: String,
+    name: String,
+    category: Category,
+    degree: u64,
+    kinds: String,
+    minutes: i64,
+    score: String,
+}
+
+#[derive(Template)]
+#[template(path = "trace.html")]
+struct TracePage {
+    c: crate::staff::Chrome,
+    person_id: String,
+    name: String,
+    from: String,
+    to: String,
+    degree: u8,
+    rows: Vec<TraceRow>,
+    error: String,
+    links: Vec<(String, String)>,
+}
+
+fn rows_of(contacts: &[Value], lang: Lang) -> Vec<TraceRow> {
+    contacts
+        .iter()
+        .map(|c| TraceRow {
+            person_id: c["person_id"].as_str().unwrap_or("").to_string(),
+            name: c["name"].as_str().unwrap_or("").to_string(),
+            category: c["category"]
+                .as_str()
+                .and_then(Category::parse)
+                .unwrap_or(Category::None),
+            degree: c["degree"].as_u64().unwrap_or(1),
+            kinds: c["kinds"]
+                .as_array()
+                .map(|k| {
+                    k.iter()
+                        .filter_map(Value::as_str)
+                        .map(|k| epigrid_core::i18n::t(lang, &format!("contact.kind.{k}")))
+                        .collect::<Vec<_>>()
+                        .join("、")
+                })
+                .unwrap_or_default(),
+            minutes: c["exposure_s"].as_i64().unwrap_or(0) / 60,
+            score: format!("{:.2}", c["score"].as_f64().unwrap_or(0.0)),
+        })
+        .collect()
+}
+
+async fn trace_view(
+    st: &AppState,
+    s: &Staff,
+    lang: Lang,
+    id: &str,
+    degree: u8,
+    error: String,
+    links: Vec<(String, String)>,
+) -> Response {
+    let person = match Uuid::parse_str(id).ok() {
+        Some(pid) => match st.store.person(pid, &s.scope()).await {
+            Ok(Some(p)) => p,
+            _ => return ApiError::NotFound.into_response(),
+        },
+        None => return ApiError::NotFound.into_response(),
+    };
+    let (from, to, contacts) = match run_trace(st, s, &person, None, None, degree, 0).await {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let page = TracePage {
+        c: crate::staff::chrome(st, s, lang).await,
+        person_id: person.id.to_string(),
+        name: crate::view::mask_name(&person.name),
+        from: crate::view::local(from, st.cfg.tz),
+        to: crate::view::local(to, st.cfg.tz),
+        degree,
+        rows: rows_of(&contacts, lang),
+        error,
+        links,
+    };
+    match page.render() {
+        Ok(html) => (
+            [(axum::http::header::CACHE_CONTROL, "no-store")],
+            Html(html),
+        )
+            .into_response(),
+        Err(e) => ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+async fn trace_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: crate::auth::MaybeStaff,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if !matches!(
+        s.role(),
+        epigrid_core::model::Role::Admin
+            | epigrid_core::model::Role::Epidemiologist
+            | epigrid_core::model::Role::Manager
+    ) {
+        return crate::public::message(
+            lang,
+            StatusCode::FORBIDDEN,
+            "err.forbidden",
+            "err.forbidden",
+        );
+    }
+    let degree = if q.get("degree").is_some_and(|d| d == "2") {
+        2
+    } else {
+        1
+    };
+    trace_view(&st, &s, lang, &id, degree, String::new(), Vec::new()).await
+}
+
+async fn trace_confirm_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: crate::auth::MaybeStaff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let pairs = crate::public::url_decode_pairs(&body);
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    if s.check_csrf(Some(&get("csrf"))).is_err() {
+        return crate::public::message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
+    }
+    let ids: Vec<Uuid> = pairs
+        .iter()
+        .filter(|(k, _)| k == "person_ids")
+        .filter_map(|(_, v)| Uuid::parse_str(v).ok())
+        .collect();
+    let index = match Uuid::parse_str(&id).ok() {
+        Some(pid) => match st.store.person(pid, &s.scope()).await {
+            Ok(Some(p)) => p,
+            _ => return ApiError::NotFound.into_response(),
+        },
+        None => return ApiError::NotFound.into_response(),
+    };
+    let reason = get("reason");
+    let result = if ids.is_empty() {
+        Err(ApiError::field("person_ids", "err.contacts.list"))
+    } else if reason.trim().is_empty() {
+        Err(ApiError::field("reason", "err.required"))
+    } else {
+        confirm(
+            &st,
+            &s,
+            &crate::api::base_url(&st, &headers),
+            &index,
+            &ids,
+            reason.trim(),
+        )
+        .await
+    };
+    match result {
+        Ok((_, links)) => {
+            let links = links
+                .iter()
+                .map(|l| {
+                    (
+                        l["person_id"].as_str().unwrap_or("").to_string(),
+                        l["report_url"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect();
+            trace_view(&st, &s, lang, &id, 1, String::new(), links).await
+        }
+        Err(e) => {
+            let msg = match &e {
+                ApiError::Invalid(errs) => errs
+                    .iter()
+                    .map(|x| x.message(lang))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                other => epigrid_core::i18n::t(lang, other.key()).to_string(),
+            };
+            let mut r = trace_view(&st, &s, lang, &id, 1, msg, Vec::new()).await;
+            *r.status_mut() = e.status();
+            r
+        }
+    }
 }

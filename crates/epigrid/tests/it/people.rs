@@ -1370,3 +1370,102 @@ async fn classify_many_is_all_or_nothing_on_every_store() {
         assert_eq!(store.category_history(a).await.unwrap().len(), 1, "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
+    let app = TestApp::start().await;
+    user(
+        app.store.as_ref(),
+        "epi_page",
+        Role::Epidemiologist,
+        "150802",
+    )
+    .await;
+    let login = app
+        .client
+        .post(format!("{}/login", app.base))
+        .form(&[("username", "epi_page"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let epi = app.token("epi_api", Role::Epidemiologist, "150802").await;
+    let venue = app.site(SiteKind::Venue, "150802").clone();
+    let case_id = cn_id("150802", "19800101", 31);
+    for (id, name) in [
+        (case_id.clone(), "病例甲"),
+        (cn_id("150802", "19800101", 32), "同场乙"),
+    ] {
+        assert_eq!(
+            app.register(
+                &venue,
+                &json!({"name": name, "id_number": id, "phone": "13500000000"})
+            )
+            .await
+            .status(),
+            201
+        );
+    }
+    let v: Value = app
+        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let page = app
+        .client
+        .get(format!("{}/persons/{pid}/trace", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("同*乙") && !html.contains("同场乙"),
+        "masked contact listed"
+    );
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let contact = html
+        .split("name=\"person_ids\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = app
+        .client
+        .post(format!("{}/persons/{pid}/contacts", app.base))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("person_ids", contact.as_str()),
+            ("reason", "同场所"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text().await.unwrap().contains("/r/"),
+        "report links shown"
+    );
+    let p: Value = app
+        .get(&format!("/api/v1/persons/{contact}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["category"], "close_contact");
+}
