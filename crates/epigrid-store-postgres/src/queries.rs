@@ -832,6 +832,64 @@ fn lab_row(r: &Row, o: usize) -> StoreResult<LabResult> {
     })
 }
 
+/// A category change, compare-and-set, with its history row; false if the person is no longer
+/// in `ch.from`.
+async fn apply_change<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    ch: &CategoryChange,
+) -> StoreResult<bool> {
+    let n = c
+        .execute(
+            "UPDATE persons SET category = $2, category_since = $3 WHERE id = $1 AND category = $4",
+            &[&ch.person_id, &ch.to.as_str(), &ch.at, &ch.from.as_str()],
+        )
+        .await
+        .map_err(map_err)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    c.execute(
+        "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[&ch.id, &ch.person_id, &ch.from.as_str(), &ch.to.as_str(), &ch.at, &ch.by_user, &ch.by_username, &ch.reason],
+    )
+    .await
+    .map_err(map_err)?;
+    Ok(true)
+}
+
+async fn insert_obs<C: deadpool_postgres::GenericClient>(
+    c: &C,
+    o: &Observation,
+) -> StoreResult<()> {
+    c.execute(
+        &format!(
+            "INSERT INTO observations ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            OBS_COLS.replace("o.", "")
+        ),
+        &[
+            &o.id,
+            &o.person_id,
+            &o.kind.as_str(),
+            &o.site_id,
+            &o.start,
+            &o.planned_end,
+            &o.released_at,
+            &o.release_reason,
+            &o.grid_worker_id,
+            &o.token_hash,
+            &o.token_revoked,
+            &i16::from(o.reports_per_day),
+            &o.area_path,
+            &o.created_at,
+            &o.created_by,
+        ],
+    )
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
 impl PgStore {
     pub(crate) async fn person_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
         let (lo, hi) = scope.bounds();
@@ -896,23 +954,9 @@ impl PgStore {
     pub(crate) async fn change_category_impl(&self, ch: &CategoryChange) -> StoreResult<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
-        let n = tx
-            .execute(
-                "UPDATE persons SET category = $2, category_since = $3 WHERE id = $1 AND category = $4",
-                &[&ch.person_id, &ch.to.as_str(), &ch.at, &ch.from.as_str()],
-            )
-            .await
-            .map_err(map_err)?;
-        if n == 0 {
+        if !apply_change(&tx, ch).await? {
             return Ok(false);
         }
-        tx.execute(
-            "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[&ch.id, &ch.person_id, &ch.from.as_str(), &ch.to.as_str(), &ch.at, &ch.by_user, &ch.by_username, &ch.reason],
-        )
-        .await
-        .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -964,31 +1008,8 @@ impl PgStore {
     }
 
     pub(crate) async fn insert_observation_impl(&self, o: &Observation) -> StoreResult<()> {
-        self.execute(
-            &format!(
-                "INSERT INTO observations ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                OBS_COLS.replace("o.", "")
-            ),
-            &[
-                &o.id,
-                &o.person_id,
-                &o.kind.as_str(),
-                &o.site_id,
-                &o.start,
-                &o.planned_end,
-                &o.released_at,
-                &o.release_reason,
-                &o.grid_worker_id,
-                &o.token_hash,
-                &o.token_revoked,
-                &i16::from(o.reports_per_day),
-                &o.area_path,
-                &o.created_at,
-                &o.created_by,
-            ],
-        )
-        .await
-        .map(|_| ())
+        let c = self.client().await?;
+        insert_obs(&c, o).await
     }
 
     pub(crate) async fn update_observation_impl(&self, o: &Observation) -> StoreResult<()> {
@@ -1387,50 +1408,12 @@ impl PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
         for ch in changes {
-            let n = tx
-                .execute(
-                    "UPDATE persons SET category = $2, category_since = $3 WHERE id = $1 AND category = $4",
-                    &[&ch.person_id, &ch.to.as_str(), &ch.at, &ch.from.as_str()],
-                )
-                .await
-                .map_err(map_err)?;
-            if n == 0 {
+            if !apply_change(&tx, ch).await? {
                 return Err(StoreError::Conflict(format!("person:{}", ch.person_id)));
             }
-            tx.execute(
-                "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                &[&ch.id, &ch.person_id, &ch.from.as_str(), &ch.to.as_str(), &ch.at, &ch.by_user, &ch.by_username, &ch.reason],
-            )
-            .await
-            .map_err(map_err)?;
         }
         for o in observations {
-            tx.execute(
-                &format!(
-                    "INSERT INTO observations ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-                    OBS_COLS.replace("o.", "")
-                ),
-                &[
-                    &o.id,
-                    &o.person_id,
-                    &o.kind.as_str(),
-                    &o.site_id,
-                    &o.start,
-                    &o.planned_end,
-                    &o.released_at,
-                    &o.release_reason,
-                    &o.grid_worker_id,
-                    &o.token_hash,
-                    &o.token_revoked,
-                    &i16::from(o.reports_per_day),
-                    &o.area_path,
-                    &o.created_at,
-                    &o.created_by,
-                ],
-            )
-            .await
-            .map_err(map_err)?;
+            insert_obs(&tx, o).await?;
         }
         tx.commit().await.map_err(map_err)
     }

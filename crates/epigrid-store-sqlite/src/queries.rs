@@ -1093,6 +1093,70 @@ fn lab_row(r: &Row<'_>, o: usize) -> rusqlite::Result<LabResult> {
     })
 }
 
+/// A category change, compare-and-set, with its history row; false if the person is no longer
+/// in `ch.from`.
+fn apply_change(c: &Connection, ch: &CategoryChange) -> StoreResult<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE persons SET category = ?2, category_since = ?3 WHERE id = ?1 AND category = ?4",
+        )
+        .map_err(map_err)?
+        .execute(params![
+            ch.person_id.to_string(),
+            ch.to.as_str(),
+            micros(ch.at),
+            ch.from.as_str()
+        ])
+        .map_err(map_err)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    c.prepare_cached(
+        "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .map_err(map_err)?
+    .execute(params![
+        ch.id.to_string(),
+        ch.person_id.to_string(),
+        ch.from.as_str(),
+        ch.to.as_str(),
+        micros(ch.at),
+        ch.by_user.map(|u| u.to_string()),
+        ch.by_username,
+        ch.reason
+    ])
+    .map_err(map_err)?;
+    Ok(true)
+}
+
+fn insert_obs(c: &Connection, o: &Observation) -> StoreResult<()> {
+    c.prepare_cached(&format!(
+        "INSERT INTO observations ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        OBS_COLS.replace("o.", "")
+    ))
+    .map_err(map_err)?
+    .execute(params![
+        o.id.to_string(),
+        o.person_id.to_string(),
+        o.kind.as_str(),
+        o.site_id.map(|u| u.to_string()),
+        o.start.to_string(),
+        o.planned_end.to_string(),
+        o.released_at.map(micros),
+        o.release_reason,
+        o.grid_worker_id.map(|u| u.to_string()),
+        o.token_hash,
+        o.token_revoked,
+        o.reports_per_day,
+        o.area_path,
+        micros(o.created_at),
+        o.created_by.map(|u| u.to_string()),
+    ])
+    .map_err(map_err)?;
+    Ok(())
+}
+
 impl SqliteStore {
     pub(crate) async fn person_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>> {
         let (lo, hi) = scope.bounds();
@@ -1161,34 +1225,7 @@ impl SqliteStore {
 
     pub(crate) async fn change_category_impl(&self, ch: &CategoryChange) -> StoreResult<bool> {
         let ch = ch.clone();
-        self.write(move |c| {
-            let n = c
-                .prepare_cached("UPDATE persons SET category = ?2, category_since = ?3 WHERE id = ?1 AND category = ?4")
-                .map_err(map_err)?
-                .execute(params![ch.person_id.to_string(), ch.to.as_str(), micros(ch.at), ch.from.as_str()])
-                .map_err(map_err)?;
-            if n == 0 {
-                return Ok(false);
-            }
-            c.prepare_cached(
-                "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .map_err(map_err)?
-            .execute(params![
-                ch.id.to_string(),
-                ch.person_id.to_string(),
-                ch.from.as_str(),
-                ch.to.as_str(),
-                micros(ch.at),
-                ch.by_user.map(|u| u.to_string()),
-                ch.by_username,
-                ch.reason
-            ])
-            .map_err(map_err)?;
-            Ok(true)
-        })
-        .await
+        self.write(move |c| apply_change(c, &ch)).await
     }
 
     pub(crate) async fn category_history_impl(
@@ -1245,33 +1282,7 @@ impl SqliteStore {
 
     pub(crate) async fn insert_observation_impl(&self, o: &Observation) -> StoreResult<()> {
         let o = o.clone();
-        self.write(move |c| {
-            c.prepare_cached(&format!(
-                "INSERT INTO observations ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                OBS_COLS.replace("o.", "")
-            ))
-            .map_err(map_err)?
-            .execute(params![
-                o.id.to_string(),
-                o.person_id.to_string(),
-                o.kind.as_str(),
-                o.site_id.map(|u| u.to_string()),
-                o.start.to_string(),
-                o.planned_end.to_string(),
-                o.released_at.map(micros),
-                o.release_reason,
-                o.grid_worker_id.map(|u| u.to_string()),
-                o.token_hash,
-                o.token_revoked,
-                o.reports_per_day,
-                o.area_path,
-                micros(o.created_at),
-                o.created_by.map(|u| u.to_string()),
-            ])
-            .map_err(map_err)?;
-            Ok(())
-        })
-        .await
+        self.write(move |c| insert_obs(c, &o)).await
     }
 
     pub(crate) async fn update_observation_impl(&self, o: &Observation) -> StoreResult<()> {
@@ -1735,55 +1746,12 @@ impl SqliteStore {
         let (changes, observations) = (changes.to_vec(), observations.to_vec());
         self.write(move |c| {
             for ch in &changes {
-                let n = c
-                    .prepare_cached("UPDATE persons SET category = ?2, category_since = ?3 WHERE id = ?1 AND category = ?4")
-                    .map_err(map_err)?
-                    .execute(params![ch.person_id.to_string(), ch.to.as_str(), micros(ch.at), ch.from.as_str()])
-                    .map_err(map_err)?;
-                if n == 0 {
+                if !apply_change(c, ch)? {
                     return Err(StoreError::Conflict(format!("person:{}", ch.person_id)));
                 }
-                c.prepare_cached(
-                    "INSERT INTO category_changes (id, person_id, from_cat, to_cat, at, by_user, by_username, reason) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(map_err)?
-                .execute(params![
-                    ch.id.to_string(),
-                    ch.person_id.to_string(),
-                    ch.from.as_str(),
-                    ch.to.as_str(),
-                    micros(ch.at),
-                    ch.by_user.map(|u| u.to_string()),
-                    ch.by_username,
-                    ch.reason
-                ])
-                .map_err(map_err)?;
             }
             for o in &observations {
-                c.prepare_cached(&format!(
-                    "INSERT INTO observations ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                    OBS_COLS.replace("o.", "")
-                ))
-                .map_err(map_err)?
-                .execute(params![
-                    o.id.to_string(),
-                    o.person_id.to_string(),
-                    o.kind.as_str(),
-                    o.site_id.map(|u| u.to_string()),
-                    o.start.to_string(),
-                    o.planned_end.to_string(),
-                    o.released_at.map(micros),
-                    o.release_reason,
-                    o.grid_worker_id.map(|u| u.to_string()),
-                    o.token_hash,
-                    o.token_revoked,
-                    o.reports_per_day,
-                    o.area_path,
-                    micros(o.created_at),
-                    o.created_by.map(|u| u.to_string()),
-                ])
-                .map_err(map_err)?;
+                insert_obs(c, o)?;
             }
             Ok(())
         })

@@ -170,6 +170,25 @@ fn tl(lang: Lang, k: &str) -> String {
     t(lang, k).to_string()
 }
 
+/// The origin picker: a province, then (typed, or picked with JavaScript) a city or county.
+fn origin_fields(lang: Lang) -> [Field; 2] {
+    let provinces = std::iter::once((String::new(), tl(lang, "form.choose")))
+        .chain(
+            divisions::provinces()
+                .iter()
+                .map(|p| (p.code.to_string(), p.name.to_string())),
+        )
+        .collect();
+    [
+        Field::new("origin_province", "form.origin", "select")
+            .req()
+            .options(provinces),
+        Field::new("origin_text", "form.origin_place", "text")
+            .attrs("maxlength=\"30\"")
+            .hint("form.origin_place.hint"),
+    ]
+}
+
 /// The fields of a site's form, filled with `values` and `errors`.
 async fn build_fields(
     st: &AppState,
@@ -240,24 +259,7 @@ async fn build_fields(
                     .attrs("autocomplete=\"off\" maxlength=\"30\""),
                 );
             }
-            f.push(
-                Field::new("origin_province", "form.origin", "select")
-                    .req()
-                    .options(
-                        std::iter::once((String::new(), tl(lang, "form.choose")))
-                            .chain(
-                                divisions::provinces()
-                                    .iter()
-                                    .map(|p| (p.code.to_string(), p.name.to_string())),
-                            )
-                            .collect(),
-                    ),
-            );
-            f.push(
-                Field::new("origin_text", "form.origin_place", "text")
-                    .attrs("maxlength=\"30\"")
-                    .hint("form.origin_place.hint"),
-            );
+            f.extend(origin_fields(lang));
             f.push(
                 Field::new("destination", "form.destination", "text")
                     .req()
@@ -319,24 +321,7 @@ async fn build_fields(
                     .req()
                     .section("form.section.arrival"),
             );
-            f.push(
-                Field::new("origin_province", "form.origin", "select")
-                    .req()
-                    .options(
-                        std::iter::once((String::new(), tl(lang, "form.choose")))
-                            .chain(
-                                divisions::provinces()
-                                    .iter()
-                                    .map(|p| (p.code.to_string(), p.name.to_string())),
-                            )
-                            .collect(),
-                    ),
-            );
-            f.push(
-                Field::new("origin_text", "form.origin_place", "text")
-                    .attrs("maxlength=\"30\"")
-                    .hint("form.origin_place.hint"),
-            );
+            f.extend(origin_fields(lang));
             let scope_root = site.area_path.clone();
             let areas = st
                 .store
