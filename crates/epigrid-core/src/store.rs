@@ -125,6 +125,23 @@ pub trait Store: Send + Sync + 'static {
     async fn trace_data(&self, since: DateTime<Utc>) -> StoreResult<crate::trace::TraceData>;
     /// Stores imported proximity records, all or none; returns how many.
     async fn insert_proximity(&self, rows: Vec<crate::trace::ProximityRow>) -> StoreResult<usize>;
+    /// Stores a notice with its entries.
+    async fn insert_notice(&self, notice: &crate::trace::Notice) -> StoreResult<()>;
+    /// A notice (with entries) by its public token.
+    async fn notice_by_token(&self, token: &str) -> StoreResult<Option<crate::trace::Notice>>;
+    /// A notice by id if its case is in the scope.
+    async fn notice(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<crate::trace::Notice>>;
+    /// Records someone who came forward: finds or creates the person, adds a pending contact.
+    async fn insert_pending_contact(
+        &self,
+        contact: &crate::trace::PendingContact,
+        person: &PersonInput,
+        area_path: &str,
+    ) -> StoreResult<()>;
+    async fn pending_contacts(
+        &self,
+        notice_id: Uuid,
+    ) -> StoreResult<Vec<crate::trace::PendingContact>>;
     /// Which of these person ids exist (for checking an import before writing it).
     async fn existing_persons(&self, ids: Vec<Uuid>) -> StoreResult<Vec<Uuid>>;
 

@@ -616,3 +616,83 @@ mod tests {
         }
     }
 }
+
+/// A contact-search notice: where and when a case was, with no personal data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Notice {
+    pub id: uuid::Uuid,
+    pub case_person_id: uuid::Uuid,
+    pub public_token: String,
+    pub area_path: String,
+    pub created_by: Option<uuid::Uuid>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub entries: Vec<NoticeEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NoticeEntry {
+    pub position: i32,
+    pub site_id: uuid::Uuid,
+    pub place: String,
+    pub area_name: String,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+}
+
+/// Someone who came forward through a notice, pending review.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PendingContact {
+    pub id: uuid::Uuid,
+    pub notice_id: uuid::Uuid,
+    pub position: i32,
+    pub index_person_id: uuid::Uuid,
+    pub person_id: uuid::Uuid,
+    pub reported_at: chrono::DateTime<chrono::Utc>,
+    pub status: String,
+}
+
+/// The entries of a notice from a case's visits: per site, visits closer than `merge_gap_s`
+/// are joined into one span; spans are widened to whole hours so that they do not reveal
+/// exact times; sorted by start.
+pub fn notice_spans(
+    visits: &[(uuid::Uuid, i64, i64)],
+    merge_gap_s: i64,
+) -> Vec<(uuid::Uuid, i64, i64)> {
+    let mut v: Vec<(uuid::Uuid, i64, i64)> = visits.to_vec();
+    v.sort_by_key(|x| (x.0, x.1));
+    let mut out: Vec<(uuid::Uuid, i64, i64)> = Vec::new();
+    for (site, s, e) in v {
+        match out.last_mut() {
+            Some(last) if last.0 == site && s <= last.2 + merge_gap_s => last.2 = last.2.max(e),
+            _ => out.push((site, s, e)),
+        }
+    }
+    for x in &mut out {
+        x.1 = x.1.div_euclid(3600) * 3600;
+        x.2 = (x.2 + 3599).div_euclid(3600) * 3600;
+    }
+    out.sort_by_key(|x| (x.1, x.0));
+    out
+}
+
+#[cfg(test)]
+mod notice_tests {
+    #[test]
+    fn spans_join_close_visits_and_round_to_hours() {
+        let a = uuid::Uuid::from_u128(1);
+        let b = uuid::Uuid::from_u128(2);
+        let spans = super::notice_spans(
+            &[
+                (a, 3700, 4000),
+                (a, 4500, 5000),
+                (b, 100, 200),
+                (a, 20_000, 20_100),
+            ],
+            1800,
+        );
+        assert_eq!(
+            spans,
+            vec![(b, 0, 3600), (a, 3600, 7200), (a, 18_000, 21_600)]
+        );
+    }
+}

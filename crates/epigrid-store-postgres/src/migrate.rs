@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "proximity",
         include_str!("../migrations/0005_proximity.sql"),
     ),
+    (6, "notices", include_str!("../migrations/0006_notices.sql")),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -460,6 +460,36 @@ impl Store for PgStore {
     ) -> StoreResult<()> {
         self.classify_many_impl(changes, observations).await
     }
+    async fn insert_notice(&self, notice: &epigrid_core::trace::Notice) -> StoreResult<()> {
+        self.insert_notice_impl(notice).await
+    }
+    async fn notice_by_token(
+        &self,
+        token: &str,
+    ) -> StoreResult<Option<epigrid_core::trace::Notice>> {
+        self.notice_by_token_impl(token).await
+    }
+    async fn notice(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<epigrid_core::trace::Notice>> {
+        self.notice_impl(id, scope).await
+    }
+    async fn insert_pending_contact(
+        &self,
+        contact: &epigrid_core::trace::PendingContact,
+        person: &PersonInput,
+        area_path: &str,
+    ) -> StoreResult<()> {
+        self.insert_pending_impl(contact, person, area_path).await
+    }
+    async fn pending_contacts(
+        &self,
+        notice_id: Uuid,
+    ) -> StoreResult<Vec<epigrid_core::trace::PendingContact>> {
+        self.pending_impl(notice_id).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1416,5 +1446,170 @@ impl PgStore {
             insert_obs(&tx, o).await?;
         }
         tx.commit().await.map_err(map_err)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contact-search notices
+
+use epigrid_core::trace::{Notice, NoticeEntry, PendingContact};
+
+const NOTICE_COLS: &str =
+    "n.id, n.case_person_id, n.public_token, n.area_path, n.created_by, n.created_at";
+
+fn notice_head(r: &Row) -> Notice {
+    Notice {
+        id: r.get(0),
+        case_person_id: r.get(1),
+        public_token: r.get(2),
+        area_path: r.get(3),
+        created_by: r.get(4),
+        created_at: r.get(5),
+        entries: Vec::new(),
+    }
+}
+
+impl PgStore {
+    async fn notice_entries(&self, id: Uuid) -> StoreResult<Vec<NoticeEntry>> {
+        Ok(self
+            .query(
+                "SELECT position, site_id, place, area_name, from_at, to_at FROM notice_entries WHERE notice_id = $1 ORDER BY position",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| NoticeEntry { position: r.get(0), site_id: r.get(1), place: r.get(2), area_name: r.get(3), from: r.get(4), to: r.get(5) })
+            .collect())
+    }
+
+    pub(crate) async fn insert_notice_impl(&self, n: &Notice) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        tx.execute(
+            "INSERT INTO notices (id, case_person_id, public_token, area_path, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&n.id, &n.case_person_id, &n.public_token, &n.area_path, &n.created_by, &n.created_at],
+        )
+        .await
+        .map_err(map_err)?;
+        for e in &n.entries {
+            tx.execute(
+                "INSERT INTO notice_entries (notice_id, position, site_id, place, area_name, from_at, to_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[&n.id, &e.position, &e.site_id, &e.place, &e.area_name, &e.from, &e.to],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    pub(crate) async fn notice_by_token_impl(&self, token: &str) -> StoreResult<Option<Notice>> {
+        let Some(row) = self
+            .query_opt(
+                &format!("SELECT {NOTICE_COLS} FROM notices n WHERE n.public_token = $1"),
+                &[&token],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut n = notice_head(&row);
+        n.entries = self.notice_entries(n.id).await?;
+        Ok(Some(n))
+    }
+
+    pub(crate) async fn notice_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Notice>> {
+        let (lo, hi) = scope.bounds();
+        let Some(row) = self
+            .query_opt(
+                &format!(
+                    "SELECT {NOTICE_COLS} FROM notices n JOIN persons p ON p.id = n.case_person_id \
+                     WHERE n.id = $1 AND p.area_path >= $2 AND p.area_path < $3"
+                ),
+                &[&id, &lo, &hi],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut n = notice_head(&row);
+        n.entries = self.notice_entries(n.id).await?;
+        Ok(Some(n))
+    }
+
+    pub(crate) async fn insert_pending_impl(
+        &self,
+        pc: &PendingContact,
+        person: &PersonInput,
+        area_path: &str,
+    ) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let sex = person.sex.map(|s| match s {
+            Sex::Male => "male",
+            Sex::Female => "female",
+        });
+        let row = tx
+            .query_one(
+                "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
+                 birth_date, sex, area_path, provisional, created_at, last_seen_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
+                 ON CONFLICT (id) DO UPDATE SET last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) \
+                 RETURNING COALESCE(merged_into, id), (xmax = 0)",
+                &[
+                    &person.id,
+                    &person.doc_type.map(|d| d.as_str()),
+                    &person.doc_index,
+                    &person.doc_cipher,
+                    &person.doc_masked,
+                    &person.name,
+                    &person.phone_index,
+                    &person.phone_cipher,
+                    &person.phone_masked,
+                    &person.birth_date,
+                    &sex,
+                    &area_path,
+                    &person.provisional,
+                    &pc.reported_at,
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        let pid: Uuid = row.get(0);
+        if row.get::<_, bool>(1) {
+            for g in epigrid_core::person::name_grams(&person.name) {
+                tx.execute("INSERT INTO person_grams (gram, person_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&g, &pid])
+                    .await
+                    .map_err(map_err)?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&pc.id, &pc.notice_id, &pc.position, &pc.index_person_id, &pid, &pc.reported_at, &pc.status],
+        )
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    pub(crate) async fn pending_impl(&self, notice_id: Uuid) -> StoreResult<Vec<PendingContact>> {
+        Ok(self
+            .query(
+                "SELECT id, notice_id, position, index_person_id, person_id, reported_at, status FROM pending_contacts \
+                 WHERE notice_id = $1 ORDER BY reported_at",
+                &[&notice_id],
+            )
+            .await?
+            .iter()
+            .map(|r| PendingContact {
+                id: r.get(0),
+                notice_id: r.get(1),
+                position: r.get(2),
+                index_person_id: r.get(3),
+                person_id: r.get(4),
+                reported_at: r.get(5),
+                status: r.get(6),
+            })
+            .collect())
     }
 }

@@ -22,6 +22,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "proximity",
         include_str!("../migrations/0005_proximity.sql"),
     ),
+    (6, "notices", include_str!("../migrations/0006_notices.sql")),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

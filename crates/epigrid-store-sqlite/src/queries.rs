@@ -658,6 +658,36 @@ impl Store for SqliteStore {
     ) -> StoreResult<()> {
         self.classify_many_impl(changes, observations).await
     }
+    async fn insert_notice(&self, notice: &epigrid_core::trace::Notice) -> StoreResult<()> {
+        self.insert_notice_impl(notice).await
+    }
+    async fn notice_by_token(
+        &self,
+        token: &str,
+    ) -> StoreResult<Option<epigrid_core::trace::Notice>> {
+        self.notice_by_token_impl(token).await
+    }
+    async fn notice(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<epigrid_core::trace::Notice>> {
+        self.notice_impl(id, scope).await
+    }
+    async fn insert_pending_contact(
+        &self,
+        contact: &epigrid_core::trace::PendingContact,
+        person: &PersonInput,
+        area_path: &str,
+    ) -> StoreResult<()> {
+        self.insert_pending_impl(contact, person, area_path).await
+    }
+    async fn pending_contacts(
+        &self,
+        notice_id: Uuid,
+    ) -> StoreResult<Vec<epigrid_core::trace::PendingContact>> {
+        self.pending_impl(notice_id).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1754,6 +1784,175 @@ impl SqliteStore {
                 insert_obs(c, o)?;
             }
             Ok(())
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contact-search notices
+
+use epigrid_core::trace::{Notice, NoticeEntry, PendingContact};
+
+fn notice_head(r: &Row<'_>) -> rusqlite::Result<Notice> {
+    Ok(Notice {
+        id: r.get::<_, U>(0)?.0,
+        case_person_id: r.get::<_, U>(1)?.0,
+        public_token: r.get(2)?,
+        area_path: r.get(3)?,
+        created_by: r.get::<_, Option<U>>(4)?.map(|u| u.0),
+        created_at: time(r.get(5)?),
+        entries: Vec::new(),
+    })
+}
+
+fn notice_entries(c: &Connection, id: Uuid) -> StoreResult<Vec<NoticeEntry>> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT position, site_id, place, area_name, from_at, to_at FROM notice_entries WHERE notice_id = ?1 ORDER BY position",
+        )
+        .map_err(map_err)?;
+    let rows = stmt
+        .query_map([id.to_string()], |r| {
+            Ok(NoticeEntry {
+                position: r.get(0)?,
+                site_id: r.get::<_, U>(1)?.0,
+                place: r.get(2)?,
+                area_name: r.get(3)?,
+                from: time(r.get(4)?),
+                to: time(r.get(5)?),
+            })
+        })
+        .map_err(map_err)?;
+    collect(rows)
+}
+
+const NOTICE_COLS: &str =
+    "n.id, n.case_person_id, n.public_token, n.area_path, n.created_by, n.created_at";
+
+impl SqliteStore {
+    pub(crate) async fn insert_notice_impl(&self, n: &Notice) -> StoreResult<()> {
+        let n = n.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO notices (id, case_person_id, public_token, area_path, created_by, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                n.id.to_string(),
+                n.case_person_id.to_string(),
+                n.public_token,
+                n.area_path,
+                n.created_by.map(|u| u.to_string()),
+                micros(n.created_at)
+            ])
+            .map_err(map_err)?;
+            let mut stmt = c
+                .prepare_cached(
+                    "INSERT INTO notice_entries (notice_id, position, site_id, place, area_name, from_at, to_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(map_err)?;
+            for e in &n.entries {
+                stmt.execute(params![n.id.to_string(), e.position, e.site_id.to_string(), e.place, e.area_name, micros(e.from), micros(e.to)])
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn notice_by_token_impl(&self, token: &str) -> StoreResult<Option<Notice>> {
+        let token = token.to_string();
+        self.read(move |c| {
+            let head = c
+                .prepare_cached(&format!(
+                    "SELECT {NOTICE_COLS} FROM notices n WHERE n.public_token = ?1"
+                ))
+                .map_err(map_err)?
+                .query_row([token], notice_head)
+                .optional()
+                .map_err(map_err)?;
+            head.map(|mut n| {
+                n.entries = notice_entries(c, n.id)?;
+                Ok(n)
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    pub(crate) async fn notice_impl(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Notice>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let head = c
+                .prepare_cached(&format!(
+                    "SELECT {NOTICE_COLS} FROM notices n JOIN persons p ON p.id = n.case_person_id \
+                     WHERE n.id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3"
+                ))
+                .map_err(map_err)?
+                .query_row(params![id.to_string(), lo, hi], notice_head)
+                .optional()
+                .map_err(map_err)?;
+            head.map(|mut n| {
+                n.entries = notice_entries(c, n.id)?;
+                Ok(n)
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    pub(crate) async fn insert_pending_impl(
+        &self,
+        pc: &PendingContact,
+        person: &PersonInput,
+        area_path: &str,
+    ) -> StoreResult<()> {
+        let (pc, person, area_path) = (pc.clone(), person.clone(), area_path.to_string());
+        self.write(move |c| {
+            let pid = upsert_person(c, &person, &area_path, micros(pc.reported_at))?;
+            c.prepare_cached(
+                "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                pc.id.to_string(),
+                pc.notice_id.to_string(),
+                pc.position,
+                pc.index_person_id.to_string(),
+                pid,
+                micros(pc.reported_at),
+                pc.status
+            ])
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn pending_impl(&self, notice_id: Uuid) -> StoreResult<Vec<PendingContact>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT id, notice_id, position, index_person_id, person_id, reported_at, status FROM pending_contacts \
+                     WHERE notice_id = ?1 ORDER BY reported_at",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([notice_id.to_string()], |r| {
+                    Ok(PendingContact {
+                        id: r.get::<_, U>(0)?.0,
+                        notice_id: r.get::<_, U>(1)?.0,
+                        position: r.get(2)?,
+                        index_person_id: r.get::<_, U>(3)?.0,
+                        person_id: r.get::<_, U>(4)?.0,
+                        reported_at: time(r.get(5)?),
+                        status: r.get(6)?,
+                    })
+                })
+                .map_err(map_err)?;
+            collect(rows)
         })
         .await
     }

@@ -50,7 +50,7 @@ fn parse_time(st: &AppState, field: &str, v: &Value) -> Result<Option<DateTime<U
 /// The default infectious window: from two days before the first positive sample (else
 /// before the person became a case or suspect, else 14 days ago) until the start of their
 /// observation (isolation), else open-ended (visits in progress count until their estimated end).
-async fn default_window(
+pub(crate) async fn default_window(
     st: &AppState,
     person: &epigrid_core::person::Person,
 ) -> ApiResult<(DateTime<Utc>, DateTime<Utc>)> {

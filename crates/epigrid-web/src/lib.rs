@@ -14,6 +14,7 @@ mod contacts;
 mod error;
 mod feed;
 mod metrics;
+mod notices;
 mod openapi;
 mod persons;
 mod public;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(staff::routes())
         .merge(persons::routes())
         .merge(contacts::routes())
+        .merge(notices::routes())
         .route("/assets/{*file}", get(staff::asset))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -102,7 +102,7 @@ pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> 
     Ok(PersonQuery::Name(q.to_string()))
 }
 
-pub fn person_json(p: &Person) -> Value {
+pub(crate) fn person_json(p: &Person) -> Value {
     json!({
         "id": p.id,
         "name": mask_name(&p.name),

@@ -1469,3 +1469,217 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
         .unwrap();
     assert_eq!(p["category"], "close_contact");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forward() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let venue = app.site(SiteKind::Venue, "150802").clone();
+    let case_id = cn_id("150802", "19800101", 41);
+    assert_eq!(
+        app.register(
+            &venue,
+            &json!({"name": "病例丁", "id_number": case_id, "phone": "13500000041"})
+        )
+        .await
+        .status(),
+        201
+    );
+    let v: Value = app
+        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/notices"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let n: Value = r.json().await.unwrap();
+    assert_eq!(n["entries"][0]["place"], venue.name.as_str());
+    let url = n["url"].as_str().unwrap().to_string();
+    let html = app
+        .client
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&venue.name) && html.contains("<form"));
+    for secret in ["病例丁", "13500000041", case_id.as_str(), "病*丁"] {
+        assert!(
+            !html.contains(secret),
+            "the notice shows no personal data: {secret}"
+        );
+    }
+    let r = app
+        .client
+        .post(&url)
+        .form(&[
+            ("entry", "0"),
+            ("name", "路人"),
+            ("id_number", "123"),
+            ("phone", "1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let walker = cn_id("150802", "19910101", 42);
+    let r = app
+        .client
+        .post(&url)
+        .form(&[
+            ("entry", "0"),
+            ("name", "路人戊"),
+            ("id_number", walker.as_str()),
+            ("phone", "13500000042"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let d: Value = app
+        .get(
+            &format!("/api/v1/notices/{}", n["id"].as_str().unwrap()),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let came = d["came_forward"].as_array().unwrap();
+    assert_eq!(came.len(), 1);
+    assert_eq!(came[0]["status"], "pending");
+    assert_eq!(came[0]["person"]["name"], "路*戊");
+    let other = app.token("wuyuan", Role::Epidemiologist, "150821").await;
+    assert_eq!(
+        app.get(
+            &format!("/api/v1/notices/{}", n["id"].as_str().unwrap()),
+            Some(&other)
+        )
+        .await
+        .status(),
+        404
+    );
+    // a person with no registrations has nothing to publish
+    let lone = person_via_api(
+        &app,
+        &cn_id("150802", "19910101", 43),
+        "无轨迹",
+        "13500000043",
+        &epi,
+    )
+    .await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{lone}/notices"),
+            &json!({"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let case = registered_person(
+            store.as_ref(),
+            &sites[0],
+            &cn_id("150802", "19800101", 51),
+            "甲",
+        )
+        .await;
+        let now = chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        let n = epigrid_core::trace::Notice {
+            id: new_id(),
+            case_person_id: case,
+            public_token: "tok-notice".into(),
+            area_path: "/150800/150802/".into(),
+            created_by: None,
+            created_at: now,
+            entries: vec![epigrid_core::trace::NoticeEntry {
+                position: 0,
+                site_id: sites[0].id,
+                place: "p".into(),
+                area_name: "a".into(),
+                from: now,
+                to: now + Duration::hours(1),
+            }],
+        };
+        store.insert_notice(&n).await.unwrap();
+        assert_eq!(
+            store.notice_by_token("tok-notice").await.unwrap().as_ref(),
+            Some(&n),
+            "{name}"
+        );
+        assert!(
+            store
+                .notice(n.id, &Scope::new("/150800/150821/"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: scope"
+        );
+        let body = checkpoint_body(&cn_id("150802", "19900101", 52), "乙", "13900000052");
+        let input = RegistrationInput::from_json(&body).unwrap();
+        let ctx = Context {
+            site: &sites[0],
+            channel: Channel::SelfService,
+            by_user: None,
+            now: Utc::now(),
+            tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
+        };
+        let v = register::validate(&input, &ctx).unwrap();
+        let person = register::seal_person(
+            &vault(),
+            "乙",
+            v.identity.document.as_ref(),
+            v.identity.phone.as_ref(),
+        );
+        let pc = epigrid_core::trace::PendingContact {
+            id: new_id(),
+            notice_id: n.id,
+            position: 0,
+            index_person_id: case,
+            person_id: person.id,
+            reported_at: now,
+            status: "pending".into(),
+        };
+        store
+            .insert_pending_contact(&pc, &person, &sites[0].area_path)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.pending_contacts(n.id).await.unwrap(),
+            vec![pc],
+            "{name}"
+        );
+        assert!(
+            store
+                .person(person.id, &Scope::all())
+                .await
+                .unwrap()
+                .is_some(),
+            "{name}: the person now exists"
+        );
+        assert_eq!(
+            store
+                .search_persons(&Scope::all(), &PersonQuery::Name("乙".into()), 5)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}: and is searchable"
+        );
+    }
+}
