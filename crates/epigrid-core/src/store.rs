@@ -125,6 +125,16 @@ pub trait Store: Send + Sync + 'static {
     async fn trace_data(&self, since: DateTime<Utc>) -> StoreResult<crate::trace::TraceData>;
     /// Stores imported proximity records, all or none; returns how many.
     async fn insert_proximity(&self, rows: Vec<crate::trace::ProximityRow>) -> StoreResult<usize>;
+    /// Keeps contacts found or confirmed: new pairs are inserted; known ones get the latest
+    /// figures, and become confirmed (never un-confirmed) when `status` is confirmed. Returns
+    /// the contact persons that were not known before for their index person.
+    async fn upsert_contacts(&self, rows: &[crate::trace::ContactRecord])
+        -> StoreResult<Vec<Uuid>>;
+    /// Confirmed contacts whose contact person is in the scope (the edges of chains).
+    async fn confirmed_contacts(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<crate::trace::ContactRecord>>;
     /// Stores a notice with its entries.
     async fn insert_notice(&self, notice: &crate::trace::Notice) -> StoreResult<()>;
     /// A notice (with entries) by its public token.

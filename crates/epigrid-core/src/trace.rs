@@ -696,3 +696,104 @@ mod notice_tests {
         );
     }
 }
+
+/// A contact as kept between traces: found (pending), confirmed by staff, or dismissed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ContactRecord {
+    pub index_person_id: uuid::Uuid,
+    pub contact_person_id: uuid::Uuid,
+    pub degree: i32,
+    /// Comma-separated kinds (`co_location,vehicle`).
+    pub kinds: String,
+    pub exposure_s: i64,
+    pub score: f64,
+    pub status: String,
+    pub found_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// One transmission chain: people linked by confirmed contacts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Chain {
+    pub people: Vec<uuid::Uuid>,
+    pub edges: Vec<(uuid::Uuid, uuid::Uuid)>,
+}
+
+/// Connected components of the contact graph (union–find), largest first; people in no edge
+/// are not chains.
+pub fn chains(edges: &[(uuid::Uuid, uuid::Uuid)]) -> Vec<Chain> {
+    let mut idx: HashMap<uuid::Uuid, usize> = HashMap::new();
+    let mut ids: Vec<uuid::Uuid> = Vec::new();
+    let mut parent: Vec<usize> = Vec::new();
+    fn find(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    let mut node = |u: uuid::Uuid, ids: &mut Vec<uuid::Uuid>, parent: &mut Vec<usize>| -> usize {
+        *idx.entry(u).or_insert_with(|| {
+            ids.push(u);
+            parent.push(parent.len());
+            parent.len() - 1
+        })
+    };
+    let pairs: Vec<(usize, usize)> = edges
+        .iter()
+        .map(|(a, b)| {
+            (
+                node(*a, &mut ids, &mut parent),
+                node(*b, &mut ids, &mut parent),
+            )
+        })
+        .collect();
+    for (a, b) in &pairs {
+        let (ra, rb) = (find(&mut parent, *a), find(&mut parent, *b));
+        if ra != rb {
+            parent[ra.max(rb)] = ra.min(rb);
+        }
+    }
+    let mut groups: HashMap<usize, Chain> = HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let r = find(&mut parent, i);
+        groups
+            .entry(r)
+            .or_insert_with(|| Chain {
+                people: Vec::new(),
+                edges: Vec::new(),
+            })
+            .people
+            .push(*id);
+    }
+    for ((a, _), e) in pairs.iter().zip(edges) {
+        let r = find(&mut parent, *a);
+        if let Some(g) = groups.get_mut(&r) {
+            g.edges.push(*e);
+        }
+    }
+    let mut out: Vec<Chain> = groups.into_values().collect();
+    for c in &mut out {
+        c.people.sort();
+    }
+    out.sort_by(|a, b| {
+        b.people
+            .len()
+            .cmp(&a.people.len())
+            .then(a.people.cmp(&b.people))
+    });
+    out
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[test]
+    fn components_are_found_largest_first() {
+        let u = |n| uuid::Uuid::from_u128(n);
+        let c = super::chains(&[(u(1), u(2)), (u(2), u(3)), (u(10), u(11)), (u(3), u(1))]);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].people, vec![u(1), u(2), u(3)]);
+        assert_eq!(c[0].edges.len(), 3);
+        assert_eq!(c[1].people, vec![u(10), u(11)]);
+        assert!(super::chains(&[]).is_empty());
+    }
+}

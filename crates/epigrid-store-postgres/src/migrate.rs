@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_proximity.sql"),
     ),
     (6, "notices", include_str!("../migrations/0006_notices.sql")),
+    (
+        7,
+        "contacts",
+        include_str!("../migrations/0007_contacts.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

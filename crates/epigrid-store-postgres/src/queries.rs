@@ -490,6 +490,18 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<epigrid_core::trace::PendingContact>> {
         self.pending_impl(notice_id).await
     }
+    async fn upsert_contacts(
+        &self,
+        rows: &[epigrid_core::trace::ContactRecord],
+    ) -> StoreResult<Vec<Uuid>> {
+        self.upsert_contacts_impl(rows).await
+    }
+    async fn confirmed_contacts(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<epigrid_core::trace::ContactRecord>> {
+        self.confirmed_contacts_impl(scope).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1609,6 +1621,90 @@ impl PgStore {
                 person_id: r.get(4),
                 reported_at: r.get(5),
                 status: r.get(6),
+            })
+            .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contacts kept between traces
+
+use epigrid_core::trace::ContactRecord;
+
+impl PgStore {
+    pub(crate) async fn upsert_contacts_impl(
+        &self,
+        rows: &[ContactRecord],
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let stmt = tx
+            .prepare(
+                "INSERT INTO contacts (index_person_id, contact_person_id, degree, kinds, exposure_s, score, status, first_found_at, last_found_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+                 ON CONFLICT (index_person_id, contact_person_id) DO UPDATE SET \
+                 degree = CASE WHEN EXCLUDED.kinds = '' THEN contacts.degree ELSE EXCLUDED.degree END, \
+                 kinds = CASE WHEN EXCLUDED.kinds = '' THEN contacts.kinds ELSE EXCLUDED.kinds END, \
+                 exposure_s = CASE WHEN EXCLUDED.kinds = '' THEN contacts.exposure_s ELSE EXCLUDED.exposure_s END, \
+                 score = CASE WHEN EXCLUDED.kinds = '' THEN contacts.score ELSE EXCLUDED.score END, \
+                 last_found_at = EXCLUDED.last_found_at, \
+                 status = CASE WHEN EXCLUDED.status = 'confirmed' THEN 'confirmed' ELSE contacts.status END \
+                 RETURNING (xmax = 0)",
+            )
+            .await
+            .map_err(map_err)?;
+        let mut new = Vec::new();
+        // a fixed order keeps concurrent upserts from deadlocking
+        let mut rows = rows.to_vec();
+        rows.sort_by_key(|r| (r.index_person_id, r.contact_person_id));
+        for r in &rows {
+            let row = tx
+                .query_one(
+                    &stmt,
+                    &[
+                        &r.index_person_id,
+                        &r.contact_person_id,
+                        &r.degree,
+                        &r.kinds,
+                        &r.exposure_s,
+                        &r.score,
+                        &r.status,
+                        &r.found_at,
+                    ],
+                )
+                .await
+                .map_err(map_err)?;
+            if row.get::<_, bool>(0) {
+                new.push(r.contact_person_id);
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(new)
+    }
+
+    pub(crate) async fn confirmed_contacts_impl(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<ContactRecord>> {
+        let (lo, hi) = scope.bounds();
+        Ok(self
+            .query(
+                "SELECT k.index_person_id, k.contact_person_id, k.degree, k.kinds, k.exposure_s, k.score, k.status, k.last_found_at \
+                 FROM contacts k JOIN persons p ON p.id = k.contact_person_id \
+                 WHERE k.status = 'confirmed' AND p.area_path >= $1 AND p.area_path < $2",
+                &[&lo, &hi],
+            )
+            .await?
+            .iter()
+            .map(|r| ContactRecord {
+                index_person_id: r.get(0),
+                contact_person_id: r.get(1),
+                degree: r.get(2),
+                kinds: r.get(3),
+                exposure_s: r.get(4),
+                score: r.get(5),
+                status: r.get(6),
+                found_at: r.get(7),
             })
             .collect())
     }

@@ -688,6 +688,18 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<epigrid_core::trace::PendingContact>> {
         self.pending_impl(notice_id).await
     }
+    async fn upsert_contacts(
+        &self,
+        rows: &[epigrid_core::trace::ContactRecord],
+    ) -> StoreResult<Vec<Uuid>> {
+        self.upsert_contacts_impl(rows).await
+    }
+    async fn confirmed_contacts(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<epigrid_core::trace::ContactRecord>> {
+        self.confirmed_contacts_impl(scope).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1949,6 +1961,82 @@ impl SqliteStore {
                         person_id: r.get::<_, U>(4)?.0,
                         reported_at: time(r.get(5)?),
                         status: r.get(6)?,
+                    })
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contacts kept between traces
+
+use epigrid_core::trace::ContactRecord;
+
+impl SqliteStore {
+    pub(crate) async fn upsert_contacts_impl(
+        &self,
+        rows: &[ContactRecord],
+    ) -> StoreResult<Vec<Uuid>> {
+        let rows = rows.to_vec();
+        self.write(move |c| {
+            let mut new = Vec::new();
+            for r in &rows {
+                let (i, p) = (r.index_person_id.to_string(), r.contact_person_id.to_string());
+                let known = c
+                    .prepare_cached("SELECT 1 FROM contacts WHERE index_person_id = ?1 AND contact_person_id = ?2")
+                    .map_err(map_err)?
+                    .exists([&i, &p])
+                    .map_err(map_err)?;
+                if !known {
+                    new.push(r.contact_person_id);
+                }
+                c.prepare_cached(
+                    "INSERT INTO contacts (index_person_id, contact_person_id, degree, kinds, exposure_s, score, status, first_found_at, last_found_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
+                     ON CONFLICT (index_person_id, contact_person_id) DO UPDATE SET \
+                     degree = CASE WHEN excluded.kinds = '' THEN contacts.degree ELSE excluded.degree END, \
+                     kinds = CASE WHEN excluded.kinds = '' THEN contacts.kinds ELSE excluded.kinds END, \
+                     exposure_s = CASE WHEN excluded.kinds = '' THEN contacts.exposure_s ELSE excluded.exposure_s END, \
+                     score = CASE WHEN excluded.kinds = '' THEN contacts.score ELSE excluded.score END, \
+                     last_found_at = excluded.last_found_at, \
+                     status = CASE WHEN excluded.status = 'confirmed' THEN 'confirmed' ELSE contacts.status END",
+                )
+                .map_err(map_err)?
+                .execute(params![i, p, r.degree, r.kinds, r.exposure_s, r.score, r.status, micros(r.found_at)])
+                .map_err(map_err)?;
+            }
+            Ok(new)
+        })
+        .await
+    }
+
+    pub(crate) async fn confirmed_contacts_impl(
+        &self,
+        scope: &Scope,
+    ) -> StoreResult<Vec<ContactRecord>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT k.index_person_id, k.contact_person_id, k.degree, k.kinds, k.exposure_s, k.score, k.status, k.last_found_at \
+                     FROM contacts k JOIN persons p ON p.id = k.contact_person_id \
+                     WHERE k.status = 'confirmed' AND p.area_path >= ?1 AND p.area_path < ?2",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![lo, hi], |r| {
+                    Ok(ContactRecord {
+                        index_person_id: r.get::<_, U>(0)?.0,
+                        contact_person_id: r.get::<_, U>(1)?.0,
+                        degree: r.get(2)?,
+                        kinds: r.get(3)?,
+                        exposure_s: r.get(4)?,
+                        score: r.get(5)?,
+                        status: r.get(6)?,
+                        found_at: time(r.get(7)?),
                     })
                 })
                 .map_err(map_err)?;

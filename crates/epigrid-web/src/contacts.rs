@@ -220,13 +220,57 @@ pub(crate) async fn run_trace(
             })).collect::<Vec<_>>(),
         }));
     }
+    // Keep what was found; a re-run after new data marks what is new.
+    let now = Utc::now();
+    let records: Vec<epigrid_core::trace::ContactRecord> = contacts
+        .iter()
+        .filter_map(|c| {
+            Some(epigrid_core::trace::ContactRecord {
+                index_person_id: person.id,
+                contact_person_id: c["person_id"]
+                    .as_str()
+                    .and_then(|s| Uuid::parse_str(s).ok())?,
+                degree: c["degree"].as_i64().unwrap_or(1) as i32,
+                kinds: c["kinds"]
+                    .as_array()
+                    .map(|k| {
+                        k.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default(),
+                exposure_s: c["exposure_s"].as_i64().unwrap_or(0),
+                score: c["score"].as_f64().unwrap_or(0.0),
+                status: "pending".into(),
+                found_at: now,
+            })
+        })
+        .collect();
+    let new: std::collections::HashSet<Uuid> = st
+        .store
+        .upsert_contacts(&records)
+        .await?
+        .into_iter()
+        .collect();
+    for c in &mut contacts {
+        let is_new = c["person_id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .is_some_and(|id| new.contains(&id));
+        c["new"] = json!(is_new);
+    }
     staff
         .audit(
             st,
             "trace",
             &format!("person:{}", person.id),
             &person.area_path,
-            &format!("degree={degree} contacts={}", contacts.len()),
+            &format!(
+                "degree={degree} contacts={} new={}",
+                contacts.len(),
+                new.len()
+            ),
         )
         .await;
     Ok((from, to, contacts))
@@ -366,6 +410,20 @@ pub(crate) async fn confirm(
             links.push(json!({"person_id": p.id, "grid_worker_id": worker.map(|u| u.id), "report_url": format!("{}/r/{token}", base.trim_end_matches('/'))}));
         }
     }
+    let now = Utc::now();
+    let edges: Vec<epigrid_core::trace::ContactRecord> = people
+        .iter()
+        .map(|p| epigrid_core::trace::ContactRecord {
+            index_person_id: index.id,
+            contact_person_id: p.id,
+            degree: 1,
+            kinds: String::new(),
+            exposure_s: 0,
+            score: 0.0,
+            status: "confirmed".into(),
+            found_at: now,
+        })
+        .collect();
     match st.store.classify_many(&changes, &observations).await {
         Err(epigrid_core::store::StoreError::Conflict(_)) => {
             return Err(ApiError::Conflict("err.category.changed_meanwhile"))
@@ -385,6 +443,7 @@ pub(crate) async fn confirm(
             ),
         )
         .await;
+    st.store.upsert_contacts(&edges).await?;
     Ok((changes.len(), links))
 }
 

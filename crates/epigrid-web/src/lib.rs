@@ -10,6 +10,7 @@
 
 mod api;
 mod auth;
+mod chains;
 mod contacts;
 mod error;
 mod feed;
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(persons::routes())
         .merge(contacts::routes())
         .merge(notices::routes())
+        .merge(chains::routes())
         .route("/assets/{*file}", get(staff::asset))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -1683,3 +1683,205 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let venue = app.site(SiteKind::Venue, "150802").clone();
+    let case_id = cn_id("150802", "19800101", 61);
+    for (id, name) in [
+        (case_id.clone(), "病例庚"),
+        (cn_id("150802", "19800101", 62), "同场辛"),
+    ] {
+        assert_eq!(
+            app.register(
+                &venue,
+                &json!({"name": name, "id_number": id, "phone": "13500000061"})
+            )
+            .await
+            .status(),
+            201
+        );
+    }
+    let v: Value = app
+        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let first: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["contacts"][0]["new"], true);
+    let second: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["contacts"][0]["new"], false, "seen before");
+    // a newcomer at the same place shows up as new on the next run
+    assert_eq!(app.register(&venue, &json!({"name": "后来壬", "id_number": cn_id("150802", "19800101", 63), "phone": "13500000063"})).await.status(), 201);
+    let third: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let news: Vec<bool> = third["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["new"].as_bool().unwrap())
+        .collect();
+    assert_eq!(news.iter().filter(|n| **n).count(), 1, "{third}");
+
+    assert!(
+        app.get("/api/v1/chains", Some(&epi))
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["items"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "no chain before confirmation"
+    );
+    let c1 = second["contacts"][0]["person_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/contacts"),
+            &json!({"person_ids": [c1], "reason": "同场所"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let chains: Value = app
+        .get("/api/v1/chains", Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = chains["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(
+        (items[0]["size"].as_u64(), items[0]["active"].as_bool()),
+        (Some(2), Some(true))
+    );
+    let csv = app
+        .get("/api/v1/chains/edges.csv", Some(&epi))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.starts_with('\u{feff}') && csv.contains(&pid) && csv.contains(&c1));
+    let graphml = app
+        .get("/api/v1/chains/graph.graphml", Some(&epi))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        graphml.contains("<graphml")
+            && graphml.contains(&format!("<node id=\"{c1}\""))
+            && graphml.contains("close_contact")
+    );
+    assert!(!graphml.contains("同场辛"), "no names in the graph file");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn contacts_are_kept_alike_on_every_store() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let a = registered_person(
+            store.as_ref(),
+            &sites[0],
+            &cn_id("150802", "19800101", 71),
+            "甲",
+        )
+        .await;
+        let b = registered_person(
+            store.as_ref(),
+            &sites[0],
+            &cn_id("150802", "19800101", 72),
+            "乙",
+        )
+        .await;
+        let rec = |status: &str, kinds: &str| epigrid_core::trace::ContactRecord {
+            index_person_id: a,
+            contact_person_id: b,
+            degree: 1,
+            kinds: kinds.into(),
+            exposure_s: 600,
+            score: 1.5,
+            status: status.into(),
+            found_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
+        };
+        assert_eq!(
+            store
+                .upsert_contacts(&[rec("pending", "co_location")])
+                .await
+                .unwrap(),
+            vec![b],
+            "{name}: new"
+        );
+        assert!(
+            store
+                .upsert_contacts(&[rec("pending", "co_location")])
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: known"
+        );
+        assert!(
+            store
+                .confirmed_contacts(&Scope::all())
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
+        store
+            .upsert_contacts(&[rec("confirmed", "")])
+            .await
+            .unwrap();
+        store
+            .upsert_contacts(&[rec("pending", "co_location,vehicle")])
+            .await
+            .unwrap();
+        let confirmed = store.confirmed_contacts(&Scope::all()).await.unwrap();
+        assert_eq!(confirmed.len(), 1, "{name}: confirmation sticks");
+        assert_eq!(
+            confirmed[0].kinds, "co_location,vehicle",
+            "{name}: figures follow the latest trace"
+        );
+        assert!(
+            store
+                .confirmed_contacts(&Scope::new("/150800/150821/"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: scope"
+        );
+    }
+}
