@@ -19,6 +19,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/chains", get(list))
         .route("/api/v1/chains/edges.csv", get(edges_csv))
         .route("/api/v1/chains/graph.graphml", get(graphml))
+        .route("/api/v1/chains/{n}/graph.svg", get(chain_svg))
 }
 
 /// The chains in the caller's scope; people outside it appear only as an id.
@@ -141,4 +142,132 @@ async fn graphml(State(st): State<AppState>, staff: Staff) -> ApiResult<Response
         out,
     )
         .into_response())
+}
+
+/// Most nodes drawn in one layer; the rest are collapsed into a "+N" node.
+const LAYER_MAX: usize = 40;
+
+/// `GET /api/v1/chains/{n}/graph.svg`: chain `n` drawn top-down from its first cases, one
+/// layer per generation, each node in its category colour with the category written in it;
+/// wide layers are collapsed so that large chains stay readable.
+async fn chain_svg(
+    State(st): State<AppState>,
+    staff: Staff,
+    axum::extract::Path(n): axum::extract::Path<usize>,
+) -> ApiResult<Response> {
+    let (items, _) = build(&st, &staff).await?;
+    let chain = items
+        .get(n.wrapping_sub(1))
+        .ok_or(crate::error::ApiError::NotFound)?;
+    let lang = crate::error::current_lang();
+    let people: Vec<&Value> = chain["people"]
+        .as_array()
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let edges: Vec<(String, String)> = chain["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["from"].as_str().unwrap_or("").to_string(),
+                e["to"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    // generations: roots have no incoming edge; BFS gives each person their first depth
+    let targets: std::collections::HashSet<&str> = edges.iter().map(|e| e.1.as_str()).collect();
+    let mut depth: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut parent: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let mut queue: std::collections::VecDeque<String> = people
+        .iter()
+        .filter_map(|p| p["person_id"].as_str())
+        .filter(|id| !targets.contains(id))
+        .map(String::from)
+        .collect();
+    if queue.is_empty() {
+        if let Some(first) = people.first().and_then(|p| p["person_id"].as_str()) {
+            queue.push_back(first.to_string());
+        }
+    }
+    for q in &queue {
+        depth.insert(q.clone(), 0);
+    }
+    while let Some(id) = queue.pop_front() {
+        let d = depth[&id];
+        for (a, b) in &edges {
+            if *a == id && !depth.contains_key(b) {
+                depth.insert(b.clone(), d + 1);
+                parent.insert(b.clone(), a.clone());
+                queue.push_back(b.clone());
+            }
+        }
+    }
+    let layers = depth.values().max().map(|m| m + 1).unwrap_or(1);
+    let mut rows: Vec<Vec<&Value>> = vec![Vec::new(); layers];
+    for p in &people {
+        let id = p["person_id"].as_str().unwrap_or("");
+        rows[*depth.get(id).unwrap_or(&0)].push(p);
+    }
+    let (w, h, gap_y) = (120.0_f64, 44.0_f64, 90.0_f64);
+    let width = rows
+        .iter()
+        .map(|r| r.len().min(LAYER_MAX + 1))
+        .max()
+        .unwrap_or(1) as f64
+        * (w + 12.0)
+        + 40.0;
+    let height = layers as f64 * gap_y + 60.0;
+    let mut pos: std::collections::HashMap<String, (f64, f64)> = std::collections::HashMap::new();
+    let mut nodes = String::new();
+    for (d, row) in rows.iter().enumerate() {
+        let y = 40.0 + d as f64 * gap_y;
+        for (i, p) in row.iter().take(LAYER_MAX).enumerate() {
+            let x = 20.0 + i as f64 * (w + 12.0);
+            let id = p["person_id"].as_str().unwrap_or("");
+            pos.insert(id.to_string(), (x + w / 2.0, y));
+            let cat = p["category"].as_str().and_then(Category::parse);
+            let (fill, label) = match cat {
+                Some(c) => (c.colour(), epigrid_core::i18n::t(lang, c.label_key())),
+                None => ("#bdbdbd", "—"),
+            };
+            let name = p["name"].as_str().unwrap_or("");
+            nodes.push_str(&format!(
+                "<g><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{h}\" rx=\"6\" fill=\"{fill}\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#fff\" font-size=\"13\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#fff\" font-size=\"11\">{}</text></g>\n",
+                x + w / 2.0, y + 18.0, esc(name), x + w / 2.0, y + 35.0, esc(label)
+            ));
+        }
+        if row.len() > LAYER_MAX {
+            let x = 20.0 + LAYER_MAX as f64 * (w + 12.0);
+            nodes.push_str(&format!(
+                "<g><rect x=\"{x}\" y=\"{y}\" width=\"{w}\" height=\"{h}\" rx=\"6\" fill=\"#eeeeee\" stroke=\"#757575\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"14\">+{}</text></g>\n",
+                x + w / 2.0, y + 27.0, row.len() - LAYER_MAX
+            ));
+        }
+    }
+    let mut lines = String::new();
+    for (child, par) in &parent {
+        if let (Some((x1, y1)), Some((x2, y2))) = (pos.get(par), pos.get(child)) {
+            lines.push_str(&format!("<line x1=\"{x1}\" y1=\"{}\" x2=\"{x2}\" y2=\"{y2}\" stroke=\"#616161\" stroke-width=\"1.5\"/>\n", y1 + h));
+        }
+    }
+    let title = format!(
+        "{} {n} · {} {}",
+        epigrid_core::i18n::t(lang, "chain.title"),
+        chain["size"],
+        epigrid_core::i18n::t(lang, "chain.people")
+    );
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"system-ui,sans-serif\">\n<title>{}</title>\n<text x=\"20\" y=\"24\" font-size=\"16\">{}</text>\n{lines}{nodes}</svg>\n",
+        esc(&title),
+        esc(&title)
+    );
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

@@ -118,6 +118,7 @@ pub fn spec() -> Value {
             "/api/v1/persons/{id}/notices": {"post": op("publish a contact-search notice (协查通告) from the case's registrations: places and time spans, no personal data", "tracing", true, json!([path_param("id", "case person id")]), Some(json!({"type": "object", "properties": {"from": {"type": "string"}, "to": {"type": "string"}}})), ("201", "{id, url, entries}"))},
             "/api/v1/notices/{id}": {"get": op("a notice and the people who came forward (masked, pending review)", "tracing", true, json!([path_param("id", "notice id")]), None, ("200", "{entries, came_forward}"))},
             "/api/v1/chains": {"get": op("transmission chains: people linked by confirmed contacts, size and whether active", "tracing", true, json!([]), None, ("200", "{items:[{chain, size, active, people, edges}]}"))},
+            "/api/v1/chains/{n}/graph.svg": {"get": op("chain n drawn top-down by generation, categories in colour and words, wide layers collapsed", "tracing", true, json!([path_param("n", "chain number from /api/v1/chains")]), None, ("200", "image/svg+xml"))},
             "/api/v1/chains/edges.csv": {"get": op("confirmed contact edges as CSV, audited", "tracing", true, json!([]), None, ("200", "text/csv"))},
             "/api/v1/chains/graph.graphml": {"get": op("the contact graph as GraphML, audited", "tracing", true, json!([]), None, ("200", "application/graphml+xml"))},
             "/api/v1/merges/{id}/undo": {"post": op("undo a merge", "people", true, json!([path_param("id", "merge id")]), None, ("200", "merge"))},

@@ -1807,6 +1807,22 @@ async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
             && graphml.contains("close_contact")
     );
     assert!(!graphml.contains("同场辛"), "no names in the graph file");
+    let svg = app.get("/api/v1/chains/1/graph.svg", Some(&epi)).await;
+    assert_eq!(svg.status(), 200);
+    let svg = svg.text().await.unwrap();
+    assert!(
+        svg.starts_with("<svg")
+            && svg.contains("密切接触者")
+            && svg.contains("同*辛")
+            && svg.contains("<line"),
+        "{svg}"
+    );
+    assert_eq!(
+        app.get("/api/v1/chains/9/graph.svg", Some(&epi))
+            .await
+            .status(),
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1884,4 +1900,70 @@ async fn contacts_are_kept_alike_on_every_store() {
             "{name}: scope"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wide_chains_are_drawn_with_collapsed_layers() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let venue = app.site(SiteKind::Venue, "150802").clone();
+    let case_id = cn_id("150802", "19700101", 100);
+    assert_eq!(
+        app.register(
+            &venue,
+            &json!({"name": "源头", "id_number": case_id, "phone": "13500000100"})
+        )
+        .await
+        .status(),
+        201
+    );
+    for i in 0..45u32 {
+        let r = app.register(&venue, &json!({"name": "同场", "id_number": cn_id("150802", "19700102", 200 + i), "phone": "13500000101"})).await;
+        assert_eq!(r.status(), 201);
+    }
+    let v: Value = app
+        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let t: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = t["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["person_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 45);
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/persons/{pid}/contacts"),
+            &json!({"person_ids": ids, "reason": "同场所"}),
+            Some(&epi)
+        )
+        .await
+        .status(),
+        200
+    );
+    let svg = app
+        .get("/api/v1/chains/1/graph.svg", Some(&epi))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        svg.contains(">+5<"),
+        "45 in one layer: 40 drawn, 5 collapsed"
+    );
+    assert_eq!(svg.matches("<rect").count(), 1 + 40 + 1);
 }
