@@ -24,6 +24,7 @@ macro_rules! wire_enum {
 pub mod area;
 pub mod divisions;
 pub mod i18n;
+pub mod matching;
 pub mod model;
 pub mod person;
 pub mod register;

@@ -135,6 +135,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         scope: &Scope,
     ) -> StoreResult<Vec<crate::trace::ContactRecord>>;
+    /// Stores an uploaded list's summary and its matches, all or nothing.
+    async fn insert_list(
+        &self,
+        list: &ListRecord,
+        matches: &[crate::matching::ListMatch],
+    ) -> StoreResult<()>;
+    /// A list (if uploaded in the scope) and its matches to people in the scope.
+    async fn list_matches(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<(ListRecord, Vec<(crate::matching::ListMatch, Person)>)>>;
     /// Stores a notice with its entries.
     async fn insert_notice(&self, notice: &crate::trace::Notice) -> StoreResult<()>;
     /// A notice (with entries) by its public token.
@@ -214,6 +226,18 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
     /// Newest first, entries whose subject lies in the scope (or that the scope's users made).
     async fn audit_log(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// An uploaded list from another agency (its rows are not kept, only their matches).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ListRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub uploaded_by: Option<Uuid>,
+    pub area_path: String,
+    pub created_at: DateTime<Utc>,
+    pub rows: i32,
+    pub bad_rows: i32,
 }
 
 /// Rollup metric names written with each registration.

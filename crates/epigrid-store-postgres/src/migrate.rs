@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "contacts",
         include_str!("../migrations/0007_contacts.sql"),
     ),
+    (8, "lists", include_str!("../migrations/0008_lists.sql")),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -502,6 +502,25 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<epigrid_core::trace::ContactRecord>> {
         self.confirmed_contacts_impl(scope).await
     }
+    async fn insert_list(
+        &self,
+        list: &epigrid_core::store::ListRecord,
+        matches: &[epigrid_core::matching::ListMatch],
+    ) -> StoreResult<()> {
+        self.insert_list_impl(list, matches).await
+    }
+    async fn list_matches(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<
+        Option<(
+            epigrid_core::store::ListRecord,
+            Vec<(epigrid_core::matching::ListMatch, Person)>,
+        )>,
+    > {
+        self.list_matches_impl(id, scope).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1707,5 +1726,108 @@ impl PgStore {
                 found_at: r.get(7),
             })
             .collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists from other agencies
+
+use epigrid_core::matching::ListMatch;
+use epigrid_core::store::ListRecord;
+
+impl PgStore {
+    pub(crate) async fn insert_list_impl(
+        &self,
+        l: &ListRecord,
+        matches: &[ListMatch],
+    ) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        tx.execute(
+            "INSERT INTO lists (id, name, uploaded_by, area_path, created_at, rows, bad_rows) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&l.id, &l.name, &l.uploaded_by, &l.area_path, &l.created_at, &l.rows, &l.bad_rows],
+        )
+        .await
+        .map_err(map_err)?;
+        let stmt = tx
+            .prepare(
+                "INSERT INTO list_matches (list_id, line, person_id, method, confidence, review) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(map_err)?;
+        for m in matches {
+            let line = m.line as i32;
+            tx.execute(
+                &stmt,
+                &[
+                    &l.id,
+                    &line,
+                    &m.person_id,
+                    &m.method,
+                    &m.confidence,
+                    &m.review,
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    pub(crate) async fn list_matches_impl(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<(ListRecord, Vec<(ListMatch, Person)>)>> {
+        let (lo, hi) = scope.bounds();
+        let Some(r) = self
+            .query_opt(
+                "SELECT id, name, uploaded_by, area_path, created_at, rows, bad_rows FROM lists WHERE id = $1 AND area_path >= $2 AND area_path < $3",
+                &[&id, &lo, &hi],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let l = ListRecord {
+            id: r.get(0),
+            name: r.get(1),
+            uploaded_by: r.get(2),
+            area_path: r.get(3),
+            created_at: r.get(4),
+            rows: r.get(5),
+            bad_rows: r.get(6),
+        };
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {PERSON_COLS}, m.line, m.method, m.confidence, m.review FROM list_matches m \
+                     JOIN persons p ON p.id = m.person_id WHERE m.list_id = $1 AND p.area_path >= $2 AND p.area_path < $3 \
+                     ORDER BY m.line, m.confidence DESC"
+                ),
+                &[&id, &lo, &hi],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let person = person_row(r)?;
+            let method: String = r.get(16);
+            let method = ["id_number", "phone", "name_birth_date", "plate"]
+                .into_iter()
+                .find(|m| *m == method)
+                .unwrap_or("other");
+            out.push((
+                ListMatch {
+                    line: r.get::<_, i32>(15) as usize,
+                    person_id: person.id,
+                    method,
+                    confidence: r.get(17),
+                    review: r.get(18),
+                },
+                person,
+            ));
+        }
+        Ok(Some((l, out)))
     }
 }

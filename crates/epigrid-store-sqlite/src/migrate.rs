@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "contacts",
         include_str!("../migrations/0007_contacts.sql"),
     ),
+    (8, "lists", include_str!("../migrations/0008_lists.sql")),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

@@ -700,6 +700,25 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<epigrid_core::trace::ContactRecord>> {
         self.confirmed_contacts_impl(scope).await
     }
+    async fn insert_list(
+        &self,
+        list: &epigrid_core::store::ListRecord,
+        matches: &[epigrid_core::matching::ListMatch],
+    ) -> StoreResult<()> {
+        self.insert_list_impl(list, matches).await
+    }
+    async fn list_matches(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<
+        Option<(
+            epigrid_core::store::ListRecord,
+            Vec<(epigrid_core::matching::ListMatch, Person)>,
+        )>,
+    > {
+        self.list_matches_impl(id, scope).await
+    }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
     }
@@ -1066,24 +1085,28 @@ const OBS_COLS: &str = "o.id, o.person_id, o.kind, o.site_id, o.start_date, o.pl
     o.release_reason, o.grid_worker_id, o.token_hash, o.token_revoked, o.reports_per_day, o.area_path, o.created_at, o.created_by";
 
 fn person_row(r: &Row<'_>) -> rusqlite::Result<Person> {
-    let dt: Option<String> = r.get(2)?;
-    let sex: Option<String> = r.get(6)?;
+    person_row_at(r, 0)
+}
+
+fn person_row_at(r: &Row<'_>, o: usize) -> rusqlite::Result<Person> {
+    let dt: Option<String> = r.get(o + 2)?;
+    let sex: Option<String> = r.get(o + 6)?;
     Ok(Person {
-        id: r.get::<_, U>(0)?.0,
-        name: r.get(1)?,
+        id: r.get::<_, U>(o)?.0,
+        name: r.get(o + 1)?,
         doc_type: dt.as_deref().and_then(DocType::parse),
-        doc_masked: r.get(3)?,
-        phone_masked: r.get(4)?,
-        birth_date: date(r.get(5)?),
+        doc_masked: r.get(o + 3)?,
+        phone_masked: r.get(o + 4)?,
+        birth_date: date(r.get(o + 5)?),
         sex: sex.as_deref().and_then(Sex::parse),
-        home_area_code: r.get(7)?,
-        area_path: r.get(8)?,
-        provisional: r.get(9)?,
-        merged_into: r.get::<_, Option<U>>(10)?.map(|u| u.0),
-        category: parse_enum(&r.get::<_, String>(11)?, Category::parse)?,
-        category_since: r.get::<_, Option<i64>>(12)?.map(time),
-        created_at: time(r.get(13)?),
-        last_seen_at: time(r.get(14)?),
+        home_area_code: r.get(o + 7)?,
+        area_path: r.get(o + 8)?,
+        provisional: r.get(o + 9)?,
+        merged_into: r.get::<_, Option<U>>(o + 10)?.map(|u| u.0),
+        category: parse_enum(&r.get::<_, String>(o + 11)?, Category::parse)?,
+        category_since: r.get::<_, Option<i64>>(o + 12)?.map(time),
+        created_at: time(r.get(o + 13)?),
+        last_seen_at: time(r.get(o + 14)?),
     })
 }
 
@@ -2041,6 +2064,89 @@ impl SqliteStore {
                 })
                 .map_err(map_err)?;
             collect(rows)
+        })
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists from other agencies
+
+use epigrid_core::matching::ListMatch;
+use epigrid_core::store::ListRecord;
+
+impl SqliteStore {
+    pub(crate) async fn insert_list_impl(
+        &self,
+        l: &ListRecord,
+        matches: &[ListMatch],
+    ) -> StoreResult<()> {
+        let (l, matches) = (l.clone(), matches.to_vec());
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO lists (id, name, uploaded_by, area_path, created_at, rows, bad_rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(map_err)?
+            .execute(params![l.id.to_string(), l.name, l.uploaded_by.map(|u| u.to_string()), l.area_path, micros(l.created_at), l.rows, l.bad_rows])
+            .map_err(map_err)?;
+            let mut stmt = c
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO list_matches (list_id, line, person_id, method, confidence, review) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(map_err)?;
+            for m in &matches {
+                stmt.execute(params![l.id.to_string(), m.line as i64, m.person_id.to_string(), m.method, m.confidence, m.review])
+                    .map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn list_matches_impl(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<(ListRecord, Vec<(ListMatch, Person)>)>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let l = c
+                .prepare_cached(
+                    "SELECT id, name, uploaded_by, area_path, created_at, rows, bad_rows FROM lists WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3",
+                )
+                .map_err(map_err)?
+                .query_row(params![id.to_string(), lo, hi], |r| {
+                    Ok(ListRecord {
+                        id: r.get::<_, U>(0)?.0,
+                        name: r.get(1)?,
+                        uploaded_by: r.get::<_, Option<U>>(2)?.map(|u| u.0),
+                        area_path: r.get(3)?,
+                        created_at: time(r.get(4)?),
+                        rows: r.get(5)?,
+                        bad_rows: r.get(6)?,
+                    })
+                })
+                .optional()
+                .map_err(map_err)?;
+            let Some(l) = l else { return Ok(None) };
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT m.line, m.person_id, m.method, m.confidence, m.review, {PERSON_COLS} FROM list_matches m \
+                     JOIN persons p ON p.id = m.person_id WHERE m.list_id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3 \
+                     ORDER BY m.line, m.confidence DESC"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![id.to_string(), lo, hi], |r| {
+                    let method: String = r.get(2)?;
+                    let method = ["id_number", "phone", "name_birth_date", "plate"].into_iter().find(|m| *m == method).unwrap_or("other");
+                    Ok((
+                        ListMatch { line: r.get::<_, i64>(0)? as usize, person_id: r.get::<_, U>(1)?.0, method, confidence: r.get(3)?, review: r.get(4)? },
+                        person_row_at(r, 5)?,
+                    ))
+                })
+                .map_err(map_err)?;
+            Ok(Some((l, collect(rows)?)))
         })
         .await
     }

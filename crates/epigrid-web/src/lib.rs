@@ -14,6 +14,7 @@ mod chains;
 mod contacts;
 mod error;
 mod feed;
+mod lists;
 mod metrics;
 mod notices;
 mod openapi;
@@ -26,6 +27,7 @@ mod view;
 
 pub use api::valid_username;
 pub use auth::hash_password;
+pub use lists::decode_text;
 pub use openapi::spec as openapi_spec;
 pub use state::{parse_observation_days, AppState, WebConfig};
 
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(contacts::routes())
         .merge(notices::routes())
         .merge(chains::routes())
+        .merge(lists::routes())
         .route("/assets/{*file}", get(staff::asset))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -121,6 +121,8 @@ pub fn spec() -> Value {
             "/api/v1/chains/{n}/graph.svg": {"get": op("chain n drawn top-down by generation, categories in colour and words, wide layers collapsed", "tracing", true, json!([path_param("n", "chain number from /api/v1/chains")]), None, ("200", "image/svg+xml"))},
             "/api/v1/chains/edges.csv": {"get": op("confirmed contact edges as CSV, audited", "tracing", true, json!([]), None, ("200", "text/csv"))},
             "/api/v1/chains/graph.graphml": {"get": op("the contact graph as GraphML, audited", "tracing", true, json!([]), None, ("200", "application/graphml+xml"))},
+            "/api/v1/lists": {"post": op("upload a list (CSV body, UTF-8 or GBK; columns by name) and match it against known people (比对)", "tracing", true, json!([query("name", "list name")]), None, ("201", "{id, rows, bad_rows, errors:[{line, field, message}], matched, to_review}"))},
+            "/api/v1/lists/{id}/matches": {"get": op("matches of a list in scope: method, confidence, review flag", "tracing", true, json!([path_param("id", "list id")]), None, ("200", "{list, items}"))},
             "/api/v1/merges/{id}/undo": {"post": op("undo a merge", "people", true, json!([path_param("id", "merge id")]), None, ("200", "merge"))},
             "/api/v1/observations": {"get": op("line lists in scope", "people", true, json!([query("status", "reported_today, not_reported, overdue, symptomatic, ending_soon, ended"), query("grid_worker", "user id")]), None, ("200", "{items}"))},
             "/api/v1/observations/{id}": {"patch": op("extend, release (early release needs a negative test), revoke or renew the link", "people", true, json!([path_param("id", "observation id")]), Some(json!({"type": "object"})), ("200", "observation"))},

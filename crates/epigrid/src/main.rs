@@ -146,6 +146,17 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum ImportCommand {
+    /// A list from another agency (CSV, columns by name: 身份证号/id_number, 手机/phone,
+    /// 姓名/name, 车牌/plate, 出生日期/birth_date) matched against the people epigrid knows.
+    List {
+        /// The file.
+        file: PathBuf,
+        /// A name for the list (e.g. "K1234 passengers 11-28").
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Proximity records (contact tokens, studies): CSV time,a,b[,duration_s] or "t i j";
     /// a and b are ID numbers of registered people.
     Proximity {
@@ -482,6 +493,83 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             println!(
                 "{}",
                 tf(lang, "cli.migrate.done", &[("backend", store.backend())])
+            );
+            Ok(())
+        }
+        Command::Import {
+            what: ImportCommand::List { file, name, db },
+        } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            let store = open_store(&db).await?;
+            let vault = open_vault(&db)?;
+            let text = epigrid_web::decode_text(&bytes)
+                .ok_or_else(|| anyhow!(tf(lang, "err.list.encoding", &[])))?;
+            let parsed = epigrid_core::matching::parse_list(&text);
+            for (line, e) in &parsed.errors {
+                eprintln!(
+                    "{}",
+                    tf(
+                        lang,
+                        "cli.import.row_error",
+                        &[
+                            ("line", &line.to_string()),
+                            ("field", &e.field),
+                            ("message", &e.message(lang))
+                        ]
+                    )
+                );
+            }
+            let total = parsed.rows.len().max(1);
+            let mut last = 0;
+            let mut progress = |done: usize| {
+                let pct = done * 100 / total;
+                if pct >= last + 5 || done == total {
+                    last = pct;
+                    eprint!(
+                        "\r{} {pct:>3}% ({done}/{total})",
+                        tf(lang, "cli.import.matching", &[])
+                    );
+                }
+            };
+            let found = epigrid_core::matching::match_rows(
+                store.as_ref(),
+                &vault,
+                &parsed.rows,
+                &mut progress,
+            )
+            .await?;
+            eprintln!();
+            let list = epigrid_core::store::ListRecord {
+                id: epigrid_core::vault::new_id(),
+                name,
+                uploaded_by: None,
+                area_path: "/".into(),
+                created_at: Utc::now(),
+                rows: (parsed.rows.len() + parsed.errors.len()) as i32,
+                bad_rows: parsed
+                    .errors
+                    .iter()
+                    .map(|(l, _)| *l)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len() as i32,
+            };
+            store.insert_list(&list, &found).await?;
+            println!(
+                "{}",
+                tf(
+                    lang,
+                    "cli.import.list.done",
+                    &[
+                        ("id", &list.id.to_string()),
+                        ("rows", &parsed.rows.len().to_string()),
+                        ("bad", &list.bad_rows.to_string()),
+                        ("matched", &found.len().to_string()),
+                        (
+                            "review",
+                            &found.iter().filter(|m| m.review).count().to_string()
+                        ),
+                    ]
+                )
             );
             Ok(())
         }

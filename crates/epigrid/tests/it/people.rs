@@ -1967,3 +1967,141 @@ async fn wide_chains_are_drawn_with_collapsed_layers() {
     );
     assert_eq!(svg.matches("<rect").count(), 1 + 40 + 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_are_matched_by_id_phone_name_and_birth_date_with_bad_rows_listed() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let known = cn_id("150802", "19850312", 81);
+    let p1 = person_via_api(&app, &known, "钱一", "13600000081", &epi).await;
+    let p2 = person_via_api(
+        &app,
+        &cn_id("150802", "19900505", 82),
+        "孙二",
+        "13600000082",
+        &epi,
+    )
+    .await;
+    let csv = format!(
+        "\u{feff}姓名,身份证号,手机,出生日期\n钱一,{known},,\n孙二,,13600000082,\n孙二,,,1990-05-05\n某人,123,,\n陌生,{},,\n",
+        cn_id("110105", "19700101", 83)
+    );
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "K1234 乘客")])
+        .bearer_auth(&epi)
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["rows"].as_u64(), v["bad_rows"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_eq!(v["errors"][0]["line"], 5);
+    assert_eq!(v["errors"][0]["field"], "id_number");
+    let id = v["id"].as_str().unwrap();
+    let m: Value = app
+        .get(&format!("/api/v1/lists/{id}/matches"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<(u64, &str, &str, bool)> = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["line"].as_u64().unwrap(),
+                x["person"]["id"].as_str().unwrap(),
+                x["method"].as_str().unwrap(),
+                x["review"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (2, p1.as_str(), "id_number", false),
+            (3, p2.as_str(), "phone", false),
+            (4, p2.as_str(), "name_birth_date", true)
+        ]
+    );
+    assert!(!m.to_string().contains(&known), "masked");
+    let other = app.token("wuyuan", Role::Epidemiologist, "150821").await;
+    assert_eq!(
+        app.get(&format!("/api/v1/lists/{id}/matches"), Some(&other))
+            .await
+            .status(),
+        404
+    );
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "x")])
+        .bearer_auth(&epi)
+        .body("a,b\n1,2\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "no column to match on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_matches_are_stored_alike_on_every_store() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let a = registered_person(
+            store.as_ref(),
+            &sites[0],
+            &cn_id("150802", "19800101", 91),
+            "甲",
+        )
+        .await;
+        let rows = epigrid_core::matching::parse_list(&format!(
+            "id_number\n{}\n",
+            cn_id("150802", "19800101", 91)
+        ))
+        .rows;
+        let found =
+            epigrid_core::matching::match_rows(store.as_ref(), &vault(), &rows, &mut |_| {})
+                .await
+                .unwrap();
+        assert_eq!(
+            found
+                .iter()
+                .map(|m| (m.person_id, m.method))
+                .collect::<Vec<_>>(),
+            vec![(a, "id_number")],
+            "{name}"
+        );
+        let list = epigrid_core::store::ListRecord {
+            id: new_id(),
+            name: "l".into(),
+            uploaded_by: None,
+            area_path: "/150800/".into(),
+            created_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
+            rows: 1,
+            bad_rows: 0,
+        };
+        store.insert_list(&list, &found).await.unwrap();
+        let (back, ms) = store
+            .list_matches(list.id, &Scope::new("/150800/"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((back, ms.len()), (list.clone(), 1), "{name}");
+        assert!(
+            store
+                .list_matches(list.id, &Scope::new("/150800/150821/"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: scope"
+        );
+    }
+}

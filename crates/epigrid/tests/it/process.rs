@@ -97,6 +97,7 @@ fn every_command_has_help() {
         vec!["import", "--help"],
         vec!["import", "areas", "--help"],
         vec!["import", "proximity", "--help"],
+        vec!["import", "list", "--help"],
         vec!["bench", "search", "--help"],
         vec!["user", "--help"],
         vec!["user", "add", "--help"],
