@@ -50,17 +50,45 @@ fn column(name: &str) -> Option<&'static str> {
     })
 }
 
-/// Reads a CSV list (header row first; columns matched by name, order free). Every cell is
-/// validated; a row with a bad cell is reported with its line and field and not matched.
+/// Splits one CSV line into cells (double quotes group commas and double themselves).
+fn csv_cells(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Reads a CSV list (header row first; columns matched by name, order free).
 pub fn parse_list(text: &str) -> ParsedList {
+    let mut lines = text.lines().map(csv_cells);
+    let header = lines.next().unwrap_or_default();
+    parse_rows(header, lines)
+}
+
+/// Reads a list given as rows of cells (from CSV or a spreadsheet): the first is the header.
+/// Every cell is validated; a row with a bad cell is reported with its line and field and is
+/// not matched.
+pub fn parse_rows(header: Vec<String>, rows: impl Iterator<Item = Vec<String>>) -> ParsedList {
     let mut out = ParsedList::default();
-    let mut lines = text.lines().enumerate();
-    let Some((_, header)) = lines.next() else {
+    if header.iter().all(|h| h.trim().is_empty()) {
         out.errors
             .push((1, FieldError::new("header", "err.list.empty")));
         return out;
-    };
-    let cols: Vec<Option<&'static str>> = header.split(',').map(column).collect();
+    }
+    let cols: Vec<Option<&'static str>> = header.iter().map(|h| column(h)).collect();
     if !cols
         .iter()
         .any(|c| matches!(c, Some("id_number" | "phone" | "name" | "plate")))
@@ -69,12 +97,9 @@ pub fn parse_list(text: &str) -> ParsedList {
             .push((1, FieldError::new("header", "err.list.columns")));
         return out;
     }
-    for (i, l) in lines {
-        let line = i + 1;
-        if l.trim().is_empty() {
-            continue;
-        }
-        let cells: Vec<&str> = l.split(',').map(|c| c.trim().trim_matches('"')).collect();
+    for (i, cells) in rows.enumerate() {
+        let line = i + 2;
+        let cells: Vec<&str> = cells.iter().map(|c| c.trim()).collect();
         if cells.iter().all(|c| c.is_empty()) {
             continue;
         }

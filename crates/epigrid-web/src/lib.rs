@@ -27,7 +27,8 @@ mod view;
 
 pub use api::valid_username;
 pub use auth::hash_password;
-pub use lists::decode_text;
+pub use error::ApiError;
+pub use lists::{decode_text, read_list};
 pub use openapi::spec as openapi_spec;
 pub use state::{parse_observation_days, AppState, WebConfig};
 

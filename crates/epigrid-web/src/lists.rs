@@ -52,8 +52,7 @@ async fn upload(
         .map(|s| s.trim())
         .filter(|s| !s.is_empty() && s.chars().count() <= 100)
         .ok_or_else(|| ApiError::field("name", "err.required"))?;
-    let text = decode_text(&body).ok_or_else(|| ApiError::field("body", "err.list.encoding"))?;
-    let parsed = parse_list(&text);
+    let parsed = read_list(&body)?;
     if parsed.rows.is_empty() && parsed.errors.iter().any(|(_, e)| e.field == "header") {
         return Err(ApiError::Invalid(
             parsed.errors.into_iter().map(|(_, e)| e).collect(),
@@ -119,4 +118,25 @@ async fn matches(
             "person": crate::persons::person_json(p),
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// Reads a list file: XLSX (first sheet; every cell as text) or CSV in UTF-8 or GBK.
+pub fn read_list(bytes: &[u8]) -> Result<epigrid_core::matching::ParsedList, ApiError> {
+    use calamine::Reader;
+    if bytes.starts_with(b"PK") {
+        let mut wb: calamine::Xlsx<_> =
+            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes.to_vec()))
+                .map_err(|_| ApiError::field("body", "err.list.xlsx"))?;
+        let range = wb
+            .worksheet_range_at(0)
+            .ok_or_else(|| ApiError::field("body", "err.list.xlsx"))?
+            .map_err(|_| ApiError::field("body", "err.list.xlsx"))?;
+        let mut rows = range
+            .rows()
+            .map(|r| r.iter().map(|c| c.to_string()).collect::<Vec<String>>());
+        let header = rows.next().unwrap_or_default();
+        return Ok(epigrid_core::matching::parse_rows(header, rows));
+    }
+    let text = decode_text(bytes).ok_or_else(|| ApiError::field("body", "err.list.encoding"))?;
+    Ok(parse_list(&text))
 }

@@ -2105,3 +2105,61 @@ async fn list_matches_are_stored_alike_on_every_store() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_can_be_uploaded_as_xlsx() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let known = cn_id("150802", "19850312", 84);
+    let p1 = person_via_api(&app, &known, "赵四", "13600000084", &epi).await;
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    for (c, h) in ["姓名", "身份证号"].iter().enumerate() {
+        ws.write_string(0, c as u16, *h).unwrap();
+    }
+    ws.write_string(1, 0, "赵四").unwrap();
+    ws.write_string(1, 1, &known).unwrap();
+    ws.write_string(2, 0, "坏行").unwrap();
+    ws.write_string(2, 1, "12345").unwrap();
+    let bytes = wb.save_to_buffer().unwrap();
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "xlsx")])
+        .bearer_auth(&epi)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            v["rows"].as_u64(),
+            v["bad_rows"].as_u64(),
+            v["matched"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    assert_eq!(v["errors"][0]["line"], 3);
+    let m: Value = app
+        .get(
+            &format!("/api/v1/lists/{}/matches", v["id"].as_str().unwrap()),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["items"][0]["person"]["id"], p1.as_str());
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "junk")])
+        .bearer_auth(&epi)
+        .body(b"PK\x03\x04garbage".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "a broken spreadsheet is a clear error");
+}
