@@ -123,6 +123,9 @@ pub trait Store: Send + Sync + 'static {
     // ---- contact tracing ----
     /// The visits, companions and households a trace needs, for registrations from `since` on.
     async fn trace_data(&self, since: DateTime<Utc>) -> StoreResult<crate::trace::TraceData>;
+    /// Registrations with a sequence number above `after` (to bring a loaded trace index up to
+    /// date), oldest first.
+    async fn trace_visits_after(&self, after: i64) -> StoreResult<Vec<crate::trace::VisitRow>>;
     /// Stores imported proximity records, all or none; returns how many.
     async fn insert_proximity(&self, rows: Vec<crate::trace::ProximityRow>) -> StoreResult<usize>;
     /// Keeps contacts found or confirmed: new pairs are inserted; known ones get the latest

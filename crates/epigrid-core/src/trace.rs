@@ -145,6 +145,30 @@ impl Records {
         r
     }
 
+    /// Adds visits to an existing index (newer registrations): each touched site's list is
+    /// re-sorted only if the new visits arrived out of order.
+    pub fn append(&mut self, visits: Vec<Visit>) {
+        let mut touched = std::collections::HashSet::new();
+        for v in visits {
+            let e = self.longest.entry(v.site).or_insert(0);
+            *e = (*e).max(v.end - v.start);
+            self.by_person.entry(v.person).or_default().push(v);
+            let list = self.by_site.entry(v.site).or_default();
+            if list
+                .last()
+                .is_some_and(|l| (l.start, l.person) > (v.start, v.person))
+            {
+                touched.insert(v.site);
+            }
+            list.push(v);
+        }
+        for site in touched {
+            if let Some(list) = self.by_site.get_mut(&site) {
+                list.sort_unstable_by_key(|v| (v.start, v.person));
+            }
+        }
+    }
+
     /// People registered together (record id, time of the registration).
     pub fn add_companions(&mut self, a: Pid, b: Pid, record: u32, at: i64) {
         self.companions.entry(a).or_default().push((b, record, at));
@@ -332,6 +356,8 @@ impl Records {
 /// One registration as the tracing engine reads it from a store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VisitRow {
+    /// The registration's sequence number (to fetch only what is newer next time).
+    pub seq: i64,
     pub registration_id: uuid::Uuid,
     pub person_id: uuid::Uuid,
     pub site_id: uuid::Uuid,
@@ -377,29 +403,31 @@ pub struct Loaded {
     pub person_ids: Vec<uuid::Uuid>,
     pub pid_of: HashMap<uuid::Uuid, Pid>,
     pub registration_ids: Vec<uuid::Uuid>,
+    site_no: HashMap<uuid::Uuid, u32>,
+    plate_no: HashMap<String, u32>,
+    /// Highest registration sequence number loaded.
+    pub max_seq: i64,
 }
 
 impl Loaded {
-    pub fn from_data(data: TraceData) -> Loaded {
-        let mut person_ids = Vec::new();
-        let mut pid_of: HashMap<uuid::Uuid, Pid> = HashMap::new();
-        let mut pid = |u: uuid::Uuid, ids: &mut Vec<uuid::Uuid>| -> Pid {
-            *pid_of.entry(u).or_insert_with(|| {
-                ids.push(u);
-                (ids.len() - 1) as Pid
-            })
-        };
-        let mut sites: HashMap<uuid::Uuid, u32> = HashMap::new();
-        let mut plates: HashMap<String, u32> = HashMap::new();
-        let mut registration_ids = Vec::with_capacity(data.visits.len());
-        let mut reg_no: HashMap<uuid::Uuid, u32> = HashMap::new();
-        let mut visits = Vec::with_capacity(data.visits.len());
-        for v in &data.visits {
-            let n = sites.len() as u32;
-            let site = *sites.entry(v.site_id).or_insert(n);
+    fn pid(&mut self, u: uuid::Uuid) -> Pid {
+        if let Some(p) = self.pid_of.get(&u) {
+            return *p;
+        }
+        self.person_ids.push(u);
+        let p = (self.person_ids.len() - 1) as Pid;
+        self.pid_of.insert(u, p);
+        p
+    }
+
+    fn visits_of(&mut self, rows: &[VisitRow]) -> Vec<Visit> {
+        let mut visits = Vec::with_capacity(rows.len());
+        for v in rows {
+            let n = self.site_no.len() as u32;
+            let site = *self.site_no.entry(v.site_id).or_insert(n);
             let plate = v.plate.as_ref().map(|p| {
-                let n = plates.len() as u32;
-                *plates.entry(p.clone()).or_insert(n)
+                let n = self.plate_no.len() as u32;
+                *self.plate_no.entry(p.clone()).or_insert(n)
             });
             let start = v.at.timestamp();
             let end = v
@@ -407,11 +435,12 @@ impl Loaded {
                 .map(|l| l.timestamp())
                 .filter(|e| *e > start)
                 .unwrap_or(start + i64::from(v.default_stay_min.max(1)) * 60);
-            let record = registration_ids.len() as u32;
-            registration_ids.push(v.registration_id);
-            reg_no.insert(v.registration_id, record);
+            let record = self.registration_ids.len() as u32;
+            self.registration_ids.push(v.registration_id);
+            self.max_seq = self.max_seq.max(v.seq);
+            let person = self.pid(v.person_id);
             visits.push(Visit {
-                person: pid(v.person_id, &mut person_ids),
+                person,
                 site,
                 start,
                 end,
@@ -419,33 +448,56 @@ impl Loaded {
                 plate,
             });
         }
-        let mut records = Records::new(visits);
+        visits
+    }
+
+    pub fn from_data(data: TraceData) -> Loaded {
+        let mut l = Loaded {
+            records: Records::default(),
+            person_ids: Vec::new(),
+            pid_of: HashMap::new(),
+            registration_ids: Vec::with_capacity(data.visits.len()),
+            site_no: HashMap::new(),
+            plate_no: HashMap::new(),
+            max_seq: 0,
+        };
+        let visits = l.visits_of(&data.visits);
+        l.records = Records::new(visits);
+        let reg_no: HashMap<uuid::Uuid, u32> = l
+            .registration_ids
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (*r, i as u32))
+            .collect();
         for (a, b, reg, at) in &data.companions {
-            let (a, b) = (pid(*a, &mut person_ids), pid(*b, &mut person_ids));
+            let (a, b) = (l.pid(*a), l.pid(*b));
             let record = reg_no.get(reg).copied().unwrap_or(u32::MAX);
-            records.add_companions(a, b, record, at.timestamp());
+            l.records.add_companions(a, b, record, at.timestamp());
         }
         let mut units: HashMap<&str, u32> = HashMap::new();
         for (p, unit) in &data.households {
             let n = units.len() as u32;
             let u = *units.entry(unit.as_str()).or_insert(n);
-            records.set_household(pid(*p, &mut person_ids), u);
+            let p = l.pid(*p);
+            l.records.set_household(p, u);
         }
         for (a, b, at, d) in &data.proximity {
-            let (a, b) = (pid(*a, &mut person_ids), pid(*b, &mut person_ids));
-            records.add_proximity(Proximity {
+            let (a, b) = (l.pid(*a), l.pid(*b));
+            l.records.add_proximity(Proximity {
                 a,
                 b,
                 at: at.timestamp(),
                 duration_s: *d,
             });
         }
-        Loaded {
-            records,
-            person_ids,
-            pid_of,
-            registration_ids,
-        }
+        l
+    }
+
+    /// Adds registrations newer than what was loaded (companions and households of new
+    /// registrations are picked up by the next full load).
+    pub fn append_visits(&mut self, rows: &[VisitRow]) {
+        let visits = self.visits_of(rows);
+        self.records.append(visits);
     }
 
     pub fn registration(&self, record: Option<u32>) -> Option<uuid::Uuid> {
@@ -592,6 +644,21 @@ mod tests {
             },
         );
         assert!(c.is_empty(), "50 s is below the minimum");
+    }
+
+    #[test]
+    fn appending_visits_gives_the_same_answers_as_building_at_once() {
+        let all = vec![
+            v(1, 10, 1000, 2000, 0),
+            v(2, 10, 1500, 2500, 1),
+            v(3, 10, 900, 1600, 2),
+            v(4, 11, 0, 100, 3),
+        ];
+        let whole = Records::new(all.clone());
+        let mut parts = Records::new(all[..2].to_vec());
+        parts.append(all[2..].to_vec());
+        let p = TraceParams::default();
+        assert_eq!(whole.trace(1, &p), parts.trace(1, &p));
     }
 
     proptest! {

@@ -438,6 +438,12 @@ impl Store for PgStore {
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
         self.category_history_impl(person_id).await
     }
+    async fn trace_visits_after(
+        &self,
+        after: i64,
+    ) -> StoreResult<Vec<epigrid_core::trace::VisitRow>> {
+        self.trace_visits_after_impl(after).await
+    }
     async fn trace_data(
         &self,
         since: DateTime<Utc>,
@@ -1372,6 +1378,31 @@ impl PgStore {
     }
 }
 impl PgStore {
+    pub(crate) async fn trace_visits_after_impl(
+        &self,
+        after: i64,
+    ) -> StoreResult<Vec<epigrid_core::trace::VisitRow>> {
+        Ok(self
+            .query(
+                "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
+                 FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.seq > $1 ORDER BY r.seq",
+                &[&after],
+            )
+            .await?
+            .iter()
+            .map(|r| epigrid_core::trace::VisitRow {
+                seq: r.get(7),
+                registration_id: r.get(0),
+                person_id: r.get(1),
+                site_id: r.get(2),
+                at: r.get(3),
+                left_at: r.get(4),
+                default_stay_min: r.get(5),
+                plate: r.get(6),
+            })
+            .collect())
+    }
+
     pub(crate) async fn trace_data_impl(
         &self,
         since: DateTime<Utc>,
@@ -1379,13 +1410,14 @@ impl PgStore {
         use epigrid_core::trace::{TraceData, VisitRow};
         let visits = self
             .query(
-                "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate \
+                "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
                  FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.at >= $1",
                 &[&since],
             )
             .await?
             .iter()
             .map(|r| VisitRow {
+                seq: r.get(7),
                 registration_id: r.get(0),
                 person_id: r.get(1),
                 site_id: r.get(2),

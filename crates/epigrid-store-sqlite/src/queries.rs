@@ -636,6 +636,12 @@ impl Store for SqliteStore {
     async fn category_history(&self, person_id: Uuid) -> StoreResult<Vec<CategoryChange>> {
         self.category_history_impl(person_id).await
     }
+    async fn trace_visits_after(
+        &self,
+        after: i64,
+    ) -> StoreResult<Vec<epigrid_core::trace::VisitRow>> {
+        self.trace_visits_after_impl(after).await
+    }
     async fn trace_data(
         &self,
         since: DateTime<Utc>,
@@ -1698,6 +1704,36 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    pub(crate) async fn trace_visits_after_impl(
+        &self,
+        after: i64,
+    ) -> StoreResult<Vec<epigrid_core::trace::VisitRow>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
+                     FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.seq > ?1 ORDER BY r.seq",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map([after], |r| {
+                    Ok(epigrid_core::trace::VisitRow {
+                        seq: r.get(7)?,
+                        registration_id: r.get::<_, U>(0)?.0,
+                        person_id: r.get::<_, U>(1)?.0,
+                        site_id: r.get::<_, U>(2)?.0,
+                        at: time(r.get(3)?),
+                        left_at: r.get::<_, Option<i64>>(4)?.map(time),
+                        default_stay_min: r.get(5)?,
+                        plate: r.get(6)?,
+                    })
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
     pub(crate) async fn trace_data_impl(
         &self,
         since: DateTime<Utc>,
@@ -1707,13 +1743,14 @@ impl SqliteStore {
             let mut data = TraceData::default();
             let mut stmt = c
                 .prepare(
-                    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate \
+                    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
                      FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.at >= ?1",
                 )
                 .map_err(map_err)?;
             let rows = stmt
                 .query_map([micros(since)], |r| {
                     Ok(VisitRow {
+                        seq: r.get(7)?,
                         registration_id: r.get::<_, U>(0)?.0,
                         person_id: r.get::<_, U>(1)?.0,
                         site_id: r.get::<_, U>(2)?.0,

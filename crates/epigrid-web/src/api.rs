@@ -441,6 +441,10 @@ pub(crate) async fn submit(
     }
     let new = register::seal(&valid, &ctx, &st.vault);
     let seq = st.store.insert_registration(new.clone()).await?;
+    if new.companion_list.iter().any(|c| c.person.is_some()) {
+        // companions are not added to a loaded trace index incrementally
+        st.trace_changed();
+    }
     st.metrics
         .registrations
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -666,6 +670,7 @@ async fn checkout_registration(
     if !st.store.check_out(r.id, r.site_id, Utc::now()).await? {
         return Err(ApiError::Conflict("err.checkout.done"));
     }
+    st.trace_changed();
     let r = registration_in_scope(&st, &staff, &id).await?;
     Ok(Json(registration_json(&r, st.cfg.tz)).into_response())
 }

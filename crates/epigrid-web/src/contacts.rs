@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use epigrid_core::area::Scope;
 use epigrid_core::person::{Category, TestResult};
-use epigrid_core::trace::{Loaded, TraceParams};
+use epigrid_core::trace::{Contact, Loaded, TraceParams};
 use epigrid_core::validate::FieldError;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -174,14 +174,7 @@ pub(crate) async fn run_trace(
     if from >= to {
         return Err(ApiError::field("to", "err.date.before_start"));
     }
-    let data = st
-        .store
-        .trace_data(from - Duration::seconds(LOOKBACK))
-        .await?;
-    let loaded = Loaded::from_data(data);
-    let Some(index) = loaded.pid_of.get(&person.id).copied() else {
-        return Ok((from, to, Vec::new()));
-    };
+    let needed = from - Duration::seconds(LOOKBACK);
     let params = TraceParams {
         from: from.timestamp(),
         to: to.timestamp(),
@@ -189,15 +182,72 @@ pub(crate) async fn run_trace(
         min_exposure_s,
         ..Default::default()
     };
-    let found = loaded.records.trace(index, &params);
+    // Found contacts as owned data, so the index lock is not held while reading people.
+    type Found = (
+        Uuid,
+        Contact,
+        Option<Uuid>,
+        Vec<(Option<Uuid>, Option<Uuid>)>,
+    );
+    let found: Vec<Found> = {
+        let mut guard = st.trace_cache.lock().await;
+        let version = st.trace_version.load(std::sync::atomic::Ordering::Relaxed);
+        let fresh = guard.as_ref().is_some_and(|c| {
+            c.version == version
+                && c.since <= needed
+                && c.loaded_at.elapsed() < crate::state::TRACE_TTL
+        });
+        if fresh {
+            if let Some(c) = guard.as_mut() {
+                let newer = st.store.trace_visits_after(c.loaded.max_seq).await?;
+                c.loaded.append_visits(&newer);
+            }
+        } else {
+            // load a generous window once, so that the next traces reuse it
+            let since = needed.min(Utc::now() - Duration::days(30));
+            let data = st.store.trace_data(since).await?;
+            *guard = Some(crate::state::TraceCache {
+                loaded: Loaded::from_data(data),
+                since,
+                version,
+                loaded_at: std::time::Instant::now(),
+            });
+        }
+        let Some(cache) = guard.as_ref() else {
+            return Ok((from, to, Vec::new()));
+        };
+        let loaded = &cache.loaded;
+        match loaded.pid_of.get(&person.id).copied() {
+            None => Vec::new(),
+            Some(index) => loaded
+                .records
+                .trace(index, &params)
+                .into_iter()
+                .filter_map(|c| {
+                    let cid = loaded.person_ids.get(c.person as usize).copied()?;
+                    let via = c
+                        .via
+                        .and_then(|v| loaded.person_ids.get(v as usize).copied());
+                    let regs = c
+                        .evidence
+                        .iter()
+                        .map(|e| {
+                            (
+                                loaded.registration(e.index_record),
+                                loaded.registration(e.contact_record),
+                            )
+                        })
+                        .collect();
+                    Some((cid, c, via, regs))
+                })
+                .collect(),
+        }
+    };
     let scope: Scope = staff.scope();
     let mut contacts = Vec::new();
-    for c in &found {
-        let Some(cid) = loaded.person_ids.get(c.person as usize).copied() else {
-            continue;
-        };
+    for (cid, c, via, regs) in &found {
         // only contacts in the caller's area are returned
-        let Some(p) = st.store.person(cid, &scope).await? else {
+        let Some(p) = st.store.person(*cid, &scope).await? else {
             continue;
         };
         contacts.push(json!({
@@ -206,14 +256,14 @@ pub(crate) async fn run_trace(
             "category": p.category,
             "area_code": p.area_code(),
             "degree": c.degree,
-            "via_person_id": c.via.and_then(|v| loaded.person_ids.get(v as usize).copied()),
+            "via_person_id": via,
             "kinds": c.kinds,
             "exposure_s": c.exposure_s,
             "score": c.score,
-            "evidence": c.evidence.iter().map(|e| json!({
+            "evidence": c.evidence.iter().zip(regs).map(|(e, (ir, cr))| json!({
                 "kind": e.kind,
-                "index_registration_id": loaded.registration(e.index_record),
-                "contact_registration_id": loaded.registration(e.contact_record),
+                "index_registration_id": ir,
+                "contact_registration_id": cr,
                 "from": DateTime::from_timestamp(e.from, 0),
                 "to": DateTime::from_timestamp(e.to, 0),
                 "exposure_s": e.exposure_s,

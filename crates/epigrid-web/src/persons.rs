@@ -208,6 +208,7 @@ async fn correct_person(
             home.as_ref().map(|a| (a.code.as_str(), a.path.as_str())),
         )
         .await?;
+    st.trace_changed();
     staff
         .audit(
             &st,
@@ -279,6 +280,7 @@ async fn merge_person(
         }
         r => r?,
     }
+    st.trace_changed();
     staff
         .audit(
             &st,
@@ -303,6 +305,7 @@ async fn undo_merge(
     staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let m = st.store.undo_merge(id, Utc::now()).await?;
+    st.trace_changed();
     staff
         .audit(
             &st,

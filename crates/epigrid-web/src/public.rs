@@ -796,6 +796,7 @@ async fn check_out(
         if let Err(e) = st.store.check_out(reg.id, site.id, Utc::now()).await {
             return ApiError::from(e).into_response();
         }
+        st.trace_changed();
     }
     Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response()
 }

@@ -76,6 +76,17 @@ impl Default for WebConfig {
 }
 
 type SessionUser = (Session, User);
+
+/// A loaded tracing index and what it was loaded for.
+pub struct TraceCache {
+    pub loaded: epigrid_core::trace::Loaded,
+    pub since: chrono::DateTime<chrono::Utc>,
+    pub version: u64,
+    pub loaded_at: Instant,
+}
+
+/// Longest a trace index is reused before a full reload.
+pub const TRACE_TTL: Duration = Duration::from_secs(600);
 /// A small map whose entries expire after [`CACHE_TTL`].
 type Cache<K, V> = RwLock<HashMap<K, (V, Instant)>>;
 
@@ -91,6 +102,11 @@ pub struct Inner {
     pub live: broadcast::Sender<i64>,
     pub metrics: Metrics,
     sites: Cache<String, Option<Site>>,
+    /// The tracing engine's index, kept between traces and brought up to date with newer
+    /// registrations; rebuilt when `trace_version` moved (check-outs, merges, corrections,
+    /// companions) or after [`TRACE_TTL`] (changes made by other processes).
+    pub trace_cache: tokio::sync::Mutex<Option<TraceCache>>,
+    pub trace_version: std::sync::atomic::AtomicU64,
     sessions: Cache<Vec<u8>, Option<SessionUser>>,
 }
 
@@ -114,6 +130,8 @@ impl AppState {
             live,
             metrics: Metrics::default(),
             sites: RwLock::new(HashMap::new()),
+            trace_cache: tokio::sync::Mutex::new(None),
+            trace_version: std::sync::atomic::AtomicU64::new(0),
             sessions: RwLock::new(HashMap::new()),
         }))
     }
@@ -146,6 +164,12 @@ impl Inner {
         let site = self.store.site_by_token(token).await?;
         remember(&self.sites, token.to_string(), site.clone());
         Ok(site)
+    }
+
+    /// Something a trace index cannot pick up incrementally changed: rebuild it next time.
+    pub fn trace_changed(&self) {
+        self.trace_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn forget_site(&self, token: &str) {
