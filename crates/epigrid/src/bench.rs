@@ -128,3 +128,74 @@ pub fn percentiles(mut ms: Vec<f64>) -> (f64, f64, f64) {
     let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
     (at(0.5), at(0.95), at(1.0))
 }
+
+/// Uniform random visits for the tracing benchmark: `n` visits of `people` people at `sites`
+/// sites over `days` days, 10–60 minutes each. Deterministic for a seed.
+pub fn random_visits(
+    n: usize,
+    people: u32,
+    sites: u32,
+    days: u32,
+    seed: u64,
+) -> Vec<epigrid_core::trace::Visit> {
+    let mut rng = epigrid_core::rng::Rng::new(seed);
+    let span = i64::from(days) * 86_400;
+    (0..n)
+        .map(|i| {
+            let start = rng.range(0, span - 1);
+            let dur = rng.range(600, 3600);
+            epigrid_core::trace::Visit {
+                person: rng.below(u64::from(people)) as u32,
+                site: rng.below(u64::from(sites)) as u32,
+                start,
+                end: start + dur,
+                record: i as u32,
+                plate: None,
+            }
+        })
+        .collect()
+}
+
+/// Loads the same visits into PostgreSQL (table `bench_visits`, indexed as a straightforward
+/// implementation would be: by person and by site + start).
+pub async fn load_pg(
+    url: &str,
+    visits: &[epigrid_core::trace::Visit],
+) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "DROP TABLE IF EXISTS bench_visits; \
+             CREATE UNLOGGED TABLE bench_visits (person INT NOT NULL, site INT NOT NULL, s BIGINT NOT NULL, e BIGINT NOT NULL)",
+        )
+        .await?;
+    let stmt = client
+        .prepare("INSERT INTO bench_visits SELECT * FROM unnest($1::int[], $2::int[], $3::bigint[], $4::bigint[])")
+        .await?;
+    for chunk in visits.chunks(200_000) {
+        let p: Vec<i32> = chunk.iter().map(|v| v.person as i32).collect();
+        let s: Vec<i32> = chunk.iter().map(|v| v.site as i32).collect();
+        let a: Vec<i64> = chunk.iter().map(|v| v.start).collect();
+        let b: Vec<i64> = chunk.iter().map(|v| v.end).collect();
+        client.execute(&stmt, &[&p, &s, &a, &b]).await?;
+    }
+    client
+        .batch_execute("CREATE INDEX ON bench_visits (person); CREATE INDEX ON bench_visits (site, s); ANALYZE bench_visits")
+        .await?;
+    Ok(client)
+}
+
+/// First-degree contacts of one person by SQL: a self-join on site and overlapping time.
+pub const SQL_FIRST: &str =
+    "SELECT b.person, SUM(LEAST(a.e, b.e) - GREATEST(a.s, b.s)) FROM bench_visits a \
+    JOIN bench_visits b ON b.site = a.site AND b.s < a.e AND b.e > a.s AND b.person <> a.person \
+    WHERE a.person = $1 GROUP BY b.person";
+
+/// First and second degree for many index people at once, by SQL.
+pub const SQL_SECOND: &str = "WITH idx AS (SELECT unnest($1::int[]) AS p), \
+    first AS (SELECT DISTINCT idx.p AS i, b.person AS c FROM idx JOIN bench_visits a ON a.person = idx.p \
+      JOIN bench_visits b ON b.site = a.site AND b.s < a.e AND b.e > a.s AND b.person <> a.person), \
+    second AS (SELECT DISTINCT f.i, d.person AS c FROM first f JOIN bench_visits c2 ON c2.person = f.c \
+      JOIN bench_visits d ON d.site = c2.site AND d.s < c2.e AND d.e > c2.s AND d.person <> c2.person) \
+    SELECT (SELECT COUNT(*) FROM first), (SELECT COUNT(*) FROM second)";

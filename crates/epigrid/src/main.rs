@@ -130,6 +130,21 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         connections: usize,
     },
+    /// The tracing engine on uniform random visits: (a) first degree for one person, (b) first
+    /// and second degree for 100 people; with --pg, the same answered by indexed SQL.
+    Trace {
+        #[arg(long, default_value_t = 10_000_000)]
+        registrations: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        people: u32,
+        #[arg(long, default_value_t = 2_000)]
+        sites: u32,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// PostgreSQL to compare with (a table bench_visits is created there).
+        #[arg(long)]
+        pg: Option<String>,
+    },
     /// Person search latency (p50/p95) by ID number, phone, plate and part of a name.
     Search {
         /// Database to run against; default: a fresh SQLite database in a temporary folder.
@@ -686,6 +701,16 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     queries,
                 },
         } => bench_search(db, people, queries).await,
+        Command::Bench {
+            what:
+                BenchCommand::Trace {
+                    registrations,
+                    people,
+                    sites,
+                    days,
+                    pg,
+                },
+        } => bench_trace(registrations, people, sites, days, pg).await,
         Command::User {
             what:
                 UserCommand::Add {
@@ -752,6 +777,85 @@ async fn bench_store(db: Option<String>, people: u32) -> Result<(String, Arc<dyn
         );
     }
     Ok((db, store, vault))
+}
+
+async fn bench_trace(
+    n: usize,
+    people: u32,
+    sites: u32,
+    days: u32,
+    pg: Option<String>,
+) -> Result<()> {
+    use epigrid_core::trace::{Records, TraceParams};
+    let t = std::time::Instant::now();
+    let visits = bench::random_visits(n, people, sites, days, 42);
+    let gen_s = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let records = Records::new(visits.clone());
+    let index_s = t.elapsed().as_secs_f64();
+    println!("{n} visits, {people} people, {sites} sites, {days} days: generated in {gen_s:.1} s, indexed in {index_s:.1} s");
+    let params = TraceParams {
+        from: 0,
+        to: i64::from(days) * 86_400,
+        ..Default::default()
+    };
+    let mut rng = epigrid_core::rng::Rng::new(7);
+    let one: Vec<u32> = (0..200)
+        .map(|_| rng.below(u64::from(people)) as u32)
+        .collect();
+    let mut ms = Vec::new();
+    let mut found_a = 0;
+    for p in &one {
+        let t = std::time::Instant::now();
+        found_a += records.trace(*p, &params).len();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (a50, a95, _) = bench::percentiles(ms);
+    let hundred: Vec<u32> = (0..100)
+        .map(|_| rng.below(u64::from(people)) as u32)
+        .collect();
+    let p2 = TraceParams {
+        degree: 2,
+        ..params.clone()
+    };
+    let t = std::time::Instant::now();
+    let mut found_b = 0;
+    for p in &hundred {
+        found_b += records.trace(*p, &p2).len();
+    }
+    let b_ms = t.elapsed().as_secs_f64() * 1000.0;
+    println!("engine (a) first degree, one person: p50 {a50:.3} ms, p95 {a95:.3} ms ({:.1} contacts on average)", found_a as f64 / one.len() as f64);
+    println!("engine (b) first + second degree, 100 people: {b_ms:.1} ms ({found_b} contacts)");
+    if let Some(url) = pg {
+        let t = std::time::Instant::now();
+        let client = bench::load_pg(&url, &visits).await?;
+        println!(
+            "PostgreSQL: loaded and indexed in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+        let stmt = client.prepare(bench::SQL_FIRST).await?;
+        let mut ms = Vec::new();
+        for p in &one {
+            let t = std::time::Instant::now();
+            let _ = client.query(&stmt, &[&(*p as i32)]).await?;
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let (s50, s95, _) = bench::percentiles(ms);
+        let ids: Vec<i32> = hundred.iter().map(|p| *p as i32).collect();
+        let t = std::time::Instant::now();
+        let row = client.query_one(bench::SQL_SECOND, &[&ids]).await?;
+        let sql_b = t.elapsed().as_secs_f64() * 1000.0;
+        let (f, s2): (i64, i64) = (row.get(0), row.get(1));
+        println!(
+            "SQL (a): p50 {s50:.3} ms, p95 {s95:.3} ms  -> engine is {:.1}x faster at p50",
+            s50 / a50.max(1e-6)
+        );
+        println!("SQL (b): {sql_b:.0} ms ({f} first-degree pairs, {s2} second-degree pairs)  -> engine is {:.1}x faster", sql_b / b_ms.max(1e-6));
+        client
+            .batch_execute("DROP TABLE IF EXISTS bench_visits")
+            .await?;
+    }
+    Ok(())
 }
 
 async fn bench_search(db: Option<String>, people: u32, queries: usize) -> Result<()> {
