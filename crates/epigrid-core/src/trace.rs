@@ -18,6 +18,30 @@ use serde::{Deserialize, Serialize};
 /// Dense person number inside the engine.
 pub type Pid = u32;
 
+/// A hasher for the engine's small integer keys: one multiply instead of SipHash (the keys are
+/// dense numbers the engine assigned itself, not attacker-chosen).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// One presence of a person at a site: `[start, end)` in Unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Visit {
@@ -120,14 +144,14 @@ impl Default for TraceParams {
 #[derive(Debug, Default, Clone)]
 pub struct Records {
     /// Visits grouped by site, each group sorted by start.
-    by_site: HashMap<u32, Vec<Visit>>,
+    by_site: FastMap<u32, Vec<Visit>>,
     /// Longest visit at each site (bounds the binary search).
-    longest: HashMap<u32, i64>,
-    by_person: HashMap<Pid, Vec<Visit>>,
-    companions: HashMap<Pid, Vec<(Pid, u32, i64)>>,
-    household: HashMap<u32, Vec<Pid>>,
-    household_of: HashMap<Pid, u32>,
-    proximity: HashMap<Pid, Vec<Proximity>>,
+    longest: FastMap<u32, i64>,
+    by_person: FastMap<Pid, Vec<Visit>>,
+    companions: FastMap<Pid, Vec<(Pid, u32, i64)>>,
+    household: FastMap<u32, Vec<Pid>>,
+    household_of: FastMap<Pid, u32>,
+    proximity: FastMap<Pid, Vec<Proximity>>,
 }
 
 impl Records {
@@ -195,8 +219,8 @@ impl Records {
     }
 
     /// Direct contacts of one person in the window, unfiltered.
-    fn direct(&self, index: Pid, p: &TraceParams) -> HashMap<Pid, Vec<Evidence>> {
-        let mut found: HashMap<Pid, Vec<Evidence>> = HashMap::new();
+    fn direct(&self, index: Pid, p: &TraceParams) -> FastMap<Pid, Vec<Evidence>> {
+        let mut found: FastMap<Pid, Vec<Evidence>> = FastMap::default();
         let tol = p.tolerance_s;
         for v in self.by_person.get(&index).into_iter().flatten() {
             // the part of the visit inside the window
@@ -322,8 +346,8 @@ impl Records {
             .filter(|c| c.exposure_s >= p.min_exposure_s)
             .collect();
         if p.degree >= 2 {
-            let first: HashMap<Pid, i64> = out.iter().map(|c| (c.person, c.exposure_s)).collect();
-            let mut second: HashMap<Pid, Contact> = HashMap::new();
+            let first: FastMap<Pid, i64> = out.iter().map(|c| (c.person, c.exposure_s)).collect();
+            let mut second: FastMap<Pid, Contact> = FastMap::default();
             for via in first.keys() {
                 for (person, ev) in self.direct(*via, p) {
                     if person == index || first.contains_key(&person) {
@@ -505,6 +529,33 @@ impl Loaded {
     }
 }
 
+impl Records {
+    /// Traces many index people at once (re-tracing every active case after new data), spread
+    /// over the machine's cores; results in the order of `indexes`.
+    pub fn trace_many(&self, indexes: &[Pid], p: &TraceParams) -> Vec<Vec<Contact>> {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 16);
+        if threads == 1 || indexes.len() < 2 {
+            return indexes.iter().map(|i| self.trace(*i, p)).collect();
+        }
+        let chunk = indexes.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = indexes
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || part.iter().map(|i| self.trace(*i, p)).collect::<Vec<_>>())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    }
+}
+
 /// The reference: first-degree co-location by comparing every pair of visits (tests only).
 pub fn brute_force_colocation(visits: &[Visit], index: Pid, p: &TraceParams) -> HashMap<Pid, i64> {
     let mut out: HashMap<Pid, i64> = HashMap::new();
@@ -644,6 +695,22 @@ mod tests {
             },
         );
         assert!(c.is_empty(), "50 s is below the minimum");
+    }
+
+    #[test]
+    fn tracing_many_at_once_gives_the_same_answers_in_order() {
+        let r = Records::new(vec![
+            v(1, 10, 0, 100, 0),
+            v(2, 10, 50, 150, 1),
+            v(3, 11, 0, 100, 2),
+            v(4, 11, 20, 90, 3),
+        ]);
+        let p = TraceParams {
+            degree: 2,
+            ..Default::default()
+        };
+        let one_by_one: Vec<Vec<Contact>> = [1, 3, 2, 4].iter().map(|i| r.trace(*i, &p)).collect();
+        assert_eq!(r.trace_many(&[1, 3, 2, 4], &p), one_by_one);
     }
 
     #[test]

@@ -819,13 +819,13 @@ async fn bench_trace(
         ..params.clone()
     };
     let t = std::time::Instant::now();
-    let mut found_b = 0;
-    for p in &hundred {
-        found_b += records.trace(*p, &p2).len();
-    }
+    let found_b: usize = records.trace_many(&hundred, &p2).iter().map(Vec::len).sum();
     let b_ms = t.elapsed().as_secs_f64() * 1000.0;
     println!("engine (a) first degree, one person: p50 {a50:.3} ms, p95 {a95:.3} ms ({:.1} contacts on average)", found_a as f64 / one.len() as f64);
-    println!("engine (b) first + second degree, 100 people: {b_ms:.1} ms ({found_b} contacts)");
+    println!(
+        "engine (b) first + second degree, 100 people: {b_ms:.1} ms on {} threads ({found_b} contacts)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     if let Some(url) = pg {
         let t = std::time::Instant::now();
         let client = bench::load_pg(&url, &visits).await?;
