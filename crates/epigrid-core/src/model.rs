@@ -34,6 +34,18 @@ impl Role {
     pub fn manages_sites(self) -> bool {
         matches!(self, Role::Admin | Role::Manager)
     }
+    /// May this role classify people, record lab results, trace and publish notices?
+    pub fn classifies(self) -> bool {
+        matches!(self, Role::Admin | Role::Epidemiologist | Role::Manager)
+    }
+    /// May this role follow people up: observations, reports on their behalf, corrections?
+    pub fn follows_up(self) -> bool {
+        self.classifies() || self == Role::GridWorker
+    }
+    /// May this role merge records, confirm contacts in bulk and match lists?
+    pub fn investigates(self) -> bool {
+        matches!(self, Role::Admin | Role::Epidemiologist)
+    }
     /// May this role register a person at a site on their behalf?
     pub fn registers_for_others(self) -> bool {
         !matches!(self, Role::Analyst)

@@ -1377,55 +1377,49 @@ impl PgStore {
         tx.commit().await.map_err(map_err)
     }
 }
+/// A registration as the tracing engine reads it (following merges to the kept person).
+const VISIT_SELECT: &str =
+    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, \
+    s.default_stay_min, r.plate, r.seq FROM registrations r JOIN sites s ON s.id = r.site_id \
+    JOIN persons p ON p.id = r.person_id";
+
+fn visit_row(r: &Row) -> epigrid_core::trace::VisitRow {
+    epigrid_core::trace::VisitRow {
+        seq: r.get(7),
+        registration_id: r.get(0),
+        person_id: r.get(1),
+        site_id: r.get(2),
+        at: r.get(3),
+        left_at: r.get(4),
+        default_stay_min: r.get(5),
+        plate: r.get(6),
+    }
+}
+
 impl PgStore {
     pub(crate) async fn trace_visits_after_impl(
         &self,
         after: i64,
     ) -> StoreResult<Vec<epigrid_core::trace::VisitRow>> {
-        Ok(self
+        let rows = self
             .query(
-                "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
-                 FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.seq > $1 ORDER BY r.seq",
+                &format!("{VISIT_SELECT} WHERE r.seq > $1 ORDER BY r.seq"),
                 &[&after],
             )
-            .await?
-            .iter()
-            .map(|r| epigrid_core::trace::VisitRow {
-                seq: r.get(7),
-                registration_id: r.get(0),
-                person_id: r.get(1),
-                site_id: r.get(2),
-                at: r.get(3),
-                left_at: r.get(4),
-                default_stay_min: r.get(5),
-                plate: r.get(6),
-            })
-            .collect())
+            .await?;
+        Ok(rows.iter().map(visit_row).collect())
     }
 
     pub(crate) async fn trace_data_impl(
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<epigrid_core::trace::TraceData> {
-        use epigrid_core::trace::{TraceData, VisitRow};
+        use epigrid_core::trace::TraceData;
         let visits = self
-            .query(
-                "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
-                 FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.at >= $1",
-                &[&since],
-            )
+            .query(&format!("{VISIT_SELECT} WHERE r.at >= $1"), &[&since])
             .await?
             .iter()
-            .map(|r| VisitRow {
-                seq: r.get(7),
-                registration_id: r.get(0),
-                person_id: r.get(1),
-                site_id: r.get(2),
-                at: r.get(3),
-                left_at: r.get(4),
-                default_stay_min: r.get(5),
-                plate: r.get(6),
-            })
+            .map(visit_row)
             .collect();
         let companions = self
             .query(

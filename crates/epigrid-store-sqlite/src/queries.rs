@@ -1703,6 +1703,25 @@ impl SqliteStore {
     }
 }
 
+/// A registration as the tracing engine reads it (following merges to the kept person).
+const VISIT_SELECT: &str =
+    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, \
+    s.default_stay_min, r.plate, r.seq FROM registrations r JOIN sites s ON s.id = r.site_id \
+    JOIN persons p ON p.id = r.person_id";
+
+fn visit_row(r: &Row<'_>) -> rusqlite::Result<epigrid_core::trace::VisitRow> {
+    Ok(epigrid_core::trace::VisitRow {
+        seq: r.get(7)?,
+        registration_id: r.get::<_, U>(0)?.0,
+        person_id: r.get::<_, U>(1)?.0,
+        site_id: r.get::<_, U>(2)?.0,
+        at: time(r.get(3)?),
+        left_at: r.get::<_, Option<i64>>(4)?.map(time),
+        default_stay_min: r.get(5)?,
+        plate: r.get(6)?,
+    })
+}
+
 impl SqliteStore {
     pub(crate) async fn trace_visits_after_impl(
         &self,
@@ -1710,25 +1729,9 @@ impl SqliteStore {
     ) -> StoreResult<Vec<epigrid_core::trace::VisitRow>> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
-                     FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.seq > ?1 ORDER BY r.seq",
-                )
+                .prepare_cached(&format!("{VISIT_SELECT} WHERE r.seq > ?1 ORDER BY r.seq"))
                 .map_err(map_err)?;
-            let rows = stmt
-                .query_map([after], |r| {
-                    Ok(epigrid_core::trace::VisitRow {
-                        seq: r.get(7)?,
-                        registration_id: r.get::<_, U>(0)?.0,
-                        person_id: r.get::<_, U>(1)?.0,
-                        site_id: r.get::<_, U>(2)?.0,
-                        at: time(r.get(3)?),
-                        left_at: r.get::<_, Option<i64>>(4)?.map(time),
-                        default_stay_min: r.get(5)?,
-                        plate: r.get(6)?,
-                    })
-                })
-                .map_err(map_err)?;
+            let rows = stmt.query_map([after], visit_row).map_err(map_err)?;
             collect(rows)
         })
         .await
@@ -1738,28 +1741,16 @@ impl SqliteStore {
         &self,
         since: DateTime<Utc>,
     ) -> StoreResult<epigrid_core::trace::TraceData> {
-        use epigrid_core::trace::{TraceData, VisitRow};
+        use epigrid_core::trace::TraceData;
         self.read(move |c| {
             let mut data = TraceData::default();
             let mut stmt = c
                 .prepare(
-                    "SELECT r.id, COALESCE(p.merged_into, r.person_id), r.site_id, r.at, r.left_at, s.default_stay_min, r.plate, r.seq \
-                     FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id WHERE r.at >= ?1",
+                    &format!("{VISIT_SELECT} WHERE r.at >= ?1"),
                 )
                 .map_err(map_err)?;
             let rows = stmt
-                .query_map([micros(since)], |r| {
-                    Ok(VisitRow {
-                        seq: r.get(7)?,
-                        registration_id: r.get::<_, U>(0)?.0,
-                        person_id: r.get::<_, U>(1)?.0,
-                        site_id: r.get::<_, U>(2)?.0,
-                        at: time(r.get(3)?),
-                        left_at: r.get::<_, Option<i64>>(4)?.map(time),
-                        default_stay_min: r.get(5)?,
-                        plate: r.get(6)?,
-                    })
-                })
+                .query_map([micros(since)], visit_row)
                 .map_err(map_err)?;
             data.visits = collect(rows)?;
             let mut stmt = c

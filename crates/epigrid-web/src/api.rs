@@ -215,7 +215,7 @@ async fn create_site(
     headers: HeaderMap,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.check_csrf_header(&headers)?;
     staff.require(staff.role().manages_sites())?;
     let site = new_site(&st, &staff, &b).await?;
     st.store.insert_site(&site).await?;
@@ -314,7 +314,7 @@ async fn update_site(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.check_csrf_header(&headers)?;
     staff.require(staff.role().manages_sites())?;
     let mut site = site_in_scope(&st, &staff, &id).await?;
     let old_token = site.token.clone();
@@ -461,7 +461,7 @@ async fn post_registration(
 ) -> ApiResult<Response> {
     let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
     if let Some(s) = &staff {
-        s.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+        s.check_csrf_header(&headers)?;
     }
     let input = RegistrationInput::from_json(&b).map_err(|e| ApiError::Invalid(vec![e]))?;
     let reg = submit(&st, &site, &input, staff.as_ref()).await?;
@@ -643,7 +643,7 @@ async fn unmask_registration(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.check_csrf_header(&headers)?;
     let r = registration_in_scope(&st, &staff, &id).await?;
     // The body is optional: `{"reason": "..."}`.
     let body: Option<Value> = if body.is_empty() {
@@ -665,7 +665,7 @@ async fn checkout_registration(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.check_csrf_header(&headers)?;
     let r = registration_in_scope(&st, &staff, &id).await?;
     if !st.store.check_out(r.id, r.site_id, Utc::now()).await? {
         return Err(ApiError::Conflict("err.checkout.done"));
@@ -701,7 +701,7 @@ async fn create_user(
     headers: HeaderMap,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.check_csrf_header(&headers)?;
     staff.require(staff.role() == Role::Admin)?;
     let mut errs = Vec::new();
     let username = str_field(&b, "username").unwrap_or("").trim().to_string();

@@ -217,6 +217,12 @@ impl Staff {
             _ => Err(ApiError::Forbidden),
         }
     }
+    /// [`Staff::check_csrf`] with the token of the `X-CSRF-Token` header (JSON API calls made
+    /// from a browser session).
+    pub fn check_csrf_header(&self, headers: &HeaderMap) -> ApiResult<()> {
+        self.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))
+    }
+
     pub async fn audit(
         &self,
         st: &AppState,

@@ -98,13 +98,8 @@ async fn trace(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(
-        staff.role(),
-        epigrid_core::model::Role::Admin
-            | epigrid_core::model::Role::Epidemiologist
-            | epigrid_core::model::Role::Manager
-    ))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().classifies())?;
     let pid = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let person = st
         .store
@@ -337,9 +332,8 @@ async fn confirm_contacts(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    use epigrid_core::model::Role;
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().investigates())?;
     let index_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let index = st
         .store
@@ -504,7 +498,7 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::Query;
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use epigrid_core::i18n::Lang;
 
@@ -590,14 +584,7 @@ async fn trace_view(
         error,
         links,
     };
-    match page.render() {
-        Ok(html) => (
-            [(axum::http::header::CACHE_CONTROL, "no-store")],
-            Html(html),
-        )
-            .into_response(),
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
-    }
+    crate::view::html(StatusCode::OK, page)
 }
 
 async fn trace_page(
@@ -611,12 +598,7 @@ async fn trace_page(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if !matches!(
-        s.role(),
-        epigrid_core::model::Role::Admin
-            | epigrid_core::model::Role::Epidemiologist
-            | epigrid_core::model::Role::Manager
-    ) {
+    if !s.role().classifies() {
         return crate::public::message(
             lang,
             StatusCode::FORBIDDEN,

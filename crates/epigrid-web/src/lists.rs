@@ -10,7 +10,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
 use epigrid_core::matching::{match_rows, parse_list};
-use epigrid_core::model::Role;
 use epigrid_core::store::ListRecord;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -45,8 +44,8 @@ async fn upload(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().investigates())?;
     let name = q
         .get("name")
         .map(|s| s.trim())

@@ -23,9 +23,14 @@ pub struct RouteStats {
     count: AtomicU64,
 }
 
+/// Route template → (method, stats) pairs.
+type RouteTable = HashMap<String, Vec<(&'static str, Arc<RouteStats>)>>;
+
 #[derive(Default)]
 pub struct Metrics {
-    routes: RwLock<HashMap<(String, &'static str), Arc<RouteStats>>>,
+    /// Route template → per-method stats; looked up by `&str`, so a known route costs no
+    /// allocation on the request path.
+    routes: RwLock<RouteTable>,
     pub registrations: AtomicU64,
     pub registrations_refused: AtomicU64,
     pub unmasks: AtomicU64,
@@ -34,20 +39,23 @@ pub struct Metrics {
 
 impl Metrics {
     fn route(&self, method: &'static str, path: &str) -> Arc<RouteStats> {
-        if let Some(s) = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(path.to_string(), method))
-        {
-            return s.clone();
+        let known = |m: &RouteTable| {
+            m.get(path)
+                .and_then(|v| v.iter().find(|(x, _)| *x == method))
+                .map(|(_, s)| s.clone())
+        };
+        if let Some(s) = known(&self.routes.read().unwrap_or_else(|e| e.into_inner())) {
+            return s;
         }
-        self.routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry((path.to_string(), method))
+        let mut g = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = known(&g) {
+            return s;
+        }
+        let s = Arc::new(RouteStats::default());
+        g.entry(path.to_string())
             .or_default()
-            .clone()
+            .push((method, s.clone()));
+        s
     }
 }
 
@@ -66,15 +74,16 @@ fn method_name(m: &axum::http::Method) -> &'static str {
 pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_name(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
+    // MatchedPath is a cheap clone of a shared string; no allocation per request
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched
+        .as_ref()
+        .map(MatchedPath::as_str)
+        .unwrap_or("unmatched");
     let res = next.run(req).await;
     let status = res.status().as_u16();
     let elapsed = start.elapsed();
-    let stats = st.metrics.route(method, &route);
+    let stats = st.metrics.route(method, route);
     stats.by_class[usize::from((status / 100).clamp(1, 5)) - 1].fetch_add(1, Relaxed);
     let secs = elapsed.as_secs_f64();
     if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
@@ -141,7 +150,10 @@ pub async fn render(State(st): State<AppState>) -> impl IntoResponse {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .flat_map(|(route, v)| {
+            v.iter()
+                .map(move |(method, s)| ((route.clone(), *method), s.clone()))
+        })
         .collect();
     let _ = writeln!(
         out,

@@ -5,14 +5,14 @@
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::Utc;
 use epigrid_core::area::Scope;
 use epigrid_core::i18n::Lang;
-use epigrid_core::model::{RegistrationFilter, Role};
+use epigrid_core::model::RegistrationFilter;
 use epigrid_core::trace::{notice_spans, Notice, NoticeEntry, PendingContact};
 use epigrid_core::validate::{DocType, Document, Errors, MobilePhone, PersonName};
 use serde_json::{json, Value};
@@ -58,11 +58,8 @@ async fn create(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(
-        staff.role(),
-        Role::Admin | Role::Epidemiologist | Role::Manager
-    ))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().classifies())?;
     let pid = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let person = st
         .store
@@ -242,10 +239,7 @@ fn page(
         id_number: get("id_number"),
         phone: get("phone"),
     };
-    match p.render() {
-        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
-    }
+    crate::view::html(StatusCode::OK, p)
 }
 
 async fn public_page(

@@ -7,7 +7,7 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{Duration, NaiveDate, Utc};
@@ -169,11 +169,8 @@ async fn correct_person(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(
-        staff.role(),
-        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
-    ))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().follows_up())?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
     let name = match b.get("name") {
@@ -235,8 +232,8 @@ async fn merge_person(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().investigates())?;
     let from = person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
     let into = match b
@@ -301,8 +298,8 @@ async fn undo_merge(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(staff.role(), Role::Admin | Role::Epidemiologist))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().investigates())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let m = st.store.undo_merge(id, Utc::now()).await?;
     st.trace_changed();
@@ -371,10 +368,7 @@ pub(crate) async fn apply_category(
     to_raw: &str,
     reason_raw: &str,
 ) -> ApiResult<Person> {
-    staff.require(matches!(
-        staff.role(),
-        Role::Admin | Role::Epidemiologist | Role::Manager
-    ))?;
+    staff.require(staff.role().classifies())?;
     let mut errs = Vec::new();
     let to = Category::parse(to_raw.trim());
     if to.is_none() {
@@ -425,7 +419,7 @@ async fn change_category(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.check_csrf_header(&headers)?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let to = b.get("category").and_then(Value::as_str).unwrap_or("");
     let reason = b.get("reason").and_then(Value::as_str).unwrap_or("");
@@ -568,10 +562,7 @@ async fn open_observation(
     p: &Person,
     req: ObservationRequest,
 ) -> ApiResult<(Observation, String)> {
-    staff.require(matches!(
-        staff.role(),
-        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
-    ))?;
+    staff.require(staff.role().follows_up())?;
     if st
         .store
         .observations_of(p.id)
@@ -619,7 +610,7 @@ async fn start_observation(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
+    staff.check_csrf_header(&headers)?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let get = |k: &str| {
         b.get(k).and_then(|v| match v {
@@ -643,11 +634,8 @@ async fn update_observation(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(
-        staff.role(),
-        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
-    ))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().follows_up())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let mut o = st
         .store
@@ -889,11 +877,8 @@ async fn report_on_behalf(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(
-        staff.role(),
-        Role::Admin | Role::Epidemiologist | Role::Manager | Role::GridWorker
-    ))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().follows_up())?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let o = st
         .store
@@ -923,11 +908,8 @@ async fn add_lab_result(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))?;
-    staff.require(matches!(
-        staff.role(),
-        Role::Admin | Role::Epidemiologist | Role::Manager
-    ))?;
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role().classifies())?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let get = json_get(&b);
     let mut errs = Vec::new();
@@ -1332,12 +1314,7 @@ fn report_page_html(
     }
 }
 
-fn render<T: Template>(status: StatusCode, t: T) -> Response {
-    match t.render() {
-        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
-    }
-}
+use crate::view::html as render;
 
 /// The observation behind a personal report link and the person's name, or the page that says
 /// why the link does not work.
@@ -1662,7 +1639,7 @@ async fn person_view(
             },
             link,
             default_days: st.cfg.observation_days(p.category),
-            can_classify: matches!(s.role(), Role::Admin | Role::Epidemiologist | Role::Manager),
+            can_classify: s.role().classifies(),
             p,
         },
     )

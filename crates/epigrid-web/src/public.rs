@@ -482,10 +482,7 @@ async fn render_form(
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    match page.render() {
-        Ok(html) => (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
-    }
+    crate::view::html(status, page)
 }
 
 async fn form(
@@ -599,7 +596,7 @@ async fn form_submit(
             "public.inactive.text",
         );
     }
-    let mut pairs: Vec<(String, String)> = form_pairs(&body);
+    let mut pairs: Vec<(String, String)> = url_decode_pairs(&body);
     // Staff entering for someone else must prove the form came from their session.
     let staff_entry = pairs.iter().any(|(k, v)| k == "staff_entry" && v == "1");
     let acting = if staff_entry {
@@ -655,10 +652,6 @@ async fn form_submit(
         ),
         Err(e) => e.into_response(),
     }
-}
-
-pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
-    url_decode_pairs(body)
 }
 
 /// `application/x-www-form-urlencoded` decoding (keys may repeat).
@@ -770,10 +763,7 @@ async fn confirmation(
         checked_out: reg.left_at.map(|t| local(t, st.cfg.tz)).unwrap_or_default(),
         again: format!("/s/{}", site.token),
     };
-    match page.render() {
-        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
-    }
+    crate::view::html(StatusCode::OK, page)
 }
 
 async fn check_out(

@@ -8,7 +8,7 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use chrono::{Duration, Utc};
@@ -94,10 +94,7 @@ pub(crate) fn logged_in(s: MaybeStaff) -> Result<Staff, Box<Response>> {
 }
 
 fn page<T: Template>(t: T) -> Response {
-    match t.render() {
-        Ok(html) => ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response(),
-        Err(e) => ApiError::Internal(e.to_string()).into_response(),
-    }
+    crate::view::html(StatusCode::OK, t)
 }
 
 fn forbidden(lang: Lang) -> Response {

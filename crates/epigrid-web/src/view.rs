@@ -322,3 +322,20 @@ pub fn detail_pairs(
     opt("confirm.checked_out", r.left_at.map(|t| local(t, tz)));
     v
 }
+
+/// A rendered page, never cached (pages show personal or live data); a template error is a 500.
+pub(crate) fn html<T: askama::Template>(
+    status: axum::http::StatusCode,
+    t: T,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match t.render() {
+        Ok(page) => (
+            status,
+            [(axum::http::header::CACHE_CONTROL, "no-store")],
+            axum::response::Html(page),
+        )
+            .into_response(),
+        Err(e) => crate::error::ApiError::Internal(e.to_string()).into_response(),
+    }
+}

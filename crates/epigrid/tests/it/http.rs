@@ -646,21 +646,7 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
 async fn staff_register_a_person_without_a_phone_through_their_session() {
     let app = TestApp::start().await;
     user(app.store.as_ref(), "keeper", Role::SiteStaff, "150802").await;
-    let login = app
-        .client
-        .post(format!("{}/login", app.base))
-        .form(&[("username", "keeper"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 303);
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = app.login_cookie("keeper").await;
     let site = app.site(SiteKind::Checkpoint, "150802");
     let url = format!("{}/s/{}", app.base, site.token);
     let page = app
@@ -836,20 +822,7 @@ async fn staff_pages_need_a_login_and_show_the_breadcrumb() {
         .unwrap();
     assert_eq!(r.status(), 303);
     user(app.store.as_ref(), "pages", Role::Admin, "150802").await;
-    let login = app
-        .client
-        .post(format!("{}/login", app.base))
-        .form(&[("username", "pages"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = app.login_cookie("pages").await;
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
     let reg = body(
         app.register(

@@ -1381,20 +1381,7 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
         "150802",
     )
     .await;
-    let login = app
-        .client
-        .post(format!("{}/login", app.base))
-        .form(&[("username", "epi_page"), ("password", PASSWORD)])
-        .send()
-        .await
-        .unwrap();
-    let cookie = login.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = app.login_cookie("epi_page").await;
     let epi = app.token("epi_api", Role::Epidemiologist, "150802").await;
     let venue = app.site(SiteKind::Venue, "150802").clone();
     let case_id = cn_id("150802", "19800101", 31);

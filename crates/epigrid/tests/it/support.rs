@@ -216,6 +216,26 @@ impl TestApp {
         v["token"].as_str().expect("token").to_string()
     }
 
+    /// Logs an existing user in through the login form; returns the session cookie
+    /// (`name=value`) for browser-style requests.
+    pub async fn login_cookie(&self, username: &str) -> String {
+        let login = self
+            .client
+            .post(format!("{}/login", self.base))
+            .form(&[("username", username), ("password", PASSWORD)])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(login.status(), 303, "login redirects to the home page");
+        login.headers()["set-cookie"]
+            .to_str()
+            .expect("cookie")
+            .split(';')
+            .next()
+            .expect("name=value")
+            .to_string()
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut rq = self.client.get(format!("{}{path}", self.base));
         if let Some(t) = token {
