@@ -3,15 +3,15 @@
 //! confidence; uncertain matches go to a review queue.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::NaiveDate;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::area::Scope;
-use crate::person::PersonQuery;
 use crate::store::{Store, StoreResult};
-use crate::validate::{DocType, Document, FieldError, MobilePhone, PersonName, Plate};
+use crate::trace::FastMap;
+use crate::validate::{Document, FieldError, IdNumber, MobilePhone, PersonName, Plate};
 use crate::vault::Vault;
 
 /// One valid row of a list.
@@ -33,6 +33,38 @@ pub struct ParsedList {
     pub errors: Vec<(usize, FieldError)>,
 }
 
+impl ParsedList {
+    /// Lines with at least one error.
+    pub fn bad_lines(&self) -> usize {
+        let mut lines: Vec<usize> = self.errors.iter().map(|(l, _)| *l).collect();
+        lines.dedup();
+        lines.len()
+    }
+
+    /// The header itself was unusable (nothing to match).
+    pub fn header_error(&self) -> bool {
+        self.rows.is_empty() && self.errors.iter().any(|(_, e)| e.field == "header")
+    }
+
+    /// The summary kept for an uploaded list.
+    pub fn record(
+        &self,
+        name: &str,
+        uploaded_by: Option<Uuid>,
+        area_path: &str,
+    ) -> crate::store::ListRecord {
+        crate::store::ListRecord {
+            id: crate::vault::new_id(),
+            name: name.to_string(),
+            uploaded_by,
+            area_path: area_path.to_string(),
+            created_at: chrono::Utc::now(),
+            rows: i32::try_from(self.rows.len() + self.bad_lines()).unwrap_or(i32::MAX),
+            bad_rows: i32::try_from(self.bad_lines()).unwrap_or(i32::MAX),
+        }
+    }
+}
+
 /// The columns a list may have, by the names agencies use (Chinese or English, any case).
 fn column(name: &str) -> Option<&'static str> {
     let n = name.trim().trim_start_matches('\u{feff}').to_lowercase();
@@ -48,6 +80,116 @@ fn column(name: &str) -> Option<&'static str> {
         "birth_date" | "出生日期" | "生日" => "birth_date",
         _ => return None,
     })
+}
+
+/// Where each known column is in a row.
+#[derive(Debug, Clone, Copy, Default)]
+struct Columns {
+    name: Option<usize>,
+    id_number: Option<usize>,
+    phone: Option<usize>,
+    plate: Option<usize>,
+    birth_date: Option<usize>,
+}
+
+impl Columns {
+    fn from_header<S: AsRef<str>>(header: &[S]) -> Result<Columns, FieldError> {
+        if header.iter().all(|h| h.as_ref().trim().is_empty()) {
+            return Err(FieldError::new("header", "err.list.empty"));
+        }
+        let mut c = Columns::default();
+        for (i, h) in header.iter().enumerate() {
+            let slot = match column(h.as_ref()) {
+                Some("name") => &mut c.name,
+                Some("id_number") => &mut c.id_number,
+                Some("phone") => &mut c.phone,
+                Some("plate") => &mut c.plate,
+                Some("birth_date") => &mut c.birth_date,
+                _ => continue,
+            };
+            slot.get_or_insert(i);
+        }
+        if c.name.is_none() && c.id_number.is_none() && c.phone.is_none() && c.plate.is_none() {
+            return Err(FieldError::new("header", "err.list.columns"));
+        }
+        Ok(c)
+    }
+
+    /// Validates one row's cells; a row with a bad cell gives all its errors.
+    fn row(
+        &self,
+        line: usize,
+        cells: &[&str],
+        today: NaiveDate,
+    ) -> Option<Result<ListRow, Vec<FieldError>>> {
+        if cells.iter().all(|c| c.trim().is_empty()) {
+            return None;
+        }
+        let get = |i: Option<usize>| {
+            i.and_then(|i| cells.get(i))
+                .map(|c| c.trim())
+                .filter(|s| !s.is_empty())
+        };
+        let mut row = ListRow {
+            line,
+            name: None,
+            document: None,
+            phone: None,
+            plate: None,
+            birth_date: None,
+        };
+        let mut errs: Vec<FieldError> = Vec::new();
+        if let Some(v) = get(self.name) {
+            match PersonName::parse("name", v) {
+                Ok(n) => row.name = Some(n),
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(self.id_number) {
+            match IdNumber::parse_on("id_number", v, today) {
+                Ok(id) => {
+                    row.birth_date = Some(id.birth_date());
+                    row.document = Some(Document::from(id));
+                }
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(self.phone) {
+            match MobilePhone::parse("phone", v) {
+                Ok(p) => row.phone = Some(p),
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(self.plate) {
+            match Plate::parse("plate", v) {
+                Ok(p) => row.plate = Some(p),
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(v) = get(self.birth_date) {
+            match NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+                Ok(d) => row.birth_date = Some(d),
+                Err(_) => errs.push(FieldError::new("birth_date", "err.date.format")),
+            }
+        }
+        if errs.is_empty()
+            && row.document.is_none()
+            && row.phone.is_none()
+            && row.plate.is_none()
+            && row.name.is_none()
+        {
+            errs.push(FieldError::new("row", "err.list.nothing"));
+        }
+        Some(if errs.is_empty() { Ok(row) } else { Err(errs) })
+    }
+
+    fn push(&self, out: &mut ParsedList, line: usize, cells: &[&str], today: NaiveDate) {
+        match self.row(line, cells, today) {
+            None => {}
+            Some(Ok(r)) => out.rows.push(r),
+            Some(Err(errs)) => out.errors.extend(errs.into_iter().map(|e| (line, e))),
+        }
+    }
 }
 
 /// Splits one CSV line into cells (double quotes group commas and double themselves).
@@ -71,101 +213,138 @@ fn csv_cells(line: &str) -> Vec<String> {
     out
 }
 
-/// Reads a CSV list (header row first; columns matched by name, order free).
-pub fn parse_list(text: &str) -> ParsedList {
-    let mut lines = text.lines().map(csv_cells);
-    let header = lines.next().unwrap_or_default();
-    parse_rows(header, lines)
+/// How many threads the list passes use.
+fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16)
 }
 
-/// Reads a list given as rows of cells (from CSV or a spreadsheet): the first is the header.
+/// Reads the data lines of `body` (the first is file line `first_line`).
+fn parse_lines(cols: &Columns, body: &str, first_line: usize, today: NaiveDate) -> ParsedList {
+    let mut out = ParsedList::default();
+    for (i, line) in body.lines().enumerate() {
+        let line_no = first_line + i;
+        if line.contains('"') {
+            let owned = csv_cells(line);
+            let cells: Vec<&str> = owned.iter().map(String::as_str).collect();
+            cols.push(&mut out, line_no, &cells, today);
+        } else {
+            let cells: Vec<&str> = line.split(',').collect();
+            cols.push(&mut out, line_no, &cells, today);
+        }
+    }
+    out
+}
+
+/// Reads a CSV list (header row first; columns matched by name, order free). Large lists are
+/// read on all cores: the body is cut at line ends and each part keeps its file line numbers.
+pub fn parse_list(text: &str) -> ParsedList {
+    let text = text.trim_start_matches('\u{feff}');
+    let (head, body) = text.split_once('\n').unwrap_or((text, ""));
+    let cols = match Columns::from_header(&csv_cells(head.trim_end_matches('\r'))) {
+        Ok(c) => c,
+        Err(e) => {
+            return ParsedList {
+                rows: Vec::new(),
+                errors: vec![(1, e)],
+            }
+        }
+    };
+    let today = crate::validate::china_today();
+    let parts = split_at_lines(body, threads() * 4, 1 << 16);
+    // line number of each part's first line
+    let mut firsts = Vec::with_capacity(parts.len());
+    let mut next = 2;
+    for p in &parts {
+        firsts.push(next);
+        next += p.lines().count();
+    }
+    let results: Vec<ParsedList> = if parts.len() == 1 {
+        vec![parse_lines(&cols, parts[0], 2, today)]
+    } else {
+        let work: Vec<(&str, usize)> = parts.into_iter().zip(firsts).collect();
+        in_parallel(&work, |(part, first)| {
+            parse_lines(&cols, part, *first, today)
+        })
+    };
+    let mut out = ParsedList::default();
+    for r in results {
+        out.rows.extend(r.rows);
+        out.errors.extend(r.errors);
+    }
+    out
+}
+
+/// Cuts `text` into about `n` parts that end at line ends (one part when it is small).
+fn split_at_lines(text: &str, n: usize, min_len: usize) -> Vec<&str> {
+    if text.len() < min_len || n < 2 {
+        return vec![text];
+    }
+    let target = text.len() / n;
+    let mut parts = Vec::with_capacity(n + 1);
+    let mut rest = text;
+    while rest.len() > target {
+        match rest.as_bytes()[target..].iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                let (a, b) = rest.split_at(target + i + 1);
+                parts.push(a);
+                rest = b;
+            }
+            None => break,
+        }
+    }
+    if !rest.is_empty() {
+        parts.push(rest);
+    }
+    parts
+}
+
+/// Runs `f` over `items` on all cores, results in the order of `items`.
+fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads().min(items.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        mine.push((i, f(item)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+/// Reads a list given as rows of cells (from a spreadsheet): the first is the header.
 /// Every cell is validated; a row with a bad cell is reported with its line and field and is
 /// not matched.
 pub fn parse_rows(header: Vec<String>, rows: impl Iterator<Item = Vec<String>>) -> ParsedList {
+    let cols = match Columns::from_header(&header) {
+        Ok(c) => c,
+        Err(e) => {
+            return ParsedList {
+                rows: Vec::new(),
+                errors: vec![(1, e)],
+            }
+        }
+    };
+    let today = crate::validate::china_today();
     let mut out = ParsedList::default();
-    if header.iter().all(|h| h.trim().is_empty()) {
-        out.errors
-            .push((1, FieldError::new("header", "err.list.empty")));
-        return out;
-    }
-    let cols: Vec<Option<&'static str>> = header.iter().map(|h| column(h)).collect();
-    if !cols
-        .iter()
-        .any(|c| matches!(c, Some("id_number" | "phone" | "name" | "plate")))
-    {
-        out.errors
-            .push((1, FieldError::new("header", "err.list.columns")));
-        return out;
-    }
     for (i, cells) in rows.enumerate() {
-        let line = i + 2;
-        let cells: Vec<&str> = cells.iter().map(|c| c.trim()).collect();
-        if cells.iter().all(|c| c.is_empty()) {
-            continue;
-        }
-        let get = |k: &str| {
-            cols.iter()
-                .position(|c| *c == Some(k))
-                .and_then(|i| cells.get(i))
-                .copied()
-                .filter(|s| !s.is_empty())
-        };
-        let mut row = ListRow {
-            line,
-            name: None,
-            document: None,
-            phone: None,
-            plate: None,
-            birth_date: None,
-        };
-        let mut errs: Vec<FieldError> = Vec::new();
-        let mut fail = |e: FieldError| errs.push(e);
-        if let Some(v) = get("name") {
-            match PersonName::parse("name", v) {
-                Ok(n) => row.name = Some(n),
-                Err(e) => fail(e),
-            }
-        }
-        if let Some(v) = get("id_number") {
-            match Document::parse("id_number", DocType::CnId, v) {
-                Ok(d) => {
-                    row.birth_date = d.id_number().map(|n| n.birth_date());
-                    row.document = Some(d);
-                }
-                Err(e) => fail(e),
-            }
-        }
-        if let Some(v) = get("phone") {
-            match MobilePhone::parse("phone", v) {
-                Ok(p) => row.phone = Some(p),
-                Err(e) => fail(e),
-            }
-        }
-        if let Some(v) = get("plate") {
-            match Plate::parse("plate", v) {
-                Ok(p) => row.plate = Some(p),
-                Err(e) => fail(e),
-            }
-        }
-        if let Some(v) = get("birth_date") {
-            match NaiveDate::parse_from_str(v, "%Y-%m-%d") {
-                Ok(d) => row.birth_date = Some(d),
-                Err(_) => fail(FieldError::new("birth_date", "err.date.format")),
-            }
-        }
-        if errs.is_empty()
-            && row.document.is_none()
-            && row.phone.is_none()
-            && row.plate.is_none()
-            && row.name.is_none()
-        {
-            errs.push(FieldError::new("row", "err.list.nothing"));
-        }
-        if errs.is_empty() {
-            out.rows.push(row);
-        } else {
-            out.errors.extend(errs.into_iter().map(|e| (line, e)));
-        }
+        let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
+        cols.push(&mut out, i + 2, &cells, today);
     }
     out
 }
@@ -184,105 +363,237 @@ pub struct ListMatch {
 /// Below this confidence a match goes to the review queue.
 pub const REVIEW_BELOW: f64 = 0.9;
 
-/// Matches rows against everyone the store knows; `progress` is told how many rows are done.
-pub async fn match_rows(
-    store: &dyn Store,
-    vault: &Vault,
-    rows: &[ListRow],
-    progress: &mut (dyn FnMut(usize) + Send),
-) -> StoreResult<Vec<ListMatch>> {
-    let all = Scope::all();
-    // exact on ID number: ids are derived from the document, checked in one query
-    let by_doc: HashMap<Uuid, usize> = rows
-        .iter()
-        .filter_map(|r| {
-            r.document
-                .as_ref()
-                .map(|d| (crate::register::person_id(vault, Some(d), None, ""), r.line))
-        })
-        .collect();
-    let known: std::collections::HashSet<Uuid> = store
-        .existing_persons(by_doc.keys().copied().collect())
-        .await?
-        .into_iter()
-        .collect();
-    let mut out: Vec<ListMatch> = Vec::new();
-    for (i, r) in rows.iter().enumerate() {
-        let mut best: HashMap<Uuid, (&'static str, f64)> = HashMap::new();
-        let mut offer = |id: Uuid, method: &'static str, c: f64| {
-            let e = best.entry(id).or_insert((method, c));
-            if c > e.1 {
-                *e = (method, c);
+/// What the store tells the matcher about one person.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownPerson {
+    pub id: Uuid,
+    /// The person this record was merged into (its matches go there).
+    pub merged_into: Option<Uuid>,
+    pub name: String,
+    pub birth_date: Option<NaiveDate>,
+    /// The phone's blind index.
+    pub phone_index: Option<Vec<u8>>,
+}
+
+/// Which matching passes to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passes {
+    /// ID number and phone (blind indexes): certain.
+    Exact,
+    /// Name + birth date and plate: uncertain, reviewed.
+    Fuzzy,
+    All,
+}
+
+const NONE: u32 = u32::MAX;
+/// At most this many people per phone / plate are offered (a shared phone or a bus plate
+/// would otherwise flood the review queue).
+const PHONE_LIMIT: usize = 5;
+const PLATE_LIMIT: usize = 10;
+
+fn key128(bytes: &[u8]) -> u128 {
+    let mut k = [0u8; 16];
+    let n = bytes.len().min(16);
+    k[..n].copy_from_slice(&bytes[..n]);
+    u128::from_le_bytes(k)
+}
+
+/// Everyone the store knows, indexed in memory for matching: a hash join per pass instead of
+/// a query per row. Keys are blind indexes and person ids (HMAC outputs), so they are hashed
+/// cheaply; names and plates use the standard keyed hasher.
+#[derive(Debug, Default)]
+pub struct MatchIndex {
+    ids: Vec<Uuid>,
+    names: Vec<Box<str>>,
+    /// Person id (also of merged records) → dense number of the person it resolves to.
+    by_id: FastMap<u128, u32>,
+    /// Phone blind index → first person; `phone_next` chains the others.
+    by_phone: FastMap<u128, u32>,
+    phone_next: Vec<u32>,
+    by_name_birth: HashMap<(Box<str>, NaiveDate), Vec<u32>>,
+    by_plate: HashMap<Box<str>, Vec<u32>>,
+}
+
+impl MatchIndex {
+    /// Indexes people and the plates seen on their registrations (`(plate, person id)`).
+    pub fn new(people: Vec<KnownPerson>, plates: Vec<(String, Uuid)>) -> MatchIndex {
+        let mut ix = MatchIndex::default();
+        let live = people.iter().filter(|p| p.merged_into.is_none()).count();
+        ix.ids.reserve(live);
+        ix.names.reserve(live);
+        ix.phone_next.reserve(live);
+        ix.by_id.reserve(people.len());
+        let mut merged = Vec::new();
+        for p in people {
+            if let Some(into) = p.merged_into {
+                merged.push((p.id, into));
+                continue;
             }
-        };
+            let n = ix.ids.len() as u32;
+            ix.by_id.insert(p.id.as_u128(), n);
+            let head = match &p.phone_index {
+                Some(ph) => ix.by_phone.insert(key128(ph), n).unwrap_or(NONE),
+                None => NONE,
+            };
+            ix.phone_next.push(head);
+            if let Some(b) = p.birth_date {
+                ix.by_name_birth
+                    .entry((p.name.as_str().into(), b))
+                    .or_default()
+                    .push(n);
+            }
+            ix.ids.push(p.id);
+            ix.names.push(p.name.into_boxed_str());
+        }
+        // merges can chain (a into b into c): follow them to the live record
+        let targets: HashMap<Uuid, Uuid> = merged.iter().copied().collect();
+        for (id, mut into) in merged.iter().copied() {
+            for _ in 0..16 {
+                match targets.get(&into) {
+                    Some(next) => into = *next,
+                    None => break,
+                }
+            }
+            if let Some(n) = ix.by_id.get(&into.as_u128()).copied() {
+                ix.by_id.insert(id.as_u128(), n);
+            }
+        }
+        for (plate, id) in plates {
+            if let Some(n) = ix.by_id.get(&id.as_u128()).copied() {
+                let e = ix.by_plate.entry(plate.into_boxed_str()).or_default();
+                if !e.contains(&n) {
+                    e.push(n);
+                }
+            }
+        }
+        ix
+    }
+
+    /// Loads the index from the store (everyone, whatever the caller's scope: a list is
+    /// matched against all; what a user then sees of the matches is scoped).
+    pub async fn load(store: &dyn Store) -> StoreResult<MatchIndex> {
+        let (people, plates) = store.match_keys().await?;
+        Ok(MatchIndex::new(people, plates))
+    }
+
+    /// Live (unmerged) people indexed.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn exact(&self, vault: &Vault, r: &ListRow, offer: &mut impl FnMut(u32, &'static str, f64)) {
         if let Some(d) = &r.document {
-            let id = crate::register::person_id(vault, Some(d), None, "");
-            if known.contains(&id) {
-                offer(id, "id_number", 1.0);
+            let id = crate::register::document_person_id(vault, d);
+            if let Some(n) = self.by_id.get(&id.as_u128()) {
+                offer(*n, "id_number", 1.0);
             }
         }
-        let name = r.name.as_ref().map(|n| n.as_str().to_string());
         if let Some(p) = &r.phone {
-            let hits = store
-                .search_persons(
-                    &all,
-                    &PersonQuery::Phone(vault.blind_index("phone", p.as_str())),
-                    5,
-                )
-                .await?;
-            for h in &hits {
-                let same_name = name.as_deref() == Some(h.name.as_str());
-                offer(
-                    h.id,
-                    "phone",
-                    if same_name {
-                        0.95
-                    } else if hits.len() == 1 {
-                        0.9
-                    } else {
-                        0.7
-                    },
-                );
+            let mac = vault.index_parts("phone", &[p.as_str()]);
+            let mut hits = [NONE; PHONE_LIMIT];
+            let mut count = 0;
+            let mut n = self.by_phone.get(&key128(&mac)).copied().unwrap_or(NONE);
+            while n != NONE && count < PHONE_LIMIT {
+                hits[count] = n;
+                count += 1;
+                n = self.phone_next[n as usize];
+            }
+            let name = r.name.as_ref().map(|n| n.as_str());
+            for h in &hits[..count] {
+                let same_name = name == Some(&*self.names[*h as usize]);
+                let c = if same_name {
+                    0.95
+                } else if count == 1 {
+                    0.9
+                } else {
+                    0.7
+                };
+                offer(*h, "phone", c);
             }
         }
-        if let (Some(n), Some(b)) = (&name, r.birth_date) {
-            for h in store
-                .search_persons(&all, &PersonQuery::Name(n.clone()), 50)
-                .await?
-            {
-                if h.name == *n && h.birth_date == Some(b) {
-                    offer(h.id, "name_birth_date", 0.75);
+    }
+
+    fn fuzzy(&self, r: &ListRow, offer: &mut impl FnMut(u32, &'static str, f64)) {
+        let name = r.name.as_ref().map(|n| n.as_str());
+        if let (Some(n), Some(b)) = (name, r.birth_date) {
+            if let Some(hits) = self.by_name_birth.get(&(Box::<str>::from(n), b)) {
+                for h in hits.iter().take(50) {
+                    offer(*h, "name_birth_date", 0.75);
                 }
             }
         }
         if let Some(p) = &r.plate {
-            for h in store
-                .search_persons(&all, &PersonQuery::Plate(p.as_str().to_string()), 10)
-                .await?
-            {
-                let same_name = name.as_deref() == Some(h.name.as_str());
-                offer(h.id, "plate", if same_name { 0.8 } else { 0.5 });
+            if let Some(hits) = self.by_plate.get(p.as_str()) {
+                for h in hits.iter().take(PLATE_LIMIT) {
+                    let same_name = name == Some(&*self.names[*h as usize]);
+                    offer(*h, "plate", if same_name { 0.8 } else { 0.5 });
+                }
             }
         }
-        let mut matches: Vec<ListMatch> = best
-            .into_iter()
-            .map(|(person_id, (method, confidence))| ListMatch {
-                line: r.line,
-                person_id,
-                method,
-                confidence,
-                review: confidence < REVIEW_BELOW,
-            })
-            .collect();
-        matches.sort_by(|a, b| {
-            b.confidence
-                .total_cmp(&a.confidence)
-                .then(a.person_id.cmp(&b.person_id))
-        });
-        out.extend(matches);
-        progress(i + 1);
     }
-    Ok(out)
+
+    /// Matches rows on all cores; each row gives its matches best first (one per person, by
+    /// the surest method). `progress` is told how many rows are done.
+    pub fn match_rows(
+        &self,
+        vault: &Vault,
+        rows: &[ListRow],
+        passes: Passes,
+        progress: &(dyn Fn(usize) + Sync),
+    ) -> Vec<ListMatch> {
+        const CHUNK: usize = 4096;
+        let done = AtomicUsize::new(0);
+        let chunks: Vec<&[ListRow]> = rows.chunks(CHUNK).collect();
+        let per_chunk = in_parallel(&chunks, |chunk| {
+            let mut out = Vec::new();
+            let mut best: Vec<(u32, &'static str, f64)> = Vec::new();
+            for r in *chunk {
+                best.clear();
+                let mut offer =
+                    |n: u32, method: &'static str, c: f64| match best.iter_mut().find(|b| b.0 == n)
+                    {
+                        Some(b) if c > b.2 => *b = (n, method, c),
+                        Some(_) => {}
+                        None => best.push((n, method, c)),
+                    };
+                if passes != Passes::Fuzzy {
+                    self.exact(vault, r, &mut offer);
+                }
+                if passes != Passes::Exact {
+                    self.fuzzy(r, &mut offer);
+                }
+                best.sort_by(|a, b| {
+                    b.2.total_cmp(&a.2)
+                        .then(self.ids[a.0 as usize].cmp(&self.ids[b.0 as usize]))
+                });
+                out.extend(best.iter().map(|(n, method, c)| ListMatch {
+                    line: r.line,
+                    person_id: self.ids[*n as usize],
+                    method,
+                    confidence: *c,
+                    review: *c < REVIEW_BELOW,
+                }));
+            }
+            progress(done.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len());
+            out
+        });
+        per_chunk.into_iter().flatten().collect()
+    }
+}
+
+/// Matches rows against everyone the store knows (loads the index, then all passes).
+pub async fn match_rows(
+    store: &dyn Store,
+    vault: &Vault,
+    rows: &[ListRow],
+    progress: &(dyn Fn(usize) + Sync),
+) -> StoreResult<Vec<ListMatch>> {
+    let ix = MatchIndex::load(store).await?;
+    Ok(ix.match_rows(vault, rows, Passes::All, progress))
 }
 
 #[cfg(test)]
@@ -307,5 +618,87 @@ mod tests {
             super::parse_list("foo,bar\n1,2\n").errors[0].1.field,
             "header"
         );
+    }
+
+    #[test]
+    fn large_lists_are_read_in_parts_with_the_right_line_numbers() {
+        // big enough to be cut into parts; bad rows, quoted cells, CRLF and blank lines spread
+        let mut text = String::from("姓名,手机号\r\n");
+        let mut bad = Vec::new();
+        for i in 0..20_000usize {
+            let line = i + 2;
+            match i % 997 {
+                0 => {
+                    text.push_str("坏,123\r\n");
+                    bad.push(line);
+                }
+                1 => text.push_str("\r\n"),
+                2 => text.push_str("\"李四\",\"139 0000 0000\"\r\n"),
+                _ => text.push_str(&format!("张三,139{:08}\r\n", i)),
+            }
+        }
+        let p = super::parse_list(&text);
+        let lines: Vec<usize> = p.errors.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, bad);
+        assert_eq!(p.rows.len(), 20_000 - bad.len() - 21);
+        assert!(p.rows.windows(2).all(|w| w[0].line < w[1].line));
+        let quoted = p.rows.iter().find(|r| r.line == 2 + 2).unwrap();
+        assert_eq!(quoted.phone.as_ref().unwrap().as_str(), "13900000000");
+        let last = p.rows.last().unwrap();
+        assert_eq!(last.line, 20_001);
+        assert_eq!(last.phone.as_ref().unwrap().as_str(), "13900019999");
+    }
+
+    #[test]
+    fn the_index_matches_like_the_rules_say_and_follows_merges() {
+        use super::*;
+        let v = Vault::new(&[3u8; 32]);
+        let doc = |n: &str| Document::parse("id", crate::validate::DocType::CnId, n).unwrap();
+        let a_doc = doc("11010519491231002X");
+        let a = crate::register::document_person_id(&v, &a_doc);
+        let b = Uuid::from_u128(2);
+        let c = Uuid::from_u128(3);
+        let old = Uuid::from_u128(4);
+        let phone = |p: &str| Some(v.blind_index("phone", p));
+        let birth = NaiveDate::from_ymd_opt(1990, 5, 6);
+        let person = |id, merged_into, name: &str, phone_index| KnownPerson {
+            id,
+            merged_into,
+            name: name.into(),
+            birth_date: birth,
+            phone_index,
+        };
+        let ix = MatchIndex::new(
+            vec![
+                person(a, None, "甲", phone("13900000001")),
+                person(b, None, "乙", phone("13900000002")),
+                person(c, None, "丙", phone("13900000002")),
+                person(old, Some(a), "甲", None),
+            ],
+            vec![("蒙L12345".into(), old), ("蒙L12345".into(), a)],
+        );
+        assert_eq!(ix.len(), 3);
+        let text = "身份证号,姓名,手机号,车牌号,出生日期\n11010519491231002X,,,,\n,甲,13900000001,,\n,乙,13900000002,,\n,丙,,,1990-05-06\n,丁,,蒙L12345,\n";
+        let rows = parse_list(text).rows;
+        let got: Vec<(usize, Uuid, &str, f64)> = ix
+            .match_rows(&v, &rows, Passes::All, &|_| {})
+            .into_iter()
+            .map(|m| (m.line, m.person_id, m.method, m.confidence))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, a, "id_number", 1.0),
+                (3, a, "phone", 0.95),
+                (4, b, "phone", 0.95),
+                (4, c, "phone", 0.7),
+                (5, c, "name_birth_date", 0.75),
+                (6, a, "plate", 0.5),
+            ]
+        );
+        let exact = ix.match_rows(&v, &rows, Passes::Exact, &|_| {});
+        assert!(exact.iter().all(|m| m.line <= 4));
+        let fuzzy = ix.match_rows(&v, &rows, Passes::Fuzzy, &|_| {});
+        assert!(fuzzy.iter().all(|m| m.line >= 5));
     }
 }

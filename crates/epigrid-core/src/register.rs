@@ -557,10 +557,7 @@ pub fn person_id(
     name: &str,
 ) -> Uuid {
     let idx = match (doc, phone) {
-        (Some(d), _) => vault.blind_index(
-            "person-id",
-            &format!("{}:{}", d.doc_type.as_str(), d.number()),
-        ),
+        (Some(d), _) => return document_person_id(vault, d),
         (None, Some(p)) => vault.blind_index(
             "person-id-provisional",
             &format!("{}\u{0}{name}", p.as_str()),
@@ -572,6 +569,15 @@ pub fn person_id(
     };
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&idx[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// The person id of whoever holds document `d` (an HMAC of the document, so equal documents
+/// give the same person everywhere, and the id reveals nothing about the document).
+pub fn document_person_id(vault: &Vault, d: &Document) -> Uuid {
+    let mac = vault.index_parts("person-id", &[d.doc_type.as_str(), ":", d.number()]);
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&mac[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 

@@ -138,12 +138,22 @@ pub trait Store: Send + Sync + 'static {
         &self,
         scope: &Scope,
     ) -> StoreResult<Vec<crate::trace::ContactRecord>>;
-    /// Stores an uploaded list's summary and its matches, all or nothing.
+    /// Stores an uploaded list's summary, its bad rows and its matches, all or nothing.
     async fn insert_list(
         &self,
         list: &ListRecord,
+        errors: &[ListError],
         matches: &[crate::matching::ListMatch],
     ) -> StoreResult<()>;
+    /// The bad rows of a list (by line), at most `limit`.
+    async fn list_errors(&self, id: Uuid, limit: u32) -> StoreResult<Vec<ListError>>;
+    /// Lists uploaded in the scope, newest first.
+    async fn lists(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<ListRecord>>;
+    /// Everyone known, for matching a list in memory: people (with merges, name, birth date
+    /// and phone blind index) and the distinct `(plate, person id)` pairs of registrations.
+    async fn match_keys(
+        &self,
+    ) -> StoreResult<(Vec<crate::matching::KnownPerson>, Vec<(String, Uuid)>)>;
     /// A list (if uploaded in the scope) and its matches to people in the scope.
     async fn list_matches(
         &self,
@@ -241,6 +251,67 @@ pub struct ListRecord {
     pub created_at: DateTime<Utc>,
     pub rows: i32,
     pub bad_rows: i32,
+}
+
+/// A row of a list that could not be used, and why (a message key with its placeholder
+/// values; the cell's content is not kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListError {
+    pub line: usize,
+    pub field: String,
+    pub key: String,
+    pub args: Vec<(String, String)>,
+}
+
+impl ListError {
+    pub fn message(&self, lang: crate::Lang) -> String {
+        let args: Vec<(&str, &str)> = self
+            .args
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        crate::i18n::tf(lang, &self.key, &args)
+    }
+
+    /// The placeholder values as stored (a JSON object).
+    pub fn args_json(&self) -> String {
+        let m: serde_json::Map<String, serde_json::Value> = self
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        serde_json::Value::Object(m).to_string()
+    }
+
+    /// Rebuilds an error from its stored columns.
+    pub fn from_stored(line: i64, field: String, key: String, args: &str) -> ListError {
+        let args = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(args)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        ListError {
+            line: usize::try_from(line).unwrap_or(0),
+            field,
+            key,
+            args,
+        }
+    }
+}
+
+impl From<&(usize, crate::validate::FieldError)> for ListError {
+    fn from((line, e): &(usize, crate::validate::FieldError)) -> ListError {
+        ListError {
+            line: *line,
+            field: e.field.clone(),
+            key: e.key.to_string(),
+            args: e
+                .args
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// Rollup metric names written with each registration.

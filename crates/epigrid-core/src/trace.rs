@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 /// Dense person number inside the engine.
 pub type Pid = u32;
 
-/// A hasher for the engine's small integer keys: one multiply instead of SipHash (the keys are
-/// dense numbers the engine assigned itself, not attacker-chosen).
+/// A hasher for keys nobody outside chooses: one multiply instead of SipHash. Used for the
+/// engine's dense numbers and for HMAC outputs under the server's key (person ids, blind
+/// indexes), which are uniformly random to anyone without the key.
 #[derive(Default, Clone, Copy)]
 pub struct IdHasher(u64);
 
@@ -38,9 +39,12 @@ impl std::hash::Hasher for IdHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64((n as u64) ^ ((n >> 64) as u64));
+    }
 }
 
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// One presence of a person at a site: `[start, end)` in Unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

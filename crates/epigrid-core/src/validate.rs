@@ -159,7 +159,7 @@ fn truncate_chars(s: &str, max: usize) -> String {
 }
 
 /// Today's date in China Standard Time (UTC+8, no daylight saving), whatever the server's zone.
-fn china_today() -> NaiveDate {
+pub(crate) fn china_today() -> NaiveDate {
     let now = chrono::Utc::now().naive_utc();
     now.checked_add_signed(chrono::TimeDelta::hours(8))
         .unwrap_or(now)
@@ -427,6 +427,16 @@ pub struct Document {
     id: Option<IdNumber>,
 }
 
+impl From<IdNumber> for Document {
+    fn from(id: IdNumber) -> Document {
+        Document {
+            doc_type: DocType::CnId,
+            number: id.as_str().to_string(),
+            id: Some(id),
+        }
+    }
+}
+
 impl Document {
     /// Validates `raw` as a document of `doc_type`.
     ///
@@ -439,12 +449,7 @@ impl Document {
     /// Blank input is `err.required` for every type.
     pub fn parse(field: &str, doc_type: DocType, raw: &str) -> Result<Document, FieldError> {
         if doc_type == DocType::CnId {
-            let id = IdNumber::parse(field, raw)?;
-            return Ok(Document {
-                doc_type,
-                number: id.as_str().to_string(),
-                id: Some(id),
-            });
+            return IdNumber::parse(field, raw).map(Document::from);
         }
         let number: String = raw
             .chars()

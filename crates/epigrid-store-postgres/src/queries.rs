@@ -511,9 +511,32 @@ impl Store for PgStore {
     async fn insert_list(
         &self,
         list: &epigrid_core::store::ListRecord,
+        errors: &[epigrid_core::store::ListError],
         matches: &[epigrid_core::matching::ListMatch],
     ) -> StoreResult<()> {
-        self.insert_list_impl(list, matches).await
+        self.insert_list_impl(list, errors, matches).await
+    }
+    async fn list_errors(
+        &self,
+        id: Uuid,
+        limit: u32,
+    ) -> StoreResult<Vec<epigrid_core::store::ListError>> {
+        self.list_errors_impl(id, limit).await
+    }
+    async fn lists(
+        &self,
+        scope: &Scope,
+        limit: u32,
+    ) -> StoreResult<Vec<epigrid_core::store::ListRecord>> {
+        self.lists_impl(scope, limit).await
+    }
+    async fn match_keys(
+        &self,
+    ) -> StoreResult<(
+        Vec<epigrid_core::matching::KnownPerson>,
+        Vec<(String, Uuid)>,
+    )> {
+        self.match_keys_impl().await
     }
     async fn list_matches(
         &self,
@@ -1765,6 +1788,7 @@ impl PgStore {
     pub(crate) async fn insert_list_impl(
         &self,
         l: &ListRecord,
+        errors: &[epigrid_core::store::ListError],
         matches: &[ListMatch],
     ) -> StoreResult<()> {
         let mut c = self.client().await?;
@@ -1775,30 +1799,109 @@ impl PgStore {
         )
         .await
         .map_err(map_err)?;
-        let stmt = tx
-            .prepare(
-                "INSERT INTO list_matches (list_id, line, person_id, method, confidence, review) VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT DO NOTHING",
+        // many rows per statement: a million matches are a few hundred round trips
+        const BATCH: usize = 5000;
+        for (b, part) in errors.chunks(BATCH).enumerate() {
+            let n: Vec<i32> = (0..part.len()).map(|i| (b * BATCH + i) as i32).collect();
+            let line: Vec<i32> = part.iter().map(|e| e.line as i32).collect();
+            let field: Vec<&str> = part.iter().map(|e| e.field.as_str()).collect();
+            let key: Vec<&str> = part.iter().map(|e| e.key.as_str()).collect();
+            let args: Vec<String> = part.iter().map(|e| e.args_json()).collect();
+            tx.execute(
+                "INSERT INTO list_errors (list_id, n, line, field, key, args) \
+                 SELECT $1, * FROM unnest($2::int[], $3::int[], $4::text[], $5::text[], $6::text[])",
+                &[&l.id, &n, &line, &field, &key, &args],
             )
             .await
             .map_err(map_err)?;
-        for m in matches {
-            let line = m.line as i32;
+        }
+        for part in matches.chunks(BATCH) {
+            let line: Vec<i32> = part.iter().map(|m| m.line as i32).collect();
+            let person: Vec<Uuid> = part.iter().map(|m| m.person_id).collect();
+            let method: Vec<&str> = part.iter().map(|m| m.method).collect();
+            let confidence: Vec<f64> = part.iter().map(|m| m.confidence).collect();
+            let review: Vec<bool> = part.iter().map(|m| m.review).collect();
             tx.execute(
-                &stmt,
-                &[
-                    &l.id,
-                    &line,
-                    &m.person_id,
-                    &m.method,
-                    &m.confidence,
-                    &m.review,
-                ],
+                "INSERT INTO list_matches (list_id, line, person_id, method, confidence, review) \
+                 SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::float8[], $6::bool[]) \
+                 ON CONFLICT DO NOTHING",
+                &[&l.id, &line, &person, &method, &confidence, &review],
             )
             .await
             .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
+    }
+
+    pub(crate) async fn list_errors_impl(
+        &self,
+        id: Uuid,
+        limit: u32,
+    ) -> StoreResult<Vec<epigrid_core::store::ListError>> {
+        Ok(self
+            .query(
+                "SELECT line, field, key, args FROM list_errors WHERE list_id = $1 ORDER BY n LIMIT $2",
+                &[&id, &i64::from(limit)],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                epigrid_core::store::ListError::from_stored(
+                    i64::from(r.get::<_, i32>(0)),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                )
+            })
+            .collect())
+    }
+
+    pub(crate) async fn lists_impl(
+        &self,
+        scope: &Scope,
+        limit: u32,
+    ) -> StoreResult<Vec<ListRecord>> {
+        let (lo, hi) = scope.bounds();
+        let rows = self
+            .query(
+                &format!("SELECT {LIST_COLS} FROM lists WHERE area_path >= $1 AND area_path < $2 ORDER BY created_at DESC LIMIT $3"),
+                &[&lo, &hi, &i64::from(limit)],
+            )
+            .await?;
+        Ok(rows.iter().map(list_row).collect())
+    }
+
+    pub(crate) async fn match_keys_impl(
+        &self,
+    ) -> StoreResult<(
+        Vec<epigrid_core::matching::KnownPerson>,
+        Vec<(String, Uuid)>,
+    )> {
+        let people = self
+            .query(
+                "SELECT id, merged_into, name, birth_date, phone_index FROM persons",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| epigrid_core::matching::KnownPerson {
+                id: r.get(0),
+                merged_into: r.get(1),
+                name: r.get(2),
+                birth_date: r.get(3),
+                phone_index: r.get(4),
+            })
+            .collect();
+        let plates = self
+            .query(
+                "SELECT DISTINCT plate, person_id FROM registrations WHERE plate IS NOT NULL",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        Ok((people, plates))
     }
 
     pub(crate) async fn list_matches_impl(
@@ -1809,22 +1912,14 @@ impl PgStore {
         let (lo, hi) = scope.bounds();
         let Some(r) = self
             .query_opt(
-                "SELECT id, name, uploaded_by, area_path, created_at, rows, bad_rows FROM lists WHERE id = $1 AND area_path >= $2 AND area_path < $3",
+                &format!("SELECT {LIST_COLS} FROM lists WHERE id = $1 AND area_path >= $2 AND area_path < $3"),
                 &[&id, &lo, &hi],
             )
             .await?
         else {
             return Ok(None);
         };
-        let l = ListRecord {
-            id: r.get(0),
-            name: r.get(1),
-            uploaded_by: r.get(2),
-            area_path: r.get(3),
-            created_at: r.get(4),
-            rows: r.get(5),
-            bad_rows: r.get(6),
-        };
+        let l = list_row(&r);
         let rows = self
             .query(
                 &format!(
@@ -1855,5 +1950,19 @@ impl PgStore {
             ));
         }
         Ok(Some((l, out)))
+    }
+}
+
+const LIST_COLS: &str = "id, name, uploaded_by, area_path, created_at, rows, bad_rows";
+
+fn list_row(r: &tokio_postgres::Row) -> ListRecord {
+    ListRecord {
+        id: r.get(0),
+        name: r.get(1),
+        uploaded_by: r.get(2),
+        area_path: r.get(3),
+        created_at: r.get(4),
+        rows: r.get(5),
+        bad_rows: r.get(6),
     }
 }

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0007_contacts.sql"),
     ),
     (8, "lists", include_str!("../migrations/0008_lists.sql")),
+    (
+        9,
+        "list errors",
+        include_str!("../migrations/0009_list_errors.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

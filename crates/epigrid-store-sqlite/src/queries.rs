@@ -709,9 +709,32 @@ impl Store for SqliteStore {
     async fn insert_list(
         &self,
         list: &epigrid_core::store::ListRecord,
+        errors: &[epigrid_core::store::ListError],
         matches: &[epigrid_core::matching::ListMatch],
     ) -> StoreResult<()> {
-        self.insert_list_impl(list, matches).await
+        self.insert_list_impl(list, errors, matches).await
+    }
+    async fn list_errors(
+        &self,
+        id: Uuid,
+        limit: u32,
+    ) -> StoreResult<Vec<epigrid_core::store::ListError>> {
+        self.list_errors_impl(id, limit).await
+    }
+    async fn lists(
+        &self,
+        scope: &Scope,
+        limit: u32,
+    ) -> StoreResult<Vec<epigrid_core::store::ListRecord>> {
+        self.lists_impl(scope, limit).await
+    }
+    async fn match_keys(
+        &self,
+    ) -> StoreResult<(
+        Vec<epigrid_core::matching::KnownPerson>,
+        Vec<(String, Uuid)>,
+    )> {
+        self.match_keys_impl().await
     }
     async fn list_matches(
         &self,
@@ -2107,16 +2130,27 @@ impl SqliteStore {
     pub(crate) async fn insert_list_impl(
         &self,
         l: &ListRecord,
+        errors: &[epigrid_core::store::ListError],
         matches: &[ListMatch],
     ) -> StoreResult<()> {
-        let (l, matches) = (l.clone(), matches.to_vec());
+        let (l, errors, matches) = (l.clone(), errors.to_vec(), matches.to_vec());
         self.write(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "INSERT INTO list_errors (list_id, n, line, field, key, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(map_err)?;
+            let list_id = l.id.to_string();
             c.prepare_cached(
                 "INSERT INTO lists (id, name, uploaded_by, area_path, created_at, rows, bad_rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(map_err)?
             .execute(params![l.id.to_string(), l.name, l.uploaded_by.map(|u| u.to_string()), l.area_path, micros(l.created_at), l.rows, l.bad_rows])
             .map_err(map_err)?;
+            for (n, e) in errors.iter().enumerate() {
+                stmt.execute(params![list_id, n as i64, e.line as i64, e.field, e.key, e.args_json()])
+                    .map_err(map_err)?;
+            }
             let mut stmt = c
                 .prepare_cached(
                     "INSERT OR IGNORE INTO list_matches (list_id, line, person_id, method, confidence, review) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -2131,6 +2165,78 @@ impl SqliteStore {
         .await
     }
 
+    pub(crate) async fn list_errors_impl(
+        &self,
+        id: Uuid,
+        limit: u32,
+    ) -> StoreResult<Vec<epigrid_core::store::ListError>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT line, field, key, args FROM list_errors WHERE list_id = ?1 ORDER BY n LIMIT ?2")
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![id.to_string(), limit], |r| {
+                    Ok(epigrid_core::store::ListError::from_stored(r.get(0)?, r.get(1)?, r.get(2)?, &r.get::<_, String>(3)?))
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn lists_impl(
+        &self,
+        scope: &Scope,
+        limit: u32,
+    ) -> StoreResult<Vec<ListRecord>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {LIST_COLS} FROM lists WHERE area_path >= ?1 AND area_path < ?2 ORDER BY created_at DESC LIMIT ?3"
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map(params![lo, hi, limit], list_row).map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
+    pub(crate) async fn match_keys_impl(
+        &self,
+    ) -> StoreResult<(
+        Vec<epigrid_core::matching::KnownPerson>,
+        Vec<(String, Uuid)>,
+    )> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare("SELECT id, merged_into, name, birth_date, phone_index FROM persons")
+                .map_err(map_err)?;
+            let people = stmt
+                .query_map([], |r| {
+                    Ok(epigrid_core::matching::KnownPerson {
+                        id: r.get::<_, U>(0)?.0,
+                        merged_into: r.get::<_, Option<U>>(1)?.map(|u| u.0),
+                        name: r.get(2)?,
+                        birth_date: date(r.get(3)?),
+                        phone_index: r.get(4)?,
+                    })
+                })
+                .map_err(map_err)?;
+            let people = collect(people)?;
+            let mut stmt = c
+                .prepare(
+                    "SELECT DISTINCT plate, person_id FROM registrations WHERE plate IS NOT NULL",
+                )
+                .map_err(map_err)?;
+            let plates = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, U>(1)?.0)))
+                .map_err(map_err)?;
+            Ok((people, collect(plates)?))
+        })
+        .await
+    }
+
     pub(crate) async fn list_matches_impl(
         &self,
         id: Uuid,
@@ -2139,21 +2245,11 @@ impl SqliteStore {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
             let l = c
-                .prepare_cached(
-                    "SELECT id, name, uploaded_by, area_path, created_at, rows, bad_rows FROM lists WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {LIST_COLS} FROM lists WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3"
+                ))
                 .map_err(map_err)?
-                .query_row(params![id.to_string(), lo, hi], |r| {
-                    Ok(ListRecord {
-                        id: r.get::<_, U>(0)?.0,
-                        name: r.get(1)?,
-                        uploaded_by: r.get::<_, Option<U>>(2)?.map(|u| u.0),
-                        area_path: r.get(3)?,
-                        created_at: time(r.get(4)?),
-                        rows: r.get(5)?,
-                        bad_rows: r.get(6)?,
-                    })
-                })
+                .query_row(params![id.to_string(), lo, hi], list_row)
                 .optional()
                 .map_err(map_err)?;
             let Some(l) = l else { return Ok(None) };
@@ -2178,4 +2274,18 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+const LIST_COLS: &str = "id, name, uploaded_by, area_path, created_at, rows, bad_rows";
+
+fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRecord> {
+    Ok(ListRecord {
+        id: r.get::<_, U>(0)?.0,
+        name: r.get(1)?,
+        uploaded_by: r.get::<_, Option<U>>(2)?.map(|u| u.0),
+        area_path: r.get(3)?,
+        created_at: time(r.get(4)?),
+        rows: r.get(5)?,
+        bad_rows: r.get(6)?,
+    })
 }

@@ -1,27 +1,48 @@
-//! Lists from other agencies, matched against the people epigrid knows (比对).
+//! Lists from other agencies, matched against the people epigrid knows (比对): the JSON API,
+//! and staff pages to upload a list (with upload progress where JS runs; a plain form post
+//! where it does not), see what was wrong in it and work through its matches.
 
 use std::collections::HashMap;
 
+use askama::Template;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use chrono::Utc;
-use epigrid_core::matching::{match_rows, parse_list};
-use epigrid_core::store::ListRecord;
+use axum::{Extension, Json, Router};
+use epigrid_core::matching::{parse_list, ListMatch, MatchIndex, ParsedList, Passes};
+use epigrid_core::store::{ListError, ListRecord};
+use epigrid_core::validate::FieldError;
+use epigrid_core::Lang;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::Staff;
+use crate::auth::{MaybeStaff, Staff};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::view::{local, mask_name};
+
+/// Largest list accepted (a million-row CSV is about 60 MB).
+pub const MAX_LIST_BYTES: usize = 256 * 1024 * 1024;
+/// Bad rows shown on the page after an upload (the API returns them all).
+const ERRORS_SHOWN: usize = 500;
+/// Matches shown per page of a list.
+const MATCHES_SHOWN: usize = 1000;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/lists", post(upload))
+        .route(
+            "/api/v1/lists",
+            post(upload).layer(DefaultBodyLimit::max(MAX_LIST_BYTES)),
+        )
         .route("/api/v1/lists/{id}/matches", get(matches))
+        .route(
+            "/lists",
+            get(lists_page).post(upload_page.layer(DefaultBodyLimit::max(MAX_LIST_BYTES))),
+        )
+        .route("/lists/{id}", get(list_page))
 }
 
 /// UTF-8 (with or without BOM), else GBK as Excel in a Chinese locale saves it.
@@ -35,8 +56,89 @@ pub fn decode_text(bytes: &[u8]) -> Option<String> {
     }
 }
 
-/// `POST /api/v1/lists?name=NAME` with the CSV as the body: validates every row (bad rows are
-/// listed with their line and reason), matches the good ones, stores the matches.
+/// Reads a list file: XLSX (first sheet; every cell as text) or CSV in UTF-8 or GBK.
+pub fn read_list(bytes: &[u8]) -> Result<ParsedList, ApiError> {
+    use calamine::Reader;
+    if bytes.starts_with(b"PK") {
+        let mut wb: calamine::Xlsx<_> =
+            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes))
+                .map_err(|_| ApiError::field("file", "err.list.xlsx"))?;
+        let range = wb
+            .worksheet_range_at(0)
+            .ok_or_else(|| ApiError::field("file", "err.list.xlsx"))?
+            .map_err(|_| ApiError::field("file", "err.list.xlsx"))?;
+        let mut rows = range
+            .rows()
+            .map(|r| r.iter().map(|c| c.to_string()).collect::<Vec<String>>());
+        let header = rows.next().unwrap_or_default();
+        return Ok(epigrid_core::matching::parse_rows(header, rows));
+    }
+    let text = decode_text(bytes).ok_or_else(|| ApiError::field("file", "err.list.encoding"))?;
+    Ok(parse_list(&text))
+}
+
+fn list_name(raw: Option<&str>) -> ApiResult<String> {
+    let name = raw.map(str::trim).unwrap_or_default();
+    if name.is_empty() {
+        return Err(ApiError::field("name", "err.required"));
+    }
+    if name.chars().count() > 100 {
+        return Err(ApiError::Invalid(vec![FieldError::new(
+            "name",
+            "err.text.too_long",
+        )
+        .with("max", "100")]));
+    }
+    Ok(name.to_string())
+}
+
+/// What an upload produced.
+struct Processed {
+    list: ListRecord,
+    parsed: ParsedList,
+    found: Vec<ListMatch>,
+}
+
+/// Validates and matches a list (CPU work off the async threads), stores its matches, audits.
+async fn process(st: &AppState, staff: &Staff, name: &str, body: Bytes) -> ApiResult<Processed> {
+    let join = |e: tokio::task::JoinError| ApiError::Internal(e.to_string());
+    let parsed = tokio::task::spawn_blocking(move || read_list(&body))
+        .await
+        .map_err(join)??;
+    if parsed.header_error() {
+        return Err(ApiError::Invalid(
+            parsed.errors.into_iter().map(|(_, e)| e).collect(),
+        ));
+    }
+    let index = MatchIndex::load(st.store.as_ref()).await?;
+    let vault = st.vault.clone();
+    let (parsed, found) = tokio::task::spawn_blocking(move || {
+        let found = index.match_rows(&vault, &parsed.rows, Passes::All, &|_| {});
+        (parsed, found)
+    })
+    .await
+    .map_err(join)?;
+    let list = parsed.record(name, Some(staff.user.id), &staff.user.area_path);
+    let errors: Vec<ListError> = parsed.errors.iter().map(ListError::from).collect();
+    st.store.insert_list(&list, &errors, &found).await?;
+    staff
+        .audit(
+            st,
+            "list.match",
+            &format!("list:{}", list.id),
+            &staff.user.area_path,
+            &format!("rows={} matches={}", parsed.rows.len(), found.len()),
+        )
+        .await;
+    Ok(Processed {
+        list,
+        parsed,
+        found,
+    })
+}
+
+/// `POST /api/v1/lists?name=NAME` with the CSV or XLSX file as the body: validates every row
+/// (bad rows are listed with their line and reason), matches the good ones, stores the matches.
 async fn upload(
     State(st): State<AppState>,
     staff: Staff,
@@ -46,53 +148,19 @@ async fn upload(
 ) -> ApiResult<Response> {
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().investigates())?;
-    let name = q
-        .get("name")
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty() && s.chars().count() <= 100)
-        .ok_or_else(|| ApiError::field("name", "err.required"))?;
-    let parsed = read_list(&body)?;
-    if parsed.rows.is_empty() && parsed.errors.iter().any(|(_, e)| e.field == "header") {
-        return Err(ApiError::Invalid(
-            parsed.errors.into_iter().map(|(_, e)| e).collect(),
-        ));
-    }
-    let found = match_rows(st.store.as_ref(), &st.vault, &parsed.rows, &mut |_| {}).await?;
-    let list = ListRecord {
-        id: epigrid_core::vault::new_id(),
-        name: name.to_string(),
-        uploaded_by: Some(staff.user.id),
-        area_path: staff.user.area_path.clone(),
-        created_at: Utc::now(),
-        rows: (parsed.rows.len() + parsed.errors.len()) as i32,
-        bad_rows: parsed
-            .errors
-            .iter()
-            .map(|(l, _)| *l)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len() as i32,
-    };
-    st.store.insert_list(&list, &found).await?;
-    staff
-        .audit(
-            &st,
-            "list.match",
-            &format!("list:{}", list.id),
-            &staff.user.area_path,
-            &format!("rows={} matches={}", parsed.rows.len(), found.len()),
-        )
-        .await;
+    let name = list_name(q.get("name").map(String::as_str))?;
+    let p = process(&st, &staff, &name, body).await?;
     let lang = crate::error::current_lang();
     Ok((
         StatusCode::CREATED,
         Json(json!({
-            "id": list.id,
-            "name": list.name,
-            "rows": parsed.rows.len(),
-            "bad_rows": list.bad_rows,
-            "errors": parsed.errors.iter().map(|(l, e)| json!({"line": l, "field": e.field, "message": e.message(lang)})).collect::<Vec<_>>(),
-            "matched": found.len(),
-            "to_review": found.iter().filter(|m| m.review).count(),
+            "id": p.list.id,
+            "name": p.list.name,
+            "rows": p.parsed.rows.len(),
+            "bad_rows": p.list.bad_rows,
+            "errors": p.parsed.errors.iter().map(|(l, e)| json!({"line": l, "field": e.field, "message": e.message(lang)})).collect::<Vec<_>>(),
+            "matched": p.found.len(),
+            "to_review": p.found.iter().filter(|m| m.review).count(),
         })),
     )
         .into_response())
@@ -119,23 +187,276 @@ async fn matches(
     })))
 }
 
-/// Reads a list file: XLSX (first sheet; every cell as text) or CSV in UTF-8 or GBK.
-pub fn read_list(bytes: &[u8]) -> Result<epigrid_core::matching::ParsedList, ApiError> {
-    use calamine::Reader;
-    if bytes.starts_with(b"PK") {
-        let mut wb: calamine::Xlsx<_> =
-            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes.to_vec()))
-                .map_err(|_| ApiError::field("body", "err.list.xlsx"))?;
-        let range = wb
-            .worksheet_range_at(0)
-            .ok_or_else(|| ApiError::field("body", "err.list.xlsx"))?
-            .map_err(|_| ApiError::field("body", "err.list.xlsx"))?;
-        let mut rows = range
-            .rows()
-            .map(|r| r.iter().map(|c| c.to_string()).collect::<Vec<String>>());
-        let header = rows.next().unwrap_or_default();
-        return Ok(epigrid_core::matching::parse_rows(header, rows));
+// ---- pages ----
+
+struct ListLine {
+    id: String,
+    name: String,
+    at: String,
+    rows: i32,
+    bad_rows: i32,
+}
+
+#[derive(Template)]
+#[template(path = "lists.html")]
+struct ListsPage {
+    c: crate::staff::Chrome,
+    lists: Vec<ListLine>,
+    may_upload: bool,
+    max_mb: usize,
+    name: String,
+    errors: Vec<(String, String)>,
+}
+
+struct BadRow {
+    line: usize,
+    field: String,
+    message: String,
+}
+
+struct MatchLine {
+    line: usize,
+    person_id: String,
+    name: String,
+    doc: String,
+    area: String,
+    category: epigrid_core::person::Category,
+    method: &'static str,
+    confidence: String,
+    review: bool,
+}
+
+#[derive(Template)]
+#[template(path = "list.html")]
+struct ListPage {
+    c: crate::staff::Chrome,
+    list: ListLine,
+    /// Just uploaded (says it is done).
+    uploaded: bool,
+    bad: Vec<BadRow>,
+    bad_more: bool,
+    review_only: bool,
+    counts: (usize, usize),
+    items: Vec<MatchLine>,
+    items_more: usize,
+}
+
+fn list_line(st: &AppState, l: &ListRecord) -> ListLine {
+    ListLine {
+        id: l.id.to_string(),
+        name: l.name.clone(),
+        at: local(l.created_at, st.cfg.tz),
+        rows: l.rows,
+        bad_rows: l.bad_rows,
     }
-    let text = decode_text(bytes).ok_or_else(|| ApiError::field("body", "err.list.encoding"))?;
-    Ok(parse_list(&text))
+}
+
+async fn render_lists(
+    st: &AppState,
+    s: &Staff,
+    lang: Lang,
+    status: StatusCode,
+    name: String,
+    errors: Vec<FieldError>,
+) -> Response {
+    let lists = match st.store.lists(&s.scope(), 200).await {
+        Ok(l) => l,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    crate::view::html(
+        status,
+        ListsPage {
+            c: crate::staff::chrome(st, s, lang).await,
+            lists: lists.iter().map(|l| list_line(st, l)).collect(),
+            may_upload: s.role().investigates(),
+            max_mb: MAX_LIST_BYTES / (1024 * 1024),
+            name,
+            errors: errors
+                .into_iter()
+                .map(|e| (e.field.clone(), e.message(lang)))
+                .collect(),
+        },
+    )
+}
+
+async fn lists_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if !s.role().sees_personal_data() {
+        return crate::staff::forbidden(lang);
+    }
+    render_lists(&st, &s, lang, StatusCode::OK, String::new(), Vec::new()).await
+}
+
+/// The upload form's fields: `csrf`, `name` and the `file`.
+async fn read_form(mut form: Multipart) -> Result<(String, String, Bytes), FieldError> {
+    let (mut csrf, mut name, mut file) = (String::new(), String::new(), Bytes::new());
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(_) => return Err(FieldError::new("file", "err.list.upload")),
+        };
+        let key = field.name().unwrap_or_default().to_string();
+        let data = field
+            .bytes()
+            .await
+            .map_err(|_| FieldError::new("file", "err.list.upload"))?;
+        match key.as_str() {
+            "csrf" => csrf = String::from_utf8_lossy(&data).into_owned(),
+            "name" => name = String::from_utf8_lossy(&data).into_owned(),
+            "file" => file = data,
+            _ => {}
+        }
+    }
+    Ok((csrf, name, file))
+}
+
+/// `POST /lists` (multipart form): the page flow of the upload.
+async fn upload_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    form: Multipart,
+) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let (csrf, name, file) = match read_form(form).await {
+        Ok(f) => f,
+        Err(e) => {
+            return render_lists(
+                &st,
+                &s,
+                lang,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                String::new(),
+                vec![e],
+            )
+            .await
+        }
+    };
+    if let Err(e) = s.check_csrf(Some(&csrf)) {
+        return e.into_response();
+    }
+    if !s.role().investigates() {
+        return crate::staff::forbidden(lang);
+    }
+    let mut errors = Vec::new();
+    let checked = list_name(Some(&name));
+    if let Err(ApiError::Invalid(e)) = &checked {
+        errors.extend(e.iter().cloned());
+    }
+    if file.is_empty() {
+        errors.push(FieldError::new("file", "err.list.empty"));
+    }
+    if !errors.is_empty() {
+        return render_lists(
+            &st,
+            &s,
+            lang,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            name,
+            errors,
+        )
+        .await;
+    }
+    match process(&st, &s, name.trim(), file).await {
+        Ok(p) => render_list(&st, &s, lang, p.list.id, false, true).await,
+        Err(ApiError::Invalid(e)) => {
+            render_lists(&st, &s, lang, StatusCode::UNPROCESSABLE_ENTITY, name, e).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn render_list(
+    st: &AppState,
+    s: &Staff,
+    lang: Lang,
+    id: Uuid,
+    review_only: bool,
+    uploaded: bool,
+) -> Response {
+    let (list, rows) = match st.store.list_matches(id, &s.scope()).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return ApiError::NotFound.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut bad = match st.store.list_errors(id, ERRORS_SHOWN as u32 + 1).await {
+        Ok(b) => b,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let bad_more = bad.len() > ERRORS_SHOWN;
+    bad.truncate(ERRORS_SHOWN);
+    let counts = (rows.len(), rows.iter().filter(|(m, _)| m.review).count());
+    let shown: Vec<_> = rows
+        .iter()
+        .filter(|(m, _)| !review_only || m.review)
+        .collect();
+    let items = shown
+        .iter()
+        .take(MATCHES_SHOWN)
+        .map(|(m, p)| MatchLine {
+            line: m.line,
+            person_id: p.id.to_string(),
+            name: mask_name(&p.name),
+            doc: p.doc_masked.clone().unwrap_or_default(),
+            area: p.area_code().to_string(),
+            category: p.category,
+            method: m.method,
+            confidence: format!("{:.2}", m.confidence),
+            review: m.review,
+        })
+        .collect();
+    crate::view::html(
+        StatusCode::OK,
+        ListPage {
+            c: crate::staff::chrome(st, s, lang).await,
+            list: list_line(st, &list),
+            uploaded,
+            bad: bad
+                .iter()
+                .map(|e| BadRow {
+                    line: e.line,
+                    field: e.field.clone(),
+                    message: e.message(lang),
+                })
+                .collect(),
+            bad_more,
+            review_only,
+            counts,
+            items,
+            items_more: shown.len().saturating_sub(MATCHES_SHOWN),
+        },
+    )
+}
+
+async fn list_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if !s.role().sees_personal_data() {
+        return crate::staff::forbidden(lang);
+    }
+    let Ok(id) = Uuid::parse_str(&id) else {
+        return ApiError::NotFound.into_response();
+    };
+    let review_only = q.get("review").is_some_and(|v| v == "1");
+    let uploaded = q.get("uploaded").is_some_and(|v| v == "1");
+    render_list(&st, &s, lang, id, review_only, uploaded).await
 }

@@ -97,7 +97,7 @@ fn page<T: Template>(t: T) -> Response {
     crate::view::html(StatusCode::OK, t)
 }
 
-fn forbidden(lang: Lang) -> Response {
+pub(crate) fn forbidden(lang: Lang) -> Response {
     crate::public::message(
         lang,
         StatusCode::FORBIDDEN,

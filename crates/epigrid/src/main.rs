@@ -535,40 +535,41 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                 );
             }
             let total = parsed.rows.len().max(1);
-            let mut last = 0;
-            let mut progress = |done: usize| {
+            let last = std::sync::atomic::AtomicUsize::new(0);
+            let progress = |done: usize| {
                 let pct = done * 100 / total;
-                if pct >= last + 5 || done == total {
-                    last = pct;
+                let before = last.load(std::sync::atomic::Ordering::Relaxed);
+                if (pct >= before + 5 || done == total)
+                    && last
+                        .compare_exchange(
+                            before,
+                            pct,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
                     eprint!(
                         "\r{} {pct:>3}% ({done}/{total})",
                         tf(lang, "cli.import.matching", &[])
                     );
                 }
             };
-            let found = epigrid_core::matching::match_rows(
-                store.as_ref(),
+            let index = epigrid_core::matching::MatchIndex::load(store.as_ref()).await?;
+            let found = index.match_rows(
                 &vault,
                 &parsed.rows,
-                &mut progress,
-            )
-            .await?;
+                epigrid_core::matching::Passes::All,
+                &progress,
+            );
             eprintln!();
-            let list = epigrid_core::store::ListRecord {
-                id: epigrid_core::vault::new_id(),
-                name,
-                uploaded_by: None,
-                area_path: "/".into(),
-                created_at: Utc::now(),
-                rows: (parsed.rows.len() + parsed.errors.len()) as i32,
-                bad_rows: parsed
-                    .errors
-                    .iter()
-                    .map(|(l, _)| *l)
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len() as i32,
-            };
-            store.insert_list(&list, &found).await?;
+            let list = parsed.record(&name, None, "/");
+            let errors: Vec<epigrid_core::store::ListError> = parsed
+                .errors
+                .iter()
+                .map(epigrid_core::store::ListError::from)
+                .collect();
+            store.insert_list(&list, &errors, &found).await?;
             println!(
                 "{}",
                 tf(

@@ -2049,21 +2049,40 @@ async fn list_matches_are_stored_alike_on_every_store() {
             "甲",
         )
         .await;
-        let rows = epigrid_core::matching::parse_list(&format!(
-            "id_number\n{}\n",
+        let parsed = epigrid_core::matching::parse_list(&format!(
+            "id_number,姓名,手机号,车牌号\n{},,,\n,甲,13911112222,\n,乙,,蒙L12345\n123,,,\n",
             cn_id("150802", "19800101", 91)
-        ))
-        .rows;
+        ));
+        let (people, plates) = store.match_keys().await.unwrap();
+        let known = people
+            .iter()
+            .find(|p| p.id == a)
+            .expect("the person is a match key");
+        assert_eq!(
+            (known.name.as_str(), known.birth_date.map(|d| d.to_string())),
+            ("甲", Some("1980-01-01".to_string())),
+            "{name}"
+        );
+        assert_eq!(
+            known.phone_index.as_deref(),
+            Some(&vault().blind_index("phone", "13911112222")[..]),
+            "{name}"
+        );
+        assert!(plates.contains(&("蒙L12345".to_string(), a)), "{name}");
         let found =
-            epigrid_core::matching::match_rows(store.as_ref(), &vault(), &rows, &mut |_| {})
+            epigrid_core::matching::match_rows(store.as_ref(), &vault(), &parsed.rows, &|_| {})
                 .await
                 .unwrap();
         assert_eq!(
             found
                 .iter()
-                .map(|m| (m.person_id, m.method))
+                .map(|m| (m.line, m.person_id, m.method, m.review))
                 .collect::<Vec<_>>(),
-            vec![(a, "id_number")],
+            vec![
+                (2, a, "id_number", false),
+                (3, a, "phone", false),
+                (4, a, "plate", true)
+            ],
             "{name}"
         );
         let list = epigrid_core::store::ListRecord {
@@ -2072,16 +2091,41 @@ async fn list_matches_are_stored_alike_on_every_store() {
             uploaded_by: None,
             area_path: "/150800/".into(),
             created_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
-            rows: 1,
-            bad_rows: 0,
+            rows: 4,
+            bad_rows: 1,
         };
-        store.insert_list(&list, &found).await.unwrap();
+        let errors: Vec<epigrid_core::store::ListError> = parsed
+            .errors
+            .iter()
+            .map(epigrid_core::store::ListError::from)
+            .collect();
+        store.insert_list(&list, &errors, &found).await.unwrap();
+        let back_errors = store.list_errors(list.id, 10).await.unwrap();
+        assert_eq!(back_errors, errors, "{name}");
+        assert_eq!(
+            (back_errors[0].line, back_errors[0].field.as_str()),
+            (5, "id_number"),
+            "{name}"
+        );
+        assert_eq!(
+            store.lists(&Scope::new("/150800/"), 10).await.unwrap(),
+            vec![list.clone()],
+            "{name}"
+        );
+        assert!(
+            store
+                .lists(&Scope::new("/150800/150821/"), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}"
+        );
         let (back, ms) = store
             .list_matches(list.id, &Scope::new("/150800/"))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((back, ms.len()), (list.clone(), 1), "{name}");
+        assert_eq!((back, ms.len()), (list.clone(), 3), "{name}");
         assert!(
             store
                 .list_matches(list.id, &Scope::new("/150800/150821/"))
@@ -2149,4 +2193,138 @@ async fn lists_can_be_uploaded_as_xlsx() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "a broken spreadsheet is a clear error");
+}
+
+/// A multipart form body as a browser sends it (reqwest here has no multipart feature).
+fn multipart(fields: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----epigridTestBoundary7MA4YWxk";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        if *name == "file" {
+            body.extend_from_slice(
+                b"Content-Disposition: form-data; name=\"file\"; filename=\"list.csv\"\r\nContent-Type: text/csv\r\n\r\n",
+            );
+        } else {
+            body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            );
+        }
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_are_uploaded_from_the_page_and_keep_their_bad_rows() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let known = cn_id("150802", "19850312", 84);
+    let p1 = person_via_api(&app, &known, "赵四", "13600000084", &epi).await;
+    let cookie = app.login_cookie("epi").await;
+    let page = app
+        .client
+        .get(format!("{}/lists?lang=en", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("enctype=\"multipart/form-data\""),
+        "upload form"
+    );
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    // more than the 1 MB default body limit: lists may be large
+    let mut csv = format!("姓名,身份证号\n赵四,{known}\n王五,123\n");
+    while csv.len() < 1_300_000 {
+        csv.push_str("某人,\n");
+    }
+    let (ct, body) = multipart(&[
+        ("csrf", csrf.as_bytes()),
+        ("name", "客运名单".as_bytes()),
+        ("file", csv.as_bytes()),
+    ]);
+    let r = app
+        .client
+        .post(format!("{}/lists?lang=en", app.base))
+        .header("cookie", &cookie)
+        .header("content-type", &ct)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("客运名单"), "the list's page");
+    assert!(
+        html.contains(&format!("/persons/{p1}")) && !html.contains(&known),
+        "the match links the person, masked"
+    );
+    assert!(
+        html.contains("<td>3</td><td>ID number</td>"),
+        "the bad row is listed by line and column"
+    );
+    let id = html
+        .split("href=\"/lists/")
+        .find_map(|s| s.split('?').next().filter(|x| x.len() == 36))
+        .map(str::to_string)
+        .expect("list id in a link");
+    // later, the bad rows are still there
+    let again = app
+        .client
+        .get(format!("{}/lists/{id}?lang=en", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(again.contains("<td>3</td><td>ID number</td>"));
+    // without the CSRF token nothing is stored
+    let (ct, body) = multipart(&[("name", b"x"), ("file", csv.as_bytes())]);
+    let r = app
+        .client
+        .post(format!("{}/lists", app.base))
+        .header("cookie", &cookie)
+        .header("content-type", &ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // a missing name and file are field errors on the form
+    let (ct, body) = multipart(&[("csrf", csrf.as_bytes()), ("name", b" ")]);
+    let r = app
+        .client
+        .post(format!("{}/lists?lang=en", app.base))
+        .header("cookie", &cookie)
+        .header("content-type", &ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("The file is empty."), "{html}");
+    let lists = app
+        .client
+        .get(format!("{}/lists", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(lists.matches("href=\"/lists/").count(), 1, "one list kept");
 }
