@@ -207,3 +207,104 @@ pub const SQL_SECOND: &str = "WITH idx AS (SELECT unnest($1::int[]) AS p), \
     second AS (SELECT DISTINCT f.i, d.person AS c FROM first f JOIN bench_visits c2 ON c2.person = f.c \
       JOIN bench_visits d ON d.site = c2.site AND d.s < c2.e AND d.s > c2.s - 3600 AND d.e > c2.s AND d.person <> c2.person) \
     SELECT (SELECT COUNT(*) FROM first), (SELECT COUNT(*) FROM second)";
+
+/// Synthetic people and a list to match against them (`epigrid bench match`).
+pub struct MatchData {
+    pub people: Vec<epigrid_core::matching::KnownPerson>,
+    pub plates: Vec<(String, uuid::Uuid)>,
+    /// The list as an agency would send it: a CSV with a header.
+    pub csv: String,
+}
+
+/// `people` people with valid ID numbers, names, phones (and a plate for one in ten); a list
+/// of `rows` rows: 60 % known people (ID, name, phone), 20 % unknown ID numbers, 10 % phone
+/// only, 5 % name + birth date, 4 % plate, 1 % malformed ID numbers.
+pub fn match_data(vault: &epigrid_core::vault::Vault, people: u32, rows: usize) -> MatchData {
+    use epigrid_core::matching::KnownPerson;
+    use epigrid_core::rng::{chinese_name, Rng};
+    use epigrid_core::validate::IdNumber;
+    use std::fmt::Write;
+    let regions = [
+        "150802", "150821", "150822", "150823", "150824", "150825", "150826",
+    ];
+    let mut rng = Rng::new(7);
+    let id_number = |rng: &mut Rng| -> (String, chrono::NaiveDate) {
+        let birth = chrono::NaiveDate::from_ymd_opt(1940, 1, 1).unwrap_or_default()
+            + chrono::Duration::days(rng.below(25_000) as i64);
+        let body = format!(
+            "{}{}{:03}",
+            rng.pick(&regions),
+            birth.format("%Y%m%d"),
+            rng.below(1000)
+        );
+        let check = IdNumber::check_char_for(&body).unwrap_or('0');
+        (format!("{body}{check}"), birth)
+    };
+    struct Gen {
+        id: String,
+        name: String,
+        phone: String,
+        birth: chrono::NaiveDate,
+        plate: Option<String>,
+    }
+    let mut gen = Vec::with_capacity(people as usize);
+    let mut known = Vec::with_capacity(people as usize);
+    let mut plates = Vec::new();
+    for _ in 0..people {
+        let (id, birth) = id_number(&mut rng);
+        let name = chinese_name(&mut rng);
+        let phone = format!("13{:09}", rng.below(1_000_000_000));
+        let plate = rng
+            .chance(0.1)
+            .then(|| format!("蒙L{:05}", rng.below(100_000)));
+        let doc = epigrid_core::validate::Document::parse(
+            "id_number",
+            epigrid_core::validate::DocType::CnId,
+            &id,
+        );
+        let Ok(doc) = doc else { continue };
+        let pid = epigrid_core::register::document_person_id(vault, &doc);
+        known.push(KnownPerson {
+            id: pid,
+            merged_into: None,
+            name: name.clone(),
+            birth_date: Some(birth),
+            phone_index: Some(vault.blind_index("phone", &phone)),
+        });
+        if let Some(p) = &plate {
+            plates.push((p.clone(), pid));
+        }
+        gen.push(Gen {
+            id,
+            name,
+            phone,
+            birth,
+            plate,
+        });
+    }
+    let mut csv = String::with_capacity(rows * 48);
+    csv.push_str("姓名,身份证号,手机号,车牌号,出生日期\n");
+    for _ in 0..rows {
+        let roll = rng.below(100);
+        let g = &gen[rng.below(gen.len() as u64) as usize];
+        let _ = match roll {
+            0..60 => writeln!(csv, "{},{},{},,", g.name, g.id, g.phone),
+            60..80 => {
+                let (id, _) = id_number(&mut rng);
+                writeln!(csv, "{},{id},,,", chinese_name(&mut rng))
+            }
+            80..90 => writeln!(csv, "{},,{},,", g.name, g.phone),
+            90..95 => writeln!(csv, "{},,,,{}", g.name, g.birth),
+            95..99 => match &g.plate {
+                Some(p) => writeln!(csv, "{},,,{p},", g.name),
+                None => writeln!(csv, ",,,蒙L{:05},", rng.below(100_000)),
+            },
+            _ => writeln!(csv, "{},{}0,,,", g.name, &g.id[..16]),
+        };
+    }
+    MatchData {
+        people: known,
+        plates,
+        csv,
+    }
+}
