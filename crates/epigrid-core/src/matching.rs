@@ -82,6 +82,35 @@ fn column(name: &str) -> Option<&'static str> {
     })
 }
 
+/// What a list's columns can be matched on.
+pub const TARGETS: [&str; 5] = ["name", "id_number", "phone", "plate", "birth_date"];
+
+/// Columns chosen by the user where the headings are not ones epigrid recognises: for a
+/// target (`id_number`, …), the heading in the file or the column's number (1 = first).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ColumnMap(pub Vec<(&'static str, String)>);
+
+impl ColumnMap {
+    /// From `col_<target>=<heading>` pairs (query string or form); other keys are ignored,
+    /// blank values too.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> ColumnMap {
+        let mut m = ColumnMap::default();
+        for (k, v) in pairs {
+            let Some(target) = k
+                .strip_prefix("col_")
+                .and_then(|t| TARGETS.iter().find(|x| **x == t))
+            else {
+                continue;
+            };
+            if !v.trim().is_empty() {
+                m.0.retain(|(t, _)| t != target);
+                m.0.push((target, v.trim().to_string()));
+            }
+        }
+        m
+    }
+}
+
 /// Where each known column is in a row.
 #[derive(Debug, Clone, Copy, Default)]
 struct Columns {
@@ -93,21 +122,58 @@ struct Columns {
 }
 
 impl Columns {
-    fn from_header<S: AsRef<str>>(header: &[S]) -> Result<Columns, FieldError> {
+    fn slot(&mut self, target: &str) -> Option<&mut Option<usize>> {
+        Some(match target {
+            "name" => &mut self.name,
+            "id_number" => &mut self.id_number,
+            "phone" => &mut self.phone,
+            "plate" => &mut self.plate,
+            "birth_date" => &mut self.birth_date,
+            _ => return None,
+        })
+    }
+
+    fn from_header<S: AsRef<str>>(header: &[S], map: &ColumnMap) -> Result<Columns, FieldError> {
         if header.iter().all(|h| h.as_ref().trim().is_empty()) {
             return Err(FieldError::new("header", "err.list.empty"));
         }
         let mut c = Columns::default();
         for (i, h) in header.iter().enumerate() {
-            let slot = match column(h.as_ref()) {
-                Some("name") => &mut c.name,
-                Some("id_number") => &mut c.id_number,
-                Some("phone") => &mut c.phone,
-                Some("plate") => &mut c.plate,
-                Some("birth_date") => &mut c.birth_date,
-                _ => continue,
+            if let Some(slot) = column(h.as_ref()).and_then(|t| c.slot(t)) {
+                slot.get_or_insert(i);
+            }
+        }
+        for (target, heading) in &map.0 {
+            let wanted = heading.trim().trim_start_matches('\u{feff}').to_lowercase();
+            let by_name = header.iter().position(|h| {
+                h.as_ref()
+                    .trim()
+                    .trim_start_matches('\u{feff}')
+                    .to_lowercase()
+                    == wanted
+            });
+            let by_number = wanted
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=header.len()).contains(n))
+                .map(|n| n - 1);
+            let Some(i) = by_name.or(by_number) else {
+                return Err(
+                    FieldError::new(format!("col_{target}"), "err.list.no_column")
+                        .with("column", heading.clone()),
+                );
             };
-            slot.get_or_insert(i);
+            // the column now means only this
+            for t in TARGETS {
+                if let Some(slot) = c.slot(t) {
+                    if *slot == Some(i) {
+                        *slot = None;
+                    }
+                }
+            }
+            if let Some(slot) = c.slot(target) {
+                *slot = Some(i);
+            }
         }
         if c.name.is_none() && c.id_number.is_none() && c.phone.is_none() && c.plate.is_none() {
             return Err(FieldError::new("header", "err.list.columns"));
@@ -241,9 +307,14 @@ fn parse_lines(cols: &Columns, body: &str, first_line: usize, today: NaiveDate) 
 /// Reads a CSV list (header row first; columns matched by name, order free). Large lists are
 /// read on all cores: the body is cut at line ends and each part keeps its file line numbers.
 pub fn parse_list(text: &str) -> ParsedList {
+    parse_list_mapped(text, &ColumnMap::default())
+}
+
+/// [`parse_list`] with columns chosen by the user where headings are not recognised.
+pub fn parse_list_mapped(text: &str, map: &ColumnMap) -> ParsedList {
     let text = text.trim_start_matches('\u{feff}');
     let (head, body) = text.split_once('\n').unwrap_or((text, ""));
-    let cols = match Columns::from_header(&csv_cells(head.trim_end_matches('\r'))) {
+    let cols = match Columns::from_header(&csv_cells(head.trim_end_matches('\r')), map) {
         Ok(c) => c,
         Err(e) => {
             return ParsedList {
@@ -330,8 +401,12 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
 /// Reads a list given as rows of cells (from a spreadsheet): the first is the header.
 /// Every cell is validated; a row with a bad cell is reported with its line and field and is
 /// not matched.
-pub fn parse_rows(header: Vec<String>, rows: impl Iterator<Item = Vec<String>>) -> ParsedList {
-    let cols = match Columns::from_header(&header) {
+pub fn parse_rows(
+    header: Vec<String>,
+    rows: impl Iterator<Item = Vec<String>>,
+    map: &ColumnMap,
+) -> ParsedList {
+    let cols = match Columns::from_header(&header, map) {
         Ok(c) => c,
         Err(e) => {
             return ParsedList {
@@ -700,5 +775,40 @@ mod tests {
         assert!(exact.iter().all(|m| m.line <= 4));
         let fuzzy = ix.match_rows(&v, &rows, Passes::Fuzzy, &|_| {});
         assert!(fuzzy.iter().all(|m| m.line >= 5));
+    }
+
+    #[test]
+    fn columns_can_be_chosen_by_heading_or_number() {
+        use super::*;
+        let text = "证件,联系方式,姓名\n11010519491231002X,13912345678,张三\n";
+        assert_eq!(
+            parse_list(text).rows[0].document,
+            None,
+            "证件 is not recognised"
+        );
+        let map =
+            ColumnMap::from_pairs([("col_id_number", "证件"), ("col_phone", "2"), ("x", "y")]);
+        let p = parse_list_mapped(text, &map);
+        assert!(p.errors.is_empty(), "{:?}", p.errors);
+        assert_eq!(
+            p.rows[0].document.as_ref().unwrap().number(),
+            "11010519491231002X"
+        );
+        assert_eq!(p.rows[0].phone.as_ref().unwrap().as_str(), "13912345678");
+        // a recognised column can be remapped: 姓名 read as plate now is not a name
+        let p = parse_list_mapped(
+            text,
+            &ColumnMap::from_pairs([("col_id_number", "证件"), ("col_plate", "姓名")]),
+        );
+        assert!(p.rows.is_empty() && p.errors[0].1.field == "plate");
+        let p = parse_list_mapped(text, &ColumnMap::from_pairs([("col_phone", "电话")]));
+        assert_eq!(
+            (
+                p.errors[0].0,
+                p.errors[0].1.field.as_str(),
+                p.errors[0].1.key
+            ),
+            (1, "col_phone", "err.list.no_column")
+        );
     }
 }

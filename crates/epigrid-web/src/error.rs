@@ -125,6 +125,14 @@ impl ApiError {
         }
     }
 
+    /// What went wrong, in words (for the command line).
+    pub fn messages(&self, lang: Lang) -> Vec<String> {
+        match self {
+            ApiError::Invalid(errs) => errs.iter().map(|e| e.message(lang)).collect(),
+            other => vec![t(lang, other.key()).to_string()],
+        }
+    }
+
     pub fn body(&self, lang: Lang) -> serde_json::Value {
         match self {
             ApiError::Invalid(errs) => json!({

@@ -12,7 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use epigrid_core::matching::{parse_list, ListMatch, MatchIndex, ParsedList, Passes};
+use epigrid_core::matching::{
+    parse_list_mapped, ColumnMap, ListMatch, MatchIndex, ParsedList, Passes,
+};
 use epigrid_core::store::{ListError, ListRecord};
 use epigrid_core::validate::FieldError;
 use epigrid_core::Lang;
@@ -57,7 +59,7 @@ pub fn decode_text(bytes: &[u8]) -> Option<String> {
 }
 
 /// Reads a list file: XLSX (first sheet; every cell as text) or CSV in UTF-8 or GBK.
-pub fn read_list(bytes: &[u8]) -> Result<ParsedList, ApiError> {
+pub fn read_list(bytes: &[u8], map: &ColumnMap) -> Result<ParsedList, ApiError> {
     use calamine::Reader;
     if bytes.starts_with(b"PK") {
         let mut wb: calamine::Xlsx<_> =
@@ -71,10 +73,10 @@ pub fn read_list(bytes: &[u8]) -> Result<ParsedList, ApiError> {
             .rows()
             .map(|r| r.iter().map(|c| c.to_string()).collect::<Vec<String>>());
         let header = rows.next().unwrap_or_default();
-        return Ok(epigrid_core::matching::parse_rows(header, rows));
+        return Ok(epigrid_core::matching::parse_rows(header, rows, map));
     }
     let text = decode_text(bytes).ok_or_else(|| ApiError::field("file", "err.list.encoding"))?;
-    Ok(parse_list(&text))
+    Ok(parse_list_mapped(&text, map))
 }
 
 fn list_name(raw: Option<&str>) -> ApiResult<String> {
@@ -100,9 +102,15 @@ struct Processed {
 }
 
 /// Validates and matches a list (CPU work off the async threads), stores its matches, audits.
-async fn process(st: &AppState, staff: &Staff, name: &str, body: Bytes) -> ApiResult<Processed> {
+async fn process(
+    st: &AppState,
+    staff: &Staff,
+    name: &str,
+    map: ColumnMap,
+    body: Bytes,
+) -> ApiResult<Processed> {
     let join = |e: tokio::task::JoinError| ApiError::Internal(e.to_string());
-    let parsed = tokio::task::spawn_blocking(move || read_list(&body))
+    let parsed = tokio::task::spawn_blocking(move || read_list(&body, &map))
         .await
         .map_err(join)??;
     if parsed.header_error() {
@@ -137,7 +145,7 @@ async fn process(st: &AppState, staff: &Staff, name: &str, body: Bytes) -> ApiRe
     })
 }
 
-/// `POST /api/v1/lists?name=NAME` with the CSV or XLSX file as the body: validates every row
+/// `POST /api/v1/lists?name=NAME[&col_id_number=HEADING…]` with the CSV or XLSX file as the body: validates every row
 /// (bad rows are listed with their line and reason), matches the good ones, stores the matches.
 async fn upload(
     State(st): State<AppState>,
@@ -149,7 +157,8 @@ async fn upload(
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().investigates())?;
     let name = list_name(q.get("name").map(String::as_str))?;
-    let p = process(&st, &staff, &name, body).await?;
+    let map = ColumnMap::from_pairs(q.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let p = process(&st, &staff, &name, map, body).await?;
     let lang = crate::error::current_lang();
     Ok((
         StatusCode::CREATED,
@@ -206,6 +215,7 @@ struct ListsPage {
     max_mb: usize,
     name: String,
     errors: Vec<(String, String)>,
+    targets: Vec<&'static str>,
 }
 
 struct BadRow {
@@ -271,6 +281,7 @@ async fn render_lists(
             may_upload: s.role().investigates(),
             max_mb: MAX_LIST_BYTES / (1024 * 1024),
             name,
+            targets: epigrid_core::matching::TARGETS.to_vec(),
             errors: errors
                 .into_iter()
                 .map(|e| (e.field.clone(), e.message(lang)))
@@ -294,9 +305,21 @@ async fn lists_page(
     render_lists(&st, &s, lang, StatusCode::OK, String::new(), Vec::new()).await
 }
 
-/// The upload form's fields: `csrf`, `name` and the `file`.
-async fn read_form(mut form: Multipart) -> Result<(String, String, Bytes), FieldError> {
-    let (mut csrf, mut name, mut file) = (String::new(), String::new(), Bytes::new());
+/// The upload form's fields: `csrf`, `name`, the `file` and `col_<target>` headings.
+struct UploadForm {
+    csrf: String,
+    name: String,
+    file: Bytes,
+    columns: Vec<(String, String)>,
+}
+
+async fn read_form(mut form: Multipart) -> Result<UploadForm, FieldError> {
+    let mut f = UploadForm {
+        csrf: String::new(),
+        name: String::new(),
+        file: Bytes::new(),
+        columns: Vec::new(),
+    };
     loop {
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
@@ -309,13 +332,16 @@ async fn read_form(mut form: Multipart) -> Result<(String, String, Bytes), Field
             .await
             .map_err(|_| FieldError::new("file", "err.list.upload"))?;
         match key.as_str() {
-            "csrf" => csrf = String::from_utf8_lossy(&data).into_owned(),
-            "name" => name = String::from_utf8_lossy(&data).into_owned(),
-            "file" => file = data,
+            "csrf" => f.csrf = String::from_utf8_lossy(&data).into_owned(),
+            "name" => f.name = String::from_utf8_lossy(&data).into_owned(),
+            "file" => f.file = data,
+            k if k.starts_with("col_") && data.len() <= 200 => f
+                .columns
+                .push((key.clone(), String::from_utf8_lossy(&data).into_owned())),
             _ => {}
         }
     }
-    Ok((csrf, name, file))
+    Ok(f)
 }
 
 /// `POST /lists` (multipart form): the page flow of the upload.
@@ -329,7 +355,12 @@ async fn upload_page(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let (csrf, name, file) = match read_form(form).await {
+    let UploadForm {
+        csrf,
+        name,
+        file,
+        columns,
+    } = match read_form(form).await {
         Ok(f) => f,
         Err(e) => {
             return render_lists(
@@ -368,7 +399,8 @@ async fn upload_page(
         )
         .await;
     }
-    match process(&st, &s, name.trim(), file).await {
+    let map = ColumnMap::from_pairs(columns.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    match process(&st, &s, name.trim(), map, file).await {
         Ok(p) => render_list(&st, &s, lang, p.list.id, false, true).await,
         Err(ApiError::Invalid(e)) => {
             render_lists(&st, &s, lang, StatusCode::UNPROCESSABLE_ENTITY, name, e).await

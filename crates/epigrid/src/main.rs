@@ -173,14 +173,18 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum ImportCommand {
-    /// A list from another agency (CSV, columns by name: 身份证号/id_number, 手机/phone,
-    /// 姓名/name, 车牌/plate, 出生日期/birth_date) matched against the people epigrid knows.
+    /// A list from another agency (CSV in UTF-8 or GBK, or XLSX; columns by name: 身份证号/id_number,
+    /// 手机/phone, 姓名/name, 车牌/plate, 出生日期/birth_date) matched against the people epigrid knows.
     List {
         /// The file.
         file: PathBuf,
         /// A name for the list (e.g. "K1234 passengers 11-28").
         #[arg(long)]
         name: String,
+        /// A column with another heading: TARGET=HEADING or TARGET=NUMBER (1 = first column),
+        /// TARGET one of name, id_number, phone, plate, birth_date. Repeatable.
+        #[arg(long, value_name = "TARGET=HEADING")]
+        column: Vec<String>,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -524,14 +528,44 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             Ok(())
         }
         Command::Import {
-            what: ImportCommand::List { file, name, db },
+            what:
+                ImportCommand::List {
+                    file,
+                    name,
+                    column,
+                    db,
+                },
         } => {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
             let store = open_store(&db).await?;
             let vault = open_vault(&db)?;
-            let text = epigrid_web::decode_text(&bytes)
-                .ok_or_else(|| anyhow!(tf(lang, "err.list.encoding", &[])))?;
-            let parsed = epigrid_core::matching::parse_list(&text);
+            let mut pairs = Vec::new();
+            for c in &column {
+                match c.split_once('=') {
+                    Some((k, v)) if epigrid_core::matching::TARGETS.contains(&k.trim()) => {
+                        pairs.push((format!("col_{}", k.trim()), v.to_string()))
+                    }
+                    _ => bail!(
+                        "--column {c:?}: use TARGET=HEADING, TARGET one of {}",
+                        epigrid_core::matching::TARGETS.join(", ")
+                    ),
+                }
+            }
+            let map = epigrid_core::matching::ColumnMap::from_pairs(
+                pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            let parsed = match epigrid_web::read_list(&bytes, &map) {
+                Ok(p) => p,
+                Err(e) => bail!(e.messages(lang).join("\n")),
+            };
+            if parsed.header_error() {
+                bail!(parsed
+                    .errors
+                    .iter()
+                    .map(|(_, e)| e.message(lang))
+                    .collect::<Vec<_>>()
+                    .join("\n"));
+            }
             for (line, e) in &parsed.errors {
                 eprintln!(
                     "{}",

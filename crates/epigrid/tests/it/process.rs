@@ -99,6 +99,7 @@ fn every_command_has_help() {
         vec!["import", "proximity", "--help"],
         vec!["import", "list", "--help"],
         vec!["bench", "search", "--help"],
+        vec!["bench", "match", "--help"],
         vec!["user", "--help"],
         vec!["user", "add", "--help"],
     ] {
@@ -185,6 +186,38 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
         ok && out.contains("0"),
         "re-import changes nothing and the refused file left nothing: {out}"
     );
+    // a list with headings of its own: columns chosen on the command line
+    let list = dir.join("list.csv");
+    std::fs::write(
+        &list,
+        "证件,联系方式\n11010519491231002X,13912345678\n110105194912310021,\n",
+    )
+    .unwrap();
+    let path = list.to_str().unwrap();
+    let (ok, out) = epigrid(&["import", "list", path, "--name", "l", "--db", &db]);
+    assert!(!ok && out.contains("no column to match on"), "{out}");
+    let (ok, out) = epigrid(&[
+        "import",
+        "list",
+        path,
+        "--name",
+        "l",
+        "--db",
+        &db,
+        "--column",
+        "id_number=证件",
+        "--column",
+        "phone=2",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("1 valid rows, 1 with errors") && out.contains("line 3, id_number"),
+        "{out}"
+    );
+    let (ok, out) = epigrid(&[
+        "import", "list", path, "--name", "l", "--db", &db, "--column", "shoe=1",
+    ]);
+    assert!(!ok && out.contains("TARGET=HEADING"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
