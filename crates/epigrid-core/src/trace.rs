@@ -435,7 +435,18 @@ pub struct Loaded {
     plate_no: HashMap<String, u32>,
     /// Highest registration sequence number loaded.
     pub max_seq: i64,
+    /// Sequence numbers below `max_seq` not seen yet by [`Loaded::append_visits`], with when
+    /// they were first missed. On PostgreSQL a transaction can commit after one that took a
+    /// later number, so its registration shows up late; a number still missing after
+    /// [`GAP_WAIT`] is taken as rolled back.
+    gaps: std::collections::BTreeMap<i64, std::time::Instant>,
 }
+
+/// How long a missing sequence number is looked for again.
+pub const GAP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Jumps in sequence numbers larger than this are not tracked as gaps (another process's
+/// burst, or a sequence's cache: the 10-minute reload covers those).
+const MAX_GAP: i64 = 10_000;
 
 impl Loaded {
     fn pid(&mut self, u: uuid::Uuid) -> Pid {
@@ -488,9 +499,23 @@ impl Loaded {
             site_no: HashMap::new(),
             plate_no: HashMap::new(),
             max_seq: 0,
+            gaps: Default::default(),
         };
         let visits = l.visits_of(&data.visits);
         l.records = Records::new(visits);
+        // numbers missing near the top may be registrations still being committed
+        let top: std::collections::HashSet<i64> = data
+            .visits
+            .iter()
+            .map(|v| v.seq)
+            .filter(|s| *s > l.max_seq - 1000)
+            .collect();
+        let now = std::time::Instant::now();
+        for missing in (l.max_seq - 1000).max(1)..l.max_seq {
+            if !top.contains(&missing) {
+                l.gaps.insert(missing, now);
+            }
+        }
         let reg_no: HashMap<uuid::Uuid, u32> = l
             .registration_ids
             .iter()
@@ -523,8 +548,39 @@ impl Loaded {
 
     /// Adds registrations newer than what was loaded (companions and households of new
     /// registrations are picked up by the next full load).
+    /// Where to read newer registrations from: after the oldest number still missing, else
+    /// after the highest loaded.
+    pub fn read_after(&mut self) -> i64 {
+        self.gaps.retain(|_, since| since.elapsed() < GAP_WAIT);
+        self.gaps
+            .keys()
+            .next()
+            .map_or(self.max_seq, |first| first - 1)
+    }
+
+    /// Adds registrations read after [`Loaded::read_after`]: rows already loaded are skipped,
+    /// rows that fill a gap are added, and new gaps are remembered.
     pub fn append_visits(&mut self, rows: &[VisitRow]) {
-        let visits = self.visits_of(rows);
+        let mut sorted: Vec<&VisitRow> = rows.iter().collect();
+        sorted.sort_by_key(|v| v.seq);
+        let now = std::time::Instant::now();
+        let mut fresh = Vec::new();
+        for v in sorted {
+            if v.seq <= self.max_seq {
+                if self.gaps.remove(&v.seq).is_some() {
+                    fresh.push(v.clone());
+                }
+                continue;
+            }
+            if v.seq - self.max_seq <= MAX_GAP {
+                for missing in self.max_seq + 1..v.seq {
+                    self.gaps.entry(missing).or_insert(now);
+                }
+            }
+            self.max_seq = v.seq;
+            fresh.push(v.clone());
+        }
+        let visits = self.visits_of(&fresh);
         self.records.append(visits);
     }
 
@@ -730,6 +786,42 @@ mod tests {
         parts.append(all[2..].to_vec());
         let p = TraceParams::default();
         assert_eq!(whole.trace(1, &p), parts.trace(1, &p));
+    }
+
+    #[test]
+    fn registrations_committed_out_of_order_are_picked_up_once() {
+        let row = |seq: i64| VisitRow {
+            seq,
+            registration_id: uuid::Uuid::from_u128(seq as u128),
+            person_id: uuid::Uuid::from_u128(1000 + seq as u128),
+            site_id: uuid::Uuid::from_u128(7),
+            at: chrono::DateTime::from_timestamp(1_700_000_000 + seq, 0).unwrap(),
+            left_at: None,
+            default_stay_min: 10,
+            plate: None,
+        };
+        let mut l = Loaded::from_data(TraceData {
+            visits: vec![row(1), row(2), row(4)],
+            ..Default::default()
+        });
+        // 3 is missing: read again from there
+        assert_eq!(l.read_after(), 2);
+        // the store now has 3 (committed late), 4 (loaded) and 5, 7 (new; 6 is missing)
+        l.append_visits(&[row(5), row(3), row(4), row(7)]);
+        let mut ids: Vec<u128> = l.registration_ids.iter().map(|u| u.as_u128()).collect();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2, 3, 4, 5, 7], "each registration once");
+        assert_eq!((l.max_seq, l.read_after()), (7, 5));
+        l.append_visits(&[row(6), row(7)]);
+        assert_eq!((l.registration_ids.len(), l.read_after()), (7, 7));
+        // the late one is traced like any other: 3 overlaps 2 and 4 at the same site
+        let p3 = l.pid_of[&uuid::Uuid::from_u128(1003)];
+        let p = TraceParams {
+            from: 0,
+            to: i64::MAX / 2,
+            ..Default::default()
+        };
+        assert!(!l.records.trace(p3, &p).is_empty());
     }
 
     proptest! {

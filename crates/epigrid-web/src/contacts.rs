@@ -194,7 +194,7 @@ pub(crate) async fn run_trace(
         });
         if fresh {
             if let Some(c) = guard.as_mut() {
-                let newer = st.store.trace_visits_after(c.loaded.max_seq).await?;
+                let newer = st.store.trace_visits_after(c.loaded.read_after()).await?;
                 c.loaded.append_visits(&newer);
             }
         } else {
