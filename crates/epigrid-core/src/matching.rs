@@ -290,14 +290,16 @@ fn threads() -> usize {
 /// Reads the data lines of `body` (the first is file line `first_line`).
 fn parse_lines(cols: &Columns, body: &str, first_line: usize, today: NaiveDate) -> ParsedList {
     let mut out = ParsedList::default();
+    let mut cells: Vec<&str> = Vec::new();
     for (i, line) in body.lines().enumerate() {
         let line_no = first_line + i;
         if line.contains('"') {
             let owned = csv_cells(line);
-            let cells: Vec<&str> = owned.iter().map(String::as_str).collect();
-            cols.push(&mut out, line_no, &cells, today);
+            let quoted: Vec<&str> = owned.iter().map(String::as_str).collect();
+            cols.push(&mut out, line_no, &quoted, today);
         } else {
-            let cells: Vec<&str> = line.split(',').collect();
+            cells.clear();
+            cells.extend(line.split(','));
             cols.push(&mut out, line_no, &cells, today);
         }
     }
@@ -473,18 +475,31 @@ fn key128(bytes: &[u8]) -> u128 {
     u128::from_le_bytes(k)
 }
 
+/// Longest name (in bytes) kept inline in a [`Known`] entry.
+const INLINE_NAME: usize = 27;
+
+/// One live person in the index, laid out so that a match reads one cache line: the id, the
+/// next person with the same phone, and the name (inline when short, as nearly all are).
+#[derive(Debug, Clone)]
+struct Known {
+    id: Uuid,
+    next_phone: u32,
+    /// Length of the inline name, or `u8::MAX` when it is in `long_names`.
+    name_len: u8,
+    name: [u8; INLINE_NAME],
+}
+
 /// Everyone the store knows, indexed in memory for matching: a hash join per pass instead of
 /// a query per row. Keys are blind indexes and person ids (HMAC outputs), so they are hashed
 /// cheaply; names and plates use the standard keyed hasher.
 #[derive(Debug, Default)]
 pub struct MatchIndex {
-    ids: Vec<Uuid>,
-    names: Vec<Box<str>>,
+    people: Vec<Known>,
+    long_names: HashMap<u32, Box<str>>,
     /// Person id (also of merged records) → dense number of the person it resolves to.
     by_id: FastMap<u128, u32>,
-    /// Phone blind index → first person; `phone_next` chains the others.
+    /// Phone blind index → first person; [`Known::next_phone`] chains the others.
     by_phone: FastMap<u128, u32>,
-    phone_next: Vec<u32>,
     by_name_birth: HashMap<(Box<str>, NaiveDate), Vec<u32>>,
     by_plate: HashMap<Box<str>, Vec<u32>>,
 }
@@ -494,9 +509,7 @@ impl MatchIndex {
     pub fn new(people: Vec<KnownPerson>, plates: Vec<(String, Uuid)>) -> MatchIndex {
         let mut ix = MatchIndex::default();
         let live = people.iter().filter(|p| p.merged_into.is_none()).count();
-        ix.ids.reserve(live);
-        ix.names.reserve(live);
-        ix.phone_next.reserve(live);
+        ix.people.reserve(live);
         ix.by_id.reserve(people.len());
         let mut merged = Vec::new();
         for p in people {
@@ -504,21 +517,31 @@ impl MatchIndex {
                 merged.push((p.id, into));
                 continue;
             }
-            let n = ix.ids.len() as u32;
+            let n = ix.people.len() as u32;
             ix.by_id.insert(p.id.as_u128(), n);
-            let head = match &p.phone_index {
+            let next_phone = match &p.phone_index {
                 Some(ph) => ix.by_phone.insert(key128(ph), n).unwrap_or(NONE),
                 None => NONE,
             };
-            ix.phone_next.push(head);
             if let Some(b) = p.birth_date {
                 ix.by_name_birth
                     .entry((p.name.as_str().into(), b))
                     .or_default()
                     .push(n);
             }
-            ix.ids.push(p.id);
-            ix.names.push(p.name.into_boxed_str());
+            let mut entry = Known {
+                id: p.id,
+                next_phone,
+                name_len: u8::MAX,
+                name: [0; INLINE_NAME],
+            };
+            if p.name.len() <= INLINE_NAME {
+                entry.name[..p.name.len()].copy_from_slice(p.name.as_bytes());
+                entry.name_len = p.name.len() as u8;
+            } else {
+                ix.long_names.insert(n, p.name.into_boxed_str());
+            }
+            ix.people.push(entry);
         }
         // merges can chain (a into b into c): follow them to the live record
         let targets: HashMap<Uuid, Uuid> = merged.iter().copied().collect();
@@ -553,11 +576,19 @@ impl MatchIndex {
 
     /// Live (unmerged) people indexed.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.people.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.people.is_empty()
+    }
+
+    fn name_of(&self, n: u32) -> &str {
+        let k = &self.people[n as usize];
+        match k.name_len {
+            u8::MAX => self.long_names.get(&n).map_or("", |b| b),
+            len => std::str::from_utf8(&k.name[..usize::from(len)]).unwrap_or(""),
+        }
     }
 
     fn exact(&self, vault: &Vault, r: &ListRow, offer: &mut impl FnMut(u32, &'static str, f64)) {
@@ -575,11 +606,11 @@ impl MatchIndex {
             while n != NONE && count < PHONE_LIMIT {
                 hits[count] = n;
                 count += 1;
-                n = self.phone_next[n as usize];
+                n = self.people[n as usize].next_phone;
             }
             let name = r.name.as_ref().map(|n| n.as_str());
             for h in &hits[..count] {
-                let same_name = name == Some(&*self.names[*h as usize]);
+                let same_name = name == Some(self.name_of(*h));
                 let c = if same_name {
                     0.95
                 } else if count == 1 {
@@ -604,7 +635,7 @@ impl MatchIndex {
         if let Some(p) = &r.plate {
             if let Some(hits) = self.by_plate.get(p.as_str()) {
                 for h in hits.iter().take(PLATE_LIMIT) {
-                    let same_name = name == Some(&*self.names[*h as usize]);
+                    let same_name = name == Some(self.name_of(*h));
                     offer(*h, "plate", if same_name { 0.8 } else { 0.5 });
                 }
             }
@@ -642,12 +673,15 @@ impl MatchIndex {
                     self.fuzzy(r, &mut offer);
                 }
                 best.sort_by(|a, b| {
-                    b.2.total_cmp(&a.2)
-                        .then(self.ids[a.0 as usize].cmp(&self.ids[b.0 as usize]))
+                    b.2.total_cmp(&a.2).then(
+                        self.people[a.0 as usize]
+                            .id
+                            .cmp(&self.people[b.0 as usize].id),
+                    )
                 });
                 out.extend(best.iter().map(|(n, method, c)| ListMatch {
                     line: r.line,
-                    person_id: self.ids[*n as usize],
+                    person_id: self.people[*n as usize].id,
                     method,
                     confidence: *c,
                     review: *c < REVIEW_BELOW,

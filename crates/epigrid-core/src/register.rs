@@ -595,16 +595,38 @@ pub fn seal_person(
         Some(n) => (Some(n.birth_date()), Some(n.sex())),
         None => (None, None),
     };
+    // the person id and a value's blind index fix both the value and where it is bound
+    let memo_key = |tag: u8, index: &[u8]| {
+        let mut k = [tag; 32];
+        k[1..17].copy_from_slice(id.as_bytes());
+        let n = index.len().min(15);
+        k[17..17 + n].copy_from_slice(&index[..n]);
+        k
+    };
+    let doc_index =
+        doc.map(|d| vault.blind_index(&format!("doc:{}", d.doc_type.as_str()), d.number()));
+    let phone_index = phone.map(|p| vault.blind_index("phone", p.as_str()));
     PersonInput {
         id,
         doc_type: doc.map(|d| d.doc_type),
-        doc_index: doc
-            .map(|d| vault.blind_index(&format!("doc:{}", d.doc_type.as_str()), d.number())),
-        doc_cipher: doc.map(|d| vault.seal(&format!("persons.doc:{id_s}"), d.number())),
+        doc_cipher: doc.zip(doc_index.as_deref()).map(|(d, ix)| {
+            vault.seal_memo(
+                memo_key(b'd', ix),
+                &format!("persons.doc:{id_s}"),
+                d.number(),
+            )
+        }),
+        doc_index,
         doc_masked: doc.map(|d| d.masked()),
         name: name.to_string(),
-        phone_index: phone.map(|p| vault.blind_index("phone", p.as_str())),
-        phone_cipher: phone.map(|p| vault.seal(&format!("persons.phone:{id_s}"), p.as_str())),
+        phone_cipher: phone.zip(phone_index.as_deref()).map(|(p, ix)| {
+            vault.seal_memo(
+                memo_key(b'p', ix),
+                &format!("persons.phone:{id_s}"),
+                p.as_str(),
+            )
+        }),
+        phone_index,
         phone_masked: phone.map(|p| p.masked()),
         birth_date,
         sex,

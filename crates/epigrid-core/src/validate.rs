@@ -298,6 +298,23 @@ impl IdNumber {
 
     /// Like [`IdNumber::parse`], with "today" given (birth dates after it are refused).
     pub fn parse_on(field: &str, raw: &str, today: NaiveDate) -> Result<IdNumber, FieldError> {
+        // The usual case, 18 plain ASCII characters, has nothing to normalise.
+        let b = raw.as_bytes();
+        if b.len() == 18
+            && b[..17].iter().all(u8::is_ascii_digit)
+            && (b[17].is_ascii_digit() || b[17] == b'X' || b[17] == b'x')
+        {
+            let mut digits = [0u32; 17];
+            for (d, c) in digits.iter_mut().zip(b) {
+                *d = u32::from(c - b'0');
+            }
+            let last = if b[17] == b'x' {
+                'X'
+            } else {
+                char::from(b[17])
+            };
+            return Self::checked(field, digits, last, today);
+        }
         let chars: Vec<char> = raw
             .chars()
             .map(fold_width)
@@ -319,7 +336,16 @@ impl IdNumber {
         if !(last.is_ascii_digit() || last == 'X') {
             return Err(format());
         }
+        Self::checked(field, digits, last, today)
+    }
 
+    /// The checks after the shape: region, birth date, check digit.
+    fn checked(
+        field: &str,
+        digits: [u32; 17],
+        last: char,
+        today: NaiveDate,
+    ) -> Result<IdNumber, FieldError> {
         if !PROVINCE_CODES.contains(&(digits[0] * 10 + digits[1])) {
             return Err(FieldError::new(field, "err.id_number.region"));
         }
@@ -334,10 +360,10 @@ impl IdNumber {
         if check_char(&digits) != last {
             return Err(FieldError::new(field, "err.id_number.check_digit"));
         }
-        Ok(IdNumber {
-            number: chars.into_iter().collect(),
-            birth,
-        })
+        let mut number = String::with_capacity(18);
+        number.extend(digits.iter().filter_map(|d| char::from_digit(*d, 10)));
+        number.push(last);
+        Ok(IdNumber { number, birth })
     }
 
     /// The check character for a 17-digit body, or `None` if `body` is not 17 ASCII digits.
@@ -545,6 +571,15 @@ pub struct MobilePhone(String);
 impl MobilePhone {
     /// Parses a mobile number (`err.required`, `err.phone.format`).
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        // The usual case, 11 plain digits, has nothing to normalise.
+        let b = raw.as_bytes();
+        if b.len() == 11 && b.iter().all(u8::is_ascii_digit) {
+            return if b[0] == b'1' && (b'3'..=b'9').contains(&b[1]) {
+                Ok(MobilePhone(raw.to_string()))
+            } else {
+                Err(FieldError::new(field, "err.phone.format"))
+            };
+        }
         let s: String = raw
             .chars()
             .map(fold_width)

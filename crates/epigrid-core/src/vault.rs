@@ -34,7 +34,19 @@ pub struct Vault {
     cipher: XChaCha20Poly1305,
     /// HMAC keyed with the blind-index key, cloned per use (saves re-hashing the key pads).
     index_mac: HmacSha256,
+    /// Recent ciphertexts by a key that fixes both the value and its binding (see
+    /// [`Vault::seal_memo`]): a returning person's numbers are not encrypted again.
+    memo: std::sync::Arc<std::sync::Mutex<Memo>>,
 }
+
+type Memo = std::collections::HashMap<
+    [u8; 32],
+    Vec<u8>,
+    std::hash::BuildHasherDefault<crate::trace::IdHasher>,
+>;
+
+/// Ciphertexts kept by [`Vault::seal_memo`] before the memo starts over.
+const MEMO_MAX: usize = 100_000;
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,6 +70,7 @@ impl Vault {
                 "epigrid/v1/blind-index",
             ))
             .expect("HMAC takes any key length"),
+            memo: Default::default(),
         }
     }
 
@@ -127,6 +140,24 @@ impl Vault {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
         out
+    }
+
+    /// [`Vault::seal`], reusing the ciphertext made earlier for the same `key`. The caller's
+    /// key must determine both `ad` and `plaintext` (e.g. a person id and the value's blind
+    /// index): the ciphertext handed back is then one this vault made for exactly this value
+    /// and binding, so nothing is encrypted twice under one nonce. Only ciphertexts are kept.
+    pub fn seal_memo(&self, key: [u8; 32], ad: &str, plaintext: &str) -> Vec<u8> {
+        if let Some(ct) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return ct;
+        }
+        let ct = self.seal(ad, plaintext);
+        if let Ok(mut m) = self.memo.lock() {
+            if m.len() >= MEMO_MAX {
+                m.clear();
+            }
+            m.insert(key, ct.clone());
+        }
+        ct
     }
 
     pub fn open(&self, ad: &str, sealed: &[u8]) -> Result<String, VaultError> {
@@ -255,6 +286,17 @@ mod tests {
         assert!(v.open("persons.doc:1", &sealed[..10]).is_err());
         // fresh nonce each time
         assert_ne!(sealed, v.seal("persons.doc:1", "11010519491231002X"));
+    }
+
+    #[test]
+    fn memoised_seals_are_reused_only_for_their_key() {
+        let v = vault();
+        let a = v.seal_memo([1; 32], "persons.doc:x", "secret");
+        assert_eq!(a, v.seal_memo([1; 32], "persons.doc:x", "secret"));
+        assert_eq!(v.open("persons.doc:x", &a).unwrap(), "secret");
+        let b = v.seal_memo([2; 32], "persons.doc:x", "secret");
+        assert_ne!(a, b, "another key is sealed afresh");
+        assert_eq!(v.open("persons.doc:x", &b).unwrap(), "secret");
     }
 
     #[test]

@@ -440,16 +440,18 @@ pub(crate) async fn submit(
         return Err(ApiError::Invalid(errs));
     }
     let new = register::seal(&valid, &ctx, &st.vault);
-    let seq = st.store.insert_registration(new.clone()).await?;
-    if new.companion_list.iter().any(|c| c.person.is_some()) {
+    let mut stored = Registration::from_new(&new, site, 0);
+    let named_companions = new.companion_list.iter().any(|c| c.person.is_some());
+    stored.seq = st.store.insert_registration(new).await?;
+    if named_companions {
         // companions are not added to a loaded trace index incrementally
         st.trace_changed();
     }
     st.metrics
         .registrations
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = st.live.send(seq);
-    Ok(Registration::from_new(&new, site, seq))
+    let _ = st.live.send(stored.seq);
+    Ok(stored)
 }
 
 async fn post_registration(

@@ -15,7 +15,18 @@ pub fn mask_name(name: &str) -> String {
 }
 
 pub fn local(t: DateTime<Utc>, tz: FixedOffset) -> String {
-    t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
+    use chrono::{Datelike, Timelike};
+    // what `format("%Y-%m-%d %H:%M:%S")` gives, without parsing a format string each time
+    let l = t.with_timezone(&tz);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        l.year(),
+        l.month(),
+        l.day(),
+        l.hour(),
+        l.minute(),
+        l.second()
+    )
 }
 
 pub fn temperature(tenths: Option<i16>) -> Option<f64> {
@@ -337,5 +348,20 @@ pub(crate) fn html<T: askama::Template>(
         )
             .into_response(),
         Err(e) => crate::error::ApiError::Internal(e.to_string()).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_time_reads_like_strftime() {
+        let tz = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+        for secs in [0, 1_700_000_000, 1_764_460_799, 4_102_444_800] {
+            let t = chrono::DateTime::from_timestamp(secs, 0).unwrap();
+            assert_eq!(
+                super::local(t, tz),
+                t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
+            );
+        }
     }
 }
