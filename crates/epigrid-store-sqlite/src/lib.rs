@@ -124,7 +124,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                writer_loop(conn, rx);
+                writer_loop(conn, rx, durability == Durability::Power);
                 stop2.store(true, std::sync::atomic::Ordering::Relaxed);
             })
             .map_err(backend)?;
@@ -270,14 +270,17 @@ fn drain(rx: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
 /// each job runs again in a transaction of its own, so one bad write fails alone and a
 /// refused write changes nothing. (No per-job savepoints on the fast path: a savepoint makes
 /// SQLite copy every page a job touches into a statement journal.)
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+/// `linger`: with an fsync per commit (durability "power"), a busy writer waits a moment for
+/// more work, so one fsync covers many registrations. Without fsyncs that wait only adds
+/// latency: the batch is whatever arrived during the last commit.
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, linger: bool) {
     let mut last_batch = 0usize;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         drain(&rx, &mut batch);
-        // Under load, wait a moment for more work: one commit for many registrations writes
-        // each touched page to the WAL once. An idle server (last batch of one) does not wait.
-        if last_batch >= 4 && batch.len() < last_batch {
+        // Under load, wait a moment for more work: one commit (and fsync) for many
+        // registrations. An idle server (last batch of one) does not wait.
+        if linger && last_batch >= 4 && batch.len() < last_batch {
             let until = std::time::Instant::now() + BATCH_WAIT;
             while batch.len() < MAX_BATCH {
                 match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {

@@ -1,5 +1,8 @@
 //! The epigrid binary: command-line interface and wiring of store, vault and web server.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use epigrid::{bench, demo, import};
 
 use std::net::SocketAddr;
