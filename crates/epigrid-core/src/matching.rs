@@ -435,6 +435,36 @@ pub struct ListMatch {
     pub confidence: f64,
     /// Uncertain: a person should confirm before acting on it.
     pub review: bool,
+    /// What a reviewer decided, if anyone has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+}
+
+/// A reviewer's word on an uncertain match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// It is this person: the match is certain now.
+    Confirmed,
+    /// It is not this person.
+    Rejected,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Confirmed => "confirmed",
+            Decision::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Decision> {
+        match s {
+            "confirmed" | "confirm" => Some(Decision::Confirmed),
+            "rejected" | "reject" => Some(Decision::Rejected),
+            _ => None,
+        }
+    }
 }
 
 /// Below this confidence a match goes to the review queue.
@@ -685,6 +715,7 @@ impl MatchIndex {
                     method,
                     confidence: *c,
                     review: *c < REVIEW_BELOW,
+                    decision: None,
                 }));
             }
             progress(done.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len());

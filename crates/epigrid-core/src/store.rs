@@ -147,6 +147,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// The bad rows of a list (by line), at most `limit`.
     async fn list_errors(&self, id: Uuid, limit: u32) -> StoreResult<Vec<ListError>>;
+    /// Records a reviewer's decision on one match of a list, if the list and the person are in
+    /// the scope and the match is still undecided; confirming makes it certain. `false` when
+    /// there was no such undecided match.
+    async fn decide_list_match(
+        &self,
+        list_id: Uuid,
+        line: usize,
+        person_id: Uuid,
+        decision: crate::matching::Decision,
+        by: Uuid,
+        at: DateTime<Utc>,
+        scope: &Scope,
+    ) -> StoreResult<bool>;
     /// Lists uploaded in the scope, newest first.
     async fn lists(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<ListRecord>>;
     /// Everyone known, for matching a list in memory: people (with merges, name, birth date

@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "list errors",
         include_str!("../migrations/0009_list_errors.sql"),
     ),
+    (
+        10,
+        "list decisions",
+        include_str!("../migrations/0010_list_decisions.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -523,6 +523,40 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<epigrid_core::store::ListError>> {
         self.list_errors_impl(id, limit).await
     }
+    async fn decide_list_match(
+        &self,
+        list_id: Uuid,
+        line: usize,
+        person_id: Uuid,
+        decision: epigrid_core::matching::Decision,
+        by: Uuid,
+        at: DateTime<Utc>,
+        scope: &Scope,
+    ) -> StoreResult<bool> {
+        let (lo, hi) = scope.bounds();
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE list_matches SET decision = $4, decided_by = $5, decided_at = $6, \
+                 review = CASE WHEN $4 = 'confirmed' THEN false ELSE review END \
+                 WHERE list_id = $1 AND line = $2 AND person_id = $3 AND decision IS NULL \
+                 AND EXISTS (SELECT 1 FROM lists l WHERE l.id = $1 AND l.area_path >= $7 AND l.area_path < $8) \
+                 AND EXISTS (SELECT 1 FROM persons p WHERE p.id = $3 AND p.area_path >= $7 AND p.area_path < $8)",
+                &[
+                    &list_id,
+                    &(line as i32),
+                    &person_id,
+                    &decision.as_str(),
+                    &by,
+                    &at,
+                    &lo,
+                    &hi,
+                ],
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
     async fn lists(
         &self,
         scope: &Scope,
@@ -1923,7 +1957,7 @@ impl PgStore {
         let rows = self
             .query(
                 &format!(
-                    "SELECT {PERSON_COLS}, m.line, m.method, m.confidence, m.review FROM list_matches m \
+                    "SELECT {PERSON_COLS}, m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
                      JOIN persons p ON p.id = m.person_id WHERE m.list_id = $1 AND p.area_path >= $2 AND p.area_path < $3 \
                      ORDER BY m.line, m.confidence DESC"
                 ),
@@ -1945,6 +1979,10 @@ impl PgStore {
                     method,
                     confidence: r.get(17),
                     review: r.get(18),
+                    decision: r
+                        .get::<_, Option<String>>(19)
+                        .as_deref()
+                        .and_then(epigrid_core::matching::Decision::parse),
                 },
                 person,
             ));

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "list errors",
         include_str!("../migrations/0009_list_errors.sql"),
     ),
+    (
+        10,
+        "list decisions",
+        include_str!("../migrations/0010_list_decisions.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

@@ -721,6 +721,42 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<epigrid_core::store::ListError>> {
         self.list_errors_impl(id, limit).await
     }
+    async fn decide_list_match(
+        &self,
+        list_id: Uuid,
+        line: usize,
+        person_id: Uuid,
+        decision: epigrid_core::matching::Decision,
+        by: Uuid,
+        at: DateTime<Utc>,
+        scope: &Scope,
+    ) -> StoreResult<bool> {
+        let (lo, hi) = scope.bounds();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "UPDATE list_matches SET decision = ?4, decided_by = ?5, decided_at = ?6, \
+                     review = CASE WHEN ?4 = 'confirmed' THEN 0 ELSE review END \
+                     WHERE list_id = ?1 AND line = ?2 AND person_id = ?3 AND decision IS NULL \
+                     AND EXISTS (SELECT 1 FROM lists l WHERE l.id = ?1 AND l.area_path >= ?7 AND l.area_path < ?8) \
+                     AND EXISTS (SELECT 1 FROM persons p WHERE p.id = ?3 AND p.area_path >= ?7 AND p.area_path < ?8)",
+                )
+                .map_err(map_err)?
+                .execute(params![
+                    list_id.to_string(),
+                    line as i64,
+                    person_id.to_string(),
+                    decision.as_str(),
+                    by.to_string(),
+                    micros(at),
+                    lo,
+                    hi
+                ])
+                .map_err(map_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
     async fn lists(
         &self,
         scope: &Scope,
@@ -2255,7 +2291,7 @@ impl SqliteStore {
             let Some(l) = l else { return Ok(None) };
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT m.line, m.person_id, m.method, m.confidence, m.review, {PERSON_COLS} FROM list_matches m \
+                    "SELECT m.line, m.person_id, m.method, m.confidence, m.review, m.decision, {PERSON_COLS} FROM list_matches m \
                      JOIN persons p ON p.id = m.person_id WHERE m.list_id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3 \
                      ORDER BY m.line, m.confidence DESC"
                 ))
@@ -2265,8 +2301,15 @@ impl SqliteStore {
                     let method: String = r.get(2)?;
                     let method = ["id_number", "phone", "name_birth_date", "plate"].into_iter().find(|m| *m == method).unwrap_or("other");
                     Ok((
-                        ListMatch { line: r.get::<_, i64>(0)? as usize, person_id: r.get::<_, U>(1)?.0, method, confidence: r.get(3)?, review: r.get(4)? },
-                        person_row_at(r, 5)?,
+                        ListMatch {
+                            line: r.get::<_, i64>(0)? as usize,
+                            person_id: r.get::<_, U>(1)?.0,
+                            method,
+                            confidence: r.get(3)?,
+                            review: r.get(4)?,
+                            decision: r.get::<_, Option<String>>(5)?.as_deref().and_then(epigrid_core::matching::Decision::parse),
+                        },
+                        person_row_at(r, 6)?,
                     ))
                 })
                 .map_err(map_err)?;

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use epigrid_core::matching::{
-    parse_list_mapped, ColumnMap, ListMatch, MatchIndex, ParsedList, Passes,
+    parse_list_mapped, ColumnMap, Decision, ListMatch, MatchIndex, ParsedList, Passes,
 };
 use epigrid_core::store::{ListError, ListRecord};
 use epigrid_core::validate::FieldError;
@@ -40,11 +40,13 @@ pub fn routes() -> Router<AppState> {
             post(upload).layer(DefaultBodyLimit::max(MAX_LIST_BYTES)),
         )
         .route("/api/v1/lists/{id}/matches", get(matches))
+        .route("/api/v1/lists/{id}/decisions", post(decide))
         .route(
             "/lists",
             get(lists_page).post(upload_page.layer(DefaultBodyLimit::max(MAX_LIST_BYTES))),
         )
         .route("/lists/{id}", get(list_page))
+        .route("/lists/{id}/decide", post(decide_page))
 }
 
 /// UTF-8 (with or without BOM), else GBK as Excel in a Chinese locale saves it.
@@ -190,10 +192,116 @@ async fn matches(
     Ok(Json(json!({
         "list": list,
         "items": rows.iter().map(|(m, p)| json!({
-            "line": m.line, "method": m.method, "confidence": m.confidence, "review": m.review,
+            "line": m.line, "method": m.method, "confidence": m.confidence, "review": m.review, "decision": m.decision,
             "person": crate::persons::person_json(p),
         })).collect::<Vec<_>>(),
     })))
+}
+
+/// A reviewer's decision on one match, from JSON or the page's form.
+fn read_decision(
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<(usize, Uuid, Decision), Vec<FieldError>> {
+    let mut errs = Vec::new();
+    let line = get("line").and_then(|l| l.trim().parse::<usize>().ok());
+    if line.is_none() {
+        errs.push(FieldError::new("line", "err.int.format"));
+    }
+    let person = get("person_id").and_then(|p| Uuid::parse_str(p.trim()).ok());
+    if person.is_none() {
+        errs.push(FieldError::new("person_id", "err.id.format"));
+    }
+    let decision = get("decision").and_then(|d| Decision::parse(d.trim()));
+    if decision.is_none() {
+        errs.push(FieldError::new("decision", "err.list.decision"));
+    }
+    match (line, person, decision) {
+        (Some(l), Some(p), Some(d)) => Ok((l, p, d)),
+        _ => Err(errs),
+    }
+}
+
+/// Records the decision (audited); not found when the match is not an undecided one in scope.
+async fn apply_decision(
+    st: &AppState,
+    staff: &Staff,
+    list_id: &str,
+    (line, person_id, decision): (usize, Uuid, Decision),
+) -> ApiResult<()> {
+    staff.require(staff.role().investigates())?;
+    let list_id = Uuid::parse_str(list_id).map_err(|_| ApiError::NotFound)?;
+    let done = st
+        .store
+        .decide_list_match(
+            list_id,
+            line,
+            person_id,
+            decision,
+            staff.user.id,
+            chrono::Utc::now(),
+            &staff.scope(),
+        )
+        .await?;
+    if !done {
+        return Err(ApiError::NotFound);
+    }
+    staff
+        .audit(
+            st,
+            "list.decide",
+            &format!("list:{list_id}"),
+            &staff.user.area_path,
+            &format!("line={line} person={person_id} {}", decision.as_str()),
+        )
+        .await;
+    Ok(())
+}
+
+/// `POST /api/v1/lists/{id}/decisions {"line", "person_id", "decision": "confirmed"|"rejected"}`.
+async fn decide(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    crate::api::JsonBody(b): crate::api::JsonBody,
+) -> ApiResult<Json<Value>> {
+    staff.check_csrf_header(&headers)?;
+    let get = |k: &str| match b.get(k) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let d = read_decision(get).map_err(ApiError::Invalid)?;
+    apply_decision(&st, &staff, &id, d).await?;
+    Ok(Json(
+        json!({"line": d.0, "person_id": d.1, "decision": d.2}),
+    ))
+}
+
+/// The page's confirm / reject buttons.
+async fn decide_page(
+    State(st): State<AppState>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let s = match crate::staff::logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let pairs = crate::public::url_decode_pairs(&body);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if let Err(e) = s.check_csrf(get("csrf").as_deref()) {
+        return e.into_response();
+    }
+    let result = match read_decision(get) {
+        Ok(d) => apply_decision(&st, &s, &id, d).await,
+        Err(e) => Err(ApiError::Invalid(e)),
+    };
+    match result {
+        Ok(()) => axum::response::Redirect::to(&format!("/lists/{id}?review=1")).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 // ---- pages ----
@@ -234,6 +342,7 @@ struct MatchLine {
     method: &'static str,
     confidence: String,
     review: bool,
+    decision: &'static str,
 }
 
 #[derive(Template)]
@@ -249,6 +358,7 @@ struct ListPage {
     counts: (usize, usize),
     items: Vec<MatchLine>,
     items_more: usize,
+    may_decide: bool,
 }
 
 fn list_line(st: &AppState, l: &ListRecord) -> ListLine {
@@ -428,10 +538,11 @@ async fn render_list(
     };
     let bad_more = bad.len() > ERRORS_SHOWN;
     bad.truncate(ERRORS_SHOWN);
-    let counts = (rows.len(), rows.iter().filter(|(m, _)| m.review).count());
+    let pending = |m: &ListMatch| m.review && m.decision.is_none();
+    let counts = (rows.len(), rows.iter().filter(|(m, _)| pending(m)).count());
     let shown: Vec<_> = rows
         .iter()
-        .filter(|(m, _)| !review_only || m.review)
+        .filter(|(m, _)| !review_only || pending(m))
         .collect();
     let items = shown
         .iter()
@@ -446,6 +557,7 @@ async fn render_list(
             method: m.method,
             confidence: format!("{:.2}", m.confidence),
             review: m.review,
+            decision: m.decision.map_or("", Decision::as_str),
         })
         .collect();
     crate::view::html(
@@ -467,6 +579,7 @@ async fn render_list(
             counts,
             items,
             items_more: shown.len().saturating_sub(MATCHES_SHOWN),
+            may_decide: s.role().investigates(),
         },
     )
 }

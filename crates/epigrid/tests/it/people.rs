@@ -2134,6 +2134,38 @@ async fn list_matches_are_stored_alike_on_every_store() {
                 .is_none(),
             "{name}: scope"
         );
+        use epigrid_core::matching::Decision;
+        let decide = |scope: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .decide_list_match(
+                        list.id,
+                        4,
+                        a,
+                        Decision::Confirmed,
+                        new_id(),
+                        Utc::now(),
+                        &Scope::new(scope),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(!decide("/150800/150821/").await, "{name}: out of scope");
+        assert!(decide("/150800/").await, "{name}");
+        assert!(!decide("/150800/").await, "{name}: once");
+        let (_, ms) = store
+            .list_matches(list.id, &Scope::new("/150800/"))
+            .await
+            .unwrap()
+            .unwrap();
+        let plate = ms.iter().find(|(m, _)| m.line == 4).unwrap();
+        assert_eq!(
+            (plate.0.decision, plate.0.review),
+            (Some(Decision::Confirmed), false),
+            "{name}"
+        );
     }
 }
 
@@ -2327,4 +2359,161 @@ async fn lists_are_uploaded_from_the_page_and_keep_their_bad_rows() {
         .await
         .unwrap();
     assert_eq!(lists.matches("href=\"/lists/").count(), 1, "one list kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let other = app.token("far", Role::Epidemiologist, "150821").await;
+    let analyst = app.token("ana", Role::Analyst, "150802").await;
+    // two people seen in the same car: a plate-only row matches both, uncertainly
+    let a = person_via_api(
+        &app,
+        &cn_id("150802", "19850312", 11),
+        "甲",
+        "13600000011",
+        &epi,
+    )
+    .await;
+    let b = person_via_api(
+        &app,
+        &cn_id("150802", "19850312", 12),
+        "乙",
+        "13600000012",
+        &epi,
+    )
+    .await;
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "plates")])
+        .bearer_auth(&epi)
+        .body("车牌号\n蒙L12345\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let list = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["to_review"], 2);
+    let decide = |token: String, person: String, decision: &'static str| {
+        let app = &app;
+        let list = list.clone();
+        async move {
+            app.client
+                .post(format!("{}/api/v1/lists/{list}/decisions", app.base))
+                .bearer_auth(token)
+                .json(&json!({"line": 2, "person_id": person, "decision": decision}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        decide(analyst.clone(), a.clone(), "confirmed")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        decide(other.clone(), a.clone(), "confirmed").await.status(),
+        404,
+        "another county's list does not exist for them"
+    );
+    let bad = decide(epi.clone(), a.clone(), "maybe").await;
+    assert_eq!(bad.status(), 422);
+    assert_eq!(
+        decide(epi.clone(), a.clone(), "confirmed").await.status(),
+        200
+    );
+    assert_eq!(
+        decide(epi.clone(), a.clone(), "rejected").await.status(),
+        404,
+        "decided once"
+    );
+    // the page's buttons do the same for the other one
+    let cookie = app.login_cookie("epi").await;
+    let page = app
+        .client
+        .get(format!("{}/lists/{list}?review=1&lang=en", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Not this person") && page.contains(&b),
+        "{page}"
+    );
+    assert!(
+        !page.contains(&format!("value=\"{a}\"")),
+        "decided ones leave the queue"
+    );
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = app
+        .client
+        .post(format!("{}/lists/{list}/decide", app.base))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("line", "2"),
+            ("person_id", b.as_str()),
+            ("decision", "rejected"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let m: Value = app
+        .get(&format!("/api/v1/lists/{list}/matches"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<(String, Value, Value)> = m["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["person"]["id"].as_str().unwrap().to_string(),
+                i["decision"].clone(),
+                i["review"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        got.contains(&(a.clone(), json!("confirmed"), json!(false))),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(b.clone(), json!("rejected"), json!(true))),
+        "{got:?}"
+    );
+    let audit: Value = app
+        .get(
+            "/api/v1/audit",
+            Some(&app.token("root", Role::Admin, "150800").await),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "list.decide")
+            .count()
+            == 2
+    );
 }
