@@ -47,9 +47,44 @@ fn parse_time(st: &AppState, field: &str, v: &Value) -> Result<Option<DateTime<U
     }
 }
 
-/// The default infectious window: from two days before the first positive sample (else
-/// before the person became a case or suspect, else 14 days ago) until the start of their
-/// observation (isolation), else open-ended (visits in progress count until their estimated end).
+/// Symptom onset: the first fever or symptom the person reported (at a site or in a daily
+/// report) in the 14 days before `before`.
+async fn symptom_onset(
+    st: &AppState,
+    person_id: Uuid,
+    before: DateTime<Utc>,
+) -> ApiResult<Option<DateTime<Utc>>> {
+    let since = before - Duration::days(14);
+    let regs = st
+        .store
+        .registrations(
+            &epigrid_core::area::Scope::all(),
+            &epigrid_core::model::RegistrationFilter {
+                person_id: Some(person_id),
+                from: Some(since),
+                to: Some(before),
+                limit: 1000,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let at_sites = regs
+        .iter()
+        .filter(|r| epigrid_core::store::is_fever(&r.fields) || r.fields.symptoms != 0)
+        .map(|r| r.at);
+    let reports = st.store.reports_of(person_id).await?;
+    let in_reports = reports
+        .iter()
+        .filter(|r| r.temperature.is_some_and(|t| t >= 373) || r.symptoms != 0)
+        .map(|r| r.at)
+        .filter(|t| *t >= since && *t <= before);
+    Ok(at_sites.chain(in_reports).min())
+}
+
+/// The default infectious window: from two days before symptom onset or the first positive
+/// sample, whichever came first (else before the person became a case or suspect, else 14
+/// days ago), until the start of their observation (isolation), else open-ended (visits in
+/// progress count until their estimated end).
 pub(crate) async fn default_window(
     st: &AppState,
     person: &epigrid_core::person::Person,
@@ -65,7 +100,9 @@ pub(crate) async fn default_window(
             .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
             .map(|t| t.with_timezone(&Utc))
     };
-    let start = match first_positive.and_then(midnight) {
+    let positive = first_positive.and_then(midnight);
+    let onset = symptom_onset(st, person.id, positive.unwrap_or_else(Utc::now)).await?;
+    let start = match positive.into_iter().chain(onset).min() {
         Some(t) => t - Duration::days(2),
         None => match person.category_since.filter(|_| {
             matches!(

@@ -2517,3 +2517,50 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
             == 2
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_window_starts_two_days_before_symptom_onset() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let id = cn_id("150802", "19800101", 55);
+    // a fever at a checkpoint five days ago, a positive sample today
+    let mut body = checkpoint_body(&id, "发热者", "13900000055");
+    body["temperature"] = json!(38.4);
+    let onset = Utc::now() - Duration::days(5);
+    let ctx = Context {
+        site: &site,
+        channel: Channel::SelfService,
+        by_user: None,
+        now: onset,
+        tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
+    };
+    let input = RegistrationInput::from_json(&body).unwrap();
+    let reg = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
+    let pid = reg.person.id;
+    app.store.insert_registration(reg).await.unwrap();
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/lab-results"),
+            &json!({"test": "nucleic_acid", "sample_date": (Utc::now() + Duration::hours(8)).date_naive().to_string(), "result": "positive"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let v: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let from = chrono::DateTime::parse_from_rfc3339(v["from"].as_str().unwrap()).unwrap();
+    let expected = onset - Duration::days(2);
+    assert!(
+        (from.timestamp() - expected.timestamp()).abs() <= 1,
+        "window from {from}, onset {onset}"
+    );
+}
