@@ -16,9 +16,29 @@ use uuid::Uuid;
 
 pub const PASSWORD: &str = "test-password-123";
 
-/// A fresh scratch directory under the system temp dir.
+/// This test process's scratch folder, `$TMPDIR/epigrid-it/<pid>`. The first call removes
+/// the folders of earlier runs whose process is gone (tests leave databases behind while
+/// servers still hold them open, so nothing is removed while its process lives).
+fn run_dir() -> &'static PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::env::temp_dir().join("epigrid-it");
+        if let Ok(entries) = std::fs::read_dir(&root) {
+            for e in entries.flatten() {
+                let pid = e.file_name().to_string_lossy().to_string();
+                let alive = std::path::Path::new("/proc").join(&pid).exists();
+                if !alive && pid.chars().all(|c| c.is_ascii_digit()) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        root.join(std::process::id().to_string())
+    })
+}
+
+/// A fresh scratch directory for one test.
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("epigrid-it-{tag}-{}", random_token(6)));
+    let d = run_dir().join(format!("{tag}-{}", random_token(6)));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
