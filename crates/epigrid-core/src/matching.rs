@@ -440,6 +440,17 @@ pub struct ListMatch {
     pub decision: Option<Decision>,
 }
 
+/// A reviewer's decision on one match of a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchDecision {
+    pub list_id: Uuid,
+    pub line: usize,
+    pub person_id: Uuid,
+    pub decision: Decision,
+    pub by: Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
 /// A reviewer's word on an uncertain match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

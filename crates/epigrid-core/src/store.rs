@@ -152,12 +152,7 @@ pub trait Store: Send + Sync + 'static {
     /// there was no such undecided match.
     async fn decide_list_match(
         &self,
-        list_id: Uuid,
-        line: usize,
-        person_id: Uuid,
-        decision: crate::matching::Decision,
-        by: Uuid,
-        at: DateTime<Utc>,
+        d: &crate::matching::MatchDecision,
         scope: &Scope,
     ) -> StoreResult<bool>;
     /// Lists uploaded in the scope, newest first.

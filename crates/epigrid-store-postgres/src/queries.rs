@@ -525,15 +525,18 @@ impl Store for PgStore {
     }
     async fn decide_list_match(
         &self,
-        list_id: Uuid,
-        line: usize,
-        person_id: Uuid,
-        decision: epigrid_core::matching::Decision,
-        by: Uuid,
-        at: DateTime<Utc>,
+        d: &epigrid_core::matching::MatchDecision,
         scope: &Scope,
     ) -> StoreResult<bool> {
         let (lo, hi) = scope.bounds();
+        let epigrid_core::matching::MatchDecision {
+            list_id,
+            line,
+            person_id,
+            decision,
+            by,
+            at,
+        } = d.clone();
         let c = self.client().await?;
         let n = c
             .execute(

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use epigrid_core::matching::{
-    parse_list_mapped, ColumnMap, Decision, ListMatch, MatchIndex, ParsedList, Passes,
+    parse_list_mapped, ColumnMap, Decision, ListMatch, MatchDecision, MatchIndex, ParsedList,
+    Passes,
 };
 use epigrid_core::store::{ListError, ListRecord};
 use epigrid_core::validate::FieldError;
@@ -233,12 +234,14 @@ async fn apply_decision(
     let done = st
         .store
         .decide_list_match(
-            list_id,
-            line,
-            person_id,
-            decision,
-            staff.user.id,
-            chrono::Utc::now(),
+            &MatchDecision {
+                list_id,
+                line,
+                person_id,
+                decision,
+                by: staff.user.id,
+                at: chrono::Utc::now(),
+            },
             &staff.scope(),
         )
         .await?;

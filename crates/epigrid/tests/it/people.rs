@@ -2140,12 +2140,14 @@ async fn list_matches_are_stored_alike_on_every_store() {
             async move {
                 store
                     .decide_list_match(
-                        list.id,
-                        4,
-                        a,
-                        Decision::Confirmed,
-                        new_id(),
-                        Utc::now(),
+                        &epigrid_core::matching::MatchDecision {
+                            list_id: list.id,
+                            line: 4,
+                            person_id: a,
+                            decision: Decision::Confirmed,
+                            by: new_id(),
+                            at: Utc::now(),
+                        },
                         &Scope::new(scope),
                     )
                     .await
