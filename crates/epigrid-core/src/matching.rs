@@ -34,6 +34,14 @@ pub struct ParsedList {
 }
 
 impl ParsedList {
+    /// A list whose header is unusable: nothing read.
+    fn refused(e: FieldError) -> ParsedList {
+        ParsedList {
+            rows: Vec::new(),
+            errors: vec![(1, e)],
+        }
+    }
+
     /// Lines with at least one error.
     pub fn bad_lines(&self) -> usize {
         let mut lines: Vec<usize> = self.errors.iter().map(|(l, _)| *l).collect();
@@ -318,12 +326,7 @@ pub fn parse_list_mapped(text: &str, map: &ColumnMap) -> ParsedList {
     let (head, body) = text.split_once('\n').unwrap_or((text, ""));
     let cols = match Columns::from_header(&csv_cells(head.trim_end_matches('\r')), map) {
         Ok(c) => c,
-        Err(e) => {
-            return ParsedList {
-                rows: Vec::new(),
-                errors: vec![(1, e)],
-            }
-        }
+        Err(e) => return ParsedList::refused(e),
     };
     let today = crate::validate::china_today();
     let parts = split_at_lines(body, threads() * 4, 1 << 16);
@@ -410,12 +413,7 @@ pub fn parse_rows(
 ) -> ParsedList {
     let cols = match Columns::from_header(&header, map) {
         Ok(c) => c,
-        Err(e) => {
-            return ParsedList {
-                rows: Vec::new(),
-                errors: vec![(1, e)],
-            }
-        }
+        Err(e) => return ParsedList::refused(e),
     };
     let today = crate::validate::china_today();
     let mut out = ParsedList::default();

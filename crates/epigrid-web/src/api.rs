@@ -74,6 +74,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
+/// Field `k` of a JSON object as text (numbers written out; other shapes as JSON, which then
+/// fails validation); absent or null is `None`.
+pub(crate) fn json_text(v: &Value, k: &str) -> Option<String> {
+    v.get(k).and_then(|v| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    })
+}
+
 fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(Value::as_str)
 }

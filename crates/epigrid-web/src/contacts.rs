@@ -664,13 +664,7 @@ async fn trace_confirm_page(
         Err(r) => return *r,
     };
     let pairs = crate::public::url_decode_pairs(&body);
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
     if s.check_csrf(Some(&get("csrf"))).is_err() {
         return crate::public::message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
     }

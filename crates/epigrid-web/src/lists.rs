@@ -269,11 +269,7 @@ async fn decide(
     crate::api::JsonBody(b): crate::api::JsonBody,
 ) -> ApiResult<Json<Value>> {
     staff.check_csrf_header(&headers)?;
-    let get = |k: &str| match b.get(k) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
+    let get = |k: &str| crate::api::json_text(&b, k);
     let d = read_decision(get).map_err(ApiError::Invalid)?;
     apply_decision(&st, &staff, &id, d).await?;
     Ok(Json(
@@ -293,7 +289,7 @@ async fn decide_page(
         Err(r) => return *r,
     };
     let pairs = crate::public::url_decode_pairs(&body);
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let get = |k: &str| crate::public::form_value(&pairs, k);
     if let Err(e) = s.check_csrf(get("csrf").as_deref()) {
         return e.into_response();
     }
@@ -403,18 +399,24 @@ async fn render_lists(
     )
 }
 
+/// A logged-in user who may see lists (not aggregates-only analysts).
+fn reader(staff: MaybeStaff, lang: Lang) -> Result<Staff, Box<Response>> {
+    let s = crate::staff::logged_in(staff)?;
+    if !s.role().sees_personal_data() {
+        return Err(Box::new(crate::staff::forbidden(lang)));
+    }
+    Ok(s)
+}
+
 async fn lists_page(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
     staff: MaybeStaff,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
+    let s = match reader(staff, lang) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if !s.role().sees_personal_data() {
-        return crate::staff::forbidden(lang);
-    }
     render_lists(&st, &s, lang, StatusCode::OK, String::new(), Vec::new()).await
 }
 
@@ -594,13 +596,10 @@ async fn list_page(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
+    let s = match reader(staff, lang) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if !s.role().sees_personal_data() {
-        return crate::staff::forbidden(lang);
-    }
     let Ok(id) = Uuid::parse_str(&id) else {
         return ApiError::NotFound.into_response();
     };

@@ -612,14 +612,7 @@ async fn start_observation(
 ) -> ApiResult<Response> {
     staff.check_csrf_header(&headers)?;
     let p = person_in_scope(&st, &staff, &id).await?;
-    let get = |k: &str| {
-        b.get(k).and_then(|v| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        })
-    };
+    let get = |k: &str| crate::api::json_text(&b, k);
     let req = parse_observation(&st, &staff, &p, &get).await?;
     let (o, token) = open_observation(&st, &staff, &p, req).await?;
     let mut v = observation_json(&o, today(&st));
@@ -1292,13 +1285,7 @@ fn report_page_html(
             .map(|s| (s.as_str(), s.label_key(), chosen.contains(&s.as_str())))
             .collect();
     symptoms.push(("none", "symptom.none", chosen.contains(&"none")));
-    let get = |k: &str| {
-        values
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let get = |k: &str| crate::public::form_value(&values, k).unwrap_or_default();
     ReportPage {
         tr: Tr(lang),
         action: format!("/r/{token}"),
@@ -1380,7 +1367,7 @@ async fn report_form(
         Err(page) => return *page,
     };
     let pairs = url_decode_pairs(&body);
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let get = |k: &str| crate::public::form_value(&pairs, k);
     let symptoms: Vec<String> = pairs
         .iter()
         .filter(|(k, _)| k == "symptoms")
@@ -1680,13 +1667,7 @@ async fn person_page_category(
         Err(r) => return *r,
     };
     let pairs = url_decode_pairs(&body);
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
     if s.check_csrf(Some(&get("csrf"))).is_err() {
         return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
     }
@@ -1713,7 +1694,7 @@ async fn person_page_observe(
         Err(r) => return *r,
     };
     let pairs = url_decode_pairs(&body);
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let get = |k: &str| crate::public::form_value(&pairs, k);
     if s.check_csrf(get("csrf").as_deref()).is_err() {
         return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
     }

@@ -129,13 +129,7 @@ async fn login_submit(
     body: Bytes,
 ) -> Response {
     let pairs = url_decode_pairs(&body);
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
+    let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
     let (username, password) = (get("username"), get("password"));
     let ip = auth::client_ip(&headers, None);
     match auth::login(&st, &username, &password, false, &ip).await {

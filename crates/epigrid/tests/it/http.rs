@@ -659,12 +659,7 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
         .text()
         .await
         .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("csrf in the staff form")
-        .to_string();
+    let csrf = input_value(&page, "csrf");
     let form = vec![
         ("staff_entry", "1"),
         ("name", "老人甲"),

@@ -1419,18 +1419,8 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
         html.contains("同*乙") && !html.contains("同场乙"),
         "masked contact listed"
     );
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
-    let contact = html
-        .split("name=\"person_ids\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = input_value(&html, "csrf");
+    let contact = input_value(&html, "person_ids");
     let r = app
         .client
         .post(format!("{}/persons/{pid}/contacts", app.base))
@@ -2258,25 +2248,12 @@ async fn lists_are_uploaded_from_the_page_and_keep_their_bad_rows() {
     let known = cn_id("150802", "19850312", 84);
     let p1 = person_via_api(&app, &known, "赵四", "13600000084", &epi).await;
     let cookie = app.login_cookie("epi").await;
-    let page = app
-        .client
-        .get(format!("{}/lists?lang=en", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let html = page.text().await.unwrap();
+    let html = app.page("/lists?lang=en", &cookie).await;
     assert!(
         html.contains("enctype=\"multipart/form-data\""),
         "upload form"
     );
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = input_value(&html, "csrf");
     // more than the 1 MB default body limit: lists may be large
     let mut csv = format!("姓名,身份证号\n赵四,{known}\n王五,123\n");
     while csv.len() < 1_300_000 {
@@ -2313,16 +2290,7 @@ async fn lists_are_uploaded_from_the_page_and_keep_their_bad_rows() {
         .map(str::to_string)
         .expect("list id in a link");
     // later, the bad rows are still there
-    let again = app
-        .client
-        .get(format!("{}/lists/{id}?lang=en", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let again = app.page(&format!("/lists/{id}?lang=en"), &cookie).await;
     assert!(again.contains("<td>3</td><td>ID number</td>"));
     // without the CSRF token nothing is stored
     let (ct, body) = multipart(&[("name", b"x"), ("file", csv.as_bytes())]);
@@ -2350,16 +2318,7 @@ async fn lists_are_uploaded_from_the_page_and_keep_their_bad_rows() {
     assert_eq!(r.status(), 422);
     let html = r.text().await.unwrap();
     assert!(html.contains("The file is empty."), "{html}");
-    let lists = app
-        .client
-        .get(format!("{}/lists", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let lists = app.page("/lists", &cookie).await;
     assert_eq!(lists.matches("href=\"/lists/").count(), 1, "one list kept");
 }
 
@@ -2437,15 +2396,8 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
     // the page's buttons do the same for the other one
     let cookie = app.login_cookie("epi").await;
     let page = app
-        .client
-        .get(format!("{}/lists/{list}?review=1&lang=en", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .page(&format!("/lists/{list}?review=1&lang=en"), &cookie)
+        .await;
     assert!(
         page.contains("Not this person") && page.contains(&b),
         "{page}"
@@ -2454,12 +2406,7 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
         !page.contains(&format!("value=\"{a}\"")),
         "decided ones leave the queue"
     );
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = input_value(&page, "csrf");
     let r = app
         .client
         .post(format!("{}/lists/{list}/decide", app.base))

@@ -256,6 +256,19 @@ impl TestApp {
             .to_string()
     }
 
+    /// A staff page as a logged-in browser gets it (status checked), as text.
+    pub async fn page(&self, path: &str, cookie: &str) -> String {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("GET page");
+        assert_eq!(r.status(), 200, "{path}");
+        r.text().await.expect("page text")
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut rq = self.client.get(format!("{}{path}", self.base));
         if let Some(t) = token {
@@ -288,6 +301,15 @@ impl TestApp {
 }
 
 /// A valid checkpoint registration body.
+/// The value of the first `<input name="NAME" value="...">` of a page (e.g. the CSRF token).
+pub fn input_value(html: &str, name: &str) -> String {
+    html.split(&format!("name=\"{name}\" value=\""))
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no input {name} on the page"))
+        .to_string()
+}
+
 pub fn checkpoint_body(id_number: &str, name: &str, phone: &str) -> serde_json::Value {
     serde_json::json!({
         "name": name, "id_type": "cn_id", "id_number": id_number, "phone": phone,
