@@ -210,7 +210,7 @@ fn page(
     done: bool,
     values: &[(String, String)],
 ) -> Response {
-    let get = |k: &str| crate::public::form_value(&values, k).unwrap_or_default();
+    let get = |k: &str| crate::public::form_value(values, k).unwrap_or_default();
     let p = NoticePage {
         tr: Tr(lang),
         action: format!("/n/{}", n.public_token),

@@ -1285,7 +1285,7 @@ fn report_page_html(
             .map(|s| (s.as_str(), s.label_key(), chosen.contains(&s.as_str())))
             .collect();
     symptoms.push(("none", "symptom.none", chosen.contains(&"none")));
-    let get = |k: &str| crate::public::form_value(&values, k).unwrap_or_default();
+    let get = |k: &str| crate::public::form_value(values, k).unwrap_or_default();
     ReportPage {
         tr: Tr(lang),
         action: format!("/r/{token}"),
