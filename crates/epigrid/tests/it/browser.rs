@@ -23,7 +23,12 @@ struct Driver {
 }
 
 impl Drop for Driver {
+    /// Ends chromedriver and the browsers it started: they share its process group (the
+    /// browsers would otherwise outlive the test and keep using the CPU).
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -54,8 +59,10 @@ impl Driver {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
+        use std::os::unix::process::CommandExt;
         let child = Command::new(driver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
