@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "list decisions",
         include_str!("../migrations/0010_list_decisions.sql"),
     ),
+    (
+        11,
+        "person plates",
+        include_str!("../migrations/0011_person_plates.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -1056,7 +1056,7 @@ impl PgStore {
             PersonQuery::Plate(plate) => {
                 self.query(
                     &format!(
-                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM registrations WHERE plate = $3) \
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_plates WHERE plate = $3) \
                          AND {scoped} ORDER BY p.last_seen_at DESC LIMIT $4"
                     ),
                     &[&lo, &hi, plate, &limit],
@@ -1930,10 +1930,7 @@ impl PgStore {
             })
             .collect();
         let plates = self
-            .query(
-                "SELECT DISTINCT plate, person_id FROM registrations WHERE plate IS NOT NULL",
-                &[],
-            )
+            .query("SELECT plate, person_id FROM person_plates", &[])
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1)))

@@ -184,6 +184,23 @@ pub(crate) async fn insert_batch(
     let seqs: BTreeMap<Uuid, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
 
     let mut v = Values::new();
+    let mut pairs = std::collections::BTreeSet::new();
+    for r in regs {
+        if let Some(plate) = &r.fields.plate {
+            if pairs.insert((plate.as_str(), eff(&r.person.id))) {
+                v.row(vec![b(plate.clone()), b(eff(&r.person.id)), b(r.at)]);
+            }
+        }
+    }
+    if !v.params.is_empty() {
+        let sql = format!(
+            "INSERT INTO person_plates (plate, person_id, first_at) VALUES {} ON CONFLICT DO NOTHING",
+            v.sql
+        );
+        tx.execute(&sql, &v.refs()).await.map_err(map_err)?;
+    }
+
+    let mut v = Values::new();
     for r in regs {
         for (i, c) in r.companion_list.iter().enumerate() {
             v.row(vec![

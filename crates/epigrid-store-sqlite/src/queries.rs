@@ -263,6 +263,14 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
         )
         .map(|_| c.last_insert_rowid())
         .map_err(map_err)?;
+    if let Some(plate) = &f.plate {
+        c.prepare_cached(
+            "INSERT OR IGNORE INTO person_plates (plate, person_id, first_at) VALUES (?1, ?2, ?3)",
+        )
+        .map_err(map_err)?
+        .execute(params![plate, person_id, at])
+        .map_err(map_err)?;
+    }
     for (i, comp) in reg.companion_list.iter().enumerate() {
         let pid = match &comp.person {
             Some(p) => Some(upsert_person(c, p, &reg.area_path, at)?),
@@ -1327,7 +1335,7 @@ impl SqliteStore {
                 ),
                 PersonQuery::Plate(plate) => (
                     format!(
-                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM registrations WHERE plate = ?3) \
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_plates WHERE plate = ?3) \
                          AND {scoped} ORDER BY p.last_seen_at DESC LIMIT ?4"
                     ),
                     Box::new(plate.clone()),
@@ -2264,9 +2272,7 @@ impl SqliteStore {
                 .map_err(map_err)?;
             let people = collect(people)?;
             let mut stmt = c
-                .prepare(
-                    "SELECT DISTINCT plate, person_id FROM registrations WHERE plate IS NOT NULL",
-                )
+                .prepare("SELECT plate, person_id FROM person_plates")
                 .map_err(map_err)?;
             let plates = stmt
                 .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, U>(1)?.0)))
