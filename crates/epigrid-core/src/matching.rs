@@ -476,6 +476,9 @@ impl Decision {
     }
 }
 
+/// The methods a match can be made by.
+pub const METHODS: [&str; 4] = ["id_number", "phone", "name_birth_date", "plate"];
+
 /// Below this confidence a match goes to the review queue.
 pub const REVIEW_BELOW: f64 = 0.9;
 

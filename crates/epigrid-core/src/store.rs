@@ -155,6 +155,11 @@ pub trait Store: Send + Sync + 'static {
         d: &crate::matching::MatchDecision,
         scope: &Scope,
     ) -> StoreResult<bool>;
+    /// The lists a person was matched on (newest first), with how.
+    async fn lists_of(
+        &self,
+        person_id: Uuid,
+    ) -> StoreResult<Vec<(ListRecord, crate::matching::ListMatch)>>;
     /// Lists uploaded in the scope, newest first.
     async fn lists(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<ListRecord>>;
     /// Everyone known, for matching a list in memory: people (with merges, name, birth date

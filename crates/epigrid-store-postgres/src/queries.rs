@@ -560,6 +560,34 @@ impl Store for PgStore {
             .map_err(map_err)?;
         Ok(n == 1)
     }
+    async fn lists_of(&self, person_id: Uuid) -> StoreResult<Vec<(ListRecord, ListMatch)>> {
+        Ok(self
+            .query(
+                "SELECT l.id, l.name, l.uploaded_by, l.area_path, l.created_at, l.rows, l.bad_rows, \
+                 m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
+                 JOIN lists l ON l.id = m.list_id WHERE m.person_id = $1 ORDER BY l.created_at DESC LIMIT 50",
+                &[&person_id],
+            )
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    list_row(r),
+                    ListMatch {
+                        line: r.get::<_, i32>(7) as usize,
+                        person_id,
+                        method: list_method(r.get(8)),
+                        confidence: r.get(9),
+                        review: r.get(10),
+                        decision: r
+                            .get::<_, Option<String>>(11)
+                            .as_deref()
+                            .and_then(epigrid_core::matching::Decision::parse),
+                    },
+                )
+            })
+            .collect())
+    }
     async fn lists(
         &self,
         scope: &Scope,
@@ -1967,11 +1995,7 @@ impl PgStore {
         let mut out = Vec::new();
         for r in &rows {
             let person = person_row(r)?;
-            let method: String = r.get(16);
-            let method = ["id_number", "phone", "name_birth_date", "plate"]
-                .into_iter()
-                .find(|m| *m == method)
-                .unwrap_or("other");
+            let method = list_method(r.get(16));
             out.push((
                 ListMatch {
                     line: r.get::<_, i32>(15) as usize,
@@ -2003,4 +2027,12 @@ fn list_row(r: &tokio_postgres::Row) -> ListRecord {
         rows: r.get(5),
         bad_rows: r.get(6),
     }
+}
+
+/// A stored match method as the static name the matcher uses.
+fn list_method(m: &str) -> &'static str {
+    epigrid_core::matching::METHODS
+        .into_iter()
+        .find(|x| *x == m)
+        .unwrap_or("other")
 }

@@ -768,6 +768,37 @@ impl Store for SqliteStore {
         })
         .await
     }
+    async fn lists_of(&self, person_id: Uuid) -> StoreResult<Vec<(ListRecord, ListMatch)>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT l.id, l.name, l.uploaded_by, l.area_path, l.created_at, l.rows, l.bad_rows, \
+                     m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
+                     JOIN lists l ON l.id = m.list_id WHERE m.person_id = ?1 ORDER BY l.created_at DESC LIMIT 50",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![person_id.to_string()], |r| {
+                    Ok((
+                        list_row(r)?,
+                        ListMatch {
+                            line: r.get::<_, i64>(7)? as usize,
+                            person_id,
+                            method: list_method(&r.get::<_, String>(8)?),
+                            confidence: r.get(9)?,
+                            review: r.get(10)?,
+                            decision: r
+                                .get::<_, Option<String>>(11)?
+                                .as_deref()
+                                .and_then(epigrid_core::matching::Decision::parse),
+                        },
+                    ))
+                })
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
     async fn lists(
         &self,
         scope: &Scope,
@@ -2307,8 +2338,7 @@ impl SqliteStore {
                 .map_err(map_err)?;
             let rows = stmt
                 .query_map(params![id.to_string(), lo, hi], |r| {
-                    let method: String = r.get(2)?;
-                    let method = ["id_number", "phone", "name_birth_date", "plate"].into_iter().find(|m| *m == method).unwrap_or("other");
+                    let method = list_method(&r.get::<_, String>(2)?);
                     Ok((
                         ListMatch {
                             line: r.get::<_, i64>(0)? as usize,
@@ -2340,4 +2370,12 @@ fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRecord> {
         rows: r.get(5)?,
         bad_rows: r.get(6)?,
     })
+}
+
+/// A stored match method as the static name the matcher uses.
+fn list_method(m: &str) -> &'static str {
+    epigrid_core::matching::METHODS
+        .into_iter()
+        .find(|x| *x == m)
+        .unwrap_or("other")
 }

@@ -348,6 +348,13 @@ async fn person_detail(
         .collect::<Vec<_>>());
     v["reports"] = json!(reports);
     v["lab_results"] = json!(labs);
+    v["lists"] = json!(st
+        .store
+        .lists_of(p.id)
+        .await?
+        .iter()
+        .map(|(l, m)| json!({"list_id": l.id, "name": l.name, "created_at": l.created_at, "line": m.line, "method": m.method, "confidence": m.confidence, "review": m.review, "decision": m.decision}))
+        .collect::<Vec<_>>());
     // The timeline shows where the person registered; places outside the caller's area are
     // shown without detail.
     v["registrations"] = json!(regs
@@ -1529,6 +1536,17 @@ async fn persons_page(
     )
 }
 
+/// A list the person was matched on, as the person page shows it.
+struct ListLine {
+    id: String,
+    name: String,
+    at: String,
+    method: &'static str,
+    confidence: String,
+    /// Message key of the match's state (confirmed, rejected, to review), or empty.
+    state: String,
+}
+
 #[derive(Template)]
 #[template(path = "person.html")]
 struct PersonPage {
@@ -1539,6 +1557,7 @@ struct PersonPage {
     observations: Vec<Observation>,
     reports: Vec<(String, String, String, bool)>,
     labs: Vec<LabResult>,
+    lists: Vec<ListLine>,
     timeline: Vec<crate::view::RowView>,
     categories: Vec<Category>,
     error: String,
@@ -1564,6 +1583,7 @@ async fn person_view(
     let observations = st.store.observations_of(p.id).await.unwrap_or_default();
     let reports = st.store.reports_of(p.id).await.unwrap_or_default();
     let labs = st.store.lab_results_of(p.id).await.unwrap_or_default();
+    let lists = st.store.lists_of(p.id).await.unwrap_or_default();
     let regs = st
         .store
         .registrations(
@@ -1606,6 +1626,21 @@ async fn person_view(
                 })
                 .collect(),
             labs,
+            lists: lists
+                .iter()
+                .map(|(l, m)| ListLine {
+                    id: l.id.to_string(),
+                    name: l.name.clone(),
+                    at: local(l.created_at, tz),
+                    method: m.method,
+                    confidence: format!("{:.2}", m.confidence),
+                    state: match (m.decision, m.review) {
+                        (Some(d), _) => format!("lists.decision.{}", d.as_str()),
+                        (None, true) => "lists.review".into(),
+                        (None, false) => String::new(),
+                    },
+                })
+                .collect(),
             timeline: regs
                 .iter()
                 .map(|r| crate::view::row_view(r, tz, lang))

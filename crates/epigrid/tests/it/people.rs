@@ -2158,6 +2158,14 @@ async fn list_matches_are_stored_alike_on_every_store() {
             (Some(Decision::Confirmed), false),
             "{name}"
         );
+        let on = store.lists_of(a).await.unwrap();
+        assert_eq!(on.len(), 3, "{name}");
+        assert!(on.iter().all(|(l, _)| l.id == list.id), "{name}");
+        assert!(
+            on.iter()
+                .any(|(_, m)| m.line == 4 && m.decision == Some(Decision::Confirmed)),
+            "{name}"
+        );
     }
 }
 
@@ -2446,6 +2454,22 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
     assert!(
         got.contains(&(b.clone(), json!("rejected"), json!(true))),
         "{got:?}"
+    );
+    // the people show the list they were on, and how it was decided
+    let pa: Value = app
+        .get(&format!("/api/v1/persons/{a}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&pa["lists"][0]["name"], &pa["lists"][0]["decision"]),
+        (&json!("plates"), &json!("confirmed"))
+    );
+    let page = app.page(&format!("/persons/{b}?lang=en"), &cookie).await;
+    assert!(
+        page.contains(&format!("href=\"/lists/{list}\"")) && page.contains("rejected"),
+        "{page}"
     );
     let audit: Value = app
         .get(
