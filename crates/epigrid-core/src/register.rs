@@ -65,7 +65,311 @@ fn scalar(v: &Value) -> Option<String> {
     }
 }
 
+/// The typed reader behind [`RegistrationInput::from_json_slice`]: reads the body's fields
+/// straight into text, as [`RegistrationInput::from_json`] does from a parsed `Value`, without
+/// building the `Value` first (the registration hot path).
+mod typed {
+    use super::{CompanionRaw, RegistrationInput};
+    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// Any JSON value as form text: strings as they are, numbers and booleans written out,
+    /// null as absent, arrays and objects as a marker that fails validation.
+    pub struct Text(pub Option<String>);
+
+    const MARKER: &str = "\u{0}";
+
+    struct TextVisitor;
+    impl<'de> Visitor<'de> for TextVisitor {
+        type Value = Text;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Text, E> {
+            Ok(Text(Some(v.to_string())))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Text, E> {
+            Ok(Text(Some(v)))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Text, E> {
+            Ok(Text(Some(v.to_string())))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Text, E> {
+            Ok(Text(Some(serde_json::Number::from(v).to_string())))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Text, E> {
+            Ok(Text(Some(serde_json::Number::from(v).to_string())))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Text, E> {
+            Ok(Text(serde_json::Number::from_f64(v).map(|n| n.to_string())))
+        }
+        fn visit_unit<E>(self) -> Result<Text, E> {
+            Ok(Text(None))
+        }
+        fn visit_none<E>(self) -> Result<Text, E> {
+            Ok(Text(None))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Text(Some(MARKER.to_string())))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Text(Some(MARKER.to_string())))
+        }
+    }
+    impl<'de> Deserialize<'de> for Text {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+            d.deserialize_any(TextVisitor)
+        }
+    }
+
+    /// `symptoms`: an array of texts, or one text.
+    struct Symptoms(Vec<String>);
+    struct SymptomsVisitor;
+    impl<'de> Visitor<'de> for SymptomsVisitor {
+        type Value = Symptoms;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("symptoms")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Symptoms, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Text(t)) = seq.next_element::<Text>()? {
+                out.push(t.unwrap_or_default());
+            }
+            Ok(Symptoms(out))
+        }
+        fn visit_unit<E>(self) -> Result<Symptoms, E> {
+            Ok(Symptoms(Vec::new()))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Symptoms, E> {
+            Ok(Symptoms(vec![v.to_string()]))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Symptoms, E> {
+            Ok(Symptoms(vec![v.to_string()]))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Symptoms, E> {
+            Ok(Symptoms(vec![serde_json::Number::from(v).to_string()]))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Symptoms, E> {
+            Ok(Symptoms(vec![serde_json::Number::from(v).to_string()]))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Symptoms, E> {
+            Ok(Symptoms(vec![serde_json::Number::from_f64(v)
+                .map(|n| n.to_string())
+                .unwrap_or_default()]))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Symptoms, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Symptoms(vec![MARKER.to_string()]))
+        }
+    }
+    impl<'de> Deserialize<'de> for Symptoms {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Symptoms, D::Error> {
+            d.deserialize_any(SymptomsVisitor)
+        }
+    }
+
+    /// One entry of a `companions` array: an object with name and document, or a name.
+    struct Companion(CompanionRaw);
+    struct CompanionVisitor;
+    impl<'de> Visitor<'de> for CompanionVisitor {
+        type Value = Companion;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a companion")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Companion, A::Error> {
+            let mut c = CompanionRaw::default();
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let Text(v) = map.next_value::<Text>()?;
+                match &*k {
+                    "name" => c.name = v,
+                    "id_type" => c.id_type = v,
+                    "id_number" => c.id_number = v,
+                    _ => {}
+                }
+            }
+            Ok(Companion(c))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Companion, A::Error> {
+            let Text(t) = TextVisitor.visit_seq(seq)?;
+            Ok(Companion(CompanionRaw {
+                name: t,
+                ..Default::default()
+            }))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Companion, E> {
+            Ok(Companion(CompanionRaw {
+                name: Some(v.to_string()),
+                ..Default::default()
+            }))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Companion, E> {
+            Ok(Companion(CompanionRaw {
+                name: Some(v.to_string()),
+                ..Default::default()
+            }))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Companion, E> {
+            Ok(Companion(CompanionRaw {
+                name: Some(serde_json::Number::from(v).to_string()),
+                ..Default::default()
+            }))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Companion, E> {
+            Ok(Companion(CompanionRaw {
+                name: Some(serde_json::Number::from(v).to_string()),
+                ..Default::default()
+            }))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Companion, E> {
+            Ok(Companion(CompanionRaw {
+                name: serde_json::Number::from_f64(v).map(|n| n.to_string()),
+                ..Default::default()
+            }))
+        }
+        fn visit_unit<E>(self) -> Result<Companion, E> {
+            Ok(Companion(CompanionRaw::default()))
+        }
+    }
+    impl<'de> Deserialize<'de> for Companion {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Companion, D::Error> {
+            d.deserialize_any(CompanionVisitor)
+        }
+    }
+
+    /// `companions`: a count (any text) or an array of companions.
+    enum Companions {
+        Count(Option<String>),
+        List(Vec<CompanionRaw>),
+    }
+    struct CompanionsVisitor;
+    impl<'de> Visitor<'de> for CompanionsVisitor {
+        type Value = Companions;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("companions")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Companions, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Companion(c)) = seq.next_element::<Companion>()? {
+                out.push(c);
+            }
+            Ok(Companions::List(out))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Companions, A::Error> {
+            Ok(Companions::Count(TextVisitor.visit_map(map)?.0))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Companions, E> {
+            Ok(Companions::Count(Some(v.to_string())))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Companions, E> {
+            Ok(Companions::Count(Some(v.to_string())))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Companions, E> {
+            Ok(Companions::Count(Some(
+                serde_json::Number::from(v).to_string(),
+            )))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Companions, E> {
+            Ok(Companions::Count(Some(
+                serde_json::Number::from(v).to_string(),
+            )))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Companions, E> {
+            Ok(Companions::Count(
+                serde_json::Number::from_f64(v).map(|n| n.to_string()),
+            ))
+        }
+        fn visit_unit<E>(self) -> Result<Companions, E> {
+            Ok(Companions::Count(None))
+        }
+    }
+    impl<'de> Deserialize<'de> for Companions {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Companions, D::Error> {
+            d.deserialize_any(CompanionsVisitor)
+        }
+    }
+
+    /// The whole body: a JSON object (anything else is an error, and the caller falls back
+    /// to the `Value` path for the exact message).
+    pub struct Input(pub RegistrationInput);
+    struct InputVisitor;
+    impl<'de> Visitor<'de> for InputVisitor {
+        type Value = Input;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input, A::Error> {
+            let mut i = RegistrationInput::default();
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let slot = match &*k {
+                    "name" => &mut i.name,
+                    "id_type" => &mut i.id_type,
+                    "id_number" => &mut i.id_number,
+                    "phone" => &mut i.phone,
+                    "plate" => &mut i.plate,
+                    "origin" => &mut i.origin,
+                    "destination" => &mut i.destination,
+                    "temperature" => &mut i.temperature,
+                    "high_risk_travel" => &mut i.high_risk_travel,
+                    "direction" => &mut i.direction,
+                    "visitor" => &mut i.visitor,
+                    "unit_code" => &mut i.unit_code,
+                    "visit_reason" => &mut i.visit_reason,
+                    "arrival_date" => &mut i.arrival_date,
+                    "residence_code" => &mut i.residence_code,
+                    "address" => &mut i.address,
+                    "employer" => &mut i.employer,
+                    "stay_days" => &mut i.stay_days,
+                    "purpose" => &mut i.purpose,
+                    "symptoms" => {
+                        i.symptoms = map.next_value::<Symptoms>()?.0;
+                        continue;
+                    }
+                    "companions" => {
+                        match map.next_value::<Companions>()? {
+                            Companions::Count(n) => {
+                                i.companions = n;
+                                i.companion_list.clear();
+                            }
+                            Companions::List(list) => {
+                                i.companions = Some(list.len().to_string());
+                                i.companion_list = list;
+                            }
+                        }
+                        continue;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                };
+                *slot = map.next_value::<Text>()?.0;
+            }
+            Ok(Input(i))
+        }
+    }
+    impl<'de> Deserialize<'de> for Input {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Input, D::Error> {
+            d.deserialize_map(InputVisitor)
+        }
+    }
+}
+
 impl RegistrationInput {
+    /// Reads a request body: a JSON object read straight into text fields (as
+    /// [`RegistrationInput::from_json`] would read its `Value`). Not JSON, or not an object:
+    /// the `body` field error `from_json` gives.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<RegistrationInput, FieldError> {
+        if let Ok(typed::Input(i)) = serde_json::from_slice::<typed::Input>(bytes) {
+            return Ok(i);
+        }
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(v) => RegistrationInput::from_json(&v),
+            Err(_) => Err(FieldError::new("body", "err.body.json")),
+        }
+    }
+
     /// Reads a JSON object; unknown keys are ignored, wrong shapes become field errors later.
     pub fn from_json(v: &Value) -> Result<RegistrationInput, FieldError> {
         let Some(obj) = v.as_object() else {
@@ -842,5 +1146,61 @@ mod tests {
         assert_eq!(input.symptoms, vec!["cough", "fever"]);
         assert_eq!(input.companion_list.len(), 1);
         assert_eq!(input.plate, None);
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            (-1.0e6f64..1.0e6).prop_map(|f| serde_json::json!(f)),
+            "[a-z0-9 .\u{4e00}-\u{4e10}]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            let key = prop_oneof![
+                Just("name".to_string()),
+                Just("id_number".to_string()),
+                Just("temperature".to_string()),
+                Just("symptoms".to_string()),
+                Just("companions".to_string()),
+                Just("id_type".to_string()),
+                "[a-z]{1,3}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((key, inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_typed_body_reader_reads_what_the_value_reader_reads(v in json_value()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let typed = RegistrationInput::from_json_slice(&bytes);
+            // both read the same text (floats do not always survive a write and a read)
+            let parsed: Value = serde_json::from_slice(&bytes).unwrap();
+            let by_value = RegistrationInput::from_json(&parsed);
+            proptest::prop_assert_eq!(typed.map_err(|e| e.key), by_value.map_err(|e| e.key));
+        }
+    }
+
+    #[test]
+    fn the_typed_body_reader_reports_bad_bodies_like_before() {
+        let key = |b: &[u8]| RegistrationInput::from_json_slice(b).unwrap_err().key;
+        assert_eq!(key(b"{not json"), "err.body.json");
+        assert_eq!(key(b"[1, 2]"), "err.body.not_object");
+        assert_eq!(key(b"{\"name\": 1} trailing"), "err.body.json");
+        let i = RegistrationInput::from_json_slice(
+            br#"{"name":"x","companions":[{"name":"a","id_number":7},"b",null],"symptoms":"cough","temperature":36.6}"#,
+        )
+        .unwrap();
+        assert_eq!(i.companions.as_deref(), Some("3"));
+        assert_eq!(i.companion_list[0].id_number.as_deref(), Some("7"));
+        assert_eq!(i.companion_list[1].name.as_deref(), Some("b"));
+        assert_eq!(i.symptoms, vec!["cough".to_string()]);
+        assert_eq!(i.temperature.as_deref(), Some("36.6"));
     }
 }

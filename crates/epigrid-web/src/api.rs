@@ -470,13 +470,16 @@ async fn post_registration(
     MaybeStaff(staff): MaybeStaff,
     headers: HeaderMap,
     Path(token): Path<String>,
-    JsonBody(b): JsonBody,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
+    let body = body.map_err(|_| ApiError::BadRequest("err.body.too_large"))?;
     let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
     if let Some(s) = &staff {
         s.check_csrf_header(&headers)?;
     }
-    let input = RegistrationInput::from_json(&b).map_err(|e| ApiError::Invalid(vec![e]))?;
+    // read straight into text fields: the hot path of the whole system
+    let input =
+        RegistrationInput::from_json_slice(&body).map_err(|e| ApiError::Invalid(vec![e]))?;
     let reg = submit(&st, &site, &input, staff.as_ref()).await?;
     Ok((
         StatusCode::CREATED,
