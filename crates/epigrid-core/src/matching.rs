@@ -49,9 +49,18 @@ impl ParsedList {
         lines.len()
     }
 
-    /// The header itself was unusable (nothing to match).
+    /// The header (line 1) was unusable, or a chosen column is not in it: nothing to match.
     pub fn header_error(&self) -> bool {
-        self.rows.is_empty() && self.errors.iter().any(|(_, e)| e.field == "header")
+        self.rows.is_empty() && self.errors.iter().any(|(line, _)| *line == 1)
+    }
+
+    /// The row errors kept with the list: the first [`MAX_ERRORS_KEPT`].
+    pub fn kept_errors(&self) -> Vec<crate::store::ListError> {
+        self.errors
+            .iter()
+            .take(MAX_ERRORS_KEPT)
+            .map(crate::store::ListError::from)
+            .collect()
     }
 
     /// The summary kept for an uploaded list.
@@ -89,6 +98,11 @@ fn column(name: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+/// Most data rows a list may have (a larger file is refused as a whole, with a field error).
+pub const MAX_ROWS: usize = 2_000_000;
+/// Row errors kept per list (the count of bad rows is always complete).
+pub const MAX_ERRORS_KEPT: usize = 10_000;
 
 /// What a list's columns can be matched on.
 pub const TARGETS: [&str; 5] = ["name", "id_number", "phone", "plate", "birth_date"];
@@ -328,6 +342,12 @@ pub fn parse_list_mapped(text: &str, map: &ColumnMap) -> ParsedList {
         Ok(c) => c,
         Err(e) => return ParsedList::refused(e),
     };
+    // counting lines is cheap next to reading them: refuse an oversized list before the work
+    if memchr_count(body.as_bytes()) > MAX_ROWS {
+        return ParsedList::refused(
+            FieldError::new("file", "err.list.too_many_rows").with("max", MAX_ROWS.to_string()),
+        );
+    }
     let today = crate::validate::china_today();
     let parts = split_at_lines(body, threads() * 4, 1 << 16);
     // line number of each part's first line
@@ -351,6 +371,11 @@ pub fn parse_list_mapped(text: &str, map: &ColumnMap) -> ParsedList {
         out.errors.extend(r.errors);
     }
     out
+}
+
+/// Line ends in `bytes`.
+fn memchr_count(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|b| **b == b'\n').count()
 }
 
 /// Cuts `text` into about `n` parts that end at line ends (one part when it is small).
@@ -396,19 +421,20 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            // a part that panicked must not vanish from the result: pass the panic on
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     done.sort_by_key(|(i, _)| *i);
     done.into_iter().map(|(_, r)| r).collect()
 }
 
-/// Reads a list given as rows of cells (from a spreadsheet): the first is the header.
-/// Every cell is validated; a row with a bad cell is reported with its line and field and is
-/// not matched.
+/// Reads a list given as rows of cells (from a spreadsheet), each with its line number as the
+/// spreadsheet shows it: the first is the header. Every cell is validated; a row with a bad
+/// cell is reported with its line and field and is not matched.
 pub fn parse_rows(
     header: Vec<String>,
-    rows: impl Iterator<Item = Vec<String>>,
+    rows: impl Iterator<Item = (usize, Vec<String>)>,
     map: &ColumnMap,
 ) -> ParsedList {
     let cols = match Columns::from_header(&header, map) {
@@ -417,9 +443,9 @@ pub fn parse_rows(
     };
     let today = crate::validate::china_today();
     let mut out = ParsedList::default();
-    for (i, cells) in rows.enumerate() {
+    for (line, cells) in rows {
         let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
-        cols.push(&mut out, i + 2, &cells, today);
+        cols.push(&mut out, line, &cells, today);
     }
     out
 }

@@ -155,10 +155,11 @@ pub trait Store: Send + Sync + 'static {
         d: &crate::matching::MatchDecision,
         scope: &Scope,
     ) -> StoreResult<bool>;
-    /// The lists a person was matched on (newest first), with how.
+    /// The lists uploaded in the scope that a person was matched on (newest first), with how.
     async fn lists_of(
         &self,
         person_id: Uuid,
+        scope: &Scope,
     ) -> StoreResult<Vec<(ListRecord, crate::matching::ListMatch)>>;
     /// Lists uploaded in the scope, newest first.
     async fn lists(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<ListRecord>>;
@@ -167,12 +168,17 @@ pub trait Store: Send + Sync + 'static {
     async fn match_keys(
         &self,
     ) -> StoreResult<(Vec<crate::matching::KnownPerson>, Vec<(String, Uuid)>)>;
-    /// A list (if uploaded in the scope) and its matches to people in the scope.
+    /// A list (if uploaded in the scope) and a page of its matches to people in the scope
+    /// (by line, surest first).
     async fn list_matches(
         &self,
         id: Uuid,
         scope: &Scope,
+        page: &MatchPage,
     ) -> StoreResult<Option<(ListRecord, Vec<(crate::matching::ListMatch, Person)>)>>;
+    /// How many matches of a list are to people in the scope, and how many of those are
+    /// still to review.
+    async fn list_match_counts(&self, id: Uuid, scope: &Scope) -> StoreResult<(usize, usize)>;
     /// Stores a notice with its entries.
     async fn insert_notice(&self, notice: &crate::trace::Notice) -> StoreResult<()>;
     /// A notice (with entries) by its public token.
@@ -264,6 +270,25 @@ pub struct ListRecord {
     pub created_at: DateTime<Utc>,
     pub rows: i32,
     pub bad_rows: i32,
+}
+
+/// Which matches of a list to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatchPage {
+    /// Only those still to review (uncertain and undecided).
+    pub review_only: bool,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+impl Default for MatchPage {
+    fn default() -> Self {
+        MatchPage {
+            review_only: false,
+            limit: 1000,
+            offset: 0,
+        }
+    }
 }
 
 /// A row of a list that could not be used, and why (a message key with its placeholder

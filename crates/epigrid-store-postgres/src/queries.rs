@@ -537,17 +537,21 @@ impl Store for PgStore {
             by,
             at,
         } = d.clone();
+        // a line number no list can have matches nothing
+        let Ok(line) = i32::try_from(line) else {
+            return Ok(false);
+        };
         let c = self.client().await?;
         let n = c
             .execute(
                 "UPDATE list_matches SET decision = $4, decided_by = $5, decided_at = $6, \
                  review = CASE WHEN $4 = 'confirmed' THEN false ELSE review END \
-                 WHERE list_id = $1 AND line = $2 AND person_id = $3 AND decision IS NULL \
+                 WHERE list_id = $1 AND line = $2 AND person_id = $3 AND decision IS NULL AND review \
                  AND EXISTS (SELECT 1 FROM lists l WHERE l.id = $1 AND l.area_path >= $7 AND l.area_path < $8) \
                  AND EXISTS (SELECT 1 FROM persons p WHERE p.id = $3 AND p.area_path >= $7 AND p.area_path < $8)",
                 &[
                     &list_id,
-                    &(line as i32),
+                    &line,
                     &person_id,
                     &decision.as_str(),
                     &by,
@@ -560,13 +564,19 @@ impl Store for PgStore {
             .map_err(map_err)?;
         Ok(n == 1)
     }
-    async fn lists_of(&self, person_id: Uuid) -> StoreResult<Vec<(ListRecord, ListMatch)>> {
+    async fn lists_of(
+        &self,
+        person_id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Vec<(ListRecord, ListMatch)>> {
+        let (lo, hi) = scope.bounds();
         Ok(self
             .query(
                 "SELECT l.id, l.name, l.uploaded_by, l.area_path, l.created_at, l.rows, l.bad_rows, \
                  m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
-                 JOIN lists l ON l.id = m.list_id WHERE m.person_id = $1 ORDER BY l.created_at DESC LIMIT 50",
-                &[&person_id],
+                 JOIN lists l ON l.id = m.list_id WHERE m.person_id = $1 AND l.area_path >= $2 AND l.area_path < $3 \
+                 ORDER BY l.created_at DESC LIMIT 50",
+                &[&person_id, &lo, &hi],
             )
             .await?
             .iter()
@@ -603,17 +613,32 @@ impl Store for PgStore {
     )> {
         self.match_keys_impl().await
     }
+    async fn list_match_counts(&self, id: Uuid, scope: &Scope) -> StoreResult<(usize, usize)> {
+        let (lo, hi) = scope.bounds();
+        let rows = self
+            .query(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE m.review AND m.decision IS NULL) FROM list_matches m \
+                 JOIN persons p ON p.id = m.person_id WHERE m.list_id = $1 AND p.area_path >= $2 AND p.area_path < $3",
+                &[&id, &lo, &hi],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| (r.get::<_, i64>(0) as usize, r.get::<_, i64>(1) as usize))
+            .unwrap_or((0, 0)))
+    }
     async fn list_matches(
         &self,
         id: Uuid,
         scope: &Scope,
+        page: &epigrid_core::store::MatchPage,
     ) -> StoreResult<
         Option<(
             epigrid_core::store::ListRecord,
             Vec<(epigrid_core::matching::ListMatch, Person)>,
         )>,
     > {
-        self.list_matches_impl(id, scope).await
+        self.list_matches_impl(id, scope, *page).await
     }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
@@ -1970,6 +1995,7 @@ impl PgStore {
         &self,
         id: Uuid,
         scope: &Scope,
+        page: epigrid_core::store::MatchPage,
     ) -> StoreResult<Option<(ListRecord, Vec<(ListMatch, Person)>)>> {
         let (lo, hi) = scope.bounds();
         let Some(r) = self
@@ -1987,9 +2013,10 @@ impl PgStore {
                 &format!(
                     "SELECT {PERSON_COLS}, m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
                      JOIN persons p ON p.id = m.person_id WHERE m.list_id = $1 AND p.area_path >= $2 AND p.area_path < $3 \
-                     ORDER BY m.line, m.confidence DESC"
+                     AND (NOT $4 OR (m.review AND m.decision IS NULL)) \
+                     ORDER BY m.line, m.confidence DESC LIMIT $5 OFFSET $6"
                 ),
-                &[&id, &lo, &hi],
+                &[&id, &lo, &hi, &page.review_only, &i64::from(page.limit), &i64::from(page.offset)],
             )
             .await?;
         let mut out = Vec::new();

@@ -748,7 +748,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE list_matches SET decision = ?4, decided_by = ?5, decided_at = ?6, \
                      review = CASE WHEN ?4 = 'confirmed' THEN 0 ELSE review END \
-                     WHERE list_id = ?1 AND line = ?2 AND person_id = ?3 AND decision IS NULL \
+                     WHERE list_id = ?1 AND line = ?2 AND person_id = ?3 AND decision IS NULL AND review \
                      AND EXISTS (SELECT 1 FROM lists l WHERE l.id = ?1 AND l.area_path >= ?7 AND l.area_path < ?8) \
                      AND EXISTS (SELECT 1 FROM persons p WHERE p.id = ?3 AND p.area_path >= ?7 AND p.area_path < ?8)",
                 )
@@ -768,17 +768,23 @@ impl Store for SqliteStore {
         })
         .await
     }
-    async fn lists_of(&self, person_id: Uuid) -> StoreResult<Vec<(ListRecord, ListMatch)>> {
+    async fn lists_of(
+        &self,
+        person_id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Vec<(ListRecord, ListMatch)>> {
+        let (lo, hi) = scope.bounds();
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT l.id, l.name, l.uploaded_by, l.area_path, l.created_at, l.rows, l.bad_rows, \
                      m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
-                     JOIN lists l ON l.id = m.list_id WHERE m.person_id = ?1 ORDER BY l.created_at DESC LIMIT 50",
+                     JOIN lists l ON l.id = m.list_id WHERE m.person_id = ?1 AND l.area_path >= ?2 AND l.area_path < ?3 \
+                     ORDER BY l.created_at DESC LIMIT 50",
                 )
                 .map_err(map_err)?;
             let rows = stmt
-                .query_map(params![person_id.to_string()], |r| {
+                .query_map(params![person_id.to_string(), lo, hi], |r| {
                     Ok((
                         list_row(r)?,
                         ListMatch {
@@ -814,17 +820,33 @@ impl Store for SqliteStore {
     )> {
         self.match_keys_impl().await
     }
+    async fn list_match_counts(&self, id: Uuid, scope: &Scope) -> StoreResult<(usize, usize)> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(m.review AND m.decision IS NULL), 0) FROM list_matches m \
+                 JOIN persons p ON p.id = m.person_id WHERE m.list_id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3",
+            )
+            .map_err(map_err)?
+            .query_row(params![id.to_string(), lo, hi], |r| {
+                Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize))
+            })
+            .map_err(map_err)
+        })
+        .await
+    }
     async fn list_matches(
         &self,
         id: Uuid,
         scope: &Scope,
+        page: &epigrid_core::store::MatchPage,
     ) -> StoreResult<
         Option<(
             epigrid_core::store::ListRecord,
             Vec<(epigrid_core::matching::ListMatch, Person)>,
         )>,
     > {
-        self.list_matches_impl(id, scope).await
+        self.list_matches_impl(id, scope, *page).await
     }
     async fn merge_persons(&self, merge: &epigrid_core::person::PersonMerge) -> StoreResult<()> {
         self.merge_impl(merge).await
@@ -2317,6 +2339,7 @@ impl SqliteStore {
         &self,
         id: Uuid,
         scope: &Scope,
+        page: epigrid_core::store::MatchPage,
     ) -> StoreResult<Option<(ListRecord, Vec<(ListMatch, Person)>)>> {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
@@ -2333,11 +2356,12 @@ impl SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT m.line, m.person_id, m.method, m.confidence, m.review, m.decision, {PERSON_COLS} FROM list_matches m \
                      JOIN persons p ON p.id = m.person_id WHERE m.list_id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3 \
-                     ORDER BY m.line, m.confidence DESC"
+                     AND (?4 = 0 OR (m.review AND m.decision IS NULL)) \
+                     ORDER BY m.line, m.confidence DESC LIMIT ?5 OFFSET ?6"
                 ))
                 .map_err(map_err)?;
             let rows = stmt
-                .query_map(params![id.to_string(), lo, hi], |r| {
+                .query_map(params![id.to_string(), lo, hi, page.review_only, page.limit, page.offset], |r| {
                     let method = list_method(&r.get::<_, String>(2)?);
                     Ok((
                         ListMatch {

@@ -55,30 +55,43 @@ async fn symptom_onset(
     before: DateTime<Utc>,
 ) -> ApiResult<Option<DateTime<Utc>>> {
     let since = before - Duration::days(14);
-    let regs = st
-        .store
-        .registrations(
-            &epigrid_core::area::Scope::all(),
-            &epigrid_core::model::RegistrationFilter {
-                person_id: Some(person_id),
-                from: Some(since),
-                to: Some(before),
-                limit: 1000,
-                ..Default::default()
-            },
-        )
-        .await?;
-    let at_sites = regs
-        .iter()
-        .filter(|r| epigrid_core::store::is_fever(&r.fields) || r.fields.symptoms != 0)
-        .map(|r| r.at);
+    // newest first, page by page: a courier may check in thousands of times in 14 days
+    let mut first_at_site: Option<DateTime<Utc>> = None;
+    let mut before_seq = None;
+    for _ in 0..100 {
+        let page = st
+            .store
+            .registrations(
+                &epigrid_core::area::Scope::all(),
+                &epigrid_core::model::RegistrationFilter {
+                    person_id: Some(person_id),
+                    from: Some(since),
+                    to: Some(before),
+                    before_seq,
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let symptomatic = page
+            .iter()
+            .filter(|r| epigrid_core::store::is_fever(&r.fields) || r.fields.symptoms != 0)
+            .map(|r| r.at)
+            .min();
+        first_at_site = first_at_site.into_iter().chain(symptomatic).min();
+        match page.last() {
+            Some(last) if page.len() == 1000 => before_seq = Some(last.seq),
+            _ => break,
+        }
+    }
+    let at_sites = first_at_site;
     let reports = st.store.reports_of(person_id).await?;
     let in_reports = reports
         .iter()
         .filter(|r| r.temperature.is_some_and(|t| t >= 373) || r.symptoms != 0)
         .map(|r| r.at)
         .filter(|t| *t >= since && *t <= before);
-    Ok(at_sites.chain(in_reports).min())
+    Ok(at_sites.into_iter().chain(in_reports).min())
 }
 
 /// The default infectious window: from two days before symptom onset or the first positive

@@ -13,10 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use epigrid_core::matching::{
-    parse_list_mapped, ColumnMap, Decision, ListMatch, MatchDecision, MatchIndex, ParsedList,
-    Passes,
+    parse_list_mapped, ColumnMap, Decision, MatchDecision, MatchIndex, ParsedList, Passes,
 };
-use epigrid_core::store::{ListError, ListRecord};
+use epigrid_core::store::{ListRecord, MatchPage};
 use epigrid_core::validate::FieldError;
 use epigrid_core::Lang;
 use serde_json::{json, Value};
@@ -61,21 +60,79 @@ pub fn decode_text(bytes: &[u8]) -> Option<String> {
     }
 }
 
+/// Most columns read from a spreadsheet (cells further right are ignored).
+const MAX_COLUMNS: u32 = 64;
+
+/// A spreadsheet cell as the text a person sees in it (dates as `YYYY-MM-DD`).
+fn cell_text(c: &calamine::DataRef<'_>) -> String {
+    use calamine::DataRef;
+    match c {
+        DataRef::Int(i) => i.to_string(),
+        DataRef::Float(f) => f.to_string(),
+        DataRef::String(s) => s.clone(),
+        DataRef::SharedString(s) => s.to_string(),
+        DataRef::Bool(b) => b.to_string(),
+        DataRef::DateTime(d) if d.is_datetime() => {
+            let (y, mo, day, h, mi, sec, _) = d.to_ymd_hms_milli();
+            if (h, mi, sec) == (0, 0, 0) {
+                format!("{y:04}-{mo:02}-{day:02}")
+            } else {
+                format!("{y:04}-{mo:02}-{day:02} {h:02}:{mi:02}:{sec:02}")
+            }
+        }
+        DataRef::DateTime(d) => d.as_f64().to_string(),
+        DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => s.clone(),
+        DataRef::Error(_) => "#ERROR".into(),
+        DataRef::Empty => String::new(),
+    }
+}
+
+/// The first sheet of an XLSX file as numbered rows (line = the spreadsheet's row number),
+/// read cell by cell: a sparse sheet costs what its cells cost, not its bounding box.
+fn xlsx_rows(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
+    use calamine::Reader;
+    let bad = || ApiError::field("file", "err.list.xlsx");
+    let mut wb: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).map_err(|_| bad())?;
+    let name = wb.sheet_names().first().cloned().ok_or_else(bad)?;
+    let mut cells = wb.worksheet_cells_reader(&name).map_err(|_| bad())?;
+    let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
+    while let Some(cell) = cells.next_cell().map_err(|_| bad())? {
+        let (r, c) = cell.get_position();
+        if c >= MAX_COLUMNS {
+            continue;
+        }
+        let text = cell_text(cell.get_value());
+        if text.trim().is_empty() {
+            continue;
+        }
+        let line = r as usize + 1;
+        if rows.last().is_none_or(|(l, _)| *l != line) {
+            if rows.len() > epigrid_core::matching::MAX_ROWS {
+                return Err(ApiError::Invalid(vec![FieldError::new(
+                    "file",
+                    "err.list.too_many_rows",
+                )
+                .with("max", epigrid_core::matching::MAX_ROWS.to_string())]));
+            }
+            rows.push((line, Vec::new()));
+        }
+        if let Some((_, row)) = rows.last_mut() {
+            let c = c as usize;
+            if row.len() <= c {
+                row.resize(c + 1, String::new());
+            }
+            row[c] = text;
+        }
+    }
+    Ok(rows)
+}
+
 /// Reads a list file: XLSX (first sheet; every cell as text) or CSV in UTF-8 or GBK.
 pub fn read_list(bytes: &[u8], map: &ColumnMap) -> Result<ParsedList, ApiError> {
-    use calamine::Reader;
     if bytes.starts_with(b"PK") {
-        let mut wb: calamine::Xlsx<_> =
-            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes))
-                .map_err(|_| ApiError::field("file", "err.list.xlsx"))?;
-        let range = wb
-            .worksheet_range_at(0)
-            .ok_or_else(|| ApiError::field("file", "err.list.xlsx"))?
-            .map_err(|_| ApiError::field("file", "err.list.xlsx"))?;
-        let mut rows = range
-            .rows()
-            .map(|r| r.iter().map(|c| c.to_string()).collect::<Vec<String>>());
-        let header = rows.next().unwrap_or_default();
+        let mut rows = xlsx_rows(bytes)?.into_iter();
+        let header = rows.next().map(|(_, h)| h).unwrap_or_default();
         return Ok(epigrid_core::matching::parse_rows(header, rows, map));
     }
     let text = decode_text(bytes).ok_or_else(|| ApiError::field("file", "err.list.encoding"))?;
@@ -101,10 +158,15 @@ fn list_name(raw: Option<&str>) -> ApiResult<String> {
 struct Processed {
     list: ListRecord,
     parsed: ParsedList,
-    found: Vec<ListMatch>,
+    /// Matches to people in the uploader's area, and how many of them are uncertain.
+    matched: usize,
+    to_review: usize,
 }
 
 /// Validates and matches a list (CPU work off the async threads), stores its matches, audits.
+/// One list is read and matched at a time (each holds everyone's match keys in memory).
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 async fn process(
     st: &AppState,
     staff: &Staff,
@@ -112,6 +174,10 @@ async fn process(
     map: ColumnMap,
     body: Bytes,
 ) -> ApiResult<Processed> {
+    let _turn = UPLOADS
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let join = |e: tokio::task::JoinError| ApiError::Internal(e.to_string());
     let parsed = tokio::task::spawn_blocking(move || read_list(&body, &map))
         .await
@@ -130,21 +196,27 @@ async fn process(
     .await
     .map_err(join)?;
     let list = parsed.record(name, Some(staff.user.id), &staff.user.area_path);
-    let errors: Vec<ListError> = parsed.errors.iter().map(ListError::from).collect();
-    st.store.insert_list(&list, &errors, &found).await?;
+    st.store
+        .insert_list(&list, &parsed.kept_errors(), &found)
+        .await?;
+    drop(found);
+    // what the uploader learns is about people in their area only (the list was matched
+    // against everyone, so that other areas see their own people on it)
+    let (matched, to_review) = st.store.list_match_counts(list.id, &staff.scope()).await?;
     staff
         .audit(
             st,
             "list.match",
             &format!("list:{}", list.id),
             &staff.user.area_path,
-            &format!("rows={} matches={}", parsed.rows.len(), found.len()),
+            &format!("rows={} matches_in_scope={matched}", parsed.rows.len()),
         )
         .await;
     Ok(Processed {
         list,
         parsed,
-        found,
+        matched,
+        to_review,
     })
 }
 
@@ -170,28 +242,57 @@ async fn upload(
             "name": p.list.name,
             "rows": p.parsed.rows.len(),
             "bad_rows": p.list.bad_rows,
-            "errors": p.parsed.errors.iter().map(|(l, e)| json!({"line": l, "field": e.field, "message": e.message(lang)})).collect::<Vec<_>>(),
-            "matched": p.found.len(),
-            "to_review": p.found.iter().filter(|m| m.review).count(),
+            "errors": p.parsed.errors.iter().take(epigrid_core::matching::MAX_ERRORS_KEPT).map(|(l, e)| json!({"line": l, "field": e.field, "message": e.message(lang)})).collect::<Vec<_>>(),
+            "errors_total": p.parsed.errors.len(),
+            "matched": p.matched,
+            "to_review": p.to_review,
         })),
     )
         .into_response())
 }
 
+/// `GET /api/v1/lists/{id}/matches[?review=1][&limit=N][&offset=N]`: a page of the list's
+/// matches to people in the caller's area (1,000 by default, at most 10,000), with totals.
 async fn matches(
     State(st): State<AppState>,
     staff: Staff,
     Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     staff.require(staff.role().sees_personal_data())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let mut errs = Vec::new();
+    let mut number =
+        |k: &str, default: u32, max: u32| match q.get(k).map(|v| v.trim().parse::<u32>()) {
+            None => default,
+            Some(Ok(n)) if n <= max => n,
+            Some(_) => {
+                errs.push(
+                    FieldError::new(k, "err.int.range")
+                        .with("min", "0")
+                        .with("max", max.to_string()),
+                );
+                default
+            }
+        };
+    let page = MatchPage {
+        review_only: q.get("review").is_some_and(|v| v == "1" || v == "true"),
+        limit: number("limit", 1000, 10_000),
+        offset: number("offset", 0, u32::MAX),
+    };
+    if !errs.is_empty() {
+        return Err(ApiError::Invalid(errs));
+    }
     let (list, rows) = st
         .store
-        .list_matches(id, &staff.scope())
+        .list_matches(id, &staff.scope(), &page)
         .await?
         .ok_or(ApiError::NotFound)?;
+    let (matched, to_review) = st.store.list_match_counts(id, &staff.scope()).await?;
     Ok(Json(json!({
         "list": list,
+        "matched": matched,
+        "to_review": to_review,
         "items": rows.iter().map(|(m, p)| json!({
             "line": m.line, "method": m.method, "confidence": m.confidence, "review": m.review, "decision": m.decision,
             "person": crate::persons::person_json(p),
@@ -532,9 +633,18 @@ async fn render_list(
     review_only: bool,
     uploaded: bool,
 ) -> Response {
-    let (list, rows) = match st.store.list_matches(id, &s.scope()).await {
+    let page = MatchPage {
+        review_only,
+        limit: MATCHES_SHOWN as u32 + 1,
+        offset: 0,
+    };
+    let (list, rows) = match st.store.list_matches(id, &s.scope(), &page).await {
         Ok(Some(x)) => x,
         Ok(None) => return ApiError::NotFound.into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let counts = match st.store.list_match_counts(id, &s.scope()).await {
+        Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),
     };
     let mut bad = match st.store.list_errors(id, ERRORS_SHOWN as u32 + 1).await {
@@ -543,13 +653,7 @@ async fn render_list(
     };
     let bad_more = bad.len() > ERRORS_SHOWN;
     bad.truncate(ERRORS_SHOWN);
-    let pending = |m: &ListMatch| m.review && m.decision.is_none();
-    let counts = (rows.len(), rows.iter().filter(|(m, _)| pending(m)).count());
-    let shown: Vec<_> = rows
-        .iter()
-        .filter(|(m, _)| !review_only || pending(m))
-        .collect();
-    let items = shown
+    let items = rows
         .iter()
         .take(MATCHES_SHOWN)
         .map(|(m, p)| MatchLine {
@@ -583,7 +687,8 @@ async fn render_list(
             review_only,
             counts,
             items,
-            items_more: shown.len().saturating_sub(MATCHES_SHOWN),
+            items_more: (if review_only { counts.1 } else { counts.0 })
+                .saturating_sub(MATCHES_SHOWN),
             may_decide: s.role().investigates(),
         },
     )

@@ -350,7 +350,7 @@ async fn person_detail(
     v["lab_results"] = json!(labs);
     v["lists"] = json!(st
         .store
-        .lists_of(p.id)
+        .lists_of(p.id, &staff.scope())
         .await?
         .iter()
         .map(|(l, m)| json!({"list_id": l.id, "name": l.name, "created_at": l.created_at, "line": m.line, "method": m.method, "confidence": m.confidence, "review": m.review, "decision": m.decision}))
@@ -1583,7 +1583,11 @@ async fn person_view(
     let observations = st.store.observations_of(p.id).await.unwrap_or_default();
     let reports = st.store.reports_of(p.id).await.unwrap_or_default();
     let labs = st.store.lab_results_of(p.id).await.unwrap_or_default();
-    let lists = st.store.lists_of(p.id).await.unwrap_or_default();
+    let lists = st
+        .store
+        .lists_of(p.id, &s.scope())
+        .await
+        .unwrap_or_default();
     let regs = st
         .store
         .registrations(

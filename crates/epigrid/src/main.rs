@@ -613,12 +613,9 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             );
             eprintln!();
             let list = parsed.record(&name, None, "/");
-            let errors: Vec<epigrid_core::store::ListError> = parsed
-                .errors
-                .iter()
-                .map(epigrid_core::store::ListError::from)
-                .collect();
-            store.insert_list(&list, &errors, &found).await?;
+            store
+                .insert_list(&list, &parsed.kept_errors(), &found)
+                .await?;
             println!(
                 "{}",
                 tf(

@@ -2111,14 +2111,14 @@ async fn list_matches_are_stored_alike_on_every_store() {
             "{name}"
         );
         let (back, ms) = store
-            .list_matches(list.id, &Scope::new("/150800/"))
+            .list_matches(list.id, &Scope::new("/150800/"), &Default::default())
             .await
             .unwrap()
             .unwrap();
         assert_eq!((back, ms.len()), (list.clone(), 3), "{name}");
         assert!(
             store
-                .list_matches(list.id, &Scope::new("/150800/150821/"))
+                .list_matches(list.id, &Scope::new("/150800/150821/"), &Default::default())
                 .await
                 .unwrap()
                 .is_none(),
@@ -2148,7 +2148,7 @@ async fn list_matches_are_stored_alike_on_every_store() {
         assert!(decide("/150800/").await, "{name}");
         assert!(!decide("/150800/").await, "{name}: once");
         let (_, ms) = store
-            .list_matches(list.id, &Scope::new("/150800/"))
+            .list_matches(list.id, &Scope::new("/150800/"), &Default::default())
             .await
             .unwrap()
             .unwrap();
@@ -2158,7 +2158,38 @@ async fn list_matches_are_stored_alike_on_every_store() {
             (Some(Decision::Confirmed), false),
             "{name}"
         );
-        let on = store.lists_of(a).await.unwrap();
+        assert!(
+            store
+                .lists_of(a, &Scope::new("/150800/150821/"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: a list from another area"
+        );
+        assert_eq!(
+            store
+                .list_match_counts(list.id, &Scope::new("/150800/"))
+                .await
+                .unwrap(),
+            (3, 0),
+            "{name}: the plate match is decided"
+        );
+        let page = epigrid_core::store::MatchPage {
+            review_only: false,
+            limit: 1,
+            offset: 1,
+        };
+        let (_, second) = store
+            .list_matches(list.id, &Scope::new("/150800/"), &page)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            second.iter().map(|(m, _)| m.line).collect::<Vec<_>>(),
+            vec![3],
+            "{name}"
+        );
+        let on = store.lists_of(a, &Scope::new("/150800/")).await.unwrap();
         assert_eq!(on.len(), 3, "{name}");
         assert!(on.iter().all(|(l, _)| l.id == list.id), "{name}");
         assert!(
@@ -2225,6 +2256,46 @@ async fn lists_can_be_uploaded_as_xlsx() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "a broken spreadsheet is a clear error");
+    // a sheet that starts lower and further right, with real dates: lines are the sheet's
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    let date = rust_xlsxwriter::Format::new().set_num_format("yyyy-mm-dd");
+    for (c, h) in ["姓名", "出生日期"].iter().enumerate() {
+        ws.write_string(2, 2 + c as u16, *h).unwrap();
+    }
+    ws.write_string(3, 2, "赵四").unwrap();
+    ws.write_datetime_with_format(
+        3,
+        3,
+        rust_xlsxwriter::ExcelDateTime::from_ymd(1985, 3, 12).unwrap(),
+        &date,
+    )
+    .unwrap();
+    ws.write_string(4, 2, "坏行").unwrap();
+    ws.write_string(4, 3, "1985-13-45").unwrap();
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "offset sheet")])
+        .bearer_auth(&epi)
+        .body(wb.save_to_buffer().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            v["errors"][0]["line"].clone(),
+            v["errors"][0]["field"].clone()
+        ),
+        (json!(5), json!("birth_date")),
+        "{v}"
+    );
+    assert_eq!(
+        v["to_review"], 1,
+        "name + birth date read from a date cell: {v}"
+    );
 }
 
 /// A multipart form body as a browser sends it (reqwest here has no multipart feature).
@@ -2384,6 +2455,38 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
             .await
             .status(),
         403
+    );
+    // the uploader's counts are about their own area: a county that knows neither person
+    // learns nothing from the same list
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "plates elsewhere")])
+        .bearer_auth(&other)
+        .body("车牌号\n蒙L12345\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let far: Value = r.json().await.unwrap();
+    assert_eq!(
+        (far["matched"].clone(), far["to_review"].clone()),
+        (json!(0), json!(0))
+    );
+    // a heading that is not in the file is a field error, and no list is kept
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "mapped"), ("col_id_number", "证件")])
+        .bearer_auth(&epi)
+        .body("车牌号\n蒙L12345\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errors"][0]["field"],
+        "col_id_number"
     );
     assert_eq!(
         decide(other.clone(), a.clone(), "confirmed").await.status(),
