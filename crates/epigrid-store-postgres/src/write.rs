@@ -265,23 +265,23 @@ async fn write_once(pool: &Pool, regs: &[NewRegistration]) -> StoreResult<Vec<i6
 pub(crate) async fn batcher(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let regs: Vec<NewRegistration> = batch.iter().map(|(r, _)| r.clone()).collect();
+        // the registrations and their replies apart, without copying a registration
+        let (regs, replies): (Vec<NewRegistration>, Vec<_>) = batch.drain(..).unzip();
         match write_once(&pool, &regs).await {
             Ok(seqs) => {
-                for ((_, reply), seq) in batch.drain(..).zip(seqs) {
+                for (reply, seq) in replies.into_iter().zip(seqs) {
                     let _ = reply.send(Ok(seq));
                 }
             }
-            Err(e) if batch.len() == 1 => {
-                if let Some((_, reply)) = batch.pop() {
+            Err(e) if regs.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
                     let _ = reply.send(Err(e));
                 }
             }
             Err(_) => {
                 // Retry one by one so that one bad registration fails alone.
-                let pending: Vec<Pending> = std::mem::take(&mut batch);
-                for (reg, reply) in pending {
-                    let r = write_once(&pool, std::slice::from_ref(&reg)).await;
+                for (reg, reply) in regs.iter().zip(replies) {
+                    let r = write_once(&pool, std::slice::from_ref(reg)).await;
                     let _ = reply.send(r.map(|s| s.first().copied().unwrap_or_default()));
                 }
             }
