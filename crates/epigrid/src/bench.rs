@@ -194,11 +194,12 @@ pub async fn load_pg(
     Ok(client)
 }
 
-/// First-degree contacts of one person by SQL: a self-join on site and overlapping time.
+/// First-degree contacts of one person by SQL: a self-join on site and overlapping time,
+/// bounded by the longest visit (an hour) so that the (site, start) index range is short.
 pub const SQL_FIRST: &str =
     "SELECT b.person, SUM(LEAST(a.e, b.e) - GREATEST(a.s, b.s)) FROM bench_visits a \
-    JOIN bench_visits b ON b.site = a.site AND b.s < a.e AND b.e > a.s AND b.person <> a.person \
-    WHERE a.person = $1 GROUP BY b.person";
+    JOIN bench_visits b ON b.site = a.site AND b.s < a.e AND b.s > a.s - 3600 AND b.e > a.s \
+    AND b.person <> a.person WHERE a.person = $1 GROUP BY b.person";
 
 /// First and second degree for many index people at once, by SQL.
 pub const SQL_SECOND: &str = "WITH idx AS (SELECT unnest($1::int[]) AS p), \
