@@ -617,7 +617,9 @@ async fn upload_page(
     }
     let map = ColumnMap::from_pairs(columns.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     match process(&st, &s, name.trim(), map, file).await {
-        Ok(p) => render_list(&st, &s, lang, p.list.id, false, true).await,
+        // post, redirect, get: a reload of the result does not upload the list again
+        Ok(p) => axum::response::Redirect::to(&format!("/lists/{}?uploaded=1", p.list.id))
+            .into_response(),
         Err(ApiError::Invalid(e)) => {
             render_lists(&st, &s, lang, StatusCode::UNPROCESSABLE_ENTITY, name, e).await
         }
