@@ -70,8 +70,54 @@ fn scalar(v: &Value) -> Option<String> {
 /// building the `Value` first (the registration hot path).
 mod typed {
     use super::{CompanionRaw, RegistrationInput};
-    use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
     use std::fmt;
+
+    /// A value read and dropped, checked as building a `Value` would check it (nesting depth,
+    /// string encoding, number range): serde's `IgnoredAny` skips those checks, and a body the
+    /// `Value` path refuses must be refused here too.
+    struct Skip;
+    struct SkipVisitor;
+    impl<'de> Visitor<'de> for SkipVisitor {
+        type Value = Skip;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+            Ok(Skip)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+            Ok(Skip)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+            Ok(Skip)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+            Ok(Skip)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+            Ok(Skip)
+        }
+        fn visit_unit<E>(self) -> Result<Skip, E> {
+            Ok(Skip)
+        }
+        fn visit_none<E>(self) -> Result<Skip, E> {
+            Ok(Skip)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+            while seq.next_element::<Skip>()?.is_some() {}
+            Ok(Skip)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+            while map.next_entry::<Skip, Skip>()?.is_some() {}
+            Ok(Skip)
+        }
+    }
+    impl<'de> Deserialize<'de> for Skip {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+            d.deserialize_any(SkipVisitor)
+        }
+    }
 
     /// Any JSON value as form text: strings as they are, numbers and booleans written out,
     /// null as absent, arrays and objects as a marker that fails validation.
@@ -110,11 +156,11 @@ mod typed {
             Ok(Text(None))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            while seq.next_element::<Skip>()?.is_some() {}
             Ok(Text(Some(MARKER.to_string())))
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            while map.next_entry::<Skip, Skip>()?.is_some() {}
             Ok(Text(Some(MARKER.to_string())))
         }
     }
@@ -160,7 +206,7 @@ mod typed {
                 .unwrap_or_default()]))
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Symptoms, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            while map.next_entry::<Skip, Skip>()?.is_some() {}
             Ok(Symptoms(vec![MARKER.to_string()]))
         }
     }
@@ -340,7 +386,7 @@ mod typed {
                         continue;
                     }
                     _ => {
-                        map.next_value::<IgnoredAny>()?;
+                        map.next_value::<Skip>()?;
                         continue;
                     }
                 };
@@ -1193,6 +1239,15 @@ mod tests {
         assert_eq!(key(b"{not json"), "err.body.json");
         assert_eq!(key(b"[1, 2]"), "err.body.not_object");
         assert_eq!(key(b"{\"name\": 1} trailing"), "err.body.json");
+        // what building a Value refuses is refused here too, wherever it sits
+        assert_eq!(key(b"{\"name\":\"x\",\"other\":1e400}"), "err.body.json");
+        assert_eq!(key(b"{\"other\":\"\\ud800\"}"), "err.body.json");
+        assert_eq!(key(b"{\"other\":\"\xff\"}"), "err.body.json");
+        let deep = format!("{{\"other\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(key(deep.as_bytes()), "err.body.json");
+        let deep = format!("{{\"name\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(key(deep.as_bytes()), "err.body.json");
+        assert_eq!(key(b""), "err.body.json");
         let i = RegistrationInput::from_json_slice(
             br#"{"name":"x","companions":[{"name":"a","id_number":7},"b",null],"symptoms":"cough","temperature":36.6}"#,
         )

@@ -2014,7 +2014,7 @@ impl PgStore {
                     "SELECT {PERSON_COLS}, m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
                      JOIN persons p ON p.id = m.person_id WHERE m.list_id = $1 AND p.area_path >= $2 AND p.area_path < $3 \
                      AND (NOT $4 OR (m.review AND m.decision IS NULL)) \
-                     ORDER BY m.line, m.confidence DESC LIMIT $5 OFFSET $6"
+                     ORDER BY m.line, m.confidence DESC, m.person_id LIMIT $5 OFFSET $6"
                 ),
                 &[&id, &lo, &hi, &page.review_only, &i64::from(page.limit), &i64::from(page.offset)],
             )

@@ -2357,7 +2357,7 @@ impl SqliteStore {
                     "SELECT m.line, m.person_id, m.method, m.confidence, m.review, m.decision, {PERSON_COLS} FROM list_matches m \
                      JOIN persons p ON p.id = m.person_id WHERE m.list_id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3 \
                      AND (?4 = 0 OR (m.review AND m.decision IS NULL)) \
-                     ORDER BY m.line, m.confidence DESC LIMIT ?5 OFFSET ?6"
+                     ORDER BY m.line, m.confidence DESC, m.person_id LIMIT ?5 OFFSET ?6"
                 ))
                 .map_err(map_err)?;
             let rows = stmt

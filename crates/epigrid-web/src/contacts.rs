@@ -58,6 +58,7 @@ async fn symptom_onset(
     // newest first, page by page: a courier may check in thousands of times in 14 days
     let mut first_at_site: Option<DateTime<Utc>> = None;
     let mut before_seq = None;
+    let mut complete = false;
     for _ in 0..100 {
         let page = st
             .store
@@ -81,8 +82,16 @@ async fn symptom_onset(
         first_at_site = first_at_site.into_iter().chain(symptomatic).min();
         match page.last() {
             Some(last) if page.len() == 1000 => before_seq = Some(last.seq),
-            _ => break,
+            _ => {
+                complete = true;
+                break;
+            }
         }
+    }
+    if !complete {
+        tracing::warn!(
+            "symptom onset: over 100,000 registrations in 14 days; the oldest were not read"
+        );
     }
     let at_sites = first_at_site;
     let reports = st.store.reports_of(person_id).await?;

@@ -62,6 +62,10 @@ pub fn decode_text(bytes: &[u8]) -> Option<String> {
 
 /// Most columns read from a spreadsheet (cells further right are ignored).
 const MAX_COLUMNS: u32 = 64;
+/// Most non-empty cells, and characters in them, read from a spreadsheet: a compressed sheet
+/// can hold far more than its upload size suggests.
+const MAX_CELLS: usize = 12_000_000;
+const MAX_CELL_TEXT: usize = 200 * 1024 * 1024;
 
 /// A spreadsheet cell as the text a person sees in it (dates as `YYYY-MM-DD`).
 fn cell_text(c: &calamine::DataRef<'_>) -> String {
@@ -97,6 +101,7 @@ fn xlsx_rows(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
     let name = wb.sheet_names().first().cloned().ok_or_else(bad)?;
     let mut cells = wb.worksheet_cells_reader(&name).map_err(|_| bad())?;
     let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
+    let (mut cell_count, mut text_len) = (0usize, 0usize);
     while let Some(cell) = cells.next_cell().map_err(|_| bad())? {
         let (r, c) = cell.get_position();
         if c >= MAX_COLUMNS {
@@ -105,6 +110,11 @@ fn xlsx_rows(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
         let text = cell_text(cell.get_value());
         if text.trim().is_empty() {
             continue;
+        }
+        cell_count += 1;
+        text_len += text.len();
+        if cell_count > MAX_CELLS || text_len > MAX_CELL_TEXT {
+            return Err(ApiError::field("file", "err.list.too_big"));
         }
         let line = r as usize + 1;
         if rows.last().is_none_or(|(l, _)| *l != line) {
@@ -174,14 +184,17 @@ async fn process(
     map: ColumnMap,
     body: Bytes,
 ) -> ApiResult<Processed> {
-    let _turn = UPLOADS
+    // the permit goes with the work: if the client goes away, the blocking work still
+    // holds it until it ends
+    let turn = UPLOADS
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let join = |e: tokio::task::JoinError| ApiError::Internal(e.to_string());
-    let parsed = tokio::task::spawn_blocking(move || read_list(&body, &map))
+    let (parsed, turn) = tokio::task::spawn_blocking(move || (read_list(&body, &map), turn))
         .await
-        .map_err(join)??;
+        .map_err(join)?;
+    let parsed = parsed?;
     if parsed.header_error() {
         return Err(ApiError::Invalid(
             parsed.errors.into_iter().map(|(_, e)| e).collect(),
@@ -191,6 +204,7 @@ async fn process(
     let vault = st.vault.clone();
     let (parsed, found) = tokio::task::spawn_blocking(move || {
         let found = index.match_rows(&vault, &parsed.rows, Passes::All, &|_| {});
+        drop((index, turn));
         (parsed, found)
     })
     .await
