@@ -195,6 +195,9 @@ async fn process(
         .await
         .map_err(join)?;
     let parsed = parsed?;
+    if parsed.rows.is_empty() && parsed.errors.is_empty() {
+        return Err(ApiError::field("file", "err.list.no_rows"));
+    }
     if parsed.header_error() {
         return Err(ApiError::Invalid(
             parsed.errors.into_iter().map(|(_, e)| e).collect(),

@@ -2256,6 +2256,20 @@ async fn lists_can_be_uploaded_as_xlsx() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "a broken spreadsheet is a clear error");
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", "header only")])
+        .bearer_auth(&epi)
+        .body("姓名,身份证号\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "a list without rows is not kept");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errors"][0]["code"],
+        "err.list.no_rows"
+    );
     // a sheet that starts lower and further right, with real dates: lines are the sheet's
     let mut wb = rust_xlsxwriter::Workbook::new();
     let ws = wb.add_worksheet();
