@@ -342,7 +342,11 @@ impl Store for PgStore {
             }
         };
         if let Some(s) = f.site_id {
-            add("r.site_id =", Box::new(s));
+            // through the (area_path, seq) index: a site's registrations carry its area
+            add(
+                "r.site_id = # AND r.area_path = (SELECT area_path FROM sites WHERE id = #)",
+                Box::new(s),
+            );
         }
         if let Some(k) = f.kind {
             add("r.kind =", Box::new(k.as_str().to_string()));

@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "person plates",
         include_str!("../migrations/0011_person_plates.sql"),
     ),
+    (
+        12,
+        "registrations by site through their area",
+        include_str!("../migrations/0012_registrations_site_index.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

@@ -539,7 +539,11 @@ impl Store for SqliteStore {
                 }
             };
             if let Some(s) = f.site_id {
-                add("r.site_id =", Box::new(s.to_string()));
+                // through the (area_path, seq) index: a site's registrations carry its area
+                add(
+                    "r.site_id = # AND r.area_path = (SELECT area_path FROM sites WHERE id = #)",
+                    Box::new(s.to_string()),
+                );
             }
             if let Some(k) = f.kind {
                 add("r.kind =", Box::new(k.as_str()));
