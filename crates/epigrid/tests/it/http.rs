@@ -798,6 +798,42 @@ async fn operations_endpoints_describe_and_measure_the_service() {
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
+    // and every API route the router declares, whatever its parameters are called
+    let shape = |p: &str| {
+        p.split('/')
+            .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let documented: std::collections::HashSet<String> = paths.keys().map(|k| shape(k)).collect();
+    let sources = [
+        include_str!("../../../epigrid-web/src/lib.rs"),
+        include_str!("../../../epigrid-web/src/api.rs"),
+        include_str!("../../../epigrid-web/src/persons.rs"),
+        include_str!("../../../epigrid-web/src/contacts.rs"),
+        include_str!("../../../epigrid-web/src/notices.rs"),
+        include_str!("../../../epigrid-web/src/chains.rs"),
+        include_str!("../../../epigrid-web/src/lists.rs"),
+        include_str!("../../../epigrid-web/src/public.rs"),
+        include_str!("../../../epigrid-web/src/staff.rs"),
+    ];
+    let mut routes = 0;
+    for src in sources {
+        for part in src.split(".route(").skip(1) {
+            let Some(path) = part
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|p| p.split('"').next())
+            else {
+                continue;
+            };
+            if path.starts_with("/api/") {
+                routes += 1;
+                assert!(documented.contains(&shape(path)), "openapi lacks {path}");
+            }
+        }
+    }
+    assert!(routes > 30, "found the router's API routes ({routes})");
     let div = body(app.get("/api/v1/divisions?parent=42", None).await).await;
     assert!(div["items"]
         .as_array()
