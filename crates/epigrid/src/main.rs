@@ -569,6 +569,9 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join("\n"));
             }
+            if parsed.rows.is_empty() && parsed.errors.is_empty() {
+                bail!(tf(lang, "err.list.no_rows", &[]));
+            }
             for (line, e) in &parsed.errors {
                 eprintln!(
                     "{}",

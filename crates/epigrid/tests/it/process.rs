@@ -218,6 +218,19 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
         "import", "list", path, "--name", "l", "--db", &db, "--column", "shoe=1",
     ]);
     assert!(!ok && out.contains("TARGET=HEADING"), "{out}");
+    std::fs::write(&list, "证件,联系方式\n").unwrap();
+    let (ok, out) = epigrid(&[
+        "import",
+        "list",
+        path,
+        "--name",
+        "l",
+        "--db",
+        &db,
+        "--column",
+        "id_number=证件",
+    ]);
+    assert!(!ok && out.contains("no rows"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
