@@ -32,6 +32,9 @@ type WriteFn = Box<dyn Fn(&Connection) -> Reply + Send>;
 struct Job {
     run: WriteFn,
     reply: oneshot::Sender<Reply>,
+    /// A registration insert: it keeps the writer's cache of known people (any other write
+    /// may change people, so the cache is dropped after it).
+    registration: bool,
 }
 
 /// How hard SQLite works to keep a commit across failures.
@@ -157,10 +160,28 @@ impl SqliteStore {
         T: Send + 'static,
         F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.write_job(f, false).await
+    }
+
+    /// [`SqliteStore::write`] for a registration insert (see [`Job::registration`]).
+    pub(crate) async fn write_registration<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        self.write_job(f, true).await
+    }
+
+    async fn write_job<T, F>(&self, f: F, registration: bool) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> StoreResult<T> + Send + 'static,
+    {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             run: Box::new(move |c| f(c).map(|v| Box::new(v) as Box<dyn Any + Send>)),
             reply,
+            registration,
         };
         self.writer
             .send(job)
@@ -215,10 +236,15 @@ fn checkpointer(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
-/// Runs one job, catching a panic as an error.
+/// Runs one job, catching a panic as an error. Any job but a registration may change people:
+/// the writer's cache of them is dropped after it.
 fn run_job(conn: &Connection, job: &Job) -> Reply {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(conn)))
-        .unwrap_or_else(|_| Err(StoreError::Backend("a write panicked".into())))
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(conn)))
+        .unwrap_or_else(|_| Err(StoreError::Backend("a write panicked".into())));
+    if !job.registration || r.is_err() {
+        queries::forget_known();
+    }
+    r
 }
 
 /// Runs `jobs` in one transaction; the first job's error (and nothing committed) if any job
@@ -239,6 +265,8 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
             }
             Err(e) => {
                 let _ = exec(conn, "ROLLBACK");
+                // what the batch wrote is gone: so is what the cache learnt from it
+                queries::forget_known();
                 return Err(e);
             }
         }
@@ -247,6 +275,7 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
         queries::flush_rollups(conn, &rollups).and_then(|()| exec(conn, "COMMIT").map_err(map_err));
     if let Err(e) = committed {
         let _ = exec(conn, "ROLLBACK");
+        queries::forget_known();
         tracing::error!(error = %e, "sqlite commit failed");
         return Err(e);
     }

@@ -132,19 +132,57 @@ fn sex_str(s: Sex) -> &'static str {
 ///
 /// A returning person whose phone and area are unchanged costs one index lookup and no write
 /// (the common case at a gate or checkpoint); otherwise the row is inserted or updated.
+/// What the writer knows of a person: (effective id, phone index, area path, last seen, has
+/// a home area).
+type Known = (String, Option<Vec<u8>>, String, i64, bool);
+
+/// The writer thread's memory of people and plates it has written or read, so a returning
+/// person costs no query. Only registrations run while it is kept: any other write, and any
+/// failed batch, drops it (`lib.rs`), so it never outlives a change it did not make itself.
+/// (SQLite has one writing process: `epigrid serve`.)
+#[derive(Default)]
+struct WriterMemory {
+    persons: std::collections::HashMap<String, Known>,
+    plates: std::collections::HashSet<(String, String)>,
+}
+
+/// People and plates remembered before the memory starts over.
+const MEMORY_MAX: usize = 200_000;
+
+thread_local! {
+    static MEMORY: std::cell::RefCell<WriterMemory> = std::cell::RefCell::new(WriterMemory::default());
+}
+
+/// Drops the writer's memory of people and plates.
+pub(crate) fn forget_known() {
+    MEMORY.with(|m| *m.borrow_mut() = WriterMemory::default());
+}
+
+fn remember_person(id: &str, known: Known) {
+    MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.persons.len() >= MEMORY_MAX {
+            m.persons.clear();
+        }
+        m.persons.insert(id.to_string(), known);
+    });
+}
+
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
     let id = p.id.to_string();
-    // (effective id, phone index, area path, last seen, has a home area)
-    type Known = (String, Option<Vec<u8>>, String, i64, bool);
-    let existing: Option<Known> = c
-        .prepare_cached(
-            "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, home_area_code IS NOT NULL \
-             FROM persons WHERE id = ?1",
-        )
-        .map_err(map_err)?
-        .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        .optional()
-        .map_err(map_err)?;
+    let remembered = MEMORY.with(|m| m.borrow().persons.get(&id).cloned());
+    let existing: Option<Known> = match remembered {
+        Some(k) => Some(k),
+        None => c
+            .prepare_cached(
+                "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, home_area_code IS NOT NULL \
+                 FROM persons WHERE id = ?1",
+            )
+            .map_err(map_err)?
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .optional()
+            .map_err(map_err)?,
+    };
     match existing {
         None => {
             c.prepare_cached(
@@ -171,12 +209,44 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             ])
             .map_err(map_err)?;
             insert_grams(c, &id, &p.name)?;
+            remember_person(
+                &id,
+                (
+                    id.clone(),
+                    p.phone_index.clone(),
+                    area_path.to_string(),
+                    at,
+                    false,
+                ),
+            );
             Ok(id)
         }
         Some((effective, phone_index, old_path, last_seen, has_home)) => {
             let new_phone = p.phone_index.is_some() && p.phone_index != phone_index;
             let newer = at >= last_seen;
             let moves = newer && !has_home && old_path != area_path;
+            remember_person(
+                &id,
+                (
+                    effective.clone(),
+                    if new_phone {
+                        p.phone_index.clone()
+                    } else {
+                        phone_index
+                    },
+                    if moves {
+                        area_path.to_string()
+                    } else {
+                        old_path
+                    },
+                    if new_phone || moves {
+                        last_seen.max(at)
+                    } else {
+                        last_seen
+                    },
+                    has_home,
+                ),
+            );
             if new_phone || moves {
                 c.prepare_cached(
                     "UPDATE persons SET \
@@ -264,12 +334,22 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
         .map(|_| c.last_insert_rowid())
         .map_err(map_err)?;
     if let Some(plate) = &f.plate {
-        c.prepare_cached(
-            "INSERT OR IGNORE INTO person_plates (plate, person_id, first_at) VALUES (?1, ?2, ?3)",
-        )
-        .map_err(map_err)?
-        .execute(params![plate, person_id, at])
-        .map_err(map_err)?;
+        let pair = (plate.clone(), person_id.clone());
+        if !MEMORY.with(|m| m.borrow().plates.contains(&pair)) {
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO person_plates (plate, person_id, first_at) VALUES (?1, ?2, ?3)",
+            )
+            .map_err(map_err)?
+            .execute(params![plate, person_id, at])
+            .map_err(map_err)?;
+            MEMORY.with(|m| {
+                let mut m = m.borrow_mut();
+                if m.plates.len() >= MEMORY_MAX {
+                    m.plates.clear();
+                }
+                m.plates.insert(pair);
+            });
+        }
     }
     for (i, comp) in reg.companion_list.iter().enumerate() {
         let pid = match &comp.person {
@@ -492,7 +572,7 @@ impl Store for SqliteStore {
     }
 
     async fn insert_registration(&self, reg: NewRegistration) -> StoreResult<i64> {
-        self.write(move |c| insert_reg(c, &reg)).await
+        self.write_registration(move |c| insert_reg(c, &reg)).await
     }
 
     async fn insert_registrations(&self, regs: Vec<NewRegistration>) -> StoreResult<()> {

@@ -996,6 +996,40 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             .await
             .unwrap();
         assert_eq!(regs.len(), 2, "{name}");
+        // a merged record comes back: the new registration goes to the surviving person
+        // (the SQLite writer must not answer from what it remembered before the merge)
+        let c =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 3), "丙").await;
+        let d =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
+        store
+            .merge_persons(&PersonMerge {
+                id: new_id(),
+                from_person: d,
+                into_person: c,
+                ..merge.clone()
+            })
+            .await
+            .unwrap();
+        registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
+        let count = |p: Uuid| {
+            let store = store.clone();
+            async move {
+                store
+                    .registrations(
+                        &Scope::all(),
+                        &epigrid_core::model::RegistrationFilter {
+                            person_id: Some(p),
+                            limit: 10,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        };
+        assert_eq!((count(c).await, count(d).await), (3, 1), "{name}");
         assert_eq!(
             store
                 .search_persons(&Scope::all(), &PersonQuery::Name("甲".into()), 10)
