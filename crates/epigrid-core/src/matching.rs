@@ -302,7 +302,7 @@ fn csv_cells(line: &str) -> Vec<String> {
 }
 
 /// How many threads the list passes use.
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -403,7 +403,7 @@ fn split_at_lines(text: &str, n: usize, min_len: usize) -> Vec<&str> {
 }
 
 /// Runs `f` over `items` on all cores, results in the order of `items`.
-fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads().min(items.len()))

@@ -207,7 +207,12 @@ pub struct Observation {
 
 impl Observation {
     pub fn is_active(&self, today: NaiveDate) -> bool {
-        self.released_at.is_none() && today <= self.planned_end && today >= self.start
+        self.is_open(today) && today >= self.start
+    }
+
+    /// Not released and not past its planned end (it may not have started yet).
+    pub fn is_open(&self, today: NaiveDate) -> bool {
+        self.released_at.is_none() && today <= self.planned_end
     }
 }
 
@@ -306,7 +311,7 @@ pub fn line_statuses(
 ) -> Vec<LineStatus> {
     let today = now.with_timezone(&tz).date_naive();
     let o = &row.observation;
-    if o.released_at.is_some() || today > o.planned_end {
+    if !o.is_open(today) {
         return vec![LineStatus::Ended];
     }
     let mut v = Vec::new();

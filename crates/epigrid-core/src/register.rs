@@ -917,18 +917,20 @@ pub fn person_id(
             &format!("{name}\u{0}{}", crate::vault::random_token(8)),
         ),
     };
+    uuid_of(&idx)
+}
+
+/// A UUID of the first 16 bytes of a MAC (ids derived from blind indexes).
+fn uuid_of(mac: &[u8]) -> Uuid {
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&idx[..16]);
+    bytes.copy_from_slice(&mac[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 /// The person id of whoever holds document `d` (an HMAC of the document, so equal documents
 /// give the same person everywhere, and the id reveals nothing about the document).
 pub fn document_person_id(vault: &Vault, d: &Document) -> Uuid {
-    let mac = vault.index_parts("person-id", &[d.doc_type.as_str(), ":", d.number()]);
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&mac[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    uuid_of(&vault.index_parts("person-id", &[d.doc_type.as_str(), ":", d.number()]))
 }
 
 /// Seals an identity into a [`PersonInput`]: blind indexes, ciphertexts bound to the person id,

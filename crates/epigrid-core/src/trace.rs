@@ -546,8 +546,6 @@ impl Loaded {
         l
     }
 
-    /// Adds registrations newer than what was loaded (companions and households of new
-    /// registrations are picked up by the next full load).
     /// Where to read newer registrations from: after the oldest number still missing, else
     /// after the highest loaded.
     pub fn read_after(&mut self) -> i64 {
@@ -559,7 +557,8 @@ impl Loaded {
     }
 
     /// Adds registrations read after [`Loaded::read_after`]: rows already loaded are skipped,
-    /// rows that fill a gap are added, and new gaps are remembered.
+    /// rows that fill a gap are added, and new gaps are remembered (companions and households
+    /// of new registrations are picked up by the next full load).
     pub fn append_visits(&mut self, rows: &[VisitRow]) {
         let mut sorted: Vec<&VisitRow> = rows.iter().collect();
         sorted.sort_by_key(|v| v.seq);
@@ -593,26 +592,7 @@ impl Records {
     /// Traces many index people at once (re-tracing every active case after new data), spread
     /// over the machine's cores; results in the order of `indexes`.
     pub fn trace_many(&self, indexes: &[Pid], p: &TraceParams) -> Vec<Vec<Contact>> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 16);
-        if threads == 1 || indexes.len() < 2 {
-            return indexes.iter().map(|i| self.trace(*i, p)).collect();
-        }
-        let chunk = indexes.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = indexes
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || part.iter().map(|i| self.trace(*i, p)).collect::<Vec<_>>())
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
-                .collect()
-        })
+        crate::matching::in_parallel(indexes, |i| self.trace(*i, p))
     }
 }
 

@@ -545,8 +545,7 @@ impl Store for PgStore {
         let Ok(line) = i32::try_from(line) else {
             return Ok(false);
         };
-        let c = self.client().await?;
-        let n = c
+        let n = self
             .execute(
                 "UPDATE list_matches SET decision = $4, decided_by = $5, decided_at = $6, \
                  review = CASE WHEN $4 = 'confirmed' THEN false ELSE review END \
@@ -564,8 +563,7 @@ impl Store for PgStore {
                     &hi,
                 ],
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(n == 1)
     }
     async fn lists_of(
@@ -1483,14 +1481,7 @@ impl PgStore {
         tx.execute("DELETE FROM person_grams WHERE person_id = $1", &[&id])
             .await
             .map_err(map_err)?;
-        for g in epigrid_core::person::name_grams(name) {
-            tx.execute(
-                "INSERT INTO person_grams (gram, person_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&g, &id],
-            )
-            .await
-            .map_err(map_err)?;
-        }
+        insert_grams(&tx, id, name).await?;
         tx.commit().await.map_err(map_err)
     }
 }
@@ -1665,10 +1656,24 @@ impl PgStore {
         )
         .await
         .map_err(map_err)?;
+        let stmt = tx
+            .prepare(
+                "INSERT INTO notice_entries (notice_id, position, site_id, place, area_name, from_at, to_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await
+            .map_err(map_err)?;
         for e in &n.entries {
             tx.execute(
-                "INSERT INTO notice_entries (notice_id, position, site_id, place, area_name, from_at, to_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[&n.id, &e.position, &e.site_id, &e.place, &e.area_name, &e.from, &e.to],
+                &stmt,
+                &[
+                    &n.id,
+                    &e.position,
+                    &e.site_id,
+                    &e.place,
+                    &e.area_name,
+                    &e.from,
+                    &e.to,
+                ],
             )
             .await
             .map_err(map_err)?;
@@ -1718,10 +1723,7 @@ impl PgStore {
     ) -> StoreResult<()> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
-        let sex = person.sex.map(|s| match s {
-            Sex::Male => "male",
-            Sex::Female => "female",
-        });
+        let sex = person.sex.map(Sex::as_str);
         let row = tx
             .query_one(
                 "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
@@ -1750,11 +1752,7 @@ impl PgStore {
             .map_err(map_err)?;
         let pid: Uuid = row.get(0);
         if row.get::<_, bool>(1) {
-            for g in epigrid_core::person::name_grams(&person.name) {
-                tx.execute("INSERT INTO person_grams (gram, person_id) VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&g, &pid])
-                    .await
-                    .map_err(map_err)?;
-            }
+            insert_grams(&tx, pid, &person.name).await?;
         }
         tx.execute(
             "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
@@ -2066,4 +2064,20 @@ fn list_method(m: &str) -> &'static str {
         .into_iter()
         .find(|x| *x == m)
         .unwrap_or("other")
+}
+
+/// Indexes a name for search by part of it (see `person::name_grams`), in one statement.
+async fn insert_grams(
+    tx: &tokio_postgres::Transaction<'_>,
+    person_id: Uuid,
+    name: &str,
+) -> StoreResult<()> {
+    let grams: Vec<String> = epigrid_core::person::name_grams(name).into_iter().collect();
+    tx.execute(
+        "INSERT INTO person_grams (gram, person_id) SELECT unnest($1::text[]), $2 ON CONFLICT DO NOTHING",
+        &[&grams, &person_id],
+    )
+    .await
+    .map_err(map_err)?;
+    Ok(())
 }

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use deadpool_postgres::Pool;
 use epigrid_core::model::{NewRegistration, PersonInput};
 use epigrid_core::store::{path_leaf, registration_metrics, StoreError, StoreResult};
-use epigrid_core::validate::Sex;
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -53,13 +52,6 @@ fn b<T: ToSql + Sync + Send + 'static>(v: T) -> Param {
     Box::new(v)
 }
 
-fn sex_str(s: Sex) -> &'static str {
-    match s {
-        Sex::Male => "male",
-        Sex::Female => "female",
-    }
-}
-
 /// Writes registrations in the given transaction; returns their sequence numbers in order.
 pub(crate) async fn insert_batch(
     tx: &tokio_postgres::Transaction<'_>,
@@ -96,7 +88,7 @@ pub(crate) async fn insert_batch(
             b(p.phone_cipher.clone()),
             b(p.phone_masked.clone()),
             b(p.birth_date),
-            b(p.sex.map(|s| sex_str(s).to_string())),
+            b(p.sex.map(|s| s.as_str().to_string())),
             b(path.to_string()),
             b(p.provisional),
             b(*at),

@@ -121,17 +121,6 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
-fn sex_str(s: Sex) -> &'static str {
-    match s {
-        Sex::Male => "male",
-        Sex::Female => "female",
-    }
-}
-
-/// Finds or creates a person; returns the id registrations should point at (following a merge).
-///
-/// A returning person whose phone and area are unchanged costs one index lookup and no write
-/// (the common case at a gate or checkpoint); otherwise the row is inserted or updated.
 /// What the writer knows of a person: (effective id, phone index, area path, last seen, has
 /// a home area).
 type Known = (String, Option<Vec<u8>>, String, i64, bool);
@@ -168,6 +157,11 @@ fn remember_person(id: &str, known: Known) {
     });
 }
 
+/// Finds or creates a person; returns the id registrations should point at (following a merge).
+///
+/// A returning person whose phone and area are unchanged costs no write (the common case at a
+/// gate or checkpoint), and no query when the writer remembers them; otherwise the row is
+/// inserted or updated.
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
     let id = p.id.to_string();
     let remembered = MEMORY.with(|m| m.borrow().persons.get(&id).cloned());
@@ -202,7 +196,7 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                 p.phone_cipher,
                 p.phone_masked,
                 p.birth_date.map(|d| d.to_string()),
-                p.sex.map(sex_str),
+                p.sex.map(Sex::as_str),
                 area_path,
                 p.provisional,
                 at,
@@ -1655,11 +1649,11 @@ impl SqliteStore {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {OBS_COLS}, p.name, p.category, \
-                     (SELECT h.at FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1), \
-                     (SELECT h.temperature FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1), \
-                     (SELECT h.symptoms FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1), \
+                     last.at, last.temperature, last.symptoms, \
                      (SELECT COUNT(*) FROM health_reports h WHERE h.observation_id = o.id AND h.day = ?3) \
                      FROM observations o JOIN persons p ON p.id = o.person_id \
+                     LEFT JOIN health_reports last ON last.id = \
+                       (SELECT h.id FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1) \
                      WHERE p.area_path >= ?1 AND p.area_path < ?2 \
                      AND (o.released_at IS NULL OR o.planned_end >= ?4 OR o.released_at >= ?5) \
                      AND (?6 IS NULL OR o.grid_worker_id = ?6) ORDER BY o.planned_end, o.id"
@@ -2329,7 +2323,7 @@ impl SqliteStore {
                 "INSERT INTO lists (id, name, uploaded_by, area_path, created_at, rows, bad_rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(map_err)?
-            .execute(params![l.id.to_string(), l.name, l.uploaded_by.map(|u| u.to_string()), l.area_path, micros(l.created_at), l.rows, l.bad_rows])
+            .execute(params![list_id, l.name, l.uploaded_by.map(|u| u.to_string()), l.area_path, micros(l.created_at), l.rows, l.bad_rows])
             .map_err(map_err)?;
             for (n, e) in errors.iter().enumerate() {
                 stmt.execute(params![list_id, n as i64, e.line as i64, e.field, e.key, e.args_json()])
@@ -2341,7 +2335,7 @@ impl SqliteStore {
                 )
                 .map_err(map_err)?;
             for m in &matches {
-                stmt.execute(params![l.id.to_string(), m.line as i64, m.person_id.to_string(), m.method, m.confidence, m.review])
+                stmt.execute(params![list_id, m.line as i64, m.person_id.to_string(), m.method, m.confidence, m.review])
                     .map_err(map_err)?;
             }
             Ok(())

@@ -74,17 +74,6 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// Field `k` of a JSON object as text (numbers written out; other shapes as JSON, which then
-/// fails validation); absent or null is `None`.
-pub(crate) fn json_text(v: &Value, k: &str) -> Option<String> {
-    v.get(k).and_then(|v| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    })
-}
-
 fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(Value::as_str)
 }
@@ -489,7 +478,11 @@ async fn post_registration(
 }
 
 /// `from`/`to` as RFC 3339 or a local date (`2026-11-28` = the start of that local day).
-fn parse_time(st: &AppState, field: &str, raw: &str) -> Result<DateTime<Utc>, FieldError> {
+pub(crate) fn parse_time(
+    st: &AppState,
+    field: &str,
+    raw: &str,
+) -> Result<DateTime<Utc>, FieldError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
         return Ok(t.with_timezone(&Utc));
     }

@@ -22,23 +22,37 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/chains/{n}/graph.svg", get(chain_svg))
 }
 
-/// The chains in the caller's scope; people outside it appear only as an id.
+/// The confirmed contacts whose contact person is in the caller's scope (the chains' edges).
+async fn records(
+    st: &AppState,
+    staff: &Staff,
+) -> ApiResult<Vec<epigrid_core::trace::ContactRecord>> {
+    staff.require(staff.role().sees_personal_data())?;
+    Ok(st.store.confirmed_contacts(&staff.scope()).await?)
+}
+
+/// The chains in the caller's scope (only chain `only`, numbered from 1, when given); people
+/// outside it appear only as an id.
 async fn build(
     st: &AppState,
     staff: &Staff,
+    only: Option<usize>,
 ) -> ApiResult<(Vec<Value>, Vec<epigrid_core::trace::ContactRecord>)> {
-    staff.require(staff.role().sees_personal_data())?;
-    let records = st.store.confirmed_contacts(&staff.scope()).await?;
+    let records = records(st, staff).await?;
     let edges: Vec<(uuid::Uuid, uuid::Uuid)> = records
         .iter()
         .map(|r| (r.index_person_id, r.contact_person_id))
         .collect();
+    let scope = staff.scope();
     let mut out = Vec::new();
     for (n, c) in chains(&edges).iter().enumerate() {
+        if only.is_some_and(|o| o != n + 1) {
+            continue;
+        }
         let mut people = Vec::new();
         let mut active = false;
         for id in &c.people {
-            match st.store.person(*id, &staff.scope()).await? {
+            match st.store.person(*id, &scope).await? {
                 Some(p) => {
                     active |= Category::FOUR.contains(&p.category);
                     people.push(json!({"person_id": id, "name": crate::view::mask_name(&p.name), "category": p.category}));
@@ -58,13 +72,13 @@ async fn build(
 }
 
 async fn list(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
-    let (items, _) = build(&st, &staff).await?;
+    let (items, _) = build(&st, &staff, None).await?;
     Ok(Json(json!({"items": items})))
 }
 
 /// The confirmed contact edges as CSV (UTF-8 with BOM), audited as an export.
 async fn edges_csv(State(st): State<AppState>, staff: Staff) -> ApiResult<Response> {
-    let (_, records) = build(&st, &staff).await?;
+    let records = records(&st, &staff).await?;
     let mut out = String::from("\u{feff}from_person_id,to_person_id,kinds,exposure_s,score\r\n");
     for r in &records {
         out.push_str(&format!(
@@ -96,7 +110,7 @@ async fn edges_csv(State(st): State<AppState>, staff: Staff) -> ApiResult<Respon
 
 /// The same graph as GraphML (for Gephi, yEd, Cytoscape); nodes carry the category only.
 async fn graphml(State(st): State<AppState>, staff: Staff) -> ApiResult<Response> {
-    let (items, records) = build(&st, &staff).await?;
+    let (items, records) = build(&st, &staff, None).await?;
     let mut out = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<graphml xmlns=\"http://graphml.graphdrawing.org/xmlns\">\n\
          <key id=\"category\" for=\"node\" attr.name=\"category\" attr.type=\"string\"/>\n\
@@ -155,10 +169,9 @@ async fn chain_svg(
     staff: Staff,
     axum::extract::Path(n): axum::extract::Path<usize>,
 ) -> ApiResult<Response> {
-    let (items, _) = build(&st, &staff).await?;
-    let chain = items
-        .get(n.wrapping_sub(1))
-        .ok_or(crate::error::ApiError::NotFound)?;
+    // only the chain drawn: its people are looked up, not everyone's
+    let (items, _) = build(&st, &staff, Some(n)).await?;
+    let chain = items.first().ok_or(crate::error::ApiError::NotFound)?;
     let lang = crate::error::current_lang();
     let people: Vec<&Value> = chain["people"]
         .as_array()

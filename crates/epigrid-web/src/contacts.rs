@@ -32,17 +32,7 @@ const LOOKBACK: i64 = 86_400;
 fn parse_time(st: &AppState, field: &str, v: &Value) -> Result<Option<DateTime<Utc>>, FieldError> {
     match v {
         Value::Null => Ok(None),
-        Value::String(s) => {
-            if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-                return Ok(Some(t.with_timezone(&Utc)));
-            }
-            NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .ok()
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
-                .map(|t| Some(t.with_timezone(&Utc)))
-                .ok_or_else(|| FieldError::new(field, "err.date.format"))
-        }
+        Value::String(s) => crate::api::parse_time(st, field, s).map(Some),
         _ => Err(FieldError::new(field, "err.date.format")),
     }
 }
@@ -159,12 +149,7 @@ async fn trace(
 ) -> ApiResult<Json<Value>> {
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().classifies())?;
-    let pid = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let person = st
-        .store
-        .person(pid, &staff.scope())
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let person = crate::persons::person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
     let from = parse_time(&st, "from", b.get("from").unwrap_or(&Value::Null)).unwrap_or_else(|e| {
         errs.push(e);
@@ -393,12 +378,7 @@ async fn confirm_contacts(
 ) -> ApiResult<Json<Value>> {
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().investigates())?;
-    let index_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let index = st
-        .store
-        .person(index_id, &staff.scope())
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let index = crate::persons::person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
     let ids: Vec<Uuid> = match b.get("person_ids").and_then(Value::as_array) {
         Some(a) if !a.is_empty() && a.len() <= 1000 => a
@@ -485,7 +465,7 @@ pub(crate) async fn confirm(
             .observations_of(p.id)
             .await?
             .iter()
-            .any(|o| o.released_at.is_none() && o.planned_end >= today);
+            .any(|o| o.is_open(today));
         if !open {
             let token = epigrid_core::vault::random_token(16);
             let days = st.cfg.observation_days(Category::CloseContact);
@@ -612,6 +592,21 @@ fn rows_of(contacts: &[Value], lang: Lang) -> Vec<TraceRow> {
         .collect()
 }
 
+/// The person a trace page is about, or the page's "not found".
+async fn page_person(
+    st: &AppState,
+    s: &Staff,
+    id: &str,
+) -> Result<epigrid_core::person::Person, Box<Response>> {
+    match Uuid::parse_str(id).ok() {
+        Some(pid) => match st.store.person(pid, &s.scope()).await {
+            Ok(Some(p)) => Ok(p),
+            _ => Err(Box::new(ApiError::NotFound.into_response())),
+        },
+        None => Err(Box::new(ApiError::NotFound.into_response())),
+    }
+}
+
 async fn trace_view(
     st: &AppState,
     s: &Staff,
@@ -621,12 +616,9 @@ async fn trace_view(
     error: String,
     links: Vec<(String, String)>,
 ) -> Response {
-    let person = match Uuid::parse_str(id).ok() {
-        Some(pid) => match st.store.person(pid, &s.scope()).await {
-            Ok(Some(p)) => p,
-            _ => return ApiError::NotFound.into_response(),
-        },
-        None => return ApiError::NotFound.into_response(),
+    let person = match page_person(st, s, id).await {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     let (from, to, contacts) = match run_trace(st, s, &person, None, None, degree, 0).await {
         Ok(x) => x,
@@ -653,18 +645,10 @@ async fn trace_page(
     Path(id): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
+    let s = match crate::staff::logged_in_as(staff, lang, epigrid_core::model::Role::classifies) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if !s.role().classifies() {
-        return crate::public::message(
-            lang,
-            StatusCode::FORBIDDEN,
-            "err.forbidden",
-            "err.forbidden",
-        );
-    }
     let degree = if q.get("degree").is_some_and(|d| d == "2") {
         2
     } else {
@@ -695,12 +679,9 @@ async fn trace_confirm_page(
         .filter(|(k, _)| k == "person_ids")
         .filter_map(|(_, v)| Uuid::parse_str(v).ok())
         .collect();
-    let index = match Uuid::parse_str(&id).ok() {
-        Some(pid) => match st.store.person(pid, &s.scope()).await {
-            Ok(Some(p)) => p,
-            _ => return ApiError::NotFound.into_response(),
-        },
-        None => return ApiError::NotFound.into_response(),
+    let index = match page_person(&st, &s, &id).await {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     let reason = get("reason");
     let result = if ids.is_empty() {
@@ -732,14 +713,7 @@ async fn trace_confirm_page(
             trace_view(&st, &s, lang, &id, 1, String::new(), links).await
         }
         Err(e) => {
-            let msg = match &e {
-                ApiError::Invalid(errs) => errs
-                    .iter()
-                    .map(|x| x.message(lang))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                other => epigrid_core::i18n::t(lang, other.key()).to_string(),
-            };
+            let msg = e.messages(lang).join(" ");
             let mut r = trace_view(&st, &s, lang, &id, 1, msg, Vec::new()).await;
             *r.status_mut() = e.status();
             r

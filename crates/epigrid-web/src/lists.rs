@@ -387,7 +387,7 @@ async fn decide(
     crate::api::JsonBody(b): crate::api::JsonBody,
 ) -> ApiResult<Json<Value>> {
     staff.check_csrf_header(&headers)?;
-    let get = |k: &str| crate::api::json_text(&b, k);
+    let get = crate::persons::json_get(&b);
     let d = read_decision(get).map_err(ApiError::Invalid)?;
     apply_decision(&st, &staff, &id, d).await?;
     Ok(Json(
@@ -517,21 +517,17 @@ async fn render_lists(
     )
 }
 
-/// A logged-in user who may see lists (not aggregates-only analysts).
-fn reader(staff: MaybeStaff, lang: Lang) -> Result<Staff, Box<Response>> {
-    let s = crate::staff::logged_in(staff)?;
-    if !s.role().sees_personal_data() {
-        return Err(Box::new(crate::staff::forbidden(lang)));
-    }
-    Ok(s)
-}
-
 async fn lists_page(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
     staff: MaybeStaff,
 ) -> Response {
-    let s = match reader(staff, lang) {
+    // lists hold personal data: not for aggregates-only analysts
+    let s = match crate::staff::logged_in_as(
+        staff,
+        lang,
+        epigrid_core::model::Role::sees_personal_data,
+    ) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -720,7 +716,12 @@ async fn list_page(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match reader(staff, lang) {
+    // lists hold personal data: not for aggregates-only analysts
+    let s = match crate::staff::logged_in_as(
+        staff,
+        lang,
+        epigrid_core::model::Role::sees_personal_data,
+    ) {
         Ok(s) => s,
         Err(r) => return *r,
     };

@@ -60,12 +60,7 @@ async fn create(
 ) -> ApiResult<Response> {
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().classifies())?;
-    let pid = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let person = st
-        .store
-        .person(pid, &staff.scope())
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let person = crate::persons::person_in_scope(&st, &staff, &id).await?;
     let (dfrom, dto) = crate::contacts::default_window(&st, &person).await?;
     let mut errs = Vec::new();
     let mut when = |k: &str, d| match b.get(k).and_then(Value::as_str) {

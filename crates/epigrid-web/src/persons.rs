@@ -134,7 +134,7 @@ async fn search(
     ))
 }
 
-async fn person_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Person> {
+pub(crate) async fn person_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Person> {
     staff.require(staff.role().sees_personal_data())?;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
     st.store
@@ -575,7 +575,7 @@ async fn open_observation(
         .observations_of(p.id)
         .await?
         .iter()
-        .any(|o| o.released_at.is_none() && o.planned_end >= today(st))
+        .any(|o| o.is_open(today(st)))
     {
         return Err(ApiError::Conflict("err.observation.already_open"));
     }
@@ -619,7 +619,7 @@ async fn start_observation(
 ) -> ApiResult<Response> {
     staff.check_csrf_header(&headers)?;
     let p = person_in_scope(&st, &staff, &id).await?;
-    let get = |k: &str| crate::api::json_text(&b, k);
+    let get = json_get(&b);
     let req = parse_observation(&st, &staff, &p, &get).await?;
     let (o, token) = open_observation(&st, &staff, &p, req).await?;
     let mut v = observation_json(&o, today(&st));
@@ -786,7 +786,7 @@ async fn file_report(
 ) -> ApiResult<HealthReport> {
     let now = Utc::now();
     let t = today(st);
-    if o.released_at.is_some() || t > o.planned_end {
+    if !o.is_open(t) {
         return Err(ApiError::Gone("err.report.ended"));
     }
     if t < o.start {
@@ -825,7 +825,9 @@ async fn observation_for_token(st: &AppState, token: &str) -> ApiResult<Observat
     Ok(o)
 }
 
-fn json_get(b: &Value) -> impl Fn(&str) -> Option<String> + '_ {
+/// Fields of a JSON object as text (numbers written out; other shapes as JSON, which then
+/// fails validation); absent or null is `None`.
+pub(crate) fn json_get(b: &Value) -> impl Fn(&str) -> Option<String> + '_ {
     move |k: &str| {
         b.get(k).and_then(|v| match v {
             Value::String(s) => Some(s.clone()),
@@ -853,7 +855,7 @@ fn json_symptoms(b: &Value) -> Vec<String> {
 
 fn report_json_value(r: &HealthReport) -> Value {
     json!({"id": r.id, "day": r.day, "slot": r.slot, "at": r.at,
-           "temperature": r.temperature.map(|t| f64::from(t) / 10.0),
+           "temperature": crate::view::temperature(r.temperature),
            "symptoms": Symptoms::from_bits(r.symptoms).names(), "on_behalf": r.by_user.is_some()})
 }
 
@@ -1061,7 +1063,7 @@ fn line_json(r: &ObservationRow, s: &[LineStatus], today: NaiveDate) -> Value {
         "name": mask_name(&r.person_name),
         "category": r.category,
         "last_report_at": r.last_report_at,
-        "last_temperature": r.last_temperature.map(|t| f64::from(t) / 10.0),
+        "last_temperature": crate::view::temperature(r.last_temperature),
         "last_symptoms": Symptoms::from_bits(r.last_symptoms).names(),
         "reports_today": r.reports_today,
         "statuses": s,
@@ -1145,14 +1147,8 @@ async fn export_table(
             r.last_report_at
                 .map(|x| local(x, st.cfg.tz))
                 .unwrap_or_default(),
-            r.last_temperature
-                .map(|x| format!("{:.1}", f64::from(x) / 10.0))
-                .unwrap_or_default(),
-            Symptoms::from_bits(r.last_symptoms)
-                .iter()
-                .map(|x| t(x.label_key()))
-                .collect::<Vec<_>>()
-                .join("、"),
+            crate::view::temperature_text(r.last_temperature),
+            crate::view::symptom_labels(r.last_symptoms, lang),
             s.iter()
                 .map(|x| t(&x.label_key()))
                 .collect::<Vec<_>>()
@@ -1356,7 +1352,7 @@ async fn report_page(
         Ok(x) => x,
         Err(page) => return *page,
     };
-    let ended = o.released_at.is_some() || today(&st) > o.planned_end;
+    let ended = !o.is_open(today(&st));
     render(
         StatusCode::OK,
         report_page_html(lang, &o, &name, &token, vec![], &[], (false, ended, false)),
@@ -1469,18 +1465,10 @@ async fn persons_page(
     staff: MaybeStaff,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
+    let s = match crate::staff::logged_in_as(staff, lang, Role::sees_personal_data) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if !s.role().sees_personal_data() {
-        return message(
-            lang,
-            StatusCode::FORBIDDEN,
-            "err.forbidden",
-            "err.forbidden",
-        );
-    }
     let text = q.get("q").cloned().unwrap_or_default();
     let (rows, error) = if text.trim().is_empty() {
         (Vec::new(), String::new())
@@ -1617,14 +1605,8 @@ async fn person_view(
                 .map(|r| {
                     (
                         local(r.at, tz),
-                        r.temperature
-                            .map(|t| format!("{:.1}", f64::from(t) / 10.0))
-                            .unwrap_or_default(),
-                        Symptoms::from_bits(r.symptoms)
-                            .iter()
-                            .map(|x| epigrid_core::i18n::t(lang, x.label_key()))
-                            .collect::<Vec<_>>()
-                            .join("、"),
+                        crate::view::temperature_text(r.temperature),
+                        crate::view::symptom_labels(r.symptoms, lang),
                         r.by_user.is_some(),
                     )
                 })
@@ -1683,17 +1665,6 @@ async fn person_page(
     }
 }
 
-fn error_text(e: &ApiError, lang: Lang) -> String {
-    match e {
-        ApiError::Invalid(errs) => errs
-            .iter()
-            .map(|e| e.message(lang))
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => epigrid_core::i18n::t(lang, other.key()).to_string(),
-    }
-}
-
 async fn person_page_category(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
@@ -1716,7 +1687,17 @@ async fn person_page_category(
     };
     match apply_category(&st, &s, &p, &get("category"), &get("reason")).await {
         Ok(_) => Redirect::to(&format!("/persons/{}", p.id)).into_response(),
-        Err(e) => person_view(&st, &s, lang, &id, error_text(&e, lang), String::new()).await,
+        Err(e) => {
+            person_view(
+                &st,
+                &s,
+                lang,
+                &id,
+                e.messages(lang).join(" "),
+                String::new(),
+            )
+            .await
+        }
     }
 }
 
@@ -1757,7 +1738,17 @@ async fn person_page_observe(
             )
             .await
         }
-        Err(e) => person_view(&st, &s, lang, &id, error_text(&e, lang), String::new()).await,
+        Err(e) => {
+            person_view(
+                &st,
+                &s,
+                lang,
+                &id,
+                e.messages(lang).join(" "),
+                String::new(),
+            )
+            .await
+        }
     }
 }
 
@@ -1815,10 +1806,7 @@ async fn observations_page(
                 .last_report_at
                 .map(|t| local(t, st.cfg.tz))
                 .unwrap_or_default(),
-            temperature: r
-                .last_temperature
-                .map(|t| format!("{:.1}", f64::from(t) / 10.0))
-                .unwrap_or_default(),
+            temperature: crate::view::temperature_text(r.last_temperature),
             statuses: s.clone(),
         })
         .collect();

@@ -654,12 +654,12 @@ async fn form_submit(
     }
 }
 
-/// `application/x-www-form-urlencoded` decoding (keys may repeat).
 /// The first value of field `k` in decoded form pairs.
 pub fn form_value(pairs: &[(String, String)], k: &str) -> Option<String> {
     pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
 }
 
+/// `application/x-www-form-urlencoded` decoding (keys may repeat).
 pub fn url_decode_pairs(body: &[u8]) -> Vec<(String, String)> {
     fn dec(s: &[u8]) -> String {
         let mut out = Vec::with_capacity(s.len());

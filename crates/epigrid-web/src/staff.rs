@@ -97,6 +97,19 @@ fn page<T: Template>(t: T) -> Response {
     crate::view::html(StatusCode::OK, t)
 }
 
+/// A logged-in user whose role `may` open the page; else the login page or a 403 page.
+pub(crate) fn logged_in_as(
+    s: MaybeStaff,
+    lang: Lang,
+    may: fn(Role) -> bool,
+) -> Result<Staff, Box<Response>> {
+    let s = logged_in(s)?;
+    if !may(s.role()) {
+        return Err(Box::new(forbidden(lang)));
+    }
+    Ok(s)
+}
+
 pub(crate) fn forbidden(lang: Lang) -> Response {
     crate::public::message(
         lang,
@@ -554,13 +567,10 @@ async fn registrations_page(
     staff: MaybeStaff,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match logged_in(staff) {
+    let s = match logged_in_as(staff, lang, Role::sees_personal_data) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if !s.role().sees_personal_data() {
-        return forbidden(lang);
-    }
     let scope = s.scope();
     let (rows, errors, next) = match registration_filter(&st, &q) {
         Ok(f) => {
@@ -708,13 +718,10 @@ async fn feed_page(
     staff: MaybeStaff,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match logged_in(staff) {
+    let s = match logged_in_as(staff, lang, Role::sees_personal_data) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if !s.role().sees_personal_data() {
-        return forbidden(lang);
-    }
     let scope: Scope = s.scope();
     let sites = st.store.sites(&scope).await.unwrap_or_default();
     let site = q.get("site").cloned().unwrap_or_default();

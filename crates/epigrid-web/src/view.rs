@@ -33,6 +33,22 @@ pub fn temperature(tenths: Option<i16>) -> Option<f64> {
     tenths.map(|t| f64::from(t) / 10.0)
 }
 
+/// A temperature as a page shows it (`36.6`), empty when none was taken.
+pub fn temperature_text(tenths: Option<i16>) -> String {
+    temperature(tenths)
+        .map(|t| format!("{t:.1}"))
+        .unwrap_or_default()
+}
+
+/// The symptoms of a bit set in words, joined with `、`.
+pub fn symptom_labels(bits: u8, lang: epigrid_core::Lang) -> String {
+    Symptoms::from_bits(bits)
+        .iter()
+        .map(|x| epigrid_core::i18n::t(lang, x.label_key()))
+        .collect::<Vec<_>>()
+        .join("、")
+}
+
 /// A registration as clients see it: name, document and phone masked.
 #[derive(serde::Serialize)]
 pub struct RegistrationOut<'a> {
@@ -219,10 +235,7 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         name: mask_name(&r.name),
         doc: r.doc_masked.clone().unwrap_or_default(),
         phone: r.phone_masked.clone().unwrap_or_default(),
-        temperature: f
-            .temperature
-            .map(|t| format!("{:.1}", f64::from(t) / 10.0))
-            .unwrap_or_default(),
+        temperature: temperature_text(f.temperature),
         fever: epigrid_core::store::is_fever(f),
         symptoms: symptoms.join("、"),
         summary: summary.join(" · "),
@@ -267,16 +280,7 @@ pub fn detail_pairs(
         f.temperature
             .map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)),
     );
-    opt(
-        "form.symptoms",
-        Some(
-            Symptoms::from_bits(f.symptoms)
-                .iter()
-                .map(|s| t(lang, s.label_key()))
-                .collect::<Vec<_>>()
-                .join("、"),
-        ),
-    );
+    opt("form.symptoms", Some(symptom_labels(f.symptoms, lang)));
     opt(
         "form.high_risk_travel",
         f.high_risk_travel

@@ -743,7 +743,7 @@ pub async fn import_proximity(
     };
     let mut errors = Vec::new();
     let mut rows: Vec<(usize, ProximityRow)> = Vec::new();
-    let mut people: HashMap<uuid::Uuid, (usize, String)> = HashMap::new();
+    let mut people: std::collections::HashSet<uuid::Uuid> = std::collections::HashSet::new();
     let err = |line: usize, field: &str, key: &str| RowError {
         line,
         field: field.into(),
@@ -796,8 +796,8 @@ pub async fn import_proximity(
         for (k, col) in ["a", "b"].iter().enumerate() {
             match Document::parse(col, DocType::CnId, cells[k + 1]) {
                 Ok(doc) => {
-                    ids[k] = epigrid_core::register::person_id(vault, Some(&doc), None, "");
-                    people.entry(ids[k]).or_insert((line, col.to_string()));
+                    ids[k] = epigrid_core::register::document_person_id(vault, &doc);
+                    people.insert(ids[k]);
                 }
                 Err(e) => {
                     errors.push(RowError {
@@ -831,7 +831,7 @@ pub async fn import_proximity(
         return Ok(Err(errors));
     }
     let known: std::collections::HashSet<uuid::Uuid> = store
-        .existing_persons(people.keys().copied().collect())
+        .existing_persons(people.into_iter().collect())
         .await?
         .into_iter()
         .collect();

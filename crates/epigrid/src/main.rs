@@ -607,13 +607,9 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     );
                 }
             };
-            let index = epigrid_core::matching::MatchIndex::load(store.as_ref()).await?;
-            let found = index.match_rows(
-                &vault,
-                &parsed.rows,
-                epigrid_core::matching::Passes::All,
-                &progress,
-            );
+            let found =
+                epigrid_core::matching::match_rows(store.as_ref(), &vault, &parsed.rows, &progress)
+                    .await?;
             eprintln!();
             let list = parsed.record(&name, None, "/");
             store

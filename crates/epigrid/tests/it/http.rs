@@ -873,15 +873,7 @@ async fn staff_pages_need_a_login_and_show_the_breadcrumb() {
         &format!("/sites/{}/poster", site.id),
         &format!("/registrations/{}", reg["id"].as_str().unwrap()),
     ] {
-        let r = app
-            .client
-            .get(format!("{}{path}", app.base))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        let html = r.text().await.unwrap();
+        let html = app.page(path, &cookie).await;
         assert!(
             html.contains("巴彦淖尔市") || path.contains("poster"),
             "{path}: breadcrumb"

@@ -284,6 +284,28 @@ async fn person_via_api(app: &TestApp, id: &str, name: &str, phone: &str, token:
             .status(),
         201
     );
+    find_person(app, id, token).await
+}
+
+/// `POST /api/v1/lists?name=NAME` with `body` as the file.
+async fn post_list(
+    app: &TestApp,
+    token: &str,
+    name: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    app.client
+        .post(format!("{}/api/v1/lists", app.base))
+        .query(&[("name", name)])
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The id of the person with this ID number, found by search.
+async fn find_person(app: &TestApp, id: &str, token: &str) -> String {
     let v: Value = app
         .get(&format!("/api/v1/persons?q={id}"), Some(token))
         .await
@@ -1099,13 +1121,7 @@ async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
     ] {
         assert_eq!(app.register(site, &body(&id, name)).await.status(), 201);
     }
-    let v: Value = app
-        .get(&format!("/api/v1/persons?q={case}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let pid = find_person(&app, &case, &epi).await;
     let r = app
         .post_json(
             &format!("/api/v1/persons/{pid}/trace"),
@@ -1433,22 +1449,8 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
             201
         );
     }
-    let v: Value = app
-        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
-    let page = app
-        .client
-        .get(format!("{}/persons/{pid}/trace", app.base))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let html = page.text().await.unwrap();
+    let pid = find_person(&app, &case_id, &epi).await;
+    let html = app.page(&format!("/persons/{pid}/trace"), &cookie).await;
     assert!(
         html.contains("同*乙") && !html.contains("同场乙"),
         "masked contact listed"
@@ -1496,13 +1498,7 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         .status(),
         201
     );
-    let v: Value = app
-        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let pid = find_person(&app, &case_id, &epi).await;
     let r = app
         .post_json(
             &format!("/api/v1/persons/{pid}/notices"),
@@ -1715,13 +1711,7 @@ async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
             201
         );
     }
-    let v: Value = app
-        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let pid = find_person(&app, &case_id, &epi).await;
     let first: Value = app
         .post_json(
             &format!("/api/v1/persons/{pid}/trace"),
@@ -1932,13 +1922,7 @@ async fn wide_chains_are_drawn_with_collapsed_layers() {
         let r = app.register(&venue, &json!({"name": "同场", "id_number": cn_id("150802", "19700102", 200 + i), "phone": "13500000101"})).await;
         assert_eq!(r.status(), 201);
     }
-    let v: Value = app
-        .get(&format!("/api/v1/persons?q={case_id}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let pid = v["items"][0]["id"].as_str().unwrap().to_string();
+    let pid = find_person(&app, &case_id, &epi).await;
     let t: Value = app
         .post_json(
             &format!("/api/v1/persons/{pid}/trace"),
@@ -1997,15 +1981,7 @@ async fn lists_are_matched_by_id_phone_name_and_birth_date_with_bad_rows_listed(
         "\u{feff}姓名,身份证号,手机,出生日期\n钱一,{known},,\n孙二,,13600000082,\n孙二,,,1990-05-05\n某人,123,,\n陌生,{},,\n",
         cn_id("110105", "19700101", 83)
     );
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "K1234 乘客")])
-        .bearer_auth(&epi)
-        .body(csv)
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &epi, "K1234 乘客", csv).await;
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     assert_eq!(
@@ -2050,15 +2026,7 @@ async fn lists_are_matched_by_id_phone_name_and_birth_date_with_bad_rows_listed(
             .status(),
         404
     );
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "x")])
-        .bearer_auth(&epi)
-        .body("a,b\n1,2\n")
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &epi, "x", "a,b\n1,2\n").await;
     assert_eq!(r.status(), 422, "no column to match on");
 }
 
@@ -2250,15 +2218,7 @@ async fn lists_can_be_uploaded_as_xlsx() {
     ws.write_string(2, 0, "坏行").unwrap();
     ws.write_string(2, 1, "12345").unwrap();
     let bytes = wb.save_to_buffer().unwrap();
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "xlsx")])
-        .bearer_auth(&epi)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &epi, "xlsx", bytes).await;
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     assert_eq!(
@@ -2280,25 +2240,9 @@ async fn lists_can_be_uploaded_as_xlsx() {
         .await
         .unwrap();
     assert_eq!(m["items"][0]["person"]["id"], p1.as_str());
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "junk")])
-        .bearer_auth(&epi)
-        .body(b"PK\x03\x04garbage".to_vec())
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &epi, "junk", b"PK\x03\x04garbage".to_vec()).await;
     assert_eq!(r.status(), 422, "a broken spreadsheet is a clear error");
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "header only")])
-        .bearer_auth(&epi)
-        .body("姓名,身份证号\n")
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &epi, "header only", "姓名,身份证号\n").await;
     assert_eq!(r.status(), 422, "a list without rows is not kept");
     assert_eq!(
         r.json::<Value>().await.unwrap()["errors"][0]["code"],
@@ -2321,15 +2265,7 @@ async fn lists_can_be_uploaded_as_xlsx() {
     .unwrap();
     ws.write_string(4, 2, "坏行").unwrap();
     ws.write_string(4, 3, "1985-13-45").unwrap();
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "offset sheet")])
-        .bearer_auth(&epi)
-        .body(wb.save_to_buffer().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &epi, "offset sheet", wb.save_to_buffer().unwrap()).await;
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     assert_eq!(
@@ -2473,15 +2409,7 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
         &epi,
     )
     .await;
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "plates")])
-        .bearer_auth(&epi)
-        .body("车牌号\n蒙L12345\n")
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &epi, "plates", "车牌号\n蒙L12345\n").await;
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     let list = v["id"].as_str().unwrap().to_string();
@@ -2507,15 +2435,7 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
     );
     // the uploader's counts are about their own area: a county that knows neither person
     // learns nothing from the same list
-    let r = app
-        .client
-        .post(format!("{}/api/v1/lists", app.base))
-        .query(&[("name", "plates elsewhere")])
-        .bearer_auth(&other)
-        .body("车牌号\n蒙L12345\n")
-        .send()
-        .await
-        .unwrap();
+    let r = post_list(&app, &other, "plates elsewhere", "车牌号\n蒙L12345\n").await;
     assert_eq!(r.status(), 201);
     let far: Value = r.json().await.unwrap();
     assert_eq!(

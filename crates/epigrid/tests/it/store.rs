@@ -271,6 +271,8 @@ async fn registrations_link_persons_respect_scope_and_keep_rollups_exact() {
             )
             .await
             .unwrap();
+        // the later registrations of Linhe and the one of Wuyuan
+        assert_eq!(after.len(), linhe.len() - 1, "{name}");
         assert!(
             after.windows(2).all(|w| w[0].seq < w[1].seq),
             "{name}: live feed order is oldest first"

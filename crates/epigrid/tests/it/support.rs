@@ -300,7 +300,6 @@ impl TestApp {
     }
 }
 
-/// A valid checkpoint registration body.
 /// The value of the first `<input name="NAME" value="...">` of a page (e.g. the CSRF token).
 pub fn input_value(html: &str, name: &str) -> String {
     html.split(&format!("name=\"{name}\" value=\""))
@@ -310,6 +309,7 @@ pub fn input_value(html: &str, name: &str) -> String {
         .to_string()
 }
 
+/// A valid checkpoint registration body.
 pub fn checkpoint_body(id_number: &str, name: &str, phone: &str) -> serde_json::Value {
     serde_json::json!({
         "name": name, "id_type": "cn_id", "id_number": id_number, "phone": phone,
