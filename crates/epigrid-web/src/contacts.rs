@@ -421,6 +421,8 @@ pub(crate) async fn confirm(
 ) -> ApiResult<(usize, Vec<Value>)> {
     use epigrid_core::model::Role;
     use epigrid_core::person::{check_transition, CategoryChange, Observation, ObservationKind};
+    // here, not only in each handler: the page's form reaches this too
+    staff.require(staff.role().investigates())?;
     let scope = staff.scope();
     let mut people = Vec::new();
     for pid in ids {

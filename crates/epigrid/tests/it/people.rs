@@ -1457,6 +1457,23 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
     );
     let csrf = input_value(&html, "csrf");
     let contact = input_value(&html, "person_ids");
+    // a grid worker cannot mark close contacts through the form either
+    user(app.store.as_ref(), "gw_page", Role::GridWorker, "150802").await;
+    let gw = app.login_cookie("gw_page").await;
+    let gw_csrf = input_value(&app.page("/", &gw).await, "csrf");
+    let r = app
+        .client
+        .post(format!("{}/persons/{pid}/contacts", app.base))
+        .header("cookie", &gw)
+        .form(&[
+            ("csrf", gw_csrf.as_str()),
+            ("person_ids", contact.as_str()),
+            ("reason", "同场所"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     let r = app
         .client
         .post(format!("{}/persons/{pid}/contacts", app.base))
