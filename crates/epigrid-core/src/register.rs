@@ -964,7 +964,7 @@ pub fn seal_person(
         doc_cipher: doc.zip(doc_index.as_deref()).map(|(d, ix)| {
             vault.seal_memo(
                 memo_key(b'd', ix),
-                &format!("persons.doc:{id_s}"),
+                || format!("persons.doc:{id_s}"),
                 d.number(),
             )
         }),
@@ -974,7 +974,7 @@ pub fn seal_person(
         phone_cipher: phone.zip(phone_index.as_deref()).map(|(p, ix)| {
             vault.seal_memo(
                 memo_key(b'p', ix),
-                &format!("persons.phone:{id_s}"),
+                || format!("persons.phone:{id_s}"),
                 p.as_str(),
             )
         }),

@@ -146,11 +146,16 @@ impl Vault {
     /// key must determine both `ad` and `plaintext` (e.g. a person id and the value's blind
     /// index): the ciphertext handed back is then one this vault made for exactly this value
     /// and binding, so nothing is encrypted twice under one nonce. Only ciphertexts are kept.
-    pub fn seal_memo(&self, key: [u8; 32], ad: &str, plaintext: &str) -> Vec<u8> {
+    pub fn seal_memo(
+        &self,
+        key: [u8; 32],
+        ad: impl FnOnce() -> String,
+        plaintext: &str,
+    ) -> Vec<u8> {
         if let Some(ct) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return ct;
         }
-        let ct = self.seal(ad, plaintext);
+        let ct = self.seal(&ad(), plaintext);
         if let Ok(mut m) = self.memo.lock() {
             if m.len() >= MEMO_MAX {
                 m.clear();
@@ -291,10 +296,10 @@ mod tests {
     #[test]
     fn memoised_seals_are_reused_only_for_their_key() {
         let v = vault();
-        let a = v.seal_memo([1; 32], "persons.doc:x", "secret");
-        assert_eq!(a, v.seal_memo([1; 32], "persons.doc:x", "secret"));
+        let a = v.seal_memo([1; 32], || "persons.doc:x".into(), "secret");
+        assert_eq!(a, v.seal_memo([1; 32], || "persons.doc:x".into(), "secret"));
         assert_eq!(v.open("persons.doc:x", &a).unwrap(), "secret");
-        let b = v.seal_memo([2; 32], "persons.doc:x", "secret");
+        let b = v.seal_memo([2; 32], || "persons.doc:x".into(), "secret");
         assert_ne!(a, b, "another key is sealed afresh");
         assert_eq!(v.open("persons.doc:x", &b).unwrap(), "secret");
     }

@@ -1,10 +1,16 @@
 //! epigrid's [`Store`] on embedded SQLite, the default backend.
 //!
-//! * One writer thread owns the only writing connection. Every write is a closure sent to it;
-//!   the writer takes whatever is queued (up to [`MAX_BATCH`]), runs each closure in its own
-//!   savepoint inside one transaction, commits, and only then answers each caller. Under load
-//!   this is group commit: one WAL append for many registrations, which is what lets an
-//!   acknowledged registration survive `kill -9` without one fsync-bound transaction each.
+//! * One connection writes. Every write is a closure queued for it; whoever finds the writer
+//!   idle takes the lead and runs what is queued (up to [`MAX_BATCH`]) as one transaction,
+//!   commits, and only then answers each caller. Under load this is group commit: one WAL
+//!   append for many registrations, which is what lets an acknowledged registration survive
+//!   `kill -9` without one fsync-bound transaction each.
+//! * No writer thread to hand each write to and wake: the first write queued at an idle
+//!   writer spawns a task that leads, yielding once before each batch so the requests
+//!   already runnable can join it. Batches of registrations (microseconds each, no fsync)
+//!   run right there on the async worker; any other write, every batch under durability
+//!   "power", and every checkpoint run on a blocking thread, so an async worker never waits
+//!   for the disk.
 //! * Reads run on a small pool of read-only connections (WAL lets them proceed while the
 //!   writer writes) on tokio's blocking threads.
 
@@ -14,7 +20,8 @@ mod queries;
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use epigrid_core::store::{StoreError, StoreResult};
 use rusqlite::{Connection, OpenFlags};
@@ -49,9 +56,157 @@ pub enum Durability {
 
 pub struct SqliteStore {
     path: PathBuf,
-    writer: mpsc::Sender<Job>,
+    writer: Arc<Writer>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_slots: Arc<Semaphore>,
+    /// Tells the checkpointer thread to finish.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The only writing connection, the memory that belongs to it, and the queue of writes
+/// waiting for it.
+struct Writer {
+    queue: Mutex<Queue>,
+    conn: Mutex<WriterConn>,
+    /// Durability "power": every commit is fsynced, so no batch runs on an async worker.
+    power: bool,
+    /// Frames in the WAL when the background checkpointer last looked.
+    wal_frames: Arc<AtomicU64>,
+}
+
+struct Queue {
+    jobs: Vec<Job>,
+    /// A leader has taken the writer: it (or the task it hands the lead to) runs what is
+    /// queued until the queue is empty, and only then clears this.
+    busy: bool,
+}
+
+struct WriterConn {
+    conn: Connection,
+    memory: queries::WriterMemory,
+}
+
+/// A WAL of this many frames (pages) is checkpointed by the writer itself, between two
+/// batches, so that the next write starts it over (see [`Writer::checkpoint`]).
+const WAL_LIMIT: u64 = 32768;
+
+/// Clears [`Queue::busy`] if the leading task is dropped before it empties the queue (its
+/// runtime shut down), so the next write takes the lead instead of waiting forever.
+struct Lead {
+    writer: Arc<Writer>,
+    armed: bool,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(&self.writer.queue).busy = false;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    /// The next batch, or `None` (and the lead given up) when nothing is queued.
+    fn take(&self) -> Option<Vec<Job>> {
+        let mut q = lock(&self.queue);
+        if q.jobs.is_empty() {
+            q.busy = false;
+            return None;
+        }
+        if q.jobs.len() <= MAX_BATCH {
+            return Some(std::mem::take(&mut q.jobs));
+        }
+        Some(q.jobs.drain(..MAX_BATCH).collect())
+    }
+
+    /// Whether `batch` may run on an async worker thread: registrations only (each a few
+    /// microseconds) and no fsync. Anything else runs on a blocking thread.
+    fn inline(&self, batch: &[Job]) -> bool {
+        !self.power && batch.iter().all(|j| j.registration)
+    }
+
+    /// Runs `batch` on this thread as one transaction and answers its callers. True when the
+    /// WAL has grown past [`WAL_LIMIT`] and wants [`Writer::checkpoint`].
+    fn run(&self, batch: Vec<Job>) -> bool {
+        let mut w = lock(&self.conn);
+        let w = &mut *w;
+        queries::swap_memory(&mut w.memory);
+        commit_batch(&w.conn, batch);
+        queries::swap_memory(&mut w.memory);
+        self.wal_frames.load(Ordering::Relaxed) >= WAL_LIMIT
+    }
+
+    /// Copies the WAL into the database on the writing connection while no write can start
+    /// (the caller leads), so the next write starts the WAL over from its beginning: the
+    /// background checkpointer alone never catches up while writes keep coming. SQLite's own
+    /// automatic checkpoint is off: it would run (and fsync) inside a commit, which here may
+    /// be on an async worker. Called on a blocking thread.
+    fn checkpoint(&self) {
+        let w = lock(&self.conn);
+        self.wal_frames.store(0, Ordering::Relaxed);
+        // (busy, frames in the WAL, frames checkpointed)
+        let done = w.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok(r.get::<_, i64>(0)? == 0 && r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
+        });
+        match done {
+            // The first commit into a WAL that starts over writes and fsyncs its header: done
+            // here, with a one-page write (the file's application id), not in the next batch
+            // of registrations on an async worker.
+            Ok(true) => {
+                if let Err(e) = w.conn.execute_batch(APPLICATION_ID) {
+                    tracing::warn!(error = %e, "wal restart failed");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
+        }
+    }
+}
+
+/// Marks the file as epigrid's (`EPGD`); written again to start the WAL over.
+const APPLICATION_ID: &str = "PRAGMA application_id = 1162889028";
+
+impl Writer {
+    /// Runs batches until the queue is empty. Before each batch it yields once, so that the
+    /// requests already runnable get to queue their writes first: under load a batch is every
+    /// write that arrived during one round of the scheduler, committed together.
+    async fn lead(mut lead: Lead) {
+        loop {
+            tokio::task::yield_now().await;
+            let Some(batch) = lead.writer.take() else {
+                lead.armed = false;
+                return;
+            };
+            let w = lead.writer.clone();
+            let done = if w.inline(&batch) {
+                if w.run(batch) {
+                    tokio::task::spawn_blocking(move || w.checkpoint()).await
+                } else {
+                    Ok(())
+                }
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    if w.run(batch) {
+                        w.checkpoint();
+                    }
+                })
+                .await
+            };
+            if done.is_err() {
+                tracing::error!("a write batch panicked");
+            }
+        }
+    }
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -102,11 +257,13 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
     ))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // The checkpointer thread copies frames in the background; this connection's own
+        // The checkpointer thread copies frames in the background, and the writer
+        // checkpoints between batches when the WAL has grown (Writer::checkpoint); never
+        // inside a commit.
         // automatic checkpoint then finds little left to do and lets the WAL start over, so
         // the WAL file stays bounded (a background PASSIVE checkpoint alone never resets it
         // while writes keep coming).
-        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -120,26 +277,33 @@ impl SqliteStore {
         }
         let mut conn = open(path, false, durability).map_err(backend)?;
         migrate::run(&mut conn)?;
-        let (tx, rx) = mpsc::channel::<Job>();
+        conn.execute_batch(APPLICATION_ID).map_err(backend)?;
         let checkpoints = open(path, false, durability).map_err(backend)?;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                writer_loop(conn, rx, durability == Durability::Power);
-                stop2.store(true, std::sync::atomic::Ordering::Relaxed);
-            })
-            .map_err(backend)?;
+        let wal_frames = Arc::new(AtomicU64::new(0));
+        let frames2 = wal_frames.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".into())
-            .spawn(move || checkpointer(checkpoints, stop))
+            .spawn(move || checkpointer(checkpoints, stop2, frames2))
             .map_err(backend)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            writer: tx,
+            writer: Arc::new(Writer {
+                queue: Mutex::new(Queue {
+                    jobs: Vec::new(),
+                    busy: false,
+                }),
+                conn: Mutex::new(WriterConn {
+                    conn,
+                    memory: Default::default(),
+                }),
+                power: durability == Durability::Power,
+                wal_frames,
+            }),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(Semaphore::new(READERS)),
+            stop,
         })
     }
 
@@ -183,12 +347,20 @@ impl SqliteStore {
             reply,
             registration,
         };
-        self.writer
-            .send(job)
-            .map_err(|_| StoreError::Backend("the writer thread has stopped".into()))?;
+        let leads = {
+            let mut q = lock(&self.writer.queue);
+            q.jobs.push(job);
+            !std::mem::replace(&mut q.busy, true)
+        };
+        if leads {
+            tokio::spawn(Writer::lead(Lead {
+                writer: self.writer.clone(),
+                armed: true,
+            }));
+        }
         let out = rx
             .await
-            .map_err(|_| StoreError::Backend("the writer thread dropped a write".into()))??;
+            .map_err(|_| StoreError::Backend("the store dropped a write".into()))??;
         out.downcast::<T>()
             .map(|b| *b)
             .map_err(|_| StoreError::Backend("writer returned the wrong type".into()))
@@ -226,11 +398,13 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// Copies committed WAL frames into the database file every 200 ms on its own connection, so
 /// the fsyncs of checkpointing never stall the writer's commits (a PASSIVE checkpoint does not
 /// block writers). The WAL restarts from its beginning once everything in it is checkpointed.
-fn checkpointer(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+fn checkpointer(conn: Connection, stop: Arc<AtomicBool>, wal_frames: Arc<AtomicU64>) {
+    while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "wal checkpoint failed");
+        // (busy, frames in the WAL, frames checkpointed)
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(frames) => wal_frames.store(frames.max(0) as u64, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -282,65 +456,30 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
     Ok(out)
 }
 
-/// How long a busy writer waits for more work before committing a smaller batch.
-const BATCH_WAIT: std::time::Duration = std::time::Duration::from_micros(500);
-
-fn drain(rx: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(j) => batch.push(j),
-            Err(_) => break,
-        }
-    }
-}
-
-/// The writer: takes what is queued, runs it as one transaction (group commit) and answers
-/// every caller after the commit. If anything in the batch fails, the batch is rolled back and
-/// each job runs again in a transaction of its own, so one bad write fails alone and a
-/// refused write changes nothing. (No per-job savepoints on the fast path: a savepoint makes
-/// SQLite copy every page a job touches into a statement journal.)
-/// `linger`: with an fsync per commit (durability "power"), a busy writer waits a moment for
-/// more work, so one fsync covers many registrations. Without fsyncs that wait only adds
-/// latency: the batch is whatever arrived during the last commit.
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, linger: bool) {
-    let mut last_batch = 0usize;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        drain(&rx, &mut batch);
-        // Under load, wait a moment for more work: one commit (and fsync) for many
-        // registrations. An idle server (last batch of one) does not wait.
-        if linger && last_batch >= 4 && batch.len() < last_batch {
-            let until = std::time::Instant::now() + BATCH_WAIT;
-            while batch.len() < MAX_BATCH {
-                match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
-                    Ok(j) => {
-                        batch.push(j);
-                        drain(&rx, &mut batch);
-                    }
-                    Err(_) => break,
-                }
+/// Runs `batch` as one transaction (group commit) and answers every caller after the commit.
+/// If anything in the batch fails, the batch is rolled back and each job runs again in a
+/// transaction of its own, so one bad write fails alone and a refused write changes nothing.
+/// (No per-job savepoints on the fast path: a savepoint makes SQLite copy every page a job
+/// touches into a statement journal.)
+fn commit_batch(conn: &Connection, mut batch: Vec<Job>) {
+    match run_batch(conn, &batch) {
+        Ok(results) => {
+            for (job, r) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(Ok(r));
             }
         }
-        last_batch = batch.len();
-        match run_batch(&conn, &batch) {
-            Ok(results) => {
-                for (job, r) in batch.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(r));
-                }
+        Err(e) if batch.len() == 1 => {
+            if let Some(job) = batch.pop() {
+                let _ = job.reply.send(Err(e));
             }
-            Err(e) if batch.len() == 1 => {
-                if let Some(job) = batch.pop() {
-                    let _ = job.reply.send(Err(e));
-                }
-            }
-            Err(_) => {
-                for job in batch {
-                    let r = run_batch(&conn, std::slice::from_ref(&job)).and_then(|mut v| {
-                        v.pop()
-                            .ok_or_else(|| StoreError::Backend("no result".into()))
-                    });
-                    let _ = job.reply.send(r);
-                }
+        }
+        Err(_) => {
+            for job in batch {
+                let r = run_batch(conn, std::slice::from_ref(&job)).and_then(|mut v| {
+                    v.pop()
+                        .ok_or_else(|| StoreError::Backend("no result".into()))
+                });
+                let _ = job.reply.send(r);
             }
         }
     }

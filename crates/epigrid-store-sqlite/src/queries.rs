@@ -125,12 +125,13 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
 /// a home area).
 type Known = (String, Option<Vec<u8>>, String, i64, bool);
 
-/// The writer thread's memory of people and plates it has written or read, so a returning
-/// person costs no query. Only registrations run while it is kept: any other write, and any
-/// failed batch, drops it (`lib.rs`), so it never outlives a change it did not make itself.
-/// (SQLite has one writing process: `epigrid serve`.)
+/// The writer's memory of people and plates it has written or read, so a returning person
+/// costs no query. Only registrations run while it is kept: any other write, and any failed
+/// batch, drops it (`lib.rs`), so it never outlives a change it did not make itself. (SQLite
+/// has one writing process: `epigrid serve`.) It belongs to the writing connection and is
+/// lent to the thread running a batch for the batch's duration ([`swap_memory`]).
 #[derive(Default)]
-struct WriterMemory {
+pub(crate) struct WriterMemory {
     persons: std::collections::HashMap<String, Known>,
     plates: std::collections::HashSet<(String, String)>,
 }
@@ -140,6 +141,12 @@ const MEMORY_MAX: usize = 200_000;
 
 thread_local! {
     static MEMORY: std::cell::RefCell<WriterMemory> = std::cell::RefCell::new(WriterMemory::default());
+}
+
+/// Exchanges this thread's writer memory with `m`: a batch borrows its connection's memory
+/// before it runs and gives it back after, on whichever thread it ran.
+pub(crate) fn swap_memory(m: &mut WriterMemory) {
+    MEMORY.with(|t| std::mem::swap(&mut *t.borrow_mut(), m));
 }
 
 /// Drops the writer's memory of people and plates.

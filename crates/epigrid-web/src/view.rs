@@ -18,15 +18,31 @@ pub fn local(t: DateTime<Utc>, tz: FixedOffset) -> String {
     use chrono::{Datelike, Timelike};
     // what `format("%Y-%m-%d %H:%M:%S")` gives, without parsing a format string each time
     let l = t.with_timezone(&tz);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        l.year(),
-        l.month(),
-        l.day(),
-        l.hour(),
-        l.minute(),
-        l.second()
-    )
+    let mut out = String::with_capacity(19);
+    let year = l.year();
+    if (0..=9999).contains(&year) {
+        push_digits(&mut out, year as u32, 4);
+    } else {
+        out.push_str(&format!("{year:04}"));
+    }
+    for (sep, n) in [
+        ('-', l.month()),
+        ('-', l.day()),
+        (' ', l.hour()),
+        (':', l.minute()),
+        (':', l.second()),
+    ] {
+        out.push(sep);
+        push_digits(&mut out, n, 2);
+    }
+    out
+}
+
+/// Appends `n` as exactly `width` decimal digits (zero-padded; `n` < 10^width).
+fn push_digits(out: &mut String, n: u32, width: u32) {
+    for i in (0..width).rev() {
+        out.push(char::from(b'0' + (n / 10u32.pow(i) % 10) as u8));
+    }
 }
 
 pub fn temperature(tenths: Option<i16>) -> Option<f64> {
