@@ -317,8 +317,8 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` on the writer thread inside the current batch's transaction (in its own
-    /// savepoint) and returns its result once the transaction has committed.
+    /// Runs `f` in the writer's next batch (one transaction) and returns its result once the
+    /// transaction has committed.
     pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,

@@ -377,7 +377,7 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
 type RollupKey = (String, String, &'static str);
 
 thread_local! {
-    /// Rollup increments of the job running on the writer thread, not yet accepted.
+    /// Rollup increments of the job running on this thread, not yet accepted.
     static JOB_ROLLUPS: std::cell::RefCell<Vec<(RollupKey, i64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
