@@ -78,6 +78,8 @@ struct Writer {
     power: bool,
     /// Frames in the WAL when the background checkpointer last looked.
     wal_frames: Arc<AtomicU64>,
+    /// Checkpoints the writer has made itself.
+    checkpoints: AtomicU64,
 }
 
 struct Queue {
@@ -154,6 +156,7 @@ impl Writer {
     fn checkpoint(&self) {
         let w = lock(&self.conn);
         self.wal_frames.store(0, Ordering::Relaxed);
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
         // (busy, frames in the WAL, frames checkpointed)
         let done = w.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok(r.get::<_, i64>(0)? == 0 && r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
@@ -272,6 +275,16 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path, durability: Durability) -> StoreResult<SqliteStore> {
+        SqliteStore::open_with(path, durability, true)
+    }
+
+    /// [`SqliteStore::open`], with or without the background checkpointer (tests of the
+    /// writer's own checkpoints go without, so that nothing else checkpoints meanwhile).
+    fn open_with(
+        path: &Path,
+        durability: Durability,
+        background_checkpoints: bool,
+    ) -> StoreResult<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
@@ -283,10 +296,12 @@ impl SqliteStore {
         let stop2 = stop.clone();
         let wal_frames = Arc::new(AtomicU64::new(0));
         let frames2 = wal_frames.clone();
-        std::thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || checkpointer(checkpoints, stop2, frames2))
-            .map_err(backend)?;
+        if background_checkpoints {
+            std::thread::Builder::new()
+                .name("sqlite-checkpoint".into())
+                .spawn(move || checkpointer(checkpoints, stop2, frames2))
+                .map_err(backend)?;
+        }
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Arc::new(Writer {
@@ -300,6 +315,7 @@ impl SqliteStore {
                 }),
                 power: durability == Durability::Power,
                 wal_frames,
+                checkpoints: AtomicU64::new(0),
             }),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(Semaphore::new(READERS)),
@@ -482,5 +498,121 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Job>) {
                 let _ = job.reply.send(r);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "epigrid-sqlite-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir.join("t.db")
+    }
+
+    /// Frames in the WAL, as a passive checkpoint on the writing connection reports them.
+    fn wal_frames(store: &SqliteStore) -> i64 {
+        lock(&store.writer.conn)
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .expect("wal_checkpoint")
+    }
+
+    async fn create_filler(store: &SqliteStore) {
+        store
+            .write(|c| {
+                c.execute_batch("CREATE TABLE filler (x BLOB)")
+                    .map_err(map_err)
+            })
+            .await
+            .expect("create");
+    }
+
+    /// `rows` writes of one page each, one after the other.
+    async fn fill(store: &SqliteStore, rows: usize) {
+        for _ in 0..rows {
+            let n = store
+                .write(|c| {
+                    c.execute("INSERT INTO filler (x) VALUES (randomblob(3000))", [])
+                        .map_err(map_err)
+                })
+                .await
+                .expect("insert");
+            assert_eq!(n, 1);
+        }
+    }
+
+    // A single-threaded runtime: the leading task and the blocking pool must still make
+    // progress (the server runs on several threads; tools and tests may not).
+    #[tokio::test]
+    async fn the_writer_checkpoints_and_starts_the_wal_over_once_it_is_long() {
+        let path = scratch("wal");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        create_filler(&store).await;
+        fill(&store, 200).await;
+        assert_eq!(store.writer.checkpoints.load(Ordering::Relaxed), 0);
+
+        // The background checkpointer reports a long WAL: the next batch is followed by a
+        // checkpoint on the writing connection, and the WAL starts over right then (not at
+        // the next batch of registrations).
+        store.writer.wal_frames.store(WAL_LIMIT, Ordering::Relaxed);
+        fill(&store, 1).await;
+        assert_eq!(store.writer.checkpoints.load(Ordering::Relaxed), 1);
+        let after = wal_frames(&store);
+        assert!(after < 10, "the WAL started over: {after} frames");
+        let rows: i64 = store
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM filler", [], |r| r.get(0))
+                    .map_err(map_err)
+            })
+            .await
+            .expect("count");
+        assert_eq!(rows, 201, "nothing written was lost by the checkpoint");
+        let id: i64 = store
+            .read(|c| {
+                c.query_row("PRAGMA application_id", [], |r| r.get(0))
+                    .map_err(map_err)
+            })
+            .await
+            .expect("application_id");
+        assert_eq!(id, 1_162_889_028, "the file is marked as epigrid's");
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_alone_and_the_writer_goes_on() {
+        let path = scratch("fail");
+        let store = SqliteStore::open(&path, Durability::Process).expect("open");
+        create_filler(&store).await;
+        fill(&store, 1).await;
+        let good = store.write(|c| {
+            c.execute("INSERT INTO filler (x) VALUES (1)", [])
+                .map_err(map_err)
+        });
+        let bad = store.write(|c| {
+            c.execute("INSERT INTO no_such_table (x) VALUES (1)", [])
+                .map_err(map_err)
+        });
+        let (good, bad) = tokio::join!(good, bad);
+        assert_eq!(good.expect("the good write"), 1);
+        assert!(bad.is_err(), "the bad write is refused");
+        // the writer is free again: a later write goes through
+        fill(&store, 3).await;
+        let rows: i64 = store
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM filler", [], |r| r.get(0))
+                    .map_err(map_err)
+            })
+            .await
+            .expect("count");
+        assert_eq!(rows, 5);
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }
