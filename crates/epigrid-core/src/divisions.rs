@@ -288,23 +288,19 @@ fn join_names<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 /// city's name, as in `"广东省 东莞市"` for `441900`). Accepts what [`get`] accepts, and
 /// also the 9-digit towns and 12-digit communities of Bayannur ([`demo_area`]).
 pub fn full_name(code: &str) -> Option<String> {
-    // every registration's response names its origin: remember the names already built (the
-    // codes are a finite set: divisions and the demo city's areas)
-    static NAMES: OnceLock<std::sync::RwLock<std::collections::HashMap<String, Option<String>>>> =
+    // every registration's response names its origin: remember the names already built (only
+    // codes that name something, so a finite set: divisions and the demo city's areas)
+    static NAMES: OnceLock<std::sync::RwLock<std::collections::HashMap<String, String>>> =
         OnceLock::new();
     let names = NAMES.get_or_init(Default::default);
     if let Some(hit) = names.read().ok().and_then(|m| m.get(code).cloned()) {
-        return hit;
+        return Some(hit);
     }
-    let name = build_full_name(code);
-    if is_digits(code) && code.len() <= 12 {
-        if let Ok(mut m) = names.write() {
-            if m.len() < 100_000 {
-                m.insert(code.to_string(), name.clone());
-            }
-        }
+    let name = build_full_name(code)?;
+    if let Ok(mut m) = names.write() {
+        m.insert(code.to_string(), name.clone());
     }
-    name
+    Some(name)
 }
 
 fn build_full_name(code: &str) -> Option<String> {

@@ -44,9 +44,8 @@ impl ParsedList {
 
     /// Lines with at least one error.
     pub fn bad_lines(&self) -> usize {
-        let mut lines: Vec<usize> = self.errors.iter().map(|(l, _)| *l).collect();
-        lines.dedup();
-        lines.len()
+        // errors are in line order
+        self.errors.chunk_by(|a, b| a.0 == b.0).count()
     }
 
     /// The header (line 1) was unusable, or a chosen column is not in it: nothing to match.
@@ -70,14 +69,15 @@ impl ParsedList {
         uploaded_by: Option<Uuid>,
         area_path: &str,
     ) -> crate::store::ListRecord {
+        let bad = self.bad_lines();
         crate::store::ListRecord {
             id: crate::vault::new_id(),
             name: name.to_string(),
             uploaded_by,
             area_path: area_path.to_string(),
             created_at: chrono::Utc::now(),
-            rows: i32::try_from(self.rows.len() + self.bad_lines()).unwrap_or(i32::MAX),
-            bad_rows: i32::try_from(self.bad_lines()).unwrap_or(i32::MAX),
+            rows: i32::try_from(self.rows.len() + bad).unwrap_or(i32::MAX),
+            bad_rows: i32::try_from(bad).unwrap_or(i32::MAX),
         }
     }
 }
@@ -357,14 +357,10 @@ pub fn parse_list_mapped(text: &str, map: &ColumnMap) -> ParsedList {
         firsts.push(next);
         next += p.lines().count();
     }
-    let results: Vec<ParsedList> = if parts.len() == 1 {
-        vec![parse_lines(&cols, parts[0], 2, today)]
-    } else {
-        let work: Vec<(&str, usize)> = parts.into_iter().zip(firsts).collect();
-        in_parallel(&work, |(part, first)| {
-            parse_lines(&cols, part, *first, today)
-        })
-    };
+    let work: Vec<(&str, usize)> = parts.into_iter().zip(firsts).collect();
+    let results = in_parallel(&work, |(part, first)| {
+        parse_lines(&cols, part, *first, today)
+    });
     let mut out = ParsedList::default();
     for r in results {
         out.rows.extend(r.rows);
@@ -404,6 +400,10 @@ fn split_at_lines(text: &str, n: usize, min_len: usize) -> Vec<&str> {
 
 /// Runs `f` over `items` on all cores, results in the order of `items`.
 pub(crate) fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    // one item, or one core: no thread to start
+    if items.len() < 2 || threads() == 1 {
+        return items.iter().map(f).collect();
+    }
     let next = AtomicUsize::new(0);
     let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads().min(items.len()))
@@ -504,6 +504,11 @@ impl Decision {
 
 /// The methods a match can be made by.
 pub const METHODS: [&str; 4] = ["id_number", "phone", "name_birth_date", "plate"];
+
+/// A stored method name as one of [`METHODS`] (`"other"` for anything else).
+pub fn method_name(m: &str) -> &'static str {
+    METHODS.into_iter().find(|x| *x == m).unwrap_or("other")
+}
 
 /// Below this confidence a match goes to the review queue.
 pub const REVIEW_BELOW: f64 = 0.9;
@@ -875,8 +880,10 @@ mod tests {
             ]
         );
         let exact = ix.match_rows(&v, &rows, Passes::Exact, &|_| {});
+        assert_eq!(exact.len(), 4, "the four id and phone matches");
         assert!(exact.iter().all(|m| m.line <= 4));
         let fuzzy = ix.match_rows(&v, &rows, Passes::Fuzzy, &|_| {});
+        assert_eq!(fuzzy.len(), 2, "the name + birth date and plate matches");
         assert!(fuzzy.iter().all(|m| m.line >= 5));
     }
 

@@ -942,7 +942,6 @@ pub fn seal_person(
     phone: Option<&MobilePhone>,
 ) -> PersonInput {
     let id = person_id(vault, doc, phone, name);
-    let id_s = id.to_string();
     let (birth_date, sex) = match doc.and_then(|d| d.id_number()) {
         Some(n) => (Some(n.birth_date()), Some(n.sex())),
         None => (None, None),
@@ -964,7 +963,7 @@ pub fn seal_person(
         doc_cipher: doc.zip(doc_index.as_deref()).map(|(d, ix)| {
             vault.seal_memo(
                 memo_key(b'd', ix),
-                || format!("persons.doc:{id_s}"),
+                || format!("persons.doc:{id}"),
                 d.number(),
             )
         }),
@@ -974,7 +973,7 @@ pub fn seal_person(
         phone_cipher: phone.zip(phone_index.as_deref()).map(|(p, ix)| {
             vault.seal_memo(
                 memo_key(b'p', ix),
-                || format!("persons.phone:{id_s}"),
+                || format!("persons.phone:{id}"),
                 p.as_str(),
             )
         }),

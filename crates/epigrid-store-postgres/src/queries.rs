@@ -588,7 +588,7 @@ impl Store for PgStore {
                     ListMatch {
                         line: r.get::<_, i32>(7) as usize,
                         person_id,
-                        method: list_method(r.get(8)),
+                        method: epigrid_core::matching::method_name(r.get(8)),
                         confidence: r.get(9),
                         review: r.get(10),
                         decision: r
@@ -2024,7 +2024,7 @@ impl PgStore {
         let mut out = Vec::new();
         for r in &rows {
             let person = person_row(r)?;
-            let method = list_method(r.get(16));
+            let method = epigrid_core::matching::method_name(r.get(16));
             out.push((
                 ListMatch {
                     line: r.get::<_, i32>(15) as usize,
@@ -2056,14 +2056,6 @@ fn list_row(r: &tokio_postgres::Row) -> ListRecord {
         rows: r.get(5),
         bad_rows: r.get(6),
     }
-}
-
-/// A stored match method as the static name the matcher uses.
-fn list_method(m: &str) -> &'static str {
-    epigrid_core::matching::METHODS
-        .into_iter()
-        .find(|x| *x == m)
-        .unwrap_or("other")
 }
 
 /// Indexes a name for search by part of it (see `person::name_grams`), in one statement.

@@ -78,8 +78,9 @@ struct Writer {
     power: bool,
     /// Frames in the WAL when the background checkpointer last looked.
     wal_frames: Arc<AtomicU64>,
-    /// Checkpoints the writer has made itself.
-    checkpoints: AtomicU64,
+    /// The background checkpointer copied the whole WAL back: the next commit starts the WAL
+    /// over and fsyncs its header, so it runs on a blocking thread.
+    restart_due: Arc<AtomicBool>,
 }
 
 struct Queue {
@@ -92,6 +93,13 @@ struct Queue {
 struct WriterConn {
     conn: Connection,
     memory: queries::WriterMemory,
+}
+
+/// Marks the file as epigrid's (`EPGD`); written again to start the WAL over.
+const APPLICATION_ID: i64 = 1_162_889_028;
+
+fn mark(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "application_id", APPLICATION_ID)
 }
 
 /// A WAL of this many frames (pages) is checkpointed by the writer itself, between two
@@ -132,9 +140,12 @@ impl Writer {
     }
 
     /// Whether `batch` may run on an async worker thread: registrations only (each a few
-    /// microseconds) and no fsync. Anything else runs on a blocking thread.
+    /// microseconds) and no fsync, not even a new WAL's header. Anything else runs on a
+    /// blocking thread.
     fn inline(&self, batch: &[Job]) -> bool {
-        !self.power && batch.iter().all(|j| j.registration)
+        !self.power
+            && !self.restart_due.load(Ordering::Relaxed)
+            && batch.iter().all(|j| j.registration)
     }
 
     /// Runs `batch` on this thread as one transaction and answers its callers. True when the
@@ -156,7 +167,6 @@ impl Writer {
     fn checkpoint(&self) {
         let w = lock(&self.conn);
         self.wal_frames.store(0, Ordering::Relaxed);
-        self.checkpoints.fetch_add(1, Ordering::Relaxed);
         // (busy, frames in the WAL, frames checkpointed)
         let done = w.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok(r.get::<_, i64>(0)? == 0 && r.get::<_, i64>(1)? == r.get::<_, i64>(2)?)
@@ -166,7 +176,7 @@ impl Writer {
             // here, with a one-page write (the file's application id), not in the next batch
             // of registrations on an async worker.
             Ok(true) => {
-                if let Err(e) = w.conn.execute_batch(APPLICATION_ID) {
+                if let Err(e) = mark(&w.conn) {
                     tracing::warn!(error = %e, "wal restart failed");
                 }
             }
@@ -174,12 +184,7 @@ impl Writer {
             Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
         }
     }
-}
 
-/// Marks the file as epigrid's (`EPGD`); written again to start the WAL over.
-const APPLICATION_ID: &str = "PRAGMA application_id = 1162889028";
-
-impl Writer {
     /// Runs batches until the queue is empty. Before each batch it yields once, so that the
     /// requests already runnable get to queue their writes first: under load a batch is every
     /// write that arrived during one round of the scheduler, committed together.
@@ -199,6 +204,7 @@ impl Writer {
                 }
             } else {
                 tokio::task::spawn_blocking(move || {
+                    w.restart_due.store(false, Ordering::Relaxed);
                     if w.run(batch) {
                         w.checkpoint();
                     }
@@ -263,9 +269,6 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
         // The checkpointer thread copies frames in the background, and the writer
         // checkpoints between batches when the WAL has grown (Writer::checkpoint); never
         // inside a commit.
-        // automatic checkpoint then finds little left to do and lets the WAL start over, so
-        // the WAL file stays bounded (a background PASSIVE checkpoint alone never resets it
-        // while writes keep coming).
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
@@ -290,16 +293,23 @@ impl SqliteStore {
         }
         let mut conn = open(path, false, durability).map_err(backend)?;
         migrate::run(&mut conn)?;
-        conn.execute_batch(APPLICATION_ID).map_err(backend)?;
+        let id: i64 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(backend)?;
+        if id != APPLICATION_ID {
+            mark(&conn).map_err(backend)?;
+        }
         let checkpoints = open(path, false, durability).map_err(backend)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let wal_frames = Arc::new(AtomicU64::new(0));
         let frames2 = wal_frames.clone();
+        let restart_due = Arc::new(AtomicBool::new(false));
+        let due2 = restart_due.clone();
         if background_checkpoints {
             std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn(move || checkpointer(checkpoints, stop2, frames2))
+                .spawn(move || checkpointer(checkpoints, stop2, frames2, due2))
                 .map_err(backend)?;
         }
         Ok(SqliteStore {
@@ -315,7 +325,7 @@ impl SqliteStore {
                 }),
                 power: durability == Durability::Power,
                 wal_frames,
-                checkpoints: AtomicU64::new(0),
+                restart_due,
             }),
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(Semaphore::new(READERS)),
@@ -363,13 +373,16 @@ impl SqliteStore {
             reply,
             registration,
         };
+        // the leading task needs a runtime: without one, refuse before taking the lead
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Backend("a write outside an async runtime".into()))?;
         let leads = {
             let mut q = lock(&self.writer.queue);
             q.jobs.push(job);
             !std::mem::replace(&mut q.busy, true)
         };
         if leads {
-            tokio::spawn(Writer::lead(Lead {
+            runtime.spawn(Writer::lead(Lead {
                 writer: self.writer.clone(),
                 armed: true,
             }));
@@ -414,12 +427,29 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// Copies committed WAL frames into the database file every 200 ms on its own connection, so
 /// the fsyncs of checkpointing never stall the writer's commits (a PASSIVE checkpoint does not
 /// block writers). The WAL restarts from its beginning once everything in it is checkpointed.
-fn checkpointer(conn: Connection, stop: Arc<AtomicBool>, wal_frames: Arc<AtomicU64>) {
+fn checkpointer(
+    conn: Connection,
+    stop: Arc<AtomicBool>,
+    wal_frames: Arc<AtomicU64>,
+    restart_due: Arc<AtomicBool>,
+) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(200));
         // (busy, frames in the WAL, frames checkpointed)
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-            Ok(frames) => wal_frames.store(frames.max(0) as u64, Ordering::Relaxed),
+        let row = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        match row {
+            Ok((busy, frames, done)) => {
+                wal_frames.store(frames.max(0) as u64, Ordering::Relaxed);
+                if busy == 0 && frames > 0 && frames == done {
+                    restart_due.store(true, Ordering::Relaxed);
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
         }
     }
@@ -427,11 +457,11 @@ fn checkpointer(conn: Connection, stop: Arc<AtomicBool>, wal_frames: Arc<AtomicU
 }
 
 /// Runs one job, catching a panic as an error. Any job but a registration may change people:
-/// the writer's cache of them is dropped after it.
+/// the writer's cache of them is dropped after it (and after any failed batch: `run_batch`).
 fn run_job(conn: &Connection, job: &Job) -> Reply {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)(conn)))
         .unwrap_or_else(|_| Err(StoreError::Backend("a write panicked".into())));
-    if !job.registration || r.is_err() {
+    if !job.registration {
         queries::forget_known();
     }
     r
@@ -523,6 +553,14 @@ mod tests {
             .expect("wal_checkpoint")
     }
 
+    /// The one number `sql` reads.
+    async fn read_i64(store: &SqliteStore, sql: &'static str) -> i64 {
+        store
+            .read(move |c| c.query_row(sql, [], |r| r.get(0)).map_err(map_err))
+            .await
+            .expect(sql)
+    }
+
     async fn create_filler(store: &SqliteStore) {
         store
             .write(|c| {
@@ -555,31 +593,17 @@ mod tests {
         let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
         create_filler(&store).await;
         fill(&store, 200).await;
-        assert_eq!(store.writer.checkpoints.load(Ordering::Relaxed), 0);
 
         // The background checkpointer reports a long WAL: the next batch is followed by a
         // checkpoint on the writing connection, and the WAL starts over right then (not at
         // the next batch of registrations).
         store.writer.wal_frames.store(WAL_LIMIT, Ordering::Relaxed);
         fill(&store, 1).await;
-        assert_eq!(store.writer.checkpoints.load(Ordering::Relaxed), 1);
         let after = wal_frames(&store);
         assert!(after < 10, "the WAL started over: {after} frames");
-        let rows: i64 = store
-            .read(|c| {
-                c.query_row("SELECT count(*) FROM filler", [], |r| r.get(0))
-                    .map_err(map_err)
-            })
-            .await
-            .expect("count");
+        let rows = read_i64(&store, "SELECT count(*) FROM filler").await;
         assert_eq!(rows, 201, "nothing written was lost by the checkpoint");
-        let id: i64 = store
-            .read(|c| {
-                c.query_row("PRAGMA application_id", [], |r| r.get(0))
-                    .map_err(map_err)
-            })
-            .await
-            .expect("application_id");
+        let id = read_i64(&store, "PRAGMA application_id").await;
         assert_eq!(id, 1_162_889_028, "the file is marked as epigrid's");
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
@@ -604,13 +628,7 @@ mod tests {
         assert!(bad.is_err(), "the bad write is refused");
         // the writer is free again: a later write goes through
         fill(&store, 3).await;
-        let rows: i64 = store
-            .read(|c| {
-                c.query_row("SELECT count(*) FROM filler", [], |r| r.get(0))
-                    .map_err(map_err)
-            })
-            .await
-            .expect("count");
+        let rows = read_i64(&store, "SELECT count(*) FROM filler").await;
         assert_eq!(rows, 5);
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));

@@ -172,6 +172,7 @@ fn remember_person(id: &str, known: Known) {
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
     let id = p.id.to_string();
     let remembered = MEMORY.with(|m| m.borrow().persons.get(&id).cloned());
+    let hit = remembered.is_some();
     let existing: Option<Known> = match remembered {
         Some(k) => Some(k),
         None => c
@@ -226,6 +227,10 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             let new_phone = p.phone_index.is_some() && p.phone_index != phone_index;
             let newer = at >= last_seen;
             let moves = newer && !has_home && old_path != area_path;
+            if hit && !new_phone && !moves {
+                // remembered, and nothing to change: nothing to write or remember again
+                return Ok(effective);
+            }
             remember_person(
                 &id,
                 (
@@ -875,7 +880,7 @@ impl Store for SqliteStore {
                         ListMatch {
                             line: r.get::<_, i64>(7)? as usize,
                             person_id,
-                            method: list_method(&r.get::<_, String>(8)?),
+                            method: epigrid_core::matching::method_name(&r.get::<_, String>(8)?),
                             confidence: r.get(9)?,
                             review: r.get(10)?,
                             decision: r
@@ -2447,7 +2452,7 @@ impl SqliteStore {
                 .map_err(map_err)?;
             let rows = stmt
                 .query_map(params![id.to_string(), lo, hi, page.review_only, page.limit, page.offset], |r| {
-                    let method = list_method(&r.get::<_, String>(2)?);
+                    let method = epigrid_core::matching::method_name(&r.get::<_, String>(2)?);
                     Ok((
                         ListMatch {
                             line: r.get::<_, i64>(0)? as usize,
@@ -2479,12 +2484,4 @@ fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRecord> {
         rows: r.get(5)?,
         bad_rows: r.get(6)?,
     })
-}
-
-/// A stored match method as the static name the matcher uses.
-fn list_method(m: &str) -> &'static str {
-    epigrid_core::matching::METHODS
-        .into_iter()
-        .find(|x| *x == m)
-        .unwrap_or("other")
 }

@@ -83,14 +83,14 @@ async fn symptom_onset(
             "symptom onset: over 100,000 registrations in 14 days; the oldest were not read"
         );
     }
-    let at_sites = first_at_site;
+    let fever = epigrid_core::validate::Temperature::FEVER.tenths();
     let reports = st.store.reports_of(person_id).await?;
     let in_reports = reports
         .iter()
-        .filter(|r| r.temperature.is_some_and(|t| t >= 373) || r.symptoms != 0)
+        .filter(|r| r.temperature.is_some_and(|t| t >= fever) || r.symptoms != 0)
         .map(|r| r.at)
         .filter(|t| *t >= since && *t <= before);
-    Ok(at_sites.into_iter().chain(in_reports).min())
+    Ok(first_at_site.into_iter().chain(in_reports).min())
 }
 
 /// The default infectious window: from two days before symptom onset or the first positive
@@ -667,7 +667,8 @@ async fn trace_confirm_page(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
+    // the trace page itself is only for those who investigate: refused before it is drawn
+    let s = match crate::staff::logged_in_as(staff, lang, epigrid_core::model::Role::investigates) {
         Ok(s) => s,
         Err(r) => return *r,
     };

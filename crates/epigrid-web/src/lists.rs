@@ -138,15 +138,27 @@ fn xlsx_rows(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
     Ok(rows)
 }
 
-/// Reads a list file: XLSX (first sheet; every cell as text) or CSV in UTF-8 or GBK.
+/// Reads a list file: XLSX (first sheet; every cell as text) or CSV in UTF-8 or GBK. A list
+/// with no rows, or whose header is unusable, is refused as a whole.
 pub fn read_list(bytes: &[u8], map: &ColumnMap) -> Result<ParsedList, ApiError> {
-    if bytes.starts_with(b"PK") {
+    let parsed = if bytes.starts_with(b"PK") {
         let mut rows = xlsx_rows(bytes)?.into_iter();
         let header = rows.next().map(|(_, h)| h).unwrap_or_default();
-        return Ok(epigrid_core::matching::parse_rows(header, rows, map));
+        epigrid_core::matching::parse_rows(header, rows, map)
+    } else {
+        let text =
+            decode_text(bytes).ok_or_else(|| ApiError::field("file", "err.list.encoding"))?;
+        parse_list_mapped(&text, map)
+    };
+    if parsed.rows.is_empty() && parsed.errors.is_empty() {
+        return Err(ApiError::field("file", "err.list.no_rows"));
     }
-    let text = decode_text(bytes).ok_or_else(|| ApiError::field("file", "err.list.encoding"))?;
-    Ok(parse_list_mapped(&text, map))
+    if parsed.header_error() {
+        return Err(ApiError::Invalid(
+            parsed.errors.into_iter().map(|(_, e)| e).collect(),
+        ));
+    }
+    Ok(parsed)
 }
 
 fn list_name(raw: Option<&str>) -> ApiResult<String> {
@@ -195,14 +207,6 @@ async fn process(
         .await
         .map_err(join)?;
     let parsed = parsed?;
-    if parsed.rows.is_empty() && parsed.errors.is_empty() {
-        return Err(ApiError::field("file", "err.list.no_rows"));
-    }
-    if parsed.header_error() {
-        return Err(ApiError::Invalid(
-            parsed.errors.into_iter().map(|(_, e)| e).collect(),
-        ));
-    }
     let index = MatchIndex::load(st.store.as_ref()).await?;
     let vault = st.vault.clone();
     let (parsed, found) = tokio::task::spawn_blocking(move || {
@@ -580,7 +584,8 @@ async fn upload_page(
     staff: MaybeStaff,
     form: Multipart,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
+    // refused before the upload is read
+    let s = match crate::staff::logged_in_as(staff, lang, epigrid_core::model::Role::investigates) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -605,9 +610,6 @@ async fn upload_page(
     };
     if let Err(e) = s.check_csrf(Some(&csrf)) {
         return e.into_response();
-    }
-    if !s.role().investigates() {
-        return crate::staff::forbidden(lang);
     }
     let mut errors = Vec::new();
     let checked = list_name(Some(&name));
@@ -650,7 +652,7 @@ async fn render_list(
 ) -> Response {
     let page = MatchPage {
         review_only,
-        limit: MATCHES_SHOWN as u32 + 1,
+        limit: MATCHES_SHOWN as u32,
         offset: 0,
     };
     let (list, rows) = match st.store.list_matches(id, &s.scope(), &page).await {
@@ -670,7 +672,6 @@ async fn render_list(
     bad.truncate(ERRORS_SHOWN);
     let items = rows
         .iter()
-        .take(MATCHES_SHOWN)
         .map(|(m, p)| MatchLine {
             line: m.line,
             person_id: p.id.to_string(),

@@ -20,11 +20,11 @@ pub fn local(t: DateTime<Utc>, tz: FixedOffset) -> String {
     let l = t.with_timezone(&tz);
     let mut out = String::with_capacity(19);
     let year = l.year();
-    if (0..=9999).contains(&year) {
-        push_digits(&mut out, year as u32, 4);
-    } else {
-        out.push_str(&format!("{year:04}"));
+    if !(0..=9999).contains(&year) {
+        // outside four digits, as strftime writes it (`+10000`)
+        return l.format("%Y-%m-%d %H:%M:%S").to_string();
     }
+    push_digits(&mut out, year as u32, 4);
     for (sep, n) in [
         ('-', l.month()),
         ('-', l.day()),

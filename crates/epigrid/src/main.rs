@@ -561,17 +561,6 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                 Ok(p) => p,
                 Err(e) => bail!(e.messages(lang).join("\n")),
             };
-            if parsed.header_error() {
-                bail!(parsed
-                    .errors
-                    .iter()
-                    .map(|(_, e)| e.message(lang))
-                    .collect::<Vec<_>>()
-                    .join("\n"));
-            }
-            if parsed.rows.is_empty() && parsed.errors.is_empty() {
-                bail!(tf(lang, "err.list.no_rows", &[]));
-            }
             for (line, e) in &parsed.errors {
                 eprintln!(
                     "{}",
