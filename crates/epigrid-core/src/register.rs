@@ -69,7 +69,7 @@ fn scalar(v: &Value) -> Option<String> {
 /// straight into text, as [`RegistrationInput::from_json`] does from a parsed `Value`, without
 /// building the `Value` first (the registration hot path).
 mod typed {
-    use super::{CompanionRaw, RegistrationInput};
+    use super::RegistrationInput;
     use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
     use std::fmt;
 
@@ -170,172 +170,6 @@ mod typed {
         }
     }
 
-    /// `symptoms`: an array of texts, or one text.
-    struct Symptoms(Vec<String>);
-    struct SymptomsVisitor;
-    impl<'de> Visitor<'de> for SymptomsVisitor {
-        type Value = Symptoms;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("symptoms")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Symptoms, A::Error> {
-            let mut out = Vec::new();
-            while let Some(Text(t)) = seq.next_element::<Text>()? {
-                out.push(t.unwrap_or_default());
-            }
-            Ok(Symptoms(out))
-        }
-        fn visit_unit<E>(self) -> Result<Symptoms, E> {
-            Ok(Symptoms(Vec::new()))
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Symptoms, E> {
-            Ok(Symptoms(vec![v.to_string()]))
-        }
-        fn visit_bool<E>(self, v: bool) -> Result<Symptoms, E> {
-            Ok(Symptoms(vec![v.to_string()]))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Symptoms, E> {
-            Ok(Symptoms(vec![serde_json::Number::from(v).to_string()]))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Symptoms, E> {
-            Ok(Symptoms(vec![serde_json::Number::from(v).to_string()]))
-        }
-        fn visit_f64<E>(self, v: f64) -> Result<Symptoms, E> {
-            Ok(Symptoms(vec![serde_json::Number::from_f64(v)
-                .map(|n| n.to_string())
-                .unwrap_or_default()]))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Symptoms, A::Error> {
-            while map.next_entry::<Skip, Skip>()?.is_some() {}
-            Ok(Symptoms(vec![MARKER.to_string()]))
-        }
-    }
-    impl<'de> Deserialize<'de> for Symptoms {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Symptoms, D::Error> {
-            d.deserialize_any(SymptomsVisitor)
-        }
-    }
-
-    /// One entry of a `companions` array: an object with name and document, or a name.
-    struct Companion(CompanionRaw);
-    struct CompanionVisitor;
-    impl<'de> Visitor<'de> for CompanionVisitor {
-        type Value = Companion;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a companion")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Companion, A::Error> {
-            let mut c = CompanionRaw::default();
-            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                let Text(v) = map.next_value::<Text>()?;
-                match &*k {
-                    "name" => c.name = v,
-                    "id_type" => c.id_type = v,
-                    "id_number" => c.id_number = v,
-                    _ => {}
-                }
-            }
-            Ok(Companion(c))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Companion, A::Error> {
-            let Text(t) = TextVisitor.visit_seq(seq)?;
-            Ok(Companion(CompanionRaw {
-                name: t,
-                ..Default::default()
-            }))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Companion, E> {
-            Ok(Companion(CompanionRaw {
-                name: Some(v.to_string()),
-                ..Default::default()
-            }))
-        }
-        fn visit_bool<E>(self, v: bool) -> Result<Companion, E> {
-            Ok(Companion(CompanionRaw {
-                name: Some(v.to_string()),
-                ..Default::default()
-            }))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Companion, E> {
-            Ok(Companion(CompanionRaw {
-                name: Some(serde_json::Number::from(v).to_string()),
-                ..Default::default()
-            }))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Companion, E> {
-            Ok(Companion(CompanionRaw {
-                name: Some(serde_json::Number::from(v).to_string()),
-                ..Default::default()
-            }))
-        }
-        fn visit_f64<E>(self, v: f64) -> Result<Companion, E> {
-            Ok(Companion(CompanionRaw {
-                name: serde_json::Number::from_f64(v).map(|n| n.to_string()),
-                ..Default::default()
-            }))
-        }
-        fn visit_unit<E>(self) -> Result<Companion, E> {
-            Ok(Companion(CompanionRaw::default()))
-        }
-    }
-    impl<'de> Deserialize<'de> for Companion {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Companion, D::Error> {
-            d.deserialize_any(CompanionVisitor)
-        }
-    }
-
-    /// `companions`: a count (any text) or an array of companions.
-    enum Companions {
-        Count(Option<String>),
-        List(Vec<CompanionRaw>),
-    }
-    struct CompanionsVisitor;
-    impl<'de> Visitor<'de> for CompanionsVisitor {
-        type Value = Companions;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("companions")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Companions, A::Error> {
-            let mut out = Vec::new();
-            while let Some(Companion(c)) = seq.next_element::<Companion>()? {
-                out.push(c);
-            }
-            Ok(Companions::List(out))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Companions, A::Error> {
-            Ok(Companions::Count(TextVisitor.visit_map(map)?.0))
-        }
-        fn visit_str<E>(self, v: &str) -> Result<Companions, E> {
-            Ok(Companions::Count(Some(v.to_string())))
-        }
-        fn visit_bool<E>(self, v: bool) -> Result<Companions, E> {
-            Ok(Companions::Count(Some(v.to_string())))
-        }
-        fn visit_i64<E>(self, v: i64) -> Result<Companions, E> {
-            Ok(Companions::Count(Some(
-                serde_json::Number::from(v).to_string(),
-            )))
-        }
-        fn visit_u64<E>(self, v: u64) -> Result<Companions, E> {
-            Ok(Companions::Count(Some(
-                serde_json::Number::from(v).to_string(),
-            )))
-        }
-        fn visit_f64<E>(self, v: f64) -> Result<Companions, E> {
-            Ok(Companions::Count(
-                serde_json::Number::from_f64(v).map(|n| n.to_string()),
-            ))
-        }
-        fn visit_unit<E>(self) -> Result<Companions, E> {
-            Ok(Companions::Count(None))
-        }
-    }
-    impl<'de> Deserialize<'de> for Companions {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Companions, D::Error> {
-            d.deserialize_any(CompanionsVisitor)
-        }
-    }
-
     /// The whole body: a JSON object (anything else is an error, and the caller falls back
     /// to the `Value` path for the exact message).
     pub struct Input(pub RegistrationInput);
@@ -368,21 +202,14 @@ mod typed {
                     "employer" => &mut i.employer,
                     "stay_days" => &mut i.stay_days,
                     "purpose" => &mut i.purpose,
+                    // the two keys with a shape: read as `from_json` reads them
                     "symptoms" => {
-                        i.symptoms = map.next_value::<Symptoms>()?.0;
+                        i.symptoms = super::symptoms_of(&map.next_value::<serde_json::Value>()?);
                         continue;
                     }
                     "companions" => {
-                        match map.next_value::<Companions>()? {
-                            Companions::Count(n) => {
-                                i.companions = n;
-                                i.companion_list.clear();
-                            }
-                            Companions::List(list) => {
-                                i.companions = Some(list.len().to_string());
-                                i.companion_list = list;
-                            }
-                        }
+                        (i.companions, i.companion_list) =
+                            super::companions_of(&map.next_value::<serde_json::Value>()?);
                         continue;
                     }
                     _ => {
@@ -400,6 +227,44 @@ mod typed {
             d.deserialize_map(InputVisitor)
         }
     }
+}
+
+/// `symptoms`: an array of texts, or one text (null: none).
+fn symptoms_of(v: &Value) -> Vec<String> {
+    match v {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| scalar(i).unwrap_or_default())
+            .collect(),
+        other => vec![scalar(other).unwrap_or_default()],
+    }
+}
+
+/// `companions`: an array of companions (objects with name and document, or names), or a
+/// count given as any text. The count, and the list.
+fn companions_of(v: &Value) -> (Option<String>, Vec<CompanionRaw>) {
+    let Value::Array(items) = v else {
+        return (scalar(v), Vec::new());
+    };
+    let list = items
+        .iter()
+        .map(|item| match item {
+            Value::Object(_) => {
+                let get = |k: &str| item.get(k).and_then(scalar);
+                CompanionRaw {
+                    name: get("name"),
+                    id_type: get("id_type"),
+                    id_number: get("id_number"),
+                }
+            }
+            other => CompanionRaw {
+                name: scalar(other),
+                ..Default::default()
+            },
+        })
+        .collect();
+    (Some(items.len().to_string()), list)
 }
 
 impl RegistrationInput {
@@ -444,36 +309,11 @@ impl RegistrationInput {
             purpose: s("purpose"),
             ..Default::default()
         };
-        match obj.get("symptoms") {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(items)) => {
-                input.symptoms = items
-                    .iter()
-                    .map(|i| scalar(i).unwrap_or_default())
-                    .collect()
-            }
-            Some(other) => input.symptoms = vec![scalar(other).unwrap_or_default()],
+        if let Some(v) = obj.get("symptoms") {
+            input.symptoms = symptoms_of(v);
         }
-        match obj.get("companions") {
-            Some(Value::Array(items)) => {
-                input.companions = Some(items.len().to_string());
-                for item in items {
-                    let get = |k: &str| item.get(k).and_then(scalar);
-                    input.companion_list.push(match item {
-                        Value::Object(_) => CompanionRaw {
-                            name: get("name"),
-                            id_type: get("id_type"),
-                            id_number: get("id_number"),
-                        },
-                        other => CompanionRaw {
-                            name: scalar(other),
-                            ..Default::default()
-                        },
-                    });
-                }
-            }
-            Some(v) => input.companions = scalar(v),
-            None => {}
+        if let Some(v) = obj.get("companions") {
+            (input.companions, input.companion_list) = companions_of(v);
         }
         Ok(input)
     }
@@ -906,18 +746,16 @@ pub fn person_id(
     phone: Option<&MobilePhone>,
     name: &str,
 ) -> Uuid {
-    let idx = match (doc, phone) {
-        (Some(d), _) => return document_person_id(vault, d),
-        (None, Some(p)) => vault.blind_index(
-            "person-id-provisional",
-            &format!("{}\u{0}{name}", p.as_str()),
-        ),
-        (None, None) => vault.blind_index(
+    match (doc, phone) {
+        (Some(d), _) => document_person_id(vault, d),
+        (None, Some(p)) => {
+            uuid_of(&vault.index_parts("person-id-provisional", &[p.as_str(), "\u{0}", name]))
+        }
+        (None, None) => uuid_of(&vault.index_parts(
             "person-id-name-only",
-            &format!("{name}\u{0}{}", crate::vault::random_token(8)),
-        ),
-    };
-    uuid_of(&idx)
+            &[name, "\u{0}", &crate::vault::random_token(8)],
+        )),
+    }
 }
 
 /// A UUID of the first 16 bytes of a MAC (ids derived from blind indexes).

@@ -583,20 +583,7 @@ impl Store for PgStore {
             .await?
             .iter()
             .map(|r| {
-                (
-                    list_row(r),
-                    ListMatch {
-                        line: r.get::<_, i32>(7) as usize,
-                        person_id,
-                        method: epigrid_core::matching::method_name(r.get(8)),
-                        confidence: r.get(9),
-                        review: r.get(10),
-                        decision: r
-                            .get::<_, Option<String>>(11)
-                            .as_deref()
-                            .and_then(epigrid_core::matching::Decision::parse),
-                    },
-                )
+                (list_row(r), list_match_at(r, 7, person_id))
             })
             .collect())
     }
@@ -2024,27 +2011,28 @@ impl PgStore {
         let mut out = Vec::new();
         for r in &rows {
             let person = person_row(r)?;
-            let method = epigrid_core::matching::method_name(r.get(16));
-            out.push((
-                ListMatch {
-                    line: r.get::<_, i32>(15) as usize,
-                    person_id: person.id,
-                    method,
-                    confidence: r.get(17),
-                    review: r.get(18),
-                    decision: r
-                        .get::<_, Option<String>>(19)
-                        .as_deref()
-                        .and_then(epigrid_core::matching::Decision::parse),
-                },
-                person,
-            ));
+            out.push((list_match_at(r, 15, person.id), person));
         }
         Ok(Some((l, out)))
     }
 }
 
 const LIST_COLS: &str = "id, name, uploaded_by, area_path, created_at, rows, bad_rows";
+
+/// A list match from the columns `line, method, confidence, review, decision` from `at` on.
+fn list_match_at(r: &tokio_postgres::Row, at: usize, person_id: Uuid) -> ListMatch {
+    ListMatch {
+        line: r.get::<_, i32>(at) as usize,
+        person_id,
+        method: epigrid_core::matching::method_name(r.get(at + 1)),
+        confidence: r.get(at + 2),
+        review: r.get(at + 3),
+        decision: r
+            .get::<_, Option<String>>(at + 4)
+            .as_deref()
+            .and_then(epigrid_core::matching::Decision::parse),
+    }
+}
 
 fn list_row(r: &tokio_postgres::Row) -> ListRecord {
     ListRecord {

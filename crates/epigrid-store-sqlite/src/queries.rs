@@ -875,20 +875,7 @@ impl Store for SqliteStore {
                 .map_err(map_err)?;
             let rows = stmt
                 .query_map(params![person_id.to_string(), lo, hi], |r| {
-                    Ok((
-                        list_row(r)?,
-                        ListMatch {
-                            line: r.get::<_, i64>(7)? as usize,
-                            person_id,
-                            method: epigrid_core::matching::method_name(&r.get::<_, String>(8)?),
-                            confidence: r.get(9)?,
-                            review: r.get(10)?,
-                            decision: r
-                                .get::<_, Option<String>>(11)?
-                                .as_deref()
-                                .and_then(epigrid_core::matching::Decision::parse),
-                        },
-                    ))
+                    Ok((list_row(r)?, list_match_at(r, 7, person_id)?))
                 })
                 .map_err(map_err)?;
             collect(rows)
@@ -2444,7 +2431,7 @@ impl SqliteStore {
             let Some(l) = l else { return Ok(None) };
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT m.line, m.person_id, m.method, m.confidence, m.review, m.decision, {PERSON_COLS} FROM list_matches m \
+                    "SELECT m.person_id, m.line, m.method, m.confidence, m.review, m.decision, {PERSON_COLS} FROM list_matches m \
                      JOIN persons p ON p.id = m.person_id WHERE m.list_id = ?1 AND p.area_path >= ?2 AND p.area_path < ?3 \
                      AND (?4 = 0 OR (m.review AND m.decision IS NULL)) \
                      ORDER BY m.line, m.confidence DESC, m.person_id LIMIT ?5 OFFSET ?6"
@@ -2452,18 +2439,7 @@ impl SqliteStore {
                 .map_err(map_err)?;
             let rows = stmt
                 .query_map(params![id.to_string(), lo, hi, page.review_only, page.limit, page.offset], |r| {
-                    let method = epigrid_core::matching::method_name(&r.get::<_, String>(2)?);
-                    Ok((
-                        ListMatch {
-                            line: r.get::<_, i64>(0)? as usize,
-                            person_id: r.get::<_, U>(1)?.0,
-                            method,
-                            confidence: r.get(3)?,
-                            review: r.get(4)?,
-                            decision: r.get::<_, Option<String>>(5)?.as_deref().and_then(epigrid_core::matching::Decision::parse),
-                        },
-                        person_row_at(r, 6)?,
-                    ))
+                    Ok((list_match_at(r, 1, r.get::<_, U>(0)?.0)?, person_row_at(r, 6)?))
                 })
                 .map_err(map_err)?;
             Ok(Some((l, collect(rows)?)))
@@ -2473,6 +2449,21 @@ impl SqliteStore {
 }
 
 const LIST_COLS: &str = "id, name, uploaded_by, area_path, created_at, rows, bad_rows";
+
+/// A list match from the columns `line, method, confidence, review, decision` from `at` on.
+fn list_match_at(r: &rusqlite::Row<'_>, at: usize, person_id: Uuid) -> rusqlite::Result<ListMatch> {
+    Ok(ListMatch {
+        line: r.get::<_, i64>(at)? as usize,
+        person_id,
+        method: epigrid_core::matching::method_name(&r.get::<_, String>(at + 1)?),
+        confidence: r.get(at + 2)?,
+        review: r.get(at + 3)?,
+        decision: r
+            .get::<_, Option<String>>(at + 4)?
+            .as_deref()
+            .and_then(epigrid_core::matching::Decision::parse),
+    })
+}
 
 fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRecord> {
     Ok(ListRecord {

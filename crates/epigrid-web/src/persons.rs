@@ -1726,30 +1726,11 @@ async fn person_page_observe(
         Ok(req) => open_observation(&st, &s, &p, req).await,
         Err(e) => Err(e),
     };
-    match opened {
-        Ok((_, token)) => {
-            person_view(
-                &st,
-                &s,
-                lang,
-                &id,
-                String::new(),
-                report_url(&st, &headers, &token),
-            )
-            .await
-        }
-        Err(e) => {
-            person_view(
-                &st,
-                &s,
-                lang,
-                &id,
-                e.messages(lang).join(" "),
-                String::new(),
-            )
-            .await
-        }
-    }
+    let (error, link) = match opened {
+        Ok((_, token)) => (String::new(), report_url(&st, &headers, &token)),
+        Err(e) => (e.messages(lang).join(" "), String::new()),
+    };
+    person_view(&st, &s, lang, &id, error, link).await
 }
 
 struct LineRow {

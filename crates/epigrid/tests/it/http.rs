@@ -650,15 +650,8 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
     let site = app.site(SiteKind::Checkpoint, "150802");
     let url = format!("{}/s/{}", app.base, site.token);
     let page = app
-        .client
-        .get(format!("{url}?staff=1"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .page(&format!("/s/{}?staff=1", site.token), &cookie)
+        .await;
     let csrf = input_value(&page, "csrf");
     let form = vec![
         ("staff_entry", "1"),

@@ -20,12 +20,22 @@ async fn registered_person(
     name: &str,
 ) -> Uuid {
     let body = checkpoint_body(id, name, "13911112222");
-    let input = RegistrationInput::from_json(&body).unwrap();
+    register_at(store, site, &body, Utc::now()).await
+}
+
+/// Stores a self-registration of `body` at `site` made at `now`; its person's id.
+async fn register_at(
+    store: &dyn epigrid_core::store::Store,
+    site: &epigrid_core::model::Site,
+    body: &Value,
+    now: chrono::DateTime<Utc>,
+) -> Uuid {
+    let input = RegistrationInput::from_json(body).unwrap();
     let ctx = Context {
         site,
         channel: Channel::SelfService,
         by_user: None,
-        now: Utc::now(),
+        now,
         tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
     };
     let reg = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
@@ -1006,34 +1016,6 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             ),
             "{name}"
         );
-        let regs = store
-            .registrations(
-                &Scope::all(),
-                &epigrid_core::model::RegistrationFilter {
-                    person_id: Some(a),
-                    limit: 10,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(regs.len(), 2, "{name}");
-        // a merged record comes back: the new registration goes to the surviving person
-        // (the SQLite writer must not answer from what it remembered before the merge)
-        let c =
-            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 3), "丙").await;
-        let d =
-            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
-        store
-            .merge_persons(&PersonMerge {
-                id: new_id(),
-                from_person: d,
-                into_person: c,
-                ..merge.clone()
-            })
-            .await
-            .unwrap();
-        registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
         let count = |p: Uuid| {
             let store = store.clone();
             async move {
@@ -1051,6 +1033,23 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
                     .len()
             }
         };
+        assert_eq!(count(a).await, 2, "{name}");
+        // a merged record comes back: the new registration goes to the surviving person
+        // (the SQLite writer must not answer from what it remembered before the merge)
+        let c =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 3), "丙").await;
+        let d =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
+        store
+            .merge_persons(&PersonMerge {
+                id: new_id(),
+                from_person: d,
+                into_person: c,
+                ..merge.clone()
+            })
+            .await
+            .unwrap();
+        registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
         assert_eq!((count(c).await, count(d).await), (3, 1), "{name}");
         assert_eq!(
             store
@@ -2399,6 +2398,7 @@ async fn lists_are_uploaded_from_the_page_and_keep_their_bad_rows() {
     assert_eq!(r.status(), 422);
     let html = r.text().await.unwrap();
     assert!(html.contains("The file is empty."), "{html}");
+    assert!(html.contains("This field is required."), "the name: {html}");
     let lists = app.page("/lists", &cookie).await;
     assert_eq!(lists.matches("href=\"/lists/").count(), 1, "one list kept");
 }
@@ -2590,17 +2590,7 @@ async fn the_default_window_starts_two_days_before_symptom_onset() {
     let mut body = checkpoint_body(&id, "发热者", "13900000055");
     body["temperature"] = json!(38.4);
     let onset = Utc::now() - Duration::days(5);
-    let ctx = Context {
-        site: &site,
-        channel: Channel::SelfService,
-        by_user: None,
-        now: onset,
-        tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
-    };
-    let input = RegistrationInput::from_json(&body).unwrap();
-    let reg = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
-    let pid = reg.person.id;
-    app.store.insert_registration(reg).await.unwrap();
+    let pid = register_at(app.store.as_ref(), &site, &body, onset).await;
     let r = app
         .post_json(
             &format!("/api/v1/persons/{pid}/lab-results"),

@@ -194,42 +194,24 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
     )
     .unwrap();
     let path = list.to_str().unwrap();
-    let (ok, out) = epigrid(&["import", "list", path, "--name", "l", "--db", &db]);
+    // `import list` of this file with extra arguments
+    let import_list = |extra: &[&str]| {
+        let mut args = vec!["import", "list", path, "--name", "l", "--db", &db];
+        args.extend_from_slice(extra);
+        epigrid(&args)
+    };
+    let (ok, out) = import_list(&[]);
     assert!(!ok && out.contains("no column to match on"), "{out}");
-    let (ok, out) = epigrid(&[
-        "import",
-        "list",
-        path,
-        "--name",
-        "l",
-        "--db",
-        &db,
-        "--column",
-        "id_number=证件",
-        "--column",
-        "phone=2",
-    ]);
+    let (ok, out) = import_list(&["--column", "id_number=证件", "--column", "phone=2"]);
     assert!(ok, "{out}");
     assert!(
         out.contains("1 valid rows, 1 with errors") && out.contains("line 3, id_number"),
         "{out}"
     );
-    let (ok, out) = epigrid(&[
-        "import", "list", path, "--name", "l", "--db", &db, "--column", "shoe=1",
-    ]);
+    let (ok, out) = import_list(&["--column", "shoe=1"]);
     assert!(!ok && out.contains("TARGET=HEADING"), "{out}");
     std::fs::write(&list, "证件,联系方式\n").unwrap();
-    let (ok, out) = epigrid(&[
-        "import",
-        "list",
-        path,
-        "--name",
-        "l",
-        "--db",
-        &db,
-        "--column",
-        "id_number=证件",
-    ]);
+    let (ok, out) = import_list(&["--column", "id_number=证件"]);
     assert!(!ok && out.contains("no rows"), "{out}");
 }
 
