@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::auth::{self, MaybeStaff, Staff};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::view::{registration_json, site_json};
+use crate::view::{json_response, receipt_json, registration_json, site_json};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -470,11 +470,19 @@ async fn post_registration(
     let input =
         RegistrationInput::from_json_slice(&body).map_err(|e| ApiError::Invalid(vec![e]))?;
     let reg = submit(&st, &site, &input, staff.as_ref()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(registration_json(&reg, st.cfg.tz)),
-    )
-        .into_response())
+    // An anonymous caller gets a receipt, not the masked record: whoever holds a site's link
+    // learns nothing back about the person (not even the person id) beyond what they typed.
+    if staff.is_some() {
+        Ok(json_response(
+            StatusCode::CREATED,
+            &registration_json(&reg, st.cfg.tz),
+        ))
+    } else {
+        Ok(json_response(
+            StatusCode::CREATED,
+            &receipt_json(&reg, st.cfg.tz),
+        ))
+    }
 }
 
 /// `from`/`to` as RFC 3339 or a local date (`2026-11-28` = the start of that local day).

@@ -96,7 +96,7 @@ pub fn spec() -> Value {
             "/api/v1/sites/{id}/qr.svg": {"get": op("QR code of the site's form URL (SVG)", "sites", true, json!([site.clone()]), None, ("200", "image/svg+xml"))},
             "/api/v1/sites/{id}/qr.png": {"get": op("QR code of the site's form URL (PNG)", "sites", true, json!([site.clone()]), None, ("200", "image/png"))},
             "/api/v1/sites/{token}/registrations": {"post": op("self-registration at a site (or by staff with a bearer token)", "registrations", false,
-                json!([path_param("token", "the site's public token")]), Some(json!({"$ref": "#/components/schemas/RegistrationIn"})), ("201", "the stored registration, personal fields masked, with verification_code"))},
+                json!([path_param("token", "the site's public token")]), Some(json!({"$ref": "#/components/schemas/RegistrationIn"})), ("201", "anonymous callers: a receipt {id, verification_code, at, at_local, site_name, kind, fever}; staff (bearer token): the stored registration, personal fields masked"))},
             "/api/v1/registrations": {"get": op("registrations in scope, newest first", "registrations", true,
                 json!([query("site", "site id"), query("kind", "site kind"), query("from", "RFC 3339 or local date"), query("to", "RFC 3339 or local date"), query("person", "person id"), query("before", "seq, for paging"), query("after", "seq"), query("limit", "1-1000")]), None, ("200", "{items, next_before}"))},
             "/api/v1/registrations/{id}": {"get": op("one registration (masked)", "registrations", true, json!([reg.clone()]), None, ("200", "registration"))},

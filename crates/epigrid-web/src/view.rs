@@ -107,6 +107,57 @@ pub struct RegistrationOut<'a> {
     pub left_at: Option<DateTime<Utc>>,
 }
 
+/// What an anonymous self-registration gets back: enough to show the staff at the gate (the
+/// code, the time, the site) and to tell a feverish person where to go, and nothing about the
+/// person that the caller did not type in themselves.
+#[derive(serde::Serialize)]
+pub struct ReceiptOut<'a> {
+    pub id: uuid::Uuid,
+    pub verification_code: &'a str,
+    pub at: DateTime<Utc>,
+    pub at_local: String,
+    pub site_name: &'a str,
+    pub kind: epigrid_core::model::SiteKind,
+    pub fever: bool,
+}
+
+pub fn receipt_json(r: &Registration, tz: FixedOffset) -> ReceiptOut<'_> {
+    ReceiptOut {
+        id: r.id,
+        verification_code: &r.verification_code,
+        at: r.at,
+        at_local: local(r.at, tz),
+        site_name: &r.site_name,
+        kind: r.kind,
+        fever: epigrid_core::store::is_fever(&r.fields),
+    }
+}
+
+/// A JSON response written into a buffer sized for it at once: axum's `Json` starts at 128
+/// bytes and grows (copying) four times on the way to a registration's kilobyte.
+pub fn json_response<T: serde::Serialize>(
+    status: axum::http::StatusCode,
+    value: &T,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut buf = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => (
+            status,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            buf,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "response not serialisable");
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
 pub fn registration_json(r: &Registration, tz: FixedOffset) -> RegistrationOut<'_> {
     let f = &r.fields;
     RegistrationOut {

@@ -855,8 +855,7 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
     )
     .await;
     let r = app.register(&gate, &json!({"name": "刘德", "phone": "13600000008", "temperature": 36.4, "direction": "in"})).await;
-    assert_eq!(r.status(), 201);
-    let dup = r.json::<Value>().await.unwrap()["person_id"]
+    let dup = app.stored(r).await["person_id"]
         .as_str()
         .unwrap()
         .to_string();

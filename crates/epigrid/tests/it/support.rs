@@ -221,6 +221,32 @@ impl TestApp {
             .expect("seeded site")
     }
 
+    /// The stored registration behind an anonymous 201 (a receipt that says nothing about the
+    /// person), as an admin of the whole city reads it: personal fields masked.
+    pub async fn stored(&self, receipt: reqwest::Response) -> serde_json::Value {
+        assert_eq!(receipt.status(), 201);
+        let r: serde_json::Value = receipt.json().await.expect("json");
+        assert_eq!(
+            r["verification_code"].as_str().map(str::len),
+            Some(4),
+            "{r}"
+        );
+        for personal in ["name", "id_number", "phone", "person_id", "plate"] {
+            assert!(
+                r.get(personal).is_none(),
+                "the receipt shows {personal}: {r}"
+            );
+        }
+        let admin = format!("reader{}", r["verification_code"].as_str().unwrap_or(""));
+        let token = self.token(&admin, Role::Admin, "150800").await;
+        let id = r["id"].as_str().expect("receipt id");
+        let got = self
+            .get(&format!("/api/v1/registrations/{id}"), Some(&token))
+            .await;
+        assert_eq!(got.status(), 200);
+        got.json().await.expect("json")
+    }
+
     /// Creates a user and returns a bearer token for them.
     pub async fn token(&self, username: &str, role: Role, area: &str) -> String {
         user(self.store.as_ref(), username, role, area).await;
