@@ -792,8 +792,7 @@ pub fn seal_person(
         k[17..17 + n].copy_from_slice(&index[..n]);
         k
     };
-    let doc_index =
-        doc.map(|d| vault.blind_index(&format!("doc:{}", d.doc_type.as_str()), d.number()));
+    let doc_index = doc.map(|d| vault.blind_index(d.doc_type.index_purpose(), d.number()));
     let phone_index = phone.map(|p| vault.blind_index("phone", p.as_str()));
     PersonInput {
         id,

@@ -195,6 +195,15 @@ impl DocType {
         }
     }
 
+    /// The blind-index purpose of this type's numbers: `doc:cn_id`, `doc:passport`, `doc:other`.
+    pub fn index_purpose(self) -> &'static str {
+        match self {
+            DocType::CnId => "doc:cn_id",
+            DocType::Passport => "doc:passport",
+            DocType::Other => "doc:other",
+        }
+    }
+
     /// Parses a wire name (surrounding whitespace and ASCII case ignored).
     pub fn parse(s: &str) -> Option<DocType> {
         let s = s.trim();
@@ -417,9 +426,7 @@ impl IdNumber {
 
     /// First 6 + 8 asterisks + last 4, e.g. `150802********123X` (birth date hidden).
     pub fn masked(&self) -> String {
-        let head: String = self.number.chars().take(6).collect();
-        let tail: String = self.number.chars().skip(14).collect();
-        format!("{head}********{tail}")
+        mask_middle(&self.number, 6, 14, "********")
     }
 }
 
@@ -427,6 +434,21 @@ impl fmt::Debug for IdNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("IdNumber").field(&self.masked()).finish()
     }
+}
+
+/// `s` with its characters from `head` up to `tail_from` replaced by `stars`: the first
+/// `head` characters, `stars`, then every character from `tail_from` on.
+fn mask_middle(s: &str, head: usize, tail_from: usize, stars: &str) -> String {
+    if s.is_ascii() && s.len() >= tail_from {
+        let mut out = String::with_capacity(head + stars.len() + s.len() - tail_from);
+        out.push_str(&s[..head]);
+        out.push_str(stars);
+        out.push_str(&s[tail_from..]);
+        return out;
+    }
+    let h: String = s.chars().take(head).collect();
+    let t: String = s.chars().skip(tail_from).collect();
+    format!("{h}{stars}{t}")
 }
 
 /// The earliest birth date accepted: 1900-01-01.
@@ -617,9 +639,7 @@ impl MobilePhone {
 
     /// First 3 + `****` + last 4, e.g. `139****5678`.
     pub fn masked(&self) -> String {
-        let head: String = self.0.chars().take(3).collect();
-        let tail: String = self.0.chars().skip(7).collect();
-        format!("{head}****{tail}")
+        mask_middle(&self.0, 3, 7, "****")
     }
 }
 
@@ -1274,6 +1294,17 @@ mod tests {
     use proptest::prelude::*;
 
     const F: &str = "f";
+
+    #[test]
+    fn masking_keeps_head_and_tail_by_character() {
+        assert_eq!(mask_middle("13912345678", 3, 7, "****"), "139****5678");
+        assert_eq!(mask_middle("蒙L12345678", 3, 7, "****"), "蒙L1****678");
+        assert_eq!(mask_middle("12345", 3, 7, "****"), "123****");
+        assert_eq!(
+            MobilePhone::parse(F, "13912345678").unwrap().masked(),
+            "139****5678"
+        );
+    }
 
     fn date(y: i32, m: u32, d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()

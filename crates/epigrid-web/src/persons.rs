@@ -74,7 +74,9 @@ pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> 
         let doc = Document::parse("q", DocType::CnId, id.as_str())
             .map_err(|e| ApiError::Invalid(vec![e]))?;
         return Ok(PersonQuery::Document {
-            index: st.vault.blind_index("doc:cn_id", doc.number()),
+            index: st
+                .vault
+                .blind_index(DocType::CnId.index_purpose(), doc.number()),
             doc_type: DocType::CnId,
         });
     }
@@ -91,7 +93,9 @@ pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> 
     if ascii_doc {
         if let Ok(d) = Document::parse("q", DocType::Passport, q) {
             return Ok(PersonQuery::Document {
-                index: st.vault.blind_index("doc:passport", d.number()),
+                index: st
+                    .vault
+                    .blind_index(DocType::Passport.index_purpose(), d.number()),
                 doc_type: DocType::Passport,
             });
         }

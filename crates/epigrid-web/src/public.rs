@@ -700,7 +700,7 @@ async fn load_reg(
     st: &AppState,
     token: &str,
     id: &str,
-) -> Result<(Site, Registration), StatusCode> {
+) -> Result<(std::sync::Arc<Site>, Registration), StatusCode> {
     let site = st
         .site_by_token(token)
         .await

@@ -101,7 +101,7 @@ pub struct Inner {
     /// Wakes live feeds when this process stores a registration (the sequence number).
     pub live: broadcast::Sender<i64>,
     pub metrics: Metrics,
-    sites: Cache<String, Option<Site>>,
+    sites: Cache<String, Option<Arc<Site>>>,
     /// The tracing engine's index, kept between traces and brought up to date with newer
     /// registrations; rebuilt when `trace_version` moved (check-outs, merges, corrections,
     /// companions) or after [`TRACE_TTL`] (changes made by other processes).
@@ -137,10 +137,12 @@ impl AppState {
     }
 }
 
-fn cached<K: std::hash::Hash + Eq, V: Clone>(
-    map: &RwLock<HashMap<K, (V, Instant)>>,
-    k: &K,
-) -> Option<V> {
+fn cached<K, Q, V>(map: &RwLock<HashMap<K, (V, Instant)>>, k: &Q) -> Option<V>
+where
+    K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+    Q: std::hash::Hash + Eq + ?Sized,
+    V: Clone,
+{
     let g = map.read().unwrap_or_else(|e| e.into_inner());
     g.get(k)
         .filter(|(_, at)| at.elapsed() < CACHE_TTL)
@@ -157,11 +159,11 @@ fn remember<K: std::hash::Hash + Eq, V>(map: &RwLock<HashMap<K, (V, Instant)>>, 
 
 impl Inner {
     /// The site with this public token (cached briefly; the hot path of every registration).
-    pub async fn site_by_token(&self, token: &str) -> StoreResult<Option<Site>> {
-        if let Some(s) = cached(&self.sites, &token.to_string()) {
+    pub async fn site_by_token(&self, token: &str) -> StoreResult<Option<Arc<Site>>> {
+        if let Some(s) = cached(&self.sites, token) {
             return Ok(s);
         }
-        let site = self.store.site_by_token(token).await?;
+        let site = self.store.site_by_token(token).await?.map(Arc::new);
         remember(&self.sites, token.to_string(), site.clone());
         Ok(site)
     }
@@ -182,7 +184,7 @@ impl Inner {
     /// The live session for a token hash (cached briefly).
     pub async fn session(&self, hash: &[u8]) -> StoreResult<Option<(Session, User)>> {
         let now = chrono::Utc::now();
-        if let Some(s) = cached(&self.sessions, &hash.to_vec()) {
+        if let Some(s) = cached(&self.sessions, hash) {
             return Ok(s.filter(|(s, _)| s.expires_at > now));
         }
         let s = self.store.session(hash, now).await?;

@@ -98,6 +98,7 @@ fn every_command_has_help() {
         vec!["import", "areas", "--help"],
         vec!["import", "proximity", "--help"],
         vec!["import", "list", "--help"],
+        vec!["bench", "http", "--help"],
         vec!["bench", "search", "--help"],
         vec!["bench", "match", "--help"],
         vec!["user", "--help"],
@@ -110,6 +111,11 @@ fn every_command_has_help() {
     assert!(
         !ok && out.contains("sqlite://"),
         "a clear error for an unsupported --db: {out}"
+    );
+    let (ok, out) = epigrid(&["bench", "http", "--rounds", "0"]);
+    assert!(
+        !ok && out.contains("--rounds") && out.contains("1..=20"),
+        "a clear error for zero rounds: {out}"
     );
 }
 
