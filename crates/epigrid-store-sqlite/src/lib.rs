@@ -303,17 +303,15 @@ impl SqliteStore {
         if id != APPLICATION_ID {
             mark(&conn).map_err(backend)?;
         }
-        let checkpoints = open(path, false, durability).map_err(backend)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
         let wal_frames = Arc::new(AtomicU64::new(0));
-        let frames2 = wal_frames.clone();
         let restart_due = Arc::new(AtomicBool::new(false));
-        let due2 = restart_due.clone();
         if background_checkpoints {
+            let checkpoints = open(path, false, durability).map_err(backend)?;
+            let (stop, frames, due) = (stop.clone(), wal_frames.clone(), restart_due.clone());
             std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn(move || checkpointer(checkpoints, stop2, frames2, due2))
+                .spawn(move || checkpointer(checkpoints, stop, frames, due))
                 .map_err(backend)?;
         }
         Ok(SqliteStore {

@@ -133,8 +133,8 @@ pub fn receipt_json(r: &Registration, tz: FixedOffset) -> ReceiptOut<'_> {
     }
 }
 
-/// A JSON response written into a buffer sized for it at once: axum's `Json` starts at 128
-/// bytes and grows (copying) four times on the way to a registration's kilobyte.
+/// A JSON response written into a buffer that holds a registration at once (axum's `Json`
+/// starts at 128 bytes and grows, copying, on the way to a masked registration's ~900 bytes).
 pub fn json_response<T: serde::Serialize>(
     status: axum::http::StatusCode,
     value: &T,

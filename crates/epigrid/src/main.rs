@@ -1138,9 +1138,15 @@ async fn bench_http(
         ratios.push(ratio);
     }
     ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 0 {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    } else {
+        ratios[mid]
+    };
     println!(
         "ratio registrations/healthz:  {:.2} (median of {rounds}; lowest {:.2}, highest {:.2})",
-        ratios[ratios.len() / 2],
+        median,
         ratios[0],
         ratios[ratios.len() - 1]
     );

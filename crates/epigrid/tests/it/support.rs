@@ -237,9 +237,11 @@ impl TestApp {
                 "the receipt shows {personal}: {r}"
             );
         }
-        let admin = format!("reader{}", r["verification_code"].as_str().unwrap_or(""));
-        let token = self.token(&admin, Role::Admin, "150800").await;
         let id = r["id"].as_str().expect("receipt id");
+        // one reader per receipt: registration ids are unique, verification codes need not be
+        let token = self
+            .token(&format!("reader-{id}"), Role::Admin, "150800")
+            .await;
         let got = self
             .get(&format!("/api/v1/registrations/{id}"), Some(&token))
             .await;
