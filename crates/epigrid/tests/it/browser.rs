@@ -320,10 +320,10 @@ async fn staff_see_registrations_live_and_upload_a_list_with_progress() {
     b.goto(&format!("{}/feed", app.base)).await;
     b.wait_for(
         "the feed to connect",
-        "return !!window.EventSource && document.getElementById('status').textContent.length > 0",
+        // "● Live" / "● 实时": set on open, and the server subscribes before it answers
+        "return !!window.EventSource && document.getElementById('status').textContent.indexOf('●') >= 0",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
     let known = cn_id("150802", "19850312", 84);
     let r = app
