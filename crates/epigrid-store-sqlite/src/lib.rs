@@ -61,11 +61,18 @@ pub struct SqliteStore {
     read_slots: Arc<Semaphore>,
     /// Tells the checkpointer thread to finish.
     stop: Arc<AtomicBool>,
+    /// The checkpointer thread, joined when the store is dropped: it checkpoints the WAL one
+    /// last time and closes its connection, so a dropped store leaves its files settled.
+    checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.checkpointer.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }
 
@@ -306,14 +313,17 @@ impl SqliteStore {
         let stop = Arc::new(AtomicBool::new(false));
         let wal_frames = Arc::new(AtomicU64::new(0));
         let restart_due = Arc::new(AtomicBool::new(false));
-        if background_checkpoints {
+        let checkpointer = if background_checkpoints {
             let checkpoints = open(path, false, durability).map_err(backend)?;
             let (stop, frames, due) = (stop.clone(), wal_frames.clone(), restart_due.clone());
-            std::thread::Builder::new()
+            let t = std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
                 .spawn(move || checkpointer(checkpoints, stop, frames, due))
                 .map_err(backend)?;
-        }
+            Some(t)
+        } else {
+            None
+        };
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer: Arc::new(Writer {
@@ -332,6 +342,7 @@ impl SqliteStore {
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(Semaphore::new(READERS)),
             stop,
+            checkpointer,
         })
     }
 
@@ -436,7 +447,11 @@ fn checkpointer(
     restart_due: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // woken early by the store's drop
+        std::thread::park_timeout(std::time::Duration::from_millis(200));
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         // (busy, frames in the WAL, frames checkpointed)
         let row = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((

@@ -55,34 +55,48 @@ impl Driver {
             eprintln!("browser test skipped: install chromium and chromium-driver to run it");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        use std::os::unix::process::CommandExt;
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
         let http = reqwest::Client::new();
-        let base = format!("http://127.0.0.1:{port}");
-        let mut d = Driver {
-            child,
-            base,
-            session: String::new(),
-            http,
-        };
-        for _ in 0..100 {
-            if let Ok(r) = d.http.get(format!("{}/status", d.base)).send().await {
-                if r.status().is_success() {
+        // A port free a moment ago may be taken before ChromeDriver binds it (tests run in
+        // parallel): a driver that exits is started again on another.
+        let mut d = None;
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("free port");
+            use std::os::unix::process::CommandExt;
+            let child = Command::new(&driver)
+                .arg(format!("--port={port}"))
+                .process_group(0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver");
+            let mut candidate = Driver {
+                child,
+                base: format!("http://127.0.0.1:{port}"),
+                session: String::new(),
+                http: http.clone(),
+            };
+            let mut up = false;
+            for _ in 0..100 {
+                if let Ok(r) = http.get(format!("{}/status", candidate.base)).send().await {
+                    if r.status().is_success() {
+                        up = true;
+                        break;
+                    }
+                }
+                if let Ok(Some(_)) = candidate.child.try_wait() {
                     break;
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if up {
+                d = Some(candidate);
+                break;
+            }
         }
+        let mut d = d.expect("chromedriver answered on none of three ports");
         let profile = temp_dir("chromium");
         let v = d
             .raw(

@@ -42,11 +42,16 @@ struct Server {
 }
 
 impl Server {
+    /// Starts `epigrid ARGS --db DB` on a port that was free a moment ago (`serve` prints no
+    /// address to read back; see [`Server::demo`] for the race-free way).
     fn start(args: &[&str], db: &str) -> Server {
         let port = free_port();
-        let bind = format!("127.0.0.1:{port}");
+        Server::spawn(args, db, &format!("127.0.0.1:{port}"))
+    }
+
+    fn spawn(args: &[&str], db: &str, bind: &str) -> Server {
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--db", db, "--bind", &bind]);
+        all.extend(["--db", db, "--bind", bind]);
         let child = Command::new(BIN)
             .args(&all)
             .env("RUST_LOG", "warn")
@@ -58,6 +63,46 @@ impl Server {
             child,
             base: format!("http://{bind}"),
         }
+    }
+
+    /// Starts `epigrid demo ARGS` on a port the system picks, and returns it with what the
+    /// demo printed once it was listening (its address, login and site URLs).
+    fn demo(args: &[&str], db: &str) -> (Server, String) {
+        let mut all = vec!["demo"];
+        all.extend_from_slice(args);
+        let mut server = Server::spawn(&all, db, "127.0.0.1:0");
+        let mut out = server.child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut s = Vec::new();
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&s).contains("/feed") {
+                    break;
+                }
+            }
+            String::from_utf8_lossy(&s).into_owned()
+        });
+        for _ in 0..1200 {
+            if reader.is_finished() {
+                break;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("epigrid demo exited early: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(reader.is_finished(), "the demo printed no address in 120 s");
+        let printed = reader.join().expect("reader");
+        server.base = printed
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("epigrid demo: "))
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .unwrap_or_else(|| panic!("the demo's address in its output: {printed}"));
+        (server, printed)
     }
 
     async fn wait_ready(&mut self, client: &reqwest::Client) {
@@ -226,29 +271,8 @@ async fn acknowledged_registrations_survive_kill_9() {
     let dir = temp_dir("kill9");
     let db = format!("sqlite://{}/epigrid.db", dir.display());
     let client = reqwest::Client::new();
-    let mut demo = Server::start(
-        &["demo", "--seed", "3", "--people", "50", "--days", "1"],
-        &db,
-    );
+    let (mut demo, stdout) = Server::demo(&["--seed", "3", "--people", "50", "--days", "1"], &db);
     demo.wait_ready(&client).await;
-    let mut stdout = String::new();
-    // the demo prints its site URLs after binding; read what is there
-    let mut out = demo.child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        let mut s = Vec::new();
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            s.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&s).contains("/feed") {
-                break;
-            }
-        }
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    stdout.push_str(&reader.join().expect("reader"));
     let token = stdout
         .lines()
         .find(|l| l.trim_start().starts_with("checkpoint"))
@@ -295,8 +319,11 @@ async fn acknowledged_registrations_survive_kill_9() {
             }
         }));
     }
-    // kill in the middle of the load
-    while acked.lock().unwrap().len() < 300 {
+    // kill in the middle of the load (bounded: a server that stops acknowledging fails here)
+    for _ in 0..3000 {
+        if acked.lock().unwrap().len() >= 300 || workers.iter().all(|w| w.is_finished()) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     demo.kill9();
