@@ -308,7 +308,7 @@ impl Store for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
         for chunk in regs.chunks(1000) {
-            crate::write::insert_batch(&tx, chunk).await?;
+            crate::write::insert_batch(&tx, chunk, crate::write::Tx::Within).await?;
         }
         tx.commit().await.map_err(map_err)
     }

@@ -390,6 +390,35 @@ async fn a_registration_for_an_unknown_site_is_refused_and_changes_nothing() {
         );
         store.insert_registration(ok).await.unwrap();
         assert_eq!(store.registration_count().await.unwrap(), 1, "{name}");
+
+        // Sent together (on PostgreSQL they share a batch transaction when they queue
+        // together), the refused one fails alone: its neighbours are stored and counted.
+        let mut tasks = Vec::new();
+        for i in 0..20u32 {
+            let site = if i == 7 {
+                ghost.clone()
+            } else {
+                sites[0].clone()
+            };
+            let r = new_reg(&site, &cn_id("150802", "19700102", i), "赵七", Utc::now());
+            let store = store.clone();
+            tasks.push(tokio::spawn(
+                async move { store.insert_registration(r).await },
+            ));
+        }
+        let mut refused = 0;
+        for t in tasks {
+            if t.await.unwrap().is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 1, "{name}: only the unknown site's registration");
+        assert_eq!(store.registration_count().await.unwrap(), 20, "{name}");
+        assert_eq!(
+            store.rollup_rows().await.unwrap(),
+            store.recount_rollups().await.unwrap(),
+            "{name}: rollups count what was stored"
+        );
     }
 }
 
