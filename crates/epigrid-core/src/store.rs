@@ -84,6 +84,11 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
     ) -> StoreResult<Option<PersonSecrets>>;
 
+    /// The phone number a registration in the scope was made with, sealed as the person's
+    /// (`persons.phone:{person_id}`); `None` when it was made without one, or was stored
+    /// before registrations kept their number (the person's number stands for it then).
+    async fn registration_phone(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Vec<u8>>>;
+
     /// A person visible in the scope (their area is in it).
     async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>>;
     /// People in the scope matching the query, most recently seen first.

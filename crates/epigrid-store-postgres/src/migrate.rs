@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registrations by site through their area",
         include_str!("../migrations/0012_registrations_site_index.sql"),
     ),
+    (
+        13,
+        "registrations keep their phone number",
+        include_str!("../migrations/0013_registration_phone.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

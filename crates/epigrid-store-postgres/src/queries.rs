@@ -20,7 +20,8 @@ const SITE_COLS: &str =
 const USER_COLS: &str =
     "id, username, password_hash, role, area_code, area_path, active, created_at";
 const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
-    r.person_id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.provisional, r.channel, r.by_user, \
+    r.person_id, p.name, p.doc_type, p.doc_masked, COALESCE(r.phone_masked, p.phone_masked), p.provisional, \
+    r.channel, r.by_user, \
     r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
     r.origin_code, r.destination, r.direction, r.visitor, r.unit_code, r.visit_reason, r.arrival_date, \
     r.residence_code, r.address, r.employer, r.stay_days, r.purpose \
@@ -397,6 +398,17 @@ impl Store for PgStore {
             .query("SELECT COUNT(*) FROM registrations", &[])
             .await?[0]
             .get(0))
+    }
+
+    async fn registration_phone(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Vec<u8>>> {
+        let (lo, hi) = scope.bounds();
+        Ok(self
+            .query_opt(
+                "SELECT phone_cipher FROM registrations WHERE id = $1 AND area_path >= $2 AND area_path < $3",
+                &[&id, &lo, &hi],
+            )
+            .await?
+            .and_then(|r| r.get::<_, Option<Vec<u8>>>(0)))
     }
 
     async fn person_secrets(

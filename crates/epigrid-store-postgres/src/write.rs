@@ -15,7 +15,18 @@ use uuid::Uuid;
 
 use crate::{map_err, pool_err, Pending, MAX_BATCH};
 
-const PERSONS: &str = "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
+/// Whether an existing person is managed (a home area, a category, an open observation): then
+/// a registration changes neither their area nor a phone number they already have (see
+/// `epigrid-store-sqlite`'s `upsert_person`); the registration keeps its own number.
+macro_rules! pinned {
+    () => {
+        "(persons.home_area_code IS NOT NULL OR persons.category <> 'none' OR EXISTS \
+         (SELECT 1 FROM observations o WHERE o.person_id = persons.id AND o.released_at IS NULL))"
+    };
+}
+
+const PERSONS: &str = concat!(
+    "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
      phone_index, phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
      SELECT id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
        birth_date, sex, area_path, provisional, at, at \
@@ -24,13 +35,25 @@ const PERSONS: &str = "INSERT INTO persons (id, doc_type, doc_index, doc_cipher,
        AS t(id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
        birth_date, sex, area_path, provisional, at) \
      ON CONFLICT (id) DO UPDATE SET \
-       phone_index = COALESCE(EXCLUDED.phone_index, persons.phone_index), \
-       phone_cipher = COALESCE(EXCLUDED.phone_cipher, persons.phone_cipher), \
-       phone_masked = COALESCE(EXCLUDED.phone_masked, persons.phone_masked), \
-       area_path = CASE WHEN persons.home_area_code IS NULL AND EXCLUDED.last_seen_at >= persons.last_seen_at \
+       phone_index = CASE WHEN persons.phone_index IS NULL OR NOT ",
+    pinned!(),
+    " \
+                     THEN COALESCE(EXCLUDED.phone_index, persons.phone_index) ELSE persons.phone_index END, \
+       phone_cipher = CASE WHEN persons.phone_index IS NULL OR NOT ",
+    pinned!(),
+    " \
+                      THEN COALESCE(EXCLUDED.phone_cipher, persons.phone_cipher) ELSE persons.phone_cipher END, \
+       phone_masked = CASE WHEN persons.phone_index IS NULL OR NOT ",
+    pinned!(),
+    " \
+                      THEN COALESCE(EXCLUDED.phone_masked, persons.phone_masked) ELSE persons.phone_masked END, \
+       area_path = CASE WHEN NOT ",
+    pinned!(),
+    " AND EXCLUDED.last_seen_at >= persons.last_seen_at \
                    THEN EXCLUDED.area_path ELSE persons.area_path END, \
        last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) \
-     RETURNING id, COALESCE(merged_into, id), (xmax = 0)";
+     RETURNING id, COALESCE(merged_into, id), (xmax = 0)"
+);
 
 const GRAMS: &str = "INSERT INTO person_grams (gram, person_id) \
      SELECT * FROM unnest($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING";
@@ -38,11 +61,12 @@ const GRAMS: &str = "INSERT INTO person_grams (gram, person_id) \
 const REGISTRATIONS: &str = "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, \
      channel, by_user, verification_code, temperature, symptoms, high_risk_travel, plate, companions, \
      origin_code, destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, \
-     address, employer, stay_days, purpose) \
+     address, employer, stay_days, purpose, phone_cipher, phone_masked) \
      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::date[], \
        $7::text[], $8::text[], $9::uuid[], $10::text[], $11::int2[], $12::int2[], $13::bool[], $14::text[], \
        $15::int4[], $16::text[], $17::text[], $18::text[], $19::bool[], $20::text[], $21::text[], $22::date[], \
-       $23::text[], $24::text[], $25::text[], $26::int4[], $27::text[]) \
+       $23::text[], $24::text[], $25::text[], $26::int4[], $27::text[], $28::bytea[], \
+       $29::text[]) \
      RETURNING id, seq";
 
 const PLATES: &str = "INSERT INTO person_plates (plate, person_id, first_at) \
@@ -240,6 +264,11 @@ async fn pipelined<C: GenericClient>(
     let employers = opt(|r| r.fields.employer.as_deref());
     let stays: Vec<Option<i32>> = regs.iter().map(|r| r.fields.stay_days).collect();
     let purposes = opt(|r| r.fields.purpose.as_deref());
+    let reg_phone_ciphers: Vec<Option<&[u8]>> = regs
+        .iter()
+        .map(|r| r.person.phone_cipher.as_deref())
+        .collect();
+    let reg_phone_masks = opt(|r| r.person.phone_masked.as_deref());
 
     let mut pairs = BTreeSet::new();
     let (mut plate_texts, mut plate_people, mut plate_ats) = (Vec::new(), Vec::new(), Vec::new());
@@ -279,7 +308,7 @@ async fn pipelined<C: GenericClient>(
     let values: Vec<i64> = counts.values().copied().collect();
 
     // Everything else, and the COMMIT, in one round trip; sent in this order (`biased`).
-    let reg_params: [&(dyn ToSql + Sync); 27] = [
+    let reg_params: [&(dyn ToSql + Sync); 29] = [
         &reg_ids,
         &sites,
         &people,
@@ -307,6 +336,8 @@ async fn pipelined<C: GenericClient>(
         &employers,
         &stays,
         &purposes,
+        &reg_phone_ciphers,
+        &reg_phone_masks,
     ];
     let inserted = c.query(&st.registrations, &reg_params);
     let gram_params: [&(dyn ToSql + Sync); 2] = [&gram_texts, &gram_ids];

@@ -49,6 +49,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registrations by site through their area",
         include_str!("../migrations/0012_registrations_site_index.sql"),
     ),
+    (
+        13,
+        "registrations keep their phone number",
+        include_str!("../migrations/0013_registration_phone.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

@@ -20,7 +20,8 @@ const SITE_COLS: &str =
 const USER_COLS: &str =
     "id, username, password_hash, role, area_code, area_path, active, created_at";
 const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
-    r.person_id, p.name, p.doc_type, p.doc_masked, p.phone_masked, p.provisional, r.channel, r.by_user, \
+    r.person_id, p.name, p.doc_type, p.doc_masked, COALESCE(r.phone_masked, p.phone_masked), p.provisional, \
+    r.channel, r.by_user, \
     r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
     r.origin_code, r.destination, r.direction, r.visitor, r.unit_code, r.visit_reason, r.arrival_date, \
     r.residence_code, r.address, r.employer, r.stay_days, r.purpose \
@@ -121,8 +122,8 @@ fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
-/// What the writer knows of a person: (effective id, phone index, area path, last seen, has
-/// a home area).
+/// What the writer knows of a person: (effective id, phone index, area path, last seen,
+/// pinned: managed, see [`upsert_person`]).
 type Known = (String, Option<Vec<u8>>, String, i64, bool);
 
 /// The writer's memory of people and plates it has written or read, so a returning person
@@ -168,7 +169,11 @@ fn remember_person(id: &str, known: Known) {
 ///
 /// A returning person whose phone and area are unchanged costs no write (the common case at a
 /// gate or checkpoint), and no query when the writer remembers them; otherwise the row is
-/// inserted or updated.
+/// inserted or updated. A person's phone and area follow their latest registration only while
+/// they are not pinned: someone manages them (a home area, a category, an open observation),
+/// so an unverified registration cannot redirect their calls or move them out of their grid
+/// worker's area (a pinned person without a phone still gets one). The registration itself
+/// keeps the number it was made with.
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
     let id = p.id.to_string();
     let remembered = MEMORY.with(|m| m.borrow().persons.get(&id).cloned());
@@ -177,7 +182,9 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
         Some(k) => Some(k),
         None => c
             .prepare_cached(
-                "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, home_area_code IS NOT NULL \
+                "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, \
+                 home_area_code IS NOT NULL OR category <> 'none' OR EXISTS (SELECT 1 FROM observations o \
+                 WHERE o.person_id = persons.id AND o.released_at IS NULL) \
                  FROM persons WHERE id = ?1",
             )
             .map_err(map_err)?
@@ -223,10 +230,12 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             );
             Ok(id)
         }
-        Some((effective, phone_index, old_path, last_seen, has_home)) => {
-            let new_phone = p.phone_index.is_some() && p.phone_index != phone_index;
+        Some((effective, phone_index, old_path, last_seen, pinned)) => {
+            let new_phone = p.phone_index.is_some()
+                && p.phone_index != phone_index
+                && (!pinned || phone_index.is_none());
             let newer = at >= last_seen;
-            let moves = newer && !has_home && old_path != area_path;
+            let moves = newer && !pinned && old_path != area_path;
             if hit && !new_phone && !moves {
                 // remembered, and nothing to change: nothing to write or remember again
                 return Ok(effective);
@@ -250,7 +259,7 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                     } else {
                         last_seen
                     },
-                    has_home,
+                    pinned,
                 ),
             );
             if new_phone || moves {
@@ -302,8 +311,8 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
             "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
              verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
              destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
-             employer, stay_days, purpose) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+             employer, stay_days, purpose, phone_cipher, phone_masked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
+             ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
         )
         .map_err(map_err)?
         .execute(
@@ -335,6 +344,8 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
                 f.employer,
                 f.stay_days,
                 f.purpose,
+                reg.person.phone_cipher,
+                reg.person.phone_masked,
             ],
         )
         .map(|_| c.last_insert_rowid())
@@ -684,6 +695,21 @@ impl Store for SqliteStore {
         self.read(|c| {
             c.query_row("SELECT COUNT(*) FROM registrations", [], |r| r.get(0))
                 .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn registration_phone(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Vec<u8>>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT phone_cipher FROM registrations WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3",
+            )
+            .map_err(map_err)?
+            .query_row(params![id.to_string(), lo, hi], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .optional()
+            .map(Option::flatten)
+            .map_err(map_err)
         })
         .await
     }

@@ -622,17 +622,18 @@ pub(crate) async fn unmask(
         .await?
         .ok_or(ApiError::NotFound)?;
     let ad = |col: &str| format!("persons.{col}:{}", secrets.person_id);
-    let open = |col: &str, c: &Option<Vec<u8>>| -> ApiResult<Option<String>> {
-        c.as_ref()
-            .map(|c| {
-                st.vault
-                    .open(&ad(col), c)
-                    .map_err(|e| ApiError::Internal(e.to_string()))
-            })
-            .transpose()
+    let open = |col: &str, c: Option<&Vec<u8>>| -> ApiResult<Option<String>> {
+        c.map(|c| {
+            st.vault
+                .open(&ad(col), c)
+                .map_err(|e| ApiError::Internal(e.to_string()))
+        })
+        .transpose()
     };
-    let doc = open("doc", &secrets.doc_cipher)?;
-    let phone = open("phone", &secrets.phone_cipher)?;
+    let doc = open("doc", secrets.doc_cipher.as_ref())?;
+    // the number given with this registration; older ones kept none, and show the person's
+    let given = st.store.registration_phone(r.id, &staff.scope()).await?;
+    let phone = open("phone", given.as_ref().or(secrets.phone_cipher.as_ref()))?;
     staff
         .audit(
             st,

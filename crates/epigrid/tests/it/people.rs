@@ -64,6 +64,125 @@ fn observation(person_id: Uuid, start: NaiveDate, days: i64, token: &str) -> Obs
     }
 }
 
+/// Stores a self-registration at `site` with `phone`, made at `at`; the stored registration.
+async fn register_with_phone(
+    store: &dyn epigrid_core::store::Store,
+    site: &epigrid_core::model::Site,
+    id: &str,
+    phone: &str,
+    at: chrono::DateTime<Utc>,
+) -> epigrid_core::model::NewRegistration {
+    let input = RegistrationInput::from_json(&checkpoint_body(id, "王一", phone)).unwrap();
+    let ctx = Context {
+        site,
+        channel: Channel::SelfService,
+        by_user: None,
+        now: at,
+        tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
+    };
+    let reg = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
+    store.insert_registration(reg.clone()).await.unwrap();
+    reg
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let at = |county: &str| {
+            sites
+                .iter()
+                .find(|s| s.area_code.starts_with(county) && s.kind == SiteKind::Checkpoint)
+                .unwrap()
+                .clone()
+        };
+        let (linhe, wuyuan) = (at("150802"), at("150821"));
+        let t0 = Utc::now() - Duration::minutes(30);
+        let ids = [
+            cn_id("150802", "19900303", 31), // placed in a category
+            cn_id("150802", "19900404", 41), // under observation
+            cn_id("150802", "19900505", 51), // managed by nobody
+        ];
+        let mut first = Vec::new();
+        for id in &ids {
+            first.push(register_with_phone(store.as_ref(), &linhe, id, "13900000031", t0).await);
+        }
+        let classified = first[0].person.id;
+        assert!(store
+            .change_category(&CategoryChange {
+                id: new_id(),
+                person_id: classified,
+                from: Category::None,
+                to: Category::CloseContact,
+                at: Utc::now(),
+                by_user: None,
+                by_username: "epi".into(),
+                reason: "test".into(),
+            })
+            .await
+            .unwrap());
+        let o = observation(first[1].person.id, Utc::now().date_naive(), 14, "tok-pin");
+        store.insert_observation(&o).await.unwrap();
+
+        // the same ID numbers registered in another county with another number, as anyone
+        // holding a person's ID number could
+        let mut second = Vec::new();
+        for id in &ids {
+            let later = t0 + Duration::minutes(10);
+            second
+                .push(register_with_phone(store.as_ref(), &wuyuan, id, "13000000000", later).await);
+        }
+        let (old_mask, new_mask) = (
+            first[0].person.phone_masked.clone(),
+            second[0].person.phone_masked.clone(),
+        );
+        assert_ne!(old_mask, new_mask);
+        for (i, (a, b)) in first.iter().zip(&second).enumerate() {
+            let p = store
+                .person(a.person.id, &Scope::all())
+                .await
+                .unwrap()
+                .unwrap();
+            let managed = i < 2;
+            assert_eq!(
+                p.area_path.starts_with("/150800/150802/"),
+                managed,
+                "{name} person {i}: a managed person stays in their area, others follow"
+            );
+            assert_eq!(
+                p.phone_masked,
+                if managed { &old_mask } else { &new_mask }.clone(),
+                "{name} person {i}: a managed person's number is kept"
+            );
+            // each registration shows and unmasks to the number it was made with
+            for r in [a, b] {
+                let stored = store
+                    .registration(r.id, &Scope::all())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(
+                    stored.phone_masked, r.person.phone_masked,
+                    "{name} person {i}"
+                );
+                assert_eq!(
+                    store.registration_phone(r.id, &Scope::all()).await.unwrap(),
+                    r.person.phone_cipher,
+                    "{name} person {i}"
+                );
+            }
+        }
+        assert_eq!(
+            store
+                .registration_phone(second[0].id, &Scope::new("/150800/150802/"))
+                .await
+                .unwrap(),
+            None,
+            "{name}: not outside the caller's scope"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn categories_observations_reports_and_labs_behave_the_same_on_every_store() {
     for (name, store) in stores().await {
