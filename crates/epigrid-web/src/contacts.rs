@@ -29,7 +29,12 @@ pub fn routes() -> Router<AppState> {
 /// Longest visit the window must look back for (a day covers any default stay).
 const LOOKBACK: i64 = 86_400;
 
-fn parse_time(st: &AppState, field: &str, v: &Value) -> Result<Option<DateTime<Utc>>, FieldError> {
+/// An optional `from`/`to` field: RFC 3339, or a local date (the start of that local day).
+pub(crate) fn parse_time(
+    st: &AppState,
+    field: &str,
+    v: &Value,
+) -> Result<Option<DateTime<Utc>>, FieldError> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) => crate::api::parse_time(st, field, s).map(Some),
@@ -390,15 +395,11 @@ async fn confirm_contacts(
             Vec::new()
         }
     };
-    let reason = b
-        .get("reason")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .unwrap_or("")
-        .to_string();
-    if reason.is_empty() {
-        errs.push(FieldError::new("reason", "err.required"));
-    }
+    let reason = crate::persons::reason(b.get("reason").and_then(Value::as_str).unwrap_or(""))
+        .unwrap_or_else(|e| {
+            errs.push(e);
+            String::new()
+        });
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
@@ -686,21 +687,21 @@ async fn trace_confirm_page(
         Ok(p) => p,
         Err(r) => return *r,
     };
-    let reason = get("reason");
-    let result = if ids.is_empty() {
-        Err(ApiError::field("person_ids", "err.contacts.list"))
-    } else if reason.trim().is_empty() {
-        Err(ApiError::field("reason", "err.required"))
-    } else {
-        confirm(
-            &st,
-            &s,
-            &crate::api::base_url(&st, &headers),
-            &index,
-            &ids,
-            reason.trim(),
-        )
-        .await
+    let reason = crate::persons::reason(&get("reason"));
+    let result = match (ids.is_empty(), reason) {
+        (true, _) => Err(ApiError::field("person_ids", "err.contacts.list")),
+        (false, Err(e)) => Err(ApiError::Invalid(vec![e])),
+        (false, Ok(reason)) => {
+            confirm(
+                &st,
+                &s,
+                &crate::api::base_url(&st, &headers),
+                &index,
+                &ids,
+                &reason,
+            )
+            .await
+        }
     };
     match result {
         Ok((_, links)) => {

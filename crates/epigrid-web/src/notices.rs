@@ -63,19 +63,15 @@ async fn create(
     let person = crate::persons::person_in_scope(&st, &staff, &id).await?;
     let (dfrom, dto) = crate::contacts::default_window(&st, &person).await?;
     let mut errs = Vec::new();
-    let mut when = |k: &str, d| match b.get(k).and_then(Value::as_str) {
-        None => d,
-        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
-            Ok(t) => t.with_timezone(&Utc),
-            Err(_) => {
-                errs.push(epigrid_core::validate::FieldError::new(
-                    k,
-                    "err.date.format",
-                ));
+    // RFC 3339, or a local date (the start of that day), as the error message asks
+    let mut when =
+        |k: &str, d| match crate::contacts::parse_time(&st, k, b.get(k).unwrap_or(&Value::Null)) {
+            Ok(t) => t.unwrap_or(d),
+            Err(e) => {
+                errs.push(e);
                 d
             }
-        },
-    };
+        };
     let (from, to) = (when("from", dfrom), when("to", dto));
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));

@@ -251,14 +251,11 @@ async fn merge_person(
     if into.is_none() {
         errs.push(FieldError::new("into", "err.person.not_found"));
     }
-    let reason = b
-        .get("reason")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .unwrap_or("");
-    if reason.is_empty() {
-        errs.push(FieldError::new("reason", "err.required"));
-    }
+    let reason =
+        reason(b.get("reason").and_then(Value::as_str).unwrap_or("")).unwrap_or_else(|e| {
+            errs.push(e);
+            String::new()
+        });
     let Some(into) = into.filter(|_| errs.is_empty()) else {
         return Err(ApiError::Invalid(errs));
     };
@@ -272,7 +269,7 @@ async fn merge_person(
         at: Utc::now(),
         by_user: Some(staff.user.id),
         by_username: staff.user.username.clone(),
-        reason: reason.chars().take(500).collect(),
+        reason,
         undone_at: None,
     };
     match st.store.merge_persons(&m).await {
@@ -372,6 +369,13 @@ async fn person_detail(
     Ok(Json(v))
 }
 
+/// The `reason` staff give for a change they make (kept in its history): required, one line of
+/// at most 500 characters.
+pub(crate) fn reason(raw: &str) -> Result<String, FieldError> {
+    epigrid_core::validate::validate_text("reason", raw, 500, true)?
+        .ok_or_else(|| FieldError::new("reason", "err.required"))
+}
+
 pub(crate) async fn apply_category(
     st: &AppState,
     staff: &Staff,
@@ -385,12 +389,10 @@ pub(crate) async fn apply_category(
     if to.is_none() {
         errs.push(FieldError::new("category", "err.category.unknown"));
     }
-    let reason = reason_raw.trim();
-    if reason.is_empty() {
-        errs.push(FieldError::new("reason", "err.required"));
-    } else if reason.chars().count() > 500 {
-        errs.push(FieldError::new("reason", "err.text.too_long").with("max", "500"));
-    }
+    let reason = reason(reason_raw).unwrap_or_else(|e| {
+        errs.push(e);
+        String::new()
+    });
     let Some(to) = to.filter(|_| errs.is_empty()) else {
         return Err(ApiError::Invalid(errs));
     };
@@ -1095,7 +1097,11 @@ async fn export_table(
     format: &str,
 ) -> ApiResult<(Vec<String>, Vec<Vec<String>>)> {
     let rows = rows_for(st, staff, q).await?;
-    let unmask = q.get("unmask").is_some_and(|v| v == "1");
+    let unmask = match q.get("unmask").map(|v| v.trim()) {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(_) => return Err(ApiError::field("unmask", "err.bool.format")),
+    };
     if unmask {
         staff.require(staff.role().may_unmask())?;
     }

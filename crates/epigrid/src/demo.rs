@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, Timelike, Utc};
 use uuid::Uuid;
 
 use epigrid_core::area::{Area, Scope};
@@ -41,7 +41,8 @@ pub struct DemoOptions {
     pub seed: u64,
     /// How many synthetic persons to create.
     pub people: u32,
-    /// How many local days of registrations, ending with the day of `now`.
+    /// How many days of registrations: that many whole 24-hour periods ending at `now` (so
+    /// one day is a full day's activity at any time of day, not just today's so far).
     pub days: u32,
     /// The moment the demo is built "at": no registration lies after it.
     pub now: DateTime<Utc>,
@@ -924,7 +925,9 @@ enum Visit {
 }
 
 /// A local day and its start in UTC.
+/// A 24-hour period of registrations: from `start` to a day later.
 struct DayWindow {
+    /// The local date `start` falls on: what the period's random choices are keyed by.
     date: NaiveDate,
     start: DateTime<Utc>,
 }
@@ -952,17 +955,14 @@ impl<'a> Generator<'a> {
         opts: &DemoOptions,
         key: u64,
     ) -> Generator<'a> {
-        let today = opts.now.with_timezone(&opts.tz).date_naive();
         let days = (0..opts.days)
             .rev()
-            .filter_map(|back| {
-                let date = today - Duration::days(i64::from(back));
-                let midnight = date.and_hms_opt(0, 0, 0)?;
-                let start = opts.tz.from_local_datetime(&midnight).single()?;
-                Some(DayWindow {
-                    date,
-                    start: start.with_timezone(&Utc),
-                })
+            .map(|back| {
+                let start = opts.now - Duration::days(i64::from(back) + 1);
+                DayWindow {
+                    date: start.with_timezone(&opts.tz).date_naive(),
+                    start,
+                }
             })
             .collect();
         Generator {
@@ -1041,7 +1041,8 @@ impl<'a> Generator<'a> {
                 plan.push((s, rng.range(6 * 3600, 22 * 3600), Visit::Checkpoint));
             }
         }
-        if person.outsider && rng.chance(0.04) {
+        // people from elsewhere report at an arrival desk now and then (on arriving, on moving)
+        if person.outsider && rng.chance(0.08) {
             if let Some(s) =
                 SiteIndex::pick(&mut rng, &sites.arrivals_by_county, &sites.arrivals, county)
             {
@@ -1094,7 +1095,11 @@ impl<'a> Generator<'a> {
                 continue;
             };
             let millis = rng.below(1000) as i64;
-            let at = window.start + Duration::seconds(secs) + Duration::milliseconds(millis);
+            // the first moment in the period at that local time of day
+            let local_start = window.start.with_timezone(&self.tz);
+            let after =
+                (secs - i64::from(local_start.num_seconds_from_midnight())).rem_euclid(86_400);
+            let at = window.start + Duration::seconds(after) + Duration::milliseconds(millis);
             let temperature = if fever {
                 373 + rng.below(16) as i16
             } else {
@@ -1399,14 +1404,23 @@ mod tests {
             ..Default::default()
         };
         let regs = store.registrations(&Scope::all(), &filter).await.unwrap();
-        let first_day = opts.now.with_timezone(&opts.tz).date_naive() - Duration::days(1);
+        let first = opts.now - Duration::days(i64::from(opts.days));
         for r in &regs {
             assert!(r.at <= opts.now);
-            assert!(r.at.with_timezone(&opts.tz).date_naive() >= first_day);
+            assert!(r.at >= first, "{} is before the requested days", r.at);
         }
         for kind in SiteKind::ALL {
+            let of_kind = RegistrationFilter {
+                kind: Some(*kind),
+                limit: 1,
+                ..Default::default()
+            };
             assert!(
-                regs.iter().any(|r| r.kind == *kind),
+                !store
+                    .registrations(&Scope::all(), &of_kind)
+                    .await
+                    .unwrap()
+                    .is_empty(),
                 "no {kind} registration"
             );
         }
@@ -1423,6 +1437,39 @@ mod tests {
         // Tokens are random even for the same seed.
         assert_ne!(sa.sites[0].token, sb.sites[0].token);
         assert_eq!(sa.sites[0].name, sb.sites[0].name);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_day_is_a_full_day_of_registrations_at_any_hour() {
+        let t = temp_store();
+        let vault = Vault::new(&[7u8; 32]);
+        let mut opts = options(3);
+        opts.people = 200;
+        opts.days = 1;
+        // 05:20 in Bayannur: the local day has barely begun
+        opts.now = DateTime::parse_from_rfc3339("2020-02-10T05:20:00+08:00")
+            .expect("a valid time")
+            .with_timezone(&Utc);
+        let summary = build(&t.store, &vault, &opts).await.unwrap();
+        assert!(
+            summary.registrations > 100,
+            "a day's gates, venues and checkpoints: {}",
+            summary.registrations
+        );
+        let filter = RegistrationFilter {
+            limit: 5000,
+            ..Default::default()
+        };
+        let regs = t.store.registrations(&Scope::all(), &filter).await.unwrap();
+        assert!(regs
+            .iter()
+            .all(|r| r.at <= opts.now && r.at >= opts.now - Duration::days(1)));
+        // activity keeps local hours: nobody leaves through a gate before 07:00
+        assert!(regs.iter().filter(|r| r.kind == SiteKind::Gate).all(|r| r
+            .at
+            .with_timezone(&opts.tz)
+            .hour()
+            >= 7));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -826,13 +826,18 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
     let bytes = xlsx.bytes().await.unwrap();
     assert_eq!(&bytes[..2], b"PK", "an XLSX is a zip package");
     let staff = app.token("keeper", Role::SiteStaff, "150802").await;
-    assert_eq!(
-        app.get("/api/v1/observations/export.csv?unmask=1", Some(&staff))
+    for (q, status) in [("unmask=1", 403), ("unmask=true", 403), ("unmask=yes", 422)] {
+        assert_eq!(
+            app.get(
+                &format!("/api/v1/observations/export.csv?{q}"),
+                Some(&staff)
+            )
             .await
             .status(),
-        403,
-        "site staff may not unmask"
-    );
+            status,
+            "site staff may not unmask, however it is asked; a bad value is named: {q}"
+        );
+    }
     let audit: Value = app
         .get("/api/v1/audit", Some(&admin))
         .await
@@ -1438,6 +1443,22 @@ async fn selected_contacts_are_classified_and_observed_in_one_action_or_not_at_a
         .status(),
         422
     );
+    for bad in ["x".repeat(501), "同场所\u{0}".to_string()] {
+        let r = app
+            .post_json(
+                &format!("/api/v1/persons/{case}/contacts"),
+                &json!({"person_ids": [c1], "reason": bad}),
+                Some(&epi),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            422,
+            "a reason is one line of at most 500 characters"
+        );
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errors"][0]["field"], "reason", "{v}");
+    }
     let r = app
         .post_json(
             &format!("/api/v1/persons/{case}/contacts"),
@@ -1637,6 +1658,30 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         201
     );
     let pid = find_person(&app, &case_id, &epi).await;
+    // local dates, as the date error asks for; a bad one is named
+    let local_day = |days: i64| {
+        (Utc::now() + Duration::hours(8) + Duration::days(days))
+            .date_naive()
+            .to_string()
+    };
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/notices"),
+            &json!({"from": local_day(-1), "to": "31/12/2099"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["field"], "to", "{v}");
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/notices"),
+            &json!({"from": local_day(-1), "to": local_day(1)}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "local dates are taken");
     let r = app
         .post_json(
             &format!("/api/v1/persons/{pid}/notices"),
