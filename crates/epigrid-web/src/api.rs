@@ -61,7 +61,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|_| ApiError::BadRequest("err.body.too_large"))?;
+            .map_err(|_| ApiError::TooLarge)?;
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|_| ApiError::Invalid(vec![FieldError::new("body", "err.body.json")]))?;
         if !v.is_object() {
@@ -461,7 +461,7 @@ async fn post_registration(
     Path(token): Path<String>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
-    let body = body.map_err(|_| ApiError::BadRequest("err.body.too_large"))?;
+    let body = body.map_err(|_| ApiError::TooLarge)?;
     let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
     if let Some(s) = &staff {
         s.check_csrf_header(&headers)?;

@@ -53,8 +53,38 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// Middleware: runs the request with its language in [`LANG`] and as an extension.
 pub async fn with_lang(mut req: Request, next: Next) -> Response {
     let lang = lang_of(req.headers(), req.uri().query());
+    let api = req.uri().path().starts_with("/api/");
     req.extensions_mut().insert(lang);
-    LANG.scope(lang, next.run(req)).await
+    let res = LANG.scope(lang, next.run(req)).await;
+    localise_rejection(res, lang, api)
+}
+
+/// A request refused by an extractor before any handler ran (a path segment that is not UTF-8
+/// or not a number, a body over the limit, a form that is not a form) comes back from axum as
+/// English plain text. It is answered like every other error instead: in the user's language,
+/// as JSON for the API and as a page for everything else. (None of epigrid's own 4xx
+/// responses is plain text.)
+fn localise_rejection(res: Response, lang: Lang, api: bool) -> Response {
+    let status = res.status();
+    let plain = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !plain || !status.is_client_error() {
+        return res;
+    }
+    let key = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "err.body.too_large"
+    } else {
+        "err.request.bad"
+    };
+    if api {
+        let body = json!({"errors": [{"field": null, "message": t(lang, key), "code": key}]});
+        (status, axum::Json(body)).into_response()
+    } else {
+        crate::public::message(lang, status, key, key)
+    }
 }
 
 pub fn current_lang() -> Lang {
@@ -73,6 +103,8 @@ pub enum ApiError {
     Gone(&'static str),
     /// 400: the request itself is malformed (not JSON, say).
     BadRequest(&'static str),
+    /// 413: the request body is over the limit.
+    TooLarge,
     /// 409: a uniqueness or state rule.
     Conflict(&'static str),
     /// 422: field-level validation errors.
@@ -105,6 +137,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooMany => StatusCode::TOO_MANY_REQUESTS,
@@ -120,6 +153,7 @@ impl ApiError {
             ApiError::NotFound => "err.not_found",
             ApiError::Gone(k) | ApiError::BadRequest(k) | ApiError::Conflict(k) => k,
             ApiError::Invalid(_) => "err.invalid",
+            ApiError::TooLarge => "err.body.too_large",
             ApiError::TooMany => "err.too_many",
             ApiError::Internal(_) => "err.internal",
         }

@@ -898,3 +898,67 @@ async fn staff_pages_need_a_login_and_show_the_breadcrumb() {
         .unwrap();
     assert_eq!(wrong.status(), 404, "another county's site");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_refused_before_any_handler_get_localised_errors_too() {
+    let app = TestApp::start().await;
+    let admin = app.token("admin", Role::Admin, "150800").await;
+    // a path segment that is not UTF-8: JSON for the API, in the caller's language
+    let r = app
+        .client
+        .get(format!("{}/api/v1/persons/%ED%A0%80", app.base))
+        .bearer_auth(&admin)
+        .header("accept-language", "en")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v = body(r).await;
+    assert_eq!(v["errors"][0]["code"], "err.request.bad", "{v}");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be read"),
+        "{v}"
+    );
+    // and a page for a public form, in Chinese by default
+    let r = app
+        .client
+        .get(format!("{}/s/%ED%A0%80", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("无法识别该请求"));
+    // a body over the limit is 413, said as such
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    let r = app
+        .client
+        .post(format!(
+            "{}/api/v1/sites/{}/registrations",
+            app.base, site.token
+        ))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(body(r).await["errors"][0]["code"], "err.body.too_large");
+    let r = app
+        .client
+        .post(format!("{}/s/{}", app.base, site.token))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("请求内容过大"));
+}
