@@ -35,22 +35,19 @@ const PERSONS: &str = concat!(
        AS t(id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
        birth_date, sex, area_path, provisional, at) \
      ON CONFLICT (id) DO UPDATE SET \
-       phone_index = CASE WHEN persons.phone_index IS NULL OR NOT ",
+       (phone_index, phone_cipher, phone_masked, area_path) = (SELECT \
+         CASE WHEN x.keep_phone THEN persons.phone_index \
+              ELSE COALESCE(EXCLUDED.phone_index, persons.phone_index) END, \
+         CASE WHEN x.keep_phone THEN persons.phone_cipher \
+              ELSE COALESCE(EXCLUDED.phone_cipher, persons.phone_cipher) END, \
+         CASE WHEN x.keep_phone THEN persons.phone_masked \
+              ELSE COALESCE(EXCLUDED.phone_masked, persons.phone_masked) END, \
+         CASE WHEN NOT x.pinned AND EXCLUDED.last_seen_at >= persons.last_seen_at \
+              THEN EXCLUDED.area_path ELSE persons.area_path END \
+         FROM (SELECT p.pinned, p.pinned AND persons.phone_index IS NOT NULL AS keep_phone \
+               FROM (SELECT ",
     pinned!(),
-    " \
-                     THEN COALESCE(EXCLUDED.phone_index, persons.phone_index) ELSE persons.phone_index END, \
-       phone_cipher = CASE WHEN persons.phone_index IS NULL OR NOT ",
-    pinned!(),
-    " \
-                      THEN COALESCE(EXCLUDED.phone_cipher, persons.phone_cipher) ELSE persons.phone_cipher END, \
-       phone_masked = CASE WHEN persons.phone_index IS NULL OR NOT ",
-    pinned!(),
-    " \
-                      THEN COALESCE(EXCLUDED.phone_masked, persons.phone_masked) ELSE persons.phone_masked END, \
-       area_path = CASE WHEN NOT ",
-    pinned!(),
-    " AND EXCLUDED.last_seen_at >= persons.last_seen_at \
-                   THEN EXCLUDED.area_path ELSE persons.area_path END, \
+    " AS pinned) p) x), \
        last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) \
      RETURNING id, COALESCE(merged_into, id), (xmax = 0)"
 );
