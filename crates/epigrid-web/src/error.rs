@@ -56,7 +56,50 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
     let api = req.uri().path().starts_with("/api/");
     req.extensions_mut().insert(lang);
     let res = LANG.scope(lang, next.run(req)).await;
-    localise_rejection(res, lang, api)
+    let res = localise_rejection(res, lang, api);
+    if api {
+        res
+    } else {
+        error_page(res, lang).await
+    }
+}
+
+/// A page, not JSON, for an error on a staff page or a form: some page handlers end early
+/// with an [`ApiError`] (out of scope, forbidden), which answers JSON. The page says the
+/// error's own message(s), already in the user's language.
+async fn error_page(res: Response, lang: Lang) -> Response {
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = res.status();
+    if !json || !status.is_client_error() {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let messages: Vec<String> = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["errors"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    if messages.is_empty() {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let title = match status {
+        StatusCode::UNAUTHORIZED => "err.unauthorized",
+        StatusCode::FORBIDDEN => "err.forbidden",
+        StatusCode::NOT_FOUND => "err.not_found",
+        StatusCode::UNPROCESSABLE_ENTITY => "err.invalid",
+        StatusCode::TOO_MANY_REQUESTS => "err.too_many",
+        _ => "err.request.bad",
+    };
+    let sep = if lang == Lang::Zh { "" } else { " " };
+    crate::public::message_text(lang, status, title, &messages.join(sep))
 }
 
 /// A request refused by an extractor before any handler ran (a path segment that is not UTF-8

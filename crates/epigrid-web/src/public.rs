@@ -140,7 +140,8 @@ struct ConfirmPage<'a> {
 pub struct MessagePage {
     pub tr: Tr,
     pub title: &'static str,
-    pub text: &'static str,
+    /// Already in the page's language.
+    pub text: String,
 }
 
 pub fn message(
@@ -149,10 +150,15 @@ pub fn message(
     title: &'static str,
     text: &'static str,
 ) -> Response {
+    message_text(lang, status, title, t(lang, text))
+}
+
+/// Like [`message`], with text already in `lang`.
+pub fn message_text(lang: Lang, status: StatusCode, title: &'static str, text: &str) -> Response {
     let page = MessagePage {
         tr: Tr(lang),
         title,
-        text,
+        text: text.to_string(),
     };
     (status, Html(page.render().unwrap_or_default())).into_response()
 }

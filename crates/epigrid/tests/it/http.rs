@@ -962,3 +962,47 @@ async fn requests_refused_before_any_handler_get_localised_errors_too() {
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("请求内容过大"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_pages_answer_errors_with_a_page() {
+    let app = TestApp::start().await;
+    let _ = app.token("pagegw", Role::GridWorker, "150821").await;
+    let cookie = app.login_cookie("pagegw").await;
+    for path in [
+        format!("/persons/{}", uuid::Uuid::now_v7()),
+        format!("/registrations/{}", uuid::Uuid::now_v7()),
+    ] {
+        let r = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        assert!(r.text().await.unwrap().contains("未找到"), "{path}");
+    }
+    // the API keeps answering JSON
+    let r = app
+        .client
+        .get(format!(
+            "{}/api/v1/persons/{}",
+            app.base,
+            uuid::Uuid::now_v7()
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+}
