@@ -1725,11 +1725,7 @@ impl PgStore {
         let sex = person.sex.map(Sex::as_str);
         let row = tx
             .query_one(
-                "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
-                 birth_date, sex, area_path, provisional, created_at, last_seen_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
-                 ON CONFLICT (id) DO UPDATE SET last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) \
-                 RETURNING COALESCE(merged_into, id), (xmax = 0)",
+                crate::write::PENDING_PERSON,
                 &[
                     &person.id,
                     &person.doc_type.map(|d| d.as_str()),

@@ -25,16 +25,13 @@ macro_rules! pinned {
     };
 }
 
-const PERSONS: &str = concat!(
-    "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
-     phone_index, phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
-     SELECT id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
-       birth_date, sex, area_path, provisional, at, at \
-     FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[], $7::bytea[], \
-       $8::bytea[], $9::text[], $10::date[], $11::text[], $12::text[], $13::bool[], $14::timestamptz[]) \
-       AS t(id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
-       birth_date, sex, area_path, provisional, at) \
-     ON CONFLICT (id) DO UPDATE SET \
+/// What a person's row becomes when a registration (or someone coming forward) brings them
+/// again: their phone and area follow it unless they are pinned (see [`pinned`]); `persons`
+/// is the stored row, `EXCLUDED` the incoming one.
+macro_rules! person_on_conflict {
+    () => {
+        concat!(
+            " ON CONFLICT (id) DO UPDATE SET \
        (phone_index, phone_cipher, phone_masked, area_path) = (SELECT \
          CASE WHEN x.keep_phone THEN persons.phone_index \
               ELSE COALESCE(EXCLUDED.phone_index, persons.phone_index) END, \
@@ -46,10 +43,34 @@ const PERSONS: &str = concat!(
               THEN EXCLUDED.area_path ELSE persons.area_path END \
          FROM (SELECT p.pinned, p.pinned AND persons.phone_index IS NOT NULL AS keep_phone \
                FROM (SELECT ",
-    pinned!(),
-    " AS pinned) p) x), \
-       last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) \
-     RETURNING id, COALESCE(merged_into, id), (xmax = 0)"
+            pinned!(),
+            " AS pinned) p) x), \
+       last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) "
+        )
+    };
+}
+
+const PERSONS: &str = concat!(
+    "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
+     phone_index, phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
+     SELECT id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
+       birth_date, sex, area_path, provisional, at, at \
+     FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[], $7::bytea[], \
+       $8::bytea[], $9::text[], $10::date[], $11::text[], $12::text[], $13::bool[], $14::timestamptz[]) \
+       AS t(id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
+       birth_date, sex, area_path, provisional, at) \
+",
+    person_on_conflict!(),
+    "RETURNING id, COALESCE(merged_into, id), (xmax = 0)"
+);
+
+/// One person brought by someone coming forward on a notice, like a registration's.
+pub(crate) const PENDING_PERSON: &str = concat!(
+    "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
+     phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+    person_on_conflict!(),
+    "RETURNING COALESCE(merged_into, id), (xmax = 0)"
 );
 
 const GRAMS: &str = "INSERT INTO person_grams (gram, person_id) \

@@ -1851,7 +1851,7 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
             .unwrap();
         assert_eq!(
             store.pending_contacts(n.id).await.unwrap(),
-            vec![pc],
+            vec![pc.clone()],
             "{name}"
         );
         assert!(
@@ -1871,6 +1871,32 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
             1,
             "{name}: and is searchable"
         );
+        // coming forward again with another number: a person nobody manages takes it, alike
+        // on every store (as a registration would)
+        let again = checkpoint_body(&cn_id("150802", "19900101", 52), "乙", "13700000099");
+        let v = register::validate(&RegistrationInput::from_json(&again).unwrap(), &ctx).unwrap();
+        let newer = register::seal_person(
+            &vault(),
+            "乙",
+            v.identity.document.as_ref(),
+            v.identity.phone.as_ref(),
+        );
+        let pc2 = epigrid_core::trace::PendingContact {
+            id: new_id(),
+            reported_at: now + Duration::minutes(1),
+            ..pc.clone()
+        };
+        store
+            .insert_pending_contact(&pc2, &newer, &sites[0].area_path)
+            .await
+            .unwrap();
+        let p = store
+            .person(person.id, &Scope::all())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.phone_masked, newer.phone_masked, "{name}");
+        assert_ne!(newer.phone_masked, person.phone_masked);
     }
 }
 
