@@ -84,10 +84,16 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
     ) -> StoreResult<Option<PersonSecrets>>;
 
-    /// The phone number a registration in the scope was made with, sealed as the person's
-    /// (`persons.phone:{person_id}`); `None` when it was made without one, or was stored
-    /// before registrations kept their number (the person's number stands for it then).
-    async fn registration_phone(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Vec<u8>>>;
+    /// The phone number a registration in the scope was made with, and the person id its
+    /// ciphertext is bound to (`persons.phone:{id}`: the person it came in as, which is not its
+    /// `person_id` when that person had been merged into another); `None` when it was made
+    /// without one, or was stored before registrations kept their number (the person's number
+    /// stands for it then).
+    async fn registration_phone(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<(Vec<u8>, Uuid)>>;
 
     /// A person visible in the scope (their area is in it).
     async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>>;

@@ -400,15 +400,23 @@ impl Store for PgStore {
             .get(0))
     }
 
-    async fn registration_phone(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Vec<u8>>> {
+    async fn registration_phone(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<(Vec<u8>, Uuid)>> {
         let (lo, hi) = scope.bounds();
         Ok(self
             .query_opt(
-                "SELECT phone_cipher FROM registrations WHERE id = $1 AND area_path >= $2 AND area_path < $3",
+                "SELECT phone_cipher, COALESCE(phone_sealed_for, person_id) FROM registrations \
+                 WHERE id = $1 AND area_path >= $2 AND area_path < $3",
                 &[&id, &lo, &hi],
             )
             .await?
-            .and_then(|r| r.get::<_, Option<Vec<u8>>>(0)))
+            .and_then(|r| {
+                r.get::<_, Option<Vec<u8>>>(0)
+                    .zip(Some(r.get::<_, Uuid>(1)))
+            }))
     }
 
     async fn person_secrets(

@@ -15,18 +15,21 @@ use uuid::Uuid;
 
 use crate::{map_err, pool_err, Pending, MAX_BATCH};
 
-/// Whether an existing person is managed (a home area, a category, an open observation): then
+/// Whether an existing person is managed (a home area, a category, an open observation), or
+/// merged into another (registrations go to that one): then
 /// a registration changes neither their area nor a phone number they already have (see
 /// `epigrid-store-sqlite`'s `upsert_person`); the registration keeps its own number.
 macro_rules! pinned {
     () => {
-        "(persons.home_area_code IS NOT NULL OR persons.category <> 'none' OR EXISTS \
+        "(persons.merged_into IS NOT NULL OR persons.home_area_code IS NOT NULL \
+         OR persons.category <> 'none' OR EXISTS \
          (SELECT 1 FROM observations o WHERE o.person_id = persons.id AND o.released_at IS NULL))"
     };
 }
 
 /// What a person's row becomes when a registration (or someone coming forward) brings them
-/// again: their phone and area follow it unless they are pinned (see [`pinned`]); `persons`
+/// again: their phone and area follow it unless they are pinned (see [`pinned`], worked out
+/// once per row: `OFFSET 0` keeps the planner from copying it into each column); `persons`
 /// is the stored row, `EXCLUDED` the incoming one.
 macro_rules! person_on_conflict {
     () => {
@@ -44,7 +47,7 @@ macro_rules! person_on_conflict {
          FROM (SELECT p.pinned, p.pinned AND persons.phone_index IS NOT NULL AS keep_phone \
                FROM (SELECT ",
             pinned!(),
-            " AS pinned) p) x), \
+            " AS pinned OFFSET 0) p) x), \
        last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) "
         )
     };
@@ -79,12 +82,12 @@ const GRAMS: &str = "INSERT INTO person_grams (gram, person_id) \
 const REGISTRATIONS: &str = "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, \
      channel, by_user, verification_code, temperature, symptoms, high_risk_travel, plate, companions, \
      origin_code, destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, \
-     address, employer, stay_days, purpose, phone_cipher, phone_masked) \
+     address, employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for) \
      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::date[], \
        $7::text[], $8::text[], $9::uuid[], $10::text[], $11::int2[], $12::int2[], $13::bool[], $14::text[], \
        $15::int4[], $16::text[], $17::text[], $18::text[], $19::bool[], $20::text[], $21::text[], $22::date[], \
        $23::text[], $24::text[], $25::text[], $26::int4[], $27::text[], $28::bytea[], \
-       $29::text[]) \
+       $29::text[], $30::uuid[]) \
      RETURNING id, seq";
 
 const PLATES: &str = "INSERT INTO person_plates (plate, person_id, first_at) \
@@ -287,6 +290,11 @@ async fn pipelined<C: GenericClient>(
         .map(|r| r.person.phone_cipher.as_deref())
         .collect();
     let reg_phone_masks = opt(|r| r.person.phone_masked.as_deref());
+    // the person each registration came in as, where it is not the one it now points at
+    let sealed_for: Vec<Option<Uuid>> = regs
+        .iter()
+        .map(|r| Some(r.person.id).filter(|id| eff(id) != *id))
+        .collect();
 
     let mut pairs = BTreeSet::new();
     let (mut plate_texts, mut plate_people, mut plate_ats) = (Vec::new(), Vec::new(), Vec::new());
@@ -326,7 +334,7 @@ async fn pipelined<C: GenericClient>(
     let values: Vec<i64> = counts.values().copied().collect();
 
     // Everything else, and the COMMIT, in one round trip; sent in this order (`biased`).
-    let reg_params: [&(dyn ToSql + Sync); 29] = [
+    let reg_params: [&(dyn ToSql + Sync); 30] = [
         &reg_ids,
         &sites,
         &people,
@@ -356,6 +364,7 @@ async fn pipelined<C: GenericClient>(
         &purposes,
         &reg_phone_ciphers,
         &reg_phone_masks,
+        &sealed_for,
     ];
     let inserted = c.query(&st.registrations, &reg_params);
     let gram_params: [&(dyn ToSql + Sync); 2] = [&gram_texts, &gram_ids];

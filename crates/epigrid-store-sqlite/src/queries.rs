@@ -171,6 +171,7 @@ fn remember_person(id: &str, known: Known) {
 /// gate or checkpoint), and no query when the writer remembers them; otherwise the row is
 /// inserted or updated. A person's phone and area follow their latest registration only while
 /// they are not pinned: someone manages them (a home area, a category, an open observation),
+/// or the record was merged into another (the registration goes to that one),
 /// so an unverified registration cannot redirect their calls or move them out of their grid
 /// worker's area (a pinned person without a phone still gets one). The registration itself
 /// keeps the number it was made with.
@@ -183,7 +184,7 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
         None => c
             .prepare_cached(
                 "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, \
-                 home_area_code IS NOT NULL OR category <> 'none' OR EXISTS (SELECT 1 FROM observations o \
+                 merged_into IS NOT NULL OR home_area_code IS NOT NULL OR category <> 'none' OR EXISTS (SELECT 1 FROM observations o \
                  WHERE o.person_id = persons.id AND o.released_at IS NULL) \
                  FROM persons WHERE id = ?1",
             )
@@ -304,6 +305,8 @@ fn insert_grams(c: &Connection, person_id: &str, name: &str) -> StoreResult<()> 
 fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
     let at = micros(reg.at);
     let person_id = upsert_person(c, &reg.person, &reg.area_path, at)?;
+    // the person the registration came in as (its phone is sealed for them)
+    let id_in = reg.person.id.to_string();
     let f = &reg.fields;
     let id = reg.id.to_string();
     let seq: i64 = c
@@ -311,8 +314,9 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
             "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
              verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
              destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
-             employer, stay_days, purpose, phone_cipher, phone_masked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-             ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+             employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for) VALUES (?1, ?2, ?3, ?4, \
+             ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, \
+             ?26, ?27, ?28, ?29, ?30)",
         )
         .map_err(map_err)?
         .execute(
@@ -346,6 +350,7 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
                 f.purpose,
                 reg.person.phone_cipher,
                 reg.person.phone_masked,
+                (person_id != id_in).then_some(&id_in),
             ],
         )
         .map(|_| c.last_insert_rowid())
@@ -699,14 +704,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn registration_phone(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Vec<u8>>> {
+    async fn registration_phone(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Option<(Vec<u8>, Uuid)>> {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
             c.prepare_cached(
-                "SELECT phone_cipher FROM registrations WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3",
+                "SELECT phone_cipher, COALESCE(phone_sealed_for, person_id) FROM registrations \
+                 WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3",
             )
             .map_err(map_err)?
-            .query_row(params![id.to_string(), lo, hi], |r| r.get::<_, Option<Vec<u8>>>(0))
+            .query_row(params![id.to_string(), lo, hi], |r| {
+                Ok(r.get::<_, Option<Vec<u8>>>(0)?
+                    .zip(Some(r.get::<_, U>(1)?.0)))
+            })
             .optional()
             .map(Option::flatten)
             .map_err(map_err)

@@ -631,9 +631,16 @@ pub(crate) async fn unmask(
         .transpose()
     };
     let doc = open("doc", secrets.doc_cipher.as_ref())?;
-    // the number given with this registration; older ones kept none, and show the person's
-    let given = st.store.registration_phone(r.id, &staff.scope()).await?;
-    let phone = open("phone", given.as_ref().or(secrets.phone_cipher.as_ref()))?;
+    // the number given with this registration (sealed for the person it came in as); older
+    // ones kept none, and show the person's
+    let phone = match st.store.registration_phone(r.id, &staff.scope()).await? {
+        Some((c, sealed_for)) => Some(
+            st.vault
+                .open(&format!("persons.phone:{sealed_for}"), &c)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
+        None => open("phone", secrets.phone_cipher.as_ref())?,
+    };
     staff
         .audit(
             st,

@@ -167,7 +167,7 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
                 );
                 assert_eq!(
                     store.registration_phone(r.id, &Scope::all()).await.unwrap(),
-                    r.person.phone_cipher,
+                    r.person.phone_cipher.clone().zip(Some(r.person.id)),
                     "{name} person {i}"
                 );
             }
@@ -1172,8 +1172,29 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             })
             .await
             .unwrap();
-        registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
+        let back = register_with_phone(
+            store.as_ref(),
+            linhe,
+            &cn_id("150802", "19700101", 4),
+            "13900000044",
+            Utc::now(),
+        )
+        .await;
         assert_eq!((count(c).await, count(d).await), (3, 1), "{name}");
+        // its phone was sealed for the record it came in as, and opens as that
+        let (cipher, sealed_for) = store
+            .registration_phone(back.id, &Scope::all())
+            .await
+            .unwrap()
+            .expect("a phone");
+        assert_eq!(sealed_for, d, "{name}");
+        assert_eq!(
+            vault()
+                .open(&format!("persons.phone:{sealed_for}"), &cipher)
+                .unwrap(),
+            "13900000044",
+            "{name}"
+        );
         assert_eq!(
             store
                 .search_persons(&Scope::all(), &PersonQuery::Name("甲".into()), 10)
