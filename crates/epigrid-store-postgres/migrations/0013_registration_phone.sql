@@ -2,8 +2,5 @@
 -- follow their latest registration only while nobody manages them (no home area, category
 -- 'none', no open observation): an unverified self-registration with someone else's ID number
 -- cannot redirect a managed person's calls or move them out of their grid worker's area.
--- Older registrations have NULL here and show the person's number. The ciphertext is bound
--- to the person the registration came in as; `phone_sealed_for` names them when that is not
--- `person_id` (a person merged into another).
-ALTER TABLE registrations ADD COLUMN phone_cipher BYTEA, ADD COLUMN phone_masked TEXT,
-    ADD COLUMN phone_sealed_for UUID;
+-- Older registrations have NULL here and show the person's number.
+ALTER TABLE registrations ADD COLUMN phone_cipher BYTEA, ADD COLUMN phone_masked TEXT;

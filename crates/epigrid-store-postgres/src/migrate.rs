@@ -55,6 +55,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registrations keep their phone number",
         include_str!("../migrations/0013_registration_phone.sql"),
     ),
+    (
+        14,
+        "the person a registration's phone is sealed for",
+        include_str!("../migrations/0014_registration_phone_sealed_for.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.
