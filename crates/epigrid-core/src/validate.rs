@@ -1230,9 +1230,11 @@ impl AreaCode {
 
 /// Characters refused in free text: control characters (C0, DEL, C1), line/paragraph
 /// separators and bidirectional overrides/isolates (which can disguise text in admin views).
+/// Control characters, line and paragraph separators, bidirectional overrides, and U+FFFD:
+/// what bytes that are not UTF-8 become when a form is decoded (the JSON API refuses them).
 fn is_forbidden_text_char(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FFFD}')
 }
 
 /// Single-line free text: trimmed; no control characters at all (`err.text.invalid_chars`);
@@ -2107,6 +2109,7 @@ mod tests {
             "a\u{85}b",
             "a\u{202E}b",
             "a\u{2066}b",
+            "a\u{FFFD}b",
         ] {
             assert_eq!(
                 key(validate_text(F, raw, 10, true)),
