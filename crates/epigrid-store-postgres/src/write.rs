@@ -395,34 +395,65 @@ async fn pipelined<C: GenericClient>(
         .collect()
 }
 
-async fn write_once(pool: &Pool, regs: &[NewRegistration]) -> StoreResult<Vec<i64>> {
-    let client = pool.get().await.map_err(pool_err)?;
-    insert_batch(&client, regs, Tx::Own).await
+/// A pooled connection while its batch's transaction is open. If the batch is dropped or
+/// panics before the transaction ends, the connection is closed (PostgreSQL rolls back), not
+/// returned to the pool still inside the transaction for the next batch to commit.
+struct InBatch(Option<deadpool_postgres::Object>);
+
+impl Drop for InBatch {
+    fn drop(&mut self) {
+        if let Some(o) = self.0.take() {
+            drop(deadpool_postgres::Object::take(o));
+        }
+    }
 }
 
-/// Collects queued registrations and writes them in batches until the channel closes.
+async fn write_once(pool: &Pool, regs: &[NewRegistration]) -> StoreResult<Vec<i64>> {
+    let mut held = InBatch(Some(pool.get().await.map_err(pool_err)?));
+    let r = match &held.0 {
+        Some(c) => insert_batch(c, regs, Tx::Own).await,
+        None => Err(StoreError::Backend("no connection".into())),
+    };
+    // the transaction ended (committed, or rolled back): back to the pool
+    drop(held.0.take());
+    r
+}
+
+/// Collects queued registrations and writes them in batches until the channel closes. Each
+/// batch runs as a task of its own, so that a batch that panicked fails its own registrations
+/// (their callers get an error) and not every later one.
 pub(crate) async fn batcher(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // the registrations and their replies apart, without copying a registration
-        let (regs, replies): (Vec<NewRegistration>, Vec<_>) = batch.drain(..).unzip();
-        match write_once(&pool, &regs).await {
-            Ok(seqs) => {
-                for (reply, seq) in replies.into_iter().zip(seqs) {
-                    let _ = reply.send(Ok(seq));
-                }
+        let (pool, taken) = (pool.clone(), std::mem::take(&mut batch));
+        if tokio::spawn(async move { write_batch(&pool, taken).await })
+            .await
+            .is_err()
+        {
+            tracing::error!("a registration batch panicked");
+        }
+    }
+}
+
+async fn write_batch(pool: &Pool, batch: Vec<Pending>) {
+    // the registrations and their replies apart, without copying a registration
+    let (regs, replies): (Vec<NewRegistration>, Vec<_>) = batch.into_iter().unzip();
+    match write_once(pool, &regs).await {
+        Ok(seqs) => {
+            for (reply, seq) in replies.into_iter().zip(seqs) {
+                let _ = reply.send(Ok(seq));
             }
-            Err(e) if regs.len() == 1 => {
-                if let Some(reply) = replies.into_iter().next() {
-                    let _ = reply.send(Err(e));
-                }
+        }
+        Err(e) if regs.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(e));
             }
-            Err(_) => {
-                // Retry one by one so that one bad registration fails alone.
-                for (reg, reply) in regs.iter().zip(replies) {
-                    let r = write_once(&pool, std::slice::from_ref(reg)).await;
-                    let _ = reply.send(r.map(|s| s.first().copied().unwrap_or_default()));
-                }
+        }
+        Err(_) => {
+            // Retry one by one so that one bad registration fails alone.
+            for (reg, reply) in regs.iter().zip(replies) {
+                let r = write_once(pool, std::slice::from_ref(reg)).await;
+                let _ = reply.send(r.map(|s| s.first().copied().unwrap_or_default()));
             }
         }
     }
