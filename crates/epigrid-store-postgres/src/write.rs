@@ -15,20 +15,8 @@ use uuid::Uuid;
 
 use crate::{map_err, pool_err, Pending, MAX_BATCH};
 
-/// Whether an existing person is managed (a home area, a category, an open observation), or
-/// merged into another (registrations go to that one): then
-/// a registration changes neither their area nor a phone number they already have (see
-/// `epigrid-store-sqlite`'s `upsert_person`); the registration keeps its own number.
-macro_rules! pinned {
-    () => {
-        "(persons.merged_into IS NOT NULL OR persons.home_area_code IS NOT NULL \
-         OR persons.category <> 'none' OR EXISTS \
-         (SELECT 1 FROM observations o WHERE o.person_id = persons.id AND o.released_at IS NULL))"
-    };
-}
-
 /// What a person's row becomes when a registration (or someone coming forward) brings them
-/// again: their phone and area follow it unless they are pinned (see [`pinned`], worked out
+/// again: their phone and area follow it unless they are pinned (`pinned_person_sql`, worked out
 /// once per row: `OFFSET 0` keeps the planner from copying it into each column); `persons`
 /// is the stored row, `EXCLUDED` the incoming one.
 macro_rules! person_on_conflict {
@@ -46,7 +34,7 @@ macro_rules! person_on_conflict {
               THEN EXCLUDED.area_path ELSE persons.area_path END \
          FROM (SELECT p.pinned, p.pinned AND persons.phone_index IS NOT NULL AS keep_phone \
                FROM (SELECT ",
-            pinned!(),
+            epigrid_core::pinned_person_sql!(),
             " AS pinned OFFSET 0) p) x), \
        last_seen_at = GREATEST(persons.last_seen_at, EXCLUDED.last_seen_at) "
         )
@@ -130,6 +118,11 @@ async fn prepare<C: GenericClient>(c: &C) -> StoreResult<Prepared> {
     })
 }
 
+/// One column of a batch, as the array a statement's `unnest` takes.
+fn col<'a, T, U>(rows: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(f).collect()
+}
+
 /// Runs `f` only when `rows` is non-zero (an empty statement is not sent).
 async fn when<F: std::future::Future<Output = Result<u64, tokio_postgres::Error>>>(
     rows: usize,
@@ -183,37 +176,20 @@ async fn pipelined<C: GenericClient>(
         }
     }
     let ps: Vec<&(&PersonInput, &str, DateTime<Utc>)> = persons.values().collect();
-    let ids: Vec<Uuid> = ps.iter().map(|(p, _, _)| p.id).collect();
-    let doc_types: Vec<Option<&str>> = ps
-        .iter()
-        .map(|(p, _, _)| p.doc_type.map(|d| d.as_str()))
-        .collect();
-    let doc_index: Vec<Option<&[u8]>> = ps.iter().map(|(p, _, _)| p.doc_index.as_deref()).collect();
-    let doc_cipher: Vec<Option<&[u8]>> =
-        ps.iter().map(|(p, _, _)| p.doc_cipher.as_deref()).collect();
-    let doc_masked: Vec<Option<&str>> =
-        ps.iter().map(|(p, _, _)| p.doc_masked.as_deref()).collect();
-    let names: Vec<&str> = ps.iter().map(|(p, _, _)| p.name.as_str()).collect();
-    let phone_index: Vec<Option<&[u8]>> = ps
-        .iter()
-        .map(|(p, _, _)| p.phone_index.as_deref())
-        .collect();
-    let phone_cipher: Vec<Option<&[u8]>> = ps
-        .iter()
-        .map(|(p, _, _)| p.phone_cipher.as_deref())
-        .collect();
-    let phone_masked: Vec<Option<&str>> = ps
-        .iter()
-        .map(|(p, _, _)| p.phone_masked.as_deref())
-        .collect();
-    let births: Vec<Option<NaiveDate>> = ps.iter().map(|(p, _, _)| p.birth_date).collect();
-    let sexes: Vec<Option<&str>> = ps
-        .iter()
-        .map(|(p, _, _)| p.sex.map(|s| s.as_str()))
-        .collect();
-    let paths: Vec<&str> = ps.iter().map(|(_, path, _)| *path).collect();
-    let provisional: Vec<bool> = ps.iter().map(|(p, _, _)| p.provisional).collect();
-    let ats: Vec<DateTime<Utc>> = ps.iter().map(|(_, _, at)| *at).collect();
+    let ids = col(&ps, |(p, _, _)| p.id);
+    let doc_types = col(&ps, |(p, _, _)| p.doc_type.map(|d| d.as_str()));
+    let doc_index = col(&ps, |(p, _, _)| p.doc_index.as_deref());
+    let doc_cipher = col(&ps, |(p, _, _)| p.doc_cipher.as_deref());
+    let doc_masked = col(&ps, |(p, _, _)| p.doc_masked.as_deref());
+    let names = col(&ps, |(p, _, _)| p.name.as_str());
+    let phone_index = col(&ps, |(p, _, _)| p.phone_index.as_deref());
+    let phone_cipher = col(&ps, |(p, _, _)| p.phone_cipher.as_deref());
+    let phone_masked = col(&ps, |(p, _, _)| p.phone_masked.as_deref());
+    let births = col(&ps, |(p, _, _)| p.birth_date);
+    let sexes = col(&ps, |(p, _, _)| p.sex.map(|s| s.as_str()));
+    let paths = col(&ps, |(_, path, _)| *path);
+    let provisional = col(&ps, |(p, _, _)| p.provisional);
+    let ats = col(&ps, |(_, _, at)| *at);
     let person_params: [&(dyn ToSql + Sync); 14] = [
         &ids,
         &doc_types,
@@ -257,44 +233,37 @@ async fn pipelined<C: GenericClient>(
     }
     let eff = |id: &Uuid| effective.get(id).copied().unwrap_or(*id);
 
-    let reg_ids: Vec<Uuid> = regs.iter().map(|r| r.id).collect();
-    let sites: Vec<Uuid> = regs.iter().map(|r| r.site_id).collect();
-    let people: Vec<Uuid> = regs.iter().map(|r| eff(&r.person.id)).collect();
-    let reg_paths: Vec<&str> = regs.iter().map(|r| r.area_path.as_str()).collect();
-    let reg_ats: Vec<DateTime<Utc>> = regs.iter().map(|r| r.at).collect();
-    let days: Vec<NaiveDate> = regs.iter().map(|r| r.day).collect();
-    let kinds: Vec<&str> = regs.iter().map(|r| r.kind.as_str()).collect();
-    let channels: Vec<&str> = regs.iter().map(|r| r.channel.as_str()).collect();
-    let by_users: Vec<Option<Uuid>> = regs.iter().map(|r| r.by_user).collect();
-    let codes: Vec<&str> = regs.iter().map(|r| r.verification_code.as_str()).collect();
-    let temps: Vec<Option<i16>> = regs.iter().map(|r| r.fields.temperature).collect();
-    let symptoms: Vec<i16> = regs.iter().map(|r| i16::from(r.fields.symptoms)).collect();
-    let travel: Vec<Option<bool>> = regs.iter().map(|r| r.fields.high_risk_travel).collect();
-    let opt = |g: fn(&NewRegistration) -> Option<&str>| regs.iter().map(g).collect::<Vec<_>>();
-    let plates = opt(|r| r.fields.plate.as_deref());
-    let companions: Vec<i32> = regs.iter().map(|r| r.fields.companions).collect();
-    let origins = opt(|r| r.fields.origin_code.as_deref());
-    let destinations = opt(|r| r.fields.destination.as_deref());
-    let directions = opt(|r| r.fields.direction.map(|d| d.as_str()));
-    let visitors: Vec<Option<bool>> = regs.iter().map(|r| r.fields.visitor).collect();
-    let units = opt(|r| r.fields.unit_code.as_deref());
-    let reasons = opt(|r| r.fields.visit_reason.as_deref());
-    let arrivals: Vec<Option<NaiveDate>> = regs.iter().map(|r| r.fields.arrival_date).collect();
-    let residences = opt(|r| r.fields.residence_code.as_deref());
-    let addresses = opt(|r| r.fields.address.as_deref());
-    let employers = opt(|r| r.fields.employer.as_deref());
-    let stays: Vec<Option<i32>> = regs.iter().map(|r| r.fields.stay_days).collect();
-    let purposes = opt(|r| r.fields.purpose.as_deref());
-    let reg_phone_ciphers: Vec<Option<&[u8]>> = regs
-        .iter()
-        .map(|r| r.person.phone_cipher.as_deref())
-        .collect();
-    let reg_phone_masks = opt(|r| r.person.phone_masked.as_deref());
+    let reg_ids = col(regs, |r| r.id);
+    let sites = col(regs, |r| r.site_id);
+    let people = col(regs, |r| eff(&r.person.id));
+    let reg_paths = col(regs, |r| r.area_path.as_str());
+    let reg_ats = col(regs, |r| r.at);
+    let days = col(regs, |r| r.day);
+    let kinds = col(regs, |r| r.kind.as_str());
+    let channels = col(regs, |r| r.channel.as_str());
+    let by_users = col(regs, |r| r.by_user);
+    let codes = col(regs, |r| r.verification_code.as_str());
+    let temps = col(regs, |r| r.fields.temperature);
+    let symptoms = col(regs, |r| i16::from(r.fields.symptoms));
+    let travel = col(regs, |r| r.fields.high_risk_travel);
+    let plates = col(regs, |r| r.fields.plate.as_deref());
+    let companions = col(regs, |r| r.fields.companions);
+    let origins = col(regs, |r| r.fields.origin_code.as_deref());
+    let destinations = col(regs, |r| r.fields.destination.as_deref());
+    let directions = col(regs, |r| r.fields.direction.map(|d| d.as_str()));
+    let visitors = col(regs, |r| r.fields.visitor);
+    let units = col(regs, |r| r.fields.unit_code.as_deref());
+    let reasons = col(regs, |r| r.fields.visit_reason.as_deref());
+    let arrivals = col(regs, |r| r.fields.arrival_date);
+    let residences = col(regs, |r| r.fields.residence_code.as_deref());
+    let addresses = col(regs, |r| r.fields.address.as_deref());
+    let employers = col(regs, |r| r.fields.employer.as_deref());
+    let stays = col(regs, |r| r.fields.stay_days);
+    let purposes = col(regs, |r| r.fields.purpose.as_deref());
+    let reg_phone_ciphers = col(regs, |r| r.person.phone_cipher.as_deref());
+    let reg_phone_masks = col(regs, |r| r.person.phone_masked.as_deref());
     // the person each registration came in as, where it is not the one it now points at
-    let sealed_for: Vec<Option<Uuid>> = regs
-        .iter()
-        .map(|r| Some(r.person.id).filter(|id| eff(id) != *id))
-        .collect();
+    let sealed_for = col(regs, |r| Some(r.person.id).filter(|id| eff(id) != *id));
 
     let mut pairs = BTreeSet::new();
     let (mut plate_texts, mut plate_people, mut plate_ats) = (Vec::new(), Vec::new(), Vec::new());
@@ -327,10 +296,11 @@ async fn pipelined<C: GenericClient>(
                 .or_default() += 1;
         }
     }
-    let leaves: Vec<&str> = counts.keys().map(|k| k.0).collect();
-    let roll_paths: Vec<&str> = counts.keys().map(|k| k.1).collect();
-    let roll_days: Vec<NaiveDate> = counts.keys().map(|k| k.2).collect();
-    let metrics: Vec<&str> = counts.keys().map(|k| k.3).collect();
+    let keys: Vec<_> = counts.keys().collect();
+    let leaves = col(&keys, |k| k.0);
+    let roll_paths = col(&keys, |k| k.1);
+    let roll_days = col(&keys, |k| k.2);
+    let metrics = col(&keys, |k| k.3);
     let values: Vec<i64> = counts.values().copied().collect();
 
     // Everything else, and the COMMIT, in one round trip; sent in this order (`biased`).
@@ -423,10 +393,13 @@ async fn write_once(pool: &Pool, regs: &[NewRegistration]) -> StoreResult<Vec<i6
 /// batch runs as a task of its own, so that a batch that panicked fails its own registrations
 /// (their callers get an error) and not every later one.
 pub(crate) async fn batcher(pool: Pool, mut rx: mpsc::Receiver<Pending>) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (pool, taken) = (pool.clone(), std::mem::take(&mut batch));
-        if tokio::spawn(async move { write_batch(&pool, taken).await })
+    loop {
+        let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let pool = pool.clone();
+        if tokio::spawn(async move { write_batch(&pool, batch).await })
             .await
             .is_err()
         {

@@ -170,11 +170,8 @@ fn remember_person(id: &str, known: Known) {
 /// A returning person whose phone and area are unchanged costs no write (the common case at a
 /// gate or checkpoint), and no query when the writer remembers them; otherwise the row is
 /// inserted or updated. A person's phone and area follow their latest registration only while
-/// they are not pinned: someone manages them (a home area, a category, an open observation),
-/// or the record was merged into another (the registration goes to that one),
-/// so an unverified registration cannot redirect their calls or move them out of their grid
-/// worker's area (a pinned person without a phone still gets one). The registration itself
-/// keeps the number it was made with.
+/// they are not pinned (`epigrid_core::pinned_person_sql`; a pinned person without a phone
+/// still gets one).
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
     let id = p.id.to_string();
     let remembered = MEMORY.with(|m| m.borrow().persons.get(&id).cloned());
@@ -182,14 +179,15 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
     let existing: Option<Known> = match remembered {
         Some(k) => Some(k),
         None => c
-            .prepare_cached(
-                "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, \
-                 merged_into IS NOT NULL OR home_area_code IS NOT NULL OR category <> 'none' OR EXISTS (SELECT 1 FROM observations o \
-                 WHERE o.person_id = persons.id AND o.released_at IS NULL) \
-                 FROM persons WHERE id = ?1",
-            )
+            .prepare_cached(concat!(
+                "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, ",
+                epigrid_core::pinned_person_sql!(),
+                " FROM persons WHERE id = ?1"
+            ))
             .map_err(map_err)?
-            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_row([&id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()
             .map_err(map_err)?,
     };

@@ -621,25 +621,21 @@ pub(crate) async fn unmask(
         .person_secrets(r.person_id, &staff.scope())
         .await?
         .ok_or(ApiError::NotFound)?;
-    let ad = |col: &str| format!("persons.{col}:{}", secrets.person_id);
-    let open = |col: &str, c: Option<&Vec<u8>>| -> ApiResult<Option<String>> {
+    // a value sealed for `persons.{col}:{person}`
+    let open = |col: &str, person: Uuid, c: Option<&Vec<u8>>| -> ApiResult<Option<String>> {
         c.map(|c| {
             st.vault
-                .open(&ad(col), c)
+                .open(&format!("persons.{col}:{person}"), c)
                 .map_err(|e| ApiError::Internal(e.to_string()))
         })
         .transpose()
     };
-    let doc = open("doc", secrets.doc_cipher.as_ref())?;
+    let doc = open("doc", secrets.person_id, secrets.doc_cipher.as_ref())?;
     // the number given with this registration (sealed for the person it came in as); older
     // ones kept none, and show the person's
     let phone = match st.store.registration_phone(r.id, &staff.scope()).await? {
-        Some((c, sealed_for)) => Some(
-            st.vault
-                .open(&format!("persons.phone:{sealed_for}"), &c)
-                .map_err(|e| ApiError::Internal(e.to_string()))?,
-        ),
-        None => open("phone", secrets.phone_cipher.as_ref())?,
+        Some((c, sealed_for)) => open("phone", sealed_for, Some(&c))?,
+        None => open("phone", secrets.person_id, secrets.phone_cipher.as_ref())?,
     };
     staff
         .audit(

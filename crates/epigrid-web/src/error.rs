@@ -68,12 +68,8 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
 /// with an [`ApiError`] (out of scope, forbidden), which answers JSON. The page says the
 /// error's own message(s), already in the user's language.
 async fn error_page(res: Response, lang: Lang) -> Response {
-    let json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
     let status = res.status();
-    if !json || !status.is_client_error() {
+    if !content_type_is(&res, "application/json") || !status.is_client_error() {
         return res;
     }
     let (parts, body) = res.into_parts();
@@ -102,6 +98,12 @@ async fn error_page(res: Response, lang: Lang) -> Response {
     crate::public::message_text(lang, status, title, &messages.join(sep))
 }
 
+fn content_type_is(res: &Response, mime: &str) -> bool {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(mime.as_bytes()))
+}
+
 /// A request refused by an extractor before any handler ran (a path segment that is not UTF-8
 /// or not a number, a body over the limit, a form that is not a form) comes back from axum as
 /// English plain text. It is answered like every other error instead: in the user's language,
@@ -109,12 +111,7 @@ async fn error_page(res: Response, lang: Lang) -> Response {
 /// responses is plain text.)
 fn localise_rejection(res: Response, lang: Lang, api: bool) -> Response {
     let status = res.status();
-    let plain = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/plain"));
-    if !plain || !status.is_client_error() {
+    if !content_type_is(&res, "text/plain") || !status.is_client_error() {
         return res;
     }
     let key = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -123,8 +120,7 @@ fn localise_rejection(res: Response, lang: Lang, api: bool) -> Response {
         "err.request.bad"
     };
     if api {
-        let body = json!({"errors": [{"field": null, "message": t(lang, key), "code": key}]});
-        (status, axum::Json(body)).into_response()
+        (status, axum::Json(general_error(lang, key))).into_response()
     } else {
         crate::public::message(lang, status, key, key)
     }
@@ -144,8 +140,6 @@ pub enum ApiError {
     NotFound,
     /// 410: the site was deactivated, the link revoked.
     Gone(&'static str),
-    /// 400: the request itself is malformed (not JSON, say).
-    BadRequest(&'static str),
     /// 413: the request body is over the limit.
     TooLarge,
     /// 409: a uniqueness or state rule.
@@ -179,7 +173,6 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -194,7 +187,7 @@ impl ApiError {
             ApiError::Unauthorized => "err.unauthorized",
             ApiError::Forbidden => "err.forbidden",
             ApiError::NotFound => "err.not_found",
-            ApiError::Gone(k) | ApiError::BadRequest(k) | ApiError::Conflict(k) => k,
+            ApiError::Gone(k) | ApiError::Conflict(k) => k,
             ApiError::Invalid(_) => "err.invalid",
             ApiError::TooLarge => "err.body.too_large",
             ApiError::TooMany => "err.too_many",
@@ -215,11 +208,14 @@ impl ApiError {
             ApiError::Invalid(errs) => json!({
                 "errors": errs.iter().map(|e| json!({"field": e.field, "message": e.message(lang), "code": e.key})).collect::<Vec<_>>()
             }),
-            other => json!({
-                "errors": [{"field": null, "message": t(lang, other.key()), "code": other.key()}]
-            }),
+            other => general_error(lang, other.key()),
         }
     }
+}
+
+/// The body of an error that is about the request, not a field: `key`'s message in `lang`.
+fn general_error(lang: Lang, key: &str) -> serde_json::Value {
+    json!({"errors": [{"field": null, "message": t(lang, key), "code": key}]})
 }
 
 impl IntoResponse for ApiError {

@@ -132,6 +132,22 @@ pub fn percentiles(mut ms: Vec<f64>) -> (f64, f64, f64) {
     (at(0.5), at(0.95), at(1.0))
 }
 
+/// The median (the mean of the middle two for an even count), lowest and highest of a set of
+/// measurements.
+pub fn median_range(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    if xs.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    xs.sort_by(f64::total_cmp);
+    let mid = xs.len() / 2;
+    let median = if xs.len().is_multiple_of(2) {
+        (xs[mid - 1] + xs[mid]) / 2.0
+    } else {
+        xs[mid]
+    };
+    (median, xs[0], xs[xs.len() - 1])
+}
+
 /// Uniform random visits for the tracing benchmark: `n` visits of `people` people at `sites`
 /// sites over `days` days, 10–60 minutes each. Deterministic for a seed.
 pub fn random_visits(
@@ -310,5 +326,18 @@ pub fn match_data(vault: &epigrid_core::vault::Vault, people: u32, rows: usize) 
         people: known,
         plates,
         csv,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_range_takes_the_middle_two_of_an_even_count() {
+        assert_eq!(super::median_range(vec![0.4, 0.2, 0.3]), (0.3, 0.2, 0.4));
+        assert_eq!(
+            super::median_range(vec![0.4, 0.1, 0.2, 0.3]),
+            (0.25, 0.1, 0.4)
+        );
+        assert_eq!(super::median_range(Vec::new()), (0.0, 0.0, 0.0));
     }
 }

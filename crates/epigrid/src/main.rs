@@ -1137,18 +1137,9 @@ async fn bench_http(
         );
         ratios.push(ratio);
     }
-    ratios.sort_by(f64::total_cmp);
-    let mid = ratios.len() / 2;
-    let median = if ratios.len() % 2 == 0 {
-        (ratios[mid - 1] + ratios[mid]) / 2.0
-    } else {
-        ratios[mid]
-    };
+    let (median, lowest, highest) = bench::median_range(ratios);
     println!(
-        "ratio registrations/healthz:  {:.2} (median of {rounds}; lowest {:.2}, highest {:.2})",
-        median,
-        ratios[0],
-        ratios[ratios.len() - 1]
+        "ratio registrations/healthz:  {median:.2} (median of {rounds}; lowest {lowest:.2}, highest {highest:.2})"
     );
     Ok(())
 }

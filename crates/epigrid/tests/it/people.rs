@@ -20,16 +20,16 @@ async fn registered_person(
     name: &str,
 ) -> Uuid {
     let body = checkpoint_body(id, name, "13911112222");
-    register_at(store, site, &body, Utc::now()).await
+    register_at(store, site, &body, Utc::now()).await.person.id
 }
 
-/// Stores a self-registration of `body` at `site` made at `now`; its person's id.
+/// Stores a self-registration of `body` at `site` made at `now`; the stored registration.
 async fn register_at(
     store: &dyn epigrid_core::store::Store,
     site: &epigrid_core::model::Site,
     body: &Value,
     now: chrono::DateTime<Utc>,
-) -> Uuid {
+) -> epigrid_core::model::NewRegistration {
     let input = RegistrationInput::from_json(body).unwrap();
     let ctx = Context {
         site,
@@ -39,9 +39,8 @@ async fn register_at(
         tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
     };
     let reg = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
-    let pid = reg.person.id;
-    store.insert_registration(reg).await.unwrap();
-    pid
+    store.insert_registration(reg.clone()).await.unwrap();
+    reg
 }
 
 fn observation(person_id: Uuid, start: NaiveDate, days: i64, token: &str) -> Observation {
@@ -72,17 +71,7 @@ async fn register_with_phone(
     phone: &str,
     at: chrono::DateTime<Utc>,
 ) -> epigrid_core::model::NewRegistration {
-    let input = RegistrationInput::from_json(&checkpoint_body(id, "王一", phone)).unwrap();
-    let ctx = Context {
-        site,
-        channel: Channel::SelfService,
-        by_user: None,
-        now: at,
-        tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
-    };
-    let reg = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
-    store.insert_registration(reg.clone()).await.unwrap();
-    reg
+    register_at(store, site, &checkpoint_body(id, "王一", phone), at).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1842,7 +1831,6 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
             "{name}: scope"
         );
         let body = checkpoint_body(&cn_id("150802", "19900101", 52), "乙", "13900000052");
-        let input = RegistrationInput::from_json(&body).unwrap();
         let ctx = Context {
             site: &sites[0],
             channel: Channel::SelfService,
@@ -1850,13 +1838,18 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
             now: Utc::now(),
             tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
         };
-        let v = register::validate(&input, &ctx).unwrap();
-        let person = register::seal_person(
-            &vault(),
-            "乙",
-            v.identity.document.as_ref(),
-            v.identity.phone.as_ref(),
-        );
+        // the person a body names, as someone coming forward is sealed
+        let sealed = |body: &Value| {
+            let input = RegistrationInput::from_json(body).unwrap();
+            let v = register::validate(&input, &ctx).unwrap();
+            register::seal_person(
+                &vault(),
+                "乙",
+                v.identity.document.as_ref(),
+                v.identity.phone.as_ref(),
+            )
+        };
+        let person = sealed(&body);
         let pc = epigrid_core::trace::PendingContact {
             id: new_id(),
             notice_id: n.id,
@@ -1895,13 +1888,7 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
         // coming forward again with another number: a person nobody manages takes it, alike
         // on every store (as a registration would)
         let again = checkpoint_body(&cn_id("150802", "19900101", 52), "乙", "13700000099");
-        let v = register::validate(&RegistrationInput::from_json(&again).unwrap(), &ctx).unwrap();
-        let newer = register::seal_person(
-            &vault(),
-            "乙",
-            v.identity.document.as_ref(),
-            v.identity.phone.as_ref(),
-        );
+        let newer = sealed(&again);
         let pc2 = epigrid_core::trace::PendingContact {
             id: new_id(),
             reported_at: now + Duration::minutes(1),
@@ -2800,7 +2787,10 @@ async fn the_default_window_starts_two_days_before_symptom_onset() {
     let mut body = checkpoint_body(&id, "发热者", "13900000055");
     body["temperature"] = json!(38.4);
     let onset = Utc::now() - Duration::days(5);
-    let pid = register_at(app.store.as_ref(), &site, &body, onset).await;
+    let pid = register_at(app.store.as_ref(), &site, &body, onset)
+        .await
+        .person
+        .id;
     let r = app
         .post_json(
             &format!("/api/v1/persons/{pid}/lab-results"),
