@@ -489,16 +489,14 @@ fn run_job(conn: &Connection, job: &Job) -> Reply {
 fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
     exec(conn, "BEGIN IMMEDIATE").map_err(backend)?;
     let mut out = Vec::with_capacity(jobs.len());
-    let mut rollups: std::collections::BTreeMap<_, i64> = Default::default();
+    let mut effects = queries::BatchEffects::default();
     for job in jobs {
         let r = run_job(conn, job);
-        let increments = queries::take_job_rollups();
+        let job_effects = queries::take_job_effects();
         match r {
             Ok(v) => {
                 out.push(v);
-                for (k, n) in increments {
-                    *rollups.entry(k).or_default() += n;
-                }
+                effects.add(job_effects);
             }
             Err(e) => {
                 let _ = exec(conn, "ROLLBACK");
@@ -508,8 +506,9 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
             }
         }
     }
-    let committed =
-        queries::flush_rollups(conn, &rollups).and_then(|()| exec(conn, "COMMIT").map_err(map_err));
+    let committed = effects
+        .flush(conn)
+        .and_then(|()| exec(conn, "COMMIT").map_err(map_err));
     if let Err(e) = committed {
         let _ = exec(conn, "ROLLBACK");
         queries::forget_known();

@@ -167,8 +167,9 @@ fn remember_person(id: &str, known: Known) {
 
 /// Finds or creates a person; returns the id registrations should point at (following a merge).
 ///
-/// A returning person whose phone and area are unchanged costs no write (the common case at a
-/// gate or checkpoint), and no query when the writer remembers them; otherwise the row is
+/// A returning person whose phone and area are unchanged (the common case at a gate or
+/// checkpoint) costs no query when the writer remembers them, and no write of their own: the
+/// time they were last seen is written once per batch ([`BatchEffects`]); otherwise the row is
 /// inserted or updated. A person's phone and area follow their latest registration only while
 /// they are not pinned (`epigrid_core::pinned_person_sql`; a pinned person without a phone
 /// still gets one).
@@ -235,8 +236,31 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                 && (!pinned || phone_index.is_none());
             let newer = at >= last_seen;
             let moves = newer && !pinned && old_path != area_path;
-            if hit && !new_phone && !moves {
-                // remembered, and nothing to change: nothing to write or remember again
+            if !new_phone && !moves {
+                // Only "last seen" may change: written once per batch (see `JobEffects`).
+                if at > last_seen {
+                    JOB.with(|j| j.borrow_mut().seen.push((id.clone(), at)));
+                }
+                if hit {
+                    if at > last_seen {
+                        MEMORY.with(|m| {
+                            if let Some(k) = m.borrow_mut().persons.get_mut(&id) {
+                                k.3 = at;
+                            }
+                        });
+                    }
+                } else {
+                    remember_person(
+                        &id,
+                        (
+                            effective.clone(),
+                            phone_index,
+                            old_path,
+                            last_seen.max(at),
+                            pinned,
+                        ),
+                    );
+                }
                 return Ok(effective);
             }
             remember_person(
@@ -253,37 +277,31 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                     } else {
                         old_path
                     },
-                    if new_phone || moves {
-                        last_seen.max(at)
-                    } else {
-                        last_seen
-                    },
+                    last_seen.max(at),
                     pinned,
                 ),
             );
-            if new_phone || moves {
-                c.prepare_cached(
-                    "UPDATE persons SET \
-                       phone_index = CASE WHEN ?2 THEN ?3 ELSE phone_index END, \
-                       phone_cipher = CASE WHEN ?2 THEN ?4 ELSE phone_cipher END, \
-                       phone_masked = CASE WHEN ?2 THEN ?5 ELSE phone_masked END, \
-                       area_path = CASE WHEN ?6 THEN ?7 ELSE area_path END, \
-                       last_seen_at = MAX(last_seen_at, ?8) \
-                     WHERE id = ?1",
-                )
-                .map_err(map_err)?
-                .execute(params![
-                    id,
-                    new_phone,
-                    p.phone_index,
-                    p.phone_cipher,
-                    p.phone_masked,
-                    moves,
-                    area_path,
-                    at
-                ])
-                .map_err(map_err)?;
-            }
+            c.prepare_cached(
+                "UPDATE persons SET \
+                   phone_index = CASE WHEN ?2 THEN ?3 ELSE phone_index END, \
+                   phone_cipher = CASE WHEN ?2 THEN ?4 ELSE phone_cipher END, \
+                   phone_masked = CASE WHEN ?2 THEN ?5 ELSE phone_masked END, \
+                   area_path = CASE WHEN ?6 THEN ?7 ELSE area_path END, \
+                   last_seen_at = MAX(last_seen_at, ?8) \
+                 WHERE id = ?1",
+            )
+            .map_err(map_err)?
+            .execute(params![
+                id,
+                new_phone,
+                p.phone_index,
+                p.phone_cipher,
+                p.phone_masked,
+                moves,
+                area_path,
+                at
+            ])
+            .map_err(map_err)?;
             Ok(effective)
         }
     }
@@ -384,10 +402,10 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
         .map_err(map_err)?;
     }
     // Rollup increments are collected per job and written once per batch (see lib.rs).
-    JOB_ROLLUPS.with(|r| {
-        let mut r = r.borrow_mut();
+    JOB.with(|j| {
+        let rollups = &mut j.borrow_mut().rollups;
         for m in registration_metrics(reg.kind, f) {
-            r.push(((reg.area_path.clone(), reg.day.to_string(), m), 1));
+            rollups.push(((reg.area_path.clone(), reg.day.to_string(), m), 1));
         }
     });
     Ok(seq)
@@ -395,32 +413,64 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
 
 type RollupKey = (String, String, &'static str);
 
+/// What a job leaves to be written once per batch rather than once per job: under load many
+/// registrations of a batch add to the same rollup rows, and a returning person's only change
+/// is when they were last seen.
+#[derive(Default)]
+pub(crate) struct JobEffects {
+    rollups: Vec<(RollupKey, i64)>,
+    /// (person id, time of a registration later than the stored "last seen")
+    seen: Vec<(String, i64)>,
+}
+
 thread_local! {
-    /// Rollup increments of the job running on this thread, not yet accepted.
-    static JOB_ROLLUPS: std::cell::RefCell<Vec<(RollupKey, i64)>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The effects of the job running on this thread, not yet accepted.
+    static JOB: std::cell::RefCell<JobEffects> = std::cell::RefCell::new(JobEffects::default());
 }
 
-/// The increments of the job that just ran (the writer keeps them only if the job succeeded).
-pub(crate) fn take_job_rollups() -> Vec<(RollupKey, i64)> {
-    JOB_ROLLUPS.with(|r| std::mem::take(&mut *r.borrow_mut()))
+/// The effects of the job that just ran (the writer keeps them only if the job succeeded).
+pub(crate) fn take_job_effects() -> JobEffects {
+    JOB.with(|j| std::mem::take(&mut *j.borrow_mut()))
 }
 
-/// Adds a batch's summed increments to the rollups table (inside the batch's transaction).
-pub(crate) fn flush_rollups(
-    c: &Connection,
-    sums: &std::collections::BTreeMap<RollupKey, i64>,
-) -> StoreResult<()> {
-    let mut up = c
-        .prepare_cached(
-            "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT(area_code, day, metric) DO UPDATE SET value = value + excluded.value",
-        )
-        .map_err(map_err)?;
-    for ((path, day, metric), n) in sums {
-        up.execute(params![path_leaf(path), path, day, metric, n])
-            .map_err(map_err)?;
+/// The summed effects of a batch's jobs.
+#[derive(Default)]
+pub(crate) struct BatchEffects {
+    rollups: std::collections::BTreeMap<RollupKey, i64>,
+    seen: std::collections::BTreeMap<String, i64>,
+}
+
+impl BatchEffects {
+    pub(crate) fn add(&mut self, job: JobEffects) {
+        for (k, n) in job.rollups {
+            *self.rollups.entry(k).or_default() += n;
+        }
+        for (id, at) in job.seen {
+            let t = self.seen.entry(id).or_insert(at);
+            *t = (*t).max(at);
+        }
     }
-    Ok(())
+
+    /// Writes the batch's effects (inside the batch's transaction).
+    pub(crate) fn flush(&self, c: &Connection) -> StoreResult<()> {
+        let mut up = c
+            .prepare_cached(
+                "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT(area_code, day, metric) DO UPDATE SET value = value + excluded.value",
+            )
+            .map_err(map_err)?;
+        for ((path, day, metric), n) in &self.rollups {
+            up.execute(params![path_leaf(path), path, day, metric, n])
+                .map_err(map_err)?;
+        }
+        let mut seen = c
+            .prepare_cached("UPDATE persons SET last_seen_at = MAX(last_seen_at, ?2) WHERE id = ?1")
+            .map_err(map_err)?;
+        for (id, at) in &self.seen {
+            seen.execute(params![id, at]).map_err(map_err)?;
+        }
+        Ok(())
+    }
 }
 
 fn collect<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> StoreResult<Vec<T>> {

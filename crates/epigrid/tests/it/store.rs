@@ -323,6 +323,58 @@ async fn registrations_link_persons_respect_scope_and_keep_rollups_exact() {
     }
 }
 
+/// "Last seen" is the person's latest registration, on both stores, however the registrations
+/// arrive: one at a time, several in one batch, or an older one after a newer one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_is_last_seen_at_their_latest_registration() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let site = &sites[0];
+        let id = cn_id("150802", "19900101", 31);
+        let t0 = Utc::now() - Duration::hours(3);
+        let first = new_reg(site, &id, "张三", t0);
+        let person = first.person.id;
+        store.insert_registration(first).await.unwrap();
+        let seen = |p: Option<epigrid_core::person::Person>| {
+            p.expect("person").last_seen_at.timestamp_micros()
+        };
+        assert_eq!(
+            seen(store.person(person, &Scope::all()).await.unwrap()),
+            t0.timestamp_micros(),
+            "{name}"
+        );
+        // the same site, phone and everything: only the time is new
+        let t1 = t0 + Duration::hours(1);
+        store
+            .insert_registration(new_reg(site, &id, "张三", t1))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen(store.person(person, &Scope::all()).await.unwrap()),
+            t1.timestamp_micros(),
+            "{name}: a second registration at the same place"
+        );
+        // several at once (one batch under load), and a late one older than the latest
+        let times = [t1 + Duration::minutes(30), t1 + Duration::minutes(50), t1];
+        let tasks: Vec<_> = times
+            .iter()
+            .map(|t| {
+                let store = store.clone();
+                let r = new_reg(site, &id, "张三", *t);
+                tokio::spawn(async move { store.insert_registration(r).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            seen(store.person(person, &Scope::all()).await.unwrap()),
+            (t1 + Duration::minutes(50)).timestamp_micros(),
+            "{name}: concurrent registrations"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_registrations_are_all_stored_with_distinct_sequence_numbers() {
     for (name, store) in stores().await {
