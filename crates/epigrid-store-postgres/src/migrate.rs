@@ -60,6 +60,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the person a registration's phone is sealed for",
         include_str!("../migrations/0014_registration_phone_sealed_for.sql"),
     ),
+    (
+        15,
+        "area paths of lists and notices compare as bytes",
+        include_str!("../migrations/0015_path_collation.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

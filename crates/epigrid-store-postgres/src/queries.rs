@@ -286,7 +286,7 @@ impl Store for PgStore {
     async fn sites(&self, scope: &Scope) -> StoreResult<Vec<Site>> {
         let (lo, hi) = scope.bounds();
         self.query(
-            &format!("SELECT {SITE_COLS} FROM sites WHERE area_path >= $1 AND area_path < $2 ORDER BY area_path, name"),
+            &format!("SELECT {SITE_COLS} FROM sites WHERE area_path >= $1 AND area_path < $2 ORDER BY area_path, name COLLATE \"C\", id"),
             &[&lo, &hi],
         )
         .await?
@@ -597,7 +597,7 @@ impl Store for PgStore {
                 "SELECT l.id, l.name, l.uploaded_by, l.area_path, l.created_at, l.rows, l.bad_rows, \
                  m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
                  JOIN lists l ON l.id = m.list_id WHERE m.person_id = $1 AND l.area_path >= $2 AND l.area_path < $3 \
-                 ORDER BY l.created_at DESC LIMIT 50",
+                 ORDER BY l.created_at DESC, l.id, m.line LIMIT 50",
                 &[&person_id, &lo, &hi],
             )
             .await?
@@ -838,7 +838,7 @@ impl Store for PgStore {
     async fn users(&self, scope: &Scope) -> StoreResult<Vec<User>> {
         let (lo, hi) = scope.bounds();
         self.query(
-            &format!("SELECT {USER_COLS} FROM users WHERE area_path >= $1 AND area_path < $2 ORDER BY username"),
+            &format!("SELECT {USER_COLS} FROM users WHERE area_path >= $1 AND area_path < $2 ORDER BY username COLLATE \"C\""),
             &[&lo, &hi],
         )
         .await?
@@ -1110,7 +1110,7 @@ impl PgStore {
             }
             PersonQuery::Phone(index) => {
                 self.query(
-                    &format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = $3 AND {scoped} ORDER BY p.last_seen_at DESC LIMIT $4"),
+                    &format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = $3 AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT $4"),
                     &[&lo, &hi, index, &limit],
                 )
                 .await?
@@ -1119,7 +1119,7 @@ impl PgStore {
                 self.query(
                     &format!(
                         "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_plates WHERE plate = $3) \
-                         AND {scoped} ORDER BY p.last_seen_at DESC LIMIT $4"
+                         AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT $4"
                     ),
                     &[&lo, &hi, plate, &limit],
                 )
@@ -1130,7 +1130,7 @@ impl PgStore {
                 self.query(
                     &format!(
                         "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram = $5) \
-                         AND strpos(p.name, $3) > 0 AND {scoped} ORDER BY (p.name = $3) DESC, p.last_seen_at DESC LIMIT $4"
+                         AND strpos(p.name, $3) > 0 AND {scoped} ORDER BY (p.name = $3) DESC, p.last_seen_at DESC, p.id LIMIT $4"
                     ),
                     &[&lo, &hi, name, &limit, &gram],
                 )
@@ -1184,7 +1184,7 @@ impl PgStore {
         let (lo, hi) = scope.bounds();
         self.query(
             "SELECT area_path, category, COUNT(*) FROM persons WHERE category <> 'none' \
-             AND area_path >= $1 AND area_path < $2 AND merged_into IS NULL GROUP BY area_path, category",
+             AND area_path >= $1 AND area_path < $2 AND merged_into IS NULL GROUP BY area_path, category ORDER BY area_path, category",
             &[&lo, &hi],
         )
         .await?
@@ -1374,7 +1374,7 @@ impl PgStore {
                 "SELECT {PERSON_COLS}, l.id, l.person_id, l.test, l.sample_date, l.result_date, l.result, l.entered_by, l.created_at \
                  FROM lab_results l JOIN persons p ON p.id = l.person_id \
                  WHERE l.result = 'positive' AND p.category NOT IN ('confirmed', 'recovered', 'deceased') \
-                 AND p.area_path >= $1 AND p.area_path < $2 ORDER BY l.sample_date DESC"
+                 AND p.area_path >= $1 AND p.area_path < $2 ORDER BY l.sample_date DESC, l.id"
             ),
             &[&lo, &hi],
         )
@@ -1854,7 +1854,8 @@ impl PgStore {
             .query(
                 "SELECT k.index_person_id, k.contact_person_id, k.degree, k.kinds, k.exposure_s, k.score, k.status, k.last_found_at \
                  FROM contacts k JOIN persons p ON p.id = k.contact_person_id \
-                 WHERE k.status = 'confirmed' AND p.area_path >= $1 AND p.area_path < $2",
+                 WHERE k.status = 'confirmed' AND p.area_path >= $1 AND p.area_path < $2 \
+                 ORDER BY k.index_person_id, k.contact_person_id",
                 &[&lo, &hi],
             )
             .await?

@@ -489,15 +489,10 @@ fn run_job(conn: &Connection, job: &Job) -> Reply {
 fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
     exec(conn, "BEGIN IMMEDIATE").map_err(backend)?;
     let mut out = Vec::with_capacity(jobs.len());
-    let mut effects = queries::BatchEffects::default();
+    queries::begin_batch();
     for job in jobs {
-        let r = run_job(conn, job);
-        let job_effects = queries::take_job_effects();
-        match r {
-            Ok(v) => {
-                out.push(v);
-                effects.add(job_effects);
-            }
+        match run_job(conn, job) {
+            Ok(v) => out.push(v),
             Err(e) => {
                 let _ = exec(conn, "ROLLBACK");
                 // what the batch wrote is gone: so is what the cache learnt from it
@@ -506,9 +501,7 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
             }
         }
     }
-    let committed = effects
-        .flush(conn)
-        .and_then(|()| exec(conn, "COMMIT").map_err(map_err));
+    let committed = queries::end_batch(conn).and_then(|()| exec(conn, "COMMIT").map_err(map_err));
     if let Err(e) = committed {
         let _ = exec(conn, "ROLLBACK");
         queries::forget_known();

@@ -192,6 +192,11 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             .optional()
             .map_err(map_err)?,
     };
+    // a sighting earlier in this batch, not written yet, counts as seen
+    let existing = existing.map(|(e, phone, path, seen, pinned)| {
+        let seen = pending_seen(&id).map_or(seen, |t| seen.max(t));
+        (e, phone, path, seen, pinned)
+    });
     match existing {
         None => {
             c.prepare_cached(
@@ -237,9 +242,9 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             let newer = at >= last_seen;
             let moves = newer && !pinned && old_path != area_path;
             if !new_phone && !moves {
-                // Only "last seen" may change: written once per batch (see `JobEffects`).
+                // Only "last seen" may change: written once per batch (see `BatchEffects`).
                 if at > last_seen {
-                    JOB.with(|j| j.borrow_mut().seen.push((id.clone(), at)));
+                    note_seen(&id, at);
                 }
                 if hit {
                     if at > last_seen {
@@ -402,10 +407,12 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
         .map_err(map_err)?;
     }
     // Rollup increments are collected per job and written once per batch (see lib.rs).
-    JOB.with(|j| {
-        let rollups = &mut j.borrow_mut().rollups;
+    BATCH.with(|b| {
+        let rollups = &mut b.borrow_mut().rollups;
         for m in registration_metrics(reg.kind, f) {
-            rollups.push(((reg.area_path.clone(), reg.day.to_string(), m), 1));
+            *rollups
+                .entry((reg.area_path.clone(), reg.day.to_string(), m))
+                .or_default() += 1;
         }
     });
     Ok(seq)
@@ -413,46 +420,55 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
 
 type RollupKey = (String, String, &'static str);
 
-/// What a job leaves to be written once per batch rather than once per job: under load many
-/// registrations of a batch add to the same rollup rows, and a returning person's only change
-/// is when they were last seen.
-#[derive(Default)]
-pub(crate) struct JobEffects {
-    rollups: Vec<(RollupKey, i64)>,
-    /// (person id, time of a registration later than the stored "last seen")
-    seen: Vec<(String, i64)>,
-}
-
-thread_local! {
-    /// The effects of the job running on this thread, not yet accepted.
-    static JOB: std::cell::RefCell<JobEffects> = std::cell::RefCell::new(JobEffects::default());
-}
-
-/// The effects of the job that just ran (the writer keeps them only if the job succeeded).
-pub(crate) fn take_job_effects() -> JobEffects {
-    JOB.with(|j| std::mem::take(&mut *j.borrow_mut()))
-}
-
-/// The summed effects of a batch's jobs.
+/// What the jobs of a batch leave to be written once, at the batch's end, rather than once per
+/// job: under load many registrations of a batch add to the same rollup rows, and a returning
+/// person's only change is when they were last seen. Kept for the batch on the thread that
+/// runs it ([`begin_batch`], [`end_batch`]); a failed batch is rolled back whole, so what its
+/// jobs left goes with it.
 #[derive(Default)]
 pub(crate) struct BatchEffects {
     rollups: std::collections::BTreeMap<RollupKey, i64>,
+    /// person id → their latest registration in the batch that is later than the stored
+    /// "last seen" (read back by [`upsert_person`] if the writer's memory was dropped meanwhile)
     seen: std::collections::BTreeMap<String, i64>,
 }
 
-impl BatchEffects {
-    pub(crate) fn add(&mut self, job: JobEffects) {
-        for (k, n) in job.rollups {
-            *self.rollups.entry(k).or_default() += n;
-        }
-        for (id, at) in job.seen {
-            let t = self.seen.entry(id).or_insert(at);
-            *t = (*t).max(at);
-        }
-    }
+thread_local! {
+    static BATCH: std::cell::RefCell<BatchEffects> = std::cell::RefCell::new(BatchEffects::default());
+}
 
+/// Starts a batch's effects afresh (also what a failed batch does with what it left).
+pub(crate) fn begin_batch() {
+    BATCH.with(|b| *b.borrow_mut() = BatchEffects::default());
+}
+
+/// Writes the batch's effects (inside the batch's transaction) and starts afresh.
+pub(crate) fn end_batch(c: &Connection) -> StoreResult<()> {
+    BATCH
+        .with(|b| std::mem::take(&mut *b.borrow_mut()))
+        .flush(c)
+}
+
+fn note_seen(id: &str, at: i64) {
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        match b.seen.get_mut(id) {
+            Some(t) => *t = (*t).max(at),
+            None => {
+                b.seen.insert(id.to_string(), at);
+            }
+        }
+    });
+}
+
+/// A time this batch saw the person that is not written yet.
+fn pending_seen(id: &str) -> Option<i64> {
+    BATCH.with(|b| b.borrow().seen.get(id).copied())
+}
+
+impl BatchEffects {
     /// Writes the batch's effects (inside the batch's transaction).
-    pub(crate) fn flush(&self, c: &Connection) -> StoreResult<()> {
+    fn flush(&self, c: &Connection) -> StoreResult<()> {
         let mut up = c
             .prepare_cached(
                 "INSERT INTO rollups (area_code, area_path, day, metric, value) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -632,7 +648,7 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
-                    "SELECT {SITE_COLS} FROM sites WHERE area_path >= ?1 AND area_path < ?2 ORDER BY area_path, name"
+                    "SELECT {SITE_COLS} FROM sites WHERE area_path >= ?1 AND area_path < ?2 ORDER BY area_path, name, id"
                 ))
                 .map_err(map_err)?;
             let rows = stmt.query_map(params![lo, hi], site_row).map_err(map_err)?;
@@ -957,7 +973,7 @@ impl Store for SqliteStore {
                     "SELECT l.id, l.name, l.uploaded_by, l.area_path, l.created_at, l.rows, l.bad_rows, \
                      m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
                      JOIN lists l ON l.id = m.list_id WHERE m.person_id = ?1 AND l.area_path >= ?2 AND l.area_path < ?3 \
-                     ORDER BY l.created_at DESC LIMIT 50",
+                     ORDER BY l.created_at DESC, l.id, m.line LIMIT 50",
                 )
                 .map_err(map_err)?;
             let rows = stmt
@@ -1547,20 +1563,20 @@ impl SqliteStore {
                     Box::new(index.clone()),
                 ),
                 PersonQuery::Phone(index) => (
-                    format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = ?3 AND {scoped} ORDER BY p.last_seen_at DESC LIMIT ?4"),
+                    format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = ?3 AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT ?4"),
                     Box::new(index.clone()),
                 ),
                 PersonQuery::Plate(plate) => (
                     format!(
                         "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_plates WHERE plate = ?3) \
-                         AND {scoped} ORDER BY p.last_seen_at DESC LIMIT ?4"
+                         AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT ?4"
                     ),
                     Box::new(plate.clone()),
                 ),
                 PersonQuery::Name(name) => (
                     format!(
                         "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram = ?5) \
-                         AND instr(p.name, ?3) > 0 AND {scoped} ORDER BY (p.name = ?3) DESC, p.last_seen_at DESC LIMIT ?4"
+                         AND instr(p.name, ?3) > 0 AND {scoped} ORDER BY (p.name = ?3) DESC, p.last_seen_at DESC, p.id LIMIT ?4"
                     ),
                     Box::new(name.clone()),
                 ),
@@ -1625,7 +1641,7 @@ impl SqliteStore {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT area_path, category, COUNT(*) FROM persons WHERE category <> 'none' \
-                     AND area_path >= ?1 AND area_path < ?2 AND merged_into IS NULL GROUP BY area_path, category",
+                     AND area_path >= ?1 AND area_path < ?2 AND merged_into IS NULL GROUP BY area_path, category ORDER BY area_path, category",
                 )
                 .map_err(map_err)?;
             let rows = stmt
@@ -1853,7 +1869,7 @@ impl SqliteStore {
                     "SELECT {PERSON_COLS}, l.id, l.person_id, l.test, l.sample_date, l.result_date, l.result, l.entered_by, l.created_at \
                      FROM lab_results l JOIN persons p ON p.id = l.person_id \
                      WHERE l.result = 'positive' AND p.category NOT IN ('confirmed', 'recovered', 'deceased') \
-                     AND p.area_path >= ?1 AND p.area_path < ?2 ORDER BY l.sample_date DESC"
+                     AND p.area_path >= ?1 AND p.area_path < ?2 ORDER BY l.sample_date DESC, l.id"
                 ))
                 .map_err(map_err)?;
             let rows = stmt
@@ -2361,7 +2377,8 @@ impl SqliteStore {
                 .prepare_cached(
                     "SELECT k.index_person_id, k.contact_person_id, k.degree, k.kinds, k.exposure_s, k.score, k.status, k.last_found_at \
                      FROM contacts k JOIN persons p ON p.id = k.contact_person_id \
-                     WHERE k.status = 'confirmed' AND p.area_path >= ?1 AND p.area_path < ?2",
+                     WHERE k.status = 'confirmed' AND p.area_path >= ?1 AND p.area_path < ?2 \
+                     ORDER BY k.index_person_id, k.contact_person_id",
                 )
                 .map_err(map_err)?;
             let rows = stmt

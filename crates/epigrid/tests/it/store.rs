@@ -323,6 +323,84 @@ async fn registrations_link_persons_respect_scope_and_keep_rollups_exact() {
     }
 }
 
+/// A registration older than the person's latest does not move them, even when it is written
+/// in the same batch as the latest one with another write between them (which makes the
+/// SQLite writer forget what it knew of people, while the latest "last seen" is still only
+/// pending in the batch). Single-threaded, so all three writes queue before the batch runs.
+#[tokio::test]
+async fn an_older_registration_in_the_same_batch_does_not_move_a_person() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let linhe = sites
+            .iter()
+            .find(|s| s.area_code.starts_with("150802"))
+            .unwrap();
+        let wuyuan = sites
+            .iter()
+            .find(|s| s.area_code.starts_with("150821"))
+            .unwrap();
+        let id = cn_id("150802", "19900101", 41);
+        let t0 = Utc::now() - Duration::hours(3);
+        let first = new_reg(linhe, &id, "张三", t0);
+        let person = first.person.id;
+        store.insert_registration(first).await.unwrap();
+        let (latest, _, older) = tokio::join!(
+            store.insert_registration(new_reg(linhe, &id, "张三", t0 + Duration::hours(2))),
+            store.purge_sessions(Utc::now()),
+            store.insert_registration(new_reg(wuyuan, &id, "张三", t0 + Duration::hours(1))),
+        );
+        latest.unwrap();
+        older.unwrap();
+        let p = store
+            .person(person, &Scope::all())
+            .await
+            .unwrap()
+            .expect("person");
+        assert_eq!(p.area_path, linhe.area_path, "{name}: stays where last seen");
+        assert_eq!(
+            p.last_seen_at.timestamp_micros(),
+            (t0 + Duration::hours(2)).timestamp_micros(),
+            "{name}"
+        );
+    }
+}
+
+/// Scope filters compare area paths as bytes (`'/' < '0'`). On PostgreSQL that needs every
+/// path column to collate as "C" whatever the database's default: under en_US.UTF-8, which
+/// ignores '/', a list uploaded below the caller's own area fell outside their scope.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_compares_every_area_path_as_bytes() {
+    let Some((_store, client, schema)) = postgres_with_client().await else {
+        return;
+    };
+    let rows = client
+        .query(
+            "SELECT table_name, column_name, collation_name FROM information_schema.columns \
+             WHERE table_schema = $1 AND column_name LIKE '%path%' AND data_type = 'text'",
+            &[&schema],
+        )
+        .await
+        .unwrap();
+    let names = |pick: &dyn Fn(Option<&str>) -> bool| -> Vec<String> {
+        rows.iter()
+            .filter(|r| pick(r.get::<_, Option<&str>>(2)))
+            .map(|r| format!("{}.{}", r.get::<_, &str>(0), r.get::<_, &str>(1)))
+            .collect()
+    };
+    let bytes = names(&|c| c == Some("C"));
+    for t in ["lists", "notices", "persons", "registrations", "sites"] {
+        assert!(
+            bytes.contains(&format!("{t}.area_path")),
+            "{t}.area_path compares as bytes: {bytes:?}"
+        );
+    }
+    let other = names(&|c| c != Some("C"));
+    assert!(
+        other.is_empty(),
+        "path columns with a linguistic collation: {other:?}"
+    );
+}
+
 /// "Last seen" is the person's latest registration, on both stores, however the registrations
 /// arrive: one at a time, several in one batch, or an older one after a newer one.
 #[tokio::test(flavor = "multi_thread")]

@@ -53,6 +53,11 @@ pub fn sqlite() -> (Arc<dyn Store>, PathBuf) {
 /// A PostgreSQL store in a schema of its own, when `EPIGRID_TEST_PG` is set. When it is set
 /// and the server cannot be reached, the test fails: CI must test both stores.
 pub async fn postgres() -> Option<Arc<dyn Store>> {
+    postgres_with_client().await.map(|(store, _, _)| store)
+}
+
+/// [`postgres`], with a client of the same server and the name of the store's schema.
+pub async fn postgres_with_client() -> Option<(Arc<dyn Store>, tokio_postgres::Client, String)> {
     let url = std::env::var("EPIGRID_TEST_PG")
         .ok()
         .filter(|u| !u.is_empty())?;
@@ -67,11 +72,10 @@ pub async fn postgres() -> Option<Arc<dyn Store>> {
         .expect("create test schema");
     let sep = if url.contains('?') { '&' } else { '?' };
     let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
-    Some(Arc::new(
-        PgStore::connect(&scoped)
-            .await
-            .expect("open postgres store"),
-    ))
+    let store = PgStore::connect(&scoped)
+        .await
+        .expect("open postgres store");
+    Some((Arc::new(store), client, schema))
 }
 
 /// Every backend to run a store test against.
