@@ -395,22 +395,26 @@ pub fn registration_metrics(kind: SiteKind, fields: &RegistrationFields) -> Vec<
     m
 }
 
-/// A registration counts as fever when the measured temperature is 37.3 °C or more, or the
-/// person reported fever.
-/// SQL (both stores) for whether the stored `persons` row is *pinned*: someone manages the
-/// person (a home area, a category, an open observation), or the record was merged into
-/// another (registrations go to that one). A registration then changes neither their area nor
-/// a phone number they already have, since anyone who knows an ID number can register with it;
-/// the registration keeps the number it was made with. A literal, for `concat!`.
+/// SQL (both stores) for whether the stored `persons` row is *pinned*: staff have acted on the
+/// person (a home area, a category now or ever, an observation even if released, a lab
+/// result), or the record was merged into another (registrations go to that one). A
+/// registration then changes neither their area nor a phone number they already have, since
+/// anyone who knows an ID number can register with it: it must not move a person's health
+/// record to another area's staff. The registration keeps the number it was made with. A
+/// literal, for `concat!`.
 #[macro_export]
 macro_rules! pinned_person_sql {
     () => {
         "(persons.merged_into IS NOT NULL OR persons.home_area_code IS NOT NULL \
-         OR persons.category <> 'none' OR EXISTS (SELECT 1 FROM observations o \
-         WHERE o.person_id = persons.id AND o.released_at IS NULL))"
+         OR persons.category <> 'none' \
+         OR EXISTS (SELECT 1 FROM observations o WHERE o.person_id = persons.id) \
+         OR EXISTS (SELECT 1 FROM category_changes h WHERE h.person_id = persons.id) \
+         OR EXISTS (SELECT 1 FROM lab_results l WHERE l.person_id = persons.id))"
     };
 }
 
+/// A registration counts as fever when the measured temperature is 37.3 °C or more, or the
+/// person reported fever.
 pub fn is_fever(fields: &RegistrationFields) -> bool {
     fields.temperature.is_some_and(|t| t >= 373)
         || fields.symptoms & crate::validate::Symptom::Fever.bit() != 0

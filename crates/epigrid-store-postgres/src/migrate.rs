@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "area paths of lists and notices compare as bytes",
         include_str!("../migrations/0015_path_collation.sql"),
     ),
+    (
+        16,
+        "registrations keep the name they were made with",
+        include_str!("../migrations/0016_registration_name.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

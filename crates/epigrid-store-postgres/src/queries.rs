@@ -20,7 +20,7 @@ const SITE_COLS: &str =
 const USER_COLS: &str =
     "id, username, password_hash, role, area_code, area_path, active, created_at";
 const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
-    r.person_id, p.name, p.doc_type, p.doc_masked, COALESCE(r.phone_masked, p.phone_masked), p.provisional, \
+    r.person_id, r.name, p.doc_type, p.doc_masked, r.phone_masked, p.provisional, \
     r.channel, r.by_user, \
     r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
     r.origin_code, r.destination, r.direction, r.visitor, r.unit_code, r.visit_reason, r.arrival_date, \

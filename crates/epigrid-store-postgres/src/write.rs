@@ -45,15 +45,40 @@ const PERSONS: &str = concat!(
     "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
      phone_index, phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
      SELECT id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
-       birth_date, sex, area_path, provisional, at, at \
+       birth_date, sex, area_path, provisional, created, seen \
      FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[], $7::bytea[], \
-       $8::bytea[], $9::text[], $10::date[], $11::text[], $12::text[], $13::bool[], $14::timestamptz[]) \
+       $8::bytea[], $9::text[], $10::date[], $11::text[], $12::text[], $13::bool[], $14::timestamptz[], \
+       $15::timestamptz[]) \
        AS t(id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
-       birth_date, sex, area_path, provisional, at) \
+       birth_date, sex, area_path, provisional, created, seen) \
 ",
     person_on_conflict!(),
     "RETURNING id, COALESCE(merged_into, id), (xmax = 0)"
 );
+
+/// A person as the registrations of one batch leave them, the same as writing those one by one
+/// in order (as SQLite does): who they are and when they were first seen from their first
+/// sighting, their phone from the last sighting that has one (a companion's has none), their
+/// area and "last seen" from the latest sighting by time.
+struct Sighted<'a> {
+    first: &'a PersonInput,
+    phone: &'a PersonInput,
+    area: &'a str,
+    created: DateTime<Utc>,
+    seen: DateTime<Utc>,
+}
+
+impl<'a> Sighted<'a> {
+    fn again(&mut self, p: &'a PersonInput, area: &'a str, at: DateTime<Utc>) {
+        if p.phone_index.is_some() {
+            self.phone = p;
+        }
+        if at >= self.seen {
+            self.area = area;
+            self.seen = at;
+        }
+    }
+}
 
 /// One person brought by someone coming forward on a notice, like a registration's.
 pub(crate) const PENDING_PERSON: &str = concat!(
@@ -70,12 +95,12 @@ const GRAMS: &str = "INSERT INTO person_grams (gram, person_id) \
 const REGISTRATIONS: &str = "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, \
      channel, by_user, verification_code, temperature, symptoms, high_risk_travel, plate, companions, \
      origin_code, destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, \
-     address, employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for) \
+     address, employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for, name) \
      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::date[], \
        $7::text[], $8::text[], $9::uuid[], $10::text[], $11::int2[], $12::int2[], $13::bool[], $14::text[], \
        $15::int4[], $16::text[], $17::text[], $18::text[], $19::bool[], $20::text[], $21::text[], $22::date[], \
        $23::text[], $24::text[], $25::text[], $26::int4[], $27::text[], $28::bytea[], \
-       $29::text[], $30::uuid[]) \
+       $29::text[], $30::uuid[], $31::text[]) \
      RETURNING id, seq";
 
 const PLATES: &str = "INSERT INTO person_plates (plate, person_id, first_at) \
@@ -161,36 +186,41 @@ async fn pipelined<C: GenericClient>(
     regs: &[NewRegistration],
     tx: Tx,
 ) -> StoreResult<Vec<i64>> {
-    // Persons: one row per person (the latest sighting wins), sorted by id against deadlocks.
-    let mut persons: BTreeMap<Uuid, (&PersonInput, &str, DateTime<Utc>)> = BTreeMap::new();
+    // Persons: one row per person, sorted by id against deadlocks.
+    let mut persons: BTreeMap<Uuid, Sighted> = BTreeMap::new();
     for r in regs {
         let people = std::iter::once(&r.person)
             .chain(r.companion_list.iter().filter_map(|c| c.person.as_ref()));
         for p in people {
-            let e = persons
+            persons
                 .entry(p.id)
-                .or_insert((p, r.area_path.as_str(), r.at));
-            if r.at >= e.2 {
-                *e = (p, r.area_path.as_str(), r.at);
-            }
+                .and_modify(|s| s.again(p, &r.area_path, r.at))
+                .or_insert(Sighted {
+                    first: p,
+                    phone: p,
+                    area: &r.area_path,
+                    created: r.at,
+                    seen: r.at,
+                });
         }
     }
-    let ps: Vec<&(&PersonInput, &str, DateTime<Utc>)> = persons.values().collect();
-    let ids = col(&ps, |(p, _, _)| p.id);
-    let doc_types = col(&ps, |(p, _, _)| p.doc_type.map(|d| d.as_str()));
-    let doc_index = col(&ps, |(p, _, _)| p.doc_index.as_deref());
-    let doc_cipher = col(&ps, |(p, _, _)| p.doc_cipher.as_deref());
-    let doc_masked = col(&ps, |(p, _, _)| p.doc_masked.as_deref());
-    let names = col(&ps, |(p, _, _)| p.name.as_str());
-    let phone_index = col(&ps, |(p, _, _)| p.phone_index.as_deref());
-    let phone_cipher = col(&ps, |(p, _, _)| p.phone_cipher.as_deref());
-    let phone_masked = col(&ps, |(p, _, _)| p.phone_masked.as_deref());
-    let births = col(&ps, |(p, _, _)| p.birth_date);
-    let sexes = col(&ps, |(p, _, _)| p.sex.map(|s| s.as_str()));
-    let paths = col(&ps, |(_, path, _)| *path);
-    let provisional = col(&ps, |(p, _, _)| p.provisional);
-    let ats = col(&ps, |(_, _, at)| *at);
-    let person_params: [&(dyn ToSql + Sync); 14] = [
+    let ps: Vec<&Sighted> = persons.values().collect();
+    let ids = col(&ps, |s| s.first.id);
+    let doc_types = col(&ps, |s| s.first.doc_type.map(|d| d.as_str()));
+    let doc_index = col(&ps, |s| s.first.doc_index.as_deref());
+    let doc_cipher = col(&ps, |s| s.first.doc_cipher.as_deref());
+    let doc_masked = col(&ps, |s| s.first.doc_masked.as_deref());
+    let names = col(&ps, |s| s.first.name.as_str());
+    let phone_index = col(&ps, |s| s.phone.phone_index.as_deref());
+    let phone_cipher = col(&ps, |s| s.phone.phone_cipher.as_deref());
+    let phone_masked = col(&ps, |s| s.phone.phone_masked.as_deref());
+    let births = col(&ps, |s| s.first.birth_date);
+    let sexes = col(&ps, |s| s.first.sex.map(|x| x.as_str()));
+    let paths = col(&ps, |s| s.area);
+    let provisional = col(&ps, |s| s.first.provisional);
+    let created = col(&ps, |s| s.created);
+    let seen = col(&ps, |s| s.seen);
+    let person_params: [&(dyn ToSql + Sync); 15] = [
         &ids,
         &doc_types,
         &doc_index,
@@ -204,7 +234,8 @@ async fn pipelined<C: GenericClient>(
         &sexes,
         &paths,
         &provisional,
-        &ats,
+        &created,
+        &seen,
     ];
     let upsert = c.query(&st.persons, &person_params);
     // BEGIN and the persons go out together; the first error wins
@@ -223,8 +254,8 @@ async fn pipelined<C: GenericClient>(
         effective.insert(id, row.get(1));
         // new people: index their names for search by part of a name
         if row.get::<_, bool>(2) {
-            if let Some((p, _, _)) = persons.get(&id) {
-                for g in epigrid_core::person::name_grams(&p.name) {
+            if let Some(s) = persons.get(&id) {
+                for g in epigrid_core::person::name_grams(&s.first.name) {
                     gram_texts.push(g);
                     gram_ids.push(id);
                 }
@@ -264,6 +295,7 @@ async fn pipelined<C: GenericClient>(
     let reg_phone_masks = col(regs, |r| r.person.phone_masked.as_deref());
     // the person each registration came in as, where it is not the one it now points at
     let sealed_for = col(regs, |r| Some(r.person.id).filter(|id| eff(id) != *id));
+    let typed_names = col(regs, |r| r.person.name.as_str());
 
     let mut pairs = BTreeSet::new();
     let (mut plate_texts, mut plate_people, mut plate_ats) = (Vec::new(), Vec::new(), Vec::new());
@@ -304,7 +336,7 @@ async fn pipelined<C: GenericClient>(
     let values: Vec<i64> = counts.values().copied().collect();
 
     // Everything else, and the COMMIT, in one round trip; sent in this order (`biased`).
-    let reg_params: [&(dyn ToSql + Sync); 30] = [
+    let reg_params: [&(dyn ToSql + Sync); 31] = [
         &reg_ids,
         &sites,
         &people,
@@ -335,6 +367,7 @@ async fn pipelined<C: GenericClient>(
         &reg_phone_ciphers,
         &reg_phone_masks,
         &sealed_for,
+        &typed_names,
     ];
     let inserted = c.query(&st.registrations, &reg_params);
     let gram_params: [&(dyn ToSql + Sync); 2] = [&gram_texts, &gram_ids];

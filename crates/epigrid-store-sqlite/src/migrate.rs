@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the person a registration's phone is sealed for",
         include_str!("../migrations/0014_registration_phone_sealed_for.sql"),
     ),
+    (
+        16,
+        "registrations keep the name they were made with",
+        include_str!("../migrations/0016_registration_name.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

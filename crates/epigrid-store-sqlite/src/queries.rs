@@ -20,7 +20,7 @@ const SITE_COLS: &str =
 const USER_COLS: &str =
     "id, username, password_hash, role, area_code, area_path, active, created_at";
 const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
-    r.person_id, p.name, p.doc_type, p.doc_masked, COALESCE(r.phone_masked, p.phone_masked), p.provisional, \
+    r.person_id, r.name, p.doc_type, p.doc_masked, r.phone_masked, p.provisional, \
     r.channel, r.by_user, \
     r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
     r.origin_code, r.destination, r.direction, r.visitor, r.unit_code, r.visit_reason, r.arrival_date, \
@@ -335,9 +335,9 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
             "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
              verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
              destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
-             employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for) VALUES (?1, ?2, ?3, ?4, \
-             ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, \
-             ?26, ?27, ?28, ?29, ?30)",
+             employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for, name) VALUES (?1, ?2, \
+             ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
+             ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
         )
         .map_err(map_err)?
         .execute(
@@ -372,6 +372,7 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
                 reg.person.phone_cipher,
                 reg.person.phone_masked,
                 (person_id != id_in).then_some(&id_in),
+                reg.person.name,
             ],
         )
         .map(|_| c.last_insert_rowid())

@@ -631,11 +631,12 @@ pub(crate) async fn unmask(
         .transpose()
     };
     let doc = open("doc", secrets.person_id, secrets.doc_cipher.as_ref())?;
-    // the number given with this registration (sealed for the person it came in as); older
-    // ones kept none, and show the person's
+    // The name and number given with this registration (the number sealed for the person it
+    // came in as), not the person's: typing someone's ID number at a site must not read back
+    // what their record holds.
     let phone = match st.store.registration_phone(r.id, &staff.scope()).await? {
         Some((c, sealed_for)) => open("phone", sealed_for, Some(&c))?,
-        None => open("phone", secrets.person_id, secrets.phone_cipher.as_ref())?,
+        None => None,
     };
     staff
         .audit(

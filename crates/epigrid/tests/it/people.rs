@@ -91,6 +91,8 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
             cn_id("150802", "19900303", 31), // placed in a category
             cn_id("150802", "19900404", 41), // under observation
             cn_id("150802", "19900505", 51), // managed by nobody
+            cn_id("150802", "19900606", 61), // a positive lab result, no category (yet)
+            cn_id("150802", "19900707", 71), // observed once, released
         ];
         let mut first = Vec::new();
         for id in &ids {
@@ -112,6 +114,25 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
             .unwrap());
         let o = observation(first[1].person.id, Utc::now().date_naive(), 14, "tok-pin");
         store.insert_observation(&o).await.unwrap();
+        let today = Utc::now().date_naive();
+        store
+            .insert_lab_result(&LabResult {
+                id: new_id(),
+                person_id: first[3].person.id,
+                test: TestKind::NucleicAcid,
+                sample_date: today,
+                result_date: Some(today),
+                result: TestResult::Positive,
+                entered_by: None,
+                created_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        let mut released = observation(first[4].person.id, today, 14, "tok-released");
+        store.insert_observation(&released).await.unwrap();
+        released.released_at = Some(Utc::now());
+        released.release_reason = Some("test".into());
+        store.update_observation(&released).await.unwrap();
 
         // the same ID numbers registered in another county with another number, as anyone
         // holding a person's ID number could
@@ -132,7 +153,9 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
                 .await
                 .unwrap()
                 .unwrap();
-            let managed = i < 2;
+            // anyone staff have acted on: a category, an observation (even released), a lab
+            // result; only people nobody has acted on follow their registrations
+            let managed = i != 2;
             assert_eq!(
                 p.area_path.starts_with("/150800/150802/"),
                 managed,
@@ -161,6 +184,48 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
                 );
             }
         }
+        // Typing a person's ID number at a site shows back only what was typed: another name
+        // and no phone give a registration with that name and no phone, not the person's.
+        // (site staff may register someone without a phone)
+        let input = RegistrationInput::from_json(&json!({"name": "某人", "id_type": "cn_id",
+            "id_number": ids[0], "temperature": 36.5, "symptoms": [], "origin": "150802",
+            "destination": "150821"}))
+        .unwrap();
+        let ctx = Context {
+            site: &wuyuan,
+            channel: Channel::Staff,
+            by_user: Some(new_id()),
+            now: t0 + Duration::minutes(20),
+            tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
+        };
+        let typed = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
+        store.insert_registration(typed.clone()).await.unwrap();
+        let shown = store
+            .registration(typed.id, &Scope::new("/150800/150821/"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shown.person_id, first[0].person.id, "{name}");
+        assert_eq!(shown.name, "某人", "{name}: the name typed, not the person's");
+        assert_eq!(shown.phone_masked, None, "{name}: no number given, none shown");
+        assert_eq!(
+            store
+                .registration_phone(typed.id, &Scope::all())
+                .await
+                .unwrap(),
+            None,
+            "{name}"
+        );
+        assert_eq!(
+            store
+                .registration(first[0].id, &Scope::all())
+                .await
+                .unwrap()
+                .unwrap()
+                .name,
+            "王一",
+            "{name}"
+        );
         assert_eq!(
             store
                 .registration_phone(second[0].id, &Scope::new("/150800/150802/"))

@@ -16,7 +16,11 @@ fn tz() -> FixedOffset {
 }
 
 fn new_reg(site: &Site, id_number: &str, name: &str, at: chrono::DateTime<Utc>) -> NewRegistration {
-    let mut body = checkpoint_body(id_number, name, "13912345678");
+    reg_of(site, checkpoint_body(id_number, name, "13912345678"), at)
+}
+
+/// The registration a checkpoint-style `body` makes at `site` at `at`.
+fn reg_of(site: &Site, mut body: serde_json::Value, at: chrono::DateTime<Utc>) -> NewRegistration {
     if site.kind == SiteKind::Gate {
         body["direction"] = "in".into();
     }
@@ -323,6 +327,75 @@ async fn registrations_link_persons_respect_scope_and_keep_rollups_exact() {
     }
 }
 
+/// Several registrations of one person written together (one batch under load, or a bulk
+/// insert) leave the person as writing them one by one does, on both stores: who they are and
+/// when first seen from the first, their phone from the last that has one (a companion gives
+/// none), their area from the latest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_leaves_a_person_as_its_registrations_one_by_one_would() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let site = sites
+            .iter()
+            .find(|s| s.kind == SiteKind::Checkpoint)
+            .unwrap();
+        let t0 = Utc::now() - Duration::hours(3);
+        let wife_id = cn_id("150802", "19900303", 51);
+        let husband_id = cn_id("150802", "19880404", 52);
+        let wife = reg_of(site, checkpoint_body(&wife_id, "李梅", "13700001111"), t0);
+        let wife_person = wife.person.id;
+        let mut body = checkpoint_body(&husband_id, "王强", "13800002222");
+        body["companions"] =
+            serde_json::json!([{"name": "李梅", "id_type": "cn_id", "id_number": wife_id}]);
+        let husband = reg_of(site, body, t0 + Duration::minutes(1));
+        assert_eq!(
+            husband.companion_list[0].person.as_ref().map(|p| p.id),
+            Some(wife_person)
+        );
+        // a returning person: first seen at t0, then again an hour later
+        let again_id = cn_id("150802", "19700505", 53);
+        let first = new_reg(site, &again_id, "赵六", t0);
+        let again_person = first.person.id;
+        let later = new_reg(site, &again_id, "赵六", t0 + Duration::hours(1));
+        store
+            .insert_registrations(vec![wife, husband, first, later])
+            .await
+            .unwrap();
+        let person = |id| {
+            let store = store.clone();
+            async move {
+                store
+                    .person(id, &Scope::all())
+                    .await
+                    .unwrap()
+                    .expect("person")
+            }
+        };
+        let w = person(wife_person).await;
+        assert_eq!(
+            w.phone_masked.as_deref(),
+            Some("137****1111"),
+            "{name}: her own number stays though her husband listed her later"
+        );
+        assert_eq!(
+            w.last_seen_at.timestamp_micros(),
+            (t0 + Duration::minutes(1)).timestamp_micros(),
+            "{name}"
+        );
+        let a = person(again_person).await;
+        assert_eq!(
+            a.created_at.timestamp_micros(),
+            t0.timestamp_micros(),
+            "{name}: first seen"
+        );
+        assert_eq!(
+            a.last_seen_at.timestamp_micros(),
+            (t0 + Duration::hours(1)).timestamp_micros(),
+            "{name}: last seen"
+        );
+    }
+}
+
 /// A registration older than the person's latest does not move them, even when it is written
 /// in the same batch as the latest one with another write between them (which makes the
 /// SQLite writer forget what it knew of people, while the latest "last seen" is still only
@@ -356,7 +429,10 @@ async fn an_older_registration_in_the_same_batch_does_not_move_a_person() {
             .await
             .unwrap()
             .expect("person");
-        assert_eq!(p.area_path, linhe.area_path, "{name}: stays where last seen");
+        assert_eq!(
+            p.area_path, linhe.area_path,
+            "{name}: stays where last seen"
+        );
         assert_eq!(
             p.last_seen_at.timestamp_micros(),
             (t0 + Duration::hours(2)).timestamp_micros(),
