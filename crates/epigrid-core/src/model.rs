@@ -23,6 +23,12 @@ impl Role {
     pub fn sees_personal_data(self) -> bool {
         !matches!(self, Role::Analyst)
     }
+    /// May this role read people's records: persons, lab results, observations, contacts and
+    /// chains, notices, list matches? Site staff see the registrations of their sites only;
+    /// analysts see aggregates only.
+    pub fn sees_people(self) -> bool {
+        !matches!(self, Role::Analyst | Role::SiteStaff)
+    }
     /// May this role reveal a masked ID or phone number (an audited action)?
     pub fn may_unmask(self) -> bool {
         matches!(

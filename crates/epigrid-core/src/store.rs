@@ -118,8 +118,14 @@ pub trait Store: Send + Sync + 'static {
     /// Marks `from` as a duplicate of `into` (both must be unmerged and distinct) and records
     /// the merge; registrations stay where they are and are read through the kept person.
     async fn merge_persons(&self, merge: &PersonMerge) -> StoreResult<()>;
-    /// Undoes a merge that has not been undone yet; returns the merge.
-    async fn undo_merge(&self, merge_id: Uuid, at: DateTime<Utc>) -> StoreResult<PersonMerge>;
+    /// Undoes a merge that has not been undone yet and whose two people are both in `scope`;
+    /// returns the merge. `NotFound` otherwise.
+    async fn undo_merge(
+        &self,
+        merge_id: Uuid,
+        scope: &Scope,
+        at: DateTime<Utc>,
+    ) -> StoreResult<PersonMerge>;
     /// Corrects a person's name and home area (home_path is the home area's path).
     async fn update_person(
         &self,

@@ -655,9 +655,10 @@ impl Store for PgStore {
     async fn undo_merge(
         &self,
         merge_id: Uuid,
+        scope: &Scope,
         at: DateTime<Utc>,
     ) -> StoreResult<epigrid_core::person::PersonMerge> {
-        self.undo_merge_impl(merge_id, at).await
+        self.undo_merge_impl(merge_id, scope, at).await
     }
     async fn update_person(
         &self,
@@ -1427,15 +1428,19 @@ impl PgStore {
     pub(crate) async fn undo_merge_impl(
         &self,
         id: Uuid,
+        scope: &Scope,
         at: DateTime<Utc>,
     ) -> StoreResult<epigrid_core::person::PersonMerge> {
+        let (lo, hi) = scope.bounds();
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
         let r = tx
             .query_opt(
-                "SELECT id, from_person, into_person, at, by_user, by_username, reason FROM person_merges \
-                 WHERE id = $1 AND undone_at IS NULL FOR UPDATE",
-                &[&id],
+                "SELECT m.id, m.from_person, m.into_person, m.at, m.by_user, m.by_username, m.reason \
+                 FROM person_merges m JOIN persons f ON f.id = m.from_person JOIN persons i ON i.id = m.into_person \
+                 WHERE m.id = $1 AND m.undone_at IS NULL AND f.area_path >= $2 AND f.area_path < $3 \
+                 AND i.area_path >= $2 AND i.area_path < $3 FOR UPDATE OF m",
+                &[&id, &lo, &hi],
             )
             .await
             .map_err(map_err)?

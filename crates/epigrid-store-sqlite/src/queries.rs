@@ -1035,9 +1035,10 @@ impl Store for SqliteStore {
     async fn undo_merge(
         &self,
         merge_id: Uuid,
+        scope: &Scope,
         at: DateTime<Utc>,
     ) -> StoreResult<epigrid_core::person::PersonMerge> {
-        self.undo_merge_impl(merge_id, at).await
+        self.undo_merge_impl(merge_id, scope, at).await
     }
     async fn update_person(
         &self,
@@ -1931,16 +1932,20 @@ impl SqliteStore {
     pub(crate) async fn undo_merge_impl(
         &self,
         id: Uuid,
+        scope: &Scope,
         at: DateTime<Utc>,
     ) -> StoreResult<epigrid_core::person::PersonMerge> {
+        let (lo, hi) = scope.bounds();
         self.write(move |c| {
             let m = c
                 .prepare_cached(
-                    "SELECT id, from_person, into_person, at, by_user, by_username, reason, undone_at FROM person_merges \
-                     WHERE id = ?1 AND undone_at IS NULL",
+                    "SELECT m.id, m.from_person, m.into_person, m.at, m.by_user, m.by_username, m.reason, m.undone_at \
+                     FROM person_merges m JOIN persons f ON f.id = m.from_person JOIN persons i ON i.id = m.into_person \
+                     WHERE m.id = ?1 AND m.undone_at IS NULL AND f.area_path >= ?2 AND f.area_path < ?3 \
+                     AND i.area_path >= ?2 AND i.area_path < ?3",
                 )
                 .map_err(map_err)?
-                .query_row([id.to_string()], |r| {
+                .query_row(params![id.to_string(), lo, hi], |r| {
                     Ok(epigrid_core::person::PersonMerge {
                         id: r.get::<_, U>(0)?.0,
                         from_person: r.get::<_, U>(1)?.0,

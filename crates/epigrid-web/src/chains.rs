@@ -27,7 +27,7 @@ async fn records(
     st: &AppState,
     staff: &Staff,
 ) -> ApiResult<Vec<epigrid_core::trace::ContactRecord>> {
-    staff.require(staff.role().sees_personal_data())?;
+    staff.require(staff.role().sees_people())?;
     Ok(st.store.confirmed_contacts(&staff.scope()).await?)
 }
 

@@ -280,7 +280,7 @@ async fn matches(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    staff.require(staff.role().sees_personal_data())?;
+    staff.require(staff.role().sees_people())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let mut errs = Vec::new();
     let mut number =

@@ -159,7 +159,7 @@ async fn detail(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    staff.require(staff.role().sees_personal_data())?;
+    staff.require(staff.role().sees_people())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let n = st
         .store

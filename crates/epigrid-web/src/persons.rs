@@ -130,7 +130,7 @@ async fn search(
     staff: Staff,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    staff.require(staff.role().sees_personal_data())?;
+    staff.require(staff.role().sees_people())?;
     let query = interpret_query(&st, q.get("q").map(String::as_str).unwrap_or(""))?;
     let people = st.store.search_persons(&staff.scope(), &query, 50).await?;
     Ok(Json(
@@ -139,7 +139,7 @@ async fn search(
 }
 
 pub(crate) async fn person_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Person> {
-    staff.require(staff.role().sees_personal_data())?;
+    staff.require(staff.role().sees_people())?;
     let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
     st.store
         .person(id, &staff.scope())
@@ -302,14 +302,19 @@ async fn undo_merge(
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().investigates())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let m = st.store.undo_merge(id, Utc::now()).await?;
+    let m = st.store.undo_merge(id, &staff.scope(), Utc::now()).await?;
     st.trace_changed();
+    // audited where the people are, for that area's admins
+    let area = match st.store.person(m.into_person, &staff.scope()).await? {
+        Some(p) => p.area_path,
+        None => staff.user.area_path.clone(),
+    };
     staff
         .audit(
             &st,
             "person.unmerge",
             &format!("person:{}", m.from_person),
-            &staff.user.area_path,
+            &area,
             &format!("merge:{}", m.id),
         )
         .await;
@@ -995,7 +1000,7 @@ async fn add_lab_result(
 }
 
 async fn review(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
-    staff.require(staff.role().sees_personal_data())?;
+    staff.require(staff.role().sees_people())?;
     let rows = st.store.review_list(&staff.scope()).await?;
     Ok(Json(
         json!({"items": rows.iter().map(|(p, l)| json!({"person": person_json(p), "lab_result": l})).collect::<Vec<_>>()}),
@@ -1030,7 +1035,7 @@ async fn rows_for(
     staff: &Staff,
     q: &HashMap<String, String>,
 ) -> ApiResult<Vec<(ObservationRow, Vec<LineStatus>)>> {
-    staff.require(staff.role().sees_personal_data())?;
+    staff.require(staff.role().sees_people())?;
     let status = match q.get("status").map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => {
@@ -1475,7 +1480,7 @@ async fn persons_page(
     staff: MaybeStaff,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match crate::staff::logged_in_as(staff, lang, Role::sees_personal_data) {
+    let s = match crate::staff::logged_in_as(staff, lang, Role::sees_people) {
         Ok(s) => s,
         Err(r) => return *r,
     };

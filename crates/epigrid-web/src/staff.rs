@@ -386,7 +386,8 @@ struct SitePage {
     url: String,
     qr: String,
     can_manage: bool,
-    recent: Vec<RowView>,
+    /// `None` for a role that sees aggregates only
+    recent: Option<Vec<RowView>>,
 }
 
 async fn site_page(
@@ -414,21 +415,24 @@ async fn site_page(
         limit: 20,
         ..Default::default()
     };
-    let recent = st
-        .store
-        .registrations(&s.scope(), &f)
-        .await
-        .unwrap_or_default();
+    // an analyst sees aggregates only: the site, not who registered there
+    let recent = if s.role().sees_personal_data() {
+        let rows = st
+            .store
+            .registrations(&s.scope(), &f)
+            .await
+            .unwrap_or_default();
+        Some(rows.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect())
+    } else {
+        None
+    };
     page(SitePage {
         c: chrome(&st, &s, lang).await,
         kind_label: kind_key(site.kind),
         url,
         qr,
         can_manage: s.role().manages_sites(),
-        recent: recent
-            .iter()
-            .map(|r| row_view(r, st.cfg.tz, lang))
-            .collect(),
+        recent,
         site,
     })
 }

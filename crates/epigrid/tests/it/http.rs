@@ -1007,3 +1007,69 @@ async fn staff_pages_answer_errors_with_a_page() {
         .unwrap()
         .starts_with("application/json"));
 }
+
+/// Site staff see their sites' registrations, not people's records; an analyst sees aggregates
+/// only, on pages as in the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn site_staff_and_analysts_read_no_one_s_record() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let stored = app
+        .stored(
+            app.register(
+                &site,
+                &checkpoint_body(&cn_id("150802", "19900101", 81), "张三", "13900000081"),
+            )
+            .await,
+        )
+        .await;
+    let person = stored["person_id"].as_str().unwrap().to_string();
+    let epi = app.token("epi_roles", Role::Epidemiologist, "150802").await;
+    let keeper = app.token("keeper_roles", Role::SiteStaff, "150802").await;
+    let analyst = app.token("analyst_roles", Role::Analyst, "150802").await;
+    let people_routes = [
+        format!("/api/v1/persons/{person}"),
+        "/api/v1/persons?q=张三".to_string(),
+        "/api/v1/review".to_string(),
+        "/api/v1/observations".to_string(),
+        "/api/v1/chains".to_string(),
+    ];
+    for path in &people_routes {
+        assert_eq!(app.get(path, Some(&epi)).await.status(), 200, "{path}");
+        for who in [&keeper, &analyst] {
+            assert_eq!(app.get(path, Some(who)).await.status(), 403, "{path}");
+        }
+    }
+    // site staff still see the registrations themselves
+    assert_eq!(
+        app.get("/api/v1/registrations", Some(&keeper))
+            .await
+            .status(),
+        200
+    );
+    // the site page lists recent registrations for site staff, not for an analyst
+    let keeper_page = app
+        .page(
+            &format!("/sites/{}", site.id),
+            &app.login_cookie("keeper_roles").await,
+        )
+        .await;
+    assert!(keeper_page.contains("张*"), "site staff see who registered");
+    let analyst_page = app
+        .page(
+            &format!("/sites/{}", site.id),
+            &app.login_cookie("analyst_roles").await,
+        )
+        .await;
+    assert!(analyst_page.contains(&site.name), "the site itself");
+    assert!(
+        !analyst_page.contains("张*")
+            && !analyst_page.contains(
+                &stored["verification_code"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string()
+            ),
+        "an analyst sees no registration rows"
+    );
+}

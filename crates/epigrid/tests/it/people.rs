@@ -206,8 +206,14 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
             .unwrap()
             .unwrap();
         assert_eq!(shown.person_id, first[0].person.id, "{name}");
-        assert_eq!(shown.name, "某人", "{name}: the name typed, not the person's");
-        assert_eq!(shown.phone_masked, None, "{name}: no number given, none shown");
+        assert_eq!(
+            shown.name, "某人",
+            "{name}: the name typed, not the person's"
+        );
+        assert_eq!(
+            shown.phone_masked, None,
+            "{name}: no number given, none shown"
+        );
         assert_eq!(
             store
                 .registration_phone(typed.id, &Scope::all())
@@ -880,16 +886,19 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
     let bytes = xlsx.bytes().await.unwrap();
     assert_eq!(&bytes[..2], b"PK", "an XLSX is a zip package");
     let staff = app.token("keeper", Role::SiteStaff, "150802").await;
-    for (q, status) in [("unmask=1", 403), ("unmask=true", 403), ("unmask=yes", 422)] {
+    // site staff see their sites' registrations, not people's follow-up, masked or not
+    for (q, who, status) in [
+        ("", &staff, 403),
+        ("?unmask=1", &staff, 403),
+        ("?unmask=true", &staff, 403),
+        ("?unmask=yes", &epi, 422),
+    ] {
         assert_eq!(
-            app.get(
-                &format!("/api/v1/observations/export.csv?{q}"),
-                Some(&staff)
-            )
-            .await
-            .status(),
+            app.get(&format!("/api/v1/observations/export.csv{q}"), Some(who))
+                .await
+                .status(),
             status,
-            "site staff may not unmask, however it is asked; a bad value is named: {q}"
+            "{q}: site staff may not export, however it is asked; a bad value is named"
         );
     }
     let audit: Value = app
@@ -1258,11 +1267,23 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             1,
             "{name}"
         );
-        let undone = store.undo_merge(merge.id, Utc::now()).await.unwrap();
+        assert!(
+            matches!(
+                store
+                    .undo_merge(merge.id, &Scope::new("/150800/150821/"), Utc::now())
+                    .await,
+                Err(epigrid_core::store::StoreError::NotFound)
+            ),
+            "{name}: not from outside the people's area"
+        );
+        let undone = store
+            .undo_merge(merge.id, &Scope::all(), Utc::now())
+            .await
+            .unwrap();
         assert!(undone.undone_at.is_some(), "{name}");
         assert!(
             matches!(
-                store.undo_merge(merge.id, Utc::now()).await,
+                store.undo_merge(merge.id, &Scope::all(), Utc::now()).await,
                 Err(epigrid_core::store::StoreError::NotFound)
             ),
             "{name}"
