@@ -61,6 +61,13 @@ async fn create(
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().classifies())?;
     let person = crate::persons::person_in_scope(&st, &staff, &id).await?;
+    // the public page says a confirmed or suspected case was at these places
+    if !matches!(
+        person.category,
+        epigrid_core::person::Category::Confirmed | epigrid_core::person::Category::Suspected
+    ) {
+        return Err(ApiError::Conflict("err.notice.not_a_case"));
+    }
     let (dfrom, dto) = crate::contacts::default_window(&st, &person).await?;
     let mut errs = Vec::new();
     // RFC 3339, or a local date (the start of that day), as the error message asks
@@ -79,10 +86,11 @@ async fn create(
     if from >= to {
         return Err(ApiError::field("to", "err.date.before_start"));
     }
+    // only places in the caller's area: a notice must not publish what they may not see
     let regs = st
         .store
         .registrations(
-            &Scope::all(),
+            &staff.scope(),
             &RegistrationFilter {
                 person_id: Some(person.id),
                 from: Some(from),
@@ -168,9 +176,11 @@ async fn detail(
         .ok_or(ApiError::NotFound)?;
     let mut pending = Vec::new();
     for pc in st.store.pending_contacts(n.id).await? {
-        let p = st.store.person(pc.person_id, &Scope::all()).await?;
+        // someone whose record is outside the caller's area is counted, not shown
+        let p = st.store.person(pc.person_id, &staff.scope()).await?;
         pending.push(json!({
             "id": pc.id, "position": pc.position, "reported_at": pc.reported_at, "status": pc.status,
+            "outside_scope": p.is_none(),
             "person": p.map(|p| crate::persons::person_json(&p)),
         }));
     }

@@ -1754,6 +1754,36 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         201
     );
     let pid = find_person(&app, &case_id, &epi).await;
+    // only a case has a notice
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/notices"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 409, "not (yet) a case");
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/persons/{pid}/category"),
+            &json!({"category": "confirmed", "reason": "核酸阳性"}),
+            Some(&epi),
+        )
+        .await
+        .status(),
+        200
+    );
+    // then seen in another county (a case stays in their area), which this epidemiologist may not see
+    let elsewhere = app.site(SiteKind::Checkpoint, "150821").clone();
+    assert_eq!(
+        app.register(
+            &elsewhere,
+            &checkpoint_body(&case_id, "病例丁", "13500000041")
+        )
+        .await
+        .status(),
+        201
+    );
     // local dates, as the date error asks for; a bad one is named
     let local_day = |days: i64| {
         (Utc::now() + Duration::hours(8) + Duration::days(days))
@@ -1788,6 +1818,11 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
     assert_eq!(r.status(), 201);
     let n: Value = r.json().await.unwrap();
     assert_eq!(n["entries"][0]["place"], venue.name.as_str());
+    assert_eq!(
+        n["entries"].as_array().unwrap().len(),
+        1,
+        "only places in the caller's area: {n}"
+    );
     let url = n["url"].as_str().unwrap().to_string();
     let html = app
         .client
