@@ -616,6 +616,8 @@ pub(crate) async fn unmask(
     reason: &str,
 ) -> ApiResult<Value> {
     staff.require(staff.role().may_unmask())?;
+    // every unmasked read says why, in the audit log
+    let reason = crate::persons::reason(reason).map_err(|e| ApiError::Invalid(vec![e]))?;
     let secrets = st
         .store
         .person_secrets(r.person_id, &staff.scope())
@@ -676,9 +678,8 @@ async fn unmask_registration(
     let reason = body
         .as_ref()
         .and_then(|b| str_field(b, "reason"))
-        .map(|s| s.chars().take(200).collect::<String>())
         .unwrap_or_default();
-    Ok(Json(unmask(&st, &staff, &r, &reason).await?))
+    Ok(Json(unmask(&st, &staff, &r, reason).await?))
 }
 
 async fn checkout_registration(

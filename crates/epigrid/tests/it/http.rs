@@ -393,6 +393,18 @@ async fn unmasking_is_for_allowed_roles_and_always_audited() {
         )
         .await;
     assert_eq!(r.status(), 403, "site staff may not unmask");
+    // an unmasked read says why
+    for no_reason in [json!({}), json!({"reason": "  "})] {
+        let r = app
+            .post_json(
+                &format!("/api/v1/registrations/{id}/unmask"),
+                &no_reason,
+                Some(&epi),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{no_reason}");
+        assert_eq!(body(r).await["errors"][0]["field"], "reason");
+    }
     let r = app
         .post_json(
             &format!("/api/v1/registrations/{id}/unmask"),
