@@ -1119,7 +1119,8 @@ impl PgStore {
             PersonQuery::Plate(plate) => {
                 self.query(
                     &format!(
-                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_plates WHERE plate = $3) \
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT COALESCE(x.merged_into, x.id) FROM person_plates pp \
+                         JOIN persons x ON x.id = pp.person_id WHERE pp.plate = $3) \
                          AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT $4"
                     ),
                     &[&lo, &hi, plate, &limit],

@@ -352,7 +352,7 @@ async fn person_detail(
         .iter()
         .map(|o| observation_json(o, t))
         .collect::<Vec<_>>());
-    v["reports"] = json!(reports);
+    v["reports"] = json!(reports.iter().map(report_json_value).collect::<Vec<_>>());
     v["lab_results"] = json!(labs);
     v["lists"] = json!(st
         .store
@@ -368,7 +368,9 @@ async fn person_detail(
         .map(|r| if scope.contains(&r.area_path) {
             serde_json::to_value(registration_json(r, st.cfg.tz)).unwrap_or(Value::Null)
         } else {
-            json!({"id": r.id, "at": r.at, "kind": r.kind, "outside_scope": true})
+            // no id: it would open the registration's public confirmation page to whoever
+            // holds the site's poster link
+            json!({"at": r.at, "kind": r.kind, "outside_scope": true})
         })
         .collect::<Vec<_>>());
     Ok(Json(v))
@@ -865,9 +867,10 @@ fn json_symptoms(b: &Value) -> Vec<String> {
 }
 
 fn report_json_value(r: &HealthReport) -> Value {
-    json!({"id": r.id, "day": r.day, "slot": r.slot, "at": r.at,
+    json!({"id": r.id, "observation_id": r.observation_id, "day": r.day, "slot": r.slot, "at": r.at,
            "temperature": crate::view::temperature(r.temperature),
-           "symptoms": Symptoms::from_bits(r.symptoms).names(), "on_behalf": r.by_user.is_some()})
+           "symptoms": Symptoms::from_bits(r.symptoms).names(), "note": r.note,
+           "on_behalf": r.by_user.is_some()})
 }
 
 /// `POST /api/v1/reports/{token}`: the person's own report.

@@ -770,6 +770,19 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         )
         .await;
     assert_eq!(dup.status(), 409);
+    // the person's record shows the report as reported, not as stored
+    let person: Value = app
+        .get(&format!("/api/v1/persons/{pid}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let report = &person["reports"][0];
+    assert_eq!(
+        (&report["temperature"], &report["symptoms"]),
+        (&json!(38.2), &json!(["cough"])),
+        "{report}"
+    );
     assert_eq!(
         app.post_json(
             &format!("/api/v1/reports/{token}x"),
@@ -1179,6 +1192,10 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 1), "甲").await;
         let b =
             registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 2), "甲").await;
+        // b drove another car before anyone knew b and a are one person
+        let mut by_car = checkpoint_body(&cn_id("150802", "19700101", 2), "甲", "13911112222");
+        by_car["plate"] = "蒙L99999".into();
+        register_at(store.as_ref(), linhe, &by_car, Utc::now()).await;
         let merge = PersonMerge {
             id: new_id(),
             from_person: b,
@@ -1190,6 +1207,17 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             undone_at: None,
         };
         store.merge_persons(&merge).await.unwrap();
+        assert_eq!(
+            store
+                .search_persons(&Scope::all(), &PersonQuery::Plate("蒙L99999".into()), 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+            vec![a],
+            "{name}: a plate seen under the merged-away record finds the kept person"
+        );
         assert!(
             matches!(
                 store
@@ -1219,7 +1247,11 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
                     .len()
             }
         };
-        assert_eq!(count(a).await, 2, "{name}");
+        assert_eq!(
+            count(a).await,
+            3,
+            "{name}: their two and the one with the other car"
+        );
         // a merged record comes back: the new registration goes to the surviving person
         // (the SQLite writer must not answer from what it remembered before the merge)
         let c =
@@ -1823,6 +1855,21 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         1,
         "only places in the caller's area: {n}"
     );
+    // the person's timeline shows that place without detail, not even the registration's id
+    let person: Value = app
+        .get(&format!("/api/v1/persons/{pid}"), Some(&epi))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let stubs: Vec<&Value> = person["registrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outside_scope"] == true)
+        .collect();
+    assert_eq!(stubs.len(), 1, "{person}");
+    assert!(stubs[0].get("id").is_none(), "{}", stubs[0]);
     let url = n["url"].as_str().unwrap().to_string();
     let html = app
         .client
