@@ -1017,17 +1017,15 @@ async fn category_counts(State(st): State<AppState>, staff: Staff) -> ApiResult<
     for (_, c, n) in &rows {
         *totals.entry(*c).or_default() += n;
     }
+    // Aggregates only: a count under five is not given (null), zero included, so that "null"
+    // does not mean "one to four"; an area's cell under five is left out altogether, since a
+    // listed cell would say there is at least one.
     let suppress = staff.role() == Role::Analyst;
-    let cell = |n: i64| {
-        if suppress && n > 0 && n < 5 {
-            Value::Null
-        } else {
-            json!(n)
-        }
-    };
+    let small = |n: i64| suppress && n < 5;
+    let cell = |n: i64| if small(n) { Value::Null } else { json!(n) };
     Ok(Json(json!({
         "totals": Category::FOUR.iter().map(|c| json!({"category": c, "count": cell(*totals.get(c).unwrap_or(&0))})).collect::<Vec<_>>(),
-        "by_area": rows.iter().map(|(path, c, n)| json!({"area_code": epigrid_core::store::path_leaf(path), "category": c, "count": cell(*n)})).collect::<Vec<_>>(),
+        "by_area": rows.iter().filter(|(_, _, n)| !small(*n)).map(|(path, c, n)| json!({"area_code": epigrid_core::store::path_leaf(path), "category": c, "count": n})).collect::<Vec<_>>(),
         "small_cells_suppressed": suppress,
     })))
 }

@@ -607,6 +607,31 @@ async fn category_changes_follow_the_rules_and_keep_history() {
     );
     assert_eq!(set("suspected", epi.clone()).await.status(), 200);
     assert_eq!(set("confirmed", epi.clone()).await.status(), 200);
+    // one confirmed case: an analyst's counts say neither that nor where (fewer than five,
+    // zero included, is one answer), while an epidemiologist's say both
+    let analyst = app.token("analyst", Role::Analyst, "150802").await;
+    let counts = |tok: String| {
+        let app = &app;
+        async move {
+            app.get("/api/v1/category-counts", Some(&tok))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let seen = counts(analyst).await;
+    assert!(
+        seen["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["count"].is_null())
+            && seen["by_area"].as_array().unwrap().is_empty(),
+        "{seen}"
+    );
+    let full = counts(epi.clone()).await;
+    assert_eq!(full["by_area"].as_array().unwrap().len(), 1, "{full}");
     let r = set("close_contact", epi.clone()).await;
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
