@@ -294,6 +294,11 @@ pub(crate) async fn run_trace(
         let Some(p) = st.store.person(*cid, &scope).await? else {
             continue;
         };
+        // the link between two degrees is named only when the caller may see that person too
+        let via = match via {
+            Some(v) if st.store.person(*v, &scope).await?.is_some() => Some(*v),
+            _ => None,
+        };
         contacts.push(json!({
             "person_id": cid,
             "name": crate::view::mask_name(&p.name),

@@ -1389,13 +1389,29 @@ async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
     let elsewhere = app.site(SiteKind::Venue, "150821").clone();
     let body = |id: &str, name: &str| json!({"name": name, "id_number": id, "phone": "13500000000", "temperature": 36.5});
     let case = cn_id("150802", "19800101", 1);
+    // 外县丁 was with the case, then went home to the other county and met 本县戊 there, who
+    // came back: 戊 is a second-degree contact through someone this caller may not see
+    let (ding, wu) = (
+        cn_id("150821", "19800101", 4),
+        cn_id("150802", "19800101", 5),
+    );
     for (id, name, site) in [
         (case.clone(), "病例甲", &venue),
         (cn_id("150802", "19800101", 2), "同场乙", &venue),
         (cn_id("150821", "19800101", 3), "外县丙", &elsewhere),
+        (ding.clone(), "外县丁", &venue),
+        (ding.clone(), "外县丁", &elsewhere),
+        (wu.clone(), "本县戊", &elsewhere),
     ] {
         assert_eq!(app.register(site, &body(&id, name)).await.status(), 201);
     }
+    let home = app.site(SiteKind::Checkpoint, "150802").clone();
+    assert_eq!(
+        app.register(&home, &checkpoint_body(&wu, "本县戊", "13500000005"))
+            .await
+            .status(),
+        201
+    );
     let pid = find_person(&app, &case, &epi).await;
     let r = app
         .post_json(
@@ -1415,6 +1431,14 @@ async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     let contacts = v["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 2, "{v}");
+    let second = contacts.iter().find(|c| c["degree"] == 2).expect("戊");
+    assert_eq!(second["name"], "本*戊");
+    assert!(
+        second["via_person_id"].is_null(),
+        "the link is someone outside the caller's area: {second}"
+    );
+    let contacts: Vec<&Value> = contacts.iter().filter(|c| c["degree"] == 1).collect();
     assert_eq!(contacts.len(), 1, "{v}");
     assert_eq!(contacts[0]["name"], "同*乙");
     assert_eq!(contacts[0]["kinds"], json!(["co_location"]));
