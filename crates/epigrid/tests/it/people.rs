@@ -247,10 +247,7 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
 async fn categories_observations_reports_and_labs_behave_the_same_on_every_store() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
-        let linhe = sites
-            .iter()
-            .find(|s| s.area_code.starts_with("150802"))
-            .unwrap();
+        let linhe = site_in(&sites, "150802");
         let pid = registered_person(
             store.as_ref(),
             linhe,
@@ -496,11 +493,8 @@ async fn post_list(
 /// The id of the person with this ID number, found by search.
 async fn find_person(app: &TestApp, id: &str, token: &str) -> String {
     let v: Value = app
-        .get(&format!("/api/v1/persons?q={id}"), Some(token))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/persons?q={id}"), token)
+        .await;
     v["items"][0]["id"]
         .as_str()
         .expect("found by ID number")
@@ -654,12 +648,7 @@ async fn category_changes_follow_the_rules_and_keep_history() {
         409,
         "nothing after deceased"
     );
-    let v: Value = app
-        .get(&format!("/api/v1/persons/{pid}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json(&format!("/api/v1/persons/{pid}"), &epi).await;
     let hist: Vec<(&str, &str)> = v["category_history"]
         .as_array()
         .unwrap()
@@ -676,12 +665,7 @@ async fn category_changes_follow_the_rules_and_keep_history() {
     );
     assert_eq!(v["category"], "deceased");
     assert_eq!(v["registrations"].as_array().unwrap().len(), 1);
-    let counts: Value = app
-        .get("/api/v1/category-counts", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let counts: Value = app.get_json("/api/v1/category-counts", &epi).await;
     assert!(
         counts["totals"]
             .as_array()
@@ -796,12 +780,7 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         .await;
     assert_eq!(dup.status(), 409);
     // the person's record shows the report as reported, not as stored
-    let person: Value = app
-        .get(&format!("/api/v1/persons/{pid}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let person: Value = app.get_json(&format!("/api/v1/persons/{pid}"), &epi).await;
     let report = &person["reports"][0];
     assert_eq!(
         (&report["temperature"], &report["symptoms"]),
@@ -820,25 +799,16 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
     );
 
     let list: Value = app
-        .get("/api/v1/observations?status=symptomatic", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/observations?status=symptomatic", &epi)
+        .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let today: Value = app
-        .get("/api/v1/observations?status=reported_today", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/observations?status=reported_today", &epi)
+        .await;
     assert_eq!(today["items"].as_array().unwrap().len(), 1);
     let none: Value = app
-        .get("/api/v1/observations?status=not_reported", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/observations?status=not_reported", &epi)
+        .await;
     assert!(none["items"].as_array().unwrap().is_empty());
     assert_eq!(
         app.get("/api/v1/observations?status=sleeping", Some(&epi))
@@ -891,11 +861,8 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let ended: Value = app
-        .get("/api/v1/observations?status=ended", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/observations?status=ended", &epi)
+        .await;
     assert_eq!(ended["items"].as_array().unwrap().len(), 1);
 
     // the export is CSV with a BOM, masked unless asked, and audited
@@ -939,12 +906,7 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
             "{q}: site staff may not export, however it is asked; a bad value is named"
         );
     }
-    let audit: Value = app
-        .get("/api/v1/audit", Some(&admin))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = app.get_json("/api/v1/audit", &admin).await;
     assert_eq!(
         audit["items"]
             .as_array()
@@ -1005,12 +967,7 @@ async fn positive_results_put_people_on_the_review_list() {
         .await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.json::<Value>().await.unwrap()["needs_review"], true);
-    let list: Value = app
-        .get("/api/v1/review", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/api/v1/review", &epi).await;
     assert_eq!(list["items"][0]["person"]["id"], pid.as_str());
 }
 
@@ -1106,23 +1063,15 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         .as_str()
         .unwrap()
         .to_string();
-    let v: Value = app
-        .get(&format!("/api/v1/persons/{real}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json(&format!("/api/v1/persons/{real}"), &epi).await;
     assert_eq!(
         v["registrations"].as_array().unwrap().len(),
         2,
         "the kept person shows both registrations"
     );
     let found: Value = app
-        .get("/api/v1/persons?q=%E5%88%98%E5%BE%B7", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json("/api/v1/persons?q=%E5%88%98%E5%BE%B7", &epi)
+        .await;
     assert_eq!(
         found["items"].as_array().unwrap().len(),
         1,
@@ -1147,12 +1096,7 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let v: Value = app
-        .get(&format!("/api/v1/persons/{real}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json(&format!("/api/v1/persons/{real}"), &epi).await;
     assert_eq!(v["registrations"].as_array().unwrap().len(), 1, "undone");
     assert_eq!(
         app.post_json(
@@ -1188,12 +1132,7 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
-    let audit: Value = app
-        .get("/api/v1/audit", Some(&admin))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let audit: Value = app.get_json("/api/v1/audit", &admin).await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
         .unwrap()
@@ -1209,10 +1148,7 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
 async fn merges_and_corrections_behave_the_same_on_every_store() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
-        let linhe = sites
-            .iter()
-            .find(|s| s.area_code.starts_with("150802"))
-            .unwrap();
+        let linhe = site_in(&sites, "150802");
         let a =
             registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 1), "甲").await;
         let b =
@@ -1602,12 +1538,7 @@ async fn selected_contacts_are_classified_and_observed_in_one_action_or_not_at_a
         )
         .await;
     assert_eq!(r.status(), 409);
-    let v: Value = app
-        .get(&format!("/api/v1/persons/{c1}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json(&format!("/api/v1/persons/{c1}"), &epi).await;
     assert_eq!(v["category"], "none", "nothing half-done");
     assert!(v["observations"].as_array().unwrap().is_empty());
     assert_eq!(
@@ -1655,12 +1586,7 @@ async fn selected_contacts_are_classified_and_observed_in_one_action_or_not_at_a
         .as_str()
         .unwrap()
         .contains("/r/"));
-    let p: Value = app
-        .get(&format!("/api/v1/persons/{c1}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let p: Value = app.get_json(&format!("/api/v1/persons/{c1}"), &epi).await;
     assert_eq!(p["category"], "close_contact");
     assert_eq!(p["observations"].as_array().unwrap().len(), 1);
 }
@@ -1811,11 +1737,8 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
         "report links shown"
     );
     let p: Value = app
-        .get(&format!("/api/v1/persons/{contact}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/persons/{contact}"), &epi)
+        .await;
     assert_eq!(p["category"], "close_contact");
 }
 
@@ -1905,12 +1828,7 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         "only places in the caller's area: {n}"
     );
     // the person's timeline shows that place without detail, not even the registration's id
-    let person: Value = app
-        .get(&format!("/api/v1/persons/{pid}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let person: Value = app.get_json(&format!("/api/v1/persons/{pid}"), &epi).await;
     let stubs: Vec<&Value> = person["registrations"]
         .as_array()
         .unwrap()
@@ -2211,12 +2129,7 @@ async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let chains: Value = app
-        .get("/api/v1/chains", Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let chains: Value = app.get_json("/api/v1/chains", &epi).await;
     let items = chains["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
     assert_eq!(
@@ -2426,11 +2339,8 @@ async fn lists_are_matched_by_id_phone_name_and_birth_date_with_bad_rows_listed(
     assert_eq!(v["errors"][0]["field"], "id_number");
     let id = v["id"].as_str().unwrap();
     let m: Value = app
-        .get(&format!("/api/v1/lists/{id}/matches"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/lists/{id}/matches"), &epi)
+        .await;
     let got: Vec<(u64, &str, &str, bool)> = m["items"]
         .as_array()
         .unwrap()
@@ -2933,11 +2843,8 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
         .unwrap();
     assert_eq!(r.status(), 303);
     let m: Value = app
-        .get(&format!("/api/v1/lists/{list}/matches"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/v1/lists/{list}/matches"), &epi)
+        .await;
     let got: Vec<(String, Value, Value)> = m["items"]
         .as_array()
         .unwrap()
@@ -2959,12 +2866,7 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
         "{got:?}"
     );
     // the people show the list they were on, and how it was decided
-    let pa: Value = app
-        .get(&format!("/api/v1/persons/{a}"), Some(&epi))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let pa: Value = app.get_json(&format!("/api/v1/persons/{a}"), &epi).await;
     assert_eq!(
         (&pa["lists"][0]["name"], &pa["lists"][0]["decision"]),
         (&json!("plates"), &json!("confirmed"))

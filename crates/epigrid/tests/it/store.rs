@@ -107,10 +107,7 @@ async fn sites_are_found_by_token_and_filtered_by_scope() {
             "{name}"
         );
         assert_eq!(store.sites(&Scope::all()).await.unwrap().len(), 8, "{name}");
-        let linhe_site = sites
-            .iter()
-            .find(|s| s.area_code.starts_with("150802"))
-            .unwrap();
+        let linhe_site = site_in(&sites, "150802");
         assert!(
             store.site(linhe_site.id, &wuyuan).await.unwrap().is_none(),
             "{name}: out of scope"
@@ -404,14 +401,8 @@ async fn a_batch_leaves_a_person_as_its_registrations_one_by_one_would() {
 async fn an_older_registration_in_the_same_batch_does_not_move_a_person() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
-        let linhe = sites
-            .iter()
-            .find(|s| s.area_code.starts_with("150802"))
-            .unwrap();
-        let wuyuan = sites
-            .iter()
-            .find(|s| s.area_code.starts_with("150821"))
-            .unwrap();
+        let linhe = site_in(&sites, "150802");
+        let wuyuan = site_in(&sites, "150821");
         let id = cn_id("150802", "19900101", 41);
         let t0 = Utc::now() - Duration::hours(3);
         let first = new_reg(linhe, &id, "张三", t0);

@@ -78,6 +78,14 @@ pub async fn postgres_with_client() -> Option<(Arc<dyn Store>, tokio_postgres::C
     Some((Arc::new(store), client, schema))
 }
 
+/// The first of `sites` in the county `county` (a code such as "150802").
+pub fn site_in<'a>(sites: &'a [Site], county: &str) -> &'a Site {
+    sites
+        .iter()
+        .find(|s| s.area_code.starts_with(county))
+        .expect("a site in that county")
+}
+
 /// Every backend to run a store test against.
 pub async fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
     let mut v: Vec<(&'static str, Arc<dyn Store>)> = vec![("sqlite", sqlite().0)];
@@ -299,6 +307,15 @@ impl TestApp {
             .expect("GET page");
         assert_eq!(r.status(), 200, "{path}");
         r.text().await.expect("page text")
+    }
+
+    /// `GET path` as `token`, read as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str, token: &str) -> serde_json::Value {
+        self.get(path, Some(token))
+            .await
+            .json()
+            .await
+            .expect("a JSON body")
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
