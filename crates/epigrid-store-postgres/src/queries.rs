@@ -1760,9 +1760,8 @@ impl PgStore {
             .await
             .map_err(map_err)?;
         let pid: Uuid = row.get(0);
-        if row.get::<_, bool>(1) {
-            insert_grams(&tx, pid, &person.name).await?;
-        }
+        // a new person's name, or the name a move gave them (grams already there are kept)
+        insert_grams(&tx, pid, &person.name).await?;
         tx.execute(
             "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

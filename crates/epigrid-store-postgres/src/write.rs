@@ -23,16 +23,18 @@ macro_rules! person_on_conflict {
     () => {
         concat!(
             " ON CONFLICT (id) DO UPDATE SET \
-       (phone_index, phone_cipher, phone_masked, area_path) = (SELECT \
-         CASE WHEN x.keep_phone THEN persons.phone_index \
+       (name, phone_index, phone_cipher, phone_masked, area_path) = (SELECT \
+         CASE WHEN x.moves THEN EXCLUDED.name ELSE persons.name END, \
+         CASE WHEN x.moves THEN EXCLUDED.phone_index WHEN x.keep_phone THEN persons.phone_index \
               ELSE COALESCE(EXCLUDED.phone_index, persons.phone_index) END, \
-         CASE WHEN x.keep_phone THEN persons.phone_cipher \
+         CASE WHEN x.moves THEN EXCLUDED.phone_cipher WHEN x.keep_phone THEN persons.phone_cipher \
               ELSE COALESCE(EXCLUDED.phone_cipher, persons.phone_cipher) END, \
-         CASE WHEN x.keep_phone THEN persons.phone_masked \
+         CASE WHEN x.moves THEN EXCLUDED.phone_masked WHEN x.keep_phone THEN persons.phone_masked \
               ELSE COALESCE(EXCLUDED.phone_masked, persons.phone_masked) END, \
-         CASE WHEN NOT x.pinned AND EXCLUDED.last_seen_at >= persons.last_seen_at \
-              THEN EXCLUDED.area_path ELSE persons.area_path END \
-         FROM (SELECT p.pinned, p.pinned AND persons.phone_index IS NOT NULL AS keep_phone \
+         CASE WHEN x.moves THEN EXCLUDED.area_path ELSE persons.area_path END \
+         FROM (SELECT p.pinned, p.pinned AND persons.phone_index IS NOT NULL AS keep_phone, \
+                 NOT p.pinned AND EXCLUDED.last_seen_at >= persons.last_seen_at \
+                   AND EXCLUDED.area_path <> persons.area_path AS moves \
                FROM (SELECT ",
             epigrid_core::pinned_person_sql!(),
             " AS pinned OFFSET 0) p) x), \
@@ -41,8 +43,12 @@ macro_rules! person_on_conflict {
     };
 }
 
+/// Upserts a batch's people; per row: id, the id registrations go to, and whether the row's
+/// name is new (a new person, or one a registration moved and renamed: its name grams are
+/// written next). `before` reads the names as the statement's snapshot has them.
 const PERSONS: &str = concat!(
-    "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
+    "WITH before AS (SELECT id, name FROM persons WHERE id = ANY($1::uuid[])), up AS (\
+     INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
      phone_index, phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
      SELECT id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
        birth_date, sex, area_path, provisional, created, seen \
@@ -53,7 +59,9 @@ const PERSONS: &str = concat!(
        birth_date, sex, area_path, provisional, created, seen) \
 ",
     person_on_conflict!(),
-    "RETURNING id, COALESCE(merged_into, id), (xmax = 0)"
+    "RETURNING id, COALESCE(merged_into, id) AS eff, name) \
+     SELECT up.id, up.eff, before.name IS DISTINCT FROM up.name \
+     FROM up LEFT JOIN before ON before.id = up.id"
 );
 
 /// A person as the registrations of one batch leave them, the same as writing those one by one
@@ -252,7 +260,7 @@ async fn pipelined<C: GenericClient>(
     for row in rows {
         let id: Uuid = row.get(0);
         effective.insert(id, row.get(1));
-        // new people: index their names for search by part of a name
+        // new names (new people, people moved): index them for search by part of a name
         if row.get::<_, bool>(2) {
             if let Some(s) = persons.get(&id) {
                 for g in epigrid_core::person::name_grams(&s.first.name) {

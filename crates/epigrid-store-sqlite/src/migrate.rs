@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registrations keep the name they were made with",
         include_str!("../migrations/0016_registration_name.sql"),
     ),
+    (
+        17,
+        "a person's merges are found by person",
+        include_str!("../migrations/0017_merge_people.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

@@ -272,7 +272,7 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                 &id,
                 (
                     effective.clone(),
-                    if new_phone {
+                    if new_phone || moves {
                         p.phone_index.clone()
                     } else {
                         phone_index
@@ -286,12 +286,15 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                     pinned,
                 ),
             );
+            // A move hands the record to another area's staff: it then holds what this
+            // registration gave (name, and phone or none), not what other areas were told.
             c.prepare_cached(
                 "UPDATE persons SET \
-                   phone_index = CASE WHEN ?2 THEN ?3 ELSE phone_index END, \
-                   phone_cipher = CASE WHEN ?2 THEN ?4 ELSE phone_cipher END, \
-                   phone_masked = CASE WHEN ?2 THEN ?5 ELSE phone_masked END, \
+                   phone_index = CASE WHEN ?2 OR ?6 THEN ?3 ELSE phone_index END, \
+                   phone_cipher = CASE WHEN ?2 OR ?6 THEN ?4 ELSE phone_cipher END, \
+                   phone_masked = CASE WHEN ?2 OR ?6 THEN ?5 ELSE phone_masked END, \
                    area_path = CASE WHEN ?6 THEN ?7 ELSE area_path END, \
+                   name = CASE WHEN ?6 THEN ?9 ELSE name END, \
                    last_seen_at = MAX(last_seen_at, ?8) \
                  WHERE id = ?1",
             )
@@ -304,9 +307,13 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                 p.phone_masked,
                 moves,
                 area_path,
-                at
+                at,
+                p.name
             ])
             .map_err(map_err)?;
+            if moves {
+                insert_grams(c, &id, &p.name)?;
+            }
             Ok(effective)
         }
     }

@@ -200,6 +200,44 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
         };
         let typed = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
         store.insert_registration(typed.clone()).await.unwrap();
+        // The same for someone nobody manages, whom the registration moves: the record their
+        // new area's staff see holds what was typed, not what other areas were told.
+        let input = RegistrationInput::from_json(&json!({"name": "某人", "id_type": "cn_id",
+            "id_number": ids[2], "temperature": 36.5, "symptoms": [], "origin": "150821",
+            "destination": "150802"}))
+        .unwrap();
+        let ctx = Context {
+            site: &linhe,
+            now: t0 + Duration::minutes(25),
+            ..ctx
+        };
+        let moved = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
+        store.insert_registration(moved.clone()).await.unwrap();
+        let p = store
+            .person(moved.person.id, &Scope::new("/150800/150802/"))
+            .await
+            .unwrap()
+            .expect("moved into the registering area");
+        assert_eq!(
+            (p.name.as_str(), p.phone_masked.as_deref()),
+            ("某人", None),
+            "{name}: a moved person holds what moved them"
+        );
+        assert_eq!(
+            store
+                .search_persons(
+                    &Scope::new("/150800/150802/"),
+                    &PersonQuery::Name("某人".into()),
+                    10
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>(),
+            vec![moved.person.id],
+            "{name}: found by the name they have now"
+        );
         let shown = store
             .registration(typed.id, &Scope::new("/150800/150821/"))
             .await
@@ -1313,6 +1351,16 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
                 Err(epigrid_core::store::StoreError::NotFound)
             ),
             "{name}"
+        );
+        // a merge, even undone, is a decision about both people: `a` (kept by it) stays put
+        let wuyuan = site_in(&sites, "150821");
+        let id_a = cn_id("150802", "19700101", 1);
+        register_with_phone(store.as_ref(), wuyuan, &id_a, "13000000001", Utc::now()).await;
+        let kept = store.person(a, &Scope::all()).await.unwrap().unwrap();
+        assert!(
+            kept.area_path.starts_with("/150800/150802/"),
+            "{name}: {}",
+            kept.area_path
         );
     }
 }
