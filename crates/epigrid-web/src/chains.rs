@@ -31,13 +31,17 @@ async fn records(
     Ok(st.store.confirmed_contacts(&staff.scope()).await?)
 }
 
-/// The chains in the caller's scope (only chain `only`, numbered from 1, when given); people
-/// outside it appear only as an id.
+/// What a chain calls each person: their id when the caller may see them, else `outside-N`
+/// (numbered in the order met), so that nothing identifies someone outside the caller's area.
+type Labels = std::collections::HashMap<uuid::Uuid, String>;
+
+/// The chains in the caller's scope (only chain `only`, numbered from 1, when given), with the
+/// label of each person in them.
 async fn build(
     st: &AppState,
     staff: &Staff,
     only: Option<usize>,
-) -> ApiResult<(Vec<Value>, Vec<epigrid_core::trace::ContactRecord>)> {
+) -> ApiResult<(Vec<Value>, Vec<epigrid_core::trace::ContactRecord>, Labels)> {
     let records = records(st, staff).await?;
     let edges: Vec<(uuid::Uuid, uuid::Uuid)> = records
         .iter()
@@ -45,6 +49,7 @@ async fn build(
         .collect();
     let scope = staff.scope();
     let mut out = Vec::new();
+    let mut labels = Labels::new();
     for (n, c) in chains(&edges).iter().enumerate() {
         if only.is_some_and(|o| o != n + 1) {
             continue;
@@ -55,35 +60,46 @@ async fn build(
             match st.store.person(*id, &scope).await? {
                 Some(p) => {
                     active |= Category::FOUR.contains(&p.category);
+                    labels.insert(*id, id.to_string());
                     people.push(json!({"person_id": id, "name": crate::view::mask_name(&p.name), "category": p.category}));
                 }
-                None => people.push(json!({"person_id": id, "outside_scope": true})),
+                None => {
+                    let label = format!("outside-{}", labels.len() + 1);
+                    labels.insert(*id, label.clone());
+                    people.push(json!({"person_id": label, "outside_scope": true}));
+                }
             }
         }
+        let label = |id: &uuid::Uuid| labels.get(id).cloned().unwrap_or_default();
         out.push(json!({
             "chain": n + 1,
             "size": c.people.len(),
             "active": active,
             "people": people,
-            "edges": c.edges.iter().map(|(a, b)| json!({"from": a, "to": b})).collect::<Vec<_>>(),
+            "edges": c.edges.iter().map(|(a, b)| json!({"from": label(a), "to": label(b)})).collect::<Vec<_>>(),
         }));
     }
-    Ok((out, records))
+    Ok((out, records, labels))
 }
 
 async fn list(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
-    let (items, _) = build(&st, &staff, None).await?;
+    let (items, _, _) = build(&st, &staff, None).await?;
     Ok(Json(json!({"items": items})))
 }
 
 /// The confirmed contact edges as CSV (UTF-8 with BOM), audited as an export.
 async fn edges_csv(State(st): State<AppState>, staff: Staff) -> ApiResult<Response> {
-    let records = records(&st, &staff).await?;
+    let (_, records, labels) = build(&st, &staff, None).await?;
+    let label = |id: &uuid::Uuid| labels.get(id).cloned().unwrap_or_default();
     let mut out = String::from("\u{feff}from_person_id,to_person_id,kinds,exposure_s,score\r\n");
     for r in &records {
         out.push_str(&format!(
             "{},{},\"{}\",{},{}\r\n",
-            r.index_person_id, r.contact_person_id, r.kinds, r.exposure_s, r.score
+            label(&r.index_person_id),
+            label(&r.contact_person_id),
+            r.kinds,
+            r.exposure_s,
+            r.score
         ));
     }
     staff
@@ -110,7 +126,8 @@ async fn edges_csv(State(st): State<AppState>, staff: Staff) -> ApiResult<Respon
 
 /// The same graph as GraphML (for Gephi, yEd, Cytoscape); nodes carry the category only.
 async fn graphml(State(st): State<AppState>, staff: Staff) -> ApiResult<Response> {
-    let (items, records) = build(&st, &staff, None).await?;
+    let (items, records, labels) = build(&st, &staff, None).await?;
+    let label = |id: &uuid::Uuid| labels.get(id).cloned().unwrap_or_default();
     let mut out = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<graphml xmlns=\"http://graphml.graphdrawing.org/xmlns\">\n\
          <key id=\"category\" for=\"node\" attr.name=\"category\" attr.type=\"string\"/>\n\
@@ -130,8 +147,8 @@ async fn graphml(State(st): State<AppState>, staff: Staff) -> ApiResult<Response
     for (i, r) in records.iter().enumerate() {
         out.push_str(&format!(
             "<edge id=\"e{i}\" source=\"{}\" target=\"{}\"><data key=\"kinds\">{}</data></edge>\n",
-            r.index_person_id,
-            r.contact_person_id,
+            label(&r.index_person_id),
+            label(&r.contact_person_id),
             r.kinds.replace(['<', '>', '&', '"'], "")
         ));
     }
@@ -170,7 +187,7 @@ async fn chain_svg(
     axum::extract::Path(n): axum::extract::Path<usize>,
 ) -> ApiResult<Response> {
     // only the chain drawn: its people are looked up, not everyone's
-    let (items, _) = build(&st, &staff, Some(n)).await?;
+    let (items, _, _) = build(&st, &staff, Some(n)).await?;
     let chain = items.first().ok_or(crate::error::ApiError::NotFound)?;
     let lang = crate::error::current_lang();
     let people: Vec<&Value> = chain["people"]

@@ -1017,10 +1017,11 @@ async fn category_counts(State(st): State<AppState>, staff: Staff) -> ApiResult<
     for (_, c, n) in &rows {
         *totals.entry(*c).or_default() += n;
     }
-    // Aggregates only: a count under five is not given (null), zero included, so that "null"
+    // Aggregates only (analysts, site staff): a count under five is not given (null), zero
+    // included, so that "null"
     // does not mean "one to four"; an area's cell under five is left out altogether, since a
     // listed cell would say there is at least one.
-    let suppress = staff.role() == Role::Analyst;
+    let suppress = !staff.role().sees_people();
     let small = |n: i64| suppress && n < 5;
     let cell = |n: i64| if small(n) { Value::Null } else { json!(n) };
     Ok(Json(json!({

@@ -652,16 +652,19 @@ async fn category_changes_follow_the_rules_and_keep_history() {
                 .unwrap()
         }
     };
-    let seen = counts(analyst).await;
-    assert!(
-        seen["totals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["count"].is_null())
-            && seen["by_area"].as_array().unwrap().is_empty(),
-        "{seen}"
-    );
+    let keeper = app.token("keeper", Role::SiteStaff, "150802").await;
+    for who in [analyst, keeper] {
+        let seen = counts(who).await;
+        assert!(
+            seen["totals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["count"].is_null())
+                && seen["by_area"].as_array().unwrap().is_empty(),
+            "{seen}"
+        );
+    }
     let full = counts(epi.clone()).await;
     assert_eq!(full["by_area"].as_array().unwrap().len(), 1, "{full}");
     let r = set("close_contact", epi.clone()).await;
@@ -2982,4 +2985,70 @@ async fn the_default_window_starts_two_days_before_symptom_onset() {
         (from.timestamp() - expected.timestamp()).abs() <= 1,
         "window from {from}, onset {onset}"
     );
+}
+
+/// A chain that reaches outside the caller's area names that person `outside-N`, in the JSON,
+/// the CSV and the GraphML alike: nothing identifies them.
+#[tokio::test(flavor = "multi_thread")]
+async fn chains_name_no_one_outside_the_callers_area() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi_chain", Role::Epidemiologist, "150802").await;
+    let here = app.site(SiteKind::Checkpoint, "150802").clone();
+    let there = app.site(SiteKind::Checkpoint, "150821").clone();
+    let local = register_at(
+        app.store.as_ref(),
+        &here,
+        &checkpoint_body(&cn_id("150802", "19800101", 91), "本县甲", "13500000091"),
+        Utc::now(),
+    )
+    .await
+    .person
+    .id;
+    let infector = register_at(
+        app.store.as_ref(),
+        &there,
+        &checkpoint_body(&cn_id("150821", "19800101", 92), "外县乙", "13500000092"),
+        Utc::now(),
+    )
+    .await
+    .person
+    .id;
+    app.store
+        .upsert_contacts(&[epigrid_core::trace::ContactRecord {
+            index_person_id: infector,
+            contact_person_id: local,
+            degree: 1,
+            kinds: "co_location".into(),
+            exposure_s: 600,
+            score: 1.0,
+            status: "confirmed".into(),
+            found_at: Utc::now(),
+        }])
+        .await
+        .unwrap();
+    let chains = app.get_json("/api/v1/chains", &epi).await;
+    let people = &chains["items"][0]["people"];
+    assert_eq!(people.as_array().map(Vec::len), Some(2), "{chains}");
+    let hidden = infector.to_string();
+    let csv = app
+        .get("/api/v1/chains/edges.csv", Some(&epi))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let graphml = app
+        .get("/api/v1/chains/graph.graphml", Some(&epi))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for (what, text) in [
+        ("json", chains.to_string()),
+        ("csv", csv),
+        ("graphml", graphml),
+    ] {
+        assert!(!text.contains(&hidden), "{what}: {text}");
+        assert!(text.contains("outside-1"), "{what}: {text}");
+        assert!(text.contains(&local.to_string()), "{what}: {text}");
+    }
 }
