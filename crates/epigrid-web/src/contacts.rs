@@ -299,6 +299,14 @@ pub(crate) async fn run_trace(
             Some(v) if st.store.person(*v, &scope).await?.is_some() => Some(*v),
             _ => None,
         };
+        // evidence names only registrations the caller may see (the times stay)
+        let mut seen_regs = Vec::with_capacity(regs.len());
+        for (ir, cr) in regs {
+            seen_regs.push((
+                visible_registration(&st, &scope, *ir).await?,
+                visible_registration(&st, &scope, *cr).await?,
+            ));
+        }
         contacts.push(json!({
             "person_id": cid,
             "name": crate::view::mask_name(&p.name),
@@ -309,7 +317,7 @@ pub(crate) async fn run_trace(
             "kinds": c.kinds,
             "exposure_s": c.exposure_s,
             "score": c.score,
-            "evidence": c.evidence.iter().zip(regs).map(|(e, (ir, cr))| json!({
+            "evidence": c.evidence.iter().zip(&seen_regs).map(|(e, (ir, cr))| json!({
                 "kind": e.kind,
                 "index_registration_id": ir,
                 "contact_registration_id": cr,
@@ -728,4 +736,16 @@ async fn trace_confirm_page(
             r
         }
     }
+}
+
+/// `id` if the caller (of `scope`) may see that registration.
+async fn visible_registration(
+    st: &AppState,
+    scope: &Scope,
+    id: Option<Uuid>,
+) -> ApiResult<Option<Uuid>> {
+    Ok(match id {
+        Some(id) => st.store.registration(id, scope).await?.map(|_| id),
+        None => None,
+    })
 }

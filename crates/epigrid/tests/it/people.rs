@@ -1425,6 +1425,14 @@ async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
         second["via_person_id"].is_null(),
         "the link is someone outside the caller's area: {second}"
     );
+    // they met in the other county: when is evidence, which registrations is not given
+    let evidence = &second["evidence"][0];
+    assert!(evidence["from"].is_string(), "{evidence}");
+    assert!(
+        evidence["index_registration_id"].is_null()
+            && evidence["contact_registration_id"].is_null(),
+        "{evidence}"
+    );
     let contacts: Vec<&Value> = contacts.iter().filter(|c| c["degree"] == 1).collect();
     assert_eq!(contacts.len(), 1, "{v}");
     assert_eq!(contacts[0]["name"], "同*乙");
