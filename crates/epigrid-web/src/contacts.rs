@@ -303,8 +303,8 @@ pub(crate) async fn run_trace(
         let mut seen_regs = Vec::with_capacity(regs.len());
         for (ir, cr) in regs {
             seen_regs.push((
-                visible_registration(&st, &scope, *ir).await?,
-                visible_registration(&st, &scope, *cr).await?,
+                visible_registration(st, &scope, *ir).await?,
+                visible_registration(st, &scope, *cr).await?,
             ));
         }
         contacts.push(json!({
