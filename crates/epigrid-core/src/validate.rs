@@ -1241,6 +1241,18 @@ fn is_forbidden_text_char(c: char) -> bool {
 /// at most `max_chars` characters (`err.text.too_long` with `{max}`).
 ///
 /// Blank input is `Ok(None)`, or `err.required` when `required`.
+/// Nothing a reader would see: white space and zero-width characters only (a required text of
+/// zero-width spaces is as empty as one of spaces).
+fn is_blank(s: &str) -> bool {
+    s.chars().all(|c| {
+        c.is_whitespace()
+            || matches!(
+                c,
+                '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
+            )
+    })
+}
+
 pub fn validate_text(
     field: &str,
     raw: &str,
@@ -1248,7 +1260,7 @@ pub fn validate_text(
     required: bool,
 ) -> Result<Option<String>, FieldError> {
     let s = raw.trim();
-    if s.is_empty() {
+    if is_blank(s) {
         return if required {
             Err(FieldError::new(field, "err.required"))
         } else {
@@ -1274,7 +1286,7 @@ pub fn validate_multiline_text(
 ) -> Result<Option<String>, FieldError> {
     let unified = raw.replace("\r\n", "\n").replace('\r', "\n");
     let s = unified.trim();
-    if s.is_empty() {
+    if is_blank(s) {
         return if required {
             Err(FieldError::new(field, "err.required"))
         } else {
@@ -2095,6 +2107,21 @@ mod tests {
         );
         assert_eq!(validate_text(F, "   ", 10, false), Ok(None));
         assert_eq!(key(validate_text(F, " ", 10, true)), "err.required");
+        // zero-width characters alone are as empty as spaces; inside a text they stay
+        assert_eq!(
+            key(validate_text(F, "\u{200B}\u{FEFF} \u{2060}", 10, true)),
+            "err.required"
+        );
+        assert_eq!(
+            key(validate_multiline_text(F, "\u{200B}\n\u{200C}", 10, true)),
+            "err.required"
+        );
+        assert_eq!(
+            validate_text(F, "流\u{200D}调", 10, true)
+                .unwrap()
+                .as_deref(),
+            Some("流\u{200D}调")
+        );
         // Characters, not bytes: 10 Chinese characters are 30 bytes.
         assert!(validate_text(F, &"字".repeat(10), 10, true).is_ok());
         let e = validate_text(F, &"字".repeat(11), 10, true).unwrap_err();
