@@ -141,6 +141,12 @@ async fn login_submit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Login CSRF: a page elsewhere must not log the browser into someone else's account. A
+    // browser says where a form was sent from (Origin, Sec-Fetch-Site); other clients say
+    // nothing and are not browsers.
+    if cross_site(&st, &headers) {
+        return forbidden(lang);
+    }
     let pairs = url_decode_pairs(&body);
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
     let (username, password) = (get("username"), get("password"));
@@ -164,6 +170,34 @@ async fn login_submit(
             res
         }
     }
+}
+
+/// Whether a browser sent this request from another site. `Sec-Fetch-Site` says so where the
+/// browser sends it (whatever proxies do to `Host`); otherwise an `Origin` that is neither the
+/// request's host (`Host`, `X-Forwarded-Host`) nor the configured base URL's.
+fn cross_site(st: &AppState, headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site") {
+        return site == "cross-site";
+    }
+    let Some(origin) = text("origin") else {
+        return false;
+    };
+    let host_of = |url: &str| {
+        url.split_once("://")
+            .and_then(|(_, rest)| rest.split('/').next())
+            .map(str::to_string)
+    };
+    let Some(from) = host_of(origin) else {
+        return true;
+    };
+    let configured = st.cfg.base_url.as_deref().and_then(host_of);
+    ![text("host"), text("x-forwarded-host")]
+        .into_iter()
+        .flatten()
+        .map(str::to_string)
+        .chain(configured)
+        .any(|h| h == from)
 }
 
 async fn logout(State(st): State<AppState>, staff: MaybeStaff, body: Bytes) -> Response {

@@ -1085,3 +1085,43 @@ async fn site_staff_and_analysts_read_no_one_s_record() {
         "an analyst sees no registration rows"
     );
 }
+
+/// Login CSRF: a form on another site cannot log the browser into an account; the login page's
+/// own form, and clients that are not browsers, can.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_posted_from_another_site_is_refused() {
+    let app = TestApp::start().await;
+    user(app.store.as_ref(), "login_csrf", Role::GridWorker, "150802").await;
+    let host = app.base.trim_start_matches("http://").to_string();
+    let login = |headers: Vec<(&'static str, String)>| {
+        let app = &app;
+        async move {
+            let mut rq = app
+                .client
+                .post(format!("{}/login", app.base))
+                .form(&[("username", "login_csrf"), ("password", PASSWORD)]);
+            for (k, v) in headers {
+                rq = rq.header(k, v);
+            }
+            rq.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(login(vec![]).await, 303, "no browser headers");
+    assert_eq!(
+        login(vec![
+            ("origin", format!("http://{host}")),
+            ("sec-fetch-site", "same-origin".into())
+        ])
+        .await,
+        303
+    );
+    assert_eq!(login(vec![("origin", format!("http://{host}"))]).await, 303);
+    assert_eq!(
+        login(vec![("sec-fetch-site", "cross-site".into())]).await,
+        403
+    );
+    assert_eq!(
+        login(vec![("origin", "http://evil.example".into())]).await,
+        403
+    );
+}
