@@ -16,9 +16,11 @@ use uuid::Uuid;
 use crate::{map_err, pool_err, Pending, MAX_BATCH};
 
 /// What a person's row becomes when a registration (or someone coming forward) brings them
-/// again: their phone and area follow it unless they are pinned (`pinned_person_sql`, worked out
-/// once per row: `OFFSET 0` keeps the planner from copying it into each column); `persons`
-/// is the stored row, `EXCLUDED` the incoming one.
+/// again: unless they are pinned (`pinned_person_sql`, worked out once per row: `OFFSET 0`
+/// keeps the planner from copying it into each column), a phone given replaces theirs, and a
+/// later registration in another area moves them there with its name and phone (or none), so
+/// that area's staff see what it gave and nothing other areas were told; `persons` is the
+/// stored row, `EXCLUDED` the incoming one.
 macro_rules! person_on_conflict {
     () => {
         concat!(
