@@ -1241,15 +1241,15 @@ fn is_forbidden_text_char(c: char) -> bool {
 /// at most `max_chars` characters (`err.text.too_long` with `{max}`).
 ///
 /// Blank input is `Ok(None)`, or `err.required` when `required`.
-/// Nothing a reader would see: white space and zero-width characters only (a required text of
-/// zero-width spaces is as empty as one of spaces).
+/// Nothing a reader would see: white space, zero-width and other invisible characters only
+/// (direction marks, soft hyphen, fillers): a required text of them is as empty as one of
+/// spaces.
 fn is_blank(s: &str) -> bool {
     s.chars().all(|c| {
         c.is_whitespace()
-            || matches!(
-                c,
-                '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{2060}' | '\u{FEFF}'
-            )
+            || matches!(c, '\u{00AD}' | '\u{034F}' | '\u{115F}' | '\u{1160}' | '\u{180E}'
+                | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{3164}' | '\u{FEFF}'
+                | '\u{FFA0}')
     })
 }
 
@@ -2114,6 +2114,10 @@ mod tests {
         );
         assert_eq!(
             key(validate_multiline_text(F, "\u{200B}\n\u{200C}", 10, true)),
+            "err.required"
+        );
+        assert_eq!(
+            key(validate_text(F, "\u{200E}\u{00AD}\u{3164}", 10, true)),
             "err.required"
         );
         assert_eq!(

@@ -68,25 +68,41 @@ const PERSONS: &str = concat!(
 
 /// A person as the registrations of one batch leave them, the same as writing those one by one
 /// in order (as SQLite does): who they are and when they were first seen from their first
-/// sighting, their phone from the last sighting that has one (a companion's has none), their
-/// area and "last seen" from the latest sighting by time.
+/// sighting; "last seen" from the latest by time; a later sighting in another area moves them
+/// there with its name and phone (or none), otherwise a sighting's phone (a companion's has
+/// none) replaces theirs. Whether the stored row moves too is decided in SQL
+/// (`person_on_conflict`).
 struct Sighted<'a> {
     first: &'a PersonInput,
-    phone: &'a PersonInput,
+    name: &'a str,
+    /// whose phone is written (`None`: no phone)
+    phone: Option<&'a PersonInput>,
     area: &'a str,
     created: DateTime<Utc>,
     seen: DateTime<Utc>,
 }
 
 impl<'a> Sighted<'a> {
+    fn new(p: &'a PersonInput, area: &'a str, at: DateTime<Utc>) -> Sighted<'a> {
+        Sighted {
+            first: p,
+            name: &p.name,
+            phone: p.phone_index.is_some().then_some(p),
+            area,
+            created: at,
+            seen: at,
+        }
+    }
+
     fn again(&mut self, p: &'a PersonInput, area: &'a str, at: DateTime<Utc>) {
-        if p.phone_index.is_some() {
-            self.phone = p;
-        }
-        if at >= self.seen {
+        if at >= self.seen && area != self.area {
+            self.name = &p.name;
+            self.phone = p.phone_index.is_some().then_some(p);
             self.area = area;
-            self.seen = at;
+        } else if p.phone_index.is_some() {
+            self.phone = Some(p);
         }
+        self.seen = self.seen.max(at);
     }
 }
 
@@ -205,13 +221,7 @@ async fn pipelined<C: GenericClient>(
             persons
                 .entry(p.id)
                 .and_modify(|s| s.again(p, &r.area_path, r.at))
-                .or_insert(Sighted {
-                    first: p,
-                    phone: p,
-                    area: &r.area_path,
-                    created: r.at,
-                    seen: r.at,
-                });
+                .or_insert_with(|| Sighted::new(p, &r.area_path, r.at));
         }
     }
     let ps: Vec<&Sighted> = persons.values().collect();
@@ -220,10 +230,10 @@ async fn pipelined<C: GenericClient>(
     let doc_index = col(&ps, |s| s.first.doc_index.as_deref());
     let doc_cipher = col(&ps, |s| s.first.doc_cipher.as_deref());
     let doc_masked = col(&ps, |s| s.first.doc_masked.as_deref());
-    let names = col(&ps, |s| s.first.name.as_str());
-    let phone_index = col(&ps, |s| s.phone.phone_index.as_deref());
-    let phone_cipher = col(&ps, |s| s.phone.phone_cipher.as_deref());
-    let phone_masked = col(&ps, |s| s.phone.phone_masked.as_deref());
+    let names = col(&ps, |s| s.name);
+    let phone_index = col(&ps, |s| s.phone.and_then(|p| p.phone_index.as_deref()));
+    let phone_cipher = col(&ps, |s| s.phone.and_then(|p| p.phone_cipher.as_deref()));
+    let phone_masked = col(&ps, |s| s.phone.and_then(|p| p.phone_masked.as_deref()));
     let births = col(&ps, |s| s.first.birth_date);
     let sexes = col(&ps, |s| s.first.sex.map(|x| x.as_str()));
     let paths = col(&ps, |s| s.area);
@@ -265,7 +275,7 @@ async fn pipelined<C: GenericClient>(
         // new names (new people, people moved): index them for search by part of a name
         if row.get::<_, bool>(2) {
             if let Some(s) = persons.get(&id) {
-                for g in epigrid_core::person::name_grams(&s.first.name) {
+                for g in epigrid_core::person::name_grams(s.name) {
                     gram_texts.push(g);
                     gram_ids.push(id);
                 }

@@ -31,8 +31,8 @@ async fn records(
     Ok(st.store.confirmed_contacts(&staff.scope()).await?)
 }
 
-/// What a chain calls each person: their id when the caller may see them, else `outside-N`
-/// (numbered in the order met), so that nothing identifies someone outside the caller's area.
+/// What a chain calls each person: their id when the caller may see them, else
+/// `outside-{chain}-{k}`, so that nothing identifies someone outside the caller's area.
 type Labels = std::collections::HashMap<uuid::Uuid, String>;
 
 /// The chains in the caller's scope (only chain `only`, numbered from 1, when given), with the
@@ -56,6 +56,8 @@ async fn build(
         }
         let mut people = Vec::new();
         let mut active = false;
+        // numbered within the chain, so the whole list and one chain's drawing agree
+        let mut outside = 0;
         for id in &c.people {
             match st.store.person(*id, &scope).await? {
                 Some(p) => {
@@ -64,7 +66,8 @@ async fn build(
                     people.push(json!({"person_id": id, "name": crate::view::mask_name(&p.name), "category": p.category}));
                 }
                 None => {
-                    let label = format!("outside-{}", labels.len() + 1);
+                    outside += 1;
+                    let label = format!("outside-{}-{outside}", n + 1);
                     labels.insert(*id, label.clone());
                     people.push(json!({"person_id": label, "outside_scope": true}));
                 }

@@ -526,12 +526,8 @@ async fn lists_page(
     Extension(lang): Extension<Lang>,
     staff: MaybeStaff,
 ) -> Response {
-    // lists hold personal data: not for aggregates-only analysts
-    let s = match crate::staff::logged_in_as(
-        staff,
-        lang,
-        epigrid_core::model::Role::sees_personal_data,
-    ) {
+    // lists hold people's records: not for site staff or aggregates-only analysts
+    let s = match crate::staff::logged_in_as(staff, lang, epigrid_core::model::Role::sees_people) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -717,12 +713,8 @@ async fn list_page(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    // lists hold personal data: not for aggregates-only analysts
-    let s = match crate::staff::logged_in_as(
-        staff,
-        lang,
-        epigrid_core::model::Role::sees_personal_data,
-    ) {
+    // lists hold people's records: not for site staff or aggregates-only analysts
+    let s = match crate::staff::logged_in_as(staff, lang, epigrid_core::model::Role::sees_people) {
         Ok(s) => s,
         Err(r) => return *r,
     };

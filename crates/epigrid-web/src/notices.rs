@@ -61,11 +61,20 @@ async fn create(
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().classifies())?;
     let person = crate::persons::person_in_scope(&st, &staff, &id).await?;
-    // the public page says a confirmed or suspected case was at these places
-    if !matches!(
-        person.category,
-        epigrid_core::person::Category::Confirmed | epigrid_core::person::Category::Suspected
-    ) {
+    // the public page says a confirmed or suspected case was at these places: someone who is
+    // one, or was one before they recovered or died
+    use epigrid_core::person::Category::{Confirmed, Deceased, Recovered, Suspected};
+    let a_case = match person.category {
+        Confirmed | Suspected => true,
+        Recovered | Deceased => st
+            .store
+            .category_history(person.id)
+            .await?
+            .iter()
+            .any(|h| matches!(h.to, Confirmed | Suspected)),
+        _ => false,
+    };
+    if !a_case {
         return Err(ApiError::Conflict("err.notice.not_a_case"));
     }
     let (dfrom, dto) = crate::contacts::default_window(&st, &person).await?;

@@ -131,7 +131,7 @@ pub fn spec() -> Value {
             "/api/v1/observations/export.xlsx": {"get": op("line list as XLSX, audited", "people", true, json!([query("status", "list"), query("unmask", "1 or true to show full details (allowed roles)")]), None, ("200", "xlsx"))},
             "/api/v1/reports/{token}": {"post": op("a person's own daily health report through their personal link", "people", false, json!([path_param("token", "personal link token")]), Some(json!({"type": "object", "required": ["temperature"], "properties": {"temperature": {"type": "number"}, "symptoms": {"type": "array", "items": {"type": "string"}}, "note": {"type": "string"}}})), ("201", "report; 409 when the slot is taken, 410 when the link is revoked or the observation ended"))},
             "/api/v1/review": {"get": op("people with a positive result who are not confirmed", "people", true, json!([]), None, ("200", "{items}"))},
-            "/api/v1/category-counts": {"get": op("people per category in scope (small cells hidden for analysts)", "people", true, json!([]), None, ("200", "{totals, by_area}"))},
+            "/api/v1/category-counts": {"get": op("people per category in scope (small cells hidden for analysts and site staff)", "people", true, json!([]), None, ("200", "{totals, by_area}"))},
             "/api/v1/audit": {"get": op("audit log of the admin's subtree", "admin", true, json!([query("limit", "rows")]), None, ("200", "{items}"))},
             "/api/v1/users": {
                 "get": op("staff accounts in scope", "admin", true, json!([]), None, ("200", "{items}")),

@@ -1013,19 +1013,25 @@ async fn review(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Valu
 /// Counts of people per category in the scope, with small cells hidden for analysts.
 async fn category_counts(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {
     let rows = st.store.category_counts(&staff.scope()).await?;
-    let mut totals: HashMap<Category, i64> = HashMap::new();
-    for (_, c, n) in &rows {
-        *totals.entry(*c).or_default() += n;
-    }
-    // Aggregates only (analysts, site staff): a count under five is not given (null), zero
-    // included, so that "null"
-    // does not mean "one to four"; an area's cell under five is left out altogether, since a
-    // listed cell would say there is at least one.
+    // Aggregates only (site staff, analysts): a count under five is not given (null), zero
+    // included, so that null does not mean "one to four"; an area's cell under five is left
+    // out altogether, since a listed cell would say there is at least one; and a category's
+    // total is not given when a cell of it is left out, since the total less the cells shown
+    // would be the cell left out.
     let suppress = !staff.role().sees_people();
     let small = |n: i64| suppress && n < 5;
-    let cell = |n: i64| if small(n) { Value::Null } else { json!(n) };
+    let mut totals: HashMap<Category, (i64, bool)> = HashMap::new();
+    for (_, c, n) in &rows {
+        let t = totals.entry(*c).or_default();
+        t.0 += n;
+        t.1 |= small(*n);
+    }
+    let total = |c: &Category| match totals.get(c).copied().unwrap_or_default() {
+        (n, false) if !small(n) => json!(n),
+        _ => Value::Null,
+    };
     Ok(Json(json!({
-        "totals": Category::FOUR.iter().map(|c| json!({"category": c, "count": cell(*totals.get(c).unwrap_or(&0))})).collect::<Vec<_>>(),
+        "totals": Category::FOUR.iter().map(|c| json!({"category": c, "count": total(c)})).collect::<Vec<_>>(),
         "by_area": rows.iter().filter(|(_, _, n)| !small(*n)).map(|(path, c, n)| json!({"area_code": epigrid_core::store::path_leaf(path), "category": c, "count": n})).collect::<Vec<_>>(),
         "small_cells_suppressed": suppress,
     })))

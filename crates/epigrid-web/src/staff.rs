@@ -172,13 +172,15 @@ async fn login_submit(
     }
 }
 
-/// Whether a browser sent this request from another site. `Sec-Fetch-Site` says so where the
-/// browser sends it (whatever proxies do to `Host`); otherwise an `Origin` that is neither the
-/// request's host (`Host`, `X-Forwarded-Host`) nor the configured base URL's.
+/// Whether a browser sent this request from anywhere but this site's own pages.
+/// `Sec-Fetch-Site` says so where the browser sends it (whatever proxies do to `Host`);
+/// otherwise an `Origin` that is neither the request's host (`Host`, the first
+/// `X-Forwarded-Host`) nor the configured base URL's, compared without case.
 fn cross_site(st: &AppState, headers: &HeaderMap) -> bool {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = text("sec-fetch-site") {
-        return site == "cross-site";
+        // "same-site" is a sibling host, which may be somebody else's
+        return !matches!(site, "same-origin" | "none");
     }
     let Some(origin) = text("origin") else {
         return false;
@@ -192,12 +194,13 @@ fn cross_site(st: &AppState, headers: &HeaderMap) -> bool {
         return true;
     };
     let configured = st.cfg.base_url.as_deref().and_then(host_of);
-    ![text("host"), text("x-forwarded-host")]
+    let forwarded = text("x-forwarded-host").and_then(|h| h.split(',').next());
+    ![text("host"), forwarded]
         .into_iter()
         .flatten()
-        .map(str::to_string)
+        .map(|h| h.trim().to_string())
         .chain(configured)
-        .any(|h| h == from)
+        .any(|h| h.eq_ignore_ascii_case(&from))
 }
 
 async fn logout(State(st): State<AppState>, staff: MaybeStaff, body: Bytes) -> Response {

@@ -1067,6 +1067,20 @@ async fn site_staff_and_analysts_read_no_one_s_record() {
         )
         .await;
     assert!(keeper_page.contains("张*"), "site staff see who registered");
+    assert!(
+        !keeper_page.contains("href=\"/persons\"") && !keeper_page.contains("href=\"/lists\""),
+        "no way in to people's records"
+    );
+    for path in ["/persons", "/observations", "/lists"] {
+        let r = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .header("cookie", app.login_cookie("keeper_roles").await)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
     let analyst_page = app
         .page(
             &format!("/sites/{}", site.id),
@@ -1116,10 +1130,13 @@ async fn a_login_posted_from_another_site_is_refused() {
         303
     );
     assert_eq!(login(vec![("origin", format!("http://{host}"))]).await, 303);
-    assert_eq!(
-        login(vec![("sec-fetch-site", "cross-site".into())]).await,
-        403
-    );
+    for site in ["cross-site", "same-site"] {
+        assert_eq!(
+            login(vec![("sec-fetch-site", site.into())]).await,
+            403,
+            "{site}"
+        );
+    }
     assert_eq!(
         login(vec![("origin", "http://evil.example".into())]).await,
         403

@@ -1896,6 +1896,27 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         .collect();
     assert_eq!(stubs.len(), 1, "{person}");
     assert!(stubs[0].get("id").is_none(), "{}", stubs[0]);
+    // a case who has since recovered still gets a notice of where they were
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/persons/{pid}/category"),
+            &json!({"category": "recovered", "reason": "出院"}),
+            Some(&epi),
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        app.post_json(
+            &format!("/api/v1/persons/{pid}/notices"),
+            &json!({}),
+            Some(&epi)
+        )
+        .await
+        .status(),
+        201
+    );
     let url = n["url"].as_str().unwrap().to_string();
     let html = app
         .client
@@ -2995,7 +3016,7 @@ async fn the_default_window_starts_two_days_before_symptom_onset() {
     );
 }
 
-/// A chain that reaches outside the caller's area names that person `outside-N`, in the JSON,
+/// A chain that reaches outside the caller's area names that person `outside-1-1`, in the JSON,
 /// the CSV and the GraphML alike: nothing identifies them.
 #[tokio::test(flavor = "multi_thread")]
 async fn chains_name_no_one_outside_the_callers_area() {
@@ -3056,7 +3077,60 @@ async fn chains_name_no_one_outside_the_callers_area() {
         ("graphml", graphml),
     ] {
         assert!(!text.contains(&hidden), "{what}: {text}");
-        assert!(text.contains("outside-1"), "{what}: {text}");
+        assert!(text.contains("outside-1-1"), "{what}: {text}");
         assert!(text.contains(&local.to_string()), "{what}: {text}");
     }
+}
+
+/// An analyst's totals do not give away a suppressed cell by subtraction: six confirmed cases in
+/// one county and two in another show the six, and no total.
+#[tokio::test(flavor = "multi_thread")]
+async fn suppressed_counts_cannot_be_recovered_from_the_totals() {
+    let app = TestApp::start().await;
+    let analyst = app.token("analyst_city", Role::Analyst, "150800").await;
+    let epi = app.token("epi_city", Role::Epidemiologist, "150800").await;
+    for (county, n) in [("150802", 6u32), ("150821", 2)] {
+        let site = app.site(SiteKind::Checkpoint, county).clone();
+        for i in 0..n {
+            let body = checkpoint_body(&cn_id(county, "19800101", 300 + i), "病例", "13500000300");
+            let p = register_at(app.store.as_ref(), &site, &body, Utc::now())
+                .await
+                .person
+                .id;
+            assert!(app
+                .store
+                .change_category(&CategoryChange {
+                    id: new_id(),
+                    person_id: p,
+                    from: Category::None,
+                    to: Category::Confirmed,
+                    at: Utc::now(),
+                    by_user: None,
+                    by_username: "epi".into(),
+                    reason: "test".into(),
+                })
+                .await
+                .unwrap());
+        }
+    }
+    let confirmed = |v: &Value| {
+        v["totals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["category"] == "confirmed")
+            .unwrap()["count"]
+            .clone()
+    };
+    let full = app.get_json("/api/v1/category-counts", &epi).await;
+    assert_eq!(confirmed(&full), json!(8), "{full}");
+    let seen = app.get_json("/api/v1/category-counts", &analyst).await;
+    assert_eq!(confirmed(&seen), Value::Null, "{seen}");
+    let cells: Vec<i64> = seen["by_area"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(cells, vec![6], "{seen}");
 }

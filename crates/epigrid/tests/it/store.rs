@@ -354,8 +354,25 @@ async fn a_batch_leaves_a_person_as_its_registrations_one_by_one_would() {
         let first = new_reg(site, &again_id, "赵六", t0);
         let again_person = first.person.id;
         let later = new_reg(site, &again_id, "赵六", t0 + Duration::hours(1));
+        // someone nobody manages, seen here, then listed as a companion in another county
+        // under another name: the later sighting moves them there with what it gave
+        let traveller_id = cn_id("150802", "19750606", 54);
+        let here = reg_of(
+            site,
+            checkpoint_body(&traveller_id, "孙七", "13600003333"),
+            t0,
+        );
+        let traveller = here.person.id;
+        let elsewhere = sites
+            .iter()
+            .find(|s| s.kind == SiteKind::Checkpoint && s.area_code.starts_with("150821"))
+            .unwrap();
+        let mut body = checkpoint_body(&cn_id("150821", "19700707", 55), "周八", "13500004444");
+        body["companions"] =
+            serde_json::json!([{"name": "某人", "id_type": "cn_id", "id_number": traveller_id}]);
+        let there = reg_of(elsewhere, body, t0 + Duration::minutes(5));
         store
-            .insert_registrations(vec![wife, husband, first, later])
+            .insert_registrations(vec![wife, husband, first, later, here, there])
             .await
             .unwrap();
         let person = |id| {
@@ -378,6 +395,16 @@ async fn a_batch_leaves_a_person_as_its_registrations_one_by_one_would() {
             w.last_seen_at.timestamp_micros(),
             (t0 + Duration::minutes(1)).timestamp_micros(),
             "{name}"
+        );
+        let t = person(traveller).await;
+        assert_eq!(
+            (
+                t.name.as_str(),
+                t.phone_masked.as_deref(),
+                t.area_path.starts_with("/150800/150821/")
+            ),
+            ("某人", None, true),
+            "{name}: moved with what the later sighting gave"
         );
         let a = person(again_person).await;
         assert_eq!(
