@@ -403,7 +403,7 @@ pub fn registration_metrics(kind: SiteKind, fields: &RegistrationFields) -> Vec<
 
 /// SQL (both stores) for whether the stored `persons` row is *pinned*: staff have acted on the
 /// person (a home area, a category now or ever, an observation even if released, a lab
-/// result, a merge either way, even one undone). A
+/// result, a merge either way, even one undone, a correction of their details). A
 /// registration then changes neither their area nor a phone number they already have, since
 /// anyone who knows an ID number can register with it: it must not move a person's health
 /// record to another area's staff. The registration keeps the number it was made with. A
@@ -411,7 +411,7 @@ pub fn registration_metrics(kind: SiteKind, fields: &RegistrationFields) -> Vec<
 #[macro_export]
 macro_rules! pinned_person_sql {
     () => {
-        "(persons.merged_into IS NOT NULL OR persons.home_area_code IS NOT NULL \
+        "(persons.merged_into IS NOT NULL OR persons.home_area_code IS NOT NULL OR persons.corrected \
          OR EXISTS (SELECT 1 FROM person_merges m WHERE m.from_person = persons.id) \
          OR EXISTS (SELECT 1 FROM person_merges m WHERE m.into_person = persons.id) \
          OR persons.category <> 'none' \

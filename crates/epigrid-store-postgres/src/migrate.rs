@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "a person's merges are found by person",
         include_str!("../migrations/0017_merge_people.sql"),
     ),
+    (
+        18,
+        "a corrected person is pinned",
+        include_str!("../migrations/0018_person_corrected.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -1482,7 +1482,7 @@ impl PgStore {
         let tx = c.transaction().await.map_err(map_err)?;
         let n = tx
             .execute(
-                "UPDATE persons SET name = $2, home_area_code = COALESCE($3, home_area_code), \
+                "UPDATE persons SET name = $2, corrected = true, home_area_code = COALESCE($3, home_area_code), \
                  area_path = COALESCE($4, area_path) WHERE id = $1",
                 &[&id, &name, &home.map(|h| h.0), &home.map(|h| h.1)],
             )

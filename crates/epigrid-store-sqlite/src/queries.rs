@@ -1994,7 +1994,7 @@ impl SqliteStore {
         self.write(move |c| {
             let n = c
                 .prepare_cached(
-                    "UPDATE persons SET name = ?2, home_area_code = COALESCE(?3, home_area_code), \
+                    "UPDATE persons SET name = ?2, corrected = 1, home_area_code = COALESCE(?3, home_area_code), \
                      area_path = COALESCE(?4, area_path) WHERE id = ?1",
                 )
                 .map_err(map_err)?

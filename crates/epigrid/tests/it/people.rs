@@ -1365,6 +1365,27 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             "{name}: {}",
             kept.area_path
         );
+        // a correction of someone's details sticks: a later registration elsewhere moves
+        // neither them nor their corrected name
+        let id_e = cn_id("150802", "19700101", 5);
+        let e = registered_person(store.as_ref(), linhe, &id_e, "错字").await;
+        store.update_person(e, "更正", None).await.unwrap();
+        register_at(
+            store.as_ref(),
+            wuyuan,
+            &checkpoint_body(&id_e, "别名", "13000000005"),
+            Utc::now(),
+        )
+        .await;
+        let corrected = store.person(e, &Scope::all()).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                corrected.name.as_str(),
+                corrected.area_path.starts_with("/150800/150802/")
+            ),
+            ("更正", true),
+            "{name}"
+        );
     }
 }
 
