@@ -289,22 +289,22 @@ pub(crate) async fn run_trace(
     };
     let scope: Scope = staff.scope();
     let mut contacts = Vec::new();
+    // what the caller may see, looked up once per trace: the index person's registrations
+    // and the links between degrees recur across contacts
+    let mut visible = Visible::default();
     for (cid, c, via, regs) in &found {
         // only contacts in the caller's area are returned
         let Some(p) = st.store.person(*cid, &scope).await? else {
             continue;
         };
         // the link between two degrees is named only when the caller may see that person too
-        let via = match via {
-            Some(v) if st.store.person(*v, &scope).await?.is_some() => Some(*v),
-            _ => None,
-        };
+        let via = visible.check(st, &scope, Seen::Person, *via).await?;
         // evidence names only registrations the caller may see (the times stay)
         let mut seen_regs = Vec::with_capacity(regs.len());
         for (ir, cr) in regs {
             seen_regs.push((
-                visible_registration(st, &scope, *ir).await?,
-                visible_registration(st, &scope, *cr).await?,
+                visible.check(st, &scope, Seen::Registration, *ir).await?,
+                visible.check(st, &scope, Seen::Registration, *cr).await?,
             ));
         }
         contacts.push(json!({
@@ -738,14 +738,37 @@ async fn trace_confirm_page(
     }
 }
 
-/// `id` if the caller (of `scope`) may see that registration.
-async fn visible_registration(
-    st: &AppState,
-    scope: &Scope,
-    id: Option<Uuid>,
-) -> ApiResult<Option<Uuid>> {
-    Ok(match id {
-        Some(id) => st.store.registration(id, scope).await?.map(|_| id),
-        None => None,
-    })
+/// Which people and registrations the caller of a trace may see, each looked up once.
+#[derive(Default)]
+struct Visible(std::collections::HashMap<(Seen, Uuid), bool>);
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Seen {
+    Person,
+    Registration,
+}
+
+impl Visible {
+    /// `id` if the caller (of `scope`) may see that person or registration.
+    async fn check(
+        &mut self,
+        st: &AppState,
+        scope: &Scope,
+        what: Seen,
+        id: Option<Uuid>,
+    ) -> ApiResult<Option<Uuid>> {
+        let Some(id) = id else { return Ok(None) };
+        let seen = match self.0.get(&(what, id)) {
+            Some(seen) => *seen,
+            None => {
+                let seen = match what {
+                    Seen::Person => st.store.person(id, scope).await?.is_some(),
+                    Seen::Registration => st.store.registration(id, scope).await?.is_some(),
+                };
+                self.0.insert((what, id), seen);
+                seen
+            }
+        };
+        Ok(seen.then_some(id))
+    }
 }
