@@ -829,13 +829,12 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         "{report}"
     );
     assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/reports/{token}x"),
             &json!({"temperature": 36.9}),
             None
         )
-        .await
-        .status(),
+        .await,
         404
     );
 
@@ -870,13 +869,12 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/reports/{token}"),
             &json!({"temperature": 36.5}),
             None
         )
-        .await
-        .status(),
+        .await,
         410
     );
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 410);
@@ -1119,13 +1117,12 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         "the duplicate no longer shows in search"
     );
     assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/persons/{dup}/merge"),
             &json!({"into": real, "reason": "again"}),
             Some(&epi)
         )
-        .await
-        .status(),
+        .await,
         409
     );
 
@@ -1140,13 +1137,12 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
     let v: Value = app.get_json(&format!("/api/v1/persons/{real}"), &epi).await;
     assert_eq!(v["registrations"].as_array().unwrap().len(), 1, "undone");
     assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/merges/{merge_id}/undo"),
             &json!({}),
             Some(&epi)
         )
-        .await
-        .status(),
+        .await,
         404,
         "only once"
     );
@@ -1462,13 +1458,12 @@ async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
     assert!(contacts[0]["evidence"][0]["contact_registration_id"].is_string());
     let gw = app.token("gw", Role::GridWorker, "150802").await;
     assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/persons/{pid}/trace"),
             &json!({}),
             Some(&gw)
         )
-        .await
-        .status(),
+        .await,
         403
     );
 }
@@ -1622,13 +1617,12 @@ async fn selected_contacts_are_classified_and_observed_in_one_action_or_not_at_a
     assert_eq!(v["category"], "none", "nothing half-done");
     assert!(v["observations"].as_array().unwrap().is_empty());
     assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/persons/{case}/contacts"),
             &json!({"person_ids": [], "reason": "x"}),
             Some(&epi)
         )
-        .await
-        .status(),
+        .await,
         422
     );
     for bad in ["x".repeat(501), "同场所\u{0}".to_string()] {
@@ -1848,13 +1842,7 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         .await;
     assert_eq!(r.status(), 409, "not (yet) a case");
     assert_eq!(
-        app.post_json(
-            &format!("/api/v1/persons/{pid}/category"),
-            &json!({"category": "confirmed", "reason": "核酸阳性"}),
-            Some(&epi),
-        )
-        .await
-        .status(),
+        app.set_category(&pid, "confirmed", "核酸阳性", &epi).await,
         200
     );
     // then seen in another county (a case stays in their area), which this epidemiologist may not see
@@ -1918,24 +1906,14 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
     assert_eq!(stubs.len(), 1, "{person}");
     assert!(stubs[0].get("id").is_none(), "{}", stubs[0]);
     // a case who has since recovered still gets a notice of where they were
+    assert_eq!(app.set_category(&pid, "recovered", "出院", &epi).await, 200);
     assert_eq!(
-        app.post_json(
-            &format!("/api/v1/persons/{pid}/category"),
-            &json!({"category": "recovered", "reason": "出院"}),
-            Some(&epi),
-        )
-        .await
-        .status(),
-        200
-    );
-    assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/persons/{pid}/notices"),
             &json!({}),
             Some(&epi)
         )
-        .await
-        .status(),
+        .await,
         201
     );
     let url = n["url"].as_str().unwrap().to_string();
@@ -2389,13 +2367,12 @@ async fn wide_chains_are_drawn_with_collapsed_layers() {
         .collect();
     assert_eq!(ids.len(), 45);
     assert_eq!(
-        app.post_json(
+        app.post_status(
             &format!("/api/v1/persons/{pid}/contacts"),
             &json!({"person_ids": ids, "reason": "同场所"}),
             Some(&epi)
         )
-        .await
-        .status(),
+        .await,
         200
     );
     let svg = app
@@ -3045,24 +3022,20 @@ async fn chains_name_no_one_outside_the_callers_area() {
     let epi = app.token("epi_chain", Role::Epidemiologist, "150802").await;
     let here = app.site(SiteKind::Checkpoint, "150802").clone();
     let there = app.site(SiteKind::Checkpoint, "150821").clone();
-    let local = register_at(
+    let local = registered_person(
         app.store.as_ref(),
         &here,
-        &checkpoint_body(&cn_id("150802", "19800101", 91), "本县甲", "13500000091"),
-        Utc::now(),
+        &cn_id("150802", "19800101", 91),
+        "本县甲",
     )
-    .await
-    .person
-    .id;
-    let infector = register_at(
+    .await;
+    let infector = registered_person(
         app.store.as_ref(),
         &there,
-        &checkpoint_body(&cn_id("150821", "19800101", 92), "外县乙", "13500000092"),
-        Utc::now(),
+        &cn_id("150821", "19800101", 92),
+        "外县乙",
     )
-    .await
-    .person
-    .id;
+    .await;
     app.store
         .upsert_contacts(&[epigrid_core::trace::ContactRecord {
             index_person_id: infector,
@@ -3113,11 +3086,8 @@ async fn suppressed_counts_cannot_be_recovered_from_the_totals() {
     for (county, n) in [("150802", 6u32), ("150821", 2)] {
         let site = app.site(SiteKind::Checkpoint, county).clone();
         for i in 0..n {
-            let body = checkpoint_body(&cn_id(county, "19800101", 300 + i), "病例", "13500000300");
-            let p = register_at(app.store.as_ref(), &site, &body, Utc::now())
-                .await
-                .person
-                .id;
+            let id = cn_id(county, "19800101", 300 + i);
+            let p = registered_person(app.store.as_ref(), &site, &id, "病例").await;
             assert!(app
                 .store
                 .change_category(&CategoryChange {

@@ -339,6 +339,32 @@ impl TestApp {
         rq.send().await.expect("POST")
     }
 
+    /// The status of `POST path` with a JSON body.
+    pub async fn post_status(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> reqwest::StatusCode {
+        self.post_json(path, body, token).await.status()
+    }
+
+    /// The status of putting person `pid` in `category` as `token`.
+    pub async fn set_category(
+        &self,
+        pid: &str,
+        category: &str,
+        reason: &str,
+        token: &str,
+    ) -> reqwest::StatusCode {
+        self.post_status(
+            &format!("/api/v1/persons/{pid}/category"),
+            &serde_json::json!({"category": category, "reason": reason}),
+            Some(token),
+        )
+        .await
+    }
+
     pub async fn register(&self, site: &Site, body: &serde_json::Value) -> reqwest::Response {
         self.post_json(
             &format!("/api/v1/sites/{}/registrations", site.token),
