@@ -87,8 +87,8 @@ pub trait Store: Send + Sync + 'static {
     /// The phone number a registration in the scope was made with, and the person id its
     /// ciphertext is bound to (`persons.phone:{id}`: the person it came in as, which is not its
     /// `person_id` when that person had been merged into another); `None` when it was made
-    /// without one, or was stored before registrations kept their number (the person's number
-    /// stands for it then).
+    /// without one (or stored before registrations kept their number): a registration never
+    /// shows its person's number.
     async fn registration_phone(
         &self,
         id: Uuid,

@@ -1229,18 +1229,14 @@ impl AreaCode {
 // ---------------------------------------------------------------------------------------------
 
 /// Characters refused in free text: control characters (C0, DEL, C1), line/paragraph
-/// separators and bidirectional overrides/isolates (which can disguise text in admin views).
-/// Control characters, line and paragraph separators, bidirectional overrides, and U+FFFD:
-/// what bytes that are not UTF-8 become when a form is decoded (the JSON API refuses them).
+/// separators, bidirectional overrides/isolates (which can disguise text in admin views), and
+/// U+FFFD: what bytes that are not UTF-8 become when a form is decoded (the JSON API refuses
+/// them).
 fn is_forbidden_text_char(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FFFD}')
 }
 
-/// Single-line free text: trimmed; no control characters at all (`err.text.invalid_chars`);
-/// at most `max_chars` characters (`err.text.too_long` with `{max}`).
-///
-/// Blank input is `Ok(None)`, or `err.required` when `required`.
 /// Nothing a reader would see: white space, zero-width and other invisible characters only
 /// (direction marks, soft hyphen, fillers): a required text of them is as empty as one of
 /// spaces.
@@ -1253,6 +1249,11 @@ fn is_blank(s: &str) -> bool {
     })
 }
 
+/// Single-line free text: trimmed; no control characters at all (`err.text.invalid_chars`);
+/// at most `max_chars` characters (`err.text.too_long` with `{max}`).
+///
+/// Blank input (white space and invisible characters only) is `Ok(None)`, or `err.required`
+/// when `required`.
 pub fn validate_text(
     field: &str,
     raw: &str,

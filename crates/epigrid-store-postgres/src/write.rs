@@ -112,7 +112,7 @@ pub(crate) const PENDING_PERSON: &str = concat!(
      phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
     person_on_conflict!(),
-    "RETURNING COALESCE(merged_into, id), (xmax = 0)"
+    "RETURNING COALESCE(merged_into, id)"
 );
 
 const GRAMS: &str = "INSERT INTO person_grams (gram, person_id) \

@@ -187,16 +187,15 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             ))
             .map_err(map_err)?
             .query_row([&id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                // a sighting earlier in this batch, not written yet, counts as seen (the
+                // writer's memory has it, but may have been dropped since)
+                let seen: i64 = r.get(3)?;
+                let seen = pending_seen(&id).map_or(seen, |t| seen.max(t));
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, seen, r.get(4)?))
             })
             .optional()
             .map_err(map_err)?,
     };
-    // a sighting earlier in this batch, not written yet, counts as seen
-    let existing = existing.map(|(e, phone, path, seen, pinned)| {
-        let seen = pending_seen(&id).map_or(seen, |t| seen.max(t));
-        (e, phone, path, seen, pinned)
-    });
     match existing {
         None => {
             c.prepare_cached(
@@ -243,28 +242,25 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             let moves = newer && !pinned && old_path != area_path;
             if !new_phone && !moves {
                 // Only "last seen" may change: written once per batch (see `BatchEffects`).
-                if at > last_seen {
+                let later = at > last_seen;
+                if later {
                     note_seen(&id, at);
                 }
-                if hit {
-                    if at > last_seen {
-                        MEMORY.with(|m| {
-                            if let Some(k) = m.borrow_mut().persons.get_mut(&id) {
-                                k.3 = at;
-                            }
-                        });
-                    }
-                } else {
-                    remember_person(
-                        &id,
-                        (
-                            effective.clone(),
-                            phone_index,
-                            old_path,
-                            last_seen.max(at),
-                            pinned,
-                        ),
+                if !hit {
+                    let known = (
+                        effective.clone(),
+                        phone_index,
+                        old_path,
+                        last_seen.max(at),
+                        pinned,
                     );
+                    remember_person(&id, known);
+                } else if later {
+                    MEMORY.with(|m| {
+                        if let Some(k) = m.borrow_mut().persons.get_mut(&id) {
+                            k.3 = at;
+                        }
+                    });
                 }
                 return Ok(effective);
             }
@@ -414,7 +410,7 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
         .execute(params![id, i as i64, comp.name, pid])
         .map_err(map_err)?;
     }
-    // Rollup increments are collected per job and written once per batch (see lib.rs).
+    // Rollup increments are summed for the batch and written at its end (`BatchEffects`).
     BATCH.with(|b| {
         let rollups = &mut b.borrow_mut().rollups;
         for m in registration_metrics(reg.kind, f) {

@@ -33,7 +33,14 @@ async fn records(
 
 /// What a chain calls each person: their id when the caller may see them, else
 /// `outside-{chain}-{k}`, so that nothing identifies someone outside the caller's area.
-type Labels = std::collections::HashMap<uuid::Uuid, String>;
+#[derive(Default)]
+struct Labels(std::collections::HashMap<uuid::Uuid, String>);
+
+impl Labels {
+    fn of(&self, id: &uuid::Uuid) -> String {
+        self.0.get(id).cloned().unwrap_or_default()
+    }
+}
 
 /// The chains in the caller's scope (only chain `only`, numbered from 1, when given), with the
 /// label of each person in them.
@@ -49,7 +56,7 @@ async fn build(
         .collect();
     let scope = staff.scope();
     let mut out = Vec::new();
-    let mut labels = Labels::new();
+    let mut labels = Labels::default();
     for (n, c) in chains(&edges).iter().enumerate() {
         if only.is_some_and(|o| o != n + 1) {
             continue;
@@ -62,24 +69,23 @@ async fn build(
             match st.store.person(*id, &scope).await? {
                 Some(p) => {
                     active |= Category::FOUR.contains(&p.category);
-                    labels.insert(*id, id.to_string());
+                    labels.0.insert(*id, id.to_string());
                     people.push(json!({"person_id": id, "name": crate::view::mask_name(&p.name), "category": p.category}));
                 }
                 None => {
                     outside += 1;
                     let label = format!("outside-{}-{outside}", n + 1);
-                    labels.insert(*id, label.clone());
+                    labels.0.insert(*id, label.clone());
                     people.push(json!({"person_id": label, "outside_scope": true}));
                 }
             }
         }
-        let label = |id: &uuid::Uuid| labels.get(id).cloned().unwrap_or_default();
         out.push(json!({
             "chain": n + 1,
             "size": c.people.len(),
             "active": active,
             "people": people,
-            "edges": c.edges.iter().map(|(a, b)| json!({"from": label(a), "to": label(b)})).collect::<Vec<_>>(),
+            "edges": c.edges.iter().map(|(a, b)| json!({"from": labels.of(a), "to": labels.of(b)})).collect::<Vec<_>>(),
         }));
     }
     Ok((out, records, labels))
@@ -93,13 +99,12 @@ async fn list(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>
 /// The confirmed contact edges as CSV (UTF-8 with BOM), audited as an export.
 async fn edges_csv(State(st): State<AppState>, staff: Staff) -> ApiResult<Response> {
     let (_, records, labels) = build(&st, &staff, None).await?;
-    let label = |id: &uuid::Uuid| labels.get(id).cloned().unwrap_or_default();
     let mut out = String::from("\u{feff}from_person_id,to_person_id,kinds,exposure_s,score\r\n");
     for r in &records {
         out.push_str(&format!(
             "{},{},\"{}\",{},{}\r\n",
-            label(&r.index_person_id),
-            label(&r.contact_person_id),
+            labels.of(&r.index_person_id),
+            labels.of(&r.contact_person_id),
             r.kinds,
             r.exposure_s,
             r.score
@@ -130,7 +135,6 @@ async fn edges_csv(State(st): State<AppState>, staff: Staff) -> ApiResult<Respon
 /// The same graph as GraphML (for Gephi, yEd, Cytoscape); nodes carry the category only.
 async fn graphml(State(st): State<AppState>, staff: Staff) -> ApiResult<Response> {
     let (items, records, labels) = build(&st, &staff, None).await?;
-    let label = |id: &uuid::Uuid| labels.get(id).cloned().unwrap_or_default();
     let mut out = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<graphml xmlns=\"http://graphml.graphdrawing.org/xmlns\">\n\
          <key id=\"category\" for=\"node\" attr.name=\"category\" attr.type=\"string\"/>\n\
@@ -150,8 +154,8 @@ async fn graphml(State(st): State<AppState>, staff: Staff) -> ApiResult<Response
     for (i, r) in records.iter().enumerate() {
         out.push_str(&format!(
             "<edge id=\"e{i}\" source=\"{}\" target=\"{}\"><data key=\"kinds\">{}</data></edge>\n",
-            label(&r.index_person_id),
-            label(&r.contact_person_id),
+            labels.of(&r.index_person_id),
+            labels.of(&r.contact_person_id),
             r.kinds.replace(['<', '>', '&', '"'], "")
         ));
     }
