@@ -262,6 +262,19 @@ pub struct RegistrationFilter {
     pub limit: u32,
 }
 
+/// What a registration was made with, sealed, for an audited unmask: the document of the
+/// person it came in as and the phone number typed with it, both bound to that person
+/// (`persons.doc:{came_in_as}`, `persons.phone:{came_in_as}`). `came_in_as` is the
+/// registration's `person_id` unless that person had been merged into another by then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistrationSecrets {
+    pub came_in_as: Uuid,
+    pub doc_type: Option<DocType>,
+    pub doc_cipher: Option<Vec<u8>>,
+    /// `None` when it was made without a number (or stored before registrations kept theirs).
+    pub phone_cipher: Option<Vec<u8>>,
+}
+
 /// The sealed personal values of a person, for an audited unmask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PersonSecrets {

@@ -84,16 +84,14 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
     ) -> StoreResult<Option<PersonSecrets>>;
 
-    /// The phone number a registration in the scope was made with, and the person id its
-    /// ciphertext is bound to (`persons.phone:{id}`: the person it came in as, which is not its
-    /// `person_id` when that person had been merged into another); `None` when it was made
-    /// without one (or stored before registrations kept their number): a registration never
-    /// shows its person's number.
-    async fn registration_phone(
+    /// What a registration in the scope was made with: the document of the person it came in
+    /// as (not of the person it was merged into) and the phone number typed with it. A
+    /// registration never shows another record's document or its person's stored number.
+    async fn registration_secrets(
         &self,
         id: Uuid,
         scope: &Scope,
-    ) -> StoreResult<Option<(Vec<u8>, Uuid)>>;
+    ) -> StoreResult<Option<RegistrationSecrets>>;
 
     /// A person visible in the scope (their area is in it).
     async fn person(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Person>>;

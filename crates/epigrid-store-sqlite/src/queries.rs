@@ -19,13 +19,17 @@ const SITE_COLS: &str =
     "id, token, kind, name, area_code, area_path, active, default_stay_min, created_at";
 const USER_COLS: &str =
     "id, username, password_hash, role, area_code, area_path, active, created_at";
+/// A registration as staff see it. Its name and phone are what was typed into it, and its
+/// document is that of the person it came in as (`phone_sealed_for`, when that person had been
+/// merged into another by then), never another record's.
 const REG_SELECT: &str = "SELECT r.id, r.seq, r.site_id, s.name, r.kind, s.area_code, r.area_path, r.at, \
     r.person_id, r.name, p.doc_type, p.doc_masked, r.phone_masked, p.provisional, \
     r.channel, r.by_user, \
     r.verification_code, r.left_at, r.temperature, r.symptoms, r.high_risk_travel, r.plate, r.companions, \
     r.origin_code, r.destination, r.direction, r.visitor, r.unit_code, r.visit_reason, r.arrival_date, \
     r.residence_code, r.address, r.employer, r.stay_days, r.purpose \
-    FROM registrations r JOIN sites s ON s.id = r.site_id JOIN persons p ON p.id = r.person_id";
+    FROM registrations r JOIN sites s ON s.id = r.site_id \
+    JOIN persons p ON p.id = COALESCE(r.phone_sealed_for, r.person_id)";
 
 fn area_row(r: &Row<'_>) -> rusqlite::Result<Area> {
     Ok(Area {
@@ -772,24 +776,29 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn registration_phone(
+    async fn registration_secrets(
         &self,
         id: Uuid,
         scope: &Scope,
-    ) -> StoreResult<Option<(Vec<u8>, Uuid)>> {
+    ) -> StoreResult<Option<RegistrationSecrets>> {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
             c.prepare_cached(
-                "SELECT phone_cipher, COALESCE(phone_sealed_for, person_id) FROM registrations \
-                 WHERE id = ?1 AND area_path >= ?2 AND area_path < ?3",
+                "SELECT p.id, p.doc_type, p.doc_cipher, r.phone_cipher FROM registrations r \
+                 JOIN persons p ON p.id = COALESCE(r.phone_sealed_for, r.person_id) \
+                 WHERE r.id = ?1 AND r.area_path >= ?2 AND r.area_path < ?3",
             )
             .map_err(map_err)?
             .query_row(params![id.to_string(), lo, hi], |r| {
-                Ok(r.get::<_, Option<Vec<u8>>>(0)?
-                    .zip(Some(r.get::<_, U>(1)?.0)))
+                let dt: Option<String> = r.get(1)?;
+                Ok(RegistrationSecrets {
+                    came_in_as: r.get::<_, U>(0)?.0,
+                    doc_type: dt.as_deref().and_then(DocType::parse),
+                    doc_cipher: r.get(2)?,
+                    phone_cipher: r.get(3)?,
+                })
             })
             .optional()
-            .map(Option::flatten)
             .map_err(map_err)
         })
         .await

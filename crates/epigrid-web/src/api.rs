@@ -618,28 +618,24 @@ pub(crate) async fn unmask(
     staff.require(staff.role().may_unmask())?;
     // every unmasked read says why, in the audit log
     let reason = crate::persons::reason(reason).map_err(|e| ApiError::Invalid(vec![e]))?;
+    // What was typed into this registration, sealed for the person it came in as: its own
+    // phone number, and that person's document, not those of a record it was merged into.
+    // Typing someone's ID number at a site must not read back what their record holds.
     let secrets = st
         .store
-        .person_secrets(r.person_id, &staff.scope())
+        .registration_secrets(r.id, &staff.scope())
         .await?
         .ok_or(ApiError::NotFound)?;
-    // a value sealed for `persons.{col}:{person}`
-    let open = |col: &str, person: Uuid, c: Option<&Vec<u8>>| -> ApiResult<Option<String>> {
+    let open = |col: &str, c: Option<&Vec<u8>>| -> ApiResult<Option<String>> {
         c.map(|c| {
             st.vault
-                .open(&format!("persons.{col}:{person}"), c)
+                .open(&format!("persons.{col}:{}", secrets.came_in_as), c)
                 .map_err(|e| ApiError::Internal(e.to_string()))
         })
         .transpose()
     };
-    let doc = open("doc", secrets.person_id, secrets.doc_cipher.as_ref())?;
-    // The name and number given with this registration (the number sealed for the person it
-    // came in as), not the person's: typing someone's ID number at a site must not read back
-    // what their record holds.
-    let phone = match st.store.registration_phone(r.id, &staff.scope()).await? {
-        Some((c, sealed_for)) => open("phone", sealed_for, Some(&c))?,
-        None => None,
-    };
+    let doc = open("doc", secrets.doc_cipher.as_ref())?;
+    let phone = open("phone", secrets.phone_cipher.as_ref())?;
     staff
         .audit(
             st,

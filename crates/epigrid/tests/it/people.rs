@@ -63,6 +63,19 @@ fn observation(person_id: Uuid, start: NaiveDate, days: i64, token: &str) -> Obs
     }
 }
 
+/// The phone number a registration was made with (sealed) and the person it is sealed for.
+async fn typed_phone(
+    store: &dyn epigrid_core::store::Store,
+    id: Uuid,
+    scope: &Scope,
+) -> Option<(Vec<u8>, Uuid)> {
+    store
+        .registration_secrets(id, scope)
+        .await
+        .unwrap()
+        .and_then(|s| s.phone_cipher.zip(Some(s.came_in_as)))
+}
+
 /// Stores a self-registration at `site` with `phone`, made at `at`; the stored registration.
 async fn register_with_phone(
     store: &dyn epigrid_core::store::Store,
@@ -178,7 +191,7 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
                     "{name} person {i}"
                 );
                 assert_eq!(
-                    store.registration_phone(r.id, &Scope::all()).await.unwrap(),
+                    typed_phone(store.as_ref(), r.id, &Scope::all()).await,
                     r.person.phone_cipher.clone().zip(Some(r.person.id)),
                     "{name} person {i}"
                 );
@@ -253,10 +266,7 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
             "{name}: no number given, none shown"
         );
         assert_eq!(
-            store
-                .registration_phone(typed.id, &Scope::all())
-                .await
-                .unwrap(),
+            typed_phone(store.as_ref(), typed.id, &Scope::all()).await,
             None,
             "{name}"
         );
@@ -271,10 +281,7 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
             "{name}"
         );
         assert_eq!(
-            store
-                .registration_phone(second[0].id, &Scope::new("/150800/150802/"))
-                .await
-                .unwrap(),
+            typed_phone(store.as_ref(), second[0].id, &Scope::new("/150800/150802/")).await,
             None,
             "{name}: not outside the caller's scope"
         );
@@ -1274,20 +1281,32 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
         )
         .await;
         assert_eq!((count(c).await, count(d).await), (3, 1), "{name}");
-        // its phone was sealed for the record it came in as, and opens as that
-        let (cipher, sealed_for) = store
-            .registration_phone(back.id, &Scope::all())
+        // its phone and document are those of the record it came in as, sealed for it: not
+        // the kept record's document, which whoever typed d's number must not read back
+        let secrets = store
+            .registration_secrets(back.id, &Scope::all())
             .await
             .unwrap()
-            .expect("a phone");
-        assert_eq!(sealed_for, d, "{name}");
-        assert_eq!(
+            .expect("in scope");
+        assert_eq!(secrets.came_in_as, d, "{name}");
+        let open = |col: &str, c: Option<Vec<u8>>| {
             vault()
-                .open(&format!("persons.phone:{sealed_for}"), &cipher)
-                .unwrap(),
-            "13900000044",
+                .open(&format!("persons.{col}:{d}"), &c.expect("sealed"))
+                .unwrap()
+        };
+        assert_eq!(open("phone", secrets.phone_cipher), "13900000044", "{name}");
+        assert_eq!(
+            open("doc", secrets.doc_cipher),
+            cn_id("150802", "19700101", 4),
             "{name}"
         );
+        let shown = store
+            .registration(back.id, &Scope::all())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shown.doc_masked, back.person.doc_masked, "{name}");
+        assert_eq!(shown.person_id, c, "{name}: it counts for the kept person");
         assert_eq!(
             store
                 .search_persons(&Scope::all(), &PersonQuery::Name("甲".into()), 10)
