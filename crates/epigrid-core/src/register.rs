@@ -322,7 +322,6 @@ impl RegistrationInput {
     /// `companion_name_N` / `companion_id_N`).
     pub fn from_pairs(pairs: &[(String, String)]) -> RegistrationInput {
         let mut input = RegistrationInput::default();
-        let mut comps: std::collections::BTreeMap<u32, CompanionRaw> = Default::default();
         for (k, v) in pairs {
             let v = Some(v.clone()).filter(|s| !s.trim().is_empty());
             match k.as_str() {
@@ -347,25 +346,34 @@ impl RegistrationInput {
                 "employer" => input.employer = v,
                 "stay_days" => input.stay_days = v,
                 "purpose" => input.purpose = v,
-                other => {
-                    if let Some(n) = other.strip_prefix("companion_name_") {
-                        if let Ok(n) = n.parse::<u32>() {
-                            comps.entry(n).or_default().name = v;
-                        }
-                    } else if let Some(n) = other.strip_prefix("companion_id_") {
-                        if let Ok(n) = n.parse::<u32>() {
-                            comps.entry(n).or_default().id_number = v;
-                        }
-                    }
-                }
+                _ => {}
             }
         }
-        input.companion_list = comps
-            .into_values()
-            .filter(|c| c.name.is_some() || c.id_number.is_some())
-            .collect();
+        input.companion_list = form_companions(pairs).into_iter().map(|(_, c)| c).collect();
         input
     }
+}
+
+/// The companions a form lists, in row order, each with its row number (`companion_name_N`,
+/// `companion_id_N`); blank rows are left out, so the `i` of an error on `companions[i]` is
+/// the `i`-th of these, not row `i + 1`.
+pub fn form_companions(pairs: &[(String, String)]) -> Vec<(u32, CompanionRaw)> {
+    let mut rows: std::collections::BTreeMap<u32, CompanionRaw> = Default::default();
+    for (k, v) in pairs {
+        let v = Some(v.clone()).filter(|s| !s.trim().is_empty());
+        if let Some(n) = k.strip_prefix("companion_name_") {
+            if let Ok(n) = n.parse::<u32>() {
+                rows.entry(n).or_default().name = v;
+            }
+        } else if let Some(n) = k.strip_prefix("companion_id_") {
+            if let Ok(n) = n.parse::<u32>() {
+                rows.entry(n).or_default().id_number = v;
+            }
+        }
+    }
+    rows.into_iter()
+        .filter(|(_, c)| c.name.is_some() || c.id_number.is_some())
+        .collect()
 }
 
 /// What the validator needs to know besides the input.

@@ -334,6 +334,19 @@ impl IdNumber {
             return Err(FieldError::new(field, "err.required"));
         }
         let format = || FieldError::new(field, "err.id_number.format");
+        // A first-generation card's 15 digits (born 19YY, no check digit) become the 18-digit
+        // number of GB 11643: the same person, whichever of the two they type.
+        if chars.len() == 15 && chars.iter().all(char::is_ascii_digit) {
+            let mut digits = [0u32; 17];
+            let old = chars.iter().filter_map(|c| c.to_digit(10));
+            for (d, v) in digits
+                .iter_mut()
+                .zip(old.clone().take(6).chain([1, 9]).chain(old.skip(6)))
+            {
+                *d = v;
+            }
+            return Self::checked(field, digits, check_char(&digits), today);
+        }
         if chars.len() != 18 {
             return Err(format());
         }
@@ -584,9 +597,12 @@ impl fmt::Debug for Document {
 // Mobile phone
 // ---------------------------------------------------------------------------------------------
 
-/// A mainland mobile number: 11 digits matching `^1[3-9]\d{9}$`.
+/// A mobile number: a mainland one, 11 digits matching `^1[3-9]\d{9}$`, or one from abroad in
+/// international form, `+` and 8 to 15 digits not starting with 0 (E.164), as travellers
+/// from Mongolia, Hong Kong or elsewhere carry.
 ///
-/// Accepts and strips whitespace, dashes and a leading `+86`, `0086` or `86`.
+/// Accepts and strips whitespace, dashes and a leading `+86`, `0086` or `86`; `00` before
+/// another country's code is read as `+`.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct MobilePhone(String);
 
@@ -611,8 +627,23 @@ impl MobilePhone {
             return Err(FieldError::new(field, "err.required"));
         }
         let format = || FieldError::new(field, "err.phone.format");
-        let s = match s.strip_prefix('+') {
-            Some(rest) => rest.strip_prefix("86").ok_or_else(format)?,
+        let international = s
+            .strip_prefix('+')
+            .or_else(|| s.strip_prefix("00").filter(|r| !r.starts_with("86")));
+        let s = match international {
+            Some(rest) => match rest.strip_prefix("86") {
+                Some(mainland) => mainland,
+                None => {
+                    let ok = (8..=15).contains(&rest.len())
+                        && rest.bytes().all(|b| b.is_ascii_digit())
+                        && !rest.starts_with('0');
+                    return if ok {
+                        Ok(MobilePhone(format!("+{rest}")))
+                    } else {
+                        Err(format())
+                    };
+                }
+            },
             None => s.as_str(),
         };
         let len = s.chars().count();
@@ -632,14 +663,20 @@ impl MobilePhone {
         Ok(MobilePhone(s.to_string()))
     }
 
-    /// The 11 digits.
+    /// The 11 digits, or `+` and the digits of a number from abroad.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// First 3 + `****` + last 4, e.g. `139****5678`.
+    /// First 3 + `****` + last 4, e.g. `139****5678`; from abroad the `+` and the country's
+    /// first three digits: `+976****2233`.
     pub fn masked(&self) -> String {
-        mask_middle(&self.0, 3, 7, "****")
+        let tail = self.0.len().saturating_sub(4);
+        if self.0.starts_with('+') {
+            mask_middle(&self.0, 4, tail, "****")
+        } else {
+            mask_middle(&self.0, 3, 7, "****")
+        }
     }
 }
 
@@ -1064,6 +1101,8 @@ impl PersonName {
         for c in raw.chars().map(fold_width) {
             let c = match c {
                 c if is_middle_dot(c) => '·',
+                // a full stop typed for the dot between the parts of a transcribed name
+                '.' | '\u{3002}' if chars.last().is_some_and(|p| is_cjk(*p)) => '·',
                 '\u{2018}' | '\u{2019}' | '\u{02BC}' => '\'',
                 '\u{2010}' | '\u{2011}' => '-',
                 c if c.is_whitespace() => ' ',
@@ -1092,6 +1131,12 @@ impl PersonName {
         for (i, &c) in chars.iter().enumerate() {
             let ok = if is_sep(c) {
                 i > 0 && i + 1 < chars.len() && !chars.get(i + 1).is_some_and(|n| is_sep(*n))
+            } else if c == '.' {
+                // an initial's full stop: "John F. Kennedy", "Jr."
+                i > 0
+                    && chars[i - 1].is_alphabetic()
+                    && !is_cjk(chars[i - 1])
+                    && chars.get(i + 1).is_none_or(|n| *n == ' ')
             } else if is_combining_mark(c) {
                 i > 0
             } else {
@@ -1099,6 +1144,16 @@ impl PersonName {
             };
             if !ok {
                 return Err(format());
+            }
+        }
+        // One alphabet per word: a Cyrillic or Greek letter that looks like a Latin one
+        // (`Ivаn` with a Cyrillic а) would make a different name that reads the same.
+        for word in chars.split(|c| is_sep(*c) || *c == '.') {
+            let mut scripts = word.iter().filter_map(|c| look_alike_script(*c));
+            if let Some(first) = scripts.next() {
+                if scripts.any(|s| s != first) {
+                    return Err(format());
+                }
             }
         }
         if chars.len() > NAME_MAX_CHARS {
@@ -1164,12 +1219,23 @@ fn is_combining_mark(c: char) -> bool {
 
 /// A character that may form a name (not a separator).
 fn is_name_letter(c: char) -> bool {
+    // Letters of any alphabet (Chinese, Mongolian, Latin with Vietnamese and other accents,
+    // Cyrillic, Uyghur's Arabic script, Tibetan, Korean, …); not digits, symbols or emoji.
     is_cjk(c)
-        || c.is_ascii_alphabetic()
-        // Latin-1 Supplement and Latin Extended-A/B letters (not × ÷).
-        || (matches!(c, '\u{00C0}'..='\u{024F}') && c.is_alphabetic())
-        // Traditional Mongolian, without Mongolian digits U+1810–U+1819.
-        || (matches!(c, '\u{1800}'..='\u{18AF}') && !matches!(c, '\u{1810}'..='\u{1819}'))
+        || (c.is_alphabetic()
+            && !c.is_numeric()
+            // Mongolian digits U+1810–U+1819 are not letters in a name.
+            && !matches!(c, '\u{1810}'..='\u{1819}'))
+}
+
+/// The alphabets whose letters look alike (Latin, Cyrillic, Greek), for a letter of one.
+fn look_alike_script(c: char) -> Option<u8> {
+    match c {
+        'A'..='Z' | 'a'..='z' | '\u{00C0}'..='\u{024F}' | '\u{1E00}'..='\u{1EFF}' => Some(0),
+        '\u{0400}'..='\u{052F}' => Some(1),
+        '\u{0370}'..='\u{03FF}' => Some(2),
+        _ => None,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1488,6 +1554,9 @@ mod tests {
             "１１０１０５１９４９１２３１００２Ｘ",
             "１１０１０５１９４９１２３１００２ｘ",
             "\u{3000}11010519491231002X\u{3000}",
+            // a first-generation card's 15 digits: born 19YY, the check digit computed
+            "110105491231002",
+            "110105 491231 002",
         ] {
             let id = IdNumber::parse(F, raw).unwrap();
             assert_eq!(id.as_str(), "11010519491231002X", "{raw:?}");
@@ -1515,7 +1584,8 @@ mod tests {
             "1101051949123100",                    // 16
             "11010519491231002",                   // 17
             "1101051949123100211",                 // 19
-            "110105194912310",                     // old 15-digit number
+            "11010519491231",                      // 14
+            "11010549123100X",                     // 15 with a letter
             "11010519491231X021",                  // X not last
             "1101051949123100-2",                  // punctuation
             "11010519491231002Y",                  // bad check letter
@@ -1694,14 +1764,16 @@ mod tests {
         assert_eq!(key(MobilePhone::parse(F, "")), "err.required");
         assert_eq!(key(MobilePhone::parse(F, " - ")), "err.required");
         for raw in [
-            "1391234567",      // 10 digits
-            "139123456789",    // 12 digits
-            "12912345678",     // second digit 2
-            "10912345678",     // second digit 0
-            "23912345678",     // not starting with 1
-            "+85213912345678", // wrong country
-            "+8513912345678",
-            "+13912345678",
+            "1391234567",       // 10 digits
+            "139123456789",     // 12 digits
+            "12912345678",      // second digit 2
+            "10912345678",      // second digit 0
+            "23912345678",      // not starting with 1
+            "+86 139 1234 567", // +86 and 10 digits
+            "+976 9911",        // too short from abroad
+            "+976 9911 2233 4455 66",
+            "+0976 99112233",
+            "+976 9911 22a3",
             "861391234567", // 86 + 10 digits
             "008613912345",
             "0139123456789",
@@ -1710,6 +1782,19 @@ mod tests {
             "139.1234.5678",
         ] {
             assert_eq!(key(MobilePhone::parse(F, raw)), "err.phone.format", "{raw}");
+        }
+    }
+
+    #[test]
+    fn phones_from_abroad() {
+        for (raw, norm, masked) in [
+            ("+976 9911 2233", "+97699112233", "+976****2233"),
+            ("00976-9911-2233", "+97699112233", "+976****2233"),
+            ("＋８５２ ９１２３ ４５６７", "+85291234567", "+852****4567"),
+            ("+1 415 555 0123", "+14155550123", "+141****0123"),
+        ] {
+            let p = MobilePhone::parse(F, raw).unwrap();
+            assert_eq!((p.as_str(), p.masked().as_str()), (norm, masked), "{raw}");
         }
     }
 
@@ -2003,6 +2088,13 @@ mod tests {
             ("ᠪᠠᠲᠤ ᠮᠥᠩᠬᠡ", "ᠪᠠᠲᠤ ᠮᠥᠩᠬᠡ"),
             ("𠮷野", "𠮷野"),
             ("李", "李"),
+            ("Батбаяр", "Батбаяр"),
+            ("Ivan Иванов", "Ivan Иванов"),
+            ("Nguyễn Thị Minh", "Nguyễn Thị Minh"),
+            ("ئابدۇرېھىم", "ئابدۇرېھىم"),
+            ("阿依古丽．买买提", "阿依古丽·买买提"),
+            ("阿依古丽.买买提", "阿依古丽·买买提"),
+            ("John F. Kennedy Jr.", "John F. Kennedy Jr."),
         ] {
             let n = PersonName::parse(F, raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
             assert_eq!(n.as_str(), norm, "{raw}");
@@ -2031,7 +2123,11 @@ mod tests {
             "ᠪᠠᠲᠤ᠑",
             "\u{0308}Lu",
             "😀",
-            "Ivan Иванов",
+            "Ivаn", // a Cyrillic а among Latin letters
+            "Ⅻ",    // a Roman numeral
+            ".John",
+            "J.Smith",
+            "张三.",
         ] {
             assert_eq!(key(PersonName::parse(F, raw)), "err.name.format", "{raw:?}");
         }

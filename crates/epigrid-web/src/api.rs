@@ -485,7 +485,9 @@ async fn post_registration(
     }
 }
 
-/// `from`/`to` as RFC 3339 or a local date (`2026-11-28` = the start of that local day).
+/// `from`/`to` as RFC 3339 or a local date. A time span's `to` is exclusive, so a local date
+/// there means the end of that day (`from=2026-11-28&to=2026-11-28` is that whole day); in any
+/// other field it means the start of the day.
 pub(crate) fn parse_time(
     st: &AppState,
     field: &str,
@@ -496,6 +498,7 @@ pub(crate) fn parse_time(
     }
     NaiveDate::parse_from_str(raw, "%Y-%m-%d")
         .ok()
+        .and_then(|d| if field == "to" { d.succ_opt() } else { Some(d) })
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
         .map(|t| t.with_timezone(&Utc))

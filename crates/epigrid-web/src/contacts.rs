@@ -29,7 +29,7 @@ pub fn routes() -> Router<AppState> {
 /// Longest visit the window must look back for (a day covers any default stay).
 const LOOKBACK: i64 = 86_400;
 
-/// An optional `from`/`to` field: RFC 3339, or a local date (the start of that local day).
+/// An optional `from`/`to` field: RFC 3339, or a local date (see [`crate::api::parse_time`]).
 pub(crate) fn parse_time(
     st: &AppState,
     field: &str,

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use epigrid_core::area::Scope;
 use epigrid_core::model::{Registration, RegistrationFilter};
@@ -88,10 +89,14 @@ impl Feed {
     }
 }
 
-/// `GET /api/v1/feed?site=ID`: `registration` events (masked JSON), newest last.
+/// `GET /api/v1/feed?site=ID`: `registration` events (masked JSON), newest last, each with
+/// its sequence number as the event id. A client that reconnects with `Last-Event-ID` (as a
+/// browser's `EventSource` does by itself) gets what came after that event, not the latest
+/// twenty again.
 pub async fn sse(
     State(st): State<AppState>,
     staff: Staff,
+    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     staff.require(staff.role().sees_personal_data())?;
@@ -99,27 +104,47 @@ pub async fn sse(
         Some(s) => Some(Uuid::parse_str(s).map_err(|_| ApiError::field("site", "err.id.format"))?),
         None => None,
     };
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|n| *n >= 0);
     let scope = staff.scope();
-    let recent = st
-        .store
-        .registrations(
-            &scope,
-            &RegistrationFilter {
-                site_id: site,
-                limit: 20,
-                ..Default::default()
-            },
-        )
-        .await?;
+    // PostgreSQL may commit sequence numbers out of order: look back that far for late ones
+    let lookback = if st.store.backend() == "postgres" {
+        200
+    } else {
+        0
+    };
+    let filter = |after_seq: Option<i64>, limit: u32| RegistrationFilter {
+        site_id: site,
+        after_seq,
+        limit,
+        ..Default::default()
+    };
+    // oldest first
+    let recent: Vec<Registration> = match resume {
+        Some(last) => {
+            st.store
+                .registrations(&scope, &filter(Some((last - lookback).max(0)), 500))
+                .await?
+        }
+        None => {
+            let mut r = st.store.registrations(&scope, &filter(None, 20)).await?;
+            r.reverse();
+            r
+        }
+    };
     st.metrics.live_clients.fetch_add(1, Relaxed);
     let mut feed = Feed {
         rx: st.live.subscribe(),
-        lookback: if st.store.backend() == "postgres" {
-            200
-        } else {
-            0
-        },
-        hwm: recent.first().map(|r| r.seq).unwrap_or(0),
+        lookback,
+        hwm: recent
+            .iter()
+            .map(|r| r.seq)
+            .chain(resume)
+            .max()
+            .unwrap_or(0),
         _guard: ClientGuard(st.clone()),
         st,
         scope,
@@ -128,9 +153,11 @@ pub async fn sse(
         order: VecDeque::new(),
         pending: VecDeque::new(),
     };
-    for r in recent.into_iter().rev() {
-        feed.remember(r.id);
-        feed.pending.push_back(r);
+    for r in recent {
+        // up to the event the client last had, it has them (read again only to know them)
+        if feed.remember(r.id) && resume.is_none_or(|last| r.seq > last) {
+            feed.pending.push_back(r);
+        }
     }
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {

@@ -79,7 +79,7 @@ async fn create(
     }
     let (dfrom, dto) = crate::contacts::default_window(&st, &person).await?;
     let mut errs = Vec::new();
-    // RFC 3339, or a local date (the start of that day), as the error message asks
+    // RFC 3339, or a local date (`to`: the end of that day), as the error message asks
     let mut when =
         |k: &str, d| match crate::contacts::parse_time(&st, k, b.get(k).unwrap_or(&Value::Null)) {
             Ok(t) => t.unwrap_or(d),

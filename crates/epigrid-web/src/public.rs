@@ -112,10 +112,14 @@ struct FormPage<'a> {
     kind_label: &'static str,
     action: String,
     fields: Vec<Field>,
-    errors: Vec<String>,
+    /// The error summary: (the field's box to jump to, its label, the message); a message no
+    /// field shows has no box and no label.
+    errors: Vec<(String, String, String)>,
     staff_user: String,
     csrf: String,
     origin_picker: bool,
+    /// The origin the script's picker had chosen, sent back with a form that had errors.
+    origin: String,
 }
 
 #[derive(Template)]
@@ -195,6 +199,36 @@ fn origin_fields(lang: Lang) -> [Field; 2] {
     ]
 }
 
+/// Where an arrival may say they live, from the areas under the site (down to communities):
+/// every community, named with its town, when there are few enough for one list on a phone;
+/// otherwise the towns, named with their county, and the address says the rest. Every place
+/// under the site can be chosen, and no two entries read the same.
+fn residence_options(areas: &[epigrid_core::area::Area]) -> Vec<(String, String)> {
+    /// Communities one list holds and stays small (a page under 30 KB without script).
+    const MAX_COMMUNITIES: usize = 120;
+    let parent_name = |a: &epigrid_core::area::Area| {
+        areas
+            .iter()
+            .find(|p| Some(&p.code) == a.parent_code.as_ref())
+            .map(|p| p.name.as_str())
+    };
+    let at = |level| areas.iter().filter(move |a| a.level == level);
+    let (level, several_parents) = if at(4).count() <= MAX_COMMUNITIES {
+        (4, at(3).count() > 1)
+    } else {
+        (3, at(2).count() > 1)
+    };
+    at(level)
+        .map(|a| {
+            let label = match parent_name(a) {
+                Some(p) if several_parents => format!("{p} · {}", a.name),
+                _ => a.name.clone(),
+            };
+            (a.code.clone(), label)
+        })
+        .collect()
+}
+
 /// The fields of a site's form, filled with `values` and `errors`.
 async fn build_fields(
     st: &AppState,
@@ -202,6 +236,7 @@ async fn build_fields(
     lang: Lang,
     values: &[(String, String)],
     errors: &[FieldError],
+    staff: bool,
 ) -> Vec<Field> {
     let yes_no = vec![
         ("false".to_string(), tl(lang, "form.no")),
@@ -228,11 +263,12 @@ async fn build_fields(
         .hint(if doc_required { "form.id_number.hint" } else { "form.id_number.optional" });
     idn.required = doc_required;
     f.push(idn);
-    f.push(
-        Field::new("phone", "form.phone", "tel")
-            .req()
-            .attrs("autocomplete=\"tel\" inputmode=\"tel\" maxlength=\"20\""),
-    );
+    f.push(Field {
+        // staff may register someone without a phone
+        required: !staff,
+        ..Field::new("phone", "form.phone", "tel")
+            .attrs("autocomplete=\"tel\" inputmode=\"tel\" maxlength=\"20\"")
+    });
 
     match site.kind {
         SiteKind::Checkpoint => {
@@ -335,13 +371,7 @@ async fn build_fields(
                 .await
                 .unwrap_or_default();
             let opts = std::iter::once((String::new(), tl(lang, "form.choose")))
-                .chain(
-                    areas
-                        .iter()
-                        .filter(|a| a.level >= 3)
-                        .take(400)
-                        .map(|a| (a.code.clone(), a.name.clone())),
-                )
+                .chain(residence_options(&areas))
                 .collect();
             f.push(
                 Field::new("residence_code", "form.residence", "select")
@@ -433,11 +463,15 @@ async fn build_fields(
             }
         }
     }
-    // companion field errors arrive as companions[i].name / .id_number
+    // companion field errors arrive as companions[i].name / .id_number, i counting only the
+    // rows that were filled in
+    let rows = epigrid_core::register::form_companions(values);
     for e in errors {
         if let Some(rest) = e.field.strip_prefix("companions[") {
             let (i, what) = rest.split_once("].").unwrap_or(("", ""));
-            let idx: usize = i.parse::<usize>().unwrap_or(99) + 1;
+            let Some(&(idx, _)) = i.parse::<usize>().ok().and_then(|i| rows.get(i)) else {
+                continue;
+            };
             let name = match what {
                 "name" => format!("companion_name_{idx}"),
                 _ => format!("companion_id_{idx}"),
@@ -471,17 +505,42 @@ async fn render_form(
     values: &[(String, String)],
     errors: &[FieldError],
 ) -> Response {
-    let fields = build_fields(st, site, lang, values, errors).await;
+    let fields = build_fields(st, site, lang, values, errors, staff.is_some()).await;
+    let tr = Tr(lang);
+    let mut summary: Vec<(String, String, String)> = fields
+        .iter()
+        .filter(|f| !f.error.is_empty())
+        .map(|f| {
+            (
+                format!("w_{}", f.name),
+                tr.t(f.label).to_string(),
+                f.error.clone(),
+            )
+        })
+        .collect();
+    for e in errors {
+        let m = e.message(lang);
+        if !summary.iter().any(|(_, _, shown)| *shown == m) {
+            summary.push((String::new(), String::new(), m));
+        }
+    }
     let page = FormPage {
         tr: Tr(lang),
         site,
         kind_label: kind_label(site.kind),
         action: format!("/s/{}", site.token),
         fields,
-        errors: errors.iter().map(|e| e.message(lang)).collect(),
+        errors: summary,
         staff_user: staff.map(|s| s.user.username.clone()).unwrap_or_default(),
         csrf: staff.map(|s| s.session.csrf.clone()).unwrap_or_default(),
         origin_picker: matches!(site.kind, SiteKind::Checkpoint | SiteKind::Arrival),
+        origin: values
+            .iter()
+            .find(|(k, _)| k == "origin")
+            .map(|(_, v)| v.trim())
+            .filter(|v| matches!(v.len(), 2 | 4 | 6) && v.bytes().all(|b| b.is_ascii_digit()))
+            .unwrap_or_default()
+            .to_string(),
     };
     let status = if errors.is_empty() {
         StatusCode::OK
@@ -772,7 +831,11 @@ async fn confirmation(
         },
         checkout: site.kind == SiteKind::Venue && reg.left_at.is_none(),
         checked_out: reg.left_at.map(|t| local(t, st.cfg.tz)).unwrap_or_default(),
-        again: format!("/s/{}", site.token),
+        // staff entering people one after another stay in staff mode
+        again: match reg.channel {
+            Channel::Staff => format!("/s/{}?staff=1", site.token),
+            _ => format!("/s/{}", site.token),
+        },
     };
     crate::view::html(StatusCode::OK, page)
 }
@@ -800,4 +863,62 @@ async fn check_out(
         st.trace_changed();
     }
     Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::residence_options;
+    use epigrid_core::area::Area;
+
+    /// A county (or city, with `counties` > 1) of `towns` towns with `per_town` communities
+    /// each; every town has a 团结村, as real ones do.
+    fn areas(counties: usize, towns: usize, per_town: usize) -> Vec<Area> {
+        let area = |code: String, name: String, level, parent: Option<&str>| Area {
+            path: format!("/{code}/"),
+            parent_code: parent.map(String::from),
+            code,
+            name,
+            level,
+        };
+        let mut out = vec![area("150800".into(), "巴彦淖尔市".into(), 1, None)];
+        for c in 0..counties {
+            let county = format!("1508{:02}", c + 2);
+            out.push(area(county.clone(), format!("县{c}"), 2, Some("150800")));
+            for t in 0..towns {
+                let town = format!("{county}{:03}", t + 1);
+                out.push(area(town.clone(), format!("镇{t}"), 3, Some(&county)));
+                for k in 0..per_town {
+                    let name = if k == 0 {
+                        "团结村".into()
+                    } else {
+                        format!("村{k}")
+                    };
+                    out.push(area(format!("{town}{:03}", k + 1), name, 4, Some(&town)));
+                }
+            }
+        }
+        out
+    }
+
+    fn distinct(opts: &[(String, String)]) -> bool {
+        let labels: std::collections::HashSet<_> = opts.iter().map(|o| &o.1).collect();
+        labels.len() == opts.len()
+    }
+
+    #[test]
+    fn a_small_area_lists_its_communities_with_their_towns() {
+        let opts = residence_options(&areas(1, 3, 10));
+        assert_eq!(opts.len(), 30);
+        assert!(distinct(&opts), "{opts:?}");
+        assert!(opts.iter().any(|o| o.1 == "镇1 · 团结村"), "{opts:?}");
+    }
+
+    #[test]
+    fn a_large_area_lists_every_town_with_its_county() {
+        let opts = residence_options(&areas(3, 10, 20));
+        assert_eq!(opts.len(), 30, "every town, none cut off");
+        assert!(distinct(&opts), "{opts:?}");
+        assert!(opts.iter().all(|o| o.0.len() == 9));
+        assert!(opts.iter().any(|o| o.1 == "县2 · 镇9"), "{opts:?}");
+    }
 }

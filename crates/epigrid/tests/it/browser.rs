@@ -232,7 +232,7 @@ async fn the_public_form_picks_the_origin_remembers_the_person_and_confirms() {
     let id = cn_id("150802", "19800101", 123);
     b.type_into("#name", "张三").await;
     b.type_into("#id_number", &id).await;
-    b.type_into("#phone", "13912345678").await;
+    b.type_into("#phone", "139123").await;
     b.type_into("#temperature", "36.6").await;
     b.type_into("#destination", "临河").await;
     // origin: province → city → county, filled in by the script from the divisions API
@@ -245,6 +245,20 @@ async fn the_public_form_picks_the_origin_remembers_the_person_and_confirms() {
     );
     b.click("input[name=symptoms][value=none]").await;
     b.click("input[name=high_risk_travel][value=false]").await;
+    // a mistyped phone: the form comes back with the city and county still chosen
+    b.click("#reg button[type=submit]").await;
+    b.wait_for(
+        "the form sent back",
+        "return !!document.getElementById('errors')",
+    )
+    .await;
+    b.wait_for(
+        "the county chosen again",
+        "var k=document.getElementById('origin_county');return !!k && k.value === '420102' \
+         && document.getElementById('origin_city').value === '4201'",
+    )
+    .await;
+    b.type_into("#phone", "13912345678").await;
     b.click("#remember").await;
     b.click("#reg button[type=submit]").await;
     b.wait_for(

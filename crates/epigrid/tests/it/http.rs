@@ -229,6 +229,43 @@ async fn each_kind_validates_its_own_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_local_date_as_to_takes_in_that_whole_day() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let r = body(
+        app.register(
+            &site,
+            &checkpoint_body(&cn_id("150802", "19900101", 7), "张三", "13900000007"),
+        )
+        .await,
+    )
+    .await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let tok = app.token("dates_admin", Role::Admin, "150800").await;
+    // the demo city's local days (UTC+8)
+    let day = |d: i64| {
+        (chrono::Utc::now() + chrono::Duration::hours(8) + chrono::Duration::days(d))
+            .date_naive()
+            .to_string()
+    };
+    for (from, to, found) in [
+        (day(0), day(0), true),
+        (day(-1), day(0), true),
+        (day(-1), day(-1), false),
+        (day(1), day(1), false),
+    ] {
+        let list = app
+            .get_json(&format!("/api/v1/registrations?from={from}&to={to}"), &tok)
+            .await;
+        assert_eq!(
+            list.to_string().contains(&id),
+            found,
+            "from={from} to={to}: {list}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn scope_matrix_staff_see_only_their_subtree() {
     let app = TestApp::start().await;
     let linhe_site = app.site(SiteKind::Checkpoint, "150802").clone();
@@ -591,6 +628,45 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_form_sent_back_names_its_errors_where_they_were_made() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802");
+    let url = format!("{}/s/{}", app.base, site.token);
+    let form = [
+        ("name", "王小明"),
+        ("id_type", "cn_id"),
+        ("id_number", "11010519491231002X"),
+        ("phone", "123"),
+        ("companions", "2"),
+        ("companion_name_1", ""),
+        ("companion_id_1", ""),
+        ("companion_name_2", "李四"),
+        ("companion_id_2", "12345"),
+        // what the script's picker chose: a county in Hubei
+        ("origin", "420102"),
+        ("origin_province", "42"),
+        ("destination", "临河"),
+        ("temperature", "36.6"),
+    ];
+    let r = app.client.post(&url).form(&form).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let html = r.text().await.unwrap();
+    // the companion's error is on the row it was typed in, not on the empty first row
+    assert!(html.contains("id=\"e_companion_id_2\""), "{html}");
+    assert!(!html.contains("id=\"e_companion_id_1\""), "{html}");
+    // the summary names each field and leads to it; the field says it is wrong
+    assert!(html.contains("href=\"#w_phone\""), "{html}");
+    assert!(html.contains("aria-invalid=\"true\" aria-describedby=\"e_phone\""));
+    // the county chosen is sent back, not lost to the province
+    assert!(
+        html.contains("name=\"origin\" id=\"origin\" value=\"420102\""),
+        "{html}"
+    );
+    // a self-registration's phone is required; a remember-me box is offered
+    assert!(html.contains("id=\"remember\""));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
     let app = TestApp::start().await;
     let site = app.site(SiteKind::Checkpoint, "150802");
@@ -773,6 +849,47 @@ async fn the_live_feed_streams_new_registrations_in_scope() {
     assert!(
         !got.contains("外县人") && !got.contains("13900000008") && !got.contains("150821"),
         "nothing out of scope"
+    );
+    // a phone that reconnects says which event it had last, and gets only what came after
+    let last = got
+        .split("\n\n")
+        .find(|ev| ev.contains(&code))
+        .and_then(|ev| ev.lines().find_map(|l| l.strip_prefix("id:")))
+        .map(|id| id.trim().to_string())
+        .expect("events carry their sequence number");
+    drop(feed);
+    let later = body(
+        app.register(
+            &mine,
+            &checkpoint_body(&cn_id("150802", "19900101", 10), "后来人", "13900000010"),
+        )
+        .await,
+    )
+    .await;
+    let later_code = format!(
+        "\"verification_code\":\"{}\"",
+        later["verification_code"].as_str().unwrap()
+    );
+    let mut feed = app
+        .client
+        .get(format!("{}/api/v1/feed", app.base))
+        .bearer_auth(&tok)
+        .header("last-event-id", &last)
+        .send()
+        .await
+        .unwrap();
+    let mut resumed = String::new();
+    while !resumed.contains(&later_code) {
+        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
+            .await
+            .expect("feed delivered in time")
+            .unwrap()
+            .expect("stream open");
+        resumed.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        !resumed.contains(&format!("\"verification_code\":\"{code}\"")),
+        "what the phone had is not sent again: {resumed}"
     );
 }
 
