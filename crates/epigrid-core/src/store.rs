@@ -26,6 +26,10 @@ pub enum StoreError {
     /// The data breaks a rule the database checks (a missing parent area, say).
     #[error("invalid: {0}")]
     Invalid(String),
+    /// The database cannot hold a value that got past validation (a NUL in text, a date
+    /// beyond its range): the request's fault, not the database's.
+    #[error("cannot be stored: {0}")]
+    Unstorable(String),
     /// The database failed; the message is for logs and never holds personal data.
     #[error("database error: {0}")]
     Backend(String),
@@ -271,8 +275,15 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- audit ----
     async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
-    /// Newest first, entries whose subject lies in the scope (or that the scope's users made).
-    async fn audit_log(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    /// Newest first, entries whose subject lies in the scope (or that the scope's users made);
+    /// with `unplaced`, also those of no area (`/`: failed logins as unknown usernames), for
+    /// an admin of a top-level area.
+    async fn audit_log(
+        &self,
+        scope: &Scope,
+        limit: u32,
+        unplaced: bool,
+    ) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// An uploaded list from another agency (its rows are not kept, only their matches).

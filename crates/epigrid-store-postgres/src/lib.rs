@@ -34,6 +34,12 @@ pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
         if *code == SqlState::UNIQUE_VIOLATION {
             return StoreError::Conflict(db.constraint().unwrap_or("unique").to_string());
         }
+        // a NUL in text (22021), a date or time beyond PostgreSQL's range (22008)
+        if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *code == SqlState::DATETIME_FIELD_OVERFLOW
+        {
+            return StoreError::Unstorable(code.code().to_string());
+        }
         if *code == SqlState::FOREIGN_KEY_VIOLATION
             || *code == SqlState::CHECK_VIOLATION
             || *code == SqlState::NOT_NULL_VIOLATION

@@ -918,14 +918,20 @@ impl Store for PgStore {
         .map(|_| ())
     }
 
-    async fn audit_log(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_log(
+        &self,
+        scope: &Scope,
+        limit: u32,
+        unplaced: bool,
+    ) -> StoreResult<Vec<AuditEntry>> {
         let (lo, hi) = scope.bounds();
         let limit = i64::from(limit.clamp(1, 10_000));
         Ok(self
             .query(
                 "SELECT id, at, user_id, username, action, subject, area_path, ip, detail FROM audit_log \
-                 WHERE area_path >= $1 AND area_path < $2 ORDER BY seq DESC LIMIT $3",
-                &[&lo, &hi, &limit],
+                 WHERE (area_path >= $1 AND area_path < $2) OR ($4 AND area_path = '/') \
+                 ORDER BY seq DESC LIMIT $3",
+                &[&lo, &hi, &limit, &unplaced],
             )
             .await?
             .iter()

@@ -1376,17 +1376,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn audit_log(&self, scope: &Scope, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_log(
+        &self,
+        scope: &Scope,
+        limit: u32,
+        unplaced: bool,
+    ) -> StoreResult<Vec<AuditEntry>> {
         let (lo, hi) = scope.bounds();
         self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT id, at, user_id, username, action, subject, area_path, ip, detail FROM audit_log \
-                     WHERE area_path >= ?1 AND area_path < ?2 ORDER BY seq DESC LIMIT ?3",
+                     WHERE (area_path >= ?1 AND area_path < ?2) OR (?4 AND area_path = '/') \
+                     ORDER BY seq DESC LIMIT ?3",
                 )
                 .map_err(map_err)?;
             let rows = stmt
-                .query_map(params![lo, hi, limit.clamp(1, 10_000)], audit_row)
+                .query_map(params![lo, hi, limit.clamp(1, 10_000), unplaced], audit_row)
                 .map_err(map_err)?;
             collect(rows)
         })

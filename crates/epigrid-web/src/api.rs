@@ -70,7 +70,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "err.body.not_object",
             )]));
         }
+        // no text the API takes may hold a NUL (nor can PostgreSQL store one)
+        if let Some((k, _)) = v
+            .as_object()
+            .into_iter()
+            .flatten()
+            .find(|(k, v)| k.contains('\0') || holds_nul(v))
+        {
+            let field = if k.contains('\0') { "body" } else { k.as_str() };
+            return Err(ApiError::field(field, "err.text.invalid_chars"));
+        }
         Ok(JsonBody(v))
+    }
+}
+
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
     }
 }
 
@@ -493,16 +512,30 @@ pub(crate) fn parse_time(
     field: &str,
     raw: &str,
 ) -> Result<DateTime<Utc>, FieldError> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
-        return Ok(t.with_timezone(&Utc));
+    let t = match DateTime::parse_from_rfc3339(raw) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| if field == "to" { d.succ_opt() } else { Some(d) })
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| FieldError::new(field, "err.date.format"))?,
+    };
+    check_date(field, t.date_naive()).map(|_| t)
+}
+
+/// The dates epigrid deals in: none before 2000 or after 2100.
+pub(crate) fn check_date(field: &str, d: NaiveDate) -> Result<NaiveDate, FieldError> {
+    const EARLIEST: (i32, &str) = (2000, "2000-01-01");
+    const LATEST: (i32, &str) = (2100, "2100-12-31");
+    if (EARLIEST.0..=LATEST.0).contains(&chrono::Datelike::year(&d)) {
+        Ok(d)
+    } else {
+        Err(FieldError::new(field, "err.date.range")
+            .with("min", EARLIEST.1)
+            .with("max", LATEST.1))
     }
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| if field == "to" { d.succ_opt() } else { Some(d) })
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
-        .map(|t| t.with_timezone(&Utc))
-        .ok_or_else(|| FieldError::new(field, "err.date.format"))
 }
 
 pub(crate) fn registration_filter(
@@ -646,7 +679,7 @@ pub(crate) async fn unmask(
             &format!("registration:{}", r.id),
             &r.area_path,
             &format!(
-                "person:{} fields=name,id_number,phone reason={}",
+                "person:{} fields=name,id_number,phone,address reason={}",
                 r.person_id, reason
             ),
         )
@@ -655,7 +688,7 @@ pub(crate) async fn unmask(
         .unmasks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(
-        json!({"id": r.id, "person_id": r.person_id, "name": r.name, "id_type": secrets.doc_type, "id_number": doc, "phone": phone}),
+        json!({"id": r.id, "person_id": r.person_id, "name": r.name, "id_type": secrets.doc_type, "id_number": doc, "phone": phone, "address": r.fields.address}),
     )
 }
 
@@ -703,8 +736,25 @@ async fn audit(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     staff.require(staff.role() == Role::Admin)?;
-    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(200);
-    let rows = st.store.audit_log(&staff.scope(), limit).await?;
+    let limit = match q.get("limit").map(|l| l.trim()).filter(|l| !l.is_empty()) {
+        None => 200,
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            Ok(_) => {
+                return Err(ApiError::Invalid(vec![FieldError::new(
+                    "limit",
+                    "err.int.range",
+                )
+                .with("min", "1")
+                .with("max", "10000")]))
+            }
+            Err(_) => return Err(ApiError::field("limit", "err.int.format")),
+        },
+    };
+    let rows = st
+        .store
+        .audit_log(&staff.scope(), limit, staff.top_level())
+        .await?;
     Ok(Json(json!({"items": rows})))
 }
 

@@ -93,7 +93,12 @@ pub async fn login(
     if locked(username) {
         return Err(ApiError::TooMany);
     }
-    let user = st.store.user_by_username(username).await?;
+    // no account has a name with control characters (nor could the database hold a NUL)
+    let user = if username.chars().any(char::is_control) {
+        None
+    } else {
+        st.store.user_by_username(username).await?
+    };
     let ok = match &user {
         Some(u) => {
             let (p, h) = (password.to_string(), u.password_hash.clone());
@@ -108,10 +113,24 @@ pub async fn login(
             false
         }
     };
-    let Some(user) = user.filter(|_| ok) else {
-        record_failure(username);
-        audit_raw(st, None, username, "login_failed", "user", "/", ip, "").await;
-        return Err(ApiError::Unauthorized);
+    let user = match user {
+        Some(u) if ok => u,
+        user => {
+            record_failure(username);
+            // An attempt on a real account is seen by the admins over that account's area; one
+            // as nobody (no area) by the admins of a top-level area.
+            let (subject, area) = match &user {
+                Some(u) => (format!("user:{}", u.id), u.area_path.as_str()),
+                None => ("user".to_string(), "/"),
+            };
+            let name: String = username
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect();
+            audit_raw(st, None, &name, "login_failed", &subject, area, ip, "").await;
+            return Err(ApiError::Unauthorized);
+        }
     };
     clear_failures(username);
     let token = random_token(32);
@@ -191,6 +210,10 @@ pub struct Staff {
 impl Staff {
     pub fn scope(&self) -> Scope {
         Scope::new(self.user.area_path.clone())
+    }
+    /// Whether the account's area is a top-level one (a city, say), with nothing above it.
+    pub fn top_level(&self) -> bool {
+        self.user.area_path.matches('/').count() == 2
     }
     pub fn role(&self) -> Role {
         self.user.role
@@ -303,7 +326,14 @@ pub struct MaybeStaff(pub Option<Staff>);
 impl FromRequestParts<AppState> for MaybeStaff {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(MaybeStaff(staff_of(st, parts).await?))
+        let staff = staff_of(st, parts).await?;
+        // A bearer token is a claim to act as staff: a wrong or expired one is refused, not
+        // quietly taken as an anonymous self-registration. (An old session cookie on a public
+        // form is just a visitor.)
+        if staff.is_none() && bearer(&parts.headers).is_some() {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(MaybeStaff(staff))
     }
 }
 

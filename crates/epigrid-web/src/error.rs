@@ -55,13 +55,38 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
     let lang = lang_of(req.headers(), req.uri().query());
     let api = req.uri().path().starts_with("/api/");
     req.extensions_mut().insert(lang);
-    let res = LANG.scope(lang, next.run(req)).await;
+    let res = LANG
+        .scope(lang, async move {
+            match nul_in_uri(req.uri()) {
+                Some(e) => e.into_response(),
+                None => next.run(req).await,
+            }
+        })
+        .await;
     let res = localise_rejection(res, lang, api);
     if api {
         res
     } else {
         error_page(res, lang).await
     }
+}
+
+/// A NUL byte (`%00`) in the address: no path or value holds one (PostgreSQL cannot even
+/// store it), so a path with one names nothing (404) and a query value with one is a field
+/// error, before any handler or store sees them.
+fn nul_in_uri(uri: &axum::http::Uri) -> Option<ApiError> {
+    if uri.path().contains("%00") {
+        return Some(ApiError::NotFound);
+    }
+    let pair = uri.query()?.split('&').find(|p| p.contains("%00"))?;
+    let key = pair
+        .split('=')
+        .next()
+        .filter(|k| !k.contains("%00") && !k.is_empty());
+    Some(ApiError::field(
+        key.unwrap_or("query"),
+        "err.text.invalid_chars",
+    ))
 }
 
 /// A page, not JSON, for an error on a staff page or a form: some page handlers end early
@@ -157,6 +182,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Conflict(_) => ApiError::Conflict("err.conflict"),
+            StoreError::Unstorable(m) => {
+                tracing::warn!(error = %m, "a request's value could not be stored");
+                ApiError::field("request", "err.value.unstorable")
+            }
             StoreError::Invalid(m) | StoreError::Backend(m) => ApiError::Internal(m),
         }
     }

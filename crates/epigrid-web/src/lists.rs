@@ -162,18 +162,9 @@ pub fn read_list(bytes: &[u8], map: &ColumnMap) -> Result<ParsedList, ApiError> 
 }
 
 fn list_name(raw: Option<&str>) -> ApiResult<String> {
-    let name = raw.map(str::trim).unwrap_or_default();
-    if name.is_empty() {
-        return Err(ApiError::field("name", "err.required"));
-    }
-    if name.chars().count() > 100 {
-        return Err(ApiError::Invalid(vec![FieldError::new(
-            "name",
-            "err.text.too_long",
-        )
-        .with("max", "100")]));
-    }
-    Ok(name.to_string())
+    epigrid_core::validate::validate_text("name", raw.unwrap_or_default(), 100, true)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ApiError::Invalid(vec![e]))
 }
 
 /// What an upload produced.

@@ -951,7 +951,7 @@ async fn add_lab_result(
                     errs.push(FieldError::new(k, "err.date.future"));
                     None
                 }
-                Ok(d) => Some(d),
+                Ok(d) => crate::api::check_date(k, d).map_err(|e| errs.push(e)).ok(),
                 Err(_) => {
                     errs.push(FieldError::new(k, "err.date.format"));
                     None

@@ -683,17 +683,22 @@ async fn registration_view(
     id: &str,
     unmasked: Option<Value>,
 ) -> Response {
-    let unmasked = unmasked.map(|v| {
-        let g = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        (g("name"), g("id_number"), g("phone"))
-    });
     let reg = match registration_in_scope(st, s, id).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    let mut pairs = detail_pairs(&reg, st.cfg.tz, lang);
+    let unmasked = unmasked.map(|v| {
+        let g = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        // the address in full, where the masked one was
+        if let Some(p) = pairs.iter_mut().find(|p| p.0 == "form.address") {
+            p.1 = g("address");
+        }
+        (g("name"), g("id_number"), g("phone"))
+    });
     page(RegistrationPage {
         c: chrome(st, s, lang).await,
-        pairs: detail_pairs(&reg, st.cfg.tz, lang),
+        pairs,
         name: mask_name(&reg.name),
         can_unmask: s.role().may_unmask(),
         unmasked,
@@ -804,7 +809,7 @@ async fn audit_page(
     }
     let rows = st
         .store
-        .audit_log(&s.scope(), 500)
+        .audit_log(&s.scope(), 500, s.top_level())
         .await
         .unwrap_or_default();
     page(AuditPage {

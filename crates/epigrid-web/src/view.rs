@@ -14,6 +14,14 @@ pub fn mask_name(name: &str) -> String {
         .unwrap_or_else(|_| "*".repeat(name.chars().count().clamp(1, 4)))
 }
 
+/// A home address as staff see it by default: the street, not the door (everything from
+/// the first digit on is hidden, and at most eight characters show): `团结路88号3单元502室`
+/// → `团结路***`. The whole address is for an audited unmask.
+pub fn mask_address(a: &str) -> String {
+    let shown: String = a.chars().take_while(|c| !c.is_numeric()).take(8).collect();
+    format!("{}***", shown.trim_end())
+}
+
 pub fn local(t: DateTime<Utc>, tz: FixedOffset) -> String {
     use chrono::{Datelike, Timelike};
     // what `format("%Y-%m-%d %H:%M:%S")` gives, without parsing a format string each time
@@ -100,7 +108,8 @@ pub struct RegistrationOut<'a> {
     pub visit_reason: Option<&'a str>,
     pub arrival_date: Option<chrono::NaiveDate>,
     pub residence_code: Option<&'a str>,
-    pub address: Option<&'a str>,
+    /// masked ([`mask_address`])
+    pub address: Option<String>,
     pub employer: Option<&'a str>,
     pub stay_days: Option<i32>,
     pub purpose: Option<&'a str>,
@@ -193,7 +202,7 @@ pub fn registration_json(r: &Registration, tz: FixedOffset) -> RegistrationOut<'
         visit_reason: f.visit_reason.as_deref(),
         arrival_date: f.arrival_date,
         residence_code: f.residence_code.as_deref(),
-        address: f.address.as_deref(),
+        address: f.address.as_deref().map(mask_address),
         employer: f.employer.as_deref(),
         stay_days: f.stay_days,
         purpose: f.purpose.as_deref(),
@@ -397,7 +406,7 @@ pub fn detail_pairs(
     opt("form.visit_reason", f.visit_reason.clone());
     opt("form.arrival_date", f.arrival_date.map(|d| d.to_string()));
     opt("form.residence", f.residence_code.clone());
-    opt("form.address", f.address.clone());
+    opt("form.address", f.address.as_deref().map(mask_address));
     opt("form.employer", f.employer.clone());
     opt("form.stay_days", f.stay_days.map(|d| d.to_string()));
     opt("form.purpose", f.purpose.clone());

@@ -219,6 +219,9 @@ async fn each_kind_validates_its_own_fields() {
     a["stay_days"] = json!(30);
     let r = app.register(arrival, &a).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    // staff see the street, not the door; the whole address is an audited unmask
+    let stored = app.stored(r).await;
+    assert_eq!(stored["address"], "胜利路***", "{stored}");
 
     let venue = app.site(SiteKind::Venue, "150802");
     let mut v = base.clone();
@@ -369,6 +372,23 @@ async fn scope_matrix_staff_see_only_their_subtree() {
             .status(),
         401
     );
+    // a forged token does not pass as an anonymous registration either
+    let r = app
+        .client
+        .post(format!(
+            "{}/api/v1/sites/{}/registrations",
+            app.base, linhe_site.token
+        ))
+        .bearer_auth("forged")
+        .json(&checkpoint_body(
+            &cn_id("150802", "19900101", 5),
+            "张三",
+            "13900000005",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     // areas: children within scope; an ancestor shows only the way down
     let gw = app.token("wuyuan_gw2", Role::GridWorker, "150821").await;
     let kids = body(app.get("/api/v1/areas?parent=150800", Some(&gw)).await).await;
@@ -1258,4 +1278,104 @@ async fn a_login_posted_from_another_site_is_refused() {
         login(vec![("origin", "http://evil.example".into())]).await,
         403
     );
+}
+
+/// A NUL byte anywhere, or a date no store can hold, is a clear 4xx on both stores (PostgreSQL
+/// cannot store either, and answered 500).
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_bytes_and_far_dates_are_refused_on_every_store() {
+    let mut apps = vec![("sqlite", TestApp::start().await)];
+    if let Some(pg) = postgres().await {
+        apps.push((
+            "postgres",
+            TestApp::start_with(pg, temp_dir("pg-app")).await,
+        ));
+    }
+    for (name, app) in apps {
+        let tok = app.token("nul_admin", Role::Admin, "150800").await;
+        let site = app.site(SiteKind::Checkpoint, "150802").clone();
+        let r = app
+            .register(
+                &site,
+                &checkpoint_body(&cn_id("150802", "19900101", 3), "张三", "13900000003"),
+            )
+            .await;
+        let reg = body(r).await;
+        let pid = app
+            .get_json(
+                &format!("/api/v1/registrations/{}", reg["id"].as_str().unwrap()),
+                &tok,
+            )
+            .await["person_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let get = |path: &str| {
+            let (app, tok, path) = (&app, tok.clone(), path.to_string());
+            async move { app.get(&path, Some(&tok)).await }
+        };
+        // in the path: nothing has such a name
+        for path in ["/api/v1/sites/a%00b/registrations", "/s/a%00b", "/n/a%00b"] {
+            let st = app.get(path, None).await.status().as_u16();
+            assert_eq!(st, 404, "{name} GET {path}");
+        }
+        // in a query value: that field is wrong
+        for (path, field) in [
+            ("/api/v1/persons?q=%00", "q"),
+            ("/api/v1/areas?parent=15%0008", "parent"),
+            ("/api/v1/registrations?from=2026-01-01&to=2026%00", "to"),
+        ] {
+            let r = get(path).await;
+            assert_eq!(r.status(), 422, "{name} GET {path}");
+            assert_eq!(
+                fields(&body(r).await),
+                vec![field.to_string()],
+                "{name} {path}"
+            );
+        }
+        // in JSON: the field holding it
+        let r = app
+            .post_json(
+                "/api/v1/auth/token",
+                &json!({"username": "nul_ad\u{0}min", "password": "x"}),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{name} login");
+        assert_eq!(fields(&body(r).await), vec!["username"], "{name}");
+        let r = app
+            .post_json(
+                "/api/v1/sites",
+                &json!({"name": "x", "kind": "gate", "area_code": "1508\u{0}02"}),
+                Some(&tok),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{name} site");
+        // dates beyond what anyone registers
+        for path in [
+            "/api/v1/registrations?from=-9999-01-01",
+            "/api/v1/registrations?to=99999-01-01T00:00:00Z",
+            "/api/v1/registrations?from=1899-12-31",
+        ] {
+            let r = get(path).await;
+            assert_eq!(r.status(), 422, "{name} GET {path}");
+        }
+        let r = app
+            .post_json(
+                &format!("/api/v1/persons/{pid}/lab-results"),
+                &json!({"test": "nucleic_acid", "sample_date": "-9999-01-01", "result": "negative"}),
+                Some(&tok),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{name} lab date");
+        assert_eq!(fields(&body(r).await), vec!["sample_date"], "{name}");
+        let r = app
+            .post_json(
+                &format!("/api/v1/persons/{pid}/trace"),
+                &json!({"from": "-9999-01-01"}),
+                Some(&tok),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{name} trace window");
+    }
 }

@@ -790,7 +790,10 @@ async fn users_sessions_and_audit() {
         );
         store.delete_session(&token_hash("live")).await.unwrap();
 
-        for (i, path) in ["/150800/150802/", "/150800/150821/"].iter().enumerate() {
+        for (i, path) in ["/150800/150802/", "/150800/150821/", "/"]
+            .iter()
+            .enumerate()
+        {
             store
                 .append_audit(&AuditEntry {
                     id: Uuid::now_v7(),
@@ -807,16 +810,23 @@ async fn users_sessions_and_audit() {
                 .unwrap();
         }
         let wuyuan = store
-            .audit_log(&Scope::new("/150800/150821/"), 10)
+            .audit_log(&Scope::new("/150800/150821/"), 10, false)
             .await
             .unwrap();
         assert_eq!(wuyuan.len(), 1, "{name}");
         assert_eq!(wuyuan[0].subject, "registration:1", "{name}");
-        assert_eq!(
-            store.audit_log(&Scope::all(), 10).await.unwrap().len(),
-            2,
-            "{name}"
-        );
+        // an entry of no area (a failed login as nobody) only for those who ask for it
+        let city = |unplaced| {
+            let store = store.clone();
+            async move {
+                store
+                    .audit_log(&Scope::new("/150800/"), 10, unplaced)
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        };
+        assert_eq!((city(false).await, city(true).await), (2, 3), "{name}");
     }
 }
 

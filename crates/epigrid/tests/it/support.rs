@@ -243,7 +243,14 @@ impl TestApp {
             Some(4),
             "{r}"
         );
-        for personal in ["name", "id_number", "phone", "person_id", "plate"] {
+        for personal in [
+            "name",
+            "id_number",
+            "phone",
+            "person_id",
+            "plate",
+            "address",
+        ] {
             assert!(
                 r.get(personal).is_none(),
                 "the receipt shows {personal}: {r}"
