@@ -59,7 +59,8 @@ impl Lang {
                         .and_then(|v| v.parse::<f32>().ok())
                 })
                 .unwrap_or(1.0);
-            if let Some(l) = Lang::from_tag(tag) {
+            // q=0 means "not this one"
+            if let Some(l) = Lang::from_tag(tag).filter(|_| q > 0.0) {
                 if best.is_none_or(|(bq, _)| q > bq) {
                     best = Some((q, l));
                 }
@@ -162,6 +163,12 @@ mod tests {
         );
         assert_eq!(Lang::from_accept_language("fr"), Lang::Zh);
         assert_eq!(Lang::from_accept_language("mn-Mong"), Lang::Mn);
+        assert_eq!(
+            Lang::from_accept_language("en;q=0"),
+            Lang::Zh,
+            "q=0: not English"
+        );
+        assert_eq!(Lang::from_accept_language("en;q=0, mn;q=0.1"), Lang::Mn);
     }
 
     #[test]

@@ -170,6 +170,13 @@ mod typed {
         }
     }
 
+    /// How the error for a key given twice begins (the key follows, then a line break).
+    pub const DUPLICATE: &str = "duplicate key: ";
+
+    fn duplicate<E: serde::de::Error>(key: &str) -> E {
+        E::custom(format_args!("{DUPLICATE}{key}\n"))
+    }
+
     /// The whole body: a JSON object (anything else is an error, and the caller falls back
     /// to the `Value` path for the exact message).
     pub struct Input(pub RegistrationInput);
@@ -181,35 +188,43 @@ mod typed {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input, A::Error> {
             let mut i = RegistrationInput::default();
+            // the keys seen so far, one bit each: one given twice is an error, not "the
+            // last wins"
+            let mut seen = 0u32;
             while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                let slot = match &*k {
-                    "name" => &mut i.name,
-                    "id_type" => &mut i.id_type,
-                    "id_number" => &mut i.id_number,
-                    "phone" => &mut i.phone,
-                    "plate" => &mut i.plate,
-                    "origin" => &mut i.origin,
-                    "destination" => &mut i.destination,
-                    "temperature" => &mut i.temperature,
-                    "high_risk_travel" => &mut i.high_risk_travel,
-                    "direction" => &mut i.direction,
-                    "visitor" => &mut i.visitor,
-                    "unit_code" => &mut i.unit_code,
-                    "visit_reason" => &mut i.visit_reason,
-                    "arrival_date" => &mut i.arrival_date,
-                    "residence_code" => &mut i.residence_code,
-                    "address" => &mut i.address,
-                    "employer" => &mut i.employer,
-                    "stay_days" => &mut i.stay_days,
-                    "purpose" => &mut i.purpose,
+                let (bit, slot) = match &*k {
+                    "name" => (0, &mut i.name),
+                    "id_type" => (1, &mut i.id_type),
+                    "id_number" => (2, &mut i.id_number),
+                    "phone" => (3, &mut i.phone),
+                    "plate" => (4, &mut i.plate),
+                    "origin" => (5, &mut i.origin),
+                    "destination" => (6, &mut i.destination),
+                    "temperature" => (7, &mut i.temperature),
+                    "high_risk_travel" => (8, &mut i.high_risk_travel),
+                    "direction" => (9, &mut i.direction),
+                    "visitor" => (10, &mut i.visitor),
+                    "unit_code" => (11, &mut i.unit_code),
+                    "visit_reason" => (12, &mut i.visit_reason),
+                    "arrival_date" => (13, &mut i.arrival_date),
+                    "residence_code" => (14, &mut i.residence_code),
+                    "address" => (15, &mut i.address),
+                    "employer" => (16, &mut i.employer),
+                    "stay_days" => (17, &mut i.stay_days),
+                    "purpose" => (18, &mut i.purpose),
                     // the two keys with a shape: read as `from_json` reads them
-                    "symptoms" => {
-                        i.symptoms = super::symptoms_of(&map.next_value::<serde_json::Value>()?);
-                        continue;
-                    }
-                    "companions" => {
-                        (i.companions, i.companion_list) =
-                            super::companions_of(&map.next_value::<serde_json::Value>()?);
+                    "symptoms" | "companions" => {
+                        let bit = if &*k == "symptoms" { 19 } else { 20 };
+                        if seen & (1 << bit) != 0 {
+                            return Err(duplicate(&k));
+                        }
+                        seen |= 1 << bit;
+                        let v = map.next_value::<serde_json::Value>()?;
+                        if bit == 19 {
+                            i.symptoms = super::symptoms_of(&v);
+                        } else {
+                            (i.companions, i.companion_list) = super::companions_of(&v);
+                        }
                         continue;
                     }
                     _ => {
@@ -217,6 +232,10 @@ mod typed {
                         continue;
                     }
                 };
+                if seen & (1 << bit) != 0 {
+                    return Err(duplicate(&k));
+                }
+                seen |= 1 << bit;
                 *slot = map.next_value::<Text>()?.0;
             }
             Ok(Input(i))
@@ -272,8 +291,17 @@ impl RegistrationInput {
     /// [`RegistrationInput::from_json`] would read its `Value`). Not JSON, or not an object:
     /// the `body` field error `from_json` gives.
     pub fn from_json_slice(bytes: &[u8]) -> Result<RegistrationInput, FieldError> {
-        if let Ok(typed::Input(i)) = serde_json::from_slice::<typed::Input>(bytes) {
-            return Ok(i);
+        match serde_json::from_slice::<typed::Input>(bytes) {
+            Ok(typed::Input(i)) => return Ok(i),
+            Err(e) => {
+                let m = e.to_string();
+                if let Some(k) = m
+                    .strip_prefix(typed::DUPLICATE)
+                    .and_then(|r| r.split('\n').next())
+                {
+                    return Err(FieldError::new(k, "err.body.duplicate"));
+                }
+            }
         }
         match serde_json::from_slice::<Value>(bytes) {
             Ok(v) => RegistrationInput::from_json(&v),
@@ -1021,6 +1049,32 @@ mod tests {
         let v = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap();
         assert_eq!(v.fields.origin_code.as_deref(), Some("420000"));
         assert_eq!(v.fields.stay_days, Some(30));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_not_the_last_value() {
+        for (body, field) in [
+            (
+                r#"{"name":"张三","temperature":36.5,"temperature":39}"#,
+                "temperature",
+            ),
+            (
+                r#"{"symptoms":[],"name":"张三","symptoms":["fever"]}"#,
+                "symptoms",
+            ),
+            (r#"{"companions":1,"companions":[]}"#, "companions"),
+        ] {
+            let e = RegistrationInput::from_json_slice(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.key),
+                (field, "err.body.duplicate"),
+                "{body}"
+            );
+        }
+        // keys it does not know are left alone, however often they come
+        let i = RegistrationInput::from_json_slice(r#"{"x":1,"x":2,"name":"张三"}"#.as_bytes())
+            .unwrap();
+        assert_eq!(i.name.as_deref(), Some("张三"));
     }
 
     #[test]

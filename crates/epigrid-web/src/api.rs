@@ -361,8 +361,16 @@ async fn update_site(
             ),
         }
     }
-    if b.get("rotate_token").and_then(Value::as_bool) == Some(true) {
-        site.token = epigrid_core::vault::random_token(16);
+    match b.get("rotate_token") {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => site.token = epigrid_core::vault::random_token(16),
+        Some(_) => errs.push(FieldError::new("rotate_token", "err.bool.format")),
+    }
+    // a site's kind and area are what its registrations were made under: not changed here
+    for k in b.as_object().into_iter().flatten().map(|(k, _)| k) {
+        if !["name", "active", "default_stay_min", "rotate_token"].contains(&k.as_str()) {
+            errs.push(FieldError::new(k, "err.field.unchangeable"));
+        }
     }
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));

@@ -57,7 +57,7 @@ fn dummy_hash() -> &'static str {
 static FAILURES: std::sync::LazyLock<Mutex<HashMap<String, (u32, Instant)>>> =
     std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 const LOCK_AFTER: u32 = 5;
-const LOCK_WINDOW: Duration = Duration::from_secs(15 * 60);
+pub(crate) const LOCK_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 fn locked(username: &str) -> bool {
     let g = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
@@ -129,7 +129,7 @@ pub async fn login(
                 .take(64)
                 .collect();
             audit_raw(st, None, &name, "login_failed", &subject, area, ip, "").await;
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::BadLogin);
         }
     };
     clear_failures(username);

@@ -171,8 +171,10 @@ pub enum ApiError {
     Conflict(&'static str),
     /// 422: field-level validation errors.
     Invalid(Vec<FieldError>),
-    /// 429: too many attempts.
+    /// 429: too many attempts (a login locked for [`crate::auth::LOCK_WINDOW`]).
     TooMany,
+    /// 401: a login with a wrong username or password.
+    BadLogin,
     /// 500: logged, never detailed to the client.
     Internal(String),
 }
@@ -198,7 +200,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadLogin => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
@@ -214,6 +216,7 @@ impl ApiError {
     pub fn key(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "err.unauthorized",
+            ApiError::BadLogin => "login.failed",
             ApiError::Forbidden => "err.forbidden",
             ApiError::NotFound => "err.not_found",
             ApiError::Gone(k) | ApiError::Conflict(k) => k,
@@ -254,11 +257,20 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %m, "internal error");
         }
         let mut res = (self.status(), axum::Json(self.body(current_lang()))).into_response();
-        if matches!(self, ApiError::Unauthorized) {
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+        match self {
+            ApiError::Unauthorized | ApiError::BadLogin => {
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::TooMany => {
+                res.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(crate::auth::LOCK_WINDOW.as_secs()),
+                );
+            }
+            _ => {}
         }
         res
     }

@@ -12,16 +12,34 @@ fn op(
     body: Option<Value>,
     ok: (&str, &str),
 ) -> Value {
+    let errors = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}});
+    let mut responses = json!({ ok.0: {"description": ok.1} });
+    let r = responses.as_object_mut().expect("an object");
+    let mut add = |code: &str, what: &str| {
+        r.insert(
+            code.to_string(),
+            json!({"description": what, "content": errors.clone()}),
+        );
+    };
+    if auth {
+        add("401", "not logged in, or the token is wrong or expired");
+        add("403", "the caller's role may not do this");
+    }
+    let list = params.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.iter().any(|p| p["in"] == "path") {
+        add("404", "absent, or outside the caller's area scope");
+    }
+    if body.is_some() || list.iter().any(|p| p["in"] == "query") {
+        add("422", "invalid input, field by field");
+    }
+    if body.is_some() {
+        add("413", "the body is over 1 MiB");
+    }
     let mut o = json!({
         "summary": summary,
         "tags": [tag],
         "parameters": params,
-        "responses": {
-            ok.0: {"description": ok.1},
-            "401": {"description": "not logged in", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}},
-            "404": {"description": "absent or outside the caller's area scope"},
-            "422": {"description": "invalid input, field by field", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}}
-        }
+        "responses": responses,
     });
     if auth {
         o["security"] = json!([{"bearer": []}]);
@@ -35,6 +53,100 @@ fn op(
     o
 }
 
+/// Answers particular operations give besides those [`op`] lists for every operation.
+const MORE_ANSWERS: &[(&str, &str, &str, &str)] = &[
+    (
+        "/api/v1/auth/token",
+        "post",
+        "401",
+        "wrong username or password",
+    ),
+    (
+        "/api/v1/auth/token",
+        "post",
+        "429",
+        "locked after five failures; Retry-After says for how long",
+    ),
+    (
+        "/api/v1/sites/{token}/registrations",
+        "post",
+        "401",
+        "a bearer token that is wrong or expired",
+    ),
+    (
+        "/api/v1/sites/{token}/registrations",
+        "post",
+        "410",
+        "the site is deactivated",
+    ),
+    (
+        "/api/v1/registrations/{id}/checkout",
+        "post",
+        "409",
+        "already checked out",
+    ),
+    (
+        "/api/v1/persons/{id}/category",
+        "post",
+        "409",
+        "a change the rules do not allow, or the person changed meanwhile",
+    ),
+    (
+        "/api/v1/persons/{id}/notices",
+        "post",
+        "409",
+        "not a confirmed or suspected case, or no places to list",
+    ),
+    (
+        "/api/v1/persons/{id}/observations",
+        "post",
+        "409",
+        "an observation is already open",
+    ),
+    (
+        "/api/v1/persons/{id}/reports",
+        "post",
+        "409",
+        "no open observation, or this report slot is taken",
+    ),
+    (
+        "/api/v1/persons/{id}/merge",
+        "post",
+        "409",
+        "one of the two is already merged",
+    ),
+    (
+        "/api/v1/persons/{id}/contacts",
+        "post",
+        "409",
+        "a person changed category meanwhile: none were classified",
+    ),
+    (
+        "/api/v1/lists",
+        "post",
+        "413",
+        "the file is over the upload limit",
+    ),
+    (
+        "/api/v1/observations/{id}",
+        "patch",
+        "409",
+        "the observation was released already",
+    ),
+    (
+        "/api/v1/reports/{token}",
+        "post",
+        "409",
+        "this report slot is taken, or observation has not started",
+    ),
+    (
+        "/api/v1/reports/{token}",
+        "post",
+        "410",
+        "the link is revoked or the observation ended",
+    ),
+];
+
 fn path_param(name: &str, desc: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}})
 }
@@ -44,6 +156,19 @@ fn query(name: &str, desc: &str) -> Value {
 }
 
 pub fn spec() -> Value {
+    let mut spec = described();
+    for (path, method, code, what) in MORE_ANSWERS {
+        if let Some(r) = spec["paths"][path][method]["responses"].as_object_mut() {
+            r.insert(
+                code.to_string(),
+                json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}}}),
+            );
+        }
+    }
+    spec
+}
+
+fn described() -> Value {
     let site = path_param("id", "site id (UUID)");
     let reg = path_param("id", "registration id (UUID)");
     let registration_in = json!({
@@ -143,4 +268,23 @@ pub fn spec() -> Value {
 
 pub async fn serve() -> Json<Value> {
     Json(spec())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_extra_answer_belongs_to_a_described_operation() {
+        let spec = super::spec();
+        for (path, method, code, _) in super::MORE_ANSWERS {
+            assert!(
+                spec["paths"][path][method]["responses"][code].is_object(),
+                "{method} {path} {code}"
+            );
+        }
+        // /healthz takes nothing and answers nothing but its 200
+        let healthz = spec["paths"]["/healthz"]["get"]["responses"]
+            .as_object()
+            .unwrap();
+        assert_eq!(healthz.keys().collect::<Vec<_>>(), vec!["200"]);
+    }
 }

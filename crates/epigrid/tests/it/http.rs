@@ -509,6 +509,11 @@ async fn login_tokens_logout_and_lockout() {
         )
         .await;
     assert_eq!(r.status(), 401);
+    assert_eq!(
+        body(r).await["errors"][0]["code"],
+        "login.failed",
+        "says the name or password is wrong, not 'please log in'"
+    );
     let r = app
         .post_json("/api/v1/auth/token", &json!({"username": ""}), None)
         .await;
@@ -544,6 +549,36 @@ async fn login_tokens_logout_and_lockout() {
         429,
         "locked after five failures, even with the right password"
     );
+    assert_eq!(r.headers()["retry-after"], "900");
+    // the admins over the account see the attempts on it; a city's admins also those made
+    // as nobody at all
+    app.post_json(
+        "/api/v1/auth/token",
+        &json!({"username": "no-such-user", "password": "guess"}),
+        None,
+    )
+    .await;
+    let failed = |v: Value, subject: &str| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "login_failed" && e["subject"].as_str() == Some(subject))
+            .count()
+    };
+    let county_admin = app.token("linhe_admin", Role::Admin, "150802").await;
+    let city_admin = app.token("city_admin", Role::Admin, "150800").await;
+    let county = app.get_json("/api/v1/audit", &county_admin).await;
+    let city = app.get_json("/api/v1/audit", &city_admin).await;
+    let victim = app.store.user_by_username("victim").await.unwrap().unwrap();
+    let on_victim = format!("user:{}", victim.id);
+    assert!(failed(county.clone(), &on_victim) >= 5, "{county}");
+    assert_eq!(
+        failed(county, "user"),
+        0,
+        "nobody's attempts are not a county's"
+    );
+    assert_eq!(failed(city, "user"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -587,6 +622,29 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
         .unwrap();
     assert_eq!(&png[..4], b"\x89PNG");
 
+    // what cannot change is refused, not silently ignored, and nothing changes
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/sites/{id}", app.base))
+        .bearer_auth(&mgr)
+        .json(&json!({"active": false, "kind": "gate", "rotate_token": "yes"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let mut bad = fields(&body(r).await);
+    bad.sort();
+    assert_eq!(bad, vec!["kind", "rotate_token"]);
+    assert_eq!(
+        app.client
+            .get(format!("{}/s/{token}", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "still active"
+    );
     let r = app
         .client
         .patch(format!("{}/api/v1/sites/{id}", app.base))
