@@ -20,11 +20,10 @@ const NONCE_LEN: usize = 24;
 pub enum VaultError {
     #[error("the key must be 64 hexadecimal characters (32 bytes)")]
     BadKey,
-    #[error("key file {path}: {source}")]
-    KeyFile {
-        path: String,
-        source: std::io::Error,
-    },
+    /// Says the I/O error itself (not as a `source`, so a chain of causes does not say it
+    /// twice).
+    #[error("key file {path}: {cause}")]
+    KeyFile { path: String, cause: std::io::Error },
     #[error("a stored value could not be decrypted (wrong key or tampered data)")]
     Decrypt,
 }
@@ -83,9 +82,9 @@ impl Vault {
 
     /// Reads the key file, creating it with a fresh random key (mode 0600) if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<Vault, VaultError> {
-        let io = |source| VaultError::KeyFile {
+        let io = |cause| VaultError::KeyFile {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         match std::fs::read_to_string(path) {
             Ok(s) => Vault::from_hex(&s),

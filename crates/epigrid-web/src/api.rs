@@ -174,6 +174,9 @@ async fn areas(
             .into_iter()
             .collect::<Vec<_>>(),
         Some(parent) => {
+            // a code that cannot be one is the caller's mistake, not a missing area
+            epigrid_core::validate::AreaCode::parse("parent", parent)
+                .map_err(|e| ApiError::Invalid(vec![e]))?;
             let Some(p) = st.store.area(parent).await? else {
                 return Err(ApiError::NotFound);
             };
@@ -589,13 +592,14 @@ pub(crate) fn registration_filter(
                 Ok(n) => f.after_seq = Some(n),
                 Err(_) => errs.push(FieldError::new("after", "err.int.format")),
             },
-            "limit" => match v.parse::<u32>() {
-                Ok(n) if (1..=1000).contains(&n) => f.limit = n,
-                _ => errs.push(
+            "limit" => match v.parse::<i64>() {
+                Ok(n) if (1..=1000).contains(&n) => f.limit = n as u32,
+                Ok(_) => errs.push(
                     FieldError::new("limit", "err.int.range")
                         .with("min", "1")
                         .with("max", "1000"),
                 ),
+                Err(_) => errs.push(FieldError::new("limit", "err.int.format")),
             },
             _ => {}
         }
@@ -746,8 +750,8 @@ async fn audit(
     staff.require(staff.role() == Role::Admin)?;
     let limit = match q.get("limit").map(|l| l.trim()).filter(|l| !l.is_empty()) {
         None => 200,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=10_000).contains(&n) => n as u32,
             Ok(_) => {
                 return Err(ApiError::Invalid(vec![FieldError::new(
                     "limit",

@@ -104,6 +104,13 @@ pub async fn sse(
         Some(s) => Some(Uuid::parse_str(s).map_err(|_| ApiError::field("site", "err.id.format"))?),
         None => None,
     };
+    // a site outside the caller's area, or none at all, is not an empty feed but no feed
+    if let Some(id) = site {
+        st.store
+            .site(id, &staff.scope())
+            .await?
+            .ok_or(ApiError::NotFound)?;
+    }
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

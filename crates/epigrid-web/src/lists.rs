@@ -274,11 +274,23 @@ async fn matches(
     staff.require(staff.role().sees_people())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let mut errs = Vec::new();
+    let review_only = match q.get("review").map(|v| v.trim()) {
+        None | Some("" | "0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(_) => {
+            errs.push(FieldError::new("review", "err.bool.format"));
+            false
+        }
+    };
     let mut number =
-        |k: &str, default: u32, max: u32| match q.get(k).map(|v| v.trim().parse::<u32>()) {
+        |k: &str, default: u32, max: u32| match q.get(k).map(|v| v.trim().parse::<i64>()) {
             None => default,
-            Some(Ok(n)) if n <= max => n,
-            Some(_) => {
+            Some(Ok(n)) if (0..=i64::from(max)).contains(&n) => n as u32,
+            Some(Err(_)) => {
+                errs.push(FieldError::new(k, "err.int.format"));
+                default
+            }
+            Some(Ok(_)) => {
                 errs.push(
                     FieldError::new(k, "err.int.range")
                         .with("min", "0")
@@ -288,7 +300,7 @@ async fn matches(
             }
         };
     let page = MatchPage {
-        review_only: q.get("review").is_some_and(|v| v == "1" || v == "true"),
+        review_only,
         limit: number("limit", 1000, 10_000),
         offset: number("offset", 0, u32::MAX),
     };

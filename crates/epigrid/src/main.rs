@@ -59,13 +59,13 @@ struct ServeArgs {
     bind: String,
     /// Public base URL put in QR codes (e.g. https://epigrid.example.org); default: the
     /// address the request came in on.
-    #[arg(long, env = "EPIGRID_BASE_URL")]
+    #[arg(long, env = "EPIGRID_BASE_URL", value_parser = parse_base_url)]
     base_url: Option<String>,
     /// Local time offset from UTC for days and display (China: +08:00).
     #[arg(long, env = "EPIGRID_TZ_OFFSET", default_value = "+08:00")]
     tz_offset: String,
     /// Log format: text or json.
-    #[arg(long, env = "EPIGRID_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "EPIGRID_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Send cookies with the Secure flag (set this behind HTTPS).
     #[arg(long, env = "EPIGRID_SECURE_COOKIES")]
@@ -75,7 +75,8 @@ struct ServeArgs {
     #[arg(long, env = "EPIGRID_OBSERVATION_DAYS", default_value = "")]
     observation_days: String,
     /// Hours without a daily report after which a person under observation is overdue.
-    #[arg(long, env = "EPIGRID_OVERDUE_HOURS", default_value_t = 36)]
+    #[arg(long, env = "EPIGRID_OVERDUE_HOURS", default_value_t = 36,
+          value_parser = clap::value_parser!(i64).range(1..=24 * 14))]
     overdue_hours: i64,
 }
 
@@ -256,6 +257,21 @@ fn init_logs(format: &str) {
     }
 }
 
+/// `--base-url`: an absolute http(s) URL with a host, which QR codes and posters print.
+fn parse_base_url(s: &str) -> std::result::Result<String, String> {
+    let t = s.trim().trim_end_matches('/');
+    let host = t
+        .strip_prefix("https://")
+        .or_else(|| t.strip_prefix("http://"))
+        .map(|r| r.split('/').next().unwrap_or(""));
+    match host {
+        Some(h) if !h.is_empty() && !h.contains(char::is_whitespace) => Ok(t.to_string()),
+        _ => Err(format!(
+            "expected an address like https://epigrid.example.org, not {s:?}"
+        )),
+    }
+}
+
 fn parse_offset(s: &str) -> Result<FixedOffset> {
     let t = s.trim();
     let (sign, rest) = match t.chars().next() {
@@ -317,7 +333,8 @@ fn open_vault(db: &DbArgs) -> Result<Vault> {
         return Vault::from_hex(&hex).context("EPIGRID_KEY");
     }
     let path = key_path(db);
-    Vault::load_or_create(&path).with_context(|| format!("key file {}", path.display()))
+    // the error names the file
+    Ok(Vault::load_or_create(&path)?)
 }
 
 async fn serve(
@@ -333,7 +350,7 @@ async fn serve(
         secure_cookies: args.secure_cookies,
         observation_days: epigrid_web::parse_observation_days(&args.observation_days)
             .map_err(|e| anyhow!("--observation-days: {e}"))?,
-        overdue_hours: args.overdue_hours.clamp(1, 24 * 14),
+        overdue_hours: args.overdue_hours,
     };
     let state = AppState::new(store.clone(), vault, cfg);
     let app = epigrid_web::router(state);
@@ -764,6 +781,16 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     area,
                 },
         } => {
+            // a mistyped path must not leave a new, empty database (and key) behind
+            if let Some(path) = epigrid_store_sqlite::path_from_url(&db.db)
+                .filter(|p| db.db.starts_with("sqlite:") && !p.exists())
+            {
+                bail!(
+                    "no database at {} (create one with: epigrid migrate --db {})",
+                    path.display(),
+                    db.db
+                );
+            }
             let store = open_store(&db).await?;
             let user = add_user(store.as_ref(), &username, &password, &role, &area, lang).await?;
             println!(

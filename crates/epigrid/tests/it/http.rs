@@ -1437,3 +1437,36 @@ async fn nul_bytes_and_far_dates_are_refused_on_every_store() {
         assert_eq!(r.status(), 422, "{name} trace window");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_values_of_the_wrong_kind_are_named_not_ignored() {
+    let app = TestApp::start().await;
+    let tok = app.token("q_admin", Role::Admin, "150800").await;
+    for (path, field, code) in [
+        ("/api/v1/registrations?limit=abc", "limit", "err.int.format"),
+        ("/api/v1/registrations?limit=0", "limit", "err.int.range"),
+        ("/api/v1/areas?parent=abc", "parent", "err.area_code.format"),
+        ("/api/v1/audit?limit=-1", "limit", "err.int.range"),
+        ("/api/v1/audit?limit=many", "limit", "err.int.format"),
+    ] {
+        let r = app.get(path, Some(&tok)).await;
+        assert_eq!(r.status(), 422, "{path}");
+        let v = body(r).await;
+        assert_eq!(
+            (
+                v["errors"][0]["field"].as_str(),
+                v["errors"][0]["code"].as_str()
+            ),
+            (Some(field), Some(code)),
+            "{path}: {v}"
+        );
+    }
+    // a feed of a site nobody has is not an empty feed
+    let r = app
+        .get(
+            &format!("/api/v1/feed?site={}", uuid::Uuid::now_v7()),
+            Some(&tok),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+}

@@ -157,6 +157,36 @@ fn every_command_has_help() {
         !ok && out.contains("sqlite://"),
         "a clear error for an unsupported --db: {out}"
     );
+    // settings that cannot work are refused, not quietly replaced
+    for (args, named) in [
+        (vec!["serve", "--log-format", "xml"], "xml"),
+        (vec!["serve", "--overdue-hours=-5"], "-5"),
+        (vec!["serve", "--base-url", "not a url"], "not a url"),
+    ] {
+        let (ok, out) = epigrid(&args);
+        assert!(!ok && out.contains(named), "{args:?}: {out}");
+    }
+    let dir = temp_dir("cli-missing");
+    let missing = dir.join("typo").join("epigrid.db");
+    let (ok, out) = epigrid(&[
+        "user",
+        "add",
+        "--db",
+        &format!("sqlite://{}", missing.display()),
+        "--username",
+        "boss",
+        "--password",
+        "long-enough-pw",
+        "--role",
+        "admin",
+        "--area",
+        "150800",
+    ]);
+    assert!(!ok && out.contains("no database"), "{out}");
+    assert!(
+        !dir.join("typo").exists(),
+        "a mistyped path leaves nothing behind"
+    );
     let (ok, out) = epigrid(&["bench", "http", "--rounds", "0"]);
     assert!(
         !ok && out.contains("--rounds") && out.contains("1..=20"),
