@@ -449,9 +449,16 @@ fn parse_int(
     let Some(s) = raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let n: i64 = s
-        .parse()
-        .map_err(|_| FieldError::new(field, "err.int.format"))?;
+    // a whole number written as a decimal (`3.0`, as some JSON writers put it) is one
+    let n: i64 = match s.parse() {
+        Ok(n) => n,
+        Err(_) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+            .map(|f| f as i64)
+            .ok_or_else(|| FieldError::new(field, "err.int.format"))?,
+    };
     if n < min || n > max {
         return Err(FieldError::new(field, "err.int.range")
             .with("min", min.to_string())
@@ -1049,6 +1056,16 @@ mod tests {
         let v = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap();
         assert_eq!(v.fields.origin_code.as_deref(), Some("420000"));
         assert_eq!(v.fields.stay_days, Some(30));
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_as_decimals() {
+        let n = |raw: &str| parse_int("stay_days", &Some(raw.to_string()), 0, 3650);
+        assert_eq!(n("3.0").unwrap(), Some(3));
+        assert_eq!(n(" 30 ").unwrap(), Some(30));
+        assert_eq!(n("3.5").unwrap_err().key, "err.int.format");
+        assert_eq!(n("NaN").unwrap_err().key, "err.int.format");
+        assert_eq!(n("1e9").unwrap_err().key, "err.int.range");
     }
 
     #[test]

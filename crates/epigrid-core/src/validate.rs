@@ -147,15 +147,16 @@ fn is_middle_dot(c: char) -> bool {
     )
 }
 
-/// At most `max` characters of `s`, with `…` when cut (for echoing input into messages).
+/// At most `max` characters of `s`, with `…` when cut (for echoing input into messages);
+/// control characters are left out (a message must not carry a NUL), and what holds
+/// nothing else reads `…`.
 fn truncate_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut out: String = s.chars().take(max).collect();
+    let shown = s.chars().filter(|c| !c.is_control());
+    let mut out: String = shown.clone().take(max).collect();
+    if out.is_empty() || shown.count() > max {
         out.push('…');
-        out
     }
+    out
 }
 
 /// Today's date in China Standard Time (UTC+8, no daylight saving), whatever the server's zone.
@@ -2044,6 +2045,11 @@ mod tests {
         let long = "x".repeat(100);
         let e = Symptoms::parse(F, &[long]).unwrap_err();
         assert_eq!(e.args[0].1.chars().count(), 41);
+        // what is echoed carries no control characters (a nested array arrives as a NUL)
+        let e = Symptoms::parse(F, &strings(&["\u{0}"])).unwrap_err();
+        assert_eq!(e.args, vec![("value", "…".to_string())]);
+        let e = Symptoms::parse(F, &strings(&["flu\u{7}"])).unwrap_err();
+        assert_eq!(e.args, vec![("value", "flu".to_string())]);
     }
 
     #[test]

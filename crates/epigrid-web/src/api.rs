@@ -713,16 +713,22 @@ async fn unmask_registration(
 ) -> ApiResult<Json<Value>> {
     staff.check_csrf_header(&headers)?;
     let r = registration_in_scope(&st, &staff, &id).await?;
-    // The body is optional: `{"reason": "..."}`.
+    // `{"reason": "..."}`; without a body (or a reason) the reason is missing, and a body
+    // that is not such an object says so
     let body: Option<Value> = if body.is_empty() {
         None
     } else {
-        serde_json::from_slice(&body).ok()
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) if v.is_object() => Some(v),
+            Ok(_) => return Err(ApiError::field("body", "err.body.not_object")),
+            Err(_) => return Err(ApiError::field("body", "err.body.json")),
+        }
     };
-    let reason = body
-        .as_ref()
-        .and_then(|b| str_field(b, "reason"))
-        .unwrap_or_default();
+    let reason = match body.as_ref().and_then(|b| b.get("reason")) {
+        None | Some(Value::Null) => "",
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(ApiError::field("reason", "err.text.format")),
+    };
     Ok(Json(unmask(&st, &staff, &r, reason).await?))
 }
 

@@ -425,6 +425,16 @@ async fn unmasking_is_for_allowed_roles_and_always_audited() {
         .token("wuyuan_epi", Role::Epidemiologist, "150821")
         .await;
 
+    // a reason that is not text is named as such, not as missing
+    let r = app
+        .post_json(
+            &format!("/api/v1/registrations/{id}/unmask"),
+            &json!({"reason": 1}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(body(r).await["errors"][0]["code"], "err.text.format");
     let r = app
         .post_json(
             &format!("/api/v1/registrations/{id}/unmask"),
