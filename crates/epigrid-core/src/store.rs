@@ -88,6 +88,14 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
     ) -> StoreResult<Option<PersonSecrets>>;
 
+    /// The companions listed with a registration in the scope, in the order given: each one's
+    /// name as typed (if any) and whether a document was given for them.
+    async fn registration_companions(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Vec<(Option<String>, bool)>>;
+
     /// What a registration in the scope was made with: the document of the person it came in
     /// as (not of the person it was merged into) and the phone number typed with it. A
     /// registration never shows another record's document or its person's stored number.

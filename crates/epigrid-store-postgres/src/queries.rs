@@ -404,6 +404,25 @@ impl Store for PgStore {
             .get(0))
     }
 
+    async fn registration_companions(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Vec<(Option<String>, bool)>> {
+        let (lo, hi) = scope.bounds();
+        Ok(self
+            .query(
+                "SELECT c.name, c.person_id IS NOT NULL FROM registration_companions c \
+                 JOIN registrations r ON r.id = c.registration_id \
+                 WHERE r.id = $1 AND r.area_path >= $2 AND r.area_path < $3 ORDER BY c.position",
+                &[&id, &lo, &hi],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
     async fn registration_secrets(
         &self,
         id: Uuid,

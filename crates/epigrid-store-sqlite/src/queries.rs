@@ -776,6 +776,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn registration_companions(
+        &self,
+        id: Uuid,
+        scope: &Scope,
+    ) -> StoreResult<Vec<(Option<String>, bool)>> {
+        let (lo, hi) = scope.bounds();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT c.name, c.person_id IS NOT NULL FROM registration_companions c \
+                     JOIN registrations r ON r.id = c.registration_id \
+                     WHERE r.id = ?1 AND r.area_path >= ?2 AND r.area_path < ?3 ORDER BY c.position",
+                )
+                .map_err(map_err)?;
+            let rows = stmt
+                .query_map(params![id.to_string(), lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(map_err)?;
+            collect(rows)
+        })
+        .await
+    }
+
     async fn registration_secrets(
         &self,
         id: Uuid,

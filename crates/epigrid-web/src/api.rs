@@ -653,7 +653,19 @@ async fn get_registration(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let r = registration_in_scope(&st, &staff, &id).await?;
-    Ok(Json(registration_json(&r, st.cfg.tz)).into_response())
+    let mut v = serde_json::to_value(registration_json(&r, st.cfg.tz))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // who travelled with them: names masked, as the person's own
+    v["companion_list"] = st
+        .store
+        .registration_companions(r.id, &staff.scope())
+        .await?
+        .into_iter()
+        .map(|(name, document)| {
+            json!({"name": name.as_deref().map(crate::view::mask_name), "document": document})
+        })
+        .collect();
+    Ok(Json(v).into_response())
 }
 
 /// Reveals a registration's name, document and phone number: allowed roles only, audited.

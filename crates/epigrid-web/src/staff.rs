@@ -688,6 +688,27 @@ async fn registration_view(
         Err(e) => return e.into_response(),
     };
     let mut pairs = detail_pairs(&reg, st.cfg.tz, lang);
+    // who travelled with them, by name (masked) and whether a document was given
+    let companions = match st.store.registration_companions(reg.id, &s.scope()).await {
+        Ok(c) => c,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let tr = Tr(lang);
+    let listed: Vec<String> = companions
+        .iter()
+        .filter(|(name, _)| name.is_some())
+        .map(|(name, document)| {
+            let name = mask_name(name.as_deref().unwrap_or_default());
+            if *document {
+                format!("{name} ({})", tr.t("detail.companion_document"))
+            } else {
+                name
+            }
+        })
+        .collect();
+    if !listed.is_empty() {
+        pairs.push(("detail.companions", listed.join("、")));
+    }
     let unmasked = unmasked.map(|v| {
         let g = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         // the address in full, where the masked one was

@@ -1480,3 +1480,35 @@ async fn query_values_of_the_wrong_kind_are_named_not_ignored() {
         .await;
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_see_who_travelled_with_a_registrant_masked() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let mut b = checkpoint_body(&cn_id("150802", "19900101", 11), "张三", "13900000011");
+    b["companions"] = json!([
+        {"name": "李四", "id_type": "cn_id", "id_number": cn_id("150802", "19910101", 12)},
+        {"name": "王五"},
+    ]);
+    let id = app.stored(app.register(&site, &b).await).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tok = app.token("comp_epi", Role::Epidemiologist, "150802").await;
+    let v = app
+        .get_json(&format!("/api/v1/registrations/{id}"), &tok)
+        .await;
+    assert_eq!(
+        v["companion_list"],
+        json!([{"name": "李*", "document": true}, {"name": "王*", "document": false}]),
+        "{v}"
+    );
+    // nobody outside the area sees them
+    let other = app.token("comp_far", Role::Epidemiologist, "150821").await;
+    assert_eq!(
+        app.get(&format!("/api/v1/registrations/{id}"), Some(&other))
+            .await
+            .status(),
+        404
+    );
+}
