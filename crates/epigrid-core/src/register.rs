@@ -401,6 +401,18 @@ pub fn form_companions(pairs: &[(String, String)]) -> Vec<(u32, CompanionRaw)> {
     }
     rows.into_iter()
         .filter(|(_, c)| c.name.is_some() || c.id_number.is_some())
+        .map(|(n, mut c)| {
+            // The form has one box per companion: a number with letters in it (other than a
+            // mainland ID's final X) is a passport or travel permit; digits are an ID number.
+            let lettered = c.id_number.as_deref().is_some_and(|v| {
+                let v = v.trim().trim_end_matches(['X', 'x']);
+                v.chars().any(|ch| ch.is_alphabetic())
+            });
+            if lettered {
+                c.id_type = Some("passport".into());
+            }
+            (n, c)
+        })
         .collect()
 }
 
@@ -1104,11 +1116,20 @@ mod tests {
             p("companion_name_1", "李四"),
             p("companion_id_1", "11010519491231002X"),
             p("companion_name_2", ""),
+            p("companion_name_3", "Батбаяр"),
+            p("companion_id_3", "E1234567"),
             p("plate", " "),
         ]);
         assert_eq!(input.symptoms, vec!["cough", "fever"]);
-        assert_eq!(input.companion_list.len(), 1);
+        assert_eq!(input.companion_list.len(), 2);
         assert_eq!(input.plate, None);
+        // a mainland ID number (final X and all) is one; a number with letters a passport
+        let types: Vec<_> = input
+            .companion_list
+            .iter()
+            .map(|c| c.id_type.as_deref())
+            .collect();
+        assert_eq!(types, vec![None, Some("passport")]);
     }
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
