@@ -204,6 +204,48 @@ pub fn provinces() -> &'static [Division] {
     &tables().provinces
 }
 
+/// A province's name in English (with the Chinese after it, as the picker shows it to a
+/// traveller who reads English), or `None` for a code that is not a province.
+pub fn province_name_en(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "11" => "Beijing",
+        "12" => "Tianjin",
+        "13" => "Hebei",
+        "14" => "Shanxi",
+        "15" => "Inner Mongolia",
+        "21" => "Liaoning",
+        "22" => "Jilin",
+        "23" => "Heilongjiang",
+        "31" => "Shanghai",
+        "32" => "Jiangsu",
+        "33" => "Zhejiang",
+        "34" => "Anhui",
+        "35" => "Fujian",
+        "36" => "Jiangxi",
+        "37" => "Shandong",
+        "41" => "Henan",
+        "42" => "Hubei",
+        "43" => "Hunan",
+        "44" => "Guangdong",
+        "45" => "Guangxi",
+        "46" => "Hainan",
+        "50" => "Chongqing",
+        "51" => "Sichuan",
+        "52" => "Guizhou",
+        "53" => "Yunnan",
+        "54" => "Xizang (Tibet)",
+        "61" => "Shaanxi",
+        "62" => "Gansu",
+        "63" => "Qinghai",
+        "64" => "Ningxia",
+        "65" => "Xinjiang",
+        "71" => "Taiwan",
+        "81" => "Hong Kong",
+        "82" => "Macao",
+        _ => return None,
+    })
+}
+
 /// The children of a division, sorted by code: a province's cities or a city's
 /// counties. `code` is anything [`get`] accepts (so `"150000"` and `"15"` both work).
 /// A county, or an unknown code, has no children (empty vector).
@@ -450,6 +492,15 @@ mod tests {
             assert!(!name.contains("市辖区"), "{name}");
             assert!(!name.contains("直辖县级行政区划"), "{name}");
         }
+    }
+
+    #[test]
+    fn every_province_has_an_english_name() {
+        for p in provinces() {
+            assert!(province_name_en(p.code).is_some(), "{} {}", p.code, p.name);
+        }
+        assert_eq!(province_name_en("15"), Some("Inner Mongolia"));
+        assert_eq!(province_name_en("1508"), None);
     }
 
     #[test]

@@ -183,11 +183,13 @@ fn tl(lang: Lang, k: &str) -> String {
 /// The origin picker: a province, then (typed, or picked with JavaScript) a city or county.
 fn origin_fields(lang: Lang) -> [Field; 2] {
     let provinces = std::iter::once((String::new(), tl(lang, "form.choose")))
-        .chain(
-            divisions::provinces()
-                .iter()
-                .map(|p| (p.code.to_string(), p.name.to_string())),
-        )
+        .chain(divisions::provinces().iter().map(|p| {
+            let name = match (lang, divisions::province_name_en(p.code)) {
+                (Lang::En, Some(en)) => format!("{en} {}", p.name),
+                _ => p.name.to_string(),
+            };
+            (p.code.to_string(), name)
+        }))
         .collect();
     [
         Field::new("origin_province", "form.origin", "select")

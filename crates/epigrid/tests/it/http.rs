@@ -53,6 +53,12 @@ async fn every_public_form_is_small_a_real_form_and_localised() {
             en.contains(">Register<") && en.contains("lang=\"en\""),
             "{kind}: English"
         );
+        if matches!(kind, SiteKind::Checkpoint | SiteKind::Arrival) {
+            assert!(
+                en.contains(">Hubei 湖北省<"),
+                "{kind}: provinces in English"
+            );
+        }
     }
     let gate = app.site(SiteKind::Gate, "150802");
     let html = app
