@@ -149,6 +149,9 @@ pub async fn import_areas(
             errors.push(err("name", "import.required", &[]));
         } else if row.name.chars().any(char::is_control) {
             errors.push(err("name", "import.name.invalid", &[]));
+        } else if row.name.contains('"') {
+            // no place name has one: what is left of broken quoting (`"bad "quote"`)
+            errors.push(err("name", "import.name.quote", &[]));
         } else if row.name.chars().count() > NAME_MAX_CHARS {
             let max = NAME_MAX_CHARS.to_string();
             errors.push(err("name", "import.name.too_long", &[("max", &max)]));
@@ -665,6 +668,19 @@ mod tests {
         assert_eq!(binary[0].field, "file");
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn broken_quoting_is_a_row_error_not_a_strange_name() {
+        let t = temp_store();
+        let file = format!("{GOOD}4,150802001003,\"bad \"quote\",150802001\n");
+        let errors = import_areas(&t.store, file.as_bytes(), Lang::En)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].field, "name");
+        assert!(t.store.area("150802001003").await.unwrap().is_none());
+    }
+
     #[test]
     fn cells_and_levels_are_read_leniently() {
         assert_eq!(parse_level(" 旗 "), Some(2));
@@ -697,6 +713,7 @@ mod tests {
             "import.code.shape_county",
             "import.code.not_under_parent",
             "import.name.invalid",
+            "import.name.quote",
             "import.name.too_long",
             "import.parent.required",
             "import.parent.not_allowed",
