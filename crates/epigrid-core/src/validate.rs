@@ -1138,6 +1138,9 @@ impl PersonName {
                     && chars[i - 1].is_alphabetic()
                     && !is_cjk(chars[i - 1])
                     && chars.get(i + 1).is_none_or(|n| *n == ' ')
+            } else if matches!(c, '\u{180E}' | '\u{200C}' | '\u{200D}') {
+                // a joiner or separator joins two letters
+                i > 0 && chars.get(i + 1).is_some_and(|n| is_name_letter(*n))
             } else if is_combining_mark(c) {
                 i > 0
             } else {
@@ -1213,20 +1216,23 @@ fn is_cjk(c: char) -> bool {
         | '\u{20000}'..='\u{323AF}')
 }
 
-/// Combining diacritics, allowed after a letter (decomposed `ü`, pinyin tone marks).
+/// What may follow a letter inside a name but not begin one: combining marks of any script
+/// (decomposed `ü` and pinyin tone marks, Mongolian free variation selectors, Tibetan
+/// subjoined letters and vowel signs, Devanagari viramas, Thai tone marks), the Mongolian
+/// vowel separator, the zero-width (non-)joiner, and the Tibetan syllable mark `་`.
 fn is_combining_mark(c: char) -> bool {
-    matches!(c, '\u{0300}'..='\u{036F}')
+    use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+    c.general_category_group() == GeneralCategoryGroup::Mark
+        || matches!(c, '\u{180E}' | '\u{200C}' | '\u{200D}' | '\u{0F0B}')
 }
 
 /// A character that may form a name (not a separator).
 fn is_name_letter(c: char) -> bool {
+    use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
     // Letters of any alphabet (Chinese, Mongolian, Latin with Vietnamese and other accents,
-    // Cyrillic, Uyghur's Arabic script, Tibetan, Korean, …); not digits, symbols or emoji.
-    is_cjk(c)
-        || (c.is_alphabetic()
-            && !c.is_numeric()
-            // Mongolian digits U+1810–U+1819 are not letters in a name.
-            && !matches!(c, '\u{1810}'..='\u{1819}'))
+    // Cyrillic, Uyghur's Arabic script, Tibetan, Korean, …); not digits (Mongolian's
+    // included), letter-like numerals, symbols or emoji.
+    is_cjk(c) || c.general_category_group() == GeneralCategoryGroup::Letter
 }
 
 /// The alphabets whose letters look alike (Latin, Cyrillic, Greek), for a letter of one.
@@ -2101,6 +2107,12 @@ mod tests {
             ("阿依古丽．买买提", "阿依古丽·买买提"),
             ("阿依古丽.买买提", "阿依古丽·买买提"),
             ("John F. Kennedy Jr.", "John F. Kennedy Jr."),
+            // Mongolian with a free variation selector and the vowel separator
+            ("ᠮᠣᠩᠭ᠋ᠣᠯ", "ᠮᠣᠩᠭ᠋ᠣᠯ"),
+            ("ᠪᠠᠶᠠᠷ\u{180E}ᠠ", "ᠪᠠᠶᠠᠷ\u{180E}ᠠ"),
+            ("བཀྲ་ཤིས་", "བཀྲ་ཤིས་"),
+            ("लक्ष्मी", "लक्ष्मी"),
+            ("ก่อ", "ก่อ"),
         ] {
             let n = PersonName::parse(F, raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
             assert_eq!(n.as_str(), norm, "{raw}");
@@ -2129,8 +2141,10 @@ mod tests {
             "ᠪᠠᠲᠤ᠑",
             "\u{0308}Lu",
             "😀",
-            "Ivаn", // a Cyrillic а among Latin letters
-            "Ⅻ",    // a Roman numeral
+            "Ivаn",        // a Cyrillic а among Latin letters
+            "\u{180B}ᠮᠣᠩ", // a variation selector with no letter before it
+            "张\u{200D}",
+            "Ⅻ", // a Roman numeral
             ".John",
             "J.Smith",
             "张三.",

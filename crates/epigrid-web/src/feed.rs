@@ -129,27 +129,41 @@ pub async fn sse(
         limit,
         ..Default::default()
     };
-    // oldest first
-    let recent: Vec<Registration> = match resume {
-        Some(last) => {
-            st.store
-                .registrations(&scope, &filter(Some((last - lookback).max(0)), 500))
-                .await?
-        }
+    // What to send first (oldest first), and up to which sequence number the client has
+    // everything: what it had before it reconnected, or the latest twenty sent now.
+    let (mut send, known_upto): (Vec<Registration>, Option<i64>) = match resume {
+        Some(last) => (Vec::new(), Some(last)),
         None => {
             let mut r = st.store.registrations(&scope, &filter(None, 20)).await?;
             r.reverse();
-            r
+            let top = r.last().map(|r| r.seq);
+            (r, top)
         }
     };
+    // The look-back window below that number is read again by every poll (PostgreSQL): it
+    // is known, not news; after it comes what the client has not seen.
+    let mut known = Vec::new();
+    if let Some(upto) = known_upto.filter(|_| resume.is_some() || lookback > 0) {
+        for r in st
+            .store
+            .registrations(&scope, &filter(Some((upto - lookback).max(0)), 500))
+            .await?
+        {
+            if r.seq <= upto {
+                known.push(r.id);
+            } else if resume.is_some() {
+                send.push(r);
+            }
+        }
+    }
     st.metrics.live_clients.fetch_add(1, Relaxed);
     let mut feed = Feed {
         rx: st.live.subscribe(),
         lookback,
-        hwm: recent
+        hwm: send
             .iter()
             .map(|r| r.seq)
-            .chain(resume)
+            .chain(known_upto)
             .max()
             .unwrap_or(0),
         _guard: ClientGuard(st.clone()),
@@ -160,11 +174,13 @@ pub async fn sse(
         order: VecDeque::new(),
         pending: VecDeque::new(),
     };
-    for r in recent {
-        // up to the event the client last had, it has them (read again only to know them)
-        if feed.remember(r.id) && resume.is_none_or(|last| r.seq > last) {
+    for r in send {
+        if feed.remember(r.id) {
             feed.pending.push_back(r);
         }
+    }
+    for id in known {
+        feed.remember(id);
     }
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {

@@ -18,7 +18,9 @@ pub fn mask_name(name: &str) -> String {
 /// the first digit on is hidden, and at most eight characters show): `团结路88号3单元502室`
 /// → `团结路***`. The whole address is for an audited unmask.
 pub fn mask_address(a: &str) -> String {
-    let shown: String = a.chars().take_while(|c| !c.is_numeric()).take(8).collect();
+    // house numbers in Chinese numerals too (`幸福里二十三号`, `五零一`)
+    let number = |c: &char| c.is_numeric() || "〇零一二两三四五六七八九十百千".contains(*c);
+    let shown: String = a.chars().take_while(|c| !number(c)).take(8).collect();
     format!("{}***", shown.trim_end())
 }
 
@@ -433,6 +435,19 @@ pub(crate) fn html<T: askama::Template>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_address_shows_its_street_not_its_door() {
+        for (raw, shown) in [
+            ("团结路88号3单元502室", "团结路***"),
+            ("幸福里二十三号", "幸福里***"),
+            ("团结小区五号楼三单元五零一", "团结小区***"),
+            ("12 High Street", "***"),
+            ("Flat 5, 12 High Street", "Flat***"),
+        ] {
+            assert_eq!(super::mask_address(raw), shown, "{raw}");
+        }
+    }
+
     #[test]
     fn local_time_reads_like_strftime() {
         let tz = chrono::FixedOffset::east_opt(8 * 3600).unwrap();

@@ -1518,3 +1518,58 @@ async fn staff_see_who_travelled_with_a_registrant_masked() {
         404
     );
 }
+
+/// A phone opening the feed gets the latest twenty, then only what is new, on both stores
+/// (PostgreSQL's look-back for late commits must not send the older ones after them).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_feed_starts_with_the_latest_twenty_then_only_news() {
+    let mut apps = vec![("sqlite", TestApp::start().await)];
+    if let Some(pg) = postgres().await {
+        apps.push((
+            "postgres",
+            TestApp::start_with(pg, temp_dir("pg-feed")).await,
+        ));
+    }
+    for (name, app) in apps {
+        let tok = app.token("feed_watch", Role::SiteStaff, "150802").await;
+        let site = app.site(SiteKind::Checkpoint, "150802").clone();
+        for i in 0..25 {
+            let b = checkpoint_body(&cn_id("150802", "19900101", 100 + i), "张三", "13900000100");
+            assert_eq!(app.register(&site, &b).await.status(), 201);
+        }
+        let mut feed = app
+            .client
+            .get(format!("{}/api/v1/feed", app.base))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap();
+        let news = body(
+            app.register(
+                &site,
+                &checkpoint_body(&cn_id("150802", "19900101", 200), "李四", "13900000200"),
+            )
+            .await,
+        )
+        .await;
+        let marker = format!(
+            "\"verification_code\":\"{}\"",
+            news["verification_code"].as_str().unwrap()
+        );
+        let mut got = String::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !got.contains(&marker) {
+            let chunk = tokio::time::timeout_at(deadline, feed.chunk())
+                .await
+                .expect("feed delivered in time")
+                .unwrap()
+                .expect("stream open");
+            got.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert_eq!(
+            got.matches("event: registration").count(),
+            21,
+            "{name}: twenty, then the new one"
+        );
+    }
+}
