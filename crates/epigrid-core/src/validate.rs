@@ -622,7 +622,9 @@ impl MobilePhone {
         let s: String = raw
             .chars()
             .map(fold_width)
-            .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '\u{2010}'..='\u{2015}'))
+            .filter(|c| {
+                !c.is_whitespace() && !matches!(c, '-' | '(' | ')' | '\u{2010}'..='\u{2015}')
+            })
             .collect();
         if s.is_empty() {
             return Err(FieldError::new(field, "err.required"));
@@ -1799,6 +1801,7 @@ mod tests {
             ("00976-9911-2233", "+97699112233", "+976****2233"),
             ("＋８５２ ９１２３ ４５６７", "+85291234567", "+852****4567"),
             ("+1 415 555 0123", "+14155550123", "+141****0123"),
+            ("+1 (415) 555-2671", "+14155552671", "+141****2671"),
         ] {
             let p = MobilePhone::parse(F, raw).unwrap();
             assert_eq!((p.as_str(), p.masked().as_str()), (norm, masked), "{raw}");

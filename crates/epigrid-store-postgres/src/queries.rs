@@ -1497,6 +1497,15 @@ impl PgStore {
         )
         .await
         .map_err(map_err)?;
+        // registrations that came in as the merged-away person while the merge stood are
+        // theirs again
+        tx.execute(
+            "UPDATE registrations SET person_id = phone_sealed_for, phone_sealed_for = NULL \
+             WHERE person_id = $2 AND phone_sealed_for = $1",
+            &[&m.from_person, &m.into_person],
+        )
+        .await
+        .map_err(map_err)?;
         tx.execute(
             "UPDATE person_merges SET undone_at = $2 WHERE id = $1",
             &[&id, &at],

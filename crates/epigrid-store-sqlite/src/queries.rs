@@ -2005,6 +2005,15 @@ impl SqliteStore {
                 .map_err(map_err)?
                 .execute(params![m.from_person.to_string(), m.into_person.to_string()])
                 .map_err(map_err)?;
+            // registrations that came in as the merged-away person while the merge stood are
+            // theirs again
+            c.prepare_cached(
+                "UPDATE registrations SET person_id = phone_sealed_for, phone_sealed_for = NULL \
+                 WHERE person_id = ?2 AND phone_sealed_for = ?1",
+            )
+            .map_err(map_err)?
+            .execute(params![m.from_person.to_string(), m.into_person.to_string()])
+            .map_err(map_err)?;
             c.prepare_cached("UPDATE person_merges SET undone_at = ?2 WHERE id = ?1")
                 .map_err(map_err)?
                 .execute(params![id.to_string(), micros(at)])

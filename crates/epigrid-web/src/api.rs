@@ -523,17 +523,20 @@ pub(crate) fn parse_time(
     field: &str,
     raw: &str,
 ) -> Result<DateTime<Utc>, FieldError> {
-    let t = match DateTime::parse_from_rfc3339(raw) {
-        Ok(t) => t.with_timezone(&Utc),
-        Err(_) => NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-            .ok()
-            .and_then(|d| if field == "to" { d.succ_opt() } else { Some(d) })
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
-            .map(|t| t.with_timezone(&Utc))
-            .ok_or_else(|| FieldError::new(field, "err.date.format"))?,
-    };
-    check_date(field, t.date_naive()).map(|_| t)
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        // the bounds are local days, as a date typed in the field would be
+        check_date(field, t.with_timezone(&st.cfg.tz).date_naive())?;
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+        .map_err(|_| FieldError::new(field, "err.date.format"))?;
+    check_date(field, d)?;
+    Some(d)
+        .and_then(|d| if field == "to" { d.succ_opt() } else { Some(d) })
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|dt| st.cfg.tz.from_local_datetime(&dt).single())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| FieldError::new(field, "err.date.format"))
 }
 
 /// The dates epigrid deals in: none before 2000 or after 2100.

@@ -199,6 +199,13 @@ async fn correct_person(
             }
         },
     };
+    // a document or phone number is not corrected here (it is who the person is: a merge
+    // joins two records), and a key nobody reads is a mistake, not a no-op
+    for k in b.as_object().into_iter().flatten().map(|(k, _)| k) {
+        if !["name", "home_area_code"].contains(&k.as_str()) {
+            errs.push(FieldError::new(k, "err.field.unchangeable_person"));
+        }
+    }
     let Some(name) = name.filter(|_| errs.is_empty()) else {
         return Err(ApiError::Invalid(errs));
     };

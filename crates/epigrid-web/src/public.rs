@@ -201,6 +201,46 @@ fn origin_fields(lang: Lang) -> [Field; 2] {
     ]
 }
 
+/// The buildings and units behind a gate: every unit, named with its building (and its
+/// community when the gate serves several), when there are few enough for one list on a
+/// phone; otherwise the buildings, named with their community. No two entries read the same.
+fn unit_options(areas: &[epigrid_core::area::Area]) -> Vec<(String, String)> {
+    /// Units one list holds and stays small; then buildings, at most this many.
+    const MAX: usize = 150;
+    const MAX_BUILDINGS: usize = 300;
+    let name_of = |code: &Option<String>| {
+        areas
+            .iter()
+            .find(|p| Some(&p.code) == code.as_ref())
+            .map(|p| (p.name.as_str(), &p.parent_code))
+    };
+    let at = |level| areas.iter().filter(move |a| a.level == level);
+    let several_communities = at(4).count() > 1;
+    if at(6).count() <= MAX {
+        at(6)
+            .map(|a| {
+                let (building, community) = name_of(&a.parent_code).unwrap_or(("", &None));
+                let label = match name_of(community).map(|c| c.0) {
+                    Some(c) if several_communities => format!("{c} · {building} {}", a.name),
+                    _ => format!("{building} {}", a.name),
+                };
+                (a.code.clone(), label)
+            })
+            .collect()
+    } else {
+        at(5)
+            .take(MAX_BUILDINGS)
+            .map(|a| {
+                let label = match name_of(&a.parent_code).map(|c| c.0) {
+                    Some(c) if several_communities => format!("{c} · {}", a.name),
+                    _ => a.name.clone(),
+                };
+                (a.code.clone(), label)
+            })
+            .collect()
+    }
+}
+
 /// Where an arrival may say they live, from the areas under the site (down to communities):
 /// every community, named with its town, when there are few enough for one list on a phone;
 /// otherwise the towns, named with their county, and the address says the rest. Every place
@@ -338,19 +378,7 @@ async fn build_fields(
                 .unwrap_or_default();
             let opts: Vec<(String, String)> =
                 std::iter::once((String::new(), tl(lang, "form.choose")))
-                    .chain(units.iter().filter(|a| a.level >= 5).take(400).map(|a| {
-                        let label = if a.level == 6 {
-                            let parent = units
-                                .iter()
-                                .find(|p| Some(&p.code) == a.parent_code.as_ref())
-                                .map(|p| p.name.as_str())
-                                .unwrap_or("");
-                            format!("{parent} {}", a.name)
-                        } else {
-                            a.name.clone()
-                        };
-                        (a.code.clone(), label)
-                    }))
+                    .chain(unit_options(&units))
                     .collect();
             f.push(Field::new("unit_code", "form.unit", "select").options(opts));
             f.push(
@@ -580,7 +608,13 @@ async fn form(
         );
     }
     let staff_mode = q.get("staff").is_some_and(|v| v == "1");
-    let acting = staff.0.as_ref().filter(|s| staff_mode && s.by_cookie);
+    // staff mode only at a site in the staff member's own area (elsewhere it would end in a 403)
+    let acting = staff.0.as_ref().filter(|s| {
+        staff_mode
+            && s.by_cookie
+            && s.role().registers_for_others()
+            && s.scope().contains(&site.area_path)
+    });
     let res = render_form(&st, &site, lang, acting, &[], &[]).await;
     with_lang_cookie(res, &q)
 }
@@ -905,6 +939,49 @@ mod tests {
     fn distinct(opts: &[(String, String)]) -> bool {
         let labels: std::collections::HashSet<_> = opts.iter().map(|o| &o.1).collect();
         labels.len() == opts.len()
+    }
+
+    /// `communities` communities of `buildings` buildings of 6 units each (every community
+    /// has a 1号楼, every building a 1单元).
+    fn compound(communities: usize, buildings: usize) -> Vec<Area> {
+        let mut out = Vec::new();
+        let area = |code: String, name: String, level, parent: &str| Area {
+            path: format!("/{code}/"),
+            parent_code: Some(parent.to_string()),
+            code,
+            name,
+            level,
+        };
+        for c in 0..communities {
+            let community = format!("150802001{:03}", c + 1);
+            out.push(area(community.clone(), format!("社区{c}"), 4, "150802001"));
+            for b in 0..buildings {
+                let building = format!("{community}{:03}", b + 1);
+                out.push(area(
+                    building.clone(),
+                    format!("{}号楼", b + 1),
+                    5,
+                    &community,
+                ));
+                for u in 0..6 {
+                    let unit = format!("{building}{:03}", u + 1);
+                    out.push(area(unit, format!("{}单元", u + 1), 6, &building));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_gate_lists_units_or_buildings_each_once() {
+        let small = super::unit_options(&compound(1, 10));
+        assert_eq!(small.len(), 60);
+        assert!(distinct(&small), "{small:?}");
+        assert!(small.iter().any(|o| o.1 == "3号楼 2单元"), "{small:?}");
+        let town = super::unit_options(&compound(5, 20));
+        assert_eq!(town.len(), 100, "the buildings, every one");
+        assert!(distinct(&town), "{town:?}");
+        assert!(town.iter().any(|o| o.1 == "社区4 · 20号楼"), "{town:?}");
     }
 
     #[test]

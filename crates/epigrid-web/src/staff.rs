@@ -157,16 +157,25 @@ async fn login_submit(
             ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
         }
         Err(e) => {
-            let error = match e {
-                ApiError::TooMany => "login.locked",
-                _ => "login.failed",
-            };
+            let locked = matches!(e, ApiError::TooMany);
             let mut res = page(LoginPage {
                 tr: Tr(lang),
-                error,
+                error: if locked {
+                    "login.locked"
+                } else {
+                    "login.failed"
+                },
                 username,
             });
-            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            if locked {
+                *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                res.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    header::HeaderValue::from(crate::auth::LOCK_WINDOW.as_secs()),
+                );
+            } else {
+                *res.status_mut() = StatusCode::UNAUTHORIZED;
+            }
             res
         }
     }

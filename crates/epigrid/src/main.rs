@@ -315,6 +315,21 @@ async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
     }
 }
 
+/// For commands that work on what a database holds (people, areas, accounts): a mistyped
+/// SQLite path must not leave a new, empty database (and key) behind and report success.
+fn require_database(db: &DbArgs) -> Result<()> {
+    if let Some(path) = epigrid_store_sqlite::path_from_url(&db.db)
+        .filter(|p| db.db.starts_with("sqlite:") && !p.exists())
+    {
+        bail!(
+            "no database at {} (create one with: epigrid migrate --db {})",
+            path.display(),
+            db.db
+        );
+    }
+    Ok(())
+}
+
 fn key_path(db: &DbArgs) -> PathBuf {
     if let Some(p) = &db.key_file {
         return p.clone();
@@ -561,6 +576,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                 },
         } => {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            require_database(&db)?;
             let store = open_store(&db).await?;
             let vault = open_vault(&db)?;
             let mut pairs = Vec::new();
@@ -648,6 +664,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             what: ImportCommand::Proximity { file, db, source },
         } => {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            require_database(&db)?;
             let store = open_store(&db).await?;
             let vault = open_vault(&db)?;
             match import::import_proximity(store.as_ref(), &vault, &bytes, &source, lang).await? {
@@ -781,16 +798,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     area,
                 },
         } => {
-            // a mistyped path must not leave a new, empty database (and key) behind
-            if let Some(path) = epigrid_store_sqlite::path_from_url(&db.db)
-                .filter(|p| db.db.starts_with("sqlite:") && !p.exists())
-            {
-                bail!(
-                    "no database at {} (create one with: epigrid migrate --db {})",
-                    path.display(),
-                    db.db
-                );
-            }
+            require_database(&db)?;
             let store = open_store(&db).await?;
             let user = add_user(store.as_ref(), &username, &password, &role, &area, lang).await?;
             println!(

@@ -1464,6 +1464,21 @@ async fn query_values_of_the_wrong_kind_are_named_not_ignored() {
         ("/api/v1/areas?parent=abc", "parent", "err.area_code.format"),
         ("/api/v1/audit?limit=-1", "limit", "err.int.range"),
         ("/api/v1/audit?limit=many", "limit", "err.int.format"),
+        (
+            "/api/v1/registrations?from=1999-12-31",
+            "from",
+            "err.date.range",
+        ),
+        (
+            "/api/v1/registrations?to=2101-01-01",
+            "to",
+            "err.date.range",
+        ),
+        (
+            "/api/v1/registrations?to=2101-01-01T00:00:00%2B08:00",
+            "to",
+            "err.date.range",
+        ),
     ] {
         let r = app.get(path, Some(&tok)).await;
         assert_eq!(r.status(), 422, "{path}");
@@ -1476,6 +1491,14 @@ async fn query_values_of_the_wrong_kind_are_named_not_ignored() {
             (Some(field), Some(code)),
             "{path}: {v}"
         );
+    }
+    // the bounds themselves are local days anyone may ask for
+    for path in [
+        "/api/v1/registrations?from=2000-01-01",
+        "/api/v1/registrations?to=2100-12-31",
+        "/api/v1/registrations?from=2000-01-01T00:00:00%2B08:00",
+    ] {
+        assert_eq!(app.get(path, Some(&tok)).await.status(), 200, "{path}");
     }
     // a feed of a site nobody has is not an empty feed
     let r = app
@@ -1572,4 +1595,26 @@ async fn a_new_feed_starts_with_the_latest_twenty_then_only_news() {
             "{name}: twenty, then the new one"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_mode_is_offered_only_at_sites_in_the_staff_members_area() {
+    let app = TestApp::start().await;
+    app.token("keeper_mode", Role::SiteStaff, "150802").await;
+    let cookie = app.login_cookie("keeper_mode").await;
+    let mine = app.site(SiteKind::Checkpoint, "150802").clone();
+    let other = app.site(SiteKind::Checkpoint, "150821").clone();
+    let form = |s: &epigrid_core::model::Site| format!("/s/{}?staff=1", s.token);
+    let own = app.page(&form(&mine), &cookie).await;
+    assert!(own.contains("name=\"staff_entry\""), "own area: staff mode");
+    assert!(!own.contains("id=\"remember\""), "no remember-me for staff");
+    assert!(
+        own.contains("?staff=1&amp;lang=en"),
+        "language links keep staff mode"
+    );
+    let far = app.page(&form(&other), &cookie).await;
+    assert!(
+        !far.contains("name=\"staff_entry\""),
+        "another area's site: the public form, not a form that ends in a 403"
+    );
 }

@@ -1176,6 +1176,20 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
+    // a document or phone number is not corrected this way, and says so
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/persons/{dup}", app.base))
+        .bearer_auth(&epi)
+        .json(&json!({"phone": "13900000000"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errors"][0]["field"],
+        "phone"
+    );
     let audit: Value = app.get_json("/api/v1/audit", &admin).await;
     let actions: Vec<&str> = audit["items"]
         .as_array()
@@ -1263,9 +1277,10 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 3), "丙").await;
         let d =
             registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 4), "丙").await;
+        let d_into_c = new_id();
         store
             .merge_persons(&PersonMerge {
-                id: new_id(),
+                id: d_into_c,
                 from_person: d,
                 into_person: c,
                 ..merge.clone()
@@ -1307,6 +1322,25 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             .unwrap();
         assert_eq!(shown.doc_masked, back.person.doc_masked, "{name}");
         assert_eq!(shown.person_id, c, "{name}: it counts for the kept person");
+        // undone, the merge gives d back what came in as d meanwhile
+        store
+            .undo_merge(d_into_c, &Scope::all(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((count(c).await, count(d).await), (1, 2), "{name}");
+        let shown = store
+            .registration(back.id, &Scope::all())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(shown.person_id, d, "{name}");
+        assert_eq!(
+            typed_phone(store.as_ref(), back.id, &Scope::all())
+                .await
+                .map(|(_, sealed_for)| sealed_for),
+            Some(d),
+            "{name}: still opens as d's"
+        );
         assert_eq!(
             store
                 .search_persons(&Scope::all(), &PersonQuery::Name("甲".into()), 10)

@@ -183,6 +183,25 @@ fn every_command_has_help() {
         "150800",
     ]);
     assert!(!ok && out.contains("no database"), "{out}");
+    let list = dir.join("list.csv");
+    std::fs::write(&list, "name,id_number\n张三,11010519491231002X\n").unwrap();
+    let missing_db = format!("sqlite://{}", missing.display());
+    let list_path = list.to_str().unwrap();
+    for args in [
+        vec![
+            "import",
+            "list",
+            list_path,
+            "--name",
+            "K1",
+            "--db",
+            &missing_db,
+        ],
+        vec!["import", "proximity", list_path, "--db", &missing_db],
+    ] {
+        let (ok, out) = epigrid(&args);
+        assert!(!ok && out.contains("no database"), "{args:?}: {out}");
+    }
     assert!(
         !dir.join("typo").exists(),
         "a mistyped path leaves nothing behind"
