@@ -1100,32 +1100,7 @@ pub struct PersonName(String);
 impl PersonName {
     /// Parses a name (`err.required`, `err.name.format`, `err.text.too_long` with `{max}`).
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        let mut chars: Vec<char> = Vec::new();
-        for c in raw.chars().map(fold_width) {
-            let c = match c {
-                c if is_middle_dot(c) => '·',
-                // a full stop typed for the dot between the parts of a transcribed name
-                '.' | '\u{3002}' if chars.last().is_some_and(|p| is_cjk(*p)) => '·',
-                '\u{2018}' | '\u{2019}' | '\u{02BC}' => '\'',
-                '\u{2010}' | '\u{2011}' => '-',
-                c if c.is_whitespace() => ' ',
-                c => c,
-            };
-            let prev = chars.last().copied();
-            match (prev, c) {
-                // Collapse spaces and drop those next to a middle dot.
-                (Some(' '), ' ') | (Some('·'), ' ') => {}
-                (Some(' '), '·') => {
-                    chars.pop();
-                    chars.push('·');
-                }
-                (None, ' ') => {}
-                _ => chars.push(c),
-            }
-        }
-        while chars.last() == Some(&' ') {
-            chars.pop();
-        }
+        let chars = normalise_name(raw);
         if chars.is_empty() {
             return Err(FieldError::new(field, "err.required"));
         }
@@ -1226,6 +1201,39 @@ fn is_combining_mark(c: char) -> bool {
     use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
     c.general_category_group() == GeneralCategoryGroup::Mark
         || matches!(c, '\u{180E}' | '\u{200C}' | '\u{200D}' | '\u{0F0B}')
+}
+
+/// A name as typed, with its look-alike characters made one (full-width letters, every kind
+/// of middle dot, a full stop between Chinese characters, curly apostrophes, dashes) and its
+/// spaces collapsed: what [`PersonName::parse`] checks, and what a name search looks for.
+pub fn normalise_name(raw: &str) -> Vec<char> {
+    let mut chars: Vec<char> = Vec::new();
+    for c in raw.chars().map(fold_width) {
+        let c = match c {
+            c if is_middle_dot(c) => '·',
+            // a full stop typed for the dot between the parts of a transcribed name
+            '.' | '\u{3002}' if chars.last().is_some_and(|p| is_cjk(*p)) => '·',
+            '\u{2018}' | '\u{2019}' | '\u{02BC}' => '\'',
+            '\u{2010}' | '\u{2011}' => '-',
+            c if c.is_whitespace() => ' ',
+            c => c,
+        };
+        let prev = chars.last().copied();
+        match (prev, c) {
+            // Collapse spaces and drop those next to a middle dot.
+            (Some(' '), ' ') | (Some('·'), ' ') => {}
+            (Some(' '), '·') => {
+                chars.pop();
+                chars.push('·');
+            }
+            (None, ' ') => {}
+            _ => chars.push(c),
+        }
+    }
+    while chars.last() == Some(&' ') {
+        chars.pop();
+    }
+    chars
 }
 
 /// A character that may form a name (not a separator).

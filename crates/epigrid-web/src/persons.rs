@@ -103,7 +103,11 @@ pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> 
     if q.chars().any(|c| c.is_ascii_digit()) {
         return Err(err_field("q", "err.search.number"));
     }
-    Ok(PersonQuery::Name(q.to_string()))
+    // as names are stored: `热依拉．艾山` finds 热依拉·艾山
+    let name: String = epigrid_core::validate::normalise_name(q)
+        .into_iter()
+        .collect();
+    Ok(PersonQuery::Name(name))
 }
 
 pub(crate) fn person_json(p: &Person) -> Value {

@@ -601,6 +601,37 @@ async fn search_finds_people_by_document_phone_plate_and_name_in_scope() {
             "{q}: out of scope"
         );
     }
+    // a name looked for as it may be typed: a full-width full stop for the middle dot, a
+    // full-width space
+    let uyghur = person_via_api(
+        &app,
+        &cn_id("150802", "19900101", 77),
+        "热依拉·艾山",
+        "13700007777",
+        &epi,
+    )
+    .await;
+    for q in ["热依拉．艾山", "热依拉 · 艾山", "拉.艾"] {
+        let v: Value = app
+            .client
+            .get(format!("{}/api/v1/persons", app.base))
+            .query(&[("q", q)])
+            .bearer_auth(&epi)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == uyghur.as_str()),
+            "{q}: {v}"
+        );
+    }
     for bad in ["", "12", "张三12"] {
         let r = app
             .client
