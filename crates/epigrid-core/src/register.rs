@@ -461,16 +461,8 @@ fn parse_int(
     let Some(s) = raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    // a whole number written as a decimal (`3.0`, as some JSON writers put it) is one
-    let n: i64 = match s.parse() {
-        Ok(n) => n,
-        Err(_) => s
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
-            .map(|f| f as i64)
-            .ok_or_else(|| FieldError::new(field, "err.int.format"))?,
-    };
+    let n =
+        crate::validate::whole_number(s).ok_or_else(|| FieldError::new(field, "err.int.format"))?;
     if n < min || n > max {
         return Err(FieldError::new(field, "err.int.range")
             .with("min", min.to_string())

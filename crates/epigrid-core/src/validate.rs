@@ -159,6 +159,18 @@ fn truncate_chars(s: &str, max: usize) -> String {
     out
 }
 
+/// A whole number as typed: `30`, or written as a decimal (`3.0`, as some JSON writers put
+/// it); not `3.5`, not text.
+pub fn whole_number(s: &str) -> Option<i64> {
+    let s = s.trim();
+    s.parse::<i64>().ok().or_else(|| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+            .map(|f| f as i64)
+    })
+}
+
 /// Today's date in China Standard Time (UTC+8, no daylight saving), whatever the server's zone.
 pub(crate) fn china_today() -> NaiveDate {
     let now = chrono::Utc::now().naive_utc();

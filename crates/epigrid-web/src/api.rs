@@ -502,10 +502,12 @@ async fn post_registration(
     let reg = submit(&st, &site, &input, staff.as_ref()).await?;
     // An anonymous caller gets a receipt, not the masked record: whoever holds a site's link
     // learns nothing back about the person (not even the person id) beyond what they typed.
-    if staff.is_some() {
+    if let Some(s) = &staff {
+        // as stored: the person it counts for may be one the typed record was merged into
+        let stored = st.store.registration(reg.id, &s.scope()).await?;
         Ok(json_response(
             StatusCode::CREATED,
-            &registration_json(&reg, st.cfg.tz),
+            &registration_json(stored.as_ref().unwrap_or(&reg), st.cfg.tz),
         ))
     } else {
         Ok(json_response(

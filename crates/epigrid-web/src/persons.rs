@@ -486,12 +486,13 @@ async fn parse_observation(
     let start = match get("start").as_deref().map(str::trim) {
         None | Some("") => Some(t),
         Some(s) => match NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-            Ok(d) if d > t + Duration::days(30) => {
-                errs.push(FieldError::new("start", "err.date.future"));
-                None
-            }
-            Ok(d) if d < t - Duration::days(60) => {
-                errs.push(FieldError::new("start", "err.date.too_old"));
+            // an observation starts within two months back and one month ahead
+            Ok(d) if d > t + Duration::days(30) || d < t - Duration::days(60) => {
+                errs.push(
+                    FieldError::new("start", "err.date.range")
+                        .with("min", (t - Duration::days(60)).to_string())
+                        .with("max", (t + Duration::days(30)).to_string()),
+                );
                 None
             }
             Ok(d) => Some(d),
@@ -503,9 +504,9 @@ async fn parse_observation(
     };
     let days = match get("days").as_deref().map(str::trim) {
         None | Some("") => Some(st.cfg.observation_days(p.category)),
-        Some(d) => match d.parse::<i64>() {
-            Ok(n) if (1..=90).contains(&n) => Some(n as u32),
-            Ok(_) => {
+        Some(d) => match epigrid_core::validate::whole_number(d) {
+            Some(n) if (1..=90).contains(&n) => Some(n as u32),
+            Some(_) => {
                 errs.push(
                     FieldError::new("days", "err.int.range")
                         .with("min", "1")
@@ -513,7 +514,7 @@ async fn parse_observation(
                 );
                 None
             }
-            Err(_) => {
+            None => {
                 errs.push(FieldError::new("days", "err.int.format"));
                 None
             }

@@ -788,6 +788,10 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
             json!({"kind": "central", "start": start.to_string(), "days": 14}),
             "site_id",
         ),
+        (
+            json!({"kind": "home", "start": "2100-12-31", "days": 3.0}),
+            "start",
+        ),
     ] {
         let r = app
             .post_json(
@@ -798,7 +802,12 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
             .await;
         assert_eq!(r.status(), 422, "{body}");
         let v: Value = r.json().await.unwrap();
-        assert_eq!(v["errors"][0]["field"], field);
+        assert_eq!(v["errors"][0]["field"], field, "{v}");
+        if body["start"] == "2100-12-31" {
+            // says the window it takes, not "after today", and 3.0 days is three
+            assert_eq!(v["errors"][0]["code"], "err.date.range");
+            assert_eq!(v["errors"].as_array().unwrap().len(), 1, "{v}");
+        }
     }
     let r = app
         .post_json(
@@ -1146,6 +1155,18 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         2,
         "the kept person shows both registrations"
     );
+    // staff registering the duplicate's details again get the registration as stored: the
+    // kept person's, as a later GET says
+    let keeper = app.token("keeper", Role::SiteStaff, "150802").await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/sites/{}/registrations", gate.token),
+            &json!({"name": "刘德", "phone": "13600000008", "temperature": 36.4, "direction": "out"}),
+            Some(&keeper),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["person_id"], real.as_str());
     let found: Value = app
         .get_json("/api/v1/persons?q=%E5%88%98%E5%BE%B7", &epi)
         .await;
