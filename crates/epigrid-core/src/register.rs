@@ -404,9 +404,16 @@ pub fn form_companions(pairs: &[(String, String)]) -> Vec<(u32, CompanionRaw)> {
         .map(|(n, mut c)| {
             // The form has one box per companion: a number with letters in it (other than a
             // mainland ID's final X) is a passport or travel permit; digits are an ID number.
+            // (A number shaped like a mainland one, 17 digits and one more, stays one, so a
+            // typo in it is reported rather than taken for a passport.)
             let lettered = c.id_number.as_deref().is_some_and(|v| {
-                let v = v.trim().trim_end_matches(['X', 'x']);
-                v.chars().any(|ch| ch.is_alphabetic())
+                let v: Vec<char> = v
+                    .chars()
+                    .map(crate::validate::fold_width)
+                    .filter(|ch| !ch.is_whitespace())
+                    .collect();
+                let id_shaped = v.len() == 18 && v[..17].iter().all(char::is_ascii_digit);
+                !id_shaped && v.iter().any(|ch| ch.is_alphabetic())
             });
             if lettered {
                 c.id_type = Some("passport".into());
@@ -1110,10 +1117,15 @@ mod tests {
             p("companion_name_2", ""),
             p("companion_name_3", "Батбаяр"),
             p("companion_id_3", "E1234567"),
+            // full-width X, and a typo: still ID numbers, checked as such
+            p("companion_name_4", "王五"),
+            p("companion_id_4", "11010519491231002Ｘ"),
+            p("companion_name_5", "赵六"),
+            p("companion_id_5", "11010519491231002Y"),
             p("plate", " "),
         ]);
         assert_eq!(input.symptoms, vec!["cough", "fever"]);
-        assert_eq!(input.companion_list.len(), 2);
+        assert_eq!(input.companion_list.len(), 4);
         assert_eq!(input.plate, None);
         // a mainland ID number (final X and all) is one; a number with letters a passport
         let types: Vec<_> = input
@@ -1121,7 +1133,7 @@ mod tests {
             .iter()
             .map(|c| c.id_type.as_deref())
             .collect();
-        assert_eq!(types, vec![None, Some("passport")]);
+        assert_eq!(types, vec![None, Some("passport"), None, None]);
     }
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {

@@ -131,7 +131,7 @@ impl Errors {
 
 /// Folds full-width ASCII forms (U+FF01–U+FF5E, e.g. `１`, `Ｘ`, `－`) to ASCII and the
 /// ideographic space (U+3000) to a plain space. Phone IMEs often produce these.
-fn fold_width(c: char) -> char {
+pub(crate) fn fold_width(c: char) -> char {
     match c {
         '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
         '\u{3000}' => ' ',
@@ -347,18 +347,11 @@ impl IdNumber {
             return Err(FieldError::new(field, "err.required"));
         }
         let format = || FieldError::new(field, "err.id_number.format");
-        // A first-generation card's 15 digits (born 19YY, no check digit) become the 18-digit
-        // number of GB 11643: the same person, whichever of the two they type.
+        // A first-generation card's 15 digits: those cards lapsed in 2013, and with no check
+        // digit an 18-digit number missing its last three would pass as one; ask for the
+        // 18-digit number, saying why.
         if chars.len() == 15 && chars.iter().all(char::is_ascii_digit) {
-            let mut digits = [0u32; 17];
-            let old = chars.iter().filter_map(|c| c.to_digit(10));
-            for (d, v) in digits
-                .iter_mut()
-                .zip(old.clone().take(6).chain([1, 9]).chain(old.skip(6)))
-            {
-                *d = v;
-            }
-            return Self::checked(field, digits, check_char(&digits), today);
+            return Err(FieldError::new(field, "err.id_number.first_generation"));
         }
         if chars.len() != 18 {
             return Err(format());
@@ -686,9 +679,11 @@ impl MobilePhone {
     /// First 3 + `****` + last 4, e.g. `139****5678`; from abroad the `+` and the country's
     /// first three digits: `+976****2233`.
     pub fn masked(&self) -> String {
-        let tail = self.0.len().saturating_sub(4);
         if self.0.starts_with('+') {
-            mask_middle(&self.0, 4, tail, "****")
+            // never more than half the digits: `+976****2233`, but `+12****78`
+            let digits = self.0.len() - 1;
+            let (head, tail) = if digits >= 10 { (3, 4) } else { (2, 2) };
+            mask_middle(&self.0, 1 + head, self.0.len() - tail, "****")
         } else {
             mask_middle(&self.0, 3, 7, "****")
         }
@@ -1254,7 +1249,10 @@ fn is_name_letter(c: char) -> bool {
     // Letters of any alphabet (Chinese, Mongolian, Latin with Vietnamese and other accents,
     // Cyrillic, Uyghur's Arabic script, Tibetan, Korean, …); not digits (Mongolian's
     // included), letter-like numerals, symbols or emoji.
-    is_cjk(c) || c.general_category_group() == GeneralCategoryGroup::Letter
+    is_cjk(c)
+        || (c.general_category_group() == GeneralCategoryGroup::Letter
+            // Hangul fillers: letters that show as nothing
+            && !matches!(c, '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}'))
 }
 
 /// The alphabets whose letters look alike (Latin, Cyrillic, Greek), for a letter of one.
@@ -1583,9 +1581,6 @@ mod tests {
             "１１０１０５１９４９１２３１００２Ｘ",
             "１１０１０５１９４９１２３１００２ｘ",
             "\u{3000}11010519491231002X\u{3000}",
-            // a first-generation card's 15 digits: born 19YY, the check digit computed
-            "110105491231002",
-            "110105 491231 002",
         ] {
             let id = IdNumber::parse(F, raw).unwrap();
             assert_eq!(id.as_str(), "11010519491231002X", "{raw:?}");
@@ -1614,6 +1609,7 @@ mod tests {
             "11010519491231002",                   // 17
             "1101051949123100211",                 // 19
             "11010519491231",                      // 14
+            "110105194912310021X",                 // 19
             "11010549123100X",                     // 15 with a letter
             "11010519491231X021",                  // X not last
             "1101051949123100-2",                  // punctuation
@@ -1624,6 +1620,14 @@ mod tests {
             assert_eq!(
                 key(IdNumber::parse(F, raw)),
                 "err.id_number.format",
+                "{raw}"
+            );
+        }
+        // a first-generation number is named as one, not taken for a person it may not be
+        for raw in ["110105491231002", "150802200503170"] {
+            assert_eq!(
+                key(IdNumber::parse(F, raw)),
+                "err.id_number.first_generation",
                 "{raw}"
             );
         }
@@ -1822,6 +1826,7 @@ mod tests {
             ("＋８５２ ９１２３ ４５６７", "+85291234567", "+852****4567"),
             ("+1 415 555 0123", "+14155550123", "+141****0123"),
             ("+1 (415) 555-2671", "+14155552671", "+141****2671"),
+            ("+12345678", "+12345678", "+12****78"),
         ] {
             let p = MobilePhone::parse(F, raw).unwrap();
             assert_eq!((p.as_str(), p.masked().as_str()), (norm, masked), "{raw}");
@@ -2164,8 +2169,9 @@ mod tests {
             "ᠪᠠᠲᠤ᠑",
             "\u{0308}Lu",
             "😀",
-            "Ivаn",        // a Cyrillic а among Latin letters
-            "\u{180B}ᠮᠣᠩ", // a variation selector with no letter before it
+            "Ivаn",             // a Cyrillic а among Latin letters
+            "\u{180B}ᠮᠣᠩ",      // a variation selector with no letter before it
+            "\u{3164}\u{3164}", // Hangul fillers: a name that looks blank
             "张\u{200D}",
             "Ⅻ", // a Roman numeral
             ".John",

@@ -123,11 +123,16 @@ pub async fn login(
                 Some(u) => (format!("user:{}", u.id), u.area_path.as_str()),
                 None => ("user".to_string(), "/"),
             };
-            let name: String = username
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect();
+            // An unknown name may be a password typed into the wrong box: only its first
+            // character is kept.
+            let name: String = match &user {
+                Some(u) => u.username.clone(),
+                None => username
+                    .chars()
+                    .find(|c| !c.is_control())
+                    .map(|c| format!("{c}***"))
+                    .unwrap_or_default(),
+            };
             audit_raw(st, None, &name, "login_failed", &subject, area, ip, "").await;
             return Err(ApiError::BadLogin);
         }

@@ -140,8 +140,11 @@ pub async fn sse(
             (r, top)
         }
     };
-    // The look-back window below that number is read again by every poll (PostgreSQL): it
-    // is known, not news; after it comes what the client has not seen.
+    // The look-back window below that number is read again by every poll (PostgreSQL). For
+    // a new feed it is older than what was just sent: known, not news. For a feed resumed
+    // after an event, a registration in it may have committed late, after the client left:
+    // the window is sent again, and the client drops what it has (events carry their
+    // sequence number; the field view drops repeats by id).
     let mut known = Vec::new();
     if let Some(upto) = known_upto.filter(|_| resume.is_some() || lookback > 0) {
         for r in st
@@ -149,10 +152,10 @@ pub async fn sse(
             .registrations(&scope, &filter(Some((upto - lookback).max(0)), 500))
             .await?
         {
-            if r.seq <= upto {
-                known.push(r.id);
-            } else if resume.is_some() {
+            if resume.is_some() {
                 send.push(r);
+            } else if r.seq <= upto {
+                known.push(r.id);
             }
         }
     }

@@ -227,7 +227,7 @@ fn described() -> Value {
             "/api/v1/registrations/{id}": {"get": op("one registration (masked)", "registrations", true, json!([reg.clone()]), None, ("200", "registration"))},
             "/api/v1/registrations/{id}/unmask": {"post": op("reveal name, document and phone (audited)", "registrations", true, json!([reg.clone()]), Some(json!({"type": "object", "properties": {"reason": {"type": "string"}}})), ("200", "{name, id_number, phone}"))},
             "/api/v1/registrations/{id}/checkout": {"post": op("record leaving a venue", "registrations", true, json!([reg]), None, ("200", "registration"))},
-            "/api/v1/feed": {"get": op("live feed of registrations in scope (text/event-stream)", "registrations", true, json!([query("site", "site id")]), None, ("200", "server-sent events named registration"))},
+            "/api/v1/feed": {"get": op("live feed of registrations in scope (text/event-stream): the latest twenty, then each new one; each event's id is the registration's seq, and a client reconnecting with Last-Event-ID gets what came after it (on PostgreSQL the 200 before it again too, for late commits: drop repeats by id)", "registrations", true, json!([query("site", "site id")]), None, ("200", "server-sent events named registration"))},
             "/api/v1/persons": {"get": op("search people in scope by ID number, phone, plate or part of a name", "people", true, json!([query("q", "what to look for")]), None, ("200", "{items:[person]}"))},
             "/api/v1/persons/{id}": {
                 "get": op("a person: details (masked), categories, observations, reports, lab results, registrations", "people", true, json!([path_param("id", "person id")]), None, ("200", "person")),

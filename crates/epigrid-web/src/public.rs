@@ -201,71 +201,107 @@ fn origin_fields(lang: Lang) -> [Field; 2] {
     ]
 }
 
+/// Where an arrival may say they live, from the areas under the site (down to communities):
+/// every community, named with its town, and every town without communities, when there are
+/// few enough for one list on a phone; otherwise the towns, named with their county. Every
+/// place under the site can be chosen (at worst the site's own area), and no two entries read
+/// the same.
+fn residence_options(areas: &[epigrid_core::area::Area]) -> Vec<(String, String)> {
+    /// Communities one list holds and stays small (a page under 30 KB without script).
+    const MAX_COMMUNITIES: usize = 120;
+    named_leaves(areas, 3, MAX_COMMUNITIES, usize::MAX)
+}
+
 /// The buildings and units behind a gate: every unit, named with its building (and its
-/// community when the gate serves several), when there are few enough for one list on a
-/// phone; otherwise the buildings, named with their community. No two entries read the same.
+/// community when the gate serves several), and every building without units, when there are
+/// few enough for one list on a phone; otherwise the buildings, named with their community
+/// (at most 300: a gate is a compound's, not a county's).
 fn unit_options(areas: &[epigrid_core::area::Area]) -> Vec<(String, String)> {
-    /// Units one list holds and stays small; then buildings, at most this many.
-    const MAX: usize = 150;
-    const MAX_BUILDINGS: usize = 300;
+    named_leaves(areas, 5, 150, 300)
+        .into_iter()
+        .filter(|(code, _)| code.len() >= 15)
+        .collect()
+}
+
+/// The areas at `level` or, when their children number at most `max_children`, those
+/// children instead (with the areas at `level` that have none); each named with its parent
+/// when siblings of several parents are listed. At most `max` entries; when `level` itself
+/// is absent, the deepest areas there are.
+fn named_leaves(
+    areas: &[epigrid_core::area::Area],
+    level: u8,
+    max_children: usize,
+    max: usize,
+) -> Vec<(String, String)> {
     let name_of = |code: &Option<String>| {
         areas
             .iter()
             .find(|p| Some(&p.code) == code.as_ref())
-            .map(|p| (p.name.as_str(), &p.parent_code))
+            .map(|p| p.name.as_str())
     };
-    let at = |level| areas.iter().filter(move |a| a.level == level);
-    let several_communities = at(4).count() > 1;
-    if at(6).count() <= MAX {
-        at(6)
-            .map(|a| {
-                let (building, community) = name_of(&a.parent_code).unwrap_or(("", &None));
-                let label = match name_of(community).map(|c| c.0) {
-                    Some(c) if several_communities => format!("{c} · {building} {}", a.name),
-                    _ => format!("{building} {}", a.name),
-                };
-                (a.code.clone(), label)
+    let at = |l: u8| areas.iter().filter(move |a| a.level == l);
+    let level = if at(level).next().is_none() {
+        match areas.iter().map(|a| a.level).filter(|l| *l <= level).max() {
+            Some(l) => l,
+            None => return Vec::new(),
+        }
+    } else {
+        level
+    };
+    let children = at(level + 1).count();
+    let chosen: Vec<&epigrid_core::area::Area> = if children > 0 && children <= max_children {
+        at(level)
+            .flat_map(|parent| {
+                let kids: Vec<_> = at(level + 1)
+                    .filter(|c| c.parent_code.as_deref() == Some(parent.code.as_str()))
+                    .collect();
+                if kids.is_empty() {
+                    vec![parent]
+                } else {
+                    kids
+                }
             })
             .collect()
     } else {
-        at(5)
-            .take(MAX_BUILDINGS)
-            .map(|a| {
-                let label = match name_of(&a.parent_code).map(|c| c.0) {
-                    Some(c) if several_communities => format!("{c} · {}", a.name),
-                    _ => a.name.clone(),
-                };
-                (a.code.clone(), label)
-            })
-            .collect()
-    }
-}
-
-/// Where an arrival may say they live, from the areas under the site (down to communities):
-/// every community, named with its town, when there are few enough for one list on a phone;
-/// otherwise the towns, named with their county, and the address says the rest. Every place
-/// under the site can be chosen, and no two entries read the same.
-fn residence_options(areas: &[epigrid_core::area::Area]) -> Vec<(String, String)> {
-    /// Communities one list holds and stays small (a page under 30 KB without script).
-    const MAX_COMMUNITIES: usize = 120;
-    let parent_name = |a: &epigrid_core::area::Area| {
+        at(level).collect()
+    };
+    let parent_of = |a: &epigrid_core::area::Area| {
         areas
             .iter()
             .find(|p| Some(&p.code) == a.parent_code.as_ref())
-            .map(|p| p.name.as_str())
     };
-    let at = |level| areas.iter().filter(move |a| a.level == level);
-    let (level, several_parents) = if at(4).count() <= MAX_COMMUNITIES {
-        (4, at(3).count() > 1)
-    } else {
-        (3, at(2).count() > 1)
+    // how many distinct (parents, grandparents) the listed areas of a level have
+    let spread = |l: u8| {
+        let listed: Vec<_> = chosen.iter().filter(|a| a.level == l).collect();
+        let count = |f: &dyn Fn(&epigrid_core::area::Area) -> Option<String>| {
+            listed
+                .iter()
+                .filter_map(|a| f(a))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        };
+        (
+            count(&|a| a.parent_code.clone()),
+            count(&|a| parent_of(a).and_then(|p| p.parent_code.clone())),
+        )
     };
-    at(level)
+    let spreads = [spread(level), spread(level + 1)];
+    chosen
+        .into_iter()
+        .take(max)
         .map(|a| {
-            let label = match parent_name(a) {
-                Some(p) if several_parents => format!("{p} · {}", a.name),
-                _ => a.name.clone(),
-            };
+            let (parents, grandparents) = spreads[usize::from(a.level != level)];
+            let mut label = a.name.clone();
+            if parents > 1 {
+                if let Some(p) = parent_of(a) {
+                    label = format!("{} · {label}", p.name);
+                    if grandparents > 1 {
+                        if let Some(g) = name_of(&p.parent_code) {
+                            label = format!("{g} · {label}");
+                        }
+                    }
+                }
+            }
             (a.code.clone(), label)
         })
         .collect()
@@ -627,9 +663,22 @@ fn resolve_origin(pairs: &mut Vec<(String, String)>) -> Option<FieldError> {
             .find(|(n, v)| n == k && !v.trim().is_empty())
             .map(|(_, v)| v.trim().to_string())
     };
-    if get("origin").is_some() {
-        return None;
+    // The picker's choice stands when it lies in the chosen province and no place was typed
+    // (a form sent back keeps it; without the script, a changed province or a typed place
+    // must win over it).
+    if let Some(o) = get("origin") {
+        let fits = get("origin_province").is_none_or(|p| o.starts_with(p.as_str()));
+        if fits && get("origin_text").is_none() {
+            return None;
+        }
+        pairs.retain(|(k, _)| k != "origin");
     }
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, v)| n == k && !v.trim().is_empty())
+            .map(|(_, v)| v.trim().to_string())
+    };
     let province = get("origin_province")?;
     let code = match get("origin_text") {
         None => Some(province.clone()),
@@ -977,11 +1026,35 @@ mod tests {
         let small = super::unit_options(&compound(1, 10));
         assert_eq!(small.len(), 60);
         assert!(distinct(&small), "{small:?}");
-        assert!(small.iter().any(|o| o.1 == "3号楼 2单元"), "{small:?}");
+        assert!(small.iter().any(|o| o.1 == "3号楼 · 2单元"), "{small:?}");
         let town = super::unit_options(&compound(5, 20));
         assert_eq!(town.len(), 100, "the buildings, every one");
         assert!(distinct(&town), "{town:?}");
         assert!(town.iter().any(|o| o.1 == "社区4 · 20号楼"), "{town:?}");
+    }
+
+    #[test]
+    fn every_place_can_be_chosen_whatever_levels_were_imported() {
+        // towns only: the towns
+        let towns_only = super::residence_options(&areas(1, 4, 0));
+        assert_eq!(towns_only.len(), 4, "{towns_only:?}");
+        // one town with communities, one without: its communities and the other town
+        let mut mixed = areas(1, 2, 3);
+        mixed.retain(|a| !a.code.starts_with("150802002") || a.level < 4);
+        let opts = super::residence_options(&mixed);
+        assert_eq!(opts.len(), 4, "{opts:?}");
+        assert!(opts.iter().any(|o| o.0 == "150802002"), "{opts:?}");
+        // a county alone: itself
+        let county = super::residence_options(&areas(1, 0, 0));
+        assert_eq!(county.len(), 1, "{county:?}");
+        // a gate over two small communities: units named with building and community
+        let two = super::unit_options(&compound(2, 5));
+        assert_eq!(two.len(), 60);
+        assert!(distinct(&two), "{two:?}");
+        assert!(
+            two.iter().any(|o| o.1 == "社区1 · 3号楼 · 2单元"),
+            "{two:?}"
+        );
     }
 
     #[test]

@@ -19,8 +19,16 @@ pub fn mask_name(name: &str) -> String {
 /// → `团结路***`. The whole address is for an audited unmask.
 pub fn mask_address(a: &str) -> String {
     // house numbers in Chinese numerals too (`幸福里二十三号`, `五零一`)
-    let number = |c: &char| c.is_numeric() || "〇零一二两三四五六七八九十百千".contains(*c);
-    let shown: String = a.chars().take_while(|c| !number(c)).take(8).collect();
+    let number = |c: &char| {
+        c.is_numeric() || "〇零一二两三四五六七八九十百千壹贰叁肆伍陆柒捌玖拾佰仟".contains(*c)
+    };
+    // and never more than half of it, so an address without numbers is not shown whole
+    let half = a.chars().count() / 2;
+    let shown: String = a
+        .chars()
+        .take_while(|c| !number(c))
+        .take(8.min(half))
+        .collect();
     format!("{}***", shown.trim_end())
 }
 
@@ -443,6 +451,8 @@ mod tests {
             ("团结小区五号楼三单元五零一", "团结小区***"),
             ("12 High Street", "***"),
             ("Flat 5, 12 High Street", "Flat***"),
+            ("红星村张家大院", "红星村***"),
+            ("幸福里叁拾号", "幸福里***"),
         ] {
             assert_eq!(super::mask_address(raw), shown, "{raw}");
         }
