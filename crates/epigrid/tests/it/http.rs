@@ -905,6 +905,22 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
     assert_eq!(r.status(), 422);
 }
 
+/// Reads a feed's events until `marker` has come, for at most twenty seconds (bounded: the
+/// feed must deliver within the wait, or the test fails; not a speed test).
+async fn read_feed_until(feed: &mut reqwest::Response, marker: &str) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut got = String::new();
+    while !got.contains(marker) {
+        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
+            .await
+            .expect("feed delivered in time")
+            .unwrap()
+            .expect("stream open");
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_live_feed_streams_new_registrations_in_scope() {
     let app = TestApp::start().await;
@@ -937,17 +953,7 @@ async fn the_live_feed_streams_new_registrations_in_scope() {
     )
     .await;
     let code = mine_reg["verification_code"].as_str().unwrap().to_string();
-    let mut got = String::new();
-    // Bounded: the feed must deliver within the wait, or the test fails (not a speed test).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !got.contains(&code) {
-        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
-            .await
-            .expect("feed delivered in time")
-            .unwrap()
-            .expect("stream open");
-        got.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let got = read_feed_until(&mut feed, &code).await;
     assert!(got.contains("event: registration"));
     assert!(
         !got.contains("外县人") && !got.contains("13900000008") && !got.contains("150821"),
@@ -981,15 +987,7 @@ async fn the_live_feed_streams_new_registrations_in_scope() {
         .send()
         .await
         .unwrap();
-    let mut resumed = String::new();
-    while !resumed.contains(&later_code) {
-        let chunk = tokio::time::timeout_at(deadline, feed.chunk())
-            .await
-            .expect("feed delivered in time")
-            .unwrap()
-            .expect("stream open");
-        resumed.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let resumed = read_feed_until(&mut feed, &later_code).await;
     assert!(
         !resumed.contains(&format!("\"verification_code\":\"{code}\"")),
         "what the phone had is not sent again: {resumed}"
@@ -1588,16 +1586,7 @@ async fn a_new_feed_starts_with_the_latest_twenty_then_only_news() {
             "\"verification_code\":\"{}\"",
             news["verification_code"].as_str().unwrap()
         );
-        let mut got = String::new();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !got.contains(&marker) {
-            let chunk = tokio::time::timeout_at(deadline, feed.chunk())
-                .await
-                .expect("feed delivered in time")
-                .unwrap()
-                .expect("stream open");
-            got.push_str(&String::from_utf8_lossy(&chunk));
-        }
+        let got = read_feed_until(&mut feed, &marker).await;
         assert_eq!(
             got.matches("event: registration").count(),
             21,

@@ -536,6 +536,20 @@ async fn post_list(
 }
 
 /// The id of the person with this ID number, found by search.
+/// `GET /api/v1/persons?q=...` as `token`, read as JSON.
+async fn search(app: &TestApp, q: &str, token: &str) -> Value {
+    app.client
+        .get(format!("{}/api/v1/persons", app.base))
+        .query(&[("q", q)])
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn find_person(app: &TestApp, id: &str, token: &str) -> String {
     let v: Value = app
         .get_json(&format!("/api/v1/persons?q={id}"), token)
@@ -562,17 +576,7 @@ async fn search_finds_people_by_document_phone_plate_and_name_in_scope() {
         "欧阳晓明",
         &id.to_lowercase(),
     ] {
-        let v: Value = app
-            .client
-            .get(format!("{}/api/v1/persons", app.base))
-            .query(&[("q", q)])
-            .bearer_auth(&epi)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = search(&app, q, &epi).await;
         assert!(
             v["items"]
                 .as_array()
@@ -585,17 +589,7 @@ async fn search_finds_people_by_document_phone_plate_and_name_in_scope() {
             !v.to_string().contains("13700001111") && !v.to_string().contains(&id),
             "{q}: masked"
         );
-        let v: Value = app
-            .client
-            .get(format!("{}/api/v1/persons", app.base))
-            .query(&[("q", q)])
-            .bearer_auth(&other)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = search(&app, q, &other).await;
         assert!(
             v["items"].as_array().unwrap().is_empty(),
             "{q}: out of scope"
@@ -612,17 +606,7 @@ async fn search_finds_people_by_document_phone_plate_and_name_in_scope() {
     )
     .await;
     for q in ["热依拉．艾山", "热依拉 · 艾山", "拉.艾"] {
-        let v: Value = app
-            .client
-            .get(format!("{}/api/v1/persons", app.base))
-            .query(&[("q", q)])
-            .bearer_auth(&epi)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = search(&app, q, &epi).await;
         assert!(
             v["items"]
                 .as_array()
