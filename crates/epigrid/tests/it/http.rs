@@ -1361,10 +1361,8 @@ async fn a_login_posted_from_another_site_is_refused() {
     );
 }
 
-/// A NUL byte anywhere, or a date no store can hold, is a clear 4xx on both stores (PostgreSQL
-/// cannot store either, and answered 500).
-#[tokio::test(flavor = "multi_thread")]
-async fn nul_bytes_and_far_dates_are_refused_on_every_store() {
+/// A running app on SQLite, and on PostgreSQL when `EPIGRID_TEST_PG` is set.
+async fn apps_on_every_store() -> Vec<(&'static str, TestApp)> {
     let mut apps = vec![("sqlite", TestApp::start().await)];
     if let Some(pg) = postgres().await {
         apps.push((
@@ -1372,7 +1370,14 @@ async fn nul_bytes_and_far_dates_are_refused_on_every_store() {
             TestApp::start_with(pg, temp_dir("pg-app")).await,
         ));
     }
-    for (name, app) in apps {
+    apps
+}
+
+/// A NUL byte anywhere, or a date no store can hold, is a clear 4xx on both stores (PostgreSQL
+/// cannot store either, and answered 500).
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_bytes_and_far_dates_are_refused_on_every_store() {
+    for (name, app) in apps_on_every_store().await {
         let tok = app.token("nul_admin", Role::Admin, "150800").await;
         let site = app.site(SiteKind::Checkpoint, "150802").clone();
         let r = app
@@ -1553,14 +1558,7 @@ async fn staff_see_who_travelled_with_a_registrant_masked() {
 /// (PostgreSQL's look-back for late commits must not send the older ones after them).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_feed_starts_with_the_latest_twenty_then_only_news() {
-    let mut apps = vec![("sqlite", TestApp::start().await)];
-    if let Some(pg) = postgres().await {
-        apps.push((
-            "postgres",
-            TestApp::start_with(pg, temp_dir("pg-feed")).await,
-        ));
-    }
-    for (name, app) in apps {
+    for (name, app) in apps_on_every_store().await {
         let tok = app.token("feed_watch", Role::SiteStaff, "150802").await;
         let site = app.site(SiteKind::Checkpoint, "150802").clone();
         for i in 0..25 {
