@@ -905,6 +905,15 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
     assert_eq!(r.status(), 422);
 }
 
+/// Registers `body` at `site`; how its verification code reads in a feed event's JSON.
+async fn registered_code(app: &TestApp, site: &epigrid_core::model::Site, body: &Value) -> String {
+    let r = self::body(app.register(site, body).await).await;
+    format!(
+        "\"verification_code\":\"{}\"",
+        r["verification_code"].as_str().unwrap()
+    )
+}
+
 /// Reads a feed's events until `marker` has come, for at most twenty seconds (bounded: the
 /// feed must deliver within the wait, or the test fails; not a speed test).
 async fn read_feed_until(feed: &mut reqwest::Response, marker: &str) -> String {
@@ -967,18 +976,12 @@ async fn the_live_feed_streams_new_registrations_in_scope() {
         .map(|id| id.trim().to_string())
         .expect("events carry their sequence number");
     drop(feed);
-    let later = body(
-        app.register(
-            &mine,
-            &checkpoint_body(&cn_id("150802", "19900101", 10), "后来人", "13900000010"),
-        )
-        .await,
+    let later_code = registered_code(
+        &app,
+        &mine,
+        &checkpoint_body(&cn_id("150802", "19900101", 10), "后来人", "13900000010"),
     )
     .await;
-    let later_code = format!(
-        "\"verification_code\":\"{}\"",
-        later["verification_code"].as_str().unwrap()
-    );
     let mut feed = app
         .client
         .get(format!("{}/api/v1/feed", app.base))
@@ -1572,18 +1575,12 @@ async fn a_new_feed_starts_with_the_latest_twenty_then_only_news() {
             .send()
             .await
             .unwrap();
-        let news = body(
-            app.register(
-                &site,
-                &checkpoint_body(&cn_id("150802", "19900101", 200), "李四", "13900000200"),
-            )
-            .await,
+        let marker = registered_code(
+            &app,
+            &site,
+            &checkpoint_body(&cn_id("150802", "19900101", 200), "李四", "13900000200"),
         )
         .await;
-        let marker = format!(
-            "\"verification_code\":\"{}\"",
-            news["verification_code"].as_str().unwrap()
-        );
         let got = read_feed_until(&mut feed, &marker).await;
         assert_eq!(
             got.matches("event: registration").count(),
