@@ -30,6 +30,9 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 
 struct Feed {
     st: AppState,
+    /// The session the feed was opened with: checked at every read, so a feed ends with
+    /// its session (logout, expiry, a deactivated account).
+    session: Vec<u8>,
     scope: Scope,
     site: Option<Uuid>,
     hwm: i64,
@@ -62,13 +65,22 @@ impl Feed {
         true
     }
 
-    async fn poll(&mut self) {
+    /// Waits for something new and reads it; false when the feed's session has ended.
+    async fn poll(&mut self) -> bool {
         tokio::select! {
             r = self.rx.recv() => { if let Err(broadcast::error::RecvError::Closed) = r { tokio::time::sleep(POLL).await; } }
             _ = tokio::time::sleep(POLL) => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
         while self.rx.try_recv().is_ok() {}
+        match self.st.session(&self.session).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "live feed session check failed");
+                return true;
+            }
+        }
         let f = RegistrationFilter {
             site_id: self.site,
             after_seq: Some((self.hwm - self.lookback).max(0)),
@@ -86,6 +98,7 @@ impl Feed {
             }
             Err(e) => tracing::warn!(error = %e, "live feed read failed"),
         }
+        true
     }
 }
 
@@ -170,6 +183,7 @@ pub async fn sse(
             .max()
             .unwrap_or(0),
         _guard: ClientGuard(st.clone()),
+        session: staff.token_hash.clone(),
         st,
         scope,
         site,
@@ -196,7 +210,9 @@ pub async fn sse(
                     .data(data);
                 return Some((Ok(ev), feed));
             }
-            feed.poll().await;
+            if !feed.poll().await {
+                return None;
+            }
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))

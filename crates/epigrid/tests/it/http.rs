@@ -1611,3 +1611,39 @@ async fn staff_mode_is_offered_only_at_sites_in_the_staff_members_area() {
         "another area's site: the public form, not a form that ends in a 403"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_feed_ends_with_its_session() {
+    let app = TestApp::start().await;
+    let tok = app.token("feed_logout", Role::GridWorker, "150802").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let mut feed = app
+        .client
+        .get(format!("{}/api/v1/feed", app.base))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    let r = app
+        .post_json("/api/v1/auth/logout", &json!({}), Some(&tok))
+        .await;
+    assert_eq!(r.status(), 204);
+    let after = registered_code(
+        &app,
+        &site,
+        &checkpoint_body(&cn_id("150802", "19900101", 300), "王五", "13900000300"),
+    )
+    .await;
+    // the stream ends (bounded wait) without what came after the logout
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut got = String::new();
+    while let Some(chunk) = tokio::time::timeout_at(deadline, feed.chunk())
+        .await
+        .expect("the feed ended in time")
+        .unwrap()
+    {
+        got.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!got.contains(&after), "{got}");
+}
