@@ -54,6 +54,12 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 pub async fn with_lang(mut req: Request, next: Next) -> Response {
     let lang = lang_of(req.headers(), req.uri().query());
     let api = req.uri().path().starts_with("/api/");
+    // a language chosen on a page (`?lang=en`) sticks for the pages after it
+    let chosen = (!api)
+        .then(|| req.uri().query())
+        .flatten()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("lang=")))
+        .and_then(Lang::from_tag);
     req.extensions_mut().insert(lang);
     let res = LANG
         .scope(lang, async move {
@@ -65,10 +71,18 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
         .await;
     let res = localise_rejection(res, lang, api);
     if api {
-        res
-    } else {
-        error_page(res, lang).await
+        return res;
     }
+    let mut res = error_page(res, lang).await;
+    if let Some(l) = chosen {
+        if let Ok(v) = header::HeaderValue::from_str(&format!(
+            "lang={}; Path=/; Max-Age=31536000; SameSite=Lax",
+            l.code()
+        )) {
+            res.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    res
 }
 
 /// A NUL byte (`%00`) in the address: no path or value holds one (PostgreSQL cannot even

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
@@ -550,18 +550,6 @@ async fn build_fields(
     f
 }
 
-fn with_lang_cookie(mut res: Response, q: &HashMap<String, String>) -> Response {
-    if let Some(l) = q.get("lang").and_then(|l| Lang::from_tag(l)) {
-        if let Ok(v) = header::HeaderValue::from_str(&format!(
-            "lang={}; Path=/; Max-Age=31536000; SameSite=Lax",
-            l.code()
-        )) {
-            res.headers_mut().append(header::SET_COOKIE, v);
-        }
-    }
-    res
-}
-
 /// Renders a site's form; `staff` (when given) turns it into a staff entry on someone's behalf.
 async fn render_form(
     st: &AppState,
@@ -652,7 +640,7 @@ async fn form(
             && s.scope().contains(&site.area_path)
     });
     let res = render_form(&st, &site, lang, acting, &[], &[]).await;
-    with_lang_cookie(res, &q)
+    res
 }
 
 /// Resolves the no-JavaScript origin fields (a province plus a typed place name) to a code.
@@ -762,6 +750,17 @@ async fn form_submit(
         if s.check_csrf(csrf).is_err() {
             return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
         }
+    }
+    if staff_entry && acting.is_none() {
+        // A staff entry whose session has ended (a shift outlasts it) is not quietly taken
+        // as the person's own registration: the form comes back as typed, saying so.
+        let mut values = pairs;
+        values.retain(|(k, _)| k != "staff_entry" && k != "csrf");
+        let err = FieldError::new("staff_entry", "err.staff.session_ended");
+        let res = render_form(&st, &site, lang, None, &values, &[err]).await;
+        let (mut parts, body) = res.into_parts();
+        parts.status = StatusCode::UNAUTHORIZED;
+        return Response::from_parts(parts, body);
     }
     let origin_err = resolve_origin(&mut pairs);
     let input = RegistrationInput::from_pairs(&pairs);

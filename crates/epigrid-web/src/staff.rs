@@ -138,6 +138,7 @@ async fn login_page(Extension(lang): Extension<Lang>) -> Response {
 async fn login_submit(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
+    peer: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -150,7 +151,7 @@ async fn login_submit(
     let pairs = url_decode_pairs(&body);
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
     let (username, password) = (get("username"), get("password"));
-    let ip = auth::client_ip(&headers, None);
+    let ip = auth::client_ip(&headers, peer.map(|p| p.0 .0));
     match auth::login(&st, &username, &password, false, &ip).await {
         Ok((token, _, _)) => {
             let cookie = auth::session_cookie(&st, &token, st.cfg.session_hours * 3600);

@@ -596,14 +596,18 @@ async fn login_tokens_logout_and_lockout() {
     );
     assert_eq!(failed(city.clone(), "user"), 1);
     // what was typed as a name may be a password: only its first character is kept
-    let typed: Vec<&str> = city["items"]
+    let typed: Vec<(&str, &str)> = city["items"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["action"] == "login_failed" && e["subject"] == "user")
-        .filter_map(|e| e["username"].as_str())
+        .filter_map(|e| e["username"].as_str().zip(e["ip"].as_str()))
         .collect();
-    assert_eq!(typed, vec!["n***"]);
+    assert_eq!(
+        typed,
+        vec![("n***", "127.0.0.1")],
+        "with where it came from"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -900,8 +904,22 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
     assert_eq!(regs.len(), 1);
     assert_eq!(regs[0].channel, epigrid_core::model::Channel::Staff);
     assert!(regs[0].by_user.is_some() && regs[0].phone_masked.is_none());
-    // without the staff session the same form needs a phone
+    // without the staff session the same entry is not taken as the person's own: the form
+    // comes back as typed, saying the login has ended, and nothing is stored
     let r = app.client.post(&url).form(&form).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let page = r.text().await.unwrap();
+    assert!(page.contains("登录已过期"), "{page}");
+    assert!(!page.contains("name=\"staff_entry\""));
+    let count = app.store.registration_count().await.unwrap();
+    assert_eq!(count, 1, "nothing more stored");
+    // and a plain self-registration without a phone still needs one
+    let plain: Vec<(&str, &str)> = form
+        .iter()
+        .copied()
+        .filter(|(k, _)| *k != "staff_entry" && *k != "csrf")
+        .collect();
+    let r = app.client.post(&url).form(&plain).send().await.unwrap();
     assert_eq!(r.status(), 422);
 }
 
@@ -1604,6 +1622,22 @@ async fn staff_mode_is_offered_only_at_sites_in_the_staff_members_area() {
     assert!(
         own.contains("?staff=1&amp;lang=en"),
         "language links keep staff mode"
+    );
+    // a language chosen on a staff page sticks for the next one
+    let r = app
+        .client
+        .get(format!("{}/sites?lang=en", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap_or("").starts_with("lang=en")),
+        "{:?}",
+        r.headers()
     );
     let far = app.page(&form(&other), &cookie).await;
     assert!(
