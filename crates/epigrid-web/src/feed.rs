@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::auth::Staff;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::view::registration_json;
+use crate::view::{registration_json, row_view};
 
 const POLL: Duration = Duration::from_secs(2);
 /// Minimum time between two reads, so a burst of registrations costs one query.
@@ -30,6 +30,7 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 
 struct Feed {
     st: AppState,
+    lang: epigrid_core::Lang,
     /// The session the feed was opened with: checked at every read, so a feed ends with
     /// its session (logout, expiry, a deactivated account).
     session: Vec<u8>,
@@ -110,6 +111,7 @@ pub async fn sse(
     State(st): State<AppState>,
     staff: Staff,
     headers: HeaderMap,
+    axum::Extension(lang): axum::Extension<epigrid_core::Lang>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     staff.require(staff.role().sees_personal_data())?;
@@ -184,6 +186,7 @@ pub async fn sse(
             .unwrap_or(0),
         _guard: ClientGuard(st.clone()),
         session: staff.token_hash.clone(),
+        lang,
         st,
         scope,
         site,
@@ -202,8 +205,17 @@ pub async fn sse(
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         loop {
             if let Some(r) = feed.pending.pop_front() {
-                let data = serde_json::to_string(&registration_json(&r, feed.st.cfg.tz))
-                    .unwrap_or_default();
+                // the masked registration, and the line the field view shows for it (in the
+                // caller's language), so the page need not rebuild it
+                let mut v =
+                    serde_json::to_value(registration_json(&r, feed.st.cfg.tz)).unwrap_or_default();
+                let row = row_view(&r, feed.st.cfg.tz, feed.lang);
+                v["row"] = serde_json::json!({
+                    "temperature": row.temperature,
+                    "summary": row.summary,
+                    "symptoms": row.symptoms,
+                });
+                let data = v.to_string();
                 let ev = Event::default()
                     .event("registration")
                     .id(r.seq.to_string())

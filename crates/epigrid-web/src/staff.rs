@@ -243,8 +243,10 @@ fn csrf_of(pairs: &[(String, String)]) -> Option<&str> {
 #[template(path = "home.html")]
 struct HomePage {
     c: Chrome,
-    today: Vec<(&'static str, i64)>,
-    week: Vec<(String, i64)>,
+    /// (label, count as shown)
+    today: Vec<(&'static str, String)>,
+    /// (day, bar height, count as shown)
+    week: Vec<(String, i64, String)>,
     week_max: i64,
     sites: usize,
 }
@@ -277,25 +279,34 @@ async fn home(
             .unwrap_or(0);
         counts.push((label, n));
     }
+    // Aggregates only (analysts): a count under five, zero included, is shown as "<5", as
+    // category counts are, so a small area's one fever case is not singled out.
+    let small = !s.role().sees_personal_data();
+    let shown = |n: i64| {
+        if small && n < 5 {
+            "<5".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let bar = |n: i64| if small && n < 5 { 0 } else { n };
     let series = st
         .store
         .rollup_series(&scope, metric::REG_ALL, today - Duration::days(6), today)
         .await
         .unwrap_or_default();
-    let week: Vec<(String, i64)> = (0..7)
+    let week: Vec<(String, i64, String)> = (0..7)
         .map(|i| {
             let d = today - Duration::days(6 - i);
-            (
-                d.format("%m-%d").to_string(),
-                series.iter().find(|x| x.0 == d).map(|x| x.1).unwrap_or(0),
-            )
+            let n = series.iter().find(|x| x.0 == d).map(|x| x.1).unwrap_or(0);
+            (d.format("%m-%d").to_string(), bar(n), shown(n))
         })
         .collect();
     let week_max = week.iter().map(|x| x.1).max().unwrap_or(0).max(1);
     let sites = st.store.sites(&scope).await.map(|v| v.len()).unwrap_or(0);
     page(HomePage {
         c: chrome(&st, &s, lang).await,
-        today: counts,
+        today: counts.into_iter().map(|(l, n)| (l, shown(n))).collect(),
         week,
         week_max,
         sites,

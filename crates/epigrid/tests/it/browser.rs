@@ -372,6 +372,15 @@ async fn staff_see_registrations_live_and_upload_a_list_with_progress() {
         !feed.as_str().unwrap_or_default().contains(&known),
         "masked in the feed"
     );
+    // the live item says what the server-rendered one does (plate, origin) and opens the
+    // registration
+    let feed = feed.as_str().unwrap_or_default();
+    assert!(feed.contains("蒙L12345") && feed.contains("36.5"), "{feed}");
+    assert_eq!(
+        b.js("return document.querySelector('#feed li a').getAttribute('href')")
+            .await,
+        json!(format!("/registrations/{}", reg["id"].as_str().unwrap()))
+    );
 
     // a list uploaded from the page: the script sends it with progress and opens the result
     let dir = temp_dir("browser-list");

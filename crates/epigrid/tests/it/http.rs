@@ -1681,3 +1681,24 @@ async fn an_open_feed_ends_with_its_session() {
     }
     assert!(!got.contains(&after), "{got}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_analysts_home_page_hides_small_counts() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let mut b = checkpoint_body(&cn_id("150802", "19900101", 41), "张三", "13900000041");
+    b["temperature"] = json!(38.6);
+    assert_eq!(app.register(&site, &b).await.status(), 201);
+    app.token("home_analyst", Role::Analyst, "150802").await;
+    app.token("home_epi", Role::Epidemiologist, "150802").await;
+    let analyst = app.page("/", &app.login_cookie("home_analyst").await).await;
+    let epi = app.page("/", &app.login_cookie("home_epi").await).await;
+    // one fever registration today: an epidemiologist sees it, an analyst sees "<5"
+    assert!(
+        analyst.contains("&#60;5") && !analyst.contains("<b>1</b>"),
+        "{analyst}"
+    );
+    assert!(epi.contains("<b>1</b>") && !epi.contains("&#60;5"), "{epi}");
+    // and no links to what an analyst may not open
+    assert!(!analyst.contains("href=\"/feed\""));
+}
