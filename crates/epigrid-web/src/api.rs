@@ -810,21 +810,28 @@ async fn create_user(
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
     staff.check_csrf_header(&headers)?;
+    let user = add_user(&st, &staff, &b).await?;
+    Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
+}
+
+/// Creates a staff account in the admin's subtree from `{"username","password","role",
+/// "area_code"}` (the API's body, or a page's form), audited.
+pub(crate) async fn add_user(st: &AppState, staff: &Staff, b: &Value) -> ApiResult<User> {
     staff.require(staff.role() == Role::Admin)?;
     let mut errs = Vec::new();
-    let username = str_field(&b, "username").unwrap_or("").trim().to_string();
+    let username = str_field(b, "username").unwrap_or("").trim().to_string();
     if !valid_username(&username) {
         errs.push(FieldError::new("username", "err.username.format"));
     }
-    let password = str_field(&b, "password").unwrap_or("");
+    let password = str_field(b, "password").unwrap_or("");
     if password.chars().count() < 10 {
         errs.push(FieldError::new("password", "err.password.short").with("min", "10"));
     }
-    let role = str_field(&b, "role").and_then(Role::parse);
+    let role = str_field(b, "role").and_then(Role::parse);
     if role.is_none() {
         errs.push(FieldError::new("role", "err.role.unknown"));
     }
-    let area = match str_field(&b, "area_code") {
+    let area = match str_field(b, "area_code") {
         Some(c) => st
             .store
             .area(c.trim())
@@ -864,14 +871,14 @@ async fn create_user(
     }
     staff
         .audit(
-            &st,
+            st,
             "user.create",
             &format!("user:{}", user.id),
             &user.area_path,
             user.role.as_str(),
         )
         .await;
-    Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
+    Ok(user)
 }
 
 pub fn valid_username(u: &str) -> bool {

@@ -14,7 +14,7 @@ use axum::{Extension, Router};
 use chrono::{Duration, Utc};
 use epigrid_core::area::{Area, Scope};
 use epigrid_core::i18n::Lang;
-use epigrid_core::model::{AuditEntry, Registration, Role, Site, SiteKind};
+use epigrid_core::model::{AuditEntry, Registration, Role, Site, SiteKind, User};
 use epigrid_core::store::metric;
 use serde_json::Value;
 
@@ -40,6 +40,7 @@ pub fn routes() -> Router<AppState> {
         .route("/registrations/{id}/unmask", post(registration_unmask))
         .route("/feed", get(feed_page))
         .route("/audit", get(audit_page))
+        .route("/users", get(users_page).post(users_create))
 }
 
 const STAFF_CSS: &str = include_str!("../assets/staff.css");
@@ -861,4 +862,110 @@ async fn audit_page(
             .map(|e| (local(e.at, st.cfg.tz), e))
             .collect(),
     })
+}
+
+#[derive(Template)]
+#[template(path = "users.html")]
+struct UsersPage {
+    c: Chrome,
+    users: Vec<User>,
+    can_create: bool,
+    areas: Vec<Area>,
+    roles: Vec<Role>,
+    /// what was typed into the form (username, role, area), kept when it comes back
+    typed: (String, String, String),
+    errors: Vec<String>,
+    created: String,
+}
+
+/// Staff accounts in the caller's area (admins and managers); admins create them here.
+async fn users_page(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let created = q.get("created").cloned().unwrap_or_default();
+    users_view(&st, &s, lang, Default::default(), Vec::new(), created).await
+}
+
+async fn users_view(
+    st: &AppState,
+    s: &Staff,
+    lang: Lang,
+    typed: (String, String, String),
+    errors: Vec<String>,
+    created: String,
+) -> Response {
+    if !matches!(s.role(), Role::Admin | Role::Manager) {
+        return forbidden(lang);
+    }
+    let scope = s.scope();
+    let users = match st.store.users(&scope).await {
+        Ok(u) => u,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let areas = st.store.areas_in(&scope, 4).await.unwrap_or_default();
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let mut res = page(UsersPage {
+        c: chrome(st, s, lang).await,
+        users,
+        can_create: s.role() == Role::Admin,
+        areas,
+        roles: Role::ALL.to_vec(),
+        typed,
+        errors,
+        created,
+    });
+    *res.status_mut() = status;
+    res
+}
+
+async fn users_create(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    body: Bytes,
+) -> Response {
+    let s = match logged_in(staff) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let pairs = url_decode_pairs(&body);
+    if s.check_csrf(csrf_of(&pairs)).is_err() || s.role() != Role::Admin {
+        return forbidden(lang);
+    }
+    let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
+    let b = serde_json::json!({
+        "username": get("username"), "password": get("password"),
+        "role": get("role"), "area_code": get("area_code"),
+    });
+    match crate::api::add_user(&st, &s, &b).await {
+        Ok(u) => Redirect::to(&format!("/users?created={}", u.username)).into_response(),
+        Err(ApiError::Invalid(errs)) => {
+            let tr = Tr(lang);
+            let label = |f: &str| match f {
+                "username" => tr.t("login.username"),
+                "password" => tr.t("login.password"),
+                "role" => tr.t("users.role"),
+                _ => tr.t("sites.area"),
+            };
+            let errors = errs
+                .iter()
+                .map(|e| format!("{}: {}", label(&e.field), e.message(lang)))
+                .collect();
+            // the password is not sent back
+            let typed = (get("username"), get("role"), get("area_code"));
+            users_view(&st, &s, lang, typed, errors, String::new()).await
+        }
+        Err(e) => e.into_response(),
+    }
 }

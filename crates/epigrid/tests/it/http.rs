@@ -1702,3 +1702,80 @@ async fn an_analysts_home_page_hides_small_counts() {
     // and no links to what an analyst may not open
     assert!(!analyst.contains("href=\"/feed\""));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_add_staff_accounts_from_a_page() {
+    let app = TestApp::start().await;
+    app.token("page_admin", Role::Admin, "150802").await;
+    app.token("page_manager", Role::Manager, "150802").await;
+    app.token("page_gw", Role::GridWorker, "150802").await;
+    let cookie = app.login_cookie("page_admin").await;
+    let page = app.page("/users", &cookie).await;
+    assert!(page.contains("page_manager") && page.contains("name=\"password\""));
+    let csrf = input_value(&page, "csrf");
+    let post = |form: Vec<(&'static str, String)>| {
+        let (app, cookie) = (&app, cookie.clone());
+        async move {
+            app.client
+                .post(format!("{}/users", app.base))
+                .header("cookie", cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // a short password: the form comes back with the name kept and the password not
+    let r = post(vec![
+        ("csrf", csrf.clone()),
+        ("username", "new_keeper".into()),
+        ("password", "short-pw".into()),
+        ("role", "site_staff".into()),
+        ("area_code", "150802001".into()),
+    ])
+    .await;
+    assert_eq!(r.status(), 422);
+    let back = r.text().await.unwrap();
+    assert!(back.contains("value=\"new_keeper\"") && !back.contains("short-pw"));
+    let r = post(vec![
+        ("csrf", csrf.clone()),
+        ("username", "new_keeper".into()),
+        ("password", "long-enough-pw".into()),
+        ("role", "site_staff".into()),
+        ("area_code", "150802001".into()),
+    ])
+    .await;
+    assert_eq!(r.status(), 303);
+    let made = app
+        .store
+        .user_by_username("new_keeper")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (made.role, made.area_code.as_str()),
+        (Role::SiteStaff, "150802001")
+    );
+    // without the form's token, nothing
+    let r = post(vec![
+        ("username", "forged_user".into()),
+        ("password", "long-enough-pw".into()),
+        ("role", "admin".into()),
+        ("area_code", "150802".into()),
+    ])
+    .await;
+    assert_eq!(r.status(), 403);
+    // a manager sees the accounts but adds none; a grid worker neither
+    let mgr = app
+        .page("/users", &app.login_cookie("page_manager").await)
+        .await;
+    assert!(mgr.contains("new_keeper") && !mgr.contains("name=\"password\""));
+    let gw = app
+        .client
+        .get(format!("{}/users", app.base))
+        .header("cookie", app.login_cookie("page_gw").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gw.status(), 403);
+}
