@@ -328,10 +328,18 @@ struct SitesPage {
     can_manage: bool,
     areas: Vec<Area>,
     errors: Vec<String>,
+    /// what was typed into the form (kind, name, area), kept when it comes back
+    typed: (String, String, String),
     kinds: Vec<(&'static str, &'static str)>,
 }
 
-async fn sites_view(st: &AppState, s: &Staff, lang: Lang, errors: Vec<String>) -> Response {
+async fn sites_view(
+    st: &AppState,
+    s: &Staff,
+    lang: Lang,
+    errors: Vec<String>,
+    typed: (String, String, String),
+) -> Response {
     let scope = s.scope();
     let sites = st.store.sites(&scope).await.unwrap_or_default();
     let areas = st.store.areas_in(&scope, 4).await.unwrap_or_default();
@@ -361,6 +369,7 @@ async fn sites_view(st: &AppState, s: &Staff, lang: Lang, errors: Vec<String>) -
         can_manage: s.role().manages_sites(),
         areas,
         errors,
+        typed,
         kinds: SiteKind::ALL
             .iter()
             .map(|k| (k.as_str(), kind_key(*k)))
@@ -376,7 +385,7 @@ async fn sites_page(
     staff: MaybeStaff,
 ) -> Response {
     match logged_in(staff) {
-        Ok(s) => sites_view(&st, &s, lang, Vec::new()).await,
+        Ok(s) => sites_view(&st, &s, lang, Vec::new(), Default::default()).await,
         Err(r) => *r,
     }
 }
@@ -417,13 +426,21 @@ async fn sites_create(
             Redirect::to(&format!("/sites/{}", site.id)).into_response()
         }
         Err(ApiError::Invalid(errs)) => {
+            let tr = Tr(lang);
+            let label = |f: &str| match f {
+                "kind" => tr.t("sites.kind"),
+                "name" => tr.t("sites.name"),
+                _ => tr.t("sites.area"),
+            };
+            let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
             sites_view(
                 &st,
                 &s,
                 lang,
                 errs.iter()
-                    .map(|e| format!("{}: {}", e.field, e.message(lang)))
+                    .map(|e| format!("{}: {}", label(&e.field), e.message(lang)))
                     .collect(),
+                (get("kind"), get("name"), get("area_code")),
             )
             .await
         }

@@ -1779,3 +1779,33 @@ async fn admins_add_staff_accounts_from_a_page() {
         .unwrap();
     assert_eq!(gw.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_form_sent_back_keeps_what_was_chosen() {
+    let app = TestApp::start().await;
+    app.token("site_mgr_page", Role::Manager, "150802").await;
+    let cookie = app.login_cookie("site_mgr_page").await;
+    let page = app.page("/sites", &cookie).await;
+    let csrf = input_value(&page, "csrf");
+    let r = app
+        .client
+        .post(format!("{}/sites", app.base))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("kind", "venue"),
+            ("name", "   "),
+            ("area_code", "150802001"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let back = r.text().await.unwrap();
+    assert!(back.contains("value=\"venue\" selected"), "kind kept");
+    assert!(back.contains("value=\"150802001\" selected"), "area kept");
+    assert!(
+        !back.contains(">name: "),
+        "errors name the field as the form does"
+    );
+}
