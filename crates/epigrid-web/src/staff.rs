@@ -713,6 +713,8 @@ struct RegistrationPage {
     unmasked: Option<(String, String, String)>,
     can_unmask: bool,
     name: String,
+    /// why an unmask was refused (a missing reason)
+    unmask_error: String,
 }
 
 async fn registration_view(
@@ -721,6 +723,7 @@ async fn registration_view(
     lang: Lang,
     id: &str,
     unmasked: Option<Value>,
+    unmask_error: String,
 ) -> Response {
     let reg = match registration_in_scope(st, s, id).await {
         Ok(r) => r,
@@ -762,6 +765,7 @@ async fn registration_view(
         name: mask_name(&reg.name),
         can_unmask: s.role().may_unmask(),
         unmasked,
+        unmask_error,
         reg,
     })
 }
@@ -773,7 +777,7 @@ async fn registration_page(
     Path(id): Path<String>,
 ) -> Response {
     match logged_in(staff) {
-        Ok(s) => registration_view(&st, &s, lang, &id, None).await,
+        Ok(s) => registration_view(&st, &s, lang, &id, None, String::new()).await,
         Err(r) => *r,
     }
 }
@@ -803,8 +807,15 @@ async fn registration_unmask(
         Err(e) => return e.into_response(),
     };
     match unmask(&st, &s, &reg, &reason).await {
-        Ok(v) => registration_view(&st, &s, lang, &id, Some(v)).await,
+        Ok(v) => registration_view(&st, &s, lang, &id, Some(v), String::new()).await,
         Err(ApiError::Forbidden) => forbidden(lang),
+        // a missing reason: the same page, saying so by the reason box
+        Err(ApiError::Invalid(errs)) => {
+            let msg = errs.iter().map(|e| e.message(lang)).collect::<Vec<_>>();
+            let mut res = registration_view(&st, &s, lang, &id, None, msg.join(" ")).await;
+            *res.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+            res
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -1809,3 +1809,40 @@ async fn a_site_form_sent_back_keeps_what_was_chosen() {
         "errors name the field as the form does"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unmasking_on_the_page_without_a_reason_asks_for_one_there() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let id = app
+        .stored(
+            app.register(
+                &site,
+                &checkpoint_body(&cn_id("150802", "19900101", 51), "张三", "13900000051"),
+            )
+            .await,
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.token("page_epi", Role::Epidemiologist, "150802").await;
+    let cookie = app.login_cookie("page_epi").await;
+    let page = app.page(&format!("/registrations/{id}"), &cookie).await;
+    let csrf = input_value(&page, "csrf");
+    let r = app
+        .client
+        .post(format!("{}/registrations/{id}/unmask", app.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("reason", "   ")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let back = r.text().await.unwrap();
+    assert!(
+        back.contains("id=\"unmask_err\"") && back.contains("name=\"reason\""),
+        "the registration page again, with the reason asked for: {back}"
+    );
+    assert!(!back.contains("13900000051"), "nothing unmasked");
+}
