@@ -402,7 +402,28 @@ async fn qr_svg(
     let site = site_in_scope(&st, &staff, &id).await?;
     let url = crate::view::site_url(&base_url(&st, &headers), &site);
     let svg = crate::qr::svg(&url, 320).map_err(ApiError::Internal)?;
-    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml".to_string()),
+            (header::CONTENT_DISPOSITION, qr_file_name(&site, "svg")),
+        ],
+        svg,
+    )
+        .into_response())
+}
+
+/// A QR download's file name, one per site (`qr-checkpoint-150802001-9f3c2a71.png`): a
+/// desk printing twenty posters can tell them apart. The site's name is not in it, since a
+/// header value is ASCII.
+fn qr_file_name(site: &Site, ext: &str) -> String {
+    let id = site.id.simple().to_string();
+    format!(
+        "inline; filename=\"qr-{}-{}-{}.{ext}\"",
+        site.kind.as_str(),
+        site.area_code,
+        // the id's random end (its start is a timestamp, shared by sites made together)
+        &id[id.len() - 8..]
+    )
 }
 
 async fn qr_png(
@@ -414,7 +435,14 @@ async fn qr_png(
     let site = site_in_scope(&st, &staff, &id).await?;
     let url = crate::view::site_url(&base_url(&st, &headers), &site);
     let png = crate::qr::png(&url, 10).map_err(ApiError::Internal)?;
-    Ok(([(header::CONTENT_TYPE, "image/png")], png).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png".to_string()),
+            (header::CONTENT_DISPOSITION, qr_file_name(&site, "png")),
+        ],
+        png,
+    )
+        .into_response())
 }
 
 /// The registration path shared by the JSON API and the HTML form: validate for the site's

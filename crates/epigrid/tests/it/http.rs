@@ -643,6 +643,13 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
         .get(&format!("/api/v1/sites/{id}/qr.svg"), Some(&mgr))
         .await;
     assert_eq!(svg.headers()["content-type"], "image/svg+xml");
+    // a download named for its site, so twenty posters' codes can be told apart
+    let named = svg.headers()["content-disposition"].to_str().unwrap();
+    assert!(
+        named.contains("filename=\"qr-venue-150802001-")
+            && named.ends_with(&format!("{}.svg\"", &id.replace('-', "")[24..])),
+        "{named}"
+    );
     let png = app
         .get(&format!("/api/v1/sites/{id}/qr.png"), Some(&mgr))
         .await
