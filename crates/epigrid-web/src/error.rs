@@ -60,6 +60,11 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
         .flatten()
         .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("lang=")))
         .and_then(Lang::from_tag);
+    // a page asked for before logging in, to return to after it
+    let back_to = (!api && req.method() == axum::http::Method::GET)
+        .then(|| req.uri().path_and_query().map(|p| p.as_str().to_string()))
+        .flatten()
+        .filter(|p| p != "/" && !p.starts_with("/login"));
     req.extensions_mut().insert(lang);
     let res = LANG
         .scope(lang, async move {
@@ -74,6 +79,17 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
         return res;
     }
     let mut res = error_page(res, lang).await;
+    if let Some(to) = back_to {
+        if res
+            .headers()
+            .get(header::LOCATION)
+            .is_some_and(|l| l == "/login")
+        {
+            if let Ok(v) = header::HeaderValue::from_str(&format!("/login?next={}", encode(&to))) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+        }
+    }
     if let Some(l) = chosen {
         if let Ok(v) = header::HeaderValue::from_str(&format!(
             "lang={}; Path=/; Max-Age=31536000; SameSite=Lax",
@@ -83,6 +99,30 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
         }
     }
     res
+}
+
+/// Percent-encodes a path and query for use as one query value.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Where a login may send the browser on: a page of this site (a path, not `//host` or a
+/// scheme), never back to the login.
+pub(crate) fn safe_next(next: &str) -> Option<&str> {
+    (next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.starts_with("/login")
+        && !next.contains('\\')
+        && !next.chars().any(char::is_control))
+    .then_some(next)
 }
 
 /// A NUL byte (`%00`) in the address: no path or value holds one (PostgreSQL cannot even

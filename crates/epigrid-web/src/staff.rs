@@ -126,13 +126,24 @@ struct LoginPage {
     tr: Tr,
     error: &'static str,
     username: String,
+    /// the page to go on to after logging in (one asked for before)
+    next: String,
 }
 
-async fn login_page(Extension(lang): Extension<Lang>) -> Response {
+async fn login_page(
+    Extension(lang): Extension<Lang>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let next = q
+        .get("next")
+        .and_then(|n| crate::error::safe_next(n))
+        .unwrap_or_default()
+        .to_string();
     page(LoginPage {
         tr: Tr(lang),
         error: "",
         username: String::new(),
+        next,
     })
 }
 
@@ -152,11 +163,16 @@ async fn login_submit(
     let pairs = url_decode_pairs(&body);
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
     let (username, password) = (get("username"), get("password"));
+    let next = get("next");
+    let next = crate::error::safe_next(&next)
+        .unwrap_or_default()
+        .to_string();
     let ip = auth::client_ip(&headers, peer.map(|p| p.0 .0));
     match auth::login(&st, &username, &password, false, &ip).await {
         Ok((token, _, _)) => {
             let cookie = auth::session_cookie(&st, &token, st.cfg.session_hours * 3600);
-            ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+            let to = if next.is_empty() { "/" } else { next.as_str() };
+            ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
         }
         Err(e) => {
             let locked = matches!(e, ApiError::TooMany);
@@ -168,6 +184,7 @@ async fn login_submit(
                     "login.failed"
                 },
                 username,
+                next,
             });
             if locked {
                 *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;

@@ -1853,3 +1853,57 @@ async fn unmasking_on_the_page_without_a_reason_asks_for_one_there() {
     );
     assert!(!back.contains("13900000051"), "nothing unmasked");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_returns_to_the_page_asked_for_and_nowhere_else() {
+    let app = TestApp::start().await;
+    app.token("back_gw", Role::GridWorker, "150802").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let asked = format!("/feed?site={}", site.id);
+    let r = app
+        .client
+        .get(format!("{}{asked}", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let to_login = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to_login.starts_with("/login?next="), "{to_login}");
+    let page = app
+        .client
+        .get(format!("{}{to_login}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let next = input_value(&page, "next");
+    assert_eq!(next, asked);
+    let login = |next: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/login", app.base))
+                .form(&[
+                    ("username", "back_gw"),
+                    ("password", PASSWORD),
+                    ("next", next.as_str()),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = login(next).await;
+    assert_eq!(r.headers()["location"], asked.as_str());
+    // never to another site
+    for evil in [
+        "//evil.example/x",
+        "https://evil.example/",
+        "/\\evil.example",
+    ] {
+        let r = login(evil.to_string()).await;
+        assert_eq!(r.headers()["location"], "/", "{evil}");
+    }
+}
