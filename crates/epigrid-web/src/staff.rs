@@ -880,7 +880,8 @@ async fn feed_page(
 #[template(path = "audit.html")]
 struct AuditPage {
     c: Chrome,
-    rows: Vec<(String, AuditEntry)>,
+    /// (local time, what was done in words, the entry)
+    rows: Vec<(String, String, AuditEntry)>,
 }
 
 async fn audit_page(
@@ -904,7 +905,15 @@ async fn audit_page(
         c: chrome(&st, &s, lang).await,
         rows: rows
             .into_iter()
-            .map(|e| (local(e.at, st.cfg.tz), e))
+            .map(|e| {
+                // the action in the reader's language, its code when the catalogue has none
+                let key = format!("audit.action.{}", e.action);
+                let words = match epigrid_core::i18n::t(lang, &key) {
+                    w if w == key => e.action.clone(),
+                    w => w.to_string(),
+                };
+                (local(e.at, st.cfg.tz), words, e)
+            })
             .collect(),
     })
 }

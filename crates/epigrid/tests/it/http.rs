@@ -1907,3 +1907,44 @@ async fn login_returns_to_the_page_asked_for_and_nowhere_else() {
         assert_eq!(r.headers()["location"], "/", "{evil}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_page_says_what_was_done_in_words() {
+    let app = TestApp::start().await;
+    app.token("words_admin", Role::Admin, "150800").await;
+    let cookie = app.login_cookie("words_admin").await;
+    let page = app.page("/audit", &cookie).await;
+    assert!(
+        page.contains("登录 <span class=\"muted\">login</span>"),
+        "{page}"
+    );
+    // every action the code audits reads in words in both languages
+    for lang in [epigrid_core::Lang::Zh, epigrid_core::Lang::En] {
+        let keys = epigrid_core::i18n::keys(lang);
+        for action in [
+            "category.change",
+            "contacts.confirm",
+            "export",
+            "lab.add",
+            "list.decide",
+            "list.match",
+            "login",
+            "login_failed",
+            "notice.publish",
+            "observation.start",
+            "observation.update",
+            "person.correct",
+            "person.merge",
+            "person.unmerge",
+            "report.on_behalf",
+            "site.create",
+            "site.update",
+            "trace",
+            "unmask",
+            "user.create",
+        ] {
+            let key = format!("audit.action.{action}");
+            assert!(keys.contains(&key.as_str()), "{key} in {}", lang.code());
+        }
+    }
+}
