@@ -102,7 +102,7 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
 }
 
 /// Percent-encodes a path and query for use as one query value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {

@@ -128,6 +128,8 @@ struct LoginPage {
     username: String,
     /// the page to go on to after logging in (one asked for before)
     next: String,
+    /// the same, encoded for the language links' query
+    next_q: String,
 }
 
 async fn login_page(
@@ -143,6 +145,7 @@ async fn login_page(
         tr: Tr(lang),
         error: "",
         username: String::new(),
+        next_q: crate::error::encode(&next),
         next,
     })
 }
@@ -184,6 +187,7 @@ async fn login_submit(
                     "login.failed"
                 },
                 username,
+                next_q: crate::error::encode(&next),
                 next,
             });
             if locked {
@@ -766,7 +770,10 @@ async fn registration_view(
         })
         .collect();
     if !listed.is_empty() {
-        pairs.push(("detail.companions", listed.join("、")));
+        pairs.push((
+            "detail.companions",
+            listed.join(crate::view::list_separator(lang)),
+        ));
     }
     let unmasked = unmasked.map(|v| {
         let g = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();

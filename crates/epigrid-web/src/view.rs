@@ -80,7 +80,15 @@ pub fn symptom_labels(bits: u8, lang: epigrid_core::Lang) -> String {
         .iter()
         .map(|x| epigrid_core::i18n::t(lang, x.label_key()))
         .collect::<Vec<_>>()
-        .join("、")
+        .join(list_separator(lang))
+}
+
+/// Between the items of a list in running text: `、` in Chinese, `, ` otherwise.
+pub fn list_separator(lang: epigrid_core::Lang) -> &'static str {
+    match lang {
+        epigrid_core::Lang::Zh => "、",
+        _ => ", ",
+    }
 }
 
 /// A registration as clients see it: name, document and phone masked.
@@ -323,7 +331,7 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         phone: r.phone_masked.clone().unwrap_or_default(),
         temperature: temperature_text(f.temperature),
         fever: epigrid_core::store::is_fever(f),
-        symptoms: symptoms.join("、"),
+        symptoms: symptoms.join(list_separator(lang)),
         summary: summary.join(" · "),
         code: r.verification_code.clone(),
         staff_entry: r.channel == epigrid_core::model::Channel::Staff,

@@ -1880,6 +1880,10 @@ async fn login_returns_to_the_page_asked_for_and_nowhere_else() {
         .unwrap();
     let next = input_value(&page, "next");
     assert_eq!(next, asked);
+    assert!(
+        page.contains("?lang=en&amp;next=/feed%3Fsite%3D"),
+        "switching language keeps where to go: {page}"
+    );
     let login = |next: String| {
         let app = &app;
         async move {
@@ -1938,6 +1942,7 @@ async fn the_audit_page_says_what_was_done_in_words() {
             "person.unmerge",
             "report.on_behalf",
             "site.create",
+            "site.rotate",
             "site.update",
             "trace",
             "unmask",
