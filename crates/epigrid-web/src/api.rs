@@ -144,7 +144,7 @@ async fn create_token(
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    let ip = auth::client_ip(&headers, peer.map(|p| p.0 .0));
+    let ip = auth::client_ip(&st, &headers, peer.map(|p| p.0 .0));
     let (token, session, user) = auth::login(&st, username, password, true, &ip).await?;
     Ok(Json(
         json!({"token": token, "expires_at": session.expires_at, "user": user_json(&user)}),

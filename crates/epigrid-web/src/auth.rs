@@ -163,13 +163,16 @@ pub async fn login(
     Ok((token, session, user))
 }
 
-/// The client's address as the server saw it (or as a trusted proxy said).
-pub fn client_ip(headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> String {
+/// The client's address as the server saw it, or as the reverse proxy said when the server
+/// is configured to trust one (`WebConfig::trust_proxy`).
+pub fn client_ip(st: &AppState, headers: &HeaderMap, peer: Option<std::net::SocketAddr>) -> String {
     headers
         .get("x-forwarded-for")
+        .filter(|_| st.cfg.trust_proxy)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
         .or_else(|| peer.map(|p| p.ip().to_string()))
         .unwrap_or_else(|| "-".into())
 }
@@ -314,7 +317,7 @@ pub async fn staff_of(st: &AppState, parts: &Parts) -> ApiResult<Option<Staff>> 
         session,
         token_hash: hash,
         by_cookie,
-        ip: client_ip(&parts.headers, peer),
+        ip: client_ip(st, &parts.headers, peer),
     }))
 }
 

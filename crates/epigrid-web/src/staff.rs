@@ -170,7 +170,7 @@ async fn login_submit(
     let next = crate::error::safe_next(&next)
         .unwrap_or_default()
         .to_string();
-    let ip = auth::client_ip(&headers, peer.map(|p| p.0 .0));
+    let ip = auth::client_ip(&st, &headers, peer.map(|p| p.0 .0));
     match auth::login(&st, &username, &password, false, &ip).await {
         Ok((token, _, _)) => {
             let cookie = auth::session_cookie(&st, &token, st.cfg.session_hours * 3600);

@@ -28,6 +28,9 @@ pub struct WebConfig {
     pub observation_days: std::collections::HashMap<epigrid_core::person::Category, u32>,
     /// Hours without a daily report after which a person under observation is overdue.
     pub overdue_hours: i64,
+    /// Take the client's address from `X-Forwarded-For` (set this behind a reverse proxy
+    /// that sets it); otherwise anyone could write any address into the audit log.
+    pub trust_proxy: bool,
 }
 
 impl WebConfig {
@@ -71,6 +74,7 @@ impl Default for WebConfig {
             secure_cookies: false,
             observation_days: Default::default(),
             overdue_hours: 36,
+            trust_proxy: false,
         }
     }
 }

@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Send cookies with the Secure flag (set this behind HTTPS).
     #[arg(long, env = "EPIGRID_SECURE_COOKIES")]
     secure_cookies: bool,
+    /// Take clients' addresses (for the audit log) from X-Forwarded-For: set this only behind
+    /// a reverse proxy that sets it, or anyone could write any address into the log.
+    #[arg(long, env = "EPIGRID_TRUST_PROXY")]
+    trust_proxy: bool,
     /// Observation length per category, e.g. "close_contact=14,confirmed=28" (defaults:
     /// confirmed 28, fever 7, others 14 days).
     #[arg(long, env = "EPIGRID_OBSERVATION_DAYS", default_value = "")]
@@ -366,6 +370,7 @@ async fn serve(
         observation_days: epigrid_web::parse_observation_days(&args.observation_days)
             .map_err(|e| anyhow!("--observation-days: {e}"))?,
         overdue_hours: args.overdue_hours,
+        trust_proxy: args.trust_proxy,
     };
     let state = AppState::new(store.clone(), vault, cfg);
     let app = epigrid_web::router(state);
