@@ -111,6 +111,25 @@ pub(crate) fn logged_in_as(
     Ok(s)
 }
 
+/// A posted form's fields, in order (keys may repeat).
+type FormPairs = Vec<(String, String)>;
+
+/// A form posted by a logged-in user whose role `may` post it, its CSRF token checked; else
+/// the login page or a 403 page.
+fn posted_form(
+    staff: MaybeStaff,
+    body: &[u8],
+    lang: Lang,
+    may: impl Fn(Role) -> bool,
+) -> Result<(Staff, FormPairs), Box<Response>> {
+    let s = logged_in(staff)?;
+    let pairs = url_decode_pairs(body);
+    if s.check_csrf(csrf_of(&pairs)).is_err() || !may(s.role()) {
+        return Err(Box::new(forbidden(lang)));
+    }
+    Ok((s, pairs))
+}
+
 pub(crate) fn forbidden(lang: Lang) -> Response {
     crate::public::message(
         lang,
@@ -417,14 +436,10 @@ async fn sites_create(
     staff: MaybeStaff,
     body: Bytes,
 ) -> Response {
-    let s = match logged_in(staff) {
-        Ok(s) => s,
+    let (s, pairs) = match posted_form(staff, &body, lang, Role::manages_sites) {
+        Ok(f) => f,
         Err(r) => return *r,
     };
-    let pairs = url_decode_pairs(&body);
-    if s.check_csrf(csrf_of(&pairs)).is_err() || !s.role().manages_sites() {
-        return forbidden(lang);
-    }
     let mut obj = serde_json::Map::new();
     for (k, v) in &pairs {
         if ["kind", "name", "area_code"].contains(&k.as_str()) {
@@ -996,14 +1011,10 @@ async fn users_create(
     staff: MaybeStaff,
     body: Bytes,
 ) -> Response {
-    let s = match logged_in(staff) {
-        Ok(s) => s,
+    let (s, pairs) = match posted_form(staff, &body, lang, |r| r == Role::Admin) {
+        Ok(f) => f,
         Err(r) => return *r,
     };
-    let pairs = url_decode_pairs(&body);
-    if s.check_csrf(csrf_of(&pairs)).is_err() || s.role() != Role::Admin {
-        return forbidden(lang);
-    }
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
     let b = serde_json::json!({
         "username": get("username"), "password": get("password"),
