@@ -17,14 +17,8 @@ tokio::task_local! {
 
 /// The request's language: `?lang=`, then the `lang` cookie, then `Accept-Language`.
 pub fn lang_of(headers: &HeaderMap, query: Option<&str>) -> Lang {
-    if let Some(q) = query {
-        for pair in q.split('&') {
-            if let Some(v) = pair.strip_prefix("lang=") {
-                if let Some(l) = Lang::from_tag(v) {
-                    return l;
-                }
-            }
-        }
+    if let Some(l) = query_lang(query) {
+        return l;
     }
     if let Some(c) = cookie(headers, "lang") {
         if let Some(l) = Lang::from_tag(&c) {
@@ -36,6 +30,14 @@ pub fn lang_of(headers: &HeaderMap, query: Option<&str>) -> Lang {
         .and_then(|v| v.to_str().ok())
         .map(Lang::from_accept_language)
         .unwrap_or_default()
+}
+
+/// A language chosen in the address (`?lang=en`).
+fn query_lang(query: Option<&str>) -> Option<Lang> {
+    query?
+        .split('&')
+        .filter_map(|p| p.strip_prefix("lang="))
+        .find_map(Lang::from_tag)
 }
 
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -55,16 +57,14 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
     let lang = lang_of(req.headers(), req.uri().query());
     let api = req.uri().path().starts_with("/api/");
     // a language chosen on a page (`?lang=en`) sticks for the pages after it
-    let chosen = (!api)
-        .then(|| req.uri().query())
-        .flatten()
-        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("lang=")))
-        .and_then(Lang::from_tag);
-    // a page asked for before logging in, to return to after it
-    let back_to = (!api && req.method() == axum::http::Method::GET)
-        .then(|| req.uri().path_and_query().map(|p| p.as_str().to_string()))
-        .flatten()
-        .filter(|p| p != "/" && !p.starts_with("/login"));
+    let chosen = if api {
+        None
+    } else {
+        query_lang(req.uri().query())
+    };
+    // a page asked for before logging in, to return to after it (kept as the shared URI; a
+    // string is made only for a redirect to the login)
+    let asked = (!api && req.method() == axum::http::Method::GET).then(|| req.uri().clone());
     req.extensions_mut().insert(lang);
     let res = LANG
         .scope(lang, async move {
@@ -79,15 +79,17 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
         return res;
     }
     let mut res = error_page(res, lang).await;
-    if let Some(to) = back_to {
-        if res
-            .headers()
-            .get(header::LOCATION)
-            .is_some_and(|l| l == "/login")
-        {
-            if let Ok(v) = header::HeaderValue::from_str(&format!("/login?next={}", encode(&to))) {
-                res.headers_mut().insert(header::LOCATION, v);
-            }
+    let to_login = res
+        .headers()
+        .get(header::LOCATION)
+        .is_some_and(|l| l == "/login");
+    if let Some(to) = asked
+        .filter(|_| to_login)
+        .and_then(|u| u.path_and_query().map(|p| p.as_str().to_string()))
+        .filter(|p| p != "/" && !p.starts_with("/login"))
+    {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("/login?next={}", encode(&to))) {
+            res.headers_mut().insert(header::LOCATION, v);
         }
     }
     if let Some(l) = chosen {

@@ -219,6 +219,7 @@ fn residence_options(areas: &[epigrid_core::area::Area]) -> Vec<(String, String)
 fn unit_options(areas: &[epigrid_core::area::Area]) -> Vec<(String, String)> {
     named_leaves(areas, 5, 150, 300)
         .into_iter()
+        // buildings and units only (15- and 18-digit codes): a gate's unit must be one
         .filter(|(code, _)| code.len() >= 15)
         .collect()
 }

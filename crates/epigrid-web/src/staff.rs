@@ -111,6 +111,26 @@ pub(crate) fn logged_in_as(
     Ok(s)
 }
 
+/// A form's field errors as lines that name each field by its label on the form (`labels`:
+/// field → label key; any other field: `other`).
+fn labelled(
+    errs: &[epigrid_core::validate::FieldError],
+    lang: Lang,
+    labels: &[(&str, &'static str)],
+    other: &'static str,
+) -> Vec<String> {
+    let tr = Tr(lang);
+    errs.iter()
+        .map(|e| {
+            let key = labels
+                .iter()
+                .find(|(f, _)| *f == e.field)
+                .map_or(other, |(_, k)| k);
+            format!("{}: {}", tr.t(key), e.message(lang))
+        })
+        .collect()
+}
+
 /// A posted form's fields, in order (keys may repeat).
 type FormPairs = Vec<(String, String)>;
 
@@ -462,20 +482,13 @@ async fn sites_create(
             Redirect::to(&format!("/sites/{}", site.id)).into_response()
         }
         Err(ApiError::Invalid(errs)) => {
-            let tr = Tr(lang);
-            let label = |f: &str| match f {
-                "kind" => tr.t("sites.kind"),
-                "name" => tr.t("sites.name"),
-                _ => tr.t("sites.area"),
-            };
             let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
+            let labels = [("kind", "sites.kind"), ("name", "sites.name")];
             sites_view(
                 &st,
                 &s,
                 lang,
-                errs.iter()
-                    .map(|e| format!("{}: {}", label(&e.field), e.message(lang)))
-                    .collect(),
+                labelled(&errs, lang, &labels, "sites.area"),
                 (get("kind"), get("name"), get("area_code")),
             )
             .await
@@ -1023,17 +1036,12 @@ async fn users_create(
     match crate::api::add_user(&st, &s, &b).await {
         Ok(u) => Redirect::to(&format!("/users?created={}", u.username)).into_response(),
         Err(ApiError::Invalid(errs)) => {
-            let tr = Tr(lang);
-            let label = |f: &str| match f {
-                "username" => tr.t("login.username"),
-                "password" => tr.t("login.password"),
-                "role" => tr.t("users.role"),
-                _ => tr.t("sites.area"),
-            };
-            let errors = errs
-                .iter()
-                .map(|e| format!("{}: {}", label(&e.field), e.message(lang)))
-                .collect();
+            let labels = [
+                ("username", "login.username"),
+                ("password", "login.password"),
+                ("role", "users.role"),
+            ];
+            let errors = labelled(&errs, lang, &labels, "sites.area");
             // the password is not sent back
             let typed = (get("username"), get("role"), get("area_code"));
             users_view(&st, &s, lang, typed, errors, String::new()).await

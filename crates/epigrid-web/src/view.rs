@@ -281,10 +281,6 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
     use epigrid_core::i18n::t;
     use epigrid_core::model::Direction;
     let f = &r.fields;
-    let symptoms: Vec<&str> = Symptoms::from_bits(f.symptoms)
-        .iter()
-        .map(|s| t(lang, s.label_key()))
-        .collect();
     let mut summary = Vec::new();
     if let Some(d) = f.direction {
         summary.push(
@@ -331,7 +327,7 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         phone: r.phone_masked.clone().unwrap_or_default(),
         temperature: temperature_text(f.temperature),
         fever: epigrid_core::store::is_fever(f),
-        symptoms: symptoms.join(list_separator(lang)),
+        symptoms: symptom_labels(f.symptoms, lang),
         summary: summary.join(" · "),
         code: r.verification_code.clone(),
         staff_entry: r.channel == epigrid_core::model::Channel::Staff,

@@ -778,7 +778,7 @@ async fn a_form_sent_back_names_its_errors_where_they_were_made() {
         html.contains("name=\"origin\" id=\"origin\" value=\"420102\""),
         "{html}"
     );
-    // a self-registration's phone is required; a remember-me box is offered
+    // a self-registration is offered remember-me (staff mode is not)
     assert!(html.contains("id=\"remember\""));
 }
 
