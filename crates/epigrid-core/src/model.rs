@@ -139,6 +139,10 @@ pub struct Session {
 /// One line of the append-only audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// Its place in the log, given by the store when it is appended (0 before that); the
+    /// cursor for paging back ([`AuditFilter::before_seq`]).
+    #[serde(default)]
+    pub seq: i64,
     pub id: Uuid,
     pub at: DateTime<Utc>,
     pub user_id: Option<Uuid>,
@@ -260,6 +264,27 @@ pub struct RegistrationFilter {
     /// Only rows with `seq` smaller than this (paging backwards).
     pub before_seq: Option<i64>,
     pub limit: u32,
+}
+
+/// Which audit entries to read, newest first: each filter narrows what the caller's scope
+/// holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuditFilter {
+    /// Exactly this username (as typed at login for failed logins).
+    pub username: Option<String>,
+    /// Exactly this action (`unmask`, `export`, `login_failed`, ...).
+    pub action: Option<String>,
+    /// Exactly this subject (`person:<id>`: who has read or changed that person's data).
+    pub subject: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    /// Exclusive.
+    pub to: Option<DateTime<Utc>>,
+    /// Only entries older than this `seq` (the next page back).
+    pub before_seq: Option<i64>,
+    pub limit: u32,
+    /// Also the entries of no area (`/`: failed logins as unknown usernames), for an admin of
+    /// a top-level area.
+    pub unplaced: bool,
 }
 
 /// What a registration was made with, sealed, for an audited unmask: the document of the

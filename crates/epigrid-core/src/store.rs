@@ -283,15 +283,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- audit ----
     async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
-    /// Newest first, entries whose subject lies in the scope (or that the scope's users made);
-    /// with `unplaced`, also those of no area (`/`: failed logins as unknown usernames), for
-    /// an admin of a top-level area.
-    async fn audit_log(
-        &self,
-        scope: &Scope,
-        limit: u32,
-        unplaced: bool,
-    ) -> StoreResult<Vec<AuditEntry>>;
+    /// Newest first, the entries whose subject lies in the scope (or that the scope's users
+    /// made) and that pass the filter, at most `filter.limit` (1–10,000).
+    async fn audit_log(&self, scope: &Scope, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// An uploaded list from another agency (its rows are not kept, only their matches).

@@ -937,33 +937,59 @@ impl Store for PgStore {
         .map(|_| ())
     }
 
-    async fn audit_log(
-        &self,
-        scope: &Scope,
-        limit: u32,
-        unplaced: bool,
-    ) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_log(&self, scope: &Scope, f: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
         let (lo, hi) = scope.bounds();
-        let limit = i64::from(limit.clamp(1, 10_000));
+        let mut sql = String::from(
+            "SELECT seq, id, at, user_id, username, action, subject, area_path, ip, detail FROM audit_log \
+             WHERE ((area_path >= $1 AND area_path < $2) OR ($3 AND area_path = '/'))",
+        );
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> =
+            vec![Box::new(lo), Box::new(hi), Box::new(f.unplaced)];
+        let mut add = |cond: &str, v: Box<dyn ToSql + Sync + Send>| {
+            args.push(v);
+            sql.push_str(&format!(" AND {cond} ${}", args.len()));
+        };
+        for (col, v) in [
+            ("username =", &f.username),
+            ("action =", &f.action),
+            ("subject =", &f.subject),
+        ] {
+            if let Some(v) = v {
+                add(col, Box::new(v.clone()));
+            }
+        }
+        if let Some(t) = f.from {
+            add("at >=", Box::new(t));
+        }
+        if let Some(t) = f.to {
+            add("at <", Box::new(t));
+        }
+        if let Some(s) = f.before_seq {
+            add("seq <", Box::new(s));
+        }
+        sql.push_str(&format!(
+            " ORDER BY seq DESC LIMIT {}",
+            f.limit.clamp(1, 10_000)
+        ));
+        let refs: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         Ok(self
-            .query(
-                "SELECT id, at, user_id, username, action, subject, area_path, ip, detail FROM audit_log \
-                 WHERE (area_path >= $1 AND area_path < $2) OR ($4 AND area_path = '/') \
-                 ORDER BY seq DESC LIMIT $3",
-                &[&lo, &hi, &limit, &unplaced],
-            )
+            .query(&sql, &refs)
             .await?
             .iter()
             .map(|r| AuditEntry {
-                id: r.get(0),
-                at: r.get(1),
-                user_id: r.get(2),
-                username: r.get(3),
-                action: r.get(4),
-                subject: r.get(5),
-                area_path: r.get(6),
-                ip: r.get(7),
-                detail: r.get(8),
+                seq: r.get(0),
+                id: r.get(1),
+                at: r.get(2),
+                user_id: r.get(3),
+                username: r.get(4),
+                action: r.get(5),
+                subject: r.get(6),
+                area_path: r.get(7),
+                ip: r.get(8),
+                detail: r.get(9),
             })
             .collect())
     }

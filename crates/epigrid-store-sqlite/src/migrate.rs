@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "a corrected person is pinned",
         include_str!("../migrations/0018_person_corrected.sql"),
     ),
+    (
+        19,
+        "the audit log is looked up by subject and by account",
+        include_str!("../migrations/0019_audit_lookups.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

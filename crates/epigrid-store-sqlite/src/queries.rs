@@ -114,15 +114,16 @@ fn reg_row(r: &Row<'_>) -> rusqlite::Result<Registration> {
 
 fn audit_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
-        id: r.get::<_, U>(0)?.0,
-        at: time(r.get(1)?),
-        user_id: r.get::<_, Option<U>>(2)?.map(|u| u.0),
-        username: r.get(3)?,
-        action: r.get(4)?,
-        subject: r.get(5)?,
-        area_path: r.get(6)?,
-        ip: r.get(7)?,
-        detail: r.get(8)?,
+        seq: r.get(0)?,
+        id: r.get::<_, U>(1)?.0,
+        at: time(r.get(2)?),
+        user_id: r.get::<_, Option<U>>(3)?.map(|u| u.0),
+        username: r.get(4)?,
+        action: r.get(5)?,
+        subject: r.get(6)?,
+        area_path: r.get(7)?,
+        ip: r.get(8)?,
+        detail: r.get(9)?,
     })
 }
 
@@ -1398,24 +1399,37 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn audit_log(
-        &self,
-        scope: &Scope,
-        limit: u32,
-        unplaced: bool,
-    ) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_log(&self, scope: &Scope, f: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
         let (lo, hi) = scope.bounds();
+        let f = f.clone();
         self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT id, at, user_id, username, action, subject, area_path, ip, detail FROM audit_log \
-                     WHERE (area_path >= ?1 AND area_path < ?2) OR (?4 AND area_path = '/') \
-                     ORDER BY seq DESC LIMIT ?3",
-                )
-                .map_err(map_err)?;
-            let rows = stmt
-                .query_map(params![lo, hi, limit.clamp(1, 10_000), unplaced], audit_row)
-                .map_err(map_err)?;
+            let mut sql = String::from(
+                "SELECT seq, id, at, user_id, username, action, subject, area_path, ip, detail FROM audit_log \
+                 WHERE ((area_path >= ?1 AND area_path < ?2) OR (?3 AND area_path = '/'))",
+            );
+            let mut args: Vec<Box<dyn ToSql>> = vec![Box::new(lo), Box::new(hi), Box::new(f.unplaced)];
+            let mut add = |cond: &str, v: Box<dyn ToSql>| {
+                args.push(v);
+                sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+            };
+            for (col, v) in [("username =", &f.username), ("action =", &f.action), ("subject =", &f.subject)] {
+                if let Some(v) = v {
+                    add(col, Box::new(v.clone()));
+                }
+            }
+            if let Some(t) = f.from {
+                add("at >=", Box::new(micros(t)));
+            }
+            if let Some(t) = f.to {
+                add("at <", Box::new(micros(t)));
+            }
+            if let Some(s) = f.before_seq {
+                add("seq <", Box::new(s));
+            }
+            sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", f.limit.clamp(1, 10_000)));
+            let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
+            let refs: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+            let rows = stmt.query_map(refs.as_slice(), audit_row).map_err(map_err)?;
             collect(rows)
         })
         .await

@@ -794,32 +794,91 @@ async fn checkout_registration(
     Ok(Json(registration_json(&r, st.cfg.tz)).into_response())
 }
 
+/// The audit log's filters from a query: `user`, `action`, `subject` (exact), `from`/`to`
+/// (as in the registration filters), `before` (a `seq`, the next page back) and `limit`.
+pub(crate) fn audit_filter(
+    st: &AppState,
+    staff: &Staff,
+    q: &HashMap<String, String>,
+    default_limit: u32,
+) -> Result<AuditFilter, Vec<FieldError>> {
+    let mut f = AuditFilter {
+        limit: default_limit,
+        unplaced: staff.top_level(),
+        ..Default::default()
+    };
+    let mut errs = Vec::new();
+    for (k, v) in q {
+        let v = v.trim();
+        if v.is_empty() {
+            continue;
+        }
+        let mut text =
+            |field: &str| match epigrid_core::validate::validate_text(field, v, 200, false) {
+                Ok(t) => t,
+                Err(e) => {
+                    errs.push(e);
+                    None
+                }
+            };
+        match k.as_str() {
+            "user" => f.username = text("user"),
+            "action" => f.action = text("action"),
+            "subject" => f.subject = text("subject"),
+            "from" => match parse_time(st, "from", v) {
+                Ok(t) => f.from = Some(t),
+                Err(e) => errs.push(e),
+            },
+            "to" => match parse_time(st, "to", v) {
+                Ok(t) => f.to = Some(t),
+                Err(e) => errs.push(e),
+            },
+            "before" => match v.parse::<i64>() {
+                Ok(n) => f.before_seq = Some(n),
+                Err(_) => errs.push(FieldError::new("before", "err.int.format")),
+            },
+            "limit" => match v.parse::<i64>() {
+                Ok(n) if (1..=10_000).contains(&n) => f.limit = n as u32,
+                Ok(_) => errs.push(
+                    FieldError::new("limit", "err.int.range")
+                        .with("min", "1")
+                        .with("max", "10000"),
+                ),
+                Err(_) => errs.push(FieldError::new("limit", "err.int.format")),
+            },
+            _ => {}
+        }
+    }
+    if let (Some(a), Some(b)) = (f.from, f.to) {
+        if a > b {
+            errs.push(FieldError::new("to", "err.date.before_start"));
+        }
+    }
+    if errs.is_empty() {
+        Ok(f)
+    } else {
+        Err(errs)
+    }
+}
+
+/// The seq to page back from when `rows` filled the page, else `None`.
+pub(crate) fn audit_next(rows: &[AuditEntry], f: &AuditFilter) -> Option<i64> {
+    rows.last()
+        .map(|e| e.seq)
+        .filter(|_| rows.len() as u32 == f.limit)
+}
+
 async fn audit(
     State(st): State<AppState>,
     staff: Staff,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     staff.require(staff.role() == Role::Admin)?;
-    let limit = match q.get("limit").map(|l| l.trim()).filter(|l| !l.is_empty()) {
-        None => 200,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=10_000).contains(&n) => n as u32,
-            Ok(_) => {
-                return Err(ApiError::Invalid(vec![FieldError::new(
-                    "limit",
-                    "err.int.range",
-                )
-                .with("min", "1")
-                .with("max", "10000")]))
-            }
-            Err(_) => return Err(ApiError::field("limit", "err.int.format")),
-        },
-    };
-    let rows = st
-        .store
-        .audit_log(&staff.scope(), limit, staff.top_level())
-        .await?;
-    Ok(Json(json!({"items": rows})))
+    let f = audit_filter(&st, &staff, &q, 200).map_err(ApiError::Invalid)?;
+    let rows = st.store.audit_log(&staff.scope(), &f).await?;
+    Ok(Json(
+        json!({"next_before": audit_next(&rows, &f), "items": rows}),
+    ))
 }
 
 async fn list_users(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<Value>> {

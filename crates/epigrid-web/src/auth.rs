@@ -189,6 +189,7 @@ pub async fn audit_raw(
     detail: &str,
 ) {
     let e = AuditEntry {
+        seq: 0,
         id: Uuid::now_v7(),
         at: Utc::now(),
         user_id,

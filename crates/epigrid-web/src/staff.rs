@@ -706,25 +706,25 @@ async fn registrations_page(
             let rows = st.store.registrations(&scope, &f).await.unwrap_or_default();
             let next = match rows.last() {
                 Some(last) if rows.len() as u32 == f.limit => {
-                    let mut nq: Vec<String> = q
-                        .iter()
-                        .filter(|(k, _)| k.as_str() != "before")
-                        .map(|(k, v)| format!("{k}={}", pct(v)))
-                        .collect();
-                    nq.push(format!("before={}", last.seq));
-                    format!("/registrations?{}", nq.join("&"))
+                    older_link("/registrations", &q, last.seq)
                 }
                 _ => String::new(),
             };
             (rows, Vec::new(), next)
         }
-        Err(errs) => (
-            Vec::new(),
-            errs.iter()
-                .map(|e| format!("{}: {}", e.field, e.message(lang)))
-                .collect(),
-            String::new(),
-        ),
+        Err(errs) => {
+            let labels = [
+                ("site", "detail.site"),
+                ("kind", "sites.kind"),
+                ("from", "filter.from"),
+                ("to", "filter.to"),
+            ];
+            (
+                Vec::new(),
+                labelled(&errs, lang, &labels, "nav.registrations"),
+                String::new(),
+            )
+        }
     };
     let sites = st.store.sites(&scope).await.unwrap_or_default();
     page(RegistrationsPage {
@@ -739,6 +739,18 @@ async fn registrations_page(
             .map(|k| (k.as_str(), kind_key(*k)))
             .collect(),
     })
+}
+
+/// The same page with the same filters, one page further back (`before=seq`).
+fn older_link(path: &str, q: &HashMap<String, String>, seq: i64) -> String {
+    let mut nq: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k.as_str() != "before")
+        .map(|(k, v)| format!("{k}={}", pct(v)))
+        .collect();
+    nq.sort();
+    nq.push(format!("before={seq}"));
+    format!("{path}?{}", nq.join("&"))
 }
 
 fn pct(s: &str) -> String {
@@ -917,12 +929,38 @@ struct AuditPage {
     c: Chrome,
     /// (local time, what was done in words, the entry)
     rows: Vec<(String, String, AuditEntry)>,
+    /// every action the log may hold: (code, in words)
+    actions: Vec<(String, String)>,
+    q: HashMap<String, String>,
+    errors: Vec<String>,
+    next: String,
+}
+
+impl AuditPage {
+    fn qv(&self, k: &str) -> &str {
+        self.q.get(k).map(|s| s.as_str()).unwrap_or("")
+    }
+
+    /// A value for a link's query.
+    fn enc(&self, v: &str) -> String {
+        pct(v)
+    }
+}
+
+/// An action in the reader's language, its code when the catalogue has none.
+fn action_words(lang: Lang, action: &str) -> String {
+    let key = format!("audit.action.{action}");
+    match epigrid_core::i18n::t(lang, &key) {
+        w if w == key => action.to_string(),
+        w => w.to_string(),
+    }
 }
 
 async fn audit_page(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
     staff: MaybeStaff,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let s = match logged_in(staff) {
         Ok(s) => s,
@@ -931,25 +969,45 @@ async fn audit_page(
     if s.role() != Role::Admin {
         return forbidden(lang);
     }
-    let rows = st
-        .store
-        .audit_log(&s.scope(), 500, s.top_level())
-        .await
-        .unwrap_or_default();
+    let (rows, errors, next) = match crate::api::audit_filter(&st, &s, &q, 200) {
+        Ok(f) => {
+            let rows = st.store.audit_log(&s.scope(), &f).await.unwrap_or_default();
+            let next = crate::api::audit_next(&rows, &f)
+                .map(|seq| older_link("/audit", &q, seq))
+                .unwrap_or_default();
+            (rows, Vec::new(), next)
+        }
+        Err(errs) => {
+            let labels = [
+                ("user", "audit.user"),
+                ("action", "audit.action"),
+                ("subject", "audit.subject"),
+                ("from", "filter.from"),
+                ("to", "filter.to"),
+            ];
+            (
+                Vec::new(),
+                labelled(&errs, lang, &labels, "nav.audit"),
+                String::new(),
+            )
+        }
+    };
+    let mut actions: Vec<(String, String)> = epigrid_core::i18n::keys(lang)
+        .iter()
+        .filter_map(|k| k.strip_prefix("audit.action."))
+        .map(|a| (a.to_string(), action_words(lang, a)))
+        .collect();
+    actions.sort_by(|a, b| a.1.cmp(&b.1));
     page(AuditPage {
         c: chrome(&st, &s, lang).await,
         rows: rows
             .into_iter()
-            .map(|e| {
-                // the action in the reader's language, its code when the catalogue has none
-                let key = format!("audit.action.{}", e.action);
-                let words = match epigrid_core::i18n::t(lang, &key) {
-                    w if w == key => e.action.clone(),
-                    w => w.to_string(),
-                };
-                (local(e.at, st.cfg.tz), words, e)
-            })
+            .map(|e| (local(e.at, st.cfg.tz), action_words(lang, &e.action), e))
             .collect(),
+        actions,
+        q,
+        errors,
+        next,
     })
 }
 

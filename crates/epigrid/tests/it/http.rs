@@ -1955,3 +1955,128 @@ async fn the_audit_page_says_what_was_done_in_words() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_is_filtered_and_paged() {
+    let app = TestApp::start().await;
+    let admin = app.token("pager_admin", Role::Admin, "150800").await;
+    // three logins by one account, one by another: each is audited
+    app.token("pager_gw", Role::GridWorker, "150802").await;
+    for _ in 0..2 {
+        let r = app
+            .client
+            .post(format!("{}/api/v1/auth/token", app.base))
+            .json(&json!({"username": "pager_gw", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let gw = app
+        .store
+        .user_by_username("pager_gw")
+        .await
+        .unwrap()
+        .unwrap();
+    let items = |v: &Value| -> Vec<(i64, String, String)> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+                (e["seq"].as_i64().unwrap(), s("username"), s("action"))
+            })
+            .collect()
+    };
+    let logins = app
+        .get_json("/api/v1/audit?user=pager_gw&action=login&limit=2", &admin)
+        .await;
+    let page1 = items(&logins);
+    assert_eq!(page1.len(), 2, "{logins}");
+    assert!(page1
+        .iter()
+        .all(|(_, u, a)| u == "pager_gw" && a == "login"));
+    assert!(page1[0].0 > page1[1].0, "newest first: {logins}");
+    let next = logins["next_before"]
+        .as_i64()
+        .expect("a full page has a next one");
+    assert_eq!(next, page1[1].0);
+    let older = app
+        .get_json(
+            &format!("/api/v1/audit?user=pager_gw&action=login&limit=2&before={next}"),
+            &admin,
+        )
+        .await;
+    let page2 = items(&older);
+    assert_eq!(page2.len(), 1, "the third login, and no more: {older}");
+    assert!(page2[0].0 < next);
+    assert!(older["next_before"].is_null(), "{older}");
+    // by subject: what was done to one account
+    let on_gw = app
+        .get_json(&format!("/api/v1/audit?subject=user:{}", gw.id), &admin)
+        .await;
+    assert!(
+        items(&on_gw).len() >= 3
+            && on_gw["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["subject"] == format!("user:{}", gw.id)),
+        "{on_gw}"
+    );
+    // a time window in the future holds nothing
+    let future = app.get_json("/api/v1/audit?from=2099-01-01", &admin).await;
+    assert!(items(&future).is_empty(), "{future}");
+    // bad filters are field errors
+    for (q, field, key) in [
+        ("from=yesterday", "from", "err.date.format"),
+        ("to=1999-12-31", "to", "err.date.range"),
+        ("before=x", "before", "err.int.format"),
+        (
+            "from=2026-11-03&to=2026-11-01",
+            "to",
+            "err.date.before_start",
+        ),
+    ] {
+        let r = app.get(&format!("/api/v1/audit?{q}"), Some(&admin)).await;
+        assert_eq!(r.status(), 422, "{q}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errors"][0]["field"], field, "{q}: {v}");
+        assert_eq!(v["errors"][0]["code"], key, "{q}: {v}");
+    }
+    // the page: filters kept in the form, the older page linked with them, errors in words
+    let cookie = app.login_cookie("pager_admin").await;
+    let page = app
+        .page("/audit?user=pager_gw&action=login&limit=1", &cookie)
+        .await;
+    assert!(page.contains("value=\"pager_gw\""), "{page}");
+    assert!(page.contains("<option value=\"login\" selected>"), "{page}");
+    assert!(
+        page.contains("href=\"/audit?action=login&#38;limit=1&#38;user=pager_gw&#38;before="),
+        "{page}"
+    );
+    assert!(
+        !page.contains("pager_admin</a>"),
+        "only the account asked for: {page}"
+    );
+    let bad = app.page("/audit?from=yesterday", &cookie).await;
+    assert!(bad.contains("class=\"err\">开始日期: "), "{bad}");
+    // an admin reading a registration is one click from who else has read it; others are not
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let body = checkpoint_body(&cn_id("150802", "19900101", 52), "张三", "13900000052");
+    let id = app.stored(app.register(&site, &body).await).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let link = format!("href=\"/audit?subject=registration:{id}\"");
+    let as_admin = app.page(&format!("/registrations/{id}"), &cookie).await;
+    assert!(as_admin.contains(&link), "{as_admin}");
+    app.token("pager_epi", Role::Epidemiologist, "150802").await;
+    let epi = app.login_cookie("pager_epi").await;
+    let as_epi = app.page(&format!("/registrations/{id}"), &epi).await;
+    assert!(
+        as_epi.contains("张*") && !as_epi.contains(&link),
+        "{as_epi}"
+    );
+}

@@ -796,11 +796,20 @@ async fn users_sessions_and_audit() {
         {
             store
                 .append_audit(&AuditEntry {
+                    seq: 0,
                     id: Uuid::now_v7(),
-                    at: now,
+                    at: now + Duration::seconds(i as i64),
                     user_id: Some(u.id),
-                    username: "gw1".into(),
-                    action: "unmask".into(),
+                    username: if i == 2 {
+                        "nobody".into()
+                    } else {
+                        "gw1".into()
+                    },
+                    action: if i == 2 {
+                        "login_failed".into()
+                    } else {
+                        "unmask".into()
+                    },
                     subject: format!("registration:{i}"),
                     area_path: path.to_string(),
                     ip: "127.0.0.1".into(),
@@ -809,24 +818,95 @@ async fn users_sessions_and_audit() {
                 .await
                 .unwrap();
         }
-        let wuyuan = store
-            .audit_log(&Scope::new("/150800/150821/"), 10, false)
-            .await
-            .unwrap();
-        assert_eq!(wuyuan.len(), 1, "{name}");
-        assert_eq!(wuyuan[0].subject, "registration:1", "{name}");
-        // an entry of no area (a failed login as nobody) only for those who ask for it
-        let city = |unplaced| {
-            let store = store.clone();
+        let log = |scope: &str, f: AuditFilter| {
+            let (store, scope) = (store.clone(), Scope::new(scope));
             async move {
                 store
-                    .audit_log(&Scope::new("/150800/"), 10, unplaced)
+                    .audit_log(&scope, &AuditFilter { limit: 10, ..f })
                     .await
                     .unwrap()
-                    .len()
+                    .iter()
+                    .map(|e| e.subject.clone())
+                    .collect::<Vec<_>>()
             }
         };
-        assert_eq!((city(false).await, city(true).await), (2, 3), "{name}");
+        let all = AuditFilter::default;
+        assert_eq!(
+            log("/150800/150821/", all()).await,
+            ["registration:1"],
+            "{name}"
+        );
+        // an entry of no area (a failed login as nobody) only for those who ask for it
+        let unplaced = || AuditFilter {
+            unplaced: true,
+            ..all()
+        };
+        assert_eq!(log("/150800/", all()).await.len(), 2, "{name}");
+        assert_eq!(
+            log("/150800/", unplaced()).await,
+            ["registration:2", "registration:1", "registration:0"],
+            "{name}: newest first"
+        );
+        // each filter narrows, within the scope
+        let by = |f: AuditFilter| {
+            log(
+                "/150800/",
+                AuditFilter {
+                    unplaced: true,
+                    ..f
+                },
+            )
+        };
+        let subject = Some("registration:1".to_string());
+        assert_eq!(
+            by(AuditFilter { subject, ..all() }).await,
+            ["registration:1"],
+            "{name}: subject"
+        );
+        let action = Some("login_failed".to_string());
+        assert_eq!(
+            by(AuditFilter { action, ..all() }).await,
+            ["registration:2"],
+            "{name}"
+        );
+        let username = Some("gw1".to_string());
+        assert_eq!(
+            by(AuditFilter { username, ..all() }).await.len(),
+            2,
+            "{name}"
+        );
+        let (from, to) = (
+            Some(now + Duration::seconds(1)),
+            Some(now + Duration::seconds(2)),
+        );
+        assert_eq!(
+            by(AuditFilter { from, to, ..all() }).await,
+            ["registration:1"],
+            "{name}: from inclusive, to exclusive"
+        );
+        // paging back: a page of one, then the next one before it
+        let first = store
+            .audit_log(
+                &Scope::new("/150800/"),
+                &AuditFilter {
+                    limit: 1,
+                    ..unplaced()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 1, "{name}");
+        assert!(first[0].seq > 0, "{name}: the store numbers entries");
+        let before_seq = Some(first[0].seq);
+        assert_eq!(
+            by(AuditFilter {
+                before_seq,
+                ..all()
+            })
+            .await,
+            ["registration:1", "registration:0"],
+            "{name}: before"
+        );
     }
 }
 
