@@ -477,7 +477,10 @@ mod tests {
 /// The search grams of a name: every character and every pair of neighbouring characters
 /// (what the `person_grams` index holds), without repeats.
 pub fn name_grams(name: &str) -> Vec<String> {
-    let chars: Vec<char> = name.chars().filter(|c| !c.is_whitespace()).collect();
+    let chars: Vec<char> = fold_name(name)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     let mut out: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
     out.extend(chars.windows(2).map(|w| w.iter().collect::<String>()));
     out.sort_unstable();
@@ -487,7 +490,19 @@ pub fn name_grams(name: &str) -> Vec<String> {
 
 /// The gram a search for `q` looks up: its first pair of characters, or the character itself.
 pub fn search_gram(q: &str) -> String {
-    q.chars().filter(|c| !c.is_whitespace()).take(2).collect()
+    fold_name(q)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .take(2)
+        .collect()
+}
+
+/// A name as search compares it: in lower case, character by character, so that `ivan`
+/// finds Ivan and `иван` finds Иван (Chinese characters have no case and stay as they are).
+/// The stores index grams of this and compare it (SQLite through the `epigrid_fold` SQL
+/// function, which is this; PostgreSQL through `lower()`).
+pub fn fold_name(name: &str) -> String {
+    name.chars().flat_map(char::to_lowercase).collect()
 }
 
 #[cfg(test)]
@@ -500,6 +515,16 @@ mod gram_tests {
         );
         assert_eq!(super::search_gram("晓明"), "晓明");
         assert_eq!(super::search_gram("明"), "明");
+        // case does not matter, in any alphabet that has it
+        assert_eq!(
+            super::name_grams("Ivan"),
+            vec!["a", "an", "i", "iv", "n", "v", "va"]
+        );
+        assert_eq!(super::search_gram("ИВ"), "ив");
+        assert_eq!(
+            super::fold_name("Müller-Lüdenscheidt"),
+            "müller-lüdenscheidt"
+        );
         // every substring of length >= 1 starts with a gram of the name
         let name = "阿依古丽·买买提";
         let grams = super::name_grams(name);

@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the audit log is looked up by subject and by account",
         include_str!("../migrations/0019_audit_lookups.sql"),
     ),
+    (
+        20,
+        "name search ignores case",
+        include_str!("../migrations/0020_name_grams_folded.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

@@ -1190,12 +1190,16 @@ impl PgStore {
             }
             PersonQuery::Name(name) => {
                 let gram = epigrid_core::person::search_gram(name);
+                let folded = epigrid_core::person::fold_name(name);
+                // lower() folds as the database's LC_CTYPE does: every alphabet under a UTF-8
+                // locale (C.UTF-8, en_US.UTF-8, zh_CN.UTF-8), ASCII alone under plain "C"
                 self.query(
                     &format!(
                         "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram = $5) \
-                         AND strpos(p.name, $3) > 0 AND {scoped} ORDER BY (p.name = $3) DESC, p.last_seen_at DESC, p.id LIMIT $4"
+                         AND strpos(lower(p.name), $3) > 0 AND {scoped} \
+                         ORDER BY (lower(p.name) = $3) DESC, p.last_seen_at DESC, p.id LIMIT $4"
                     ),
-                    &[&lo, &hi, name, &limit, &gram],
+                    &[&lo, &hi, &folded, &limit, &gram],
                 )
                 .await?
             }

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use epigrid_core::store::{StoreError, StoreResult};
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -283,6 +284,18 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
+    // name search compares names folded to lower case in any alphabet (`person::fold_name`);
+    // SQLite's own lower() folds only ASCII
+    conn.create_scalar_function(
+        "epigrid_fold",
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            Ok(ctx
+                .get::<Option<String>>(0)?
+                .map(|s| epigrid_core::person::fold_name(&s)))
+        },
+    )?;
     Ok(conn)
 }
 

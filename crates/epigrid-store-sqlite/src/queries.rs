@@ -1633,9 +1633,10 @@ impl SqliteStore {
                 PersonQuery::Name(name) => (
                     format!(
                         "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram = ?5) \
-                         AND instr(p.name, ?3) > 0 AND {scoped} ORDER BY (p.name = ?3) DESC, p.last_seen_at DESC, p.id LIMIT ?4"
+                         AND instr(epigrid_fold(p.name), ?3) > 0 AND {scoped} \
+                         ORDER BY (epigrid_fold(p.name) = ?3) DESC, p.last_seen_at DESC, p.id LIMIT ?4"
                     ),
-                    Box::new(name.clone()),
+                    Box::new(epigrid_core::person::fold_name(name)),
                 ),
             };
             let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;

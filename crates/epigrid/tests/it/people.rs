@@ -289,6 +289,46 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn name_search_ignores_case_on_every_store() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let linhe = site_in(&sites, "150802");
+        let in_scope = Scope::new("/150800/150802/");
+        // in any alphabet, whatever the case typed
+        let ivan = registered_person(
+            store.as_ref(),
+            linhe,
+            &cn_id("150802", "19900101", 6),
+            "Ivan Petrov",
+        )
+        .await;
+        let olga = registered_person(
+            store.as_ref(),
+            linhe,
+            &cn_id("150802", "19900101", 7),
+            "Ольга Иванова",
+        )
+        .await;
+        for (q, want) in [
+            ("ivan", vec![ivan]),
+            ("PETROV", vec![ivan]),
+            ("иван", vec![olga]),
+            ("ОЛЬГА", vec![olga]),
+        ] {
+            let hits = store
+                .search_persons(&in_scope, &PersonQuery::Name(q.into()), 10)
+                .await
+                .unwrap();
+            assert_eq!(
+                hits.iter().map(|p| p.id).collect::<Vec<_>>(),
+                want,
+                "{name}: {q}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn categories_observations_reports_and_labs_behave_the_same_on_every_store() {
     for (name, store) in stores().await {
         let sites = seed(store.as_ref()).await;
@@ -605,6 +645,20 @@ async fn search_finds_people_by_document_phone_plate_and_name_in_scope() {
         &epi,
     )
     .await;
+    let ivan = person_via_api(
+        &app,
+        &cn_id("150802", "19900101", 78),
+        "Ivan Petrov",
+        "13700007778",
+        &epi,
+    )
+    .await;
+    let v = search(&app, "IVAN petrov", &epi).await;
+    assert_eq!(
+        v["items"][0]["id"],
+        ivan.as_str(),
+        "case is not a name's: {v}"
+    );
     for q in ["热依拉．艾山", "热依拉 · 艾山", "拉.艾"] {
         let v = search(&app, q, &epi).await;
         assert!(
