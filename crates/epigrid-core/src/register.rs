@@ -403,19 +403,25 @@ pub fn form_companions(pairs: &[(String, String)]) -> Vec<(u32, CompanionRaw)> {
         .filter(|(_, c)| c.name.is_some() || c.id_number.is_some())
         .map(|(n, mut c)| {
             // The form has one box per companion: a number with letters in it (other than a
-            // mainland ID's final X) is a passport or travel permit; digits are an ID number.
-            // (A number shaped like a mainland one, 17 digits and one more, stays one, so a
-            // typo in it is reported rather than taken for a passport.)
-            let lettered = c.id_number.as_deref().is_some_and(|v| {
+            // mainland ID's final X) is a passport or travel permit, and so is one of 8 to 10
+            // digits alone (the United States', Russia's and others' passports are digits);
+            // any other number of digits is a mainland ID number. (A number shaped like a
+            // mainland one, 17 digits and one more, stays one, and so does a number far from
+            // a passport's length, so a typo in an ID number is reported rather than taken
+            // for a passport.)
+            let passport = c.id_number.as_deref().is_some_and(|v| {
                 let v: Vec<char> = v
                     .chars()
                     .map(crate::validate::fold_width)
                     .filter(|ch| !ch.is_whitespace())
                     .collect();
                 let id_shaped = v.len() == 18 && v[..17].iter().all(char::is_ascii_digit);
-                !id_shaped && v.iter().any(|ch| ch.is_alphabetic())
+                let digits = v.iter().all(char::is_ascii_digit);
+                !id_shaped
+                    && (v.iter().any(|ch| ch.is_alphabetic())
+                        || (digits && (8..=10).contains(&v.len())))
             });
-            if lettered {
+            if passport {
                 c.id_type = Some("passport".into());
             }
             (n, c)
@@ -1122,10 +1128,17 @@ mod tests {
             p("companion_id_4", "11010519491231002Ｘ"),
             p("companion_name_5", "赵六"),
             p("companion_id_5", "11010519491231002Y"),
+            // a passport of digits alone; digits far from a passport's length are an ID's
+            p("companion_name_6", "John Smith"),
+            p("companion_id_6", "123456789"),
+            p("companion_name_7", "孙七"),
+            p("companion_id_7", "1501021990"),
+            p("companion_name_8", "周八"),
+            p("companion_id_8", "15010219900101"),
             p("plate", " "),
         ]);
         assert_eq!(input.symptoms, vec!["cough", "fever"]);
-        assert_eq!(input.companion_list.len(), 4);
+        assert_eq!(input.companion_list.len(), 7);
         assert_eq!(input.plate, None);
         // a mainland ID number (final X and all) is one; a number with letters a passport
         let types: Vec<_> = input
@@ -1133,7 +1146,18 @@ mod tests {
             .iter()
             .map(|c| c.id_type.as_deref())
             .collect();
-        assert_eq!(types, vec![None, Some("passport"), None, None]);
+        assert_eq!(
+            types,
+            vec![
+                None,
+                Some("passport"),
+                None,
+                None,
+                Some("passport"),
+                Some("passport"),
+                None
+            ]
+        );
     }
 
     fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
