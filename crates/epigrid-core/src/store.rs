@@ -260,7 +260,8 @@ pub trait Store: Send + Sync + 'static {
         from: NaiveDate,
         to: NaiveDate,
     ) -> StoreResult<Vec<(NaiveDate, i64)>>;
-    /// Recounts the rollups from the facts (an invariant check and a repair tool).
+    /// Recounts the rollups from the facts (an invariant check and a repair tool). After a
+    /// retention purge the rollups rightly count more: they keep the purged registrations.
     async fn recount_rollups(&self) -> StoreResult<Vec<RollupRow>>;
     async fn rollup_rows(&self) -> StoreResult<Vec<RollupRow>>;
 
@@ -280,6 +281,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<(Session, User)>>;
     async fn delete_session(&self, token_hash: &[u8]) -> StoreResult<()>;
     async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    // ---- retention ----
+    /// The retention purge, in one transaction: deletes the registrations made before
+    /// `before` (with their companion lines) of people staff have never acted on (see
+    /// [`KEPT_PEOPLE_SQL`]) and that list none who were, then such people themselves once
+    /// nothing refers to them and they have not been seen since `before`. Aggregates
+    /// (rollups) and the audit log are kept.
+    async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged>;
 
     // ---- audit ----
     async fn append_audit(&self, entry: &AuditEntry) -> StoreResult<()>;
@@ -442,4 +451,62 @@ pub fn is_fever(fields: &RegistrationFields) -> bool {
 /// The site area code a registration's rollup is kept under (the last segment of its path).
 pub fn path_leaf(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
+}
+
+/// What a retention purge deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    pub registrations: u64,
+    pub persons: u64,
+}
+
+/// The ids of the people a retention purge keeps with all their registrations, in SQL both
+/// stores run: everyone staff have acted on — a category now or ever, an observation (and
+/// its reports), a lab result, a merge either way, a proximity record, a notice, a pending
+/// or confirmed contact either way, a list match, a correction — and everyone merged into
+/// another.
+pub const KEPT_PEOPLE_SQL: &str = "SELECT id FROM persons WHERE category <> 'none' OR corrected <> false \
+     OR merged_into IS NOT NULL \
+     UNION SELECT person_id FROM category_changes UNION SELECT person_id FROM observations \
+     UNION SELECT person_id FROM health_reports UNION SELECT person_id FROM lab_results \
+     UNION SELECT from_person FROM person_merges UNION SELECT into_person FROM person_merges \
+     UNION SELECT a FROM proximity UNION SELECT b FROM proximity \
+     UNION SELECT case_person_id FROM notices \
+     UNION SELECT index_person_id FROM pending_contacts UNION SELECT person_id FROM pending_contacts \
+     UNION SELECT index_person_id FROM contacts UNION SELECT contact_person_id FROM contacts \
+     UNION SELECT person_id FROM list_matches";
+
+/// The statements of a retention purge, in order, with `{kept}` for [`KEPT_PEOPLE_SQL`] and
+/// `{before}` for the cut-off's placeholder; the first two count registrations, the last
+/// one people.
+pub const PURGE_SQL: [&str; 5] = [
+    "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM registrations \
+     WHERE at < {before} AND person_id NOT IN ({kept}) \
+     AND id NOT IN (SELECT registration_id FROM registration_companions WHERE person_id IN ({kept})))",
+    "DELETE FROM registrations WHERE at < {before} AND person_id NOT IN ({kept}) \
+     AND id NOT IN (SELECT registration_id FROM registration_companions WHERE person_id IN ({kept}))",
+    "DELETE FROM person_grams WHERE person_id IN ({gone})",
+    "DELETE FROM person_plates WHERE person_id IN ({gone})",
+    "DELETE FROM persons WHERE id IN ({gone})",
+];
+
+/// The people a purge deletes (after their registrations): `{kept}` and `{before}` as in
+/// [`PURGE_SQL`].
+pub const GONE_PEOPLE_SQL: &str = "SELECT p.id FROM persons p WHERE p.last_seen_at < {before} \
+     AND p.created_at < {before} AND p.id NOT IN ({kept}) \
+     AND NOT EXISTS (SELECT 1 FROM registrations r WHERE r.person_id = p.id) \
+     AND NOT EXISTS (SELECT 1 FROM registration_companions c WHERE c.person_id = p.id)";
+
+/// [`PURGE_SQL`] with its placeholders filled, for a store whose cut-off parameter is
+/// written `param` (`?1`, `$1`).
+pub fn purge_statements(param: &str) -> Vec<String> {
+    let fill = |s: &str| {
+        s.replace("{kept}", KEPT_PEOPLE_SQL)
+            .replace("{before}", param)
+    };
+    let gone = fill(GONE_PEOPLE_SQL);
+    PURGE_SQL
+        .iter()
+        .map(|s| fill(&s.replace("{gone}", &gone)))
+        .collect()
 }

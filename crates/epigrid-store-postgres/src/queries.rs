@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use epigrid_core::area::{Area, Scope};
 use epigrid_core::model::*;
-use epigrid_core::store::{path_leaf, registration_metrics, Store, StoreError, StoreResult};
+use epigrid_core::store::{
+    path_leaf, registration_metrics, Purged, Store, StoreError, StoreResult,
+};
 use epigrid_core::validate::DocType;
 
 use crate::{map_err, PgStore};
@@ -925,6 +927,30 @@ impl Store for PgStore {
     async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
             .await
+    }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged> {
+        /// An arbitrary constant naming the purge's lock: servers sharing the database take
+        /// turns rather than deadlock on the same rows.
+        const PURGE_LOCK: i64 = 0x0070_7572_6765;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PURGE_LOCK])
+            .await
+            .map_err(map_err)?;
+        let mut n = Vec::new();
+        for sql in epigrid_core::store::purge_statements("$1") {
+            n.push(
+                tx.execute(sql.as_str(), &[&before])
+                    .await
+                    .map_err(map_err)?,
+            );
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(Purged {
+            registrations: n[1],
+            persons: n[4],
+        })
     }
 
     async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {

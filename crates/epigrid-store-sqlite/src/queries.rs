@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use epigrid_core::area::{Area, Scope};
 use epigrid_core::model::*;
-use epigrid_core::store::{path_leaf, registration_metrics, Store, StoreError, StoreResult};
+use epigrid_core::store::{
+    path_leaf, registration_metrics, Purged, Store, StoreError, StoreResult,
+};
 use epigrid_core::validate::{DocType, Sex};
 
 use crate::convert::{date, micros, parse_enum, time, U};
@@ -1370,6 +1372,21 @@ impl Store for SqliteStore {
                 .execute([micros(now)])
                 .map_err(map_err)?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged> {
+        self.write(move |c| {
+            let mut n = Vec::new();
+            for sql in epigrid_core::store::purge_statements("?1") {
+                n.push(c.execute(&sql, [micros(before)]).map_err(map_err)? as u64);
+            }
+            // (a write other than a registration: the writer forgets the people it knew)
+            Ok(Purged {
+                registrations: n[1],
+                persons: n[4],
+            })
         })
         .await
     }

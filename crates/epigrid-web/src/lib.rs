@@ -36,6 +36,46 @@ use axum::routing::get;
 use axum::Router;
 
 /// The whole application.
+/// The retention purge ([`epigrid_core::store::Store::purge_before`]): the registrations made
+/// more than `days` days ago by people staff never acted on, then those people; audited as
+/// `retention.purge` with its counts (no one's data), for the top-level admins.
+pub async fn purge_expired(
+    st: &AppState,
+    days: u32,
+) -> Result<epigrid_core::store::Purged, epigrid_core::store::StoreError> {
+    let before = chrono::Utc::now() - chrono::Duration::days(days.into());
+    let purged = st.store.purge_before(before).await?;
+    tracing::info!(
+        registrations = purged.registrations,
+        persons = purged.persons,
+        days,
+        "retention purge"
+    );
+    if purged != Default::default() {
+        // a loaded trace index holds what is gone
+        st.trace_changed();
+        let detail = format!(
+            "{} registrations, {} people; made before {}",
+            purged.registrations,
+            purged.persons,
+            before.format("%Y-%m-%d %H:%M UTC")
+        );
+        let subject = format!("retention:{days}d");
+        auth::audit_raw(
+            st,
+            None,
+            "epigrid",
+            "retention.purge",
+            &subject,
+            "/",
+            "",
+            &detail,
+        )
+        .await;
+    }
+    Ok(purged)
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

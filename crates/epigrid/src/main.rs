@@ -82,7 +82,17 @@ struct ServeArgs {
     #[arg(long, env = "EPIGRID_OVERDUE_HOURS", default_value_t = 36,
           value_parser = clap::value_parser!(i64).range(1..=24 * 14))]
     overdue_hours: i64,
+    /// Days a registration is kept, unless its person is one staff have acted on (a category,
+    /// an observation, a lab result, a contact, a list match, ...): older ones are deleted
+    /// hourly, then the people left with nothing. 0 keeps everything. Default: 28 for
+    /// `serve`, 0 for `demo` (its generated history is kept).
+    #[arg(long, env = "EPIGRID_RETENTION_DAYS",
+          value_parser = clap::value_parser!(u32).range(0..=3660))]
+    retention_days: Option<u32>,
 }
+
+/// Days `serve` keeps registrations when not told (`--retention-days`).
+const RETENTION_DAYS: u32 = 28;
 
 #[derive(Subcommand)]
 enum Command {
@@ -360,6 +370,7 @@ async fn serve(
     args: &ServeArgs,
     store: Arc<dyn Store>,
     vault: Vault,
+    retention_days: u32,
     after_bind: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     let cfg = WebConfig {
@@ -373,7 +384,7 @@ async fn serve(
         trust_proxy: args.trust_proxy,
     };
     let state = AppState::new(store.clone(), vault, cfg);
-    let app = epigrid_web::router(state);
+    let app = epigrid_web::router(state.clone());
     let listener = tokio::net::TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))?;
@@ -391,6 +402,18 @@ async fn serve(
             }
         }
     });
+    // Registrations past their retention are purged at start and hourly.
+    if retention_days > 0 {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                if let Err(e) = epigrid_web::purge_expired(&state, retention_days).await {
+                    tracing::warn!(error = %e, "retention purge failed");
+                }
+            }
+        });
+    }
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -528,7 +551,8 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
     }
     let sites = store.sites(&Scope::all()).await?;
     let configured_base = serve_args.base_url.clone();
-    serve(serve_args, store, vault, move |addr| {
+    let retention = serve_args.retention_days.unwrap_or(0);
+    serve(serve_args, store, vault, retention, move |addr| {
         let base = configured_base.unwrap_or_else(|| format!("http://{addr}"));
         println!("\n  epigrid demo: {base}/");
         println!("  {}: admin / {password}", tf(lang, "cli.demo.login", &[]));
@@ -552,7 +576,8 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             init_logs(&args.log_format);
             let store = open_store(&args.db).await?;
             let vault = open_vault(&args.db)?;
-            serve(&args, store, vault, |_| {}).await
+            let retention = args.retention_days.unwrap_or(RETENTION_DAYS);
+            serve(&args, store, vault, retention, |_| {}).await
         }
         Command::Demo {
             serve,

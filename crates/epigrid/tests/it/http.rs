@@ -1943,6 +1943,7 @@ async fn the_audit_page_says_what_was_done_in_words() {
             "person.merge",
             "person.unmerge",
             "report.on_behalf",
+            "retention.purge",
             "site.create",
             "site.rotate",
             "site.update",

@@ -3268,3 +3268,132 @@ async fn suppressed_counts_cannot_be_recovered_from_the_totals() {
         .collect();
     assert_eq!(cells, vec![6], "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
+    use epigrid_core::model::RegistrationFilter;
+    use epigrid_core::store::Purged;
+    for (name, store) in stores().await {
+        let store = store.as_ref();
+        let sites = seed(store).await;
+        let linhe = site_in(&sites, "150802");
+        let now = Utc::now();
+        let (old, recent) = (now - Duration::days(40), now - Duration::days(1));
+        let doc = |seq| cn_id("150802", "19900101", seq);
+        let body = |seq, who| checkpoint_body(&doc(seq), who, "13911112222");
+        // A came 40 days ago and yesterday; B only 40 days ago; C 40 days ago and was then
+        // made a close contact; D 40 days ago with C beside them in the car
+        let a = register_at(store, linhe, &body(31, "张一"), old)
+            .await
+            .person
+            .id;
+        register_at(store, linhe, &body(31, "张一"), recent).await;
+        let b = register_at(store, linhe, &body(32, "张二"), old)
+            .await
+            .person
+            .id;
+        let c = register_at(store, linhe, &body(33, "张三"), old)
+            .await
+            .person
+            .id;
+        let mut with_c = body(34, "张四");
+        with_c["companions"] = json!([{"name": "张三", "id_type": "cn_id", "id_number": doc(33)}]);
+        let d = register_at(store, linhe, &with_c, old).await.person.id;
+        let contact = CategoryChange {
+            id: new_id(),
+            person_id: c,
+            from: Category::None,
+            to: Category::CloseContact,
+            at: now,
+            by_user: None,
+            by_username: "epi".into(),
+            reason: "test".into(),
+        };
+        assert!(store.change_category(&contact).await.unwrap(), "{name}");
+        let dashboard_before = store.rollup_rows().await.unwrap();
+
+        let cutoff = now - Duration::days(28);
+        assert_eq!(
+            store.purge_before(cutoff).await.unwrap(),
+            Purged {
+                registrations: 2,
+                persons: 1
+            },
+            "{name}: A's and B's old registrations, and B"
+        );
+        let regs = |pid| async move {
+            let f = RegistrationFilter {
+                person_id: Some(pid),
+                limit: 100,
+                ..Default::default()
+            };
+            store.registrations(&Scope::all(), &f).await.unwrap().len()
+        };
+        assert_eq!(
+            (regs(a).await, regs(c).await, regs(d).await),
+            (1, 1, 1),
+            "{name}: A keeps yesterday's; C, a contact, and D, who travelled with C, keep all"
+        );
+        assert!(
+            store.person(b, &Scope::all()).await.unwrap().is_none(),
+            "{name}: B is forgotten"
+        );
+        let by_name = store
+            .search_persons(&Scope::all(), &PersonQuery::Name("张二".into()), 10)
+            .await
+            .unwrap();
+        assert!(by_name.is_empty(), "{name}: and so is B's name");
+        assert_eq!(
+            store.rollup_rows().await.unwrap(),
+            dashboard_before,
+            "{name}: the counts stay"
+        );
+        assert_eq!(
+            store.purge_before(cutoff).await.unwrap(),
+            Purged::default(),
+            "{name}: nothing more"
+        );
+        // B comes back: the same document makes the same person again
+        let again = register_at(store, linhe, &body(32, "张二"), now)
+            .await
+            .person
+            .id;
+        assert_eq!(again, b, "{name}");
+        assert!(
+            store.person(b, &Scope::all()).await.unwrap().is_some(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_purge_is_in_the_audit_log_for_top_level_admins_only() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let body = checkpoint_body(&cn_id("150802", "19900101", 41), "王一", "13911114141");
+    let old = Utc::now() - Duration::days(40);
+    register_at(app.store.as_ref(), &site, &body, old).await;
+    let purged = epigrid_web::purge_expired(&app.state, 28).await.unwrap();
+    assert_eq!((purged.registrations, purged.persons), (1, 1));
+    let city = app.token("ret_city", Role::Admin, "150800").await;
+    let county = app.token("ret_county", Role::Admin, "150802").await;
+    let q = "/api/v1/audit?action=retention.purge";
+    let seen = app.get_json(q, &city).await;
+    let detail = seen["items"][0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("1 registrations, 1 people; made before "),
+        "{seen}"
+    );
+    assert_eq!(seen["items"][0]["subject"], "retention:28d");
+    assert!(
+        !seen.to_string().contains("王一"),
+        "no one's data in it: {seen}"
+    );
+    let unseen = app.get_json(q, &county).await;
+    assert_eq!(unseen["items"], json!([]), "of no area: {unseen}");
+    // nothing left to purge: nothing audited
+    let again = epigrid_web::purge_expired(&app.state, 28).await.unwrap();
+    assert_eq!((again.registrations, again.persons), (0, 0));
+    let seen = app.get_json(q, &city).await;
+    assert_eq!(seen["items"].as_array().unwrap().len(), 1, "{seen}");
+}

@@ -161,6 +161,7 @@ fn every_command_has_help() {
     for (args, named) in [
         (vec!["serve", "--log-format", "xml"], "xml"),
         (vec!["serve", "--overdue-hours=-5"], "-5"),
+        (vec!["serve", "--retention-days", "a month"], "a month"),
         (vec!["serve", "--base-url", "not a url"], "not a url"),
     ] {
         let (ok, out) = epigrid(&args);

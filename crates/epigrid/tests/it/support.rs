@@ -191,6 +191,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     #[allow(dead_code)]
     pub dir: PathBuf,
+    /// The server's state, for what the server does on its own (the hourly purge).
+    pub state: AppState,
 }
 
 impl TestApp {
@@ -202,7 +204,7 @@ impl TestApp {
     pub async fn start_with(store: Arc<dyn Store>, dir: PathBuf) -> TestApp {
         let sites = seed(store.as_ref()).await;
         let state = AppState::new(store.clone(), vault(), WebConfig::default());
-        let app = epigrid_web::router(state);
+        let app = epigrid_web::router(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -223,6 +225,7 @@ impl TestApp {
                 .build()
                 .expect("client"),
             dir,
+            state,
         }
     }
 
