@@ -479,7 +479,7 @@ pub const KEPT_PEOPLE_SQL: &str = "SELECT id FROM persons WHERE category <> 'non
 /// The statements of a retention purge, in order, with `{kept}` for [`KEPT_PEOPLE_SQL`] and
 /// `{before}` for the cut-off's placeholder; the first two count registrations, the last
 /// one people.
-pub const PURGE_SQL: [&str; 5] = [
+const PURGE_SQL: [&str; 5] = [
     "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM registrations \
      WHERE at < {before} AND person_id NOT IN ({kept}) \
      AND id NOT IN (SELECT registration_id FROM registration_companions WHERE person_id IN ({kept})))",
@@ -490,15 +490,16 @@ pub const PURGE_SQL: [&str; 5] = [
     "DELETE FROM persons WHERE id IN ({gone})",
 ];
 
-/// The people a purge deletes (after their registrations): `{kept}` and `{before}` as in
-/// [`PURGE_SQL`].
+/// The people a purge deletes (after their registrations): `{kept}` (a query of the ids kept)
+/// and `{before}` as in [`PURGE_SQL`].
 pub const GONE_PEOPLE_SQL: &str = "SELECT p.id FROM persons p WHERE p.last_seen_at < {before} \
      AND p.created_at < {before} AND p.id NOT IN ({kept}) \
      AND NOT EXISTS (SELECT 1 FROM registrations r WHERE r.person_id = p.id) \
      AND NOT EXISTS (SELECT 1 FROM registration_companions c WHERE c.person_id = p.id)";
 
 /// [`PURGE_SQL`] with its placeholders filled, for a store whose cut-off parameter is
-/// written `param` (`?1`, `$1`).
+/// written `param` (`?1`, `$1`): the purge in one transaction, as PostgreSQL runs it (its
+/// writers do not wait for one another; SQLite's one writer goes in chunks).
 pub fn purge_statements(param: &str) -> Vec<String> {
     let fill = |s: &str| {
         s.replace("{kept}", KEPT_PEOPLE_SQL)

@@ -1377,18 +1377,77 @@ impl Store for SqliteStore {
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged> {
-        self.write(move |c| {
-            let mut n = Vec::new();
-            for sql in epigrid_core::store::purge_statements("?1") {
-                n.push(c.execute(&sql, [micros(before)]).map_err(map_err)? as u64);
-            }
-            // (a write other than a registration: the writer forgets the people it knew)
-            Ok(Purged {
-                registrations: n[1],
-                persons: n[4],
-            })
+        use epigrid_core::store::{GONE_PEOPLE_SQL, KEPT_PEOPLE_SQL};
+        // The writer is the only one: a purge of a million rows in one transaction would hold
+        // every registration back for most of a minute. So the people kept are noted once,
+        // then registrations and people go in transactions of PURGE_CHUNK rows each, between
+        // which other writes run. (Someone acted on after the first step still keeps their
+        // registrations: each chunk looks at the person's category again.)
+        const PURGE_CHUNK: usize = 2000;
+        let at = micros(before);
+        self.write(|c| {
+            c.execute_batch(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS purge_kept (id TEXT PRIMARY KEY); \
+                 CREATE TEMP TABLE IF NOT EXISTS purge_chunk (id TEXT PRIMARY KEY); \
+                 DELETE FROM purge_kept; INSERT OR IGNORE INTO purge_kept {KEPT_PEOPLE_SQL};"
+            ))
+            .map_err(map_err)
         })
-        .await
+        .await?;
+        let kept = "SELECT id FROM purge_kept";
+        let chunk = |select: String, deletes: &'static [&'static str]| {
+            move |c: &Connection| -> StoreResult<usize> {
+                c.execute("DELETE FROM purge_chunk", []).map_err(map_err)?;
+                let n = c
+                    .execute(
+                        &format!("INSERT INTO purge_chunk {select} LIMIT {PURGE_CHUNK}"),
+                        [at],
+                    )
+                    .map_err(map_err)?;
+                for d in deletes {
+                    c.execute(d, []).map_err(map_err)?;
+                }
+                Ok(n)
+            }
+        };
+        let regs = chunk(
+            format!(
+                "SELECT r.id FROM registrations r JOIN persons p ON p.id = r.person_id \
+                 WHERE r.at < ?1 AND p.category = 'none' AND p.corrected = 0 \
+                 AND r.person_id NOT IN ({kept}) \
+                 AND r.id NOT IN (SELECT registration_id FROM registration_companions WHERE person_id IN ({kept}))"
+            ),
+            &[
+                "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM purge_chunk)",
+                "DELETE FROM registrations WHERE id IN (SELECT id FROM purge_chunk)",
+            ],
+        );
+        let people = chunk(
+            GONE_PEOPLE_SQL
+                .replace("{kept}", kept)
+                .replace("{before}", "?1"),
+            &[
+                "DELETE FROM person_grams WHERE person_id IN (SELECT id FROM purge_chunk)",
+                "DELETE FROM person_plates WHERE person_id IN (SELECT id FROM purge_chunk)",
+                "DELETE FROM persons WHERE id IN (SELECT id FROM purge_chunk) AND category = 'none'",
+            ],
+        );
+        let mut purged = Purged::default();
+        loop {
+            let n = self.write(regs.clone()).await?;
+            purged.registrations += n as u64;
+            if n < PURGE_CHUNK {
+                break;
+            }
+        }
+        loop {
+            let n = self.write(people.clone()).await?;
+            purged.persons += n as u64;
+            if n < PURGE_CHUNK {
+                break;
+            }
+        }
+        Ok(purged)
     }
 
     async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
