@@ -1380,72 +1380,95 @@ impl Store for SqliteStore {
         use epigrid_core::store::{GONE_PEOPLE_SQL, KEPT_PEOPLE_SQL};
         // The writer is the only one: a purge of a million rows in one transaction would hold
         // every registration back for most of a minute. So the people kept are noted once,
-        // then registrations and people go in transactions of PURGE_CHUNK rows each, between
-        // which other writes run. (Someone acted on after the first step still keeps their
-        // registrations: each chunk looks at the person's category again.)
-        const PURGE_CHUNK: usize = 2000;
+        // then the tables are walked in windows of PURGE_WINDOW rows (by rowid), each window
+        // its own transaction, and after each the purge waits as long as the window took: the
+        // registrations queued meanwhile go first, a purge slows them by a window's time at
+        // most (milliseconds), and it takes the writer half the time at most. (Someone acted
+        // on after the first step still keeps their registrations: each window looks at the
+        // person's category again.)
+        const PURGE_WINDOW: i64 = 500;
         let at = micros(before);
-        self.write(|c| {
-            c.execute_batch(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS purge_kept (id TEXT PRIMARY KEY); \
-                 CREATE TEMP TABLE IF NOT EXISTS purge_chunk (id TEXT PRIMARY KEY); \
-                 DELETE FROM purge_kept; INSERT OR IGNORE INTO purge_kept {KEPT_PEOPLE_SQL};"
-            ))
-            .map_err(map_err)
-        })
-        .await?;
+        let (regs, people) = self
+            .write(|c| {
+                c.execute_batch(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS purge_kept (id TEXT PRIMARY KEY); \
+                     CREATE TEMP TABLE IF NOT EXISTS purge_chunk (id TEXT PRIMARY KEY); \
+                     DELETE FROM purge_kept; INSERT OR IGNORE INTO purge_kept {KEPT_PEOPLE_SQL};"
+                ))
+                .map_err(map_err)?;
+                let span = |table: &str| {
+                    c.query_row(
+                        &format!(
+                            "SELECT COALESCE(MIN(rowid), 1), COALESCE(MAX(rowid), 0) FROM {table}"
+                        ),
+                        [],
+                        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+                    )
+                    .map_err(map_err)
+                };
+                Ok((span("registrations")?, span("persons")?))
+            })
+            .await?;
         let kept = "SELECT id FROM purge_kept";
-        let chunk = |select: String, deletes: &'static [&'static str]| {
-            move |c: &Connection| -> StoreResult<usize> {
+        // One window: what `select` finds among rowids ?2..?3 goes, through `deletes`.
+        let window = |select: String, deletes: &'static [&'static str], lo: i64| {
+            move |c: &Connection| -> StoreResult<u64> {
                 c.execute("DELETE FROM purge_chunk", []).map_err(map_err)?;
                 let n = c
                     .execute(
-                        &format!("INSERT INTO purge_chunk {select} LIMIT {PURGE_CHUNK}"),
-                        [at],
+                        &format!("INSERT INTO purge_chunk {select}"),
+                        params![at, lo, lo + PURGE_WINDOW - 1],
                     )
                     .map_err(map_err)?;
                 for d in deletes {
                     c.execute(d, []).map_err(map_err)?;
                 }
-                Ok(n)
+                Ok(n as u64)
             }
         };
-        let regs = chunk(
-            format!(
-                "SELECT r.id FROM registrations r JOIN persons p ON p.id = r.person_id \
-                 WHERE r.at < ?1 AND p.category = 'none' AND p.corrected = 0 \
-                 AND r.person_id NOT IN ({kept}) \
-                 AND r.id NOT IN (SELECT registration_id FROM registration_companions WHERE person_id IN ({kept}))"
-            ),
-            &[
-                "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM purge_chunk)",
-                "DELETE FROM registrations WHERE id IN (SELECT id FROM purge_chunk)",
-            ],
+        let old_registrations = format!(
+            "SELECT r.id FROM registrations r WHERE r.seq BETWEEN ?2 AND ?3 AND r.at < ?1 \
+             AND r.person_id NOT IN ({kept}) \
+             AND NOT EXISTS (SELECT 1 FROM persons p WHERE p.id = r.person_id \
+                             AND (p.category <> 'none' OR p.corrected <> 0)) \
+             AND NOT EXISTS (SELECT 1 FROM registration_companions c \
+                             WHERE c.registration_id = r.id AND c.person_id IN ({kept}))"
         );
-        let people = chunk(
+        let gone_people = format!(
+            "{} AND p.rowid BETWEEN ?2 AND ?3 AND p.category = 'none'",
             GONE_PEOPLE_SQL
                 .replace("{kept}", kept)
-                .replace("{before}", "?1"),
-            &[
-                "DELETE FROM person_grams WHERE person_id IN (SELECT id FROM purge_chunk)",
-                "DELETE FROM person_plates WHERE person_id IN (SELECT id FROM purge_chunk)",
-                "DELETE FROM persons WHERE id IN (SELECT id FROM purge_chunk) AND category = 'none'",
-            ],
+                .replace("{before}", "?1")
         );
+        let paced = |job| async move {
+            let start = std::time::Instant::now();
+            let n = self.write(job).await?;
+            tokio::time::sleep(start.elapsed()).await;
+            Ok::<u64, StoreError>(n)
+        };
         let mut purged = Purged::default();
-        loop {
-            let n = self.write(regs.clone()).await?;
-            purged.registrations += n as u64;
-            if n < PURGE_CHUNK {
-                break;
-            }
+        for lo in (regs.0..=regs.1).step_by(PURGE_WINDOW as usize) {
+            purged.registrations += paced(window(
+                    old_registrations.clone(),
+                    &[
+                        "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM purge_chunk)",
+                        "DELETE FROM registrations WHERE id IN (SELECT id FROM purge_chunk)",
+                    ],
+                    lo,
+                ))
+                .await?;
         }
-        loop {
-            let n = self.write(people.clone()).await?;
-            purged.persons += n as u64;
-            if n < PURGE_CHUNK {
-                break;
-            }
+        for lo in (people.0..=people.1).step_by(PURGE_WINDOW as usize) {
+            purged.persons += paced(window(
+                gone_people.clone(),
+                &[
+                    "DELETE FROM person_grams WHERE person_id IN (SELECT id FROM purge_chunk)",
+                    "DELETE FROM person_plates WHERE person_id IN (SELECT id FROM purge_chunk)",
+                    "DELETE FROM persons WHERE id IN (SELECT id FROM purge_chunk)",
+                ],
+                lo,
+            ))
+            .await?;
         }
         Ok(purged)
     }
