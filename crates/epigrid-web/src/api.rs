@@ -583,6 +583,66 @@ pub(crate) fn check_date(field: &str, d: NaiveDate) -> Result<NaiveDate, FieldEr
     }
 }
 
+/// The query values list filters share: a time span (`from`, `to`) and a page (`before`,
+/// `limit`).
+#[derive(Default)]
+struct Span {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+impl Span {
+    /// Reads `k=v` if it is one of the span's (a `limit` of 1 to `max_limit`); any other key
+    /// is not the span's and is left alone.
+    fn read(
+        &mut self,
+        st: &AppState,
+        k: &str,
+        v: &str,
+        max_limit: u32,
+        errs: &mut Vec<FieldError>,
+    ) {
+        match k {
+            "from" | "to" => match parse_time(st, k, v) {
+                Ok(t) if k == "from" => self.from = Some(t),
+                Ok(t) => self.to = Some(t),
+                Err(e) => errs.push(e),
+            },
+            "before" => match v.parse::<i64>() {
+                Ok(n) => self.before = Some(n),
+                Err(_) => errs.push(FieldError::new("before", "err.int.format")),
+            },
+            "limit" => match v.parse::<i64>() {
+                Ok(n) if (1..=i64::from(max_limit)).contains(&n) => self.limit = Some(n as u32),
+                Ok(_) => errs.push(
+                    FieldError::new("limit", "err.int.range")
+                        .with("min", "1")
+                        .with("max", max_limit.to_string()),
+                ),
+                Err(_) => errs.push(FieldError::new("limit", "err.int.format")),
+            },
+            _ => {}
+        }
+    }
+
+    /// The span, once the filter's other values had no error (`errs`) and the span does not
+    /// end before it starts (an error on `to`).
+    fn done(self, mut errs: Vec<FieldError>) -> Result<Span, Vec<FieldError>> {
+        if let (Some(a), Some(b)) = (self.from, self.to) {
+            if a > b {
+                errs.push(FieldError::new("to", "err.date.before_start"));
+            }
+        }
+        if errs.is_empty() {
+            Ok(self)
+        } else {
+            Err(errs)
+        }
+    }
+}
+
 pub(crate) fn registration_filter(
     st: &AppState,
     q: &HashMap<String, String>,
@@ -591,6 +651,7 @@ pub(crate) fn registration_filter(
         limit: 100,
         ..Default::default()
     };
+    let mut span = Span::default();
     let mut errs = Vec::new();
     for (k, v) in q {
         let v = v.trim();
@@ -606,48 +667,21 @@ pub(crate) fn registration_filter(
                 Some(kind) => f.kind = Some(kind),
                 None => errs.push(FieldError::new("kind", "err.site.kind")),
             },
-            "from" => match parse_time(st, "from", v) {
-                Ok(t) => f.from = Some(t),
-                Err(e) => errs.push(e),
-            },
-            "to" => match parse_time(st, "to", v) {
-                Ok(t) => f.to = Some(t),
-                Err(e) => errs.push(e),
-            },
             "person" => match Uuid::parse_str(v) {
                 Ok(id) => f.person_id = Some(id),
                 Err(_) => errs.push(FieldError::new("person", "err.id.format")),
-            },
-            "before" => match v.parse::<i64>() {
-                Ok(n) => f.before_seq = Some(n),
-                Err(_) => errs.push(FieldError::new("before", "err.int.format")),
             },
             "after" => match v.parse::<i64>() {
                 Ok(n) => f.after_seq = Some(n),
                 Err(_) => errs.push(FieldError::new("after", "err.int.format")),
             },
-            "limit" => match v.parse::<i64>() {
-                Ok(n) if (1..=1000).contains(&n) => f.limit = n as u32,
-                Ok(_) => errs.push(
-                    FieldError::new("limit", "err.int.range")
-                        .with("min", "1")
-                        .with("max", "1000"),
-                ),
-                Err(_) => errs.push(FieldError::new("limit", "err.int.format")),
-            },
-            _ => {}
+            _ => span.read(st, k, v, 1000, &mut errs),
         }
     }
-    if let (Some(a), Some(b)) = (f.from, f.to) {
-        if a > b {
-            errs.push(FieldError::new("to", "err.date.before_start"));
-        }
-    }
-    if errs.is_empty() {
-        Ok(f)
-    } else {
-        Err(errs)
-    }
+    let span = span.done(errs)?;
+    (f.from, f.to, f.before_seq) = (span.from, span.to, span.before);
+    f.limit = span.limit.unwrap_or(f.limit);
+    Ok(f)
 }
 
 async fn list_registrations(
@@ -807,6 +841,7 @@ pub(crate) fn audit_filter(
         unplaced: staff.top_level(),
         ..Default::default()
     };
+    let mut span = Span::default();
     let mut errs = Vec::new();
     for (k, v) in q {
         let v = v.trim();
@@ -825,40 +860,13 @@ pub(crate) fn audit_filter(
             "user" => f.username = text("user"),
             "action" => f.action = text("action"),
             "subject" => f.subject = text("subject"),
-            "from" => match parse_time(st, "from", v) {
-                Ok(t) => f.from = Some(t),
-                Err(e) => errs.push(e),
-            },
-            "to" => match parse_time(st, "to", v) {
-                Ok(t) => f.to = Some(t),
-                Err(e) => errs.push(e),
-            },
-            "before" => match v.parse::<i64>() {
-                Ok(n) => f.before_seq = Some(n),
-                Err(_) => errs.push(FieldError::new("before", "err.int.format")),
-            },
-            "limit" => match v.parse::<i64>() {
-                Ok(n) if (1..=10_000).contains(&n) => f.limit = n as u32,
-                Ok(_) => errs.push(
-                    FieldError::new("limit", "err.int.range")
-                        .with("min", "1")
-                        .with("max", "10000"),
-                ),
-                Err(_) => errs.push(FieldError::new("limit", "err.int.format")),
-            },
-            _ => {}
+            _ => span.read(st, k, v, 10_000, &mut errs),
         }
     }
-    if let (Some(a), Some(b)) = (f.from, f.to) {
-        if a > b {
-            errs.push(FieldError::new("to", "err.date.before_start"));
-        }
-    }
-    if errs.is_empty() {
-        Ok(f)
-    } else {
-        Err(errs)
-    }
+    let span = span.done(errs)?;
+    (f.from, f.to, f.before_seq) = (span.from, span.to, span.before);
+    f.limit = span.limit.unwrap_or(f.limit);
+    Ok(f)
 }
 
 /// The seq to page back from when `rows` filled the page, else `None`.
