@@ -477,18 +477,25 @@ pub const KEPT_PEOPLE_SQL: &str = "SELECT id FROM persons WHERE category <> 'non
      UNION SELECT person_id FROM list_matches";
 
 /// The statements of a retention purge, in order, with `{kept}` for [`KEPT_PEOPLE_SQL`] and
-/// `{before}` for the cut-off's placeholder; the first two count registrations, the last
-/// one people.
-const PURGE_SQL: [&str; 5] = [
+/// `{before}` for the cut-off's placeholder; the second counts registrations, the last one
+/// people.
+const PURGE_SQL: [&str; 6] = [
     "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM registrations \
      WHERE at < {before} AND person_id NOT IN ({kept}) \
      AND id NOT IN (SELECT registration_id FROM registration_companions WHERE person_id IN ({kept})))",
     "DELETE FROM registrations WHERE at < {before} AND person_id NOT IN ({kept}) \
      AND id NOT IN (SELECT registration_id FROM registration_companions WHERE person_id IN ({kept}))",
+    STALE_PLATES_SQL,
     "DELETE FROM person_grams WHERE person_id IN ({gone})",
     "DELETE FROM person_plates WHERE person_id IN ({gone})",
     "DELETE FROM persons WHERE id IN ({gone})",
 ];
+
+/// Which vehicles the people a purge leaves were seen with: a pair no registration left shows
+/// goes too, so that a plate search does not find them by what was purged.
+pub const STALE_PLATES_SQL: &str = "DELETE FROM person_plates WHERE first_at < {before} \
+     AND person_id NOT IN ({kept}) AND NOT EXISTS (SELECT 1 FROM registrations r \
+     WHERE r.person_id = person_plates.person_id AND r.plate = person_plates.plate)";
 
 /// The people a purge deletes (after their registrations): `{kept}` (a query of the ids kept)
 /// and `{before}` as in [`PURGE_SQL`].

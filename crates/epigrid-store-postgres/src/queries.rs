@@ -949,7 +949,7 @@ impl Store for PgStore {
         tx.commit().await.map_err(map_err)?;
         Ok(Purged {
             registrations: n[1],
-            persons: n[4],
+            persons: n[5],
         })
     }
 

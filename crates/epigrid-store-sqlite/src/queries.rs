@@ -1377,7 +1377,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged> {
-        use epigrid_core::store::{GONE_PEOPLE_SQL, KEPT_PEOPLE_SQL};
+        use epigrid_core::store::{GONE_PEOPLE_SQL, KEPT_PEOPLE_SQL, STALE_PLATES_SQL};
         // The writer is the only one: a purge of a million rows in one transaction would hold
         // every registration back for most of a minute. So the people kept are noted once,
         // then the tables are walked in windows of PURGE_WINDOW rows (by rowid), each window
@@ -1458,6 +1458,11 @@ impl Store for SqliteStore {
                 ))
                 .await?;
         }
+        let plates = STALE_PLATES_SQL
+            .replace("{kept}", kept)
+            .replace("{before}", "?1");
+        self.write(move |c| c.execute(&plates, [at]).map_err(map_err))
+            .await?;
         for lo in (people.0..=people.1).step_by(PURGE_WINDOW as usize) {
             purged.persons += paced(window(
                 gone_people.clone(),

@@ -3308,6 +3308,13 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
         let mut with_c = body(34, "张四");
         with_c["companions"] = json!([{"name": "张三", "id_type": "cn_id", "id_number": doc(33)}]);
         let d = register_at(store, linhe, &with_c, old).await.person.id;
+        // E drove one car 40 days ago and another yesterday
+        let mut then = body(35, "张五");
+        then["plate"] = "蒙L99999".into();
+        let e = register_at(store, linhe, &then, old).await.person.id;
+        let mut now_body = body(35, "张五");
+        now_body["plate"] = "蒙L88888".into();
+        register_at(store, linhe, &now_body, recent).await;
         let contact = CategoryChange {
             id: new_id(),
             person_id: c,
@@ -3325,10 +3332,22 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
         assert_eq!(
             store.purge_before(cutoff).await.unwrap(),
             Purged {
-                registrations: 2,
+                registrations: 3,
                 persons: 1
             },
-            "{name}: A's and B's old registrations, and B"
+            "{name}: A's, B's and E's old registrations, and B"
+        );
+        let by_plate = |plate: &str| {
+            let q = PersonQuery::Plate(plate.into());
+            async move {
+                let hits = store.search_persons(&Scope::all(), &q, 10).await.unwrap();
+                hits.iter().map(|p| p.id).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            (by_plate("蒙L99999").await, by_plate("蒙L88888").await),
+            (vec![], vec![e]),
+            "{name}: the car E was seen with only in what was purged finds them no more"
         );
         let regs = |pid| async move {
             let f = RegistrationFilter {
