@@ -403,12 +403,11 @@ pub fn form_companions(pairs: &[(String, String)]) -> Vec<(u32, CompanionRaw)> {
         .filter(|(_, c)| c.name.is_some() || c.id_number.is_some())
         .map(|(n, mut c)| {
             // The form has one box per companion: a number with letters in it (other than a
-            // mainland ID's final X) is a passport or travel permit, and so is one of 8 to 10
-            // digits alone (the United States', Russia's and others' passports are digits);
-            // any other number of digits is a mainland ID number. (A number shaped like a
-            // mainland one, 17 digits and one more, stays one, and so does a number far from
-            // a passport's length, so a typo in an ID number is reported rather than taken
-            // for a passport.)
+            // mainland ID's final X) is a passport or travel permit, and so is one of exactly
+            // 9 digits (the United States' and Russia's passports); any other number of
+            // digits is a mainland ID number. (A number shaped like a mainland one, 17 digits
+            // and one more, stays one, and so does one of any other length, so a typo in an
+            // ID number is reported rather than taken for a passport.)
             let passport = c.id_number.as_deref().is_some_and(|v| {
                 let v: Vec<char> = v
                     .chars()
@@ -417,9 +416,7 @@ pub fn form_companions(pairs: &[(String, String)]) -> Vec<(u32, CompanionRaw)> {
                     .collect();
                 let id_shaped = v.len() == 18 && v[..17].iter().all(char::is_ascii_digit);
                 let digits = v.iter().all(char::is_ascii_digit);
-                !id_shaped
-                    && (v.iter().any(|ch| ch.is_alphabetic())
-                        || (digits && (8..=10).contains(&v.len())))
+                !id_shaped && (v.iter().any(|ch| ch.is_alphabetic()) || (digits && v.len() == 9))
             });
             if passport {
                 c.id_type = Some("passport".into());
@@ -1128,7 +1125,7 @@ mod tests {
             p("companion_id_4", "11010519491231002Ｘ"),
             p("companion_name_5", "赵六"),
             p("companion_id_5", "11010519491231002Y"),
-            // a passport of digits alone; digits far from a passport's length are an ID's
+            // a passport of 9 digits alone; digits of any other length are an ID's
             p("companion_name_6", "John Smith"),
             p("companion_id_6", "123456789"),
             p("companion_name_7", "孙七"),
@@ -1154,7 +1151,7 @@ mod tests {
                 None,
                 None,
                 Some("passport"),
-                Some("passport"),
+                None,
                 None
             ]
         );

@@ -283,11 +283,13 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64>;
 
     // ---- retention ----
-    /// The retention purge, in one transaction: deletes the registrations made before
-    /// `before` (with their companion lines) of people staff have never acted on (see
-    /// [`KEPT_PEOPLE_SQL`]) and that list none who were, then such people themselves once
-    /// nothing refers to them and they have not been seen since `before`. Aggregates
-    /// (rollups) and the audit log are kept.
+    /// The retention purge: deletes the registrations made before `before` (with their
+    /// companion lines) of people staff have never acted on (see [`KEPT_PEOPLE_SQL`]) and that
+    /// list none who were, the vehicles such people were seen with only in those, then such
+    /// people themselves once nothing refers to them and they have not been seen since
+    /// `before`. Aggregates (rollups) and the audit log are kept. PostgreSQL does it in one
+    /// transaction; SQLite, whose writer is shared with every registration, in many small
+    /// ones (an error may leave it part-done; the next run goes on).
     async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged>;
 
     // ---- audit ----

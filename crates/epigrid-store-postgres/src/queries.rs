@@ -934,7 +934,15 @@ impl Store for PgStore {
         /// turns rather than deadlock on the same rows.
         const PURGE_LOCK: i64 = 0x0070_7572_6765;
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
+        // One snapshot for every statement: the people found gone when their grams go are the
+        // ones deleted. A registration of theirs committed meanwhile makes the deletion fail
+        // (a serialization error) and the whole purge roll back, to be tried again next time.
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .map_err(map_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PURGE_LOCK])
             .await
             .map_err(map_err)?;
@@ -1217,15 +1225,18 @@ impl PgStore {
             PersonQuery::Name(name) => {
                 let gram = epigrid_core::person::search_gram(name);
                 let folded = epigrid_core::person::fold_name(name);
+                let typed_gram: String = name.chars().filter(|c| !c.is_whitespace()).take(2).collect();
                 // lower() folds as the database's LC_CTYPE does: every alphabet under a UTF-8
-                // locale (C.UTF-8, en_US.UTF-8, zh_CN.UTF-8), ASCII alone under plain "C"
+                // locale (C.UTF-8, en_US.UTF-8, zh_CN.UTF-8), ASCII alone under plain "C". So
+                // the name as typed is matched too, and its gram as typed (what migration 20's
+                // lower() left unfolded there): exactly the case typed always finds a name.
                 self.query(
                     &format!(
-                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram = $5) \
-                         AND strpos(lower(p.name), $3) > 0 AND {scoped} \
-                         ORDER BY (lower(p.name) = $3) DESC, p.last_seen_at DESC, p.id LIMIT $4"
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT person_id FROM person_grams WHERE gram IN ($5, $7)) \
+                         AND (strpos(lower(p.name), $3) > 0 OR strpos(p.name, $6) > 0) AND {scoped} \
+                         ORDER BY (lower(p.name) = $3 OR p.name = $6) DESC, p.last_seen_at DESC, p.id LIMIT $4"
                     ),
-                    &[&lo, &hi, &folded, &limit, &gram],
+                    &[&lo, &hi, &folded, &limit, &gram, name, &typed_gram],
                 )
                 .await?
             }

@@ -1380,12 +1380,14 @@ impl Store for SqliteStore {
         use epigrid_core::store::{GONE_PEOPLE_SQL, KEPT_PEOPLE_SQL, STALE_PLATES_SQL};
         // The writer is the only one: a purge of a million rows in one transaction would hold
         // every registration back for most of a minute. So the people kept are noted once,
-        // then the tables are walked in windows of PURGE_WINDOW rows (by rowid), each window
-        // its own transaction, and after each the purge waits as long as the window took: the
+        // then the tables are walked in windows of PURGE_WINDOW rows (by rowid). A reader
+        // looks first whether a window holds anything old; only then does the writer take it,
+        // as its own transaction, after which the purge waits as long as that took: the
         // registrations queued meanwhile go first, a purge slows them by a window's time at
-        // most (milliseconds), and it takes the writer half the time at most. (Someone acted
-        // on after the first step still keeps their registrations: each window looks at the
-        // person's category again.)
+        // most (milliseconds), and it takes the writer half the time at most. An hourly walk
+        // that finds little to do is reads. (The note of who is kept is as old as the walk:
+        // each window of registrations also looks at the person's category again, and people
+        // and plates go by who is kept at that moment.)
         const PURGE_WINDOW: i64 = 500;
         let at = micros(before);
         let (regs, people) = self
@@ -1435,11 +1437,22 @@ impl Store for SqliteStore {
                              WHERE c.registration_id = r.id AND c.person_id IN ({kept}))"
         );
         let gone_people = format!(
-            "{} AND p.rowid BETWEEN ?2 AND ?3 AND p.category = 'none'",
+            "{} AND p.rowid BETWEEN ?2 AND ?3",
             GONE_PEOPLE_SQL
-                .replace("{kept}", kept)
+                .replace("{kept}", KEPT_PEOPLE_SQL)
                 .replace("{before}", "?1")
         );
+        // Whether a window holds anything old at all (on a reader).
+        let any_old = |sql: &'static str, lo: i64| {
+            self.read(move |c| {
+                c.prepare_cached(sql)
+                    .map_err(map_err)?
+                    .query_row(params![at, lo, lo + PURGE_WINDOW - 1], |r| {
+                        r.get::<_, bool>(0)
+                    })
+                    .map_err(map_err)
+            })
+        };
         let paced = |job| async move {
             let start = std::time::Instant::now();
             let n = self.write(job).await?;
@@ -1448,6 +1461,10 @@ impl Store for SqliteStore {
         };
         let mut purged = Purged::default();
         for lo in (regs.0..=regs.1).step_by(PURGE_WINDOW as usize) {
+            let sql = "SELECT EXISTS (SELECT 1 FROM registrations WHERE seq BETWEEN ?2 AND ?3 AND at < ?1)";
+            if !any_old(sql, lo).await? {
+                continue;
+            }
             purged.registrations += paced(window(
                     old_registrations.clone(),
                     &[
@@ -1459,11 +1476,16 @@ impl Store for SqliteStore {
                 .await?;
         }
         let plates = STALE_PLATES_SQL
-            .replace("{kept}", kept)
+            .replace("{kept}", KEPT_PEOPLE_SQL)
             .replace("{before}", "?1");
         self.write(move |c| c.execute(&plates, [at]).map_err(map_err))
             .await?;
         for lo in (people.0..=people.1).step_by(PURGE_WINDOW as usize) {
+            let sql = "SELECT EXISTS (SELECT 1 FROM persons WHERE rowid BETWEEN ?2 AND ?3 \
+                       AND last_seen_at < ?1 AND category = 'none')";
+            if !any_old(sql, lo).await? {
+                continue;
+            }
             purged.persons += paced(window(
                 gone_people.clone(),
                 &[

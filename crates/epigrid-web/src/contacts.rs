@@ -197,9 +197,16 @@ async fn trace(
     }
     let (from, to, contacts) =
         run_trace(&st, &staff, &person, from, to, degree, min_exposure_s).await?;
-    Ok(Json(
-        json!({"person_id": person.id, "from": from, "to": to, "degree": degree, "contacts": contacts}),
-    ))
+    Ok(Json(json!({
+        "person_id": person.id, "from": from, "to": to, "degree": degree, "contacts": contacts,
+        "purged_before": purged_before(&st, from),
+    })))
+}
+
+/// When a trace window starts before the retention horizon: the time before which the
+/// registrations of people nobody had acted on are gone, so contacts from then are missing.
+fn purged_before(st: &AppState, from: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    st.cfg.retention_horizon().filter(|h| from < *h)
 }
 
 /// Runs a trace for `person` (default window where `from`/`to` are None) and returns the
@@ -579,6 +586,8 @@ struct TracePage {
     rows: Vec<TraceRow>,
     error: String,
     links: Vec<(String, String)>,
+    /// the local time before which registrations were purged, when the window starts earlier
+    purged_before: String,
 }
 
 fn rows_of(contacts: &[Value], lang: Lang) -> Vec<TraceRow> {
@@ -650,6 +659,9 @@ async fn trace_view(
         rows: rows_of(&contacts, lang),
         error,
         links,
+        purged_before: purged_before(st, from)
+            .map(|t| crate::view::local(t, st.cfg.tz))
+            .unwrap_or_default(),
     };
     crate::view::html(StatusCode::OK, page)
 }

@@ -35,15 +35,17 @@ pub use state::{parse_observation_days, AppState, WebConfig};
 use axum::routing::get;
 use axum::Router;
 
-/// The whole application.
 /// The retention purge ([`epigrid_core::store::Store::purge_before`]): the registrations made
-/// more than `days` days ago by people staff never acted on, then those people; audited as
-/// `retention.purge` with its counts (no one's data), for the top-level admins.
+/// more than `WebConfig::retention_days` ago by people staff never acted on, then those
+/// people; audited as `retention.purge` with its counts (no one's data), for the top-level
+/// admins. Nothing when everything is kept (0 days).
 pub async fn purge_expired(
     st: &AppState,
-    days: u32,
 ) -> Result<epigrid_core::store::Purged, epigrid_core::store::StoreError> {
-    let before = chrono::Utc::now() - chrono::Duration::days(days.into());
+    let days = st.cfg.retention_days;
+    let Some(before) = st.cfg.retention_horizon() else {
+        return Ok(Default::default());
+    };
     let purged = st.store.purge_before(before).await?;
     tracing::info!(
         registrations = purged.registrations,
@@ -76,6 +78,7 @@ pub async fn purge_expired(
     Ok(purged)
 }
 
+/// The whole application.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

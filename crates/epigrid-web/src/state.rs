@@ -31,9 +31,18 @@ pub struct WebConfig {
     /// Take the client's address from `X-Forwarded-For` (set this behind a reverse proxy
     /// that sets it); otherwise anyone could write any address into the audit log.
     pub trust_proxy: bool,
+    /// Days registrations of people nobody acted on are kept (0: all kept); see
+    /// [`crate::purge_expired`].
+    pub retention_days: u32,
 }
 
 impl WebConfig {
+    /// Since when registrations of people nobody acted on are kept, if they are not all kept.
+    pub fn retention_horizon(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        (self.retention_days > 0)
+            .then(|| chrono::Utc::now() - chrono::Duration::days(self.retention_days.into()))
+    }
+
     /// The default length of observation for a person in `category`, in days.
     pub fn observation_days(&self, category: epigrid_core::person::Category) -> u32 {
         self.observation_days
@@ -75,6 +84,7 @@ impl Default for WebConfig {
             observation_days: Default::default(),
             overdue_hours: 36,
             trust_proxy: false,
+            retention_days: 0,
         }
     }
 }

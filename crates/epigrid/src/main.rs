@@ -84,15 +84,16 @@ struct ServeArgs {
     overdue_hours: i64,
     /// Days a registration is kept, unless its person is one staff have acted on (a category,
     /// an observation, a lab result, a contact, a list match, ...): older ones are deleted
-    /// hourly, then the people left with nothing. 0 keeps everything. Default: 28 for
-    /// `serve`, 0 for `demo` (its generated history is kept).
+    /// hourly, then the people left with nothing. 0 keeps everything. Default: 60 for
+    /// `serve` (two months: a late-confirmed case's trace still finds who was near), 0 for
+    /// `demo` (its generated history is kept).
     #[arg(long, env = "EPIGRID_RETENTION_DAYS",
           value_parser = clap::value_parser!(u32).range(0..=3660))]
     retention_days: Option<u32>,
 }
 
 /// Days `serve` keeps registrations when not told (`--retention-days`).
-const RETENTION_DAYS: u32 = 28;
+const RETENTION_DAYS: u32 = 60;
 
 #[derive(Subcommand)]
 enum Command {
@@ -382,6 +383,7 @@ async fn serve(
             .map_err(|e| anyhow!("--observation-days: {e}"))?,
         overdue_hours: args.overdue_hours,
         trust_proxy: args.trust_proxy,
+        retention_days,
     };
     let state = AppState::new(store.clone(), vault, cfg);
     let app = epigrid_web::router(state.clone());
@@ -402,13 +404,15 @@ async fn serve(
             }
         }
     });
-    // Registrations past their retention are purged at start and hourly.
+    // Registrations past their retention are purged at start and hourly (a purge that takes
+    // longer delays the next; runs never overlap or bunch up).
     if retention_days > 0 {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = epigrid_web::purge_expired(&state, retention_days).await {
+                if let Err(e) = epigrid_web::purge_expired(&state).await {
                     tracing::warn!(error = %e, "retention purge failed");
                 }
             }

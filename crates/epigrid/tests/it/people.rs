@@ -3381,7 +3381,7 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
             Purged::default(),
             "{name}: nothing more"
         );
-        // many at once go in several rounds (SQLite's writer takes them 2,000 at a time)
+        // many at once go in several rounds (SQLite's writer takes them 500 rowids at a time)
         let many: Vec<_> = (0..2100u32)
             .map(|i| {
                 let birth = format!("1985{:02}{:02}", 1 + i / 28 % 12, 1 + i % 28);
@@ -3411,6 +3411,16 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
     }
 }
 
+/// The server's purge, as it runs hourly with `--retention-days days`.
+async fn purge(app: &TestApp, days: u32) -> epigrid_core::store::Purged {
+    let cfg = epigrid_web::WebConfig {
+        retention_days: days,
+        ..Default::default()
+    };
+    let st = epigrid_web::AppState::new(app.store.clone(), vault(), cfg);
+    epigrid_web::purge_expired(&st).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_server_purge_is_in_the_audit_log_for_top_level_admins_only() {
     let app = TestApp::start().await;
@@ -3418,7 +3428,7 @@ async fn the_server_purge_is_in_the_audit_log_for_top_level_admins_only() {
     let body = checkpoint_body(&cn_id("150802", "19900101", 41), "王一", "13911114141");
     let old = Utc::now() - Duration::days(40);
     register_at(app.store.as_ref(), &site, &body, old).await;
-    let purged = epigrid_web::purge_expired(&app.state, 28).await.unwrap();
+    let purged = purge(&app, 28).await;
     assert_eq!((purged.registrations, purged.persons), (1, 1));
     let city = app.token("ret_city", Role::Admin, "150800").await;
     let county = app.token("ret_county", Role::Admin, "150802").await;
@@ -3437,8 +3447,53 @@ async fn the_server_purge_is_in_the_audit_log_for_top_level_admins_only() {
     let unseen = app.get_json(q, &county).await;
     assert_eq!(unseen["items"], json!([]), "of no area: {unseen}");
     // nothing left to purge: nothing audited
-    let again = epigrid_web::purge_expired(&app.state, 28).await.unwrap();
+    let again = purge(&app, 28).await;
     assert_eq!((again.registrations, again.persons), (0, 0));
     let seen = app.get_json(q, &city).await;
     assert_eq!(seen["items"].as_array().unwrap().len(), 1, "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_reaching_back_past_the_retention_says_so() {
+    let (store, dir) = sqlite();
+    let cfg = epigrid_web::WebConfig {
+        retention_days: 28,
+        ..Default::default()
+    };
+    let app = TestApp::start_configured(store, dir, cfg).await;
+    let epi = app.token("ret_epi", Role::Epidemiologist, "150802").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let id = cn_id("150802", "19900101", 43);
+    assert_eq!(
+        app.register(&site, &checkpoint_body(&id, "王三", "13911114343"))
+            .await
+            .status(),
+        201
+    );
+    let pid = find_person(&app, &id, &epi).await;
+    let trace = |from: String| {
+        let (app, epi, pid) = (&app, &epi, &pid);
+        async move {
+            let r = app
+                .post_json(
+                    &format!("/api/v1/persons/{pid}/trace"),
+                    &json!({"from": from}),
+                    Some(epi),
+                )
+                .await;
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let long_ago = (Utc::now() - Duration::days(40)).to_rfc3339();
+    let v = trace(long_ago).await;
+    let horizon = v["purged_before"].as_str().expect("a horizon");
+    let horizon = chrono::DateTime::parse_from_rfc3339(horizon).unwrap();
+    let expected = Utc::now() - Duration::days(28);
+    assert!(
+        (horizon.with_timezone(&Utc) - expected).num_seconds().abs() < 60,
+        "{v}"
+    );
+    let v = trace((Utc::now() - Duration::days(10)).to_rfc3339()).await;
+    assert!(v["purged_before"].is_null(), "within the retention: {v}");
 }

@@ -191,8 +191,6 @@ pub struct TestApp {
     pub client: reqwest::Client,
     #[allow(dead_code)]
     pub dir: PathBuf,
-    /// The server's state, for what the server does on its own (the hourly purge).
-    pub state: AppState,
 }
 
 impl TestApp {
@@ -202,9 +200,13 @@ impl TestApp {
     }
 
     pub async fn start_with(store: Arc<dyn Store>, dir: PathBuf) -> TestApp {
+        TestApp::start_configured(store, dir, WebConfig::default()).await
+    }
+
+    pub async fn start_configured(store: Arc<dyn Store>, dir: PathBuf, cfg: WebConfig) -> TestApp {
         let sites = seed(store.as_ref()).await;
-        let state = AppState::new(store.clone(), vault(), WebConfig::default());
-        let app = epigrid_web::router(state.clone());
+        let state = AppState::new(store.clone(), vault(), cfg);
+        let app = epigrid_web::router(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -225,7 +227,6 @@ impl TestApp {
                 .build()
                 .expect("client"),
             dir,
-            state,
         }
     }
 
