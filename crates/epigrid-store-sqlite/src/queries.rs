@@ -1459,45 +1459,52 @@ impl Store for SqliteStore {
             tokio::time::sleep(start.elapsed()).await;
             Ok::<u64, StoreError>(n)
         };
-        let mut purged = Purged::default();
-        for lo in (regs.0..=regs.1).step_by(PURGE_WINDOW as usize) {
-            let sql = "SELECT EXISTS (SELECT 1 FROM registrations WHERE seq BETWEEN ?2 AND ?3 AND at < ?1)";
-            if !any_old(sql, lo).await? {
-                continue;
+        // Walks the rowids `first..=last` window by window: where `check` finds anything old,
+        // what `select` finds goes, through `deletes`.
+        let (any_old, paced, window) = (&any_old, &paced, &window);
+        let walk = |(first, last): (i64, i64),
+                    check: &'static str,
+                    select: String,
+                    deletes: &'static [&'static str]| async move {
+            let mut n = 0;
+            for lo in (first..=last).step_by(PURGE_WINDOW as usize) {
+                if any_old(check, lo).await? {
+                    n += paced(window(select.clone(), deletes, lo)).await?;
+                }
             }
-            purged.registrations += paced(window(
-                    old_registrations.clone(),
-                    &[
-                        "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM purge_chunk)",
-                        "DELETE FROM registrations WHERE id IN (SELECT id FROM purge_chunk)",
-                    ],
-                    lo,
-                ))
-                .await?;
-        }
+            Ok::<u64, StoreError>(n)
+        };
+        let registrations = walk(
+            regs,
+            "SELECT EXISTS (SELECT 1 FROM registrations WHERE seq BETWEEN ?2 AND ?3 AND at < ?1)",
+            old_registrations,
+            &[
+                "DELETE FROM registration_companions WHERE registration_id IN (SELECT id FROM purge_chunk)",
+                "DELETE FROM registrations WHERE id IN (SELECT id FROM purge_chunk)",
+            ],
+        )
+        .await?;
         let plates = STALE_PLATES_SQL
             .replace("{kept}", KEPT_PEOPLE_SQL)
             .replace("{before}", "?1");
         self.write(move |c| c.execute(&plates, [at]).map_err(map_err))
             .await?;
-        for lo in (people.0..=people.1).step_by(PURGE_WINDOW as usize) {
-            let sql = "SELECT EXISTS (SELECT 1 FROM persons WHERE rowid BETWEEN ?2 AND ?3 \
-                       AND last_seen_at < ?1 AND category = 'none')";
-            if !any_old(sql, lo).await? {
-                continue;
-            }
-            purged.persons += paced(window(
-                gone_people.clone(),
-                &[
-                    "DELETE FROM person_grams WHERE person_id IN (SELECT id FROM purge_chunk)",
-                    "DELETE FROM person_plates WHERE person_id IN (SELECT id FROM purge_chunk)",
-                    "DELETE FROM persons WHERE id IN (SELECT id FROM purge_chunk)",
-                ],
-                lo,
-            ))
-            .await?;
-        }
-        Ok(purged)
+        let persons = walk(
+            people,
+            "SELECT EXISTS (SELECT 1 FROM persons WHERE rowid BETWEEN ?2 AND ?3 \
+             AND last_seen_at < ?1 AND category = 'none')",
+            gone_people,
+            &[
+                "DELETE FROM person_grams WHERE person_id IN (SELECT id FROM purge_chunk)",
+                "DELETE FROM person_plates WHERE person_id IN (SELECT id FROM purge_chunk)",
+                "DELETE FROM persons WHERE id IN (SELECT id FROM purge_chunk)",
+            ],
+        )
+        .await?;
+        Ok(Purged {
+            registrations,
+            persons,
+        })
     }
 
     async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {

@@ -583,6 +583,13 @@ pub(crate) fn check_date(field: &str, d: NaiveDate) -> Result<NaiveDate, FieldEr
     }
 }
 
+/// A query's values that are not blank, trimmed.
+fn filled(q: &HashMap<String, String>) -> impl Iterator<Item = (&String, &str)> {
+    q.iter()
+        .map(|(k, v)| (k, v.trim()))
+        .filter(|(_, v)| !v.is_empty())
+}
+
 /// The query values list filters share: a time span (`from`, `to`) and a page (`before`,
 /// `limit`).
 #[derive(Default)]
@@ -653,11 +660,7 @@ pub(crate) fn registration_filter(
     };
     let mut span = Span::default();
     let mut errs = Vec::new();
-    for (k, v) in q {
-        let v = v.trim();
-        if v.is_empty() {
-            continue;
-        }
+    for (k, v) in filled(q) {
         match k.as_str() {
             "site" => match Uuid::parse_str(v) {
                 Ok(id) => f.site_id = Some(id),
@@ -843,11 +846,7 @@ pub(crate) fn audit_filter(
     };
     let mut span = Span::default();
     let mut errs = Vec::new();
-    for (k, v) in q {
-        let v = v.trim();
-        if v.is_empty() {
-            continue;
-        }
+    for (k, v) in filled(q) {
         let mut text =
             |field: &str| match epigrid_core::validate::validate_text(field, v, 200, false) {
                 Ok(t) => t,
