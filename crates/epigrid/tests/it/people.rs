@@ -3496,4 +3496,22 @@ async fn a_trace_reaching_back_past_the_retention_says_so() {
     );
     let v = trace((Utc::now() - Duration::days(10)).to_rfc3339()).await;
     assert!(v["purged_before"].is_null(), "within the retention: {v}");
+    // the page's default window: from a positive sample taken 40 days ago, past the horizon
+    let sample = (Utc::now() - Duration::days(40)).date_naive().to_string();
+    let lab = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/lab-results"),
+            &json!({"test": "nucleic_acid", "sample_date": sample, "result": "positive"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(lab.status(), 201);
+    let cookie = app.login_cookie("ret_epi").await;
+    let page = app
+        .page(&format!("/persons/{pid}/trace?lang=en"), &cookie)
+        .await;
+    assert!(
+        page.contains("class=\"note\" role=\"status\">Registrations of people no one had acted on"),
+        "{page}"
+    );
 }
