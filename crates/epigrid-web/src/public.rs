@@ -120,6 +120,8 @@ struct FormPage<'a> {
     origin_picker: bool,
     /// The origin the script's picker had chosen, sent back with a form that had errors.
     origin: String,
+    /// How long a registration is kept, when it is not kept for good.
+    retention: String,
 }
 
 #[derive(Template)]
@@ -596,6 +598,10 @@ async fn render_form(
             .filter(|v| matches!(v.len(), 2 | 4 | 6) && v.bytes().all(|b| b.is_ascii_digit()))
             .unwrap_or_default()
             .to_string(),
+        retention: match st.cfg.retention_days {
+            0 => String::new(),
+            days => tr.t("form.retention").replace("{days}", &days.to_string()),
+        },
     };
     let status = if errors.is_empty() {
         StatusCode::OK

@@ -3506,6 +3506,20 @@ async fn a_trace_reaching_back_past_the_retention_says_so() {
         )
         .await;
     assert_eq!(lab.status(), 201);
+    // people registering are told how long it is kept
+    let form = app
+        .client
+        .get(format!("{}/s/{}?lang=en", app.base, site.token))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        form.contains("Registrations are deleted after 28 days"),
+        "{form}"
+    );
     let cookie = app.login_cookie("ret_epi").await;
     let page = app
         .page(&format!("/persons/{pid}/trace?lang=en"), &cookie)
