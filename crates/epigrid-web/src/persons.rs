@@ -1223,8 +1223,14 @@ async fn export_csv(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let (header, rows) = export_table(&st, &staff, &q, "csv").await?;
+    Ok(csv_download("observations.csv", &header, &rows))
+}
+
+/// A CSV download: UTF-8 with a BOM so that Excel in a Chinese locale reads it right, every
+/// cell quoted and none read as a formula.
+pub(crate) fn csv_download(file: &str, header: &[String], rows: &[Vec<String>]) -> Response {
     let mut out = String::from("\u{feff}");
-    for row in std::iter::once(&header).chain(rows.iter()) {
+    for row in std::iter::once(header).chain(rows.iter().map(Vec::as_slice)) {
         out.push_str(
             &row.iter()
                 .map(|c| csv_cell(c))
@@ -1233,17 +1239,17 @@ async fn export_csv(
         );
         out.push_str("\r\n");
     }
-    Ok((
+    (
         [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                "attachment; filename=\"observations.csv\"",
+                format!("attachment; filename=\"{file}\""),
             ),
         ],
         out,
     )
-        .into_response())
+        .into_response()
 }
 
 /// The line list as XLSX; every cell is written as text (ID numbers keep their digits, and

@@ -743,14 +743,21 @@ async fn registrations_page(
 
 /// The same page with the same filters, one page further back (`before=seq`).
 fn older_link(path: &str, q: &HashMap<String, String>, seq: i64) -> String {
-    let mut nq: Vec<String> = q
-        .iter()
-        .filter(|(k, _)| k.as_str() != "before")
-        .map(|(k, v)| format!("{k}={}", pct(v)))
-        .collect();
-    nq.sort();
-    nq.push(format!("before={seq}"));
-    format!("{path}?{}", nq.join("&"))
+    let mut q = q.clone();
+    q.insert("before".into(), seq.to_string());
+    with_query(path, &q)
+}
+
+/// `path` with the query `q` (in a stable order; `before` last).
+fn with_query(path: &str, q: &HashMap<String, String>) -> String {
+    let mut nq: Vec<(&String, &String)> = q.iter().filter(|(k, _)| k.as_str() != "lang").collect();
+    nq.sort_by_key(|(k, _)| (k.as_str() == "before", k.as_str()));
+    let nq: Vec<String> = nq.iter().map(|(k, v)| format!("{k}={}", pct(v))).collect();
+    if nq.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", nq.join("&"))
+    }
 }
 
 fn pct(s: &str) -> String {
@@ -934,6 +941,8 @@ struct AuditPage {
     q: HashMap<String, String>,
     errors: Vec<String>,
     next: String,
+    /// the same entries as a CSV download
+    csv: String,
 }
 
 impl AuditPage {
@@ -1005,6 +1014,7 @@ async fn audit_page(
             .map(|e| (local(e.at, st.cfg.tz), action_words(lang, &e.action), e))
             .collect(),
         actions,
+        csv: with_query("/api/v1/audit.csv", &q),
         q,
         errors,
         next,

@@ -1962,7 +1962,7 @@ async fn the_audit_log_is_filtered_and_paged() {
     let app = TestApp::start().await;
     let admin = app.token("pager_admin", Role::Admin, "150800").await;
     // three logins by one account, one by another: each is audited
-    app.token("pager_gw", Role::GridWorker, "150802").await;
+    let gw_token = app.token("pager_gw", Role::GridWorker, "150802").await;
     for _ in 0..2 {
         let r = app
             .client
@@ -2060,6 +2060,38 @@ async fn the_audit_log_is_filtered_and_paged() {
     assert!(
         !page.contains("pager_admin</a>"),
         "only the account asked for: {page}"
+    );
+    // the same entries as CSV, and that export is audited
+    assert!(
+        page.contains("href=\"/api/v1/audit.csv?action=login&#38;limit=1&#38;user=pager_gw\""),
+        "{page}"
+    );
+    let csv = app
+        .get("/api/v1/audit.csv?user=pager_gw&action=login", Some(&admin))
+        .await;
+    assert_eq!(csv.status(), 200);
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = csv.text().await.unwrap();
+    let lines: Vec<&str> = csv.trim_end().split("\r\n").collect();
+    assert!(
+        lines[0].starts_with("\u{feff}\"seq\",\"at\",\"username\""),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 4, "a header and the three logins: {csv}");
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.contains("\"pager_gw\",\"login\"")),
+        "{csv}"
+    );
+    let exports = app
+        .get_json("/api/v1/audit?action=export&subject=audit.csv", &admin)
+        .await;
+    assert_eq!(exports["items"][0]["detail"], "rows=3", "{exports}");
+    assert_eq!(
+        app.get("/api/v1/audit.csv", Some(&gw_token)).await.status(),
+        403,
+        "for admins only"
     );
     let bad = app.page("/audit?from=yesterday", &cookie).await;
     assert!(bad.contains("class=\"err\">开始日期: "), "{bad}");
