@@ -61,15 +61,7 @@ async fn every_public_form_is_small_a_real_form_and_localised() {
         }
     }
     let gate = app.site(SiteKind::Gate, "150802");
-    let html = app
-        .client
-        .get(format!("{}/s/{}", app.base, gate.token))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = app.public_page(&format!("/s/{}", gate.token)).await;
     assert!(
         html.contains("150802001001001001"),
         "the gate form lists the compound's units"

@@ -3507,15 +3507,7 @@ async fn a_trace_reaching_back_past_the_retention_says_so() {
         .await;
     assert_eq!(lab.status(), 201);
     // people registering are told how long it is kept
-    let form = app
-        .client
-        .get(format!("{}/s/{}?lang=en", app.base, site.token))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let form = app.public_page(&format!("/s/{}?lang=en", site.token)).await;
     assert!(
         form.contains("Registrations are deleted after 28 days"),
         "{form}"

@@ -321,6 +321,13 @@ impl TestApp {
     }
 
     /// `GET path` as `token`, read as JSON (whatever the status).
+    /// A page as anyone would get it (no login), as text.
+    pub async fn public_page(&self, path: &str) -> String {
+        let r = self.get(path, None).await;
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.text().await.expect("text")
+    }
+
     pub async fn get_json(&self, path: &str, token: &str) -> serde_json::Value {
         self.get(path, Some(token))
             .await
