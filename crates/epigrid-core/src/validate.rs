@@ -131,7 +131,7 @@ impl Errors {
 
 /// Folds full-width ASCII forms (U+FF01–U+FF5E, e.g. `１`, `Ｘ`, `－`) to ASCII and the
 /// ideographic space (U+3000) to a plain space. Phone IMEs often produce these.
-pub(crate) fn fold_width(c: char) -> char {
+pub fn fold_width(c: char) -> char {
     match c {
         '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
         '\u{3000}' => ' ',

@@ -584,11 +584,16 @@ pub(crate) fn check_date(field: &str, d: NaiveDate) -> Result<NaiveDate, FieldEr
     }
 }
 
-/// A query's values that are not blank, trimmed.
+/// A query's values that are not blank, trimmed, by name (so that its errors come in the
+/// same order every time).
 fn filled(q: &HashMap<String, String>) -> impl Iterator<Item = (&String, &str)> {
-    q.iter()
+    let mut v: Vec<(&String, &str)> = q
+        .iter()
         .map(|(k, v)| (k, v.trim()))
         .filter(|(_, v)| !v.is_empty())
+        .collect();
+    v.sort_unstable_by_key(|(k, _)| k.as_str());
+    v.into_iter()
 }
 
 /// The query values list filters share: a time span (`from`, `to`) and a page (`before`,

@@ -206,9 +206,18 @@ async fn correct_person(
     // a document or phone number is not corrected here (it is who the person is: a merge
     // joins two records), and a key nobody reads is a mistake, not a no-op
     for k in b.as_object().into_iter().flatten().map(|(k, _)| k) {
-        if !["name", "home_area_code"].contains(&k.as_str()) {
-            errs.push(FieldError::new(k, "err.field.unchangeable_person"));
+        if ["name", "home_area_code"].contains(&k.as_str()) {
+            continue;
         }
+        let identity = ["id_type", "id_number", "phone", "doc_type", "document"];
+        errs.push(FieldError::new(
+            k,
+            if identity.contains(&k.as_str()) {
+                "err.field.unchangeable_person"
+            } else {
+                "err.field.unknown_person"
+            },
+        ));
     }
     let Some(name) = name.filter(|_| errs.is_empty()) else {
         return Err(ApiError::Invalid(errs));
@@ -389,9 +398,20 @@ async fn person_detail(
 
 /// The `reason` staff give for a change they make (kept in its history): required, one line of
 /// at most 500 characters.
+/// A reason staff give for what they do. It goes into the audit log and the person's
+/// history, so it may not hold an ID or phone number (seven digits or more in a row): those
+/// are on record already, and the log keeps no one's numbers.
 pub(crate) fn reason(raw: &str) -> Result<String, FieldError> {
-    epigrid_core::validate::validate_text("reason", raw, 500, true)?
-        .ok_or_else(|| FieldError::new("reason", "err.required"))
+    let text = epigrid_core::validate::validate_text("reason", raw, 500, true)?
+        .ok_or_else(|| FieldError::new("reason", "err.required"))?;
+    let mut run = 0;
+    for c in text.chars().map(epigrid_core::validate::fold_width) {
+        run = if c.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= 7 {
+            return Err(FieldError::new("reason", "err.reason.numbers"));
+        }
+    }
+    Ok(text)
 }
 
 pub(crate) async fn apply_category(

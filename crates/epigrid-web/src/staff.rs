@@ -718,6 +718,8 @@ async fn registrations_page(
                 ("kind", "sites.kind"),
                 ("from", "filter.from"),
                 ("to", "filter.to"),
+                ("before", "filter.before"),
+                ("limit", "filter.limit"),
             ];
             (
                 Vec::new(),
@@ -993,6 +995,8 @@ async fn audit_page(
                 ("subject", "audit.subject"),
                 ("from", "filter.from"),
                 ("to", "filter.to"),
+                ("before", "filter.before"),
+                ("limit", "filter.limit"),
             ];
             (
                 Vec::new(),

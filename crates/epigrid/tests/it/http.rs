@@ -433,6 +433,18 @@ async fn unmasking_is_for_allowed_roles_and_always_audited() {
         .await;
     assert_eq!(r.status(), 422);
     assert_eq!(body(r).await["errors"][0]["code"], "err.text.format");
+    // nor one that carries someone's number into the audit log (full-width digits too)
+    for numbered in ["回访 13800138000 未接", "核对 １５０８０２１９９０"] {
+        let r = app
+            .post_json(
+                &format!("/api/v1/registrations/{id}/unmask"),
+                &json!({"reason": numbered}),
+                Some(&epi),
+            )
+            .await;
+        assert_eq!(r.status(), 422, "{numbered}");
+        assert_eq!(body(r).await["errors"][0]["code"], "err.reason.numbers");
+    }
     let r = app
         .post_json(
             &format!("/api/v1/registrations/{id}/unmask"),
@@ -2085,6 +2097,22 @@ async fn the_audit_log_is_filtered_and_paged() {
         403,
         "for admins only"
     );
+    // several bad values: each named, in the same order every time
+    for _ in 0..3 {
+        let r = app
+            .get("/api/v1/audit?limit=abc&from=x&before=y", Some(&admin))
+            .await;
+        let v: Value = r.json().await.unwrap();
+        let fields: Vec<&str> = v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["before", "from", "limit"], "{v}");
+    }
+    let bad = app.page("/audit?before=abc&lang=en", &cookie).await;
+    assert!(bad.contains("class=\"err\">Page (before): "), "{bad}");
     let bad = app.page("/audit?from=yesterday", &cookie).await;
     assert!(bad.contains("class=\"err\">开始日期: "), "{bad}");
     // an admin reading a registration is one click from who else has read it; others are not

@@ -1285,9 +1285,25 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
+    let v = r.json::<Value>().await.unwrap();
     assert_eq!(
-        r.json::<Value>().await.unwrap()["errors"][0]["field"],
-        "phone"
+        (&v["errors"][0]["field"], &v["errors"][0]["code"]),
+        (&json!("phone"), &json!("err.field.unchangeable_person"))
+    );
+    // a key a correction does not take is named as such, not as the record's identity
+    let r = app
+        .client
+        .patch(format!("{}/api/v1/persons/{dup}", app.base))
+        .bearer_auth(&epi)
+        .json(&json!({"name": "刘德华", "reason": "typo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let v = r.json::<Value>().await.unwrap();
+    assert_eq!(
+        (&v["errors"][0]["field"], &v["errors"][0]["code"]),
+        (&json!("reason"), &json!("err.field.unknown_person"))
     );
     let audit: Value = app.get_json("/api/v1/audit", &admin).await;
     let actions: Vec<&str> = audit["items"]
