@@ -3331,6 +3331,33 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
         let mut now_body = body(35, "张五");
         now_body["plate"] = "蒙L88888".into();
         register_at(store, linhe, &now_body, recent).await;
+        // F came 40 days ago and is under observation now; G has a lab result
+        let f = register_at(store, linhe, &body(36, "张六"), old)
+            .await
+            .person
+            .id;
+        let today = now.date_naive();
+        store
+            .insert_observation(&observation(f, today, 14, "retention-f"))
+            .await
+            .unwrap();
+        let g = register_at(store, linhe, &body(37, "张七"), old)
+            .await
+            .person
+            .id;
+        store
+            .insert_lab_result(&LabResult {
+                id: new_id(),
+                person_id: g,
+                test: TestKind::NucleicAcid,
+                sample_date: today,
+                result_date: Some(today),
+                result: TestResult::Negative,
+                entered_by: None,
+                created_at: now,
+            })
+            .await
+            .unwrap();
         let contact = CategoryChange {
             id: new_id(),
             person_id: c,
@@ -3378,6 +3405,11 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
             (1, 1, 1),
             "{name}: A keeps yesterday's; C, a contact, and D, who travelled with C, keep all"
         );
+        assert_eq!(
+            (regs(f).await, regs(g).await),
+            (1, 1),
+            "{name}: so do F, under observation, and G, with a lab result"
+        );
         assert!(
             store.person(b, &Scope::all()).await.unwrap().is_none(),
             "{name}: B is forgotten"
@@ -3420,6 +3452,15 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
             .person
             .id;
         assert_eq!(again, b, "{name}");
+        let by_name = store
+            .search_persons(&Scope::all(), &PersonQuery::Name("张二".into()), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            by_name.iter().map(|p| p.id).collect::<Vec<_>>(),
+            vec![b],
+            "{name}: and is found by name again"
+        );
         assert!(
             store.person(b, &Scope::all()).await.unwrap().is_some(),
             "{name}"
