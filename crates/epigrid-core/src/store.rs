@@ -287,9 +287,9 @@ pub trait Store: Send + Sync + 'static {
     /// companion lines) of people staff have never acted on (see [`KEPT_PEOPLE_SQL`]) and that
     /// list none who were, the vehicles such people were seen with only in those, then such
     /// people themselves once nothing refers to them and they have not been seen since
-    /// `before`. Aggregates (rollups) and the audit log are kept. PostgreSQL does it in one
-    /// transaction; SQLite, whose writer is shared with every registration, in many small
-    /// ones (an error may leave it part-done; the next run goes on).
+    /// `before`. Aggregates (rollups) and the audit log are kept. Both stores go in several
+    /// transactions (SQLite's writer is shared with every registration; PostgreSQL's people
+    /// go a thousand at a time): a purge may stop part-way, and the next run goes on.
     async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged>;
 
     // ---- audit ----
@@ -507,14 +507,20 @@ pub const GONE_PEOPLE_SQL: &str = "SELECT p.id FROM persons p WHERE p.last_seen_
      AND NOT EXISTS (SELECT 1 FROM registration_companions c WHERE c.person_id = p.id)";
 
 /// [`PURGE_SQL`] with its placeholders filled, for a store whose cut-off parameter is
-/// written `param` (`?1`, `$1`): the purge in one transaction, as PostgreSQL runs it (its
-/// writers do not wait for one another; SQLite's one writer goes in chunks).
-pub fn purge_statements(param: &str) -> Vec<String> {
+/// written `param` (`?1`, `$1`), as PostgreSQL runs it: the first three statements
+/// (registrations, vehicles) at once, the last three (grams, plates, people) again and again
+/// for up to `people_at_once` people each time, each time in one snapshot. (SQLite's one
+/// writer goes in windows of its own.)
+pub fn purge_statements(param: &str, people_at_once: usize) -> Vec<String> {
     let fill = |s: &str| {
         s.replace("{kept}", KEPT_PEOPLE_SQL)
             .replace("{before}", param)
     };
-    let gone = fill(GONE_PEOPLE_SQL);
+    // the same people in each of the last three statements: in one snapshot, ordered
+    let gone = format!(
+        "{} ORDER BY p.id LIMIT {people_at_once}",
+        fill(GONE_PEOPLE_SQL)
+    );
     PURGE_SQL
         .iter()
         .map(|s| fill(&s.replace("{gone}", &gone)))

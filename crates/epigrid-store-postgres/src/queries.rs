@@ -933,32 +933,69 @@ impl Store for PgStore {
         /// An arbitrary constant naming the purge's lock: servers sharing the database take
         /// turns rather than deadlock on the same rows.
         const PURGE_LOCK: i64 = 0x0070_7572_6765;
+        /// People deleted per transaction.
+        const PEOPLE_AT_ONCE: usize = 1000;
+        use tokio_postgres::error::SqlState;
+        let sql = epigrid_core::store::purge_statements("$1", PEOPLE_AT_ONCE);
         let mut c = self.client().await?;
-        // One snapshot for every statement: the people found gone when their grams go are the
-        // ones deleted. A registration of theirs committed meanwhile makes the deletion fail
-        // (a serialization error) and the whole purge roll back, to be tried again next time.
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await
-            .map_err(map_err)?;
+        // Old registrations and the vehicles seen only in them: nobody writes to those rows,
+        // so one transaction (other writers do not wait for it).
+        let tx = c.transaction().await.map_err(map_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PURGE_LOCK])
             .await
             .map_err(map_err)?;
         let mut n = Vec::new();
-        for sql in epigrid_core::store::purge_statements("$1") {
-            n.push(
-                tx.execute(sql.as_str(), &[&before])
-                    .await
-                    .map_err(map_err)?,
-            );
+        for s in &sql[..3] {
+            n.push(tx.execute(s.as_str(), &[&before]).await.map_err(map_err)?);
         }
         tx.commit().await.map_err(map_err)?;
-        Ok(Purged {
+        let mut purged = Purged {
             registrations: n[1],
-            persons: n[5],
-        })
+            persons: 0,
+        };
+        // Then the people left with nothing, a thousand at a time, each time in one snapshot
+        // (REPEATABLE READ): the people whose grams go are the ones deleted. One of them
+        // registering again meanwhile fails that transaction (a serialization failure or a
+        // deadlock, detected); it is rolled back whole, and the rest waits for the next run.
+        loop {
+            let chunk = async {
+                let tx = c
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .start()
+                    .await?;
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PURGE_LOCK])
+                    .await?;
+                let mut deleted = 0;
+                for s in &sql[3..] {
+                    deleted = tx.execute(s.as_str(), &[&before]).await?;
+                }
+                tx.commit().await?;
+                Ok::<u64, tokio_postgres::Error>(deleted)
+            };
+            match chunk.await {
+                Ok(deleted) => {
+                    purged.persons += deleted;
+                    if deleted < PEOPLE_AT_ONCE as u64 {
+                        break;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+                            | Some(&SqlState::T_R_DEADLOCK_DETECTED)
+                    ) =>
+                {
+                    tracing::info!(
+                        "retention purge: people left for the next run (they came back)"
+                    );
+                    break;
+                }
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(purged)
     }
 
     async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
