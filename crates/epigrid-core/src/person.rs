@@ -488,13 +488,15 @@ pub fn name_grams(name: &str) -> Vec<String> {
     out
 }
 
-/// The gram a search for `q` looks up: its first pair of characters, or the character itself.
+/// The gram a search for `q` looks up: its first pair of characters, or the character itself,
+/// folded ([`fold_name`]).
 pub fn search_gram(q: &str) -> String {
-    fold_name(q)
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .take(2)
-        .collect()
+    first_gram(&fold_name(q))
+}
+
+/// The first pair of characters of `s` (spaces left out), or its one character, as it is.
+pub fn first_gram(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).take(2).collect()
 }
 
 /// A name as search compares it: in lower case, character by character, so that `ivan`

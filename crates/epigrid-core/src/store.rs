@@ -512,17 +512,21 @@ pub const GONE_PEOPLE_SQL: &str = "SELECT p.id FROM persons p WHERE p.last_seen_
 /// for up to `people_at_once` people each time, each time in one snapshot. (SQLite's one
 /// writer goes in windows of its own.)
 pub fn purge_statements(param: &str, people_at_once: usize) -> Vec<String> {
-    let fill = |s: &str| {
-        s.replace("{kept}", KEPT_PEOPLE_SQL)
-            .replace("{before}", param)
-    };
     // the same people in each of the last three statements: in one snapshot, ordered
     let gone = format!(
         "{} ORDER BY p.id LIMIT {people_at_once}",
-        fill(GONE_PEOPLE_SQL)
+        purge_sql(GONE_PEOPLE_SQL, param)
     );
     PURGE_SQL
         .iter()
-        .map(|s| fill(&s.replace("{gone}", &gone)))
+        .map(|s| purge_sql(&s.replace("{gone}", &gone), param))
         .collect()
+}
+
+/// A purge statement's `{kept}` filled with [`KEPT_PEOPLE_SQL`] and `{before}` with the
+/// store's cut-off parameter (`?1`, `$1`).
+pub fn purge_sql(template: &str, param: &str) -> String {
+    template
+        .replace("{kept}", KEPT_PEOPLE_SQL)
+        .replace("{before}", param)
 }

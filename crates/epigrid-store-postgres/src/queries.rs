@@ -1262,7 +1262,7 @@ impl PgStore {
             PersonQuery::Name(name) => {
                 let gram = epigrid_core::person::search_gram(name);
                 let folded = epigrid_core::person::fold_name(name);
-                let typed_gram: String = name.chars().filter(|c| !c.is_whitespace()).take(2).collect();
+                let typed_gram = epigrid_core::person::first_gram(name);
                 // lower() folds as the database's LC_CTYPE does: every alphabet under a UTF-8
                 // locale (C.UTF-8, en_US.UTF-8, zh_CN.UTF-8), ASCII alone under plain "C". So
                 // the name as typed is matched too, and its gram as typed (what migration 20's

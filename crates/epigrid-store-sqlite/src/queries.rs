@@ -1377,7 +1377,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_before(&self, before: DateTime<Utc>) -> StoreResult<Purged> {
-        use epigrid_core::store::{GONE_PEOPLE_SQL, KEPT_PEOPLE_SQL, STALE_PLATES_SQL};
+        use epigrid_core::store::{purge_sql, GONE_PEOPLE_SQL, KEPT_PEOPLE_SQL, STALE_PLATES_SQL};
         // The writer is the only one: a purge of a million rows in one transaction would hold
         // every registration back for most of a minute. So the people kept are noted once,
         // then the tables are walked in windows of PURGE_WINDOW rows (by rowid). A reader
@@ -1438,9 +1438,7 @@ impl Store for SqliteStore {
         );
         let gone_people = format!(
             "{} AND p.rowid BETWEEN ?2 AND ?3",
-            GONE_PEOPLE_SQL
-                .replace("{kept}", KEPT_PEOPLE_SQL)
-                .replace("{before}", "?1")
+            purge_sql(GONE_PEOPLE_SQL, "?1")
         );
         // Whether a window holds anything old at all (on a reader).
         let any_old = |sql: &'static str, lo: i64| {
@@ -1484,9 +1482,7 @@ impl Store for SqliteStore {
             ],
         )
         .await?;
-        let plates = STALE_PLATES_SQL
-            .replace("{kept}", KEPT_PEOPLE_SQL)
-            .replace("{before}", "?1");
+        let plates = purge_sql(STALE_PLATES_SQL, "?1");
         self.write(move |c| c.execute(&plates, [at]).map_err(map_err))
             .await?;
         let persons = walk(

@@ -600,7 +600,7 @@ async fn render_form(
             .to_string(),
         retention: match st.cfg.retention_days {
             0 => String::new(),
-            days => tr.t("form.retention").replace("{days}", &days.to_string()),
+            days => epigrid_core::i18n::tf(lang, "form.retention", &[("days", &days.to_string())]),
         },
     };
     let status = if errors.is_empty() {

@@ -973,13 +973,10 @@ async fn audit_page(
     staff: MaybeStaff,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let s = match logged_in(staff) {
+    let s = match logged_in_as(staff, lang, |r| r == Role::Admin) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if s.role() != Role::Admin {
-        return forbidden(lang);
-    }
     let (rows, errors, next) = match crate::api::audit_filter(&st, &s, &q, 200) {
         Ok(f) => {
             let rows = st.store.audit_log(&s.scope(), &f).await.unwrap_or_default();
@@ -1007,8 +1004,10 @@ async fn audit_page(
     };
     let mut actions: Vec<(String, String)> = epigrid_core::i18n::keys(lang)
         .iter()
-        .filter_map(|k| k.strip_prefix("audit.action."))
-        .map(|a| (a.to_string(), action_words(lang, a)))
+        .filter_map(|k| {
+            let a = k.strip_prefix("audit.action.")?;
+            Some((a.to_string(), epigrid_core::i18n::t(lang, k).to_string()))
+        })
         .collect();
     actions.sort_by(|a, b| a.1.cmp(&b.1));
     page(AuditPage {
