@@ -3468,6 +3468,147 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_retention_purge_keeps_people_merged_traced_noticed_or_matched() {
+    use epigrid_core::model::RegistrationFilter;
+    use epigrid_core::store::Purged;
+    use epigrid_core::trace::{ContactRecord, Notice, NoticeEntry, ProximityRow};
+    for (name, store) in stores().await {
+        let store = store.as_ref();
+        let sites = seed(store).await;
+        let linhe = site_in(&sites, "150802");
+        let now = Utc::now();
+        let old = now - Duration::days(40);
+        // each of these people came only 40 days ago
+        let mut people = Vec::new();
+        for (seq, who) in (41..).zip([
+            "王一", "王二", "王三", "王四", "王五", "王六", "王七", "王八",
+        ]) {
+            let body = checkpoint_body(&cn_id("150802", "19910101", seq), who, "13911112222");
+            people.push(register_at(store, linhe, &body, old).await.person.id);
+        }
+        let [merged_away, merged_into, near_a, near_b, case, contact, matched, nobody] = people[..]
+        else {
+            unreachable!()
+        };
+        // a merge, even one undone since, is a decision staff took about both people
+        let merge = PersonMerge {
+            id: new_id(),
+            from_person: merged_away,
+            into_person: merged_into,
+            at: now,
+            by_user: None,
+            by_username: "epi".into(),
+            reason: "same".into(),
+            undone_at: None,
+        };
+        store.merge_persons(&merge).await.unwrap();
+        store
+            .undo_merge(merge.id, &Scope::all(), now)
+            .await
+            .unwrap();
+        store
+            .insert_proximity(vec![ProximityRow {
+                id: new_id(),
+                a: near_a,
+                b: near_b,
+                at: old,
+                duration_s: 900,
+                source: "bluetooth".into(),
+            }])
+            .await
+            .unwrap();
+        let at = chrono::DateTime::from_timestamp(old.timestamp(), 0).unwrap();
+        store
+            .insert_notice(&Notice {
+                id: new_id(),
+                case_person_id: case,
+                public_token: format!("tok-retention-{name}"),
+                area_path: "/150800/150802/".into(),
+                created_by: None,
+                created_at: now,
+                entries: vec![NoticeEntry {
+                    position: 0,
+                    site_id: linhe.id,
+                    place: "p".into(),
+                    area_name: "a".into(),
+                    from: at,
+                    to: at + Duration::hours(1),
+                }],
+            })
+            .await
+            .unwrap();
+        store
+            .upsert_contacts(&[ContactRecord {
+                index_person_id: case,
+                contact_person_id: contact,
+                degree: 1,
+                kinds: "co_location".into(),
+                exposure_s: 600,
+                score: 0.5,
+                status: "pending".into(),
+                found_at: now,
+            }])
+            .await
+            .unwrap();
+        let list = epigrid_core::store::ListRecord {
+            id: new_id(),
+            name: "from the railway".into(),
+            uploaded_by: None,
+            area_path: "/150800/".into(),
+            created_at: chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap(),
+            rows: 1,
+            bad_rows: 0,
+        };
+        let found = epigrid_core::matching::ListMatch {
+            line: 2,
+            person_id: matched,
+            method: "id_number",
+            confidence: 1.0,
+            review: false,
+            decision: None,
+        };
+        store.insert_list(&list, &[], &[found]).await.unwrap();
+
+        assert_eq!(
+            store.purge_before(now - Duration::days(28)).await.unwrap(),
+            Purged {
+                registrations: 1,
+                persons: 1
+            },
+            "{name}: only the person nobody acted on goes"
+        );
+        assert!(
+            store.person(nobody, &Scope::all()).await.unwrap().is_none(),
+            "{name}"
+        );
+        for (role, pid) in [
+            ("merged away", merged_away),
+            ("merged into", merged_into),
+            ("near", near_a),
+            ("near", near_b),
+            ("the case of a notice", case),
+            ("a contact", contact),
+            ("matched on a list", matched),
+        ] {
+            let f = RegistrationFilter {
+                person_id: Some(pid),
+                limit: 10,
+                ..Default::default()
+            };
+            let kept = store.registrations(&Scope::all(), &f).await.unwrap().len();
+            assert_eq!(
+                kept, 1,
+                "{name}: the person {role} keeps their registration"
+            );
+            assert!(
+                store.person(pid, &Scope::all()).await.unwrap().is_some(),
+                "{name}: the person {role} is kept"
+            );
+        }
+    }
+}
+
 /// The server's purge, as it runs hourly with `--retention-days days`.
 async fn purge(app: &TestApp, days: u32) -> epigrid_core::store::Purged {
     let cfg = epigrid_web::WebConfig {
