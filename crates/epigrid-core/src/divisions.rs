@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 const CHINA_TSV: &str = include_str!("../data/china.tsv");
 /// Raw Bayannur table: towns (9 digits) then communities (12 digits), same columns.
 const BAYANNUR_TSV: &str = include_str!("../data/bayannur.tsv");
+/// English (Hanyu Pinyin) names of the cities and counties, `code<TAB>name`.
+const CHINA_EN_TSV: &str = include_str!("../data/china_en.tsv");
 
 /// The demo city's code in the 6-digit form used for origins (city 1508, 巴彦淖尔市).
 pub const BAYANNUR_CITY: &str = "150800";
@@ -58,6 +60,20 @@ impl Division {
         self.name
     }
 
+    /// The name in English, as a traveller who reads English knows it: the province's for a
+    /// placeholder city, e.g. `Wuhan`, `Linhe District`, `Inner Mongolia`. `None` only where
+    /// the data has no English name.
+    pub fn name_en(&self) -> Option<&'static str> {
+        if self.is_placeholder() {
+            return self.parent.and_then(get).and_then(Division::name_en);
+        }
+        if self.code.len() == 2 {
+            return province_name_en(self.code);
+        }
+        let en = &tables().english;
+        find(en, self.code, |e: &(&'static str, &'static str)| e.0).map(|e| e.1)
+    }
+
     /// The code in 6-digit form: `15` → `150000`, `1508` → `150800`, counties unchanged.
     pub fn code6(&self) -> String {
         format!("{:0<6}", self.code)
@@ -84,11 +100,17 @@ struct Tables {
     demo: Vec<DemoArea>,
     /// How many of `demo` are towns (the rest are communities).
     demo_towns: usize,
+    /// `(code, English name)` of cities and counties, sorted by code.
+    english: Vec<(&'static str, &'static str)>,
 }
 
 fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
-    TABLES.get_or_init(|| parse_tables(CHINA_TSV, BAYANNUR_TSV))
+    TABLES.get_or_init(|| {
+        let mut t = parse_tables(CHINA_TSV, BAYANNUR_TSV);
+        t.english = parse_english(CHINA_EN_TSV);
+        t
+    })
 }
 
 fn is_digits(s: &str) -> bool {
@@ -196,7 +218,20 @@ fn parse_tables(china: &'static str, bayannur: &'static str) -> Tables {
         counties,
         demo,
         demo_towns,
+        english: Vec::new(),
     }
+}
+
+/// The `code<TAB>name` lines of the English names, sorted by code.
+fn parse_english(text: &'static str) -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<(&'static str, &'static str)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.trim_end_matches('\r').split_once('\t'))
+        .filter(|(code, name)| is_digits(code) && !name.trim().is_empty())
+        .collect();
+    sort_dedup(&mut v, |e| e.0);
+    v
 }
 
 /// All 31 provinces, autonomous regions and municipalities, sorted by code.
@@ -362,6 +397,169 @@ fn build_full_name(code: &str) -> Option<String> {
     Some(join_names(chain(division).into_iter().map(|d| d.name)))
 }
 
+/// The full name of a division in English, innermost first and separated by commas, e.g.
+/// `"Linhe District, Bayannur, Inner Mongolia"` for `150802`, `"Chaoyang District,
+/// Beijing"` for `110105` or `"Dongguan City, Guangdong"` for `441900`. Accepts what
+/// [`get`] accepts; a division without an English name is named in Chinese.
+pub fn full_name_en(code: &str) -> Option<String> {
+    let division = get(code)?;
+    let mut out: Vec<&str> = Vec::with_capacity(3);
+    for d in chain(division).into_iter().rev() {
+        let name = d.name_en().unwrap_or(d.display_name());
+        // a placeholder city named as its province; Dongguan above 441900 Dongguan City
+        if out
+            .last()
+            .is_some_and(|last| *last == name || last.strip_suffix(" City") == Some(name))
+        {
+            continue;
+        }
+        out.push(name);
+    }
+    Some(out.join(", "))
+}
+
+/// Why a typed place name names no one division (see [`find_place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaceError {
+    NotFound,
+    Ambiguous,
+}
+
+/// The words of a kind of division, left out when a typed name is compared.
+const KIND_WORDS_EN: [&str; 14] = [
+    "autonomous",
+    "prefecture",
+    "county",
+    "district",
+    "city",
+    "banner",
+    "league",
+    "special",
+    "forestry",
+    "new",
+    "area",
+    "mining",
+    "province",
+    "region",
+];
+
+/// A place name folded for comparing with what someone typed: Chinese without its kind
+/// (`临河区` → `临河`), English in lower case without spaces, punctuation, tone marks or the
+/// words of its kind (`Linhe District` → `linhe`, `Xī'ān` → `xian`).
+fn place_key(name: &str, without_kind: bool) -> String {
+    if name
+        .chars()
+        .any(|c| !c.is_ascii() && c.is_alphabetic() && !is_latin(c))
+    {
+        let mut key = name.trim();
+        let kinds = [
+            "自治州",
+            "自治县",
+            "自治旗",
+            "地区",
+            "市",
+            "县",
+            "区",
+            "旗",
+            "盟",
+        ];
+        for kind in kinds.iter().filter(|_| without_kind) {
+            if let Some(k) = key.strip_suffix(kind).filter(|k| !k.is_empty()) {
+                key = k;
+                break;
+            }
+        }
+        return key.chars().filter(|c| !c.is_whitespace()).collect();
+    }
+    let lower = name.to_lowercase();
+    lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !(without_kind && KIND_WORDS_EN.contains(w)))
+        .flat_map(|w| w.chars().map(plain_latin))
+        .collect()
+}
+
+/// Latin letters, with or without the marks pinyin uses.
+fn is_latin(c: char) -> bool {
+    c.is_ascii_alphabetic() || plain_latin(c) != c
+}
+
+/// A pinyin vowel without its tone mark (`ā` → `a`, `ǘ`/`ü` → `u`); `v`, which stands for
+/// `ü` when typing pinyin, is `u` too.
+fn plain_latin(c: char) -> char {
+    match c {
+        'ā' | 'á' | 'ǎ' | 'à' => 'a',
+        'ē' | 'é' | 'ě' | 'è' => 'e',
+        'ī' | 'í' | 'ǐ' | 'ì' => 'i',
+        'ō' | 'ó' | 'ǒ' | 'ò' => 'o',
+        'ū' | 'ú' | 'ǔ' | 'ù' | 'ǖ' | 'ǘ' | 'ǚ' | 'ǜ' | 'ü' | 'v' => 'u',
+        c => c,
+    }
+}
+
+/// The city or county in `province` (any code [`get`] takes) that a typed name means, in
+/// Chinese or in English (pinyin): `武汉`, `江夏区`, `Wuhan`, `jiangxia`. A part of a name
+/// finds it when only one place has it; a name shared by several finds the one whose whole
+/// name it is (`朝阳县`, `Chaoyang County`), or is told apart by its city, before or after it
+/// (`武汉江夏`, `Jiangxia, Wuhan`).
+pub fn find_place(province: &str, typed: &str) -> Result<&'static Division, PlaceError> {
+    let want = place_key(typed, true);
+    if want.is_empty() {
+        return Err(PlaceError::NotFound);
+    }
+    let english = !typed.chars().any(|c| c.is_alphabetic() && !is_latin(c));
+    let name = |d: &Division| {
+        if english {
+            d.name_en().unwrap_or_default()
+        } else {
+            d.display_name()
+        }
+    };
+    let key = |d: &Division| place_key(name(d), true);
+    let exact = place_key(typed, false);
+    // (division, how well the typed name fits it: 2 its very name, 1 its name without its
+    // kind, 0 a part of it)
+    let fit = |d: &Division, key: &str, want: &str| {
+        if place_key(name(d), false) == exact {
+            2
+        } else {
+            u8::from(key == want)
+        }
+    };
+    let mut hits: Vec<(&'static Division, u8)> = Vec::new();
+    for city in children(province) {
+        let city_key = key(city);
+        if city_key.contains(&want) {
+            hits.push((city, fit(city, &city_key, &want)));
+        }
+        // a county named together with its city (`鞍山市铁西`, `鞍山铁西`, `Tiexi, Anshan`)
+        let city_full = place_key(name(city), false);
+        let rest = [city_full.as_str(), city_key.as_str()]
+            .into_iter()
+            .filter(|c| !c.is_empty())
+            .find_map(|c| want.strip_prefix(c).or_else(|| want.strip_suffix(c)))
+            .filter(|r| !r.is_empty());
+        for county in children(city.code) {
+            let county_key = key(county);
+            if county_key.is_empty() || county.name == city.name {
+                continue;
+            }
+            if county_key.contains(&want) {
+                hits.push((county, fit(county, &county_key, &want)));
+            } else if let Some(r) = rest.filter(|r| county_key.contains(*r)) {
+                hits.push((county, u8::from(county_key == r)));
+            }
+        }
+    }
+    let best = hits.iter().map(|h| h.1).max();
+    let mut best = hits.iter().filter(|h| Some(h.1) == best);
+    match (best.next(), best.next()) {
+        (None, _) => Err(PlaceError::NotFound),
+        (Some((one, _)), None) => Ok(one),
+        (Some(_), Some(_)) => Err(PlaceError::Ambiguous),
+    }
+}
+
 /// Whether `code` is exactly a 6-digit county code present in the data (so `"150802"` is,
 /// but `"150800"` — a city — and `"1508"` are not).
 pub fn is_known_county(code: &str) -> bool {
@@ -501,6 +699,88 @@ mod tests {
         }
         assert_eq!(province_name_en("15"), Some("Inner Mongolia"));
         assert_eq!(province_name_en("1508"), None);
+    }
+
+    #[test]
+    fn every_city_and_county_has_an_english_name() {
+        for d in tables().cities.iter().chain(&tables().counties) {
+            let en = d.name_en().unwrap_or_default();
+            assert!(
+                !en.is_empty() && en.is_ascii() || en.contains('ü'),
+                "{} {} → {en:?}",
+                d.code,
+                d.name
+            );
+        }
+        let en = |code| get(code).and_then(Division::name_en);
+        assert_eq!(en("1508"), Some("Bayannur"));
+        assert_eq!(en("150802"), Some("Linhe District"));
+        assert_eq!(en("6101"), Some("Xi'an"), "apostrophe between syllables");
+        assert_eq!(en("2201"), Some("Changchun"), "长 read as in place names");
+        assert_eq!(
+            en("1101"),
+            Some("Beijing"),
+            "a placeholder city is its province"
+        );
+        assert_eq!(
+            full_name_en("150802").as_deref(),
+            Some("Linhe District, Bayannur, Inner Mongolia")
+        );
+        assert_eq!(
+            full_name_en("110105").as_deref(),
+            Some("Chaoyang District, Beijing")
+        );
+        assert_eq!(
+            full_name_en("441900").as_deref(),
+            Some("Dongguan City, Guangdong")
+        );
+        assert_eq!(
+            full_name_en("211321").as_deref(),
+            Some("Chaoyang County, Chaoyang, Liaoning")
+        );
+        assert_eq!(full_name_en("150000").as_deref(), Some("Inner Mongolia"));
+        assert_eq!(full_name_en("99"), None);
+    }
+
+    #[test]
+    fn a_typed_place_is_found_in_chinese_or_english() {
+        let code = |province, typed| find_place(province, typed).map(|d| d.code);
+        assert_eq!(code("42", "武汉"), Ok("4201"));
+        assert_eq!(code("42", "武汉市"), Ok("4201"));
+        assert_eq!(code("42", "江夏区"), Ok("420115"));
+        assert_eq!(code("42", "Wuhan"), Ok("4201"));
+        assert_eq!(code("42", "wuhan city"), Ok("4201"));
+        assert_eq!(code("42", "Jiangxia"), Ok("420115"));
+        assert_eq!(code("42", "  JIANGXIA district "), Ok("420115"));
+        assert_eq!(code("61", "Xī'ān"), Ok("6101"), "tone marks and apostrophe");
+        assert_eq!(code("61", "xian"), Ok("6101"));
+        assert_eq!(code("15", "Linhe"), Ok("150802"));
+        assert_eq!(code("15", "Urad Front Banner"), Ok("150823"));
+        assert_eq!(code("44", "东莞"), Ok("4419"), "a city without counties");
+        assert_eq!(code("44", "Dongguan"), Ok("4419"));
+        // 朝阳: a city and a county in Liaoning, told apart by the whole name or the city
+        assert_eq!(code("21", "朝阳"), Err(PlaceError::Ambiguous));
+        assert_eq!(code("21", "朝阳县"), Ok("211321"));
+        assert_eq!(code("21", "朝阳朝阳县"), Ok("211321"));
+        assert_eq!(code("21", "Chaoyang County"), Ok("211321"));
+        assert_eq!(
+            code("21", "Chaoyang"),
+            Ok("2113"),
+            "the city's very name in English"
+        );
+        assert_eq!(code("21", "Chaoyang County, Chaoyang"), Ok("211321"));
+        // a district shared by two cities of a province, told apart by its city
+        assert_eq!(code("21", "Tiexi District"), Err(PlaceError::Ambiguous));
+        assert_eq!(code("21", "铁西区"), Err(PlaceError::Ambiguous));
+        assert_eq!(code("21", "Anshan Tiexi"), Ok("210303"));
+        assert_eq!(code("21", "Tiexi District, Shenyang"), Ok("210106"));
+        assert_eq!(code("21", "鞍山铁西区"), Ok("210303"));
+        assert_eq!(code("21", "鞍山市铁西区"), Ok("210303"));
+        assert_eq!(code("42", "火星"), Err(PlaceError::NotFound));
+        assert_eq!(code("42", "Mars"), Err(PlaceError::NotFound));
+        assert_eq!(code("42", "district"), Err(PlaceError::NotFound));
+        assert_eq!(code("42", "'"), Err(PlaceError::NotFound));
+        assert_eq!(code("99", "Wuhan"), Err(PlaceError::NotFound));
     }
 
     #[test]

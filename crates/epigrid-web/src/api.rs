@@ -197,16 +197,18 @@ async fn areas(
     Ok(Json(json!({"items": list})))
 }
 
-/// Province → city → county, for the origin picker (public: no personal data).
+/// Province → city → county, for the origin picker (public: no personal data): each with its
+/// Chinese name and its English (pinyin) one.
 async fn division_children(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    let item = |d: &divisions::Division, name: &str| json!({"code": d.code, "name": name, "name_en": d.name_en()});
     let items: Vec<Value> = match q.get("parent").map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => divisions::provinces()
             .iter()
-            .map(|d| json!({"code": d.code, "name": d.name}))
+            .map(|d| item(d, d.name))
             .collect(),
         Some(p) => divisions::children(p)
             .into_iter()
-            .map(|d| json!({"code": d.code, "name": d.display_name()}))
+            .map(|d| item(d, d.display_name()))
             .collect(),
     };
     Json(json!({ "items": items }))

@@ -209,7 +209,7 @@ fn described() -> Value {
             "/api/v1/auth/logout": {"post": op("revoke the bearer token", "auth", true, json!([]), None, ("204", "revoked"))},
             "/api/v1/me": {"get": op("the caller", "auth", true, json!([]), None, ("200", "user"))},
             "/api/v1/areas": {"get": op("children of an area within the caller's scope (no parent: the caller's own area)", "areas", true, json!([query("parent", "area code")]), None, ("200", "{items:[area]}"))},
-            "/api/v1/divisions": {"get": op("China's provinces, cities and counties for the origin picker", "areas", false, json!([query("parent", "2- or 4-digit code")]), None, ("200", "{items:[{code,name}]}"))},
+            "/api/v1/divisions": {"get": op("China's provinces, cities and counties for the origin picker", "areas", false, json!([query("parent", "2- or 4-digit code")]), None, ("200", "{items:[{code,name,name_en}]}: name in Chinese, name_en in pinyin"))},
             "/api/v1/sites": {
                 "get": op("sites in the caller's scope", "sites", true, json!([]), None, ("200", "{items:[Site]}")),
                 "post": op("create a site", "sites", true, json!([]), Some(json!({"type": "object", "required": ["kind", "name", "area_code"], "properties": {"kind": {"type": "string"}, "name": {"type": "string"}, "area_code": {"type": "string"}, "default_stay_min": {"type": "integer"}}})), ("201", "Site"))

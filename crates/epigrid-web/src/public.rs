@@ -676,41 +676,18 @@ fn resolve_origin(pairs: &mut Vec<(String, String)>) -> Option<FieldError> {
     };
     let province = get("origin_province")?;
     let code = match get("origin_text") {
-        None => Some(province.clone()),
-        Some(text) => {
-            let text = text
-                .trim_end_matches(['市', '县', '区', '旗', '盟'])
-                .to_string();
-            let mut hits: Vec<&divisions::Division> = Vec::new();
-            for city in divisions::children(&province) {
-                if city.display_name().contains(&text) {
-                    hits.push(city);
-                }
-                for county in divisions::children(city.code) {
-                    if county.name.contains(&text) {
-                        hits.push(county);
-                    }
-                }
+        None => province,
+        Some(text) => match divisions::find_place(&province, &text) {
+            Ok(d) => d.code.to_string(),
+            Err(divisions::PlaceError::NotFound) => {
+                return Some(FieldError::new("origin", "err.origin.not_found"))
             }
-            match hits.as_slice() {
-                [one] => Some(one.code.to_string()),
-                [] => return Some(FieldError::new("origin", "err.origin.not_found")),
-                many => {
-                    let strip = |n: &str| {
-                        n.trim_end_matches(['市', '县', '区', '旗', '盟'])
-                            .to_string()
-                    };
-                    match many.iter().find(|d| strip(d.display_name()) == text) {
-                        Some(d) => Some(d.code.to_string()),
-                        None => return Some(FieldError::new("origin", "err.origin.ambiguous")),
-                    }
-                }
+            Err(divisions::PlaceError::Ambiguous) => {
+                return Some(FieldError::new("origin", "err.origin.ambiguous"))
             }
-        }
+        },
     };
-    if let Some(c) = code {
-        pairs.push(("origin".into(), c));
-    }
+    pairs.push(("origin".into(), code));
     None
 }
 

@@ -305,7 +305,7 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         summary.push(format!(
             "{} {}",
             t(lang, "form.origin"),
-            divisions::full_name(o).unwrap_or_else(|| o.clone())
+            origin_name(o, lang)
         ));
     }
     if f.companions > 0 {
@@ -383,9 +383,7 @@ pub fn detail_pairs(
     );
     opt(
         "form.origin",
-        f.origin_code
-            .as_ref()
-            .map(|o| divisions::full_name(o).unwrap_or_else(|| o.clone())),
+        f.origin_code.as_ref().map(|o| origin_name(o, lang)),
     );
     opt("form.destination", f.destination.clone());
     opt(
@@ -473,4 +471,14 @@ mod tests {
             );
         }
     }
+}
+
+/// A place of origin named in the reader's language: `Linhe District, Bayannur, Inner
+/// Mongolia` in English, `内蒙古自治区 巴彦淖尔市 临河区` otherwise; an unknown code as itself.
+pub(crate) fn origin_name(code: &str, lang: epigrid_core::Lang) -> String {
+    let name = match lang {
+        epigrid_core::Lang::En => divisions::full_name_en(code),
+        _ => divisions::full_name(code),
+    };
+    name.unwrap_or_else(|| code.to_string())
 }

@@ -243,6 +243,14 @@ async fn the_public_form_picks_the_origin_remembers_the_person_and_confirms() {
         b.js("return document.getElementById('origin').value").await,
         json!("420102")
     );
+    assert_eq!(
+        b.js(
+            "var s=document.getElementById('origin_county');return s.options[s.selectedIndex].text"
+        )
+        .await,
+        json!("Jiang'an District 江岸区"),
+        "an English page names the places in pinyin too"
+    );
     b.click("input[name=symptoms][value=none]").await;
     b.click("input[name=high_risk_travel][value=false]").await;
     // a mistyped phone: the form comes back with the city and county still chosen

@@ -863,6 +863,82 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_traveller_who_reads_english_names_their_origin_in_pinyin() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802");
+    // the picker's cities and counties carry their English names
+    let cities = app.public_page("/api/v1/divisions?parent=42").await;
+    let cities: Value = serde_json::from_str(&cities).unwrap();
+    assert!(
+        cities["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["code"] == "4201" && c["name"] == "武汉市" && c["name_en"] == "Wuhan"),
+        "{cities}"
+    );
+    let page = app.public_page(&format!("/s/{}?lang=en", site.token)).await;
+    assert!(page.contains("Hubei 湖北省"), "provinces in English");
+    // without JavaScript: a province, then a place typed in pinyin
+    let url = format!("{}/s/{}?lang=en", app.base, site.token);
+    let form = |place: &'static str| {
+        vec![
+            ("name", "Anna Smith"),
+            ("id_type", "passport"),
+            ("id_number", "E12345678"),
+            ("phone", "+4915112345678"),
+            ("origin_province", "42"),
+            ("origin_text", place),
+            ("destination", "Linhe"),
+            ("temperature", "36.6"),
+            ("symptoms", "none"),
+        ]
+    };
+    let r = app
+        .client
+        .post(&url)
+        .form(&form("Mars"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("No place of that name in the chosen province"));
+    let r = app
+        .client
+        .post(&url)
+        .form(&form("Jiangxia, Wuhan"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
+    let regs = app
+        .store
+        .registrations(
+            &epigrid_core::area::Scope::all(),
+            &epigrid_core::model::RegistrationFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(regs.len(), 1, "the unknown place stored nothing");
+    assert_eq!(regs[0].fields.origin_code.as_deref(), Some("420115"));
+    // staff reading in English see the place in English, in Chinese in Chinese
+    user(app.store.as_ref(), "reader", Role::Manager, "150802").await;
+    let cookie = app.login_cookie("reader").await;
+    let path = format!("/registrations/{}", regs[0].id);
+    let en = app.page(&format!("{path}?lang=en"), &cookie).await;
+    assert!(en.contains("Jiangxia District, Wuhan, Hubei"), "{en}");
+    let zh = app.page(&format!("{path}?lang=zh-CN"), &cookie).await;
+    assert!(zh.contains("湖北省 武汉市 江夏区"), "{zh}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn staff_register_a_person_without_a_phone_through_their_session() {
     let app = TestApp::start().await;
     user(app.store.as_ref(), "keeper", Role::SiteStaff, "150802").await;
