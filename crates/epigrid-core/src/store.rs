@@ -45,6 +45,17 @@ pub trait Store: Send + Sync + 'static {
     /// Can the database be reached right now? (`/healthz`)
     async fn ping(&self) -> StoreResult<()>;
 
+    // ---- the master key ----
+    /// The check value of the key the database's personal data is sealed with
+    /// (`Vault::key_check`), if one was recorded.
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>>;
+    /// Records `check` as the key's check value unless one is recorded already; returns the
+    /// value recorded (someone else's, if another process was first).
+    async fn claim_key_check(&self, check: &[u8]) -> StoreResult<Vec<u8>>;
+    /// One person's sealed document with their id, to try a key on a database sealed before
+    /// key checks were recorded (`None` when nobody has a document).
+    async fn sealed_sample(&self) -> StoreResult<Option<(Uuid, Vec<u8>)>>;
+
     // ---- areas ----
     /// Inserts or updates areas in one transaction (all or nothing); parents must come first
     /// or already exist. Returns how many rows were new or changed.

@@ -102,6 +102,13 @@ impl Vault {
         }
     }
 
+    /// A value that tells this key from any other without revealing it (an HMAC of a fixed
+    /// text), recorded in the database so that a server started with another key refuses to
+    /// run instead of sealing new data with it and failing to read the old.
+    pub fn key_check(&self) -> Vec<u8> {
+        self.index_parts("key-check", &["epigrid"]).to_vec()
+    }
+
     /// A blind index of `value` for `purpose` (e.g. `"doc:cn_id"`, `"phone"`): equal inputs give
     /// equal indexes, and without the key nothing about the value can be learnt from it.
     pub fn blind_index(&self, purpose: &str, value: &str) -> Vec<u8> {

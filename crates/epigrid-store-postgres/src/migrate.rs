@@ -90,6 +90,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "name search ignores case",
         include_str!("../migrations/0020_name_grams_folded.sql"),
     ),
+    (
+        21,
+        "the master key's check value",
+        include_str!("../migrations/0021_key_check.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

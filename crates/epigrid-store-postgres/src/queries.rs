@@ -924,6 +924,32 @@ impl Store for PgStore {
             .map(|_| ())
     }
 
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
+        let row = self
+            .query_opt("SELECT value FROM meta WHERE name = 'key_check'", &[])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn claim_key_check(&self, check: &[u8]) -> StoreResult<Vec<u8>> {
+        self.execute(
+            "INSERT INTO meta (name, value) VALUES ('key_check', $1) ON CONFLICT (name) DO NOTHING",
+            &[&check],
+        )
+        .await?;
+        Ok(self.key_check().await?.unwrap_or_default())
+    }
+
+    async fn sealed_sample(&self) -> StoreResult<Option<(Uuid, Vec<u8>)>> {
+        let row = self
+            .query_opt(
+                "SELECT id, doc_cipher FROM persons WHERE doc_cipher IS NOT NULL LIMIT 1",
+                &[],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     async fn purge_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         self.execute("DELETE FROM sessions WHERE expires_at <= $1", &[&now])
             .await

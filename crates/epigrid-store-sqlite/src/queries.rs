@@ -515,6 +515,46 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|c| {
+            c.query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn claim_key_check(&self, check: &[u8]) -> StoreResult<Vec<u8>> {
+        let check = check.to_vec();
+        self.write(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('key_check', ?1)",
+                [&check],
+            )
+            .map_err(map_err)?;
+            c.query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
+                r.get(0)
+            })
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn sealed_sample(&self) -> StoreResult<Option<(Uuid, Vec<u8>)>> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT id, doc_cipher FROM persons WHERE doc_cipher IS NOT NULL LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, U>(0)?.0, r.get::<_, Vec<u8>>(1)?)),
+            )
+            .optional()
+            .map_err(map_err)
+        })
+        .await
+    }
+
     async fn upsert_areas(&self, areas: &[Area]) -> StoreResult<usize> {
         let areas = areas.to_vec();
         self.write(move |c| {

@@ -358,13 +358,47 @@ fn key_path(db: &DbArgs) -> PathBuf {
     PathBuf::from("data/epigrid.key")
 }
 
-fn open_vault(db: &DbArgs) -> Result<Vault> {
-    if let Ok(hex) = std::env::var("EPIGRID_KEY") {
-        return Vault::from_hex(&hex).context("EPIGRID_KEY");
+/// The master key, checked against the database: a database whose personal data is sealed
+/// with another key is refused (started with it, a server could read none of it and would
+/// record every returning person again), and no new key is made for one that has a key.
+async fn open_vault(db: &DbArgs, store: &dyn Store, lang: Lang) -> Result<Vault> {
+    let recorded = store.key_check().await?;
+    let (vault, source) = match std::env::var("EPIGRID_KEY") {
+        Ok(hex) => (
+            Vault::from_hex(&hex).context("EPIGRID_KEY")?,
+            "EPIGRID_KEY".to_string(),
+        ),
+        Err(_) => {
+            let path = key_path(db);
+            if recorded.is_some() && !path.exists() {
+                bail!(tf(
+                    lang,
+                    "cli.key.missing",
+                    &[("path", &path.display().to_string())]
+                ));
+            }
+            // the error names the file
+            (Vault::load_or_create(&path)?, path.display().to_string())
+        }
+    };
+    let check = vault.key_check();
+    let wrong = || anyhow!(tf(lang, "cli.key.wrong", &[("source", &source)]));
+    let fits = match recorded {
+        Some(r) => r == check,
+        None => {
+            // a database sealed before key checks were recorded: a document must open with it
+            let opens = match store.sealed_sample().await? {
+                Some((id, sealed)) => vault.open(&format!("persons.doc:{id}"), &sealed).is_ok(),
+                None => true,
+            };
+            // two processes starting on a new database: the first key recorded wins
+            opens && store.claim_key_check(&check).await? == check
+        }
+    };
+    if !fits {
+        return Err(wrong());
     }
-    let path = key_path(db);
-    // the error names the file
-    Ok(Vault::load_or_create(&path)?)
+    Ok(vault)
 }
 
 async fn serve(
@@ -496,7 +530,7 @@ async fn add_user(
 
 async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: Lang) -> Result<()> {
     let store = open_store(&serve_args.db).await?;
-    let vault = open_vault(&serve_args.db)?;
+    let vault = open_vault(&serve_args.db, store.as_ref(), lang).await?;
     let tz = parse_offset(&serve_args.tz_offset)?;
     if store.area_count().await? == 0 {
         eprintln!(
@@ -579,7 +613,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
         Command::Serve(args) => {
             init_logs(&args.log_format);
             let store = open_store(&args.db).await?;
-            let vault = open_vault(&args.db)?;
+            let vault = open_vault(&args.db, store.as_ref(), lang).await?;
             let retention = args.retention_days.unwrap_or(RETENTION_DAYS);
             serve(&args, store, vault, retention, |_| {}).await
         }
@@ -612,7 +646,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
             require_database(&db)?;
             let store = open_store(&db).await?;
-            let vault = open_vault(&db)?;
+            let vault = open_vault(&db, store.as_ref(), lang).await?;
             let mut pairs = Vec::new();
             for c in &column {
                 match c.split_once('=') {
@@ -700,7 +734,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
             require_database(&db)?;
             let store = open_store(&db).await?;
-            let vault = open_vault(&db)?;
+            let vault = open_vault(&db, store.as_ref(), lang).await?;
             match import::import_proximity(store.as_ref(), &vault, &bytes, &source, lang).await? {
                 Ok(report) => {
                     for (line, col) in &report.unknown {
@@ -871,7 +905,7 @@ async fn bench_store(db: Option<String>, people: u32) -> Result<(String, Arc<dyn
         durability: "process".into(),
     };
     let store = open_store(&args).await?;
-    let vault = open_vault(&args)?;
+    let vault = open_vault(&args, store.as_ref(), cli_lang()).await?;
     if store.area_count().await? == 0 {
         let started = std::time::Instant::now();
         let opts = demo::DemoOptions {

@@ -13,45 +13,6 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-async fn registered_person(
-    store: &dyn epigrid_core::store::Store,
-    site: &epigrid_core::model::Site,
-    id: &str,
-    name: &str,
-) -> Uuid {
-    let body = checkpoint_body(id, name, "13911112222");
-    register_at(store, site, &body, Utc::now()).await.person.id
-}
-
-/// A self-registration of `body` at `site` made at `now`, sealed, not stored.
-fn seal_at(
-    site: &epigrid_core::model::Site,
-    body: &Value,
-    now: chrono::DateTime<Utc>,
-) -> epigrid_core::model::NewRegistration {
-    let input = RegistrationInput::from_json(body).unwrap();
-    let ctx = Context {
-        site,
-        channel: Channel::SelfService,
-        by_user: None,
-        now,
-        tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
-    };
-    register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault())
-}
-
-/// Stores a self-registration of `body` at `site` made at `now`; the stored registration.
-async fn register_at(
-    store: &dyn epigrid_core::store::Store,
-    site: &epigrid_core::model::Site,
-    body: &Value,
-    now: chrono::DateTime<Utc>,
-) -> epigrid_core::model::NewRegistration {
-    let reg = seal_at(site, body, now);
-    store.insert_registration(reg.clone()).await.unwrap();
-    reg
-}
-
 fn observation(person_id: Uuid, start: NaiveDate, days: i64, token: &str) -> Observation {
     Observation {
         id: new_id(),

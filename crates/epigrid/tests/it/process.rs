@@ -10,13 +10,20 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::*;
+use epigrid_core::store::Store;
 
 const BIN: &str = env!("CARGO_BIN_EXE_epigrid");
 
 fn epigrid(args: &[&str]) -> (bool, String) {
+    epigrid_with(args, &[])
+}
+
+/// [`epigrid`] with environment variables set.
+fn epigrid_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let out = Command::new(BIN)
         .args(args)
         .env("LANG", "en_US.UTF-8")
+        .envs(env.iter().copied())
         .output()
         .expect("run epigrid");
     (
@@ -314,6 +321,72 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
     std::fs::write(&list, "证件,联系方式\n").unwrap();
     let (ok, out) = import_list(&["--column", "id_number=证件"]);
     assert!(!ok && out.contains("no rows"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_refuses_a_key_its_data_was_not_sealed_with() {
+    // a database made before key checks were recorded: people sealed with the tests' key
+    let dir = temp_dir("keys");
+    let path = dir.join("epigrid.db");
+    {
+        let store = epigrid_store_sqlite::SqliteStore::open(
+            &path,
+            epigrid_store_sqlite::Durability::Process,
+        )
+        .unwrap();
+        let sites = seed(&store).await;
+        registered_person(&store, &sites[0], &cn_id("150802", "19800101", 7), "甲").await;
+    }
+    let db = format!("sqlite://{}", path.display());
+    // a list from another agency is matched against the people, so it needs their key
+    let list = dir.join("list.csv");
+    std::fs::write(&list, "id_number\n11010519491231002X\n").unwrap();
+    let list = list.to_str().unwrap();
+    let add = |name: &str, env: &[(&str, &str)], key_file: Option<&str>| {
+        let mut args = vec!["import", "list", list, "--name", name, "--db", &db];
+        args.extend(key_file.map(|k| ["--key-file", k]).into_iter().flatten());
+        epigrid_with(&args, env)
+    };
+    let theirs = "2a".repeat(32); // the tests' key, [42; 32]
+    let other = "07".repeat(32);
+    let (ok, out) = add("list_a", &[("EPIGRID_KEY", &other)], None);
+    assert!(
+        !ok && out.contains("EPIGRID_KEY") && out.contains("not the one"),
+        "{out}"
+    );
+    // the key that opens the data is recorded on first use; another is refused from then on
+    let (ok, out) = add("list_b", &[("EPIGRID_KEY", &theirs)], None);
+    assert!(ok, "{out}");
+    let (ok, out) = add("list_c", &[], None);
+    assert!(
+        !ok && out.contains("no key file at") && out.contains("epigrid.key"),
+        "no new key is made for a database that has one: {out}"
+    );
+    assert!(!dir.join("epigrid.key").exists());
+    let wrong = dir.join("wrong.key");
+    std::fs::write(&wrong, &other).unwrap();
+    let (ok, out) = add("list_d", &[], Some(wrong.to_str().unwrap()));
+    assert!(
+        !ok && out.contains("wrong.key") && out.contains("not the one"),
+        "{out}"
+    );
+    let right = dir.join("right.key");
+    std::fs::write(&right, &theirs).unwrap();
+    let (ok, out) = add("list_e", &[], Some(right.to_str().unwrap()));
+    assert!(ok, "{out}");
+    // nothing refused was added
+    let store =
+        epigrid_store_sqlite::SqliteStore::open(&path, epigrid_store_sqlite::Durability::Process)
+            .unwrap();
+    let mut names: Vec<String> = store
+        .lists(&epigrid_core::area::Scope::all(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["list_b", "list_e"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

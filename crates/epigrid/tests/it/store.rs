@@ -6,7 +6,7 @@ use epigrid_core::area::{Area, Scope};
 use epigrid_core::model::*;
 use epigrid_core::register::{self, Context, RegistrationInput};
 use epigrid_core::store::StoreError;
-use epigrid_core::vault::token_hash;
+use epigrid_core::vault::{token_hash, Vault};
 use uuid::Uuid;
 
 use crate::support::*;
@@ -960,4 +960,43 @@ fn files_without(dir: &std::path::Path, raw: &str) -> Vec<(String, usize)> {
     let seen: usize = files.iter().map(|f| f.1).sum();
     assert!(seen > 10_000, "the database files were read: {files:?}");
     files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_key_check_recorded_stays() {
+    for (name, store) in stores().await {
+        assert_eq!(store.key_check().await.unwrap(), None, "{name}");
+        assert_eq!(store.sealed_sample().await.unwrap(), None, "{name}");
+        let first = vault().key_check();
+        let other = Vault::new(&[7u8; 32]).key_check();
+        assert_ne!(first, other);
+        assert_eq!(
+            store.claim_key_check(&first).await.unwrap(),
+            first,
+            "{name}"
+        );
+        assert_eq!(
+            store.claim_key_check(&other).await.unwrap(),
+            first,
+            "{name}: a second key does not replace the first"
+        );
+        assert_eq!(store.key_check().await.unwrap(), Some(first), "{name}");
+        let sites = seed(store.as_ref()).await;
+        let id = registered_person(
+            store.as_ref(),
+            &sites[0],
+            &cn_id("150802", "19800101", 8),
+            "乙",
+        )
+        .await;
+        let (sample, sealed) = store.sealed_sample().await.unwrap().expect("a document");
+        assert_eq!(sample, id, "{name}");
+        assert!(
+            vault().open(&format!("persons.doc:{id}"), &sealed).is_ok()
+                && Vault::new(&[7u8; 32])
+                    .open(&format!("persons.doc:{id}"), &sealed)
+                    .is_err(),
+            "{name}: the sample tells the keys apart"
+        );
+    }
 }

@@ -410,3 +410,47 @@ pub fn checkpoint_body(id_number: &str, name: &str, phone: &str) -> serde_json::
         "temperature": 36.5, "symptoms": [], "high_risk_travel": false
     })
 }
+
+/// A self-registration at a checkpoint stored at `site` now; the person's id.
+pub async fn registered_person(
+    store: &dyn epigrid_core::store::Store,
+    site: &epigrid_core::model::Site,
+    id: &str,
+    name: &str,
+) -> Uuid {
+    let body = checkpoint_body(id, name, "13911112222");
+    register_at(store, site, &body, Utc::now()).await.person.id
+}
+
+/// A self-registration of `body` at `site` made at `now`, sealed, not stored.
+pub fn seal_at(
+    site: &epigrid_core::model::Site,
+    body: &serde_json::Value,
+    now: chrono::DateTime<Utc>,
+) -> epigrid_core::model::NewRegistration {
+    let input = epigrid_core::register::RegistrationInput::from_json(body).unwrap();
+    let ctx = epigrid_core::register::Context {
+        site,
+        channel: epigrid_core::model::Channel::SelfService,
+        by_user: None,
+        now,
+        tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
+    };
+    epigrid_core::register::seal(
+        &epigrid_core::register::validate(&input, &ctx).unwrap(),
+        &ctx,
+        &vault(),
+    )
+}
+
+/// Stores a self-registration of `body` at `site` made at `now`; the stored registration.
+pub async fn register_at(
+    store: &dyn epigrid_core::store::Store,
+    site: &epigrid_core::model::Site,
+    body: &serde_json::Value,
+    now: chrono::DateTime<Utc>,
+) -> epigrid_core::model::NewRegistration {
+    let reg = seal_at(site, body, now);
+    store.insert_registration(reg.clone()).await.unwrap();
+    reg
+}
