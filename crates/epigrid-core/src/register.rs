@@ -41,6 +41,9 @@ pub struct RegistrationInput {
     pub destination: Option<String>,
     pub temperature: Option<String>,
     pub symptoms: Vec<String>,
+    /// Whether the symptoms were answered at all (an empty list or "none" is an answer; a
+    /// form with nothing ticked, or a body without the key, is not).
+    pub symptoms_answered: bool,
     pub high_risk_travel: Option<String>,
     pub direction: Option<String>,
     pub visitor: Option<String>,
@@ -222,6 +225,7 @@ mod typed {
                         let v = map.next_value::<serde_json::Value>()?;
                         if bit == 19 {
                             i.symptoms = super::symptoms_of(&v);
+                            i.symptoms_answered = true;
                         } else {
                             (i.companions, i.companion_list) = super::companions_of(&v);
                         }
@@ -339,6 +343,7 @@ impl RegistrationInput {
         };
         if let Some(v) = obj.get("symptoms") {
             input.symptoms = symptoms_of(v);
+            input.symptoms_answered = true;
         }
         if let Some(v) = obj.get("companions") {
             (input.companions, input.companion_list) = companions_of(v);
@@ -362,7 +367,10 @@ impl RegistrationInput {
                 "origin" => input.origin = v,
                 "destination" => input.destination = v,
                 "temperature" => input.temperature = v,
-                "symptoms" => input.symptoms.extend(v),
+                "symptoms" => {
+                    input.symptoms.extend(v);
+                    input.symptoms_answered = true;
+                }
                 "high_risk_travel" => input.high_risk_travel = v,
                 "direction" => input.direction = v,
                 "visitor" => input.visitor = v,
@@ -646,11 +654,14 @@ pub fn validate(
                     true,
                 ))
                 .flatten();
-            fields.high_risk_travel = Some(
-                e.check(parse_bool("high_risk_travel", &input.high_risk_travel))
-                    .flatten()
-                    .unwrap_or(false),
-            );
+            fields.high_risk_travel =
+                match e.check(parse_bool("high_risk_travel", &input.high_risk_travel)) {
+                    Some(None) => {
+                        e.push(FieldError::new("high_risk_travel", "err.required"));
+                        None
+                    }
+                    answer => answer.flatten(),
+                };
         }
         SiteKind::Gate => {
             fields.direction = match input.direction.as_deref().map(str::trim) {
@@ -778,6 +789,11 @@ pub fn validate(
                 .check(parse_bool("high_risk_travel", &input.high_risk_travel))
                 .flatten();
         }
+    }
+    // "none" must be said: a question left unanswered is not a person without symptoms
+    // (checked last, as the question comes last on the form)
+    if !input.symptoms_answered {
+        e.push(FieldError::new("symptoms", "err.symptoms.unanswered"));
     }
 
     match (e.into_result(), name) {
@@ -1024,16 +1040,53 @@ mod tests {
     }
 
     #[test]
+    fn health_and_travel_questions_are_answered_not_assumed() {
+        let s = site(SiteKind::Checkpoint);
+        let mut j = checkpoint_json();
+        let o = j.as_object_mut().unwrap();
+        o.remove("symptoms");
+        o.remove("high_risk_travel");
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["high_risk_travel", "symptoms"]);
+        let typed = RegistrationInput::from_json_slice(j.to_string().as_bytes()).unwrap();
+        assert!(!typed.symptoms_answered);
+        // an empty list, "none" or null is an answer; so is a form's "none" ticked
+        for answer in [
+            serde_json::json!([]),
+            "none".into(),
+            serde_json::Value::Null,
+        ] {
+            j["symptoms"] = answer;
+            j["high_risk_travel"] = false.into();
+            assert!(validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).is_ok());
+            let typed = RegistrationInput::from_json_slice(j.to_string().as_bytes()).unwrap();
+            assert!(validate(&typed, &ctx(&s)).is_ok());
+        }
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let form = |symptoms: bool| {
+            let mut p = vec![
+                pair("name", "张三"),
+                pair("id_number", "11010519491231002X"),
+            ];
+            if symptoms {
+                p.push(pair("symptoms", "none"));
+            }
+            RegistrationInput::from_pairs(&p).symptoms_answered
+        };
+        assert!(form(true) && !form(false));
+    }
+
+    #[test]
     fn gate_needs_direction_and_a_visitor_needs_a_reason() {
         let s = site(SiteKind::Gate);
-        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","visitor":true,"direction":"in"});
+        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","visitor":true,"direction":"in","symptoms":[]});
         let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
         assert_eq!(fields_of(&errs), vec!["visit_reason"]);
-        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","direction":"sideways"});
+        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","direction":"sideways","symptoms":"none"});
         let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
         assert_eq!(fields_of(&errs), vec!["direction"]);
         // a resident going out needs no document: a provisional person by phone + name
-        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","direction":"out"});
+        let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","direction":"out","symptoms":["none"]});
         let v = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap();
         let reg = seal(&v, &ctx(&s), &Vault::new(&[1; 32]));
         assert!(reg.person.provisional);
@@ -1058,7 +1111,7 @@ mod tests {
         let s = site(SiteKind::Arrival);
         let c = ctx(&s);
         let j = serde_json::json!({"name":"王五","id_number":"11010519491231002X","phone":"13812345678",
-            "arrival_date":"2999-01-01","origin":"420100","residence_code":"15080200100","address":""});
+            "symptoms":[],"arrival_date":"2999-01-01","origin":"420100","residence_code":"15080200100","address":""});
         let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap_err();
         assert_eq!(
             fields_of(&errs),
@@ -1066,7 +1119,7 @@ mod tests {
         );
         let today = c.now.with_timezone(&c.tz).date_naive().to_string();
         let j = serde_json::json!({"name":"王五","id_number":"11010519491231002X","phone":"13812345678",
-            "arrival_date":today,"origin":"42","residence_code":"150802001001","address":"胜利路1号","stay_days":30});
+            "symptoms":null,"arrival_date":today,"origin":"42","residence_code":"150802001001","address":"胜利路1号","stay_days":30});
         let v = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap();
         assert_eq!(v.fields.origin_code.as_deref(), Some("420000"));
         assert_eq!(v.fields.stay_days, Some(30));

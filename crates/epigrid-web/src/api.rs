@@ -98,6 +98,33 @@ fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
     v.get(k).and_then(Value::as_str)
 }
 
+/// A field of a JSON body (or a page's form) that must be text: `None` with `err.required`
+/// when it is absent, null or blank, `None` with `err.text.format` when it is a number, a
+/// list or anything but text.
+fn required_text<'a>(v: &'a Value, k: &str, errs: &mut Vec<FieldError>) -> Option<&'a str> {
+    match v.get(k) {
+        None | Some(Value::Null) => {
+            errs.push(FieldError::new(k, "err.required"));
+            None
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            errs.push(FieldError::new(k, "err.required"));
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            errs.push(FieldError::new(k, "err.text.format"));
+            None
+        }
+    }
+}
+
+/// Whether a password is long enough: 10 characters or more, not counting spaces at either
+/// end (so a password of spaces only is refused).
+pub fn password_long_enough(password: &str) -> bool {
+    password.trim().chars().count() >= 10
+}
+
 pub fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     if let Some(b) = &st.cfg.base_url {
         return b.trim_end_matches('/').to_string();
@@ -260,30 +287,26 @@ async fn create_site(
 
 pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResult<Site> {
     let mut errs = Vec::new();
-    let kind = match str_field(b, "kind").and_then(SiteKind::parse) {
-        Some(k) => Some(k),
-        None => {
+    let kind = match required_text(b, "kind", &mut errs).map(SiteKind::parse) {
+        Some(Some(k)) => Some(k),
+        Some(None) => {
             errs.push(FieldError::new("kind", "err.site.kind"));
             None
         }
+        None => None,
     };
-    let name = match epigrid_core::validate::validate_text(
-        "name",
-        str_field(b, "name").unwrap_or(""),
-        60,
-        true,
-    ) {
-        Ok(n) => n,
-        Err(e) => {
+    let name = match required_text(b, "name", &mut errs)
+        .map(|n| epigrid_core::validate::validate_text("name", n, 60, true))
+    {
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
             errs.push(e);
             None
         }
+        None => None,
     };
-    let area = match str_field(b, "area_code") {
-        None => {
-            errs.push(FieldError::new("area_code", "err.required"));
-            None
-        }
+    let area = match required_text(b, "area_code", &mut errs) {
+        None => None,
         Some(code) => match st.store.area(code.trim()).await? {
             Some(a) if staff.scope().contains(&a.path) => Some(a),
             _ => {
@@ -292,6 +315,12 @@ pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResu
             }
         },
     };
+    // a gate is a compound's: its form lists the buildings and units under it
+    if let (Some(SiteKind::Gate), Some(a)) = (kind, &area) {
+        if a.level < 4 {
+            errs.push(FieldError::new("area_code", "err.site.gate_level"));
+        }
+    }
     let stay = match b.get("default_stay_min") {
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64().filter(|n| (1..=24 * 60).contains(n)) {
@@ -969,29 +998,38 @@ async fn create_user(
 pub(crate) async fn add_user(st: &AppState, staff: &Staff, b: &Value) -> ApiResult<User> {
     staff.require(staff.role() == Role::Admin)?;
     let mut errs = Vec::new();
-    let username = str_field(b, "username").unwrap_or("").trim().to_string();
-    if !valid_username(&username) {
+    let username = required_text(b, "username", &mut errs).map(|u| u.trim().to_string());
+    if username.as_deref().is_some_and(|u| !valid_username(u)) {
         errs.push(FieldError::new("username", "err.username.format"));
     }
-    let password = str_field(b, "password").unwrap_or("");
-    if password.chars().count() < 10 {
+    let password = required_text(b, "password", &mut errs).unwrap_or("");
+    if errs.iter().all(|e| e.field != "password") && !password_long_enough(password) {
         errs.push(FieldError::new("password", "err.password.short").with("min", "10"));
     }
-    let role = str_field(b, "role").and_then(Role::parse);
-    if role.is_none() {
-        errs.push(FieldError::new("role", "err.role.unknown"));
-    }
-    let area = match str_field(b, "area_code") {
-        Some(c) => st
-            .store
-            .area(c.trim())
-            .await?
-            .filter(|a| staff.scope().contains(&a.path)),
+    let role = match required_text(b, "role", &mut errs).map(Role::parse) {
+        Some(None) => {
+            errs.push(FieldError::new("role", "err.role.unknown"));
+            None
+        }
+        r => r.flatten(),
+    };
+    let area = match required_text(b, "area_code", &mut errs) {
+        Some(c) => {
+            let a = st
+                .store
+                .area(c.trim())
+                .await?
+                .filter(|a| staff.scope().contains(&a.path));
+            if a.is_none() {
+                errs.push(FieldError::new("area_code", "err.area.not_in_scope"));
+            }
+            a
+        }
         None => None,
     };
-    if area.is_none() {
-        errs.push(FieldError::new("area_code", "err.area.not_in_scope"));
-    }
+    let Some(username) = username else {
+        return Err(ApiError::Invalid(errs));
+    };
     let (Some(role), Some(area)) = (role, area) else {
         return Err(ApiError::Invalid(errs));
     };

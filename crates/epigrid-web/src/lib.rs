@@ -25,7 +25,7 @@ mod staff;
 mod state;
 mod view;
 
-pub use api::valid_username;
+pub use api::{password_long_enough, valid_username};
 pub use auth::hash_password;
 pub use error::ApiError;
 pub use lists::{decode_text, read_list};

@@ -173,7 +173,8 @@ fn described() -> Value {
     let reg = path_param("id", "registration id (UUID)");
     let registration_in = json!({
         "type": "object",
-        "description": "Fields that apply depend on the site's kind (checkpoint, gate, arrival, venue).",
+        "description": "Fields that apply depend on the site's kind (checkpoint, gate, arrival, venue). `symptoms` must be given at every kind (an empty list or [\"none\"] for none) and `high_risk_travel` at a checkpoint: an unanswered question is not taken as \"no\".",
+        "required": ["name", "symptoms"],
         "properties": {
             "name": {"type": "string"}, "id_type": {"enum": ["cn_id", "passport", "other"]},
             "id_number": {"type": "string"}, "phone": {"type": "string"}, "plate": {"type": "string"},

@@ -390,6 +390,7 @@ async fn build_fields(
             );
             f.push(
                 Field::new("high_risk_travel", "form.high_risk_travel", "radio")
+                    .req()
                     .options(yes_no.clone()),
             );
         }
@@ -484,7 +485,11 @@ async fn build_fields(
         .section("form.section.health");
     temp.required = matches!(site.kind, SiteKind::Checkpoint | SiteKind::Gate);
     f.push(temp);
-    f.push(Field::new("symptoms", "form.symptoms", "checks").options(symptom_opts));
+    f.push(
+        Field::new("symptoms", "form.symptoms", "checks")
+            .req()
+            .options(symptom_opts),
+    );
 
     // Fill values and errors.
     for field in &mut f {
@@ -501,7 +506,9 @@ async fn build_fields(
             }
             "select" | "radio" => {
                 let v = vals.next().unwrap_or("");
-                let v = if v.is_empty() && field.kind == "radio" && field.name != "direction" {
+                // a resident unless they say otherwise; health and travel questions are
+                // answered, never assumed
+                let v = if v.is_empty() && field.name == "visitor" {
                     "false"
                 } else {
                     v

@@ -490,7 +490,7 @@ async fn add_user(
     if !epigrid_web::valid_username(username) {
         problems.push(tf(lang, "cli.user.username", &[]));
     }
-    if password.chars().count() < 10 {
+    if !epigrid_web::password_long_enough(password) {
         problems.push(tf(lang, "cli.user.password", &[("min", "10")]));
     }
     let role_v = Role::parse(role);

@@ -326,6 +326,8 @@ async fn the_public_form_picks_the_origin_remembers_the_person_and_confirms() {
     b.type_into("#temperature", "36.5").await;
     b.type_into("#destination", "临河").await;
     b.select("#origin_province", "15").await;
+    b.click("input[name=symptoms][value=none]").await;
+    b.click("input[name=high_risk_travel][value=false]").await;
     b.click("#reg button[type=submit]").await;
     b.wait_for(
         "the confirmation",

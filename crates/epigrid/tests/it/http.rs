@@ -171,7 +171,7 @@ async fn a_json_registration_is_stored_masked_and_bad_input_gets_field_errors() 
 async fn each_kind_validates_its_own_fields() {
     let app = TestApp::start().await;
     let gate = app.site(SiteKind::Gate, "150802");
-    let base = json!({"name": "李四", "phone": "13812345678", "temperature": 36.6});
+    let base = json!({"name": "李四", "phone": "13812345678", "temperature": 36.6, "symptoms": []});
     let mut b = base.clone();
     b["direction"] = json!("in");
     b["visitor"] = json!(true);
@@ -801,6 +801,7 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
         ("destination", "临河"),
         ("temperature", "36.6"),
         ("symptoms", "cough"),
+        ("high_risk_travel", "false"),
     ];
     let r = app.client.post(&url).form(&form).send().await.unwrap();
     assert_eq!(r.status(), 422);
@@ -892,6 +893,7 @@ async fn a_traveller_who_reads_english_names_their_origin_in_pinyin() {
             ("destination", "Linhe"),
             ("temperature", "36.6"),
             ("symptoms", "none"),
+            ("high_risk_travel", "true"),
         ]
     };
     let r = app
@@ -956,6 +958,8 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
         ("origin", "150802"),
         ("destination", "临河"),
         ("temperature", "36.4"),
+        ("symptoms", "none"),
+        ("high_risk_travel", "false"),
     ];
     let mut forged = form.clone();
     forged.push(("csrf", "forged"));

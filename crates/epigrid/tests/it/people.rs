@@ -172,7 +172,7 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
         // (site staff may register someone without a phone)
         let input = RegistrationInput::from_json(&json!({"name": "某人", "id_type": "cn_id",
             "id_number": ids[0], "temperature": 36.5, "symptoms": [], "origin": "150802",
-            "destination": "150821"}))
+            "destination": "150821", "high_risk_travel": false}))
         .unwrap();
         let ctx = Context {
             site: &wuyuan,
@@ -187,7 +187,7 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
         // new area's staff see holds what was typed, not what other areas were told.
         let input = RegistrationInput::from_json(&json!({"name": "某人", "id_type": "cn_id",
             "id_number": ids[2], "temperature": 36.5, "symptoms": [], "origin": "150821",
-            "destination": "150802"}))
+            "destination": "150802", "high_risk_travel": false}))
         .unwrap();
         let ctx = Context {
             site: &linhe,
@@ -1130,7 +1130,7 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         &epi,
     )
     .await;
-    let r = app.register(&gate, &json!({"name": "刘德", "phone": "13600000008", "temperature": 36.4, "direction": "in"})).await;
+    let r = app.register(&gate, &json!({"name": "刘德", "phone": "13600000008", "temperature": 36.4, "direction": "in", "symptoms": []})).await;
     let dup = app.stored(r).await["person_id"]
         .as_str()
         .unwrap()
@@ -1169,7 +1169,7 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
     let r = app
         .post_json(
             &format!("/api/v1/sites/{}/registrations", gate.token),
-            &json!({"name": "刘德", "phone": "13600000008", "temperature": 36.4, "direction": "out"}),
+            &json!({"name": "刘德", "phone": "13600000008", "temperature": 36.4, "direction": "out", "symptoms": []}),
             Some(&keeper),
         )
         .await;
@@ -1520,7 +1520,7 @@ async fn tracing_finds_people_who_shared_a_place_in_scope_with_evidence() {
     let epi = app.token("epi", Role::Epidemiologist, "150802").await;
     let venue = app.site(SiteKind::Venue, "150802").clone();
     let elsewhere = app.site(SiteKind::Venue, "150821").clone();
-    let body = |id: &str, name: &str| json!({"name": name, "id_number": id, "phone": "13500000000", "temperature": 36.5});
+    let body = |id: &str, name: &str| json!({"name": name, "id_number": id, "phone": "13500000000", "temperature": 36.5, "symptoms": []});
     let case = cn_id("150802", "19800101", 1);
     // 外县丁 was with the case, then went home to the other county and met 本县戊 there, who
     // came back: 戊 is a second-degree contact through someone this caller may not see
@@ -1886,7 +1886,7 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
         assert_eq!(
             app.register(
                 &venue,
-                &json!({"name": name, "id_number": id, "phone": "13500000000"})
+                &json!({"name": name, "id_number": id, "phone": "13500000000", "symptoms": []})
             )
             .await
             .status(),
@@ -1954,7 +1954,7 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
     assert_eq!(
         app.register(
             &venue,
-            &json!({"name": "病例丁", "id_number": case_id, "phone": "13500000041"})
+            &json!({"name": "病例丁", "id_number": case_id, "phone": "13500000041", "symptoms": []})
         )
         .await
         .status(),
@@ -2264,7 +2264,7 @@ async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
         assert_eq!(
             app.register(
                 &venue,
-                &json!({"name": name, "id_number": id, "phone": "13500000061"})
+                &json!({"name": name, "id_number": id, "phone": "13500000061", "symptoms": []})
             )
             .await
             .status(),
@@ -2295,7 +2295,7 @@ async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
         .unwrap();
     assert_eq!(second["contacts"][0]["new"], false, "seen before");
     // a newcomer at the same place shows up as new on the next run
-    assert_eq!(app.register(&venue, &json!({"name": "后来壬", "id_number": cn_id("150802", "19800101", 63), "phone": "13500000063"})).await.status(), 201);
+    assert_eq!(app.register(&venue, &json!({"name": "后来壬", "id_number": cn_id("150802", "19800101", 63), "phone": "13500000063", "symptoms": []})).await.status(), 201);
     let third: Value = app
         .post_json(
             &format!("/api/v1/persons/{pid}/trace"),
@@ -2467,14 +2467,14 @@ async fn wide_chains_are_drawn_with_collapsed_layers() {
     assert_eq!(
         app.register(
             &venue,
-            &json!({"name": "源头", "id_number": case_id, "phone": "13500000100"})
+            &json!({"name": "源头", "id_number": case_id, "phone": "13500000100", "symptoms": []})
         )
         .await
         .status(),
         201
     );
     for i in 0..45u32 {
-        let r = app.register(&venue, &json!({"name": "同场", "id_number": cn_id("150802", "19700102", 200 + i), "phone": "13500000101"})).await;
+        let r = app.register(&venue, &json!({"name": "同场", "id_number": cn_id("150802", "19700102", 200 + i), "phone": "13500000101", "symptoms": []})).await;
         assert_eq!(r.status(), 201);
     }
     let pid = find_person(&app, &case_id, &epi).await;
