@@ -637,6 +637,34 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
         .await;
     assert_eq!(r.status(), 422);
     assert_eq!(fields(&body(r).await), ["kind", "name", "area_code"]);
+    // a gate is a compound's, at a community or below; a code given as a number is named so
+    let errors = |r: reqwest::Response| async move {
+        let v = body(r).await;
+        v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["field"].as_str().unwrap().to_string(),
+                    e["code"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let gate = json!({"kind": "gate", "name": "大门", "area_code": "150802"});
+    let r = app.post_json("/api/v1/sites", &gate, Some(&mgr)).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        errors(r).await,
+        [("area_code".to_string(), "err.site.gate_level".to_string())]
+    );
+    let numeric = json!({"kind": "gate", "name": "大门", "area_code": 150802001001u64});
+    let r = app.post_json("/api/v1/sites", &numeric, Some(&mgr)).await;
+    assert_eq!(
+        errors(r).await,
+        [("area_code".to_string(), "err.text.format".to_string())]
+    );
     let r = app.post_json("/api/v1/sites", &new, Some(&mgr)).await;
     assert_eq!(r.status(), 201);
     let s = body(r).await;
@@ -2212,4 +2240,49 @@ async fn the_audit_log_is_filtered_and_paged() {
         as_epi.contains("张*") && !as_epi.contains(&link),
         "{as_epi}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_account_request_gets_the_error_each_field_deserves() {
+    let app = TestApp::start().await;
+    let admin = app.token("boss", Role::Admin, "150800").await;
+    let codes = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 422);
+        let v = body(r).await;
+        v["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["field"].as_str().unwrap(),
+                    e["code"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let post = |b: Value| {
+        let app = &app;
+        let admin = admin.clone();
+        async move { app.post_json("/api/v1/users", &b, Some(&admin)).await }
+    };
+    // spaces are not a password; a number is not text; `area` is not `area_code`
+    let r = post(json!({"username": "keeper", "password": "            ", "role": "manager", "area_code": "150802"})).await;
+    assert_eq!(codes(r).await, ["password:err.required"]);
+    let r = post(json!({"username": "keeper", "password": 12345678901u64, "role": "manager", "area": "150802"})).await;
+    assert_eq!(
+        codes(r).await,
+        ["password:err.text.format", "area_code:err.required"]
+    );
+    let r =
+        post(json!({"password": "long-enough-pw", "role": "king", "area_code": "150802"})).await;
+    assert_eq!(
+        codes(r).await,
+        ["username:err.required", "role:err.role.unknown"]
+    );
+    let r = post(json!({"username": "keeper", "password": "  short  ", "role": "manager", "area_code": "150802"})).await;
+    assert_eq!(codes(r).await, ["password:err.password.short"]);
+    let r = post(json!({"username": "keeper", "password": "  long-enough-pw  ", "role": "manager", "area_code": "150802"})).await;
+    assert_eq!(r.status(), 201);
 }

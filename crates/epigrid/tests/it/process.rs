@@ -259,6 +259,24 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
         "--username",
         "boss",
         "--password",
+        "            ",
+        "--role",
+        "admin",
+        "--area",
+        "150802",
+    ]);
+    assert!(
+        !ok && out.contains("not counting spaces"),
+        "a password of spaces: {out}"
+    );
+    let (ok, out) = epigrid(&[
+        "user",
+        "add",
+        "--db",
+        &db,
+        "--username",
+        "boss",
+        "--password",
         "long-enough-pw",
         "--role",
         "admin",
