@@ -149,8 +149,8 @@ pub async fn import_areas(
             errors.push(err("name", "import.required", &[]));
         } else if row.name.chars().any(char::is_control) {
             errors.push(err("name", "import.name.invalid", &[]));
-        } else if row.name.contains('"') {
-            // no place name has one: what is left of broken quoting (`"bad "quote"`)
+        } else if row.name.contains('"') && row.broken_quoting {
+            // what is left of broken quoting (`"bad "quote"`), not a name
             errors.push(err("name", "import.name.quote", &[]));
         } else if row.name.chars().count() > NAME_MAX_CHARS {
             let max = NAME_MAX_CHARS.to_string();
@@ -279,6 +279,9 @@ struct Row {
     level: Option<u8>,
     /// The row has the wrong number of cells, so its cells are not checked one by one.
     shifted: bool,
+    /// A quotation mark in the row's text is neither a cell's opening or closing quote nor
+    /// doubled inside a quoted cell (`"bad "quote"`): what the reader made of it is a guess.
+    broken_quoting: bool,
     errors: Vec<RowError>,
 }
 
@@ -346,6 +349,47 @@ fn unwrap_text_cell(s: &str) -> &str {
         return inner.trim();
     }
     s.strip_prefix('\'').map_or(s, str::trim)
+}
+
+/// Whether the CSV record at the start of `raw` has a quotation mark that is not a cell's
+/// opening or closing quote nor doubled inside a quoted cell (`a,"bad "quote",b` or
+/// `a,b"c`). Reads up to the end of the record (a line break outside quotes).
+fn broken_quoting(raw: &str) -> bool {
+    let mut chars = raw.chars().peekable();
+    let mut quoted = false;
+    let mut cell_start = true;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') => match chars.peek() {
+                Some('"') => {
+                    chars.next();
+                }
+                None | Some(',' | '\r' | '\n') => quoted = false,
+                // spaces before the separator, which the reader trims
+                Some(' ' | '\t') => {
+                    while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
+                        chars.next();
+                    }
+                    if !matches!(chars.peek(), None | Some(',' | '\r' | '\n')) {
+                        return true;
+                    }
+                    quoted = false;
+                }
+                Some(_) => return true,
+            },
+            (true, _) => {}
+            (false, '"') if cell_start => {
+                quoted = true;
+                cell_start = false;
+            }
+            (false, '"') => return true,
+            (false, ',') => cell_start = true,
+            (false, '\r' | '\n') => return false,
+            (false, ' ' | '\t') => {}
+            (false, _) => cell_start = false,
+        }
+    }
+    false
 }
 
 /// Reads the header and the rows. Header problems (or unreadable CSV) refuse the whole file.
@@ -426,6 +470,10 @@ fn parse_rows(text: &str, lang: Lang) -> Result<Vec<Row>, Vec<RowError>> {
             parent: Some(unwrap_text_cell(cell(c_parent)).to_string()).filter(|p| !p.is_empty()),
             level: None,
             shifted: record.len() != width,
+            broken_quoting: record
+                .position()
+                .and_then(|p| text.get(p.byte() as usize..))
+                .is_some_and(broken_quoting),
             errors: Vec::new(),
         };
         if row.shifted {
@@ -679,6 +727,28 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert_eq!(errors[0].field, "name");
         assert!(t.store.area("150802001003").await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_name_with_quotation_marks_quoted_properly_is_kept() {
+        let t = temp_store();
+        let file = format!("{GOOD}4,150802001003,\"楼,22 \"\"x\"\"\" ,150802001\n");
+        import_areas(&t.store, file.as_bytes(), Lang::En)
+            .await
+            .unwrap()
+            .unwrap();
+        let area = t.store.area("150802001003").await.unwrap().unwrap();
+        assert_eq!(area.name, "楼,22 \"x\"");
+    }
+
+    #[test]
+    fn broken_quoting_is_told_from_doubled_quotes() {
+        assert!(!broken_quoting("a,\"b \"\"c\"\"\",d\nnext,\"x"));
+        assert!(!broken_quoting("\"a\" , b\n"));
+        assert!(!broken_quoting("plain,cells\r\n\"bad \"quote\""));
+        assert!(broken_quoting("4,1,\"bad \"quote\",1\n"));
+        assert!(broken_quoting("4,b\"c,1"));
+        assert!(broken_quoting("\"a\" b,c"));
     }
 
     #[test]
