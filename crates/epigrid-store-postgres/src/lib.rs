@@ -52,7 +52,23 @@ pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
 }
 
 pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("connection pool: {e}"))
+    StoreError::Backend(format!("connection pool: {}", with_causes(&e)))
+}
+
+/// An error with the errors under it: `db error: FATAL: database "x" does not exist`, not
+/// only `db error`.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 impl PgStore {

@@ -612,7 +612,13 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logs(&args.log_format);
+            let new_file = epigrid_store_sqlite::path_from_url(&args.db.db)
+                .filter(|p| args.db.db.starts_with("sqlite:") && !p.exists());
             let store = open_store(&args.db).await?;
+            if let Some(path) = new_file {
+                // a mistyped path must not pass unseen as a server with nobody in it
+                tracing::warn!(path = %path.display(), "no database was there: created a new, empty one");
+            }
             let vault = open_vault(&args.db, store.as_ref(), lang).await?;
             let retention = args.retention_days.unwrap_or(RETENTION_DAYS);
             serve(&args, store, vault, retention, |_| {}).await
