@@ -464,8 +464,10 @@ pub struct ValidRegistration {
 fn parse_bool(field: &str, raw: &Option<String>) -> Result<Option<bool>, FieldError> {
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some("true" | "1" | "yes" | "on") => Ok(Some(true)),
-        Some("false" | "0" | "no" | "off") => Ok(Some(false)),
+        Some("true" | "1" | "yes" | "on" | "是") => Ok(Some(true)),
+        Some("false" | "0" | "no" | "off" | "否") => Ok(Some(false)),
+        // `visitor` is "are you a visitor?": resident or visitor
+        Some(_) if field == "visitor" => Err(FieldError::new(field, "err.visitor.format")),
         Some(_) => Err(FieldError::new(field, "err.bool.format")),
     }
 }
@@ -1074,6 +1076,21 @@ mod tests {
             RegistrationInput::from_pairs(&p).symptoms_answered
         };
         assert!(form(true) && !form(false));
+    }
+
+    #[test]
+    fn yes_and_no_in_chinese_and_a_visitor_told_as_such() {
+        let b = |field: &str, raw: &str| parse_bool(field, &Some(raw.to_string()));
+        assert_eq!(b("high_risk_travel", "否"), Ok(Some(false)));
+        assert_eq!(b("high_risk_travel", " 是 "), Ok(Some(true)));
+        assert_eq!(
+            b("high_risk_travel", "perhaps").map_err(|e| e.key),
+            Err("err.bool.format")
+        );
+        assert_eq!(
+            b("visitor", "maybe").map_err(|e| e.key),
+            Err("err.visitor.format")
+        );
     }
 
     #[test]
