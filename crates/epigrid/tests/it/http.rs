@@ -9,6 +9,22 @@ async fn body(r: reqwest::Response) -> Value {
     r.json().await.expect("json body")
 }
 
+/// A 422's errors as `field:code`.
+async fn error_codes(r: reqwest::Response) -> Vec<String> {
+    assert_eq!(r.status(), 422);
+    let v = body(r).await;
+    let errors = v["errors"].as_array().expect("errors").iter();
+    errors
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["field"].as_str().unwrap_or(""),
+                e["code"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 fn fields(v: &Value) -> Vec<String> {
     v["errors"]
         .as_array()
@@ -638,33 +654,12 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
     assert_eq!(r.status(), 422);
     assert_eq!(fields(&body(r).await), ["kind", "name", "area_code"]);
     // a gate is a compound's, at a community or below; a code given as a number is named so
-    let errors = |r: reqwest::Response| async move {
-        let v = body(r).await;
-        v["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["field"].as_str().unwrap().to_string(),
-                    e["code"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
     let gate = json!({"kind": "gate", "name": "大门", "area_code": "150802"});
     let r = app.post_json("/api/v1/sites", &gate, Some(&mgr)).await;
-    assert_eq!(r.status(), 422);
-    assert_eq!(
-        errors(r).await,
-        [("area_code".to_string(), "err.site.gate_level".to_string())]
-    );
+    assert_eq!(error_codes(r).await, ["area_code:err.site.gate_level"]);
     let numeric = json!({"kind": "gate", "name": "大门", "area_code": 150802001001u64});
     let r = app.post_json("/api/v1/sites", &numeric, Some(&mgr)).await;
-    assert_eq!(
-        errors(r).await,
-        [("area_code".to_string(), "err.text.format".to_string())]
-    );
+    assert_eq!(error_codes(r).await, ["area_code:err.text.format"]);
     let r = app.post_json("/api/v1/sites", &new, Some(&mgr)).await;
     assert_eq!(r.status(), 201);
     let s = body(r).await;
@@ -854,17 +849,7 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
         .await
         .unwrap();
 
-    let regs = app
-        .store
-        .registrations(
-            &epigrid_core::area::Scope::all(),
-            &epigrid_core::model::RegistrationFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let regs = app.stored_registrations(10).await;
     assert_eq!(regs.len(), 1);
     assert_eq!(
         regs[0].fields.origin_code.as_deref(),
@@ -924,38 +909,20 @@ async fn a_traveller_who_reads_english_names_their_origin_in_pinyin() {
             ("high_risk_travel", "true"),
         ]
     };
-    let r = app
-        .client
-        .post(&url)
-        .form(&form("Mars"))
-        .send()
-        .await
-        .unwrap();
+    let send = |place: &'static str| {
+        let request = app.client.post(&url).form(&form(place));
+        async move { request.send().await.unwrap() }
+    };
+    let r = send("Mars").await;
     assert_eq!(r.status(), 422);
     assert!(r
         .text()
         .await
         .unwrap()
         .contains("No place of that name in the chosen province"));
-    let r = app
-        .client
-        .post(&url)
-        .form(&form("Jiangxia, Wuhan"))
-        .send()
-        .await
-        .unwrap();
+    let r = send("Jiangxia, Wuhan").await;
     assert_eq!(r.status(), 303, "{}", r.text().await.unwrap());
-    let regs = app
-        .store
-        .registrations(
-            &epigrid_core::area::Scope::all(),
-            &epigrid_core::model::RegistrationFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let regs = app.stored_registrations(10).await;
     assert_eq!(regs.len(), 1, "the unknown place stored nothing");
     assert_eq!(regs[0].fields.origin_code.as_deref(), Some("420115"));
     // staff reading in English see the place in English, in Chinese in Chinese
@@ -1011,17 +978,7 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    let regs = app
-        .store
-        .registrations(
-            &epigrid_core::area::Scope::all(),
-            &epigrid_core::model::RegistrationFilter {
-                limit: 10,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let regs = app.stored_registrations(10).await;
     assert_eq!(regs.len(), 1);
     assert_eq!(regs[0].channel, epigrid_core::model::Channel::Staff);
     assert!(regs[0].by_user.is_some() && regs[0].phone_masked.is_none());
@@ -2246,22 +2203,6 @@ async fn the_audit_log_is_filtered_and_paged() {
 async fn an_account_request_gets_the_error_each_field_deserves() {
     let app = TestApp::start().await;
     let admin = app.token("boss", Role::Admin, "150800").await;
-    let codes = |r: reqwest::Response| async move {
-        assert_eq!(r.status(), 422);
-        let v = body(r).await;
-        v["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                format!(
-                    "{}:{}",
-                    e["field"].as_str().unwrap(),
-                    e["code"].as_str().unwrap()
-                )
-            })
-            .collect::<Vec<_>>()
-    };
     let post = |b: Value| {
         let app = &app;
         let admin = admin.clone();
@@ -2269,20 +2210,20 @@ async fn an_account_request_gets_the_error_each_field_deserves() {
     };
     // spaces are not a password; a number is not text; `area` is not `area_code`
     let r = post(json!({"username": "keeper", "password": "            ", "role": "manager", "area_code": "150802"})).await;
-    assert_eq!(codes(r).await, ["password:err.required"]);
+    assert_eq!(error_codes(r).await, ["password:err.required"]);
     let r = post(json!({"username": "keeper", "password": 12345678901u64, "role": "manager", "area": "150802"})).await;
     assert_eq!(
-        codes(r).await,
+        error_codes(r).await,
         ["password:err.text.format", "area_code:err.required"]
     );
     let r =
         post(json!({"password": "long-enough-pw", "role": "king", "area_code": "150802"})).await;
     assert_eq!(
-        codes(r).await,
+        error_codes(r).await,
         ["username:err.required", "role:err.role.unknown"]
     );
     let r = post(json!({"username": "keeper", "password": "  short  ", "role": "manager", "area_code": "150802"})).await;
-    assert_eq!(codes(r).await, ["password:err.password.short"]);
+    assert_eq!(error_codes(r).await, ["password:err.password.short"]);
     let r = post(json!({"username": "keeper", "password": "  long-enough-pw  ", "role": "manager", "area_code": "150802"})).await;
     assert_eq!(r.status(), 201);
 }

@@ -233,71 +233,35 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
     .unwrap();
     let (ok, out) = epigrid(&["import", "areas", csv.to_str().unwrap(), "--db", &db]);
     assert!(ok, "{out}");
-    let (ok, out) = epigrid(&[
-        "user",
-        "add",
-        "--db",
-        &db,
-        "--username",
-        "boss",
-        "--password",
-        "long-enough-pw",
-        "--role",
-        "king",
-        "--area",
-        "159999",
-    ]);
+    let add_boss = |password: &str, role: &str, area: &str| {
+        epigrid(&[
+            "user",
+            "add",
+            "--db",
+            &db,
+            "--username",
+            "boss",
+            "--password",
+            password,
+            "--role",
+            role,
+            "--area",
+            area,
+        ])
+    };
+    let (ok, out) = add_boss("long-enough-pw", "king", "159999");
     assert!(
         !ok && out.contains("king") && out.contains("159999"),
         "role and area errors named: {out}"
     );
-    let (ok, out) = epigrid(&[
-        "user",
-        "add",
-        "--db",
-        &db,
-        "--username",
-        "boss",
-        "--password",
-        "            ",
-        "--role",
-        "admin",
-        "--area",
-        "150802",
-    ]);
+    let (ok, out) = add_boss("            ", "admin", "150802");
     assert!(
         !ok && out.contains("not counting spaces"),
         "a password of spaces: {out}"
     );
-    let (ok, out) = epigrid(&[
-        "user",
-        "add",
-        "--db",
-        &db,
-        "--username",
-        "boss",
-        "--password",
-        "long-enough-pw",
-        "--role",
-        "admin",
-        "--area",
-        "150802",
-    ]);
+    let (ok, out) = add_boss("long-enough-pw", "admin", "150802");
     assert!(ok, "{out}");
-    let (ok, out) = epigrid(&[
-        "user",
-        "add",
-        "--db",
-        &db,
-        "--username",
-        "boss",
-        "--password",
-        "long-enough-pw",
-        "--role",
-        "admin",
-        "--area",
-        "150802",
-    ]);
+    let (ok, out) = add_boss("long-enough-pw", "admin", "150802");
     assert!(!ok && out.contains("taken"), "{out}");
     let bad = dir.join("bad.csv");
     std::fs::write(&bad, "code,name,parent_code,level\n150802001,车站街道,150802,3\n15080200X,坏,150802,3\n150821001,无父,150821,3\n").unwrap();

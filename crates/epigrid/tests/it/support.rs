@@ -230,6 +230,19 @@ impl TestApp {
         }
     }
 
+    /// The newest `limit` registrations in the store, whoever may see them.
+    pub async fn stored_registrations(&self, limit: u32) -> Vec<epigrid_core::model::Registration> {
+        let filter = epigrid_core::model::RegistrationFilter {
+            limit,
+            ..Default::default()
+        };
+        let scope = epigrid_core::area::Scope::all();
+        self.store
+            .registrations(&scope, &filter)
+            .await
+            .expect("registrations")
+    }
+
     pub fn site(&self, kind: SiteKind, county: &str) -> &Site {
         self.sites
             .iter()
