@@ -261,7 +261,7 @@ async fn site_in_scope(st: &AppState, staff: &Staff, id: &str) -> ApiResult<Site
         .ok_or(ApiError::NotFound)
 }
 
-/// Creates a site: `{"kind","name","area_code","default_stay_min"?}`.
+/// Creates a site: `{"kind","name","area_code","default_stay_min"?,"active"?}`.
 async fn create_site(
     State(st): State<AppState>,
     staff: Staff,
@@ -335,6 +335,14 @@ pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResu
             }
         },
     };
+    // a site may be made ready before it opens
+    let active = match b.get("active") {
+        None | Some(Value::Null) => true,
+        Some(v) => v.as_bool().unwrap_or_else(|| {
+            errs.push(FieldError::new("active", "err.bool.format"));
+            true
+        }),
+    };
     match (kind, name, area) {
         (Some(kind), Some(name), Some(area)) if errs.is_empty() => Ok(Site {
             id: Uuid::now_v7(),
@@ -343,7 +351,7 @@ pub(crate) async fn new_site(st: &AppState, staff: &Staff, b: &Value) -> ApiResu
             name,
             area_code: area.code,
             area_path: area.path,
-            active: true,
+            active,
             default_stay_min: stay.unwrap_or(kind.default_stay_min()),
             created_at: Utc::now(),
         }),

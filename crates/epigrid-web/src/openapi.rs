@@ -213,7 +213,7 @@ fn described() -> Value {
             "/api/v1/divisions": {"get": op("China's provinces, cities and counties for the origin picker", "areas", false, json!([query("parent", "2- or 4-digit code")]), None, ("200", "{items:[{code,name,name_en}]}: name in Chinese, name_en in pinyin"))},
             "/api/v1/sites": {
                 "get": op("sites in the caller's scope", "sites", true, json!([]), None, ("200", "{items:[Site]}")),
-                "post": op("create a site", "sites", true, json!([]), Some(json!({"type": "object", "required": ["kind", "name", "area_code"], "properties": {"kind": {"type": "string"}, "name": {"type": "string"}, "area_code": {"type": "string"}, "default_stay_min": {"type": "integer"}}})), ("201", "Site"))
+                "post": op("create a site", "sites", true, json!([]), Some(json!({"type": "object", "required": ["kind", "name", "area_code"], "properties": {"kind": {"type": "string"}, "name": {"type": "string"}, "area_code": {"type": "string"}, "default_stay_min": {"type": "integer"}, "active": {"type": "boolean", "default": true}}})), ("201", "Site"))
             },
             "/api/v1/sites/{id}": {
                 "get": op("one site", "sites", true, json!([site.clone()]), None, ("200", "Site")),

@@ -660,6 +660,17 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
     let numeric = json!({"kind": "gate", "name": "大门", "area_code": 150802001001u64});
     let r = app.post_json("/api/v1/sites", &numeric, Some(&mgr)).await;
     assert_eq!(error_codes(r).await, ["area_code:err.text.format"]);
+    let mut later = new.clone();
+    later["active"] = json!("no");
+    let r = app.post_json("/api/v1/sites", &later, Some(&mgr)).await;
+    assert_eq!(error_codes(r).await, ["active:err.bool.format"]);
+    later["active"] = json!(false);
+    let r = app.post_json("/api/v1/sites", &later, Some(&mgr)).await;
+    assert_eq!(
+        body(r).await["active"],
+        false,
+        "a site made ready before it opens"
+    );
     let r = app.post_json("/api/v1/sites", &new, Some(&mgr)).await;
     assert_eq!(r.status(), 201);
     let s = body(r).await;
