@@ -1206,10 +1206,30 @@ async fn apply_change<C: deadpool_postgres::GenericClient>(
     Ok(true)
 }
 
+/// Starts an observation unless the person has one not released whose days reach this one's
+/// start (`StoreError::Conflict`). Call inside a transaction: the person's row is locked
+/// first, so two starts at once take turns and the second finds the first.
 async fn insert_obs<C: deadpool_postgres::GenericClient>(
     c: &C,
     o: &Observation,
 ) -> StoreResult<()> {
+    c.execute(
+        "SELECT 1 FROM persons WHERE id = $1 FOR UPDATE",
+        &[&o.person_id],
+    )
+    .await
+    .map_err(map_err)?;
+    let overlapping = c
+        .query_opt(
+            "SELECT 1 FROM observations WHERE person_id = $1 AND released_at IS NULL \
+             AND planned_end >= $2 LIMIT 1",
+            &[&o.person_id, &o.start],
+        )
+        .await
+        .map_err(map_err)?;
+    if overlapping.is_some() {
+        return Err(StoreError::Conflict(format!("observation:{}", o.person_id)));
+    }
     c.execute(
         &format!(
             "INSERT INTO observations ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
@@ -1364,8 +1384,10 @@ impl PgStore {
     }
 
     pub(crate) async fn insert_observation_impl(&self, o: &Observation) -> StoreResult<()> {
-        let c = self.client().await?;
-        insert_obs(&c, o).await
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        insert_obs(&tx, o).await?;
+        tx.commit().await.map_err(map_err)
     }
 
     pub(crate) async fn update_observation_impl(&self, o: &Observation) -> StoreResult<()> {
@@ -1564,6 +1586,15 @@ impl PgStore {
         }
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
+        // Both people are locked, in one order, before either is read: two merges of the same
+        // pair in opposite directions take turns, and the second finds the first done (each
+        // would otherwise see the other still unmerged and both records would point away).
+        tx.execute(
+            "SELECT 1 FROM persons WHERE id IN ($1, $2) ORDER BY id FOR UPDATE",
+            &[&m.from_person, &m.into_person],
+        )
+        .await
+        .map_err(map_err)?;
         let n = tx
             .execute(
                 "UPDATE persons SET merged_into = $2 WHERE id = $1 AND merged_into IS NULL \

@@ -1729,7 +1729,20 @@ fn apply_change(c: &Connection, ch: &CategoryChange) -> StoreResult<bool> {
     Ok(true)
 }
 
+/// Starts an observation unless the person has one not released whose days reach this one's
+/// start (`StoreError::Conflict`; the one writer makes the check and the insert one step).
 fn insert_obs(c: &Connection, o: &Observation) -> StoreResult<()> {
+    let overlapping = c
+        .prepare_cached(
+            "SELECT 1 FROM observations WHERE person_id = ?1 AND released_at IS NULL \
+             AND planned_end >= ?2 LIMIT 1",
+        )
+        .map_err(map_err)?
+        .exists(params![o.person_id.to_string(), o.start.to_string()])
+        .map_err(map_err)?;
+    if overlapping {
+        return Err(StoreError::Conflict(format!("observation:{}", o.person_id)));
+    }
     c.prepare_cached(&format!(
         "INSERT INTO observations ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         OBS_COLS.replace("o.", "")

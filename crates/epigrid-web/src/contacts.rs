@@ -406,9 +406,19 @@ async fn confirm_contacts(
     let index = crate::persons::person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
     let ids: Vec<Uuid> = match b.get("person_ids").and_then(Value::as_array) {
+        // every id or none: a batch half applied is worse than one refused
         Some(a) if !a.is_empty() && a.len() <= 1000 => a
             .iter()
-            .filter_map(|v| v.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+            .enumerate()
+            .filter_map(
+                |(i, v)| match v.as_str().and_then(|s| Uuid::parse_str(s.trim()).ok()) {
+                    Some(id) => Some(id),
+                    None => {
+                        errs.push(FieldError::new(format!("person_ids[{i}]"), "err.id.format"));
+                        None
+                    }
+                },
+            )
             .collect(),
         _ => {
             errs.push(FieldError::new("person_ids", "err.contacts.list"));
@@ -444,6 +454,12 @@ pub(crate) async fn confirm(
     use epigrid_core::person::{check_transition, CategoryChange, Observation, ObservationKind};
     // here, not only in each handler: the page's form reaches this too
     staff.require(staff.role().investigates())?;
+    crate::persons::takes_new_facts(index)?;
+    // contacts are marked for someone under investigation: a case, a suspected case, a fever
+    // patient, a close contact (their contacts are the second degree), or a former case
+    if matches!(index.category, Category::None | Category::RuledOut) {
+        return Err(ApiError::Conflict("err.contacts.index_not_case"));
+    }
     let scope = staff.scope();
     let mut people = Vec::new();
     for pid in ids {
@@ -455,6 +471,7 @@ pub(crate) async fn confirm(
         if p.id == index.id {
             return Err(ApiError::field("person_ids", "err.contacts.index"));
         }
+        crate::persons::takes_new_facts(&p)?;
         people.push(p);
     }
     let workers: Vec<_> = st
@@ -608,7 +625,7 @@ fn rows_of(contacts: &[Value], lang: Lang) -> Vec<TraceRow> {
                         .filter_map(Value::as_str)
                         .map(|k| epigrid_core::i18n::t(lang, &format!("contact.kind.{k}")))
                         .collect::<Vec<_>>()
-                        .join("、")
+                        .join(crate::view::list_separator(lang))
                 })
                 .unwrap_or_default(),
             minutes: c["exposure_s"].as_i64().unwrap_or(0) / 60,

@@ -61,6 +61,7 @@ async fn create(
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().classifies())?;
     let person = crate::persons::person_in_scope(&st, &staff, &id).await?;
+    crate::persons::takes_new_facts(&person)?;
     // the public page says a confirmed or suspected case was at these places: someone who is
     // one, or was one before they recovered or died
     use epigrid_core::person::Category::{Confirmed, Deceased, Recovered, Suspected};

@@ -151,6 +151,16 @@ pub(crate) async fn person_in_scope(st: &AppState, staff: &Staff, id: &str) -> A
         .ok_or(ApiError::NotFound)
 }
 
+/// A record merged into another keeps its history but takes no new facts: a category, an
+/// observation, a lab result or a notice on it would be counted nowhere (counts and lists
+/// follow the kept record). `err.person.merged` (409) names the way to the kept one.
+pub(crate) fn takes_new_facts(p: &Person) -> ApiResult<()> {
+    match p.merged_into {
+        Some(_) => Err(ApiError::Conflict("err.person.merged")),
+        None => Ok(()),
+    }
+}
+
 fn report_url(st: &AppState, headers: &HeaderMap, token: &str) -> String {
     format!("{}/r/{token}", base_url(st, headers))
 }
@@ -422,6 +432,7 @@ pub(crate) async fn apply_category(
     reason_raw: &str,
 ) -> ApiResult<Person> {
     staff.require(staff.role().classifies())?;
+    takes_new_facts(p)?;
     let mut errs = Vec::new();
     let to = Category::parse(to_raw.trim());
     if to.is_none() {
@@ -615,6 +626,11 @@ async fn open_observation(
     req: ObservationRequest,
 ) -> ApiResult<(Observation, String)> {
     staff.require(staff.role().follows_up())?;
+    takes_new_facts(p)?;
+    // nobody reports their temperature for the dead
+    if p.category == Category::Deceased {
+        return Err(ApiError::Conflict("err.observation.deceased"));
+    }
     if st
         .store
         .observations_of(p.id)
@@ -642,7 +658,13 @@ async fn open_observation(
         created_at: Utc::now(),
         created_by: Some(staff.user.id),
     };
-    st.store.insert_observation(&o).await?;
+    match st.store.insert_observation(&o).await {
+        // another start for this person won the race
+        Err(epigrid_core::store::StoreError::Conflict(_)) => {
+            return Err(ApiError::Conflict("err.observation.already_open"))
+        }
+        r => r?,
+    }
     staff
         .audit(
             st,
@@ -959,6 +981,7 @@ async fn add_lab_result(
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().classifies())?;
     let p = person_in_scope(&st, &staff, &id).await?;
+    takes_new_facts(&p)?;
     let get = json_get(&b);
     let mut errs = Vec::new();
     let test = get("test").and_then(|t| TestKind::parse(t.trim()));

@@ -560,6 +560,18 @@ async fn search(app: &TestApp, q: &str, token: &str) -> Value {
         .unwrap()
 }
 
+/// Classifies a person through the API (contacts are marked for someone under investigation).
+async fn classify(app: &TestApp, pid: &str, category: &str, token: &str) {
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/category"),
+            &json!({"category": category, "reason": "调查"}),
+            Some(token),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{category}");
+}
+
 async fn find_person(app: &TestApp, id: &str, token: &str) -> String {
     let v: Value = app
         .get_json(&format!("/api/v1/persons?q={id}"), token)
@@ -1709,6 +1721,7 @@ async fn selected_contacts_are_classified_and_observed_in_one_action_or_not_at_a
         &epi,
     )
     .await;
+    classify(&app, &case, "suspected", &epi).await;
     let c1 = person_via_api(
         &app,
         &cn_id("150802", "19700101", 2),
@@ -1905,6 +1918,7 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
     user(app.store.as_ref(), "gw_page", Role::GridWorker, "150802").await;
     let gw = app.login_cookie("gw_page").await;
     let gw_csrf = input_value(&app.page("/", &gw).await, "csrf");
+    classify(&app, &pid, "confirmed", &epi).await;
     let r = app
         .client
         .post(format!("{}/persons/{pid}/contacts", app.base))
@@ -2329,6 +2343,7 @@ async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
         .as_str()
         .unwrap()
         .to_string();
+    classify(&app, &pid, "confirmed", &epi).await;
     let r = app
         .post_json(
             &format!("/api/v1/persons/{pid}/contacts"),
@@ -2495,6 +2510,7 @@ async fn wide_chains_are_drawn_with_collapsed_layers() {
         .map(|c| c["person_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids.len(), 45);
+    classify(&app, &pid, "confirmed", &epi).await;
     assert_eq!(
         app.post_status(
             &format!("/api/v1/persons/{pid}/contacts"),
@@ -3679,4 +3695,181 @@ async fn a_trace_reaching_back_past_the_retention_says_so() {
         page.contains("class=\"note\" role=\"status\">Registrations of people no one had acted on"),
         "{page}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merged_record_takes_no_new_facts_and_contacts_need_a_case_and_valid_ids() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let person = |seq: u32, name: &'static str| {
+        let (app, epi) = (&app, epi.clone());
+        async move {
+            let id = cn_id("150802", "19750505", seq);
+            person_via_api(app, &id, name, "13700000001", &epi).await
+        }
+    };
+    let post = |path: String, body: Value| {
+        let (app, epi) = (&app, epi.clone());
+        async move {
+            let r = app.post_json(&path, &body, Some(&epi)).await;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or_default();
+            let codes: Vec<String> = v["errors"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| {
+                            format!(
+                                "{}:{}",
+                                e["field"].as_str().unwrap_or(""),
+                                e["code"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (status, codes)
+        }
+    };
+    let (dup, kept) = (person(1, "甲").await, person(2, "甲").await);
+    let merged = post(
+        format!("/api/v1/persons/{dup}/merge"),
+        json!({"into": kept, "reason": "同一人"}),
+    )
+    .await;
+    assert_eq!(merged.0, 200);
+    let refused = (409, vec![":err.person.merged".to_string()]);
+    for (path, body) in [
+        (
+            "category",
+            json!({"category": "confirmed", "reason": "阳性"}),
+        ),
+        ("observations", json!({"kind": "home"})),
+        (
+            "lab-results",
+            json!({"test": "nucleic_acid", "result": "positive", "sample_date": Utc::now().date_naive().to_string()}),
+        ),
+        ("notices", json!({})),
+    ] {
+        assert_eq!(
+            post(format!("/api/v1/persons/{dup}/{path}"), body).await,
+            refused,
+            "{path}: a fact on the merged-away record would be counted nowhere"
+        );
+    }
+    // close contacts are marked for someone under investigation, all given ids or none
+    let case = person(3, "乙").await;
+    let contact = person(4, "丙").await;
+    let marked = post(
+        format!("/api/v1/persons/{case}/contacts"),
+        json!({"person_ids": [contact], "reason": "同场所"}),
+    )
+    .await;
+    assert_eq!(
+        marked,
+        (409, vec![":err.contacts.index_not_case".to_string()])
+    );
+    let confirmed = post(
+        format!("/api/v1/persons/{case}/category"),
+        json!({"category": "confirmed", "reason": "阳性"}),
+    )
+    .await;
+    assert_eq!(confirmed.0, 200);
+    let marked = post(
+        format!("/api/v1/persons/{case}/contacts"),
+        json!({"person_ids": [contact, "not-a-uuid"], "reason": "同场所"}),
+    )
+    .await;
+    assert_eq!(
+        marked,
+        (422, vec!["person_ids[1]:err.id.format".to_string()])
+    );
+    let v: Value = app
+        .get_json(&format!("/api/v1/persons/{contact}"), &epi)
+        .await;
+    assert_eq!(
+        v["category"], "none",
+        "nothing of the refused batch was done"
+    );
+    // nobody reports their temperature for the dead
+    let gone = post(
+        format!("/api/v1/persons/{case}/category"),
+        json!({"category": "deceased", "reason": "死亡"}),
+    )
+    .await;
+    assert_eq!(gone.0, 200);
+    assert_eq!(
+        post(format!("/api/v1/persons/{case}/observations"), json!({})).await,
+        (409, vec![":err.observation.deceased".to_string()])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_merges_and_observation_starts_leave_one_winner_on_every_store() {
+    use epigrid_core::store::StoreError;
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        for round in 0..4u32 {
+            let a = registered_person(
+                store.as_ref(),
+                &sites[0],
+                &cn_id("150802", "19720202", 10 + round * 2),
+                "甲",
+            )
+            .await;
+            let b = registered_person(
+                store.as_ref(),
+                &sites[0],
+                &cn_id("150802", "19720202", 11 + round * 2),
+                "甲",
+            )
+            .await;
+            // two people merge the pair at once, in opposite directions
+            let merge = |from, into| PersonMerge {
+                id: new_id(),
+                from_person: from,
+                into_person: into,
+                at: Utc::now(),
+                by_user: None,
+                by_username: "epi".into(),
+                reason: "同一人".into(),
+                undone_at: None,
+            };
+            let (ab, ba) = (merge(a, b), merge(b, a));
+            let (one, other) = tokio::join!(store.merge_persons(&ab), store.merge_persons(&ba));
+            assert!(
+                matches!(
+                    (&one, &other),
+                    (Ok(()), Err(StoreError::Conflict(_))) | (Err(StoreError::Conflict(_)), Ok(()))
+                ),
+                "{name}: one merge wins, the other finds it done: {one:?} {other:?}"
+            );
+            let mut kept = 0;
+            for id in [a, b] {
+                let p = store.person(id, &Scope::all()).await.unwrap().unwrap();
+                kept += usize::from(p.merged_into.is_none());
+            }
+            assert_eq!(kept, 1, "{name}: exactly one record is kept");
+            // and several start an observation of the kept one at once
+            let today = Utc::now().date_naive();
+            let keeper = if one.is_ok() { b } else { a };
+            let starts: Vec<_> = (0..6)
+                .map(|i| observation(keeper, today, 14, &format!("race-{name}-{round}-{i}")))
+                .collect();
+            let mut tasks = tokio::task::JoinSet::new();
+            for o in starts {
+                let store = store.clone();
+                tasks.spawn(async move { store.insert_observation(&o).await });
+            }
+            let results = tasks.join_all().await;
+            assert_eq!(
+                results.iter().filter(|r| r.is_ok()).count(),
+                1,
+                "{name}: one observation opens: {results:?}"
+            );
+            assert!(results
+                .iter()
+                .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_)))));
+        }
+    }
 }
