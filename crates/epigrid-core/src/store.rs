@@ -193,7 +193,9 @@ pub trait Store: Send + Sync + 'static {
         d: &crate::matching::MatchDecision,
         scope: &Scope,
     ) -> StoreResult<bool>;
-    /// The lists uploaded in the scope that a person was matched on (newest first), with how.
+    /// The lists a person was matched on (newest first), with how: those uploaded in the
+    /// scope, and any list at all when the person lives in the scope (a list uploaded in
+    /// another area that names them shows up where they are).
     async fn lists_of(
         &self,
         person_id: Uuid,

@@ -627,7 +627,8 @@ impl Store for PgStore {
             .query(
                 "SELECT l.id, l.name, l.uploaded_by, l.area_path, l.created_at, l.rows, l.bad_rows, \
                  m.line, m.method, m.confidence, m.review, m.decision FROM list_matches m \
-                 JOIN lists l ON l.id = m.list_id WHERE m.person_id = $1 AND l.area_path >= $2 AND l.area_path < $3 \
+                 JOIN lists l ON l.id = m.list_id JOIN persons p ON p.id = m.person_id WHERE m.person_id = $1 \
+                 AND ((l.area_path >= $2 AND l.area_path < $3) OR (p.area_path >= $2 AND p.area_path < $3)) \
                  ORDER BY l.created_at DESC, l.id, m.line LIMIT 50",
                 &[&person_id, &lo, &hi],
             )

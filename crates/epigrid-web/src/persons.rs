@@ -1610,6 +1610,8 @@ async fn persons_page(
 
 /// A list the person was matched on, as the person page shows it.
 struct ListLine {
+    /// Empty for a list uploaded outside the reader's area (they see that the person is on
+    /// it, not the list itself).
     id: String,
     name: String,
     at: String,
@@ -1699,7 +1701,11 @@ async fn person_view(
             lists: lists
                 .iter()
                 .map(|(l, m)| ListLine {
-                    id: l.id.to_string(),
+                    id: if s.scope().contains(&l.area_path) {
+                        l.id.to_string()
+                    } else {
+                        String::new()
+                    },
                     name: l.name.clone(),
                     at: local(l.created_at, tz),
                     method: m.method,

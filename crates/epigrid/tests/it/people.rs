@@ -3088,11 +3088,21 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
         got.contains(&(b.clone(), json!("rejected"), json!(true))),
         "{got:?}"
     );
-    // the people show the list they were on, and how it was decided
+    // the people show the lists they were on, and how it was decided; the list uploaded in
+    // another county that names them too, undecided
     let pa: Value = app.get_json(&format!("/api/v1/persons/{a}"), &epi).await;
+    let on: Vec<(&Value, &Value)> = pa["lists"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (&l["name"], &l["decision"]))
+        .collect();
     assert_eq!(
-        (&pa["lists"][0]["name"], &pa["lists"][0]["decision"]),
-        (&json!("plates"), &json!("confirmed"))
+        on,
+        [
+            (&json!("plates elsewhere"), &Value::Null),
+            (&json!("plates"), &json!("confirmed"))
+        ]
     );
     let page = app.page(&format!("/persons/{b}?lang=en"), &cookie).await;
     assert!(
@@ -3871,5 +3881,55 @@ async fn racing_merges_and_observation_starts_leave_one_winner_on_every_store() 
                 .iter()
                 .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict(_)))));
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_from_another_area_shows_up_where_the_matched_person_lives() {
+    for (name, store) in stores().await {
+        let sites = seed(store.as_ref()).await;
+        let linhe = site_in(&sites, "150802");
+        let here =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19810303", 1), "甲").await;
+        // Wuyuan's staff upload a list from the railway that names a Linhe resident
+        let list = epigrid_core::store::ListRecord {
+            id: new_id(),
+            name: "railway".into(),
+            uploaded_by: None,
+            area_path: "/150800/150821/".into(),
+            created_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
+            rows: 1,
+            bad_rows: 0,
+        };
+        let found = epigrid_core::matching::ListMatch {
+            line: 2,
+            person_id: here,
+            method: "id_number",
+            confidence: 1.0,
+            review: false,
+            decision: None,
+        };
+        store.insert_list(&list, &[], &[found]).await.unwrap();
+        let names = |scope: &'static str| {
+            let store = store.clone();
+            async move {
+                let lists = store.lists_of(here, &Scope::new(scope)).await.unwrap();
+                lists.into_iter().map(|(l, _)| l.name).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            names("/150800/150802/").await,
+            ["railway"],
+            "{name}: where they live"
+        );
+        assert_eq!(
+            names("/150800/150821/").await,
+            ["railway"],
+            "{name}: where it was uploaded"
+        );
+        assert!(
+            names("/150800/150822/").await.is_empty(),
+            "{name}: nowhere else"
+        );
     }
 }
