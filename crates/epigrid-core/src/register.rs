@@ -416,22 +416,29 @@ pub fn form_companions(pairs: &[(String, String)]) -> Vec<(u32, CompanionRaw)> {
             // digits is a mainland ID number. (A number shaped like a mainland one, 17 digits
             // and one more, stays one, and so does one of any other length, so a typo in an
             // ID number is reported rather than taken for a passport.)
-            let passport = c.id_number.as_deref().is_some_and(|v| {
-                let v: Vec<char> = v
-                    .chars()
-                    .map(crate::validate::fold_width)
-                    .filter(|ch| !ch.is_whitespace())
-                    .collect();
-                let id_shaped = v.len() == 18 && v[..17].iter().all(char::is_ascii_digit);
-                let digits = v.iter().all(char::is_ascii_digit);
-                !id_shaped && (v.iter().any(|ch| ch.is_alphabetic()) || (digits && v.len() == 9))
-            });
-            if passport {
+            if c.id_number.as_deref().is_some_and(looks_like_passport) {
                 c.id_type = Some("passport".into());
             }
             (n, c)
         })
         .collect()
+}
+
+/// Whether a document number typed into a single box (a companion's, or on a notice's "I was
+/// there" form) is a passport or travel permit rather than a mainland ID number: one with
+/// letters in it (other than a mainland ID's final X), or of exactly 9 digits (the United
+/// States' and Russia's passports). A number shaped like a mainland one, 17 digits and one
+/// more, stays one, and so does one of any other length, so a typo in an ID number is
+/// reported rather than taken for a passport.
+pub fn looks_like_passport(raw: &str) -> bool {
+    let v: Vec<char> = raw
+        .chars()
+        .map(crate::validate::fold_width)
+        .filter(|ch| !ch.is_whitespace())
+        .collect();
+    let id_shaped = v.len() == 18 && v[..17].iter().all(char::is_ascii_digit);
+    let digits = v.iter().all(char::is_ascii_digit);
+    !id_shaped && (v.iter().any(|ch| ch.is_alphabetic()) || (digits && v.len() == 9))
 }
 
 /// What the validator needs to know besides the input.

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::Utc;
 use epigrid_core::area::Scope;
-use epigrid_core::i18n::Lang;
+use epigrid_core::i18n::{t, Lang};
 use epigrid_core::model::RegistrationFilter;
 use epigrid_core::trace::{notice_spans, Notice, NoticeEntry, PendingContact};
 use epigrid_core::validate::{DocType, Document, Errors, MobilePhone, PersonName};
@@ -293,13 +293,7 @@ async fn came_forward(
             .unwrap_or_default()
     };
     let mut errs = Errors::default();
-    let name = errs.check(PersonName::parse("name", &get("name")));
-    let doc = errs.check(Document::parse(
-        "id_number",
-        DocType::CnId,
-        &get("id_number"),
-    ));
-    let phone = errs.check(MobilePhone::parse("phone", &get("phone")));
+    // in the form's order: the place, then the person
     let entry = get("entry")
         .parse::<i32>()
         .ok()
@@ -310,8 +304,29 @@ async fn came_forward(
             "err.notice.entry",
         ));
     }
+    let name = errs.check(PersonName::parse("name", &get("name")));
+    // one box for a document: a traveller's passport as well as a mainland ID number
+    let typed = get("id_number");
+    let doc_type = if epigrid_core::register::looks_like_passport(&typed) {
+        DocType::Passport
+    } else {
+        DocType::CnId
+    };
+    let doc = errs.check(Document::parse("id_number", doc_type, &typed));
+    let phone = errs.check(MobilePhone::parse("phone", &get("phone")));
     let (Some(name), Some(doc), Some(phone), Some(entry)) = (name, doc, phone, entry) else {
-        let msgs = errs.0.iter().map(|e| e.message(lang)).collect();
+        // each message under the name of its field, as the form labels it
+        let label = |field: &str| match field {
+            "entry" => "notice.which",
+            "name" => "form.name",
+            "id_number" => "form.id_number",
+            _ => "form.phone",
+        };
+        let msgs = errs
+            .0
+            .iter()
+            .map(|e| format!("{}: {}", t(lang, label(&e.field)), e.message(lang)))
+            .collect();
         let mut r = page(lang, &st, &n, msgs, false, &pairs);
         *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
         return r;
@@ -322,6 +337,31 @@ async fn came_forward(
         Ok(Some(s)) => s.area_path,
         _ => n.area_path.clone(),
     };
+    // the case themselves has nothing to report here; someone who came forward already is
+    // thanked again, not recorded twice
+    if person.id == n.case_person_id {
+        let mut r = page(
+            lang,
+            &st,
+            &n,
+            vec![t(lang, "err.notice.is_case").to_string()],
+            false,
+            &[],
+        );
+        *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+        return r;
+    }
+    match st.store.pending_contacts(n.id).await {
+        Ok(known)
+            if known
+                .iter()
+                .any(|k| k.person_id == person.id && k.position == entry.position) =>
+        {
+            return page(lang, &st, &n, Vec::new(), true, &[]);
+        }
+        Ok(_) => {}
+        Err(e) => return ApiError::from(e).into_response(),
+    }
     let pc = PendingContact {
         id: epigrid_core::vault::new_id(),
         notice_id: n.id,

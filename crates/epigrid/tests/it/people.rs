@@ -2089,20 +2089,46 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
+    // each error under its field's name
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("<li>身份证号") || html.contains("<li>证件号"),
+        "{html}"
+    );
     let walker = cn_id("150802", "19910101", 42);
-    let r = app
-        .client
-        .post(&url)
-        .form(&[
-            ("entry", "0"),
-            ("name", "路人戊"),
-            ("id_number", walker.as_str()),
-            ("phone", "13500000042"),
-        ])
-        .send()
+    let come = |name: &'static str, id: String, phone: &'static str| {
+        let request = app.client.post(&url).form(&[
+            ("entry", "0".to_string()),
+            ("name", name.to_string()),
+            ("id_number", id),
+            ("phone", phone.to_string()),
+        ]);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(
+        come("路人戊", walker.clone(), "13500000042").await.status(),
+        200
+    );
+    // coming forward twice is thanked twice and recorded once
+    assert_eq!(
+        come("路人戊", walker.clone(), "13500000042").await.status(),
+        200
+    );
+    // a traveller comes forward with a passport
+    assert_eq!(
+        come("Anna Smith", "E12345678".into(), "+4915112345678")
+            .await
+            .status(),
+        200
+    );
+    // the case has nothing to report on their own notice
+    let own = come("病例丁", case_id.clone(), "13500000041").await;
+    assert_eq!(own.status(), 422);
+    assert!(own
+        .text()
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .unwrap()
+        .contains("本通告所涉病例即是您本人"));
     let d: Value = app
         .get(
             &format!("/api/v1/notices/{}", n["id"].as_str().unwrap()),
@@ -2113,9 +2139,13 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         .await
         .unwrap();
     let came = d["came_forward"].as_array().unwrap();
-    assert_eq!(came.len(), 1);
-    assert_eq!(came[0]["status"], "pending");
-    assert_eq!(came[0]["person"]["name"], "路*戊");
+    let mut names: Vec<&str> = came
+        .iter()
+        .map(|c| c["person"]["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["A*** S***", "路*戊"], "{came:?}");
+    assert!(came.iter().all(|c| c["status"] == "pending"));
     let other = app.token("wuyuan", Role::Epidemiologist, "150821").await;
     assert_eq!(
         app.get(
