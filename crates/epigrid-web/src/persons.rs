@@ -570,8 +570,20 @@ async fn parse_observation(
     {
         None => None,
         Some(s) => match Uuid::parse_str(s).ok() {
-            Some(id) if st.store.site(id, &staff.scope()).await?.is_some() => Some(id),
-            _ => {
+            Some(id) => match st.store.site(id, &staff.scope()).await? {
+                // people are observed where they stay (a quarantine hotel is a venue), not
+                // at a road checkpoint, a gate or an arrival desk
+                Some(site) if site.kind == epigrid_core::model::SiteKind::Venue => Some(id),
+                Some(_) => {
+                    errs.push(FieldError::new("site_id", "err.observation.site_kind"));
+                    None
+                }
+                None => {
+                    errs.push(FieldError::new("site_id", "err.site.not_found"));
+                    None
+                }
+            },
+            None => {
                 errs.push(FieldError::new("site_id", "err.site.not_found"));
                 None
             }
@@ -713,6 +725,26 @@ async fn update_observation(
         return Err(ApiError::Conflict("err.observation.released"));
     }
     let mut errs = Vec::new();
+    // a change names what it changes: an empty or misspelt request is not a change (and is
+    // not audited as one)
+    const CHANGES: [&str; 6] = [
+        "extend_days",
+        "release_reason",
+        "early_release",
+        "revoke_link",
+        "new_link",
+        "reports_per_day",
+    ];
+    let keys: Vec<&String> = b
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    for k in keys.iter().filter(|k| !CHANGES.contains(&k.as_str())) {
+        errs.push(FieldError::new(k.as_str(), "err.field.unknown_observation"));
+    }
+    if !keys.iter().any(|k| CHANGES.contains(&k.as_str())) && errs.is_empty() {
+        errs.push(FieldError::new("", "err.field.nothing_to_change"));
+    }
     let mut new_link = None;
     if let Some(v) = b.get("extend_days") {
         match v.as_i64().filter(|n| (1..=60).contains(n)) {
@@ -1018,7 +1050,10 @@ async fn add_lab_result(
     let result_date = date("result_date", false, &mut errs);
     if let (Some(s), Some(r)) = (sample, result_date) {
         if r < s {
-            errs.push(FieldError::new("result_date", "err.date.before_start"));
+            errs.push(FieldError::new(
+                "result_date",
+                "err.lab.result_before_sample",
+            ));
         }
     }
     let (Some(test), Some(result), Some(sample_date)) = (test, result, sample) else {
@@ -1437,8 +1472,15 @@ async fn report_page(
         Err(page) => return *page,
     };
     let ended = !o.is_open(today(&st));
+    // an ended observation's link says so, as a revoked one does (and as a report sent to
+    // it is answered)
+    let status = if ended {
+        StatusCode::GONE
+    } else {
+        StatusCode::OK
+    };
     render(
-        StatusCode::OK,
+        status,
         report_page_html(lang, &o, &name, &token, vec![], &[], (false, ended, false)),
     )
 }
@@ -1638,6 +1680,8 @@ struct PersonPage {
     link: String,
     link_qr: String,
     default_days: u32,
+    /// Where a centralised observation can be: the active venues in the reader's area.
+    venues: Vec<(String, String)>,
     can_classify: bool,
 }
 
@@ -1662,6 +1706,15 @@ async fn person_view(
         .lists_of(p.id, &s.scope())
         .await
         .unwrap_or_default();
+    let venues = st
+        .store
+        .sites(&s.scope())
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v.kind == epigrid_core::model::SiteKind::Venue && v.active)
+        .map(|v| (v.id.to_string(), v.name))
+        .collect();
     let regs = st
         .store
         .registrations(
@@ -1737,6 +1790,7 @@ async fn person_view(
             },
             link,
             default_days: st.cfg.observation_days(p.category),
+            venues,
             can_classify: s.role().classifies(),
             p,
         },

@@ -3963,3 +3963,93 @@ async fn a_list_from_another_area_shows_up_where_the_matched_person_lives() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn observations_take_only_real_changes_a_place_to_stay_and_say_when_they_ended() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let pid = person_via_api(
+        &app,
+        &cn_id("150802", "19830303", 9),
+        "观察甲",
+        "13700000009",
+        &epi,
+    )
+    .await;
+    let codes = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or_default();
+        let codes: Vec<String> = v["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["code"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (status, codes)
+    };
+    let start = |body: Value| {
+        let (app, epi, pid) = (&app, epi.clone(), pid.clone());
+        async move {
+            app.post_json(
+                &format!("/api/v1/persons/{pid}/observations"),
+                &body,
+                Some(&epi),
+            )
+            .await
+        }
+    };
+    // centralised observation is at a place to stay, not at a road checkpoint
+    let checkpoint = app.site(SiteKind::Checkpoint, "150802").id.to_string();
+    let r = start(json!({"kind": "central", "site_id": checkpoint})).await;
+    assert_eq!(
+        codes(r).await,
+        (422, vec!["err.observation.site_kind".to_string()])
+    );
+    // an observation that ended days ago: its link says so
+    let ago = (Utc::now() - Duration::days(20)).date_naive().to_string();
+    let r = start(json!({"kind": "home", "start": ago, "days": 5})).await;
+    assert_eq!(r.status(), 201);
+    let o: Value = r.json().await.unwrap();
+    let link = o["report_url"].as_str().unwrap();
+    assert_eq!(app.client.get(link).send().await.unwrap().status(), 410);
+    // a change names what it changes
+    let venue = app.site(SiteKind::Venue, "150802").id.to_string();
+    let r = start(json!({"kind": "central", "site_id": venue})).await;
+    assert_eq!(r.status(), 201);
+    let open: Value = r.json().await.unwrap();
+    let path = format!("/api/v1/observations/{}", open["id"].as_str().unwrap());
+    let patch = |body: Value| {
+        let request = app
+            .client
+            .patch(format!("{}{path}", app.base))
+            .bearer_auth(&epi)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(
+        codes(patch(json!({})).await).await,
+        (422, vec!["err.field.nothing_to_change".to_string()])
+    );
+    assert_eq!(
+        codes(patch(json!({"action": "revoke"})).await).await,
+        (422, vec!["err.field.unknown_observation".to_string()])
+    );
+    assert_eq!(patch(json!({"extend_days": 2})).await.status(), 200);
+    // a result does not come before its sample
+    let today = Utc::now().date_naive();
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/lab-results"),
+            &json!({"test": "nucleic_acid", "result": "negative",
+                    "sample_date": today.to_string(),
+                    "result_date": (today - Duration::days(1)).to_string()}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(
+        codes(r).await,
+        (422, vec!["err.lab.result_before_sample".to_string()])
+    );
+}
