@@ -11,18 +11,9 @@ async fn body(r: reqwest::Response) -> Value {
 
 /// A 422's errors as `field:code`.
 async fn error_codes(r: reqwest::Response) -> Vec<String> {
-    assert_eq!(r.status(), 422);
-    let v = body(r).await;
-    let errors = v["errors"].as_array().expect("errors").iter();
-    errors
-        .map(|e| {
-            format!(
-                "{}:{}",
-                e["field"].as_str().unwrap_or(""),
-                e["code"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
+    let (status, codes) = status_and_codes(r).await;
+    assert_eq!(status, 422);
+    codes
 }
 
 fn fields(v: &Value) -> Vec<String> {

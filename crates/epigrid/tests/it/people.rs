@@ -3750,26 +3750,7 @@ async fn a_merged_record_takes_no_new_facts_and_contacts_need_a_case_and_valid_i
     };
     let post = |path: String, body: Value| {
         let (app, epi) = (&app, epi.clone());
-        async move {
-            let r = app.post_json(&path, &body, Some(&epi)).await;
-            let status = r.status().as_u16();
-            let v: Value = r.json().await.unwrap_or_default();
-            let codes: Vec<String> = v["errors"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|e| {
-                            format!(
-                                "{}:{}",
-                                e["field"].as_str().unwrap_or(""),
-                                e["code"].as_str().unwrap_or("")
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            (status, codes)
-        }
+        async move { status_and_codes(app.post_json(&path, &body, Some(&epi)).await).await }
     };
     let (dup, kept) = (person(1, "甲").await, person(2, "甲").await);
     let merged = post(
@@ -3976,19 +3957,6 @@ async fn observations_take_only_real_changes_a_place_to_stay_and_say_when_they_e
         &epi,
     )
     .await;
-    let codes = |r: reqwest::Response| async move {
-        let status = r.status().as_u16();
-        let v: Value = r.json().await.unwrap_or_default();
-        let codes: Vec<String> = v["errors"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|e| e["code"].as_str().unwrap_or("").to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (status, codes)
-    };
     let start = |body: Value| {
         let (app, epi, pid) = (&app, epi.clone(), pid.clone());
         async move {
@@ -4004,8 +3972,8 @@ async fn observations_take_only_real_changes_a_place_to_stay_and_say_when_they_e
     let checkpoint = app.site(SiteKind::Checkpoint, "150802").id.to_string();
     let r = start(json!({"kind": "central", "site_id": checkpoint})).await;
     assert_eq!(
-        codes(r).await,
-        (422, vec!["err.observation.site_kind".to_string()])
+        status_and_codes(r).await,
+        (422, vec!["site_id:err.observation.site_kind".to_string()])
     );
     // an observation that ended days ago: its link says so
     let ago = (Utc::now() - Duration::days(20)).date_naive().to_string();
@@ -4029,12 +3997,15 @@ async fn observations_take_only_real_changes_a_place_to_stay_and_say_when_they_e
         async move { request.send().await.unwrap() }
     };
     assert_eq!(
-        codes(patch(json!({})).await).await,
-        (422, vec!["err.field.nothing_to_change".to_string()])
+        status_and_codes(patch(json!({})).await).await,
+        (422, vec![":err.field.nothing_to_change".to_string()])
     );
     assert_eq!(
-        codes(patch(json!({"action": "revoke"})).await).await,
-        (422, vec!["err.field.unknown_observation".to_string()])
+        status_and_codes(patch(json!({"action": "revoke"})).await).await,
+        (
+            422,
+            vec!["action:err.field.unknown_observation".to_string()]
+        )
     );
     assert_eq!(patch(json!({"extend_days": 2})).await.status(), 200);
     // a result does not come before its sample
@@ -4049,7 +4020,10 @@ async fn observations_take_only_real_changes_a_place_to_stay_and_say_when_they_e
         )
         .await;
     assert_eq!(
-        codes(r).await,
-        (422, vec!["err.lab.result_before_sample".to_string()])
+        status_and_codes(r).await,
+        (
+            422,
+            vec!["result_date:err.lab.result_before_sample".to_string()]
+        )
     );
 }

@@ -467,3 +467,25 @@ pub async fn register_at(
     store.insert_registration(reg.clone()).await.unwrap();
     reg
 }
+
+/// An error body's errors as `field:code` (`:code` for one about the whole request).
+pub fn error_codes_of(v: &serde_json::Value) -> Vec<String> {
+    let errors = v["errors"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    errors
+        .iter()
+        .map(|e| {
+            let field = e["field"].as_str().unwrap_or("");
+            format!("{field}:{}", e["code"].as_str().unwrap_or(""))
+        })
+        .collect()
+}
+
+/// A response's status and [`error_codes_of`] its body.
+pub async fn status_and_codes(r: reqwest::Response) -> (u16, Vec<String>) {
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    (status, error_codes_of(&v))
+}
