@@ -371,7 +371,21 @@ async fn apply_decision(
         )
         .await?;
     if !done {
-        return Err(ApiError::NotFound);
+        // a match the reader can see that was decided already, or is certain, is not "not
+        // found": say why it takes no decision
+        let seen = st
+            .store
+            .lists_of(person_id, &staff.scope())
+            .await?
+            .iter()
+            .any(|(l, m)| {
+                l.id == list_id && m.line == line && staff.scope().contains(&l.area_path)
+            });
+        return Err(if seen {
+            ApiError::Conflict("err.list.not_to_review")
+        } else {
+            ApiError::NotFound
+        });
     }
     staff
         .audit(

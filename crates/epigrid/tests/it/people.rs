@@ -3064,8 +3064,8 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
     );
     assert_eq!(
         decide(epi.clone(), a.clone(), "rejected").await.status(),
-        404,
-        "decided once"
+        409,
+        "decided once, and told so"
     );
     // the page's buttons do the same for the other one
     let cookie = app.login_cookie("epi").await;
