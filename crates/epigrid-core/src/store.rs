@@ -491,6 +491,30 @@ pub const KEPT_PEOPLE_SQL: &str = "SELECT id FROM persons WHERE category <> 'non
      UNION SELECT index_person_id FROM contacts UNION SELECT contact_person_id FROM contacts \
      UNION SELECT person_id FROM list_matches";
 
+/// The people whose merges lead, through merges still standing, into the person `{from}`:
+/// when `{from}`'s own merge into `{into}` is undone, they were moved along to `{into}` and go
+/// back to `{from}` (with the registrations that came in as them). `{from}` and `{into}` are
+/// the stores' placeholders.
+pub const MERGED_UNDER_SQL: &str = "WITH RECURSIVE under(id) AS (\
+     SELECT from_person FROM person_merges WHERE into_person = {from} AND undone_at IS NULL \
+     UNION SELECT m.from_person FROM person_merges m JOIN under u ON m.into_person = u.id \
+     WHERE m.undone_at IS NULL) SELECT id FROM under";
+
+/// The statements that give a person back what a later merge of the one they were merged
+/// into took along (see [`MERGED_UNDER_SQL`]), with the stores' placeholders for the two.
+pub fn merged_back_sql(from: &str, into: &str) -> [String; 2] {
+    let under = MERGED_UNDER_SQL.replace("{from}", from);
+    [
+        format!(
+            "UPDATE persons SET merged_into = {from} WHERE merged_into = {into} AND id IN ({under})"
+        ),
+        format!(
+            "UPDATE registrations SET person_id = {from} WHERE person_id = {into} \
+             AND phone_sealed_for IN ({under})"
+        ),
+    ]
+}
+
 /// The statements of a retention purge, in order, with `{kept}` for [`KEPT_PEOPLE_SQL`] and
 /// `{before}` for the cut-off's placeholder; the second counts registrations, the last one
 /// people.

@@ -1283,14 +1283,21 @@ impl PgStore {
         let rows = match q {
             PersonQuery::Document { index, doc_type } => {
                 self.query(
-                    &format!("SELECT {PERSON_COLS} FROM persons p WHERE p.doc_type = $4 AND p.doc_index = $3 AND {scoped} LIMIT $5"),
+                    // a record merged into another is found as the one it was merged into
+                    &format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT COALESCE(x.merged_into, x.id) \
+                         FROM persons x WHERE x.doc_type = $4 AND x.doc_index = $3) AND {scoped} LIMIT $5"
+                    ),
                     &[&lo, &hi, index, &doc_type.as_str(), &limit],
                 )
                 .await?
             }
             PersonQuery::Phone(index) => {
                 self.query(
-                    &format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = $3 AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT $4"),
+                    &format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT COALESCE(x.merged_into, x.id) \
+                         FROM persons x WHERE x.phone_index = $3) AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT $4"
+                    ),
                     &[&lo, &hi, index, &limit],
                 )
                 .await?
@@ -1654,11 +1661,28 @@ impl PgStore {
             undone_at: Some(at),
         };
         tx.execute(
-            "UPDATE persons SET merged_into = NULL WHERE id = $1 AND merged_into = $2",
+            "SELECT 1 FROM persons WHERE id IN ($1, $2) ORDER BY id FOR UPDATE",
             &[&m.from_person, &m.into_person],
         )
         .await
         .map_err(map_err)?;
+        let restored = tx
+            .execute(
+                "UPDATE persons SET merged_into = NULL WHERE id = $1 AND merged_into = $2",
+                &[&m.from_person, &m.into_person],
+            )
+            .await
+            .map_err(map_err)?;
+        if restored == 0 {
+            // a later merge moved the person on: that one is undone first
+            return Err(StoreError::Conflict("merge:later".into()));
+        }
+        // people merged into this one were moved along with it: they come back
+        for sql in epigrid_core::store::merged_back_sql("$1", "$2") {
+            tx.execute(&sql, &[&m.from_person, &m.into_person])
+                .await
+                .map_err(map_err)?;
+        }
         // registrations that came in as the merged-away person while the merge stood are
         // theirs again
         tx.execute(

@@ -1798,11 +1798,19 @@ impl SqliteStore {
             let scoped = "p.area_path >= ?1 AND p.area_path < ?2 AND p.merged_into IS NULL";
             let (sql, arg): (String, Box<dyn ToSql>) = match &q {
                 PersonQuery::Document { index, doc_type } => (
-                    format!("SELECT {PERSON_COLS} FROM persons p WHERE p.doc_type = '{}' AND p.doc_index = ?3 AND {scoped} LIMIT ?4", doc_type.as_str()),
+                    // a record merged into another is found as the one it was merged into
+                    format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT COALESCE(x.merged_into, x.id) \
+                         FROM persons x WHERE x.doc_type = '{}' AND x.doc_index = ?3) AND {scoped} LIMIT ?4",
+                        doc_type.as_str()
+                    ),
                     Box::new(index.clone()),
                 ),
                 PersonQuery::Phone(index) => (
-                    format!("SELECT {PERSON_COLS} FROM persons p WHERE p.phone_index = ?3 AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT ?4"),
+                    format!(
+                        "SELECT {PERSON_COLS} FROM persons p WHERE p.id IN (SELECT COALESCE(x.merged_into, x.id) \
+                         FROM persons x WHERE x.phone_index = ?3) AND {scoped} ORDER BY p.last_seen_at DESC, p.id LIMIT ?4"
+                    ),
                     Box::new(index.clone()),
                 ),
                 PersonQuery::Plate(plate) => (
@@ -2199,10 +2207,22 @@ impl SqliteStore {
                 .optional()
                 .map_err(map_err)?
                 .ok_or(StoreError::NotFound)?;
-            c.prepare_cached("UPDATE persons SET merged_into = NULL WHERE id = ?1 AND merged_into = ?2")
+            let restored = c
+                .prepare_cached("UPDATE persons SET merged_into = NULL WHERE id = ?1 AND merged_into = ?2")
                 .map_err(map_err)?
                 .execute(params![m.from_person.to_string(), m.into_person.to_string()])
                 .map_err(map_err)?;
+            if restored == 0 {
+                // a later merge moved the person on: that one is undone first
+                return Err(StoreError::Conflict("merge:later".into()));
+            }
+            // people merged into this one were moved along with it: they come back
+            for sql in epigrid_core::store::merged_back_sql("?1", "?2") {
+                c.prepare_cached(&sql)
+                    .map_err(map_err)?
+                    .execute(params![m.from_person.to_string(), m.into_person.to_string()])
+                    .map_err(map_err)?;
+            }
             // registrations that came in as the merged-away person while the merge stood are
             // theirs again
             c.prepare_cached(

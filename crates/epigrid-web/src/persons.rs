@@ -292,6 +292,26 @@ async fn merge_person(
     if into.id == from.id {
         return Err(err_field("into", "err.merge.self"));
     }
+    // the record merged away must not take a category or an open observation with it: the
+    // kept one would not have it and every count would lose it
+    let observed = |id| {
+        let st = &st;
+        async move {
+            let t = today(st);
+            Ok::<bool, ApiError>(
+                st.store
+                    .observations_of(id)
+                    .await?
+                    .iter()
+                    .any(|o| o.is_open(t)),
+            )
+        }
+    };
+    if (from.category != Category::None && from.category != into.category)
+        || (observed(from.id).await? && !observed(into.id).await?)
+    {
+        return Err(ApiError::Conflict("err.merge.from_has_more"));
+    }
     let m = PersonMerge {
         id: new_id(),
         from_person: from.id,
@@ -332,7 +352,12 @@ async fn undo_merge(
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().investigates())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let m = st.store.undo_merge(id, &staff.scope(), Utc::now()).await?;
+    let m = match st.store.undo_merge(id, &staff.scope(), Utc::now()).await {
+        Err(epigrid_core::store::StoreError::Conflict(_)) => {
+            return Err(ApiError::Conflict("err.merge.undo_later_first"))
+        }
+        r => r?,
+    };
     st.trace_changed();
     // audited where the people are, for that area's admins
     let area = match st.store.person(m.into_person, &staff.scope()).await? {

@@ -4027,3 +4027,148 @@ async fn observations_take_only_real_changes_a_place_to_stay_and_say_when_they_e
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merges_keep_what_the_merged_record_carried_and_undo_in_reverse_order() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let doc = |seq: u32| cn_id("150802", "19860606", seq);
+    let person = |seq: u32| {
+        let (app, epi) = (&app, epi.clone());
+        async move { person_via_api(app, &doc(seq), "重复", "13700000006", &epi).await }
+    };
+    let merge = |from: String, into: String| {
+        let (app, epi) = (&app, epi.clone());
+        async move {
+            let path = format!("/api/v1/persons/{from}/merge");
+            let r = app
+                .post_json(
+                    &path,
+                    &json!({"into": into, "reason": "同一人"}),
+                    Some(&epi),
+                )
+                .await;
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or_default();
+            (status, v)
+        }
+    };
+    let undo = |merge_id: Value| {
+        let (app, epi) = (&app, epi.clone());
+        async move {
+            let path = format!("/api/v1/merges/{}/undo", merge_id.as_str().unwrap());
+            status_and_codes(app.post_json(&path, &json!({}), Some(&epi)).await).await
+        }
+    };
+    let merged_into = |id: String| {
+        let (app, epi) = (&app, epi.clone());
+        async move {
+            let v: Value = app.get_json(&format!("/api/v1/persons/{id}"), &epi).await;
+            v["merged_into"].as_str().map(String::from)
+        }
+    };
+    // a confirmed case merged into a record without a category would vanish from the counts
+    let (case, plain) = (person(1).await, person(2).await);
+    classify(&app, &case, "confirmed", &epi).await;
+    let (status, v) = merge(case.clone(), plain.clone()).await;
+    assert_eq!(
+        (status, &v["errors"][0]["code"]),
+        (409, &json!("err.merge.from_has_more"))
+    );
+    let (status, _) = merge(plain.clone(), case.clone()).await;
+    assert_eq!(status, 200, "the other way round keeps the case");
+    // a record merged away is found by its own ID number, as the one it was merged into
+    let found: Value = app
+        .get_json(&format!("/api/v1/persons?q={}", doc(2)), &epi)
+        .await;
+    assert_eq!(found["items"][0]["id"].as_str(), Some(case.as_str()));
+    // c into d, then d into e: undone in reverse order, each giving back what it took
+    let (c, d, e) = (person(3).await, person(4).await, person(5).await);
+    let (_, cd) = merge(c.clone(), d.clone()).await;
+    let (_, de) = merge(d.clone(), e.clone()).await;
+    assert_eq!(merged_into(c.clone()).await.as_deref(), Some(e.as_str()));
+    assert_eq!(
+        undo(cd["merge_id"].clone()).await,
+        (409, vec![":err.merge.undo_later_first".to_string()])
+    );
+    assert_eq!(undo(de["merge_id"].clone()).await.0, 200);
+    assert_eq!(
+        merged_into(c.clone()).await.as_deref(),
+        Some(d.as_str()),
+        "c is d's again"
+    );
+    assert_eq!(merged_into(d.clone()).await, None);
+    assert_eq!(undo(cd["merge_id"].clone()).await.0, 200);
+    assert_eq!(merged_into(c.clone()).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undoing_a_merge_gives_back_the_people_it_took_along_on_every_store() {
+    use epigrid_core::model::RegistrationFilter;
+    use epigrid_core::store::StoreError;
+    for (name, store) in stores().await {
+        let store = store.as_ref();
+        let sites = seed(store).await;
+        let doc = |seq| cn_id("150802", "19870707", seq);
+        let mut ids = Vec::new();
+        for seq in 1..=3 {
+            ids.push(registered_person(store, &sites[0], &doc(seq), "链").await);
+        }
+        let (a, b, c) = (ids[0], ids[1], ids[2]);
+        let merge = |from, into| PersonMerge {
+            id: new_id(),
+            from_person: from,
+            into_person: into,
+            at: Utc::now(),
+            by_user: None,
+            by_username: "epi".into(),
+            reason: "同一人".into(),
+            undone_at: None,
+        };
+        let (ab, bc) = (merge(a, b), merge(b, c));
+        store.merge_persons(&ab).await.unwrap();
+        store.merge_persons(&bc).await.unwrap();
+        // a registers again while the chain stands: it is c's, sealed for a
+        registered_person(store, &sites[0], &doc(1), "链").await;
+        let regs_of = |pid| async move {
+            let f = RegistrationFilter {
+                person_id: Some(pid),
+                limit: 10,
+                ..Default::default()
+            };
+            store.registrations(&Scope::all(), &f).await.unwrap().len()
+        };
+        let into = |pid| async move {
+            store
+                .person(pid, &Scope::all())
+                .await
+                .unwrap()
+                .unwrap()
+                .merged_into
+        };
+        assert_eq!(into(a).await, Some(c), "{name}");
+        assert!(
+            matches!(
+                store.undo_merge(ab.id, &Scope::all(), Utc::now()).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{name}: the later merge is undone first"
+        );
+        let before_b = regs_of(b).await;
+        store
+            .undo_merge(bc.id, &Scope::all(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((into(a).await, into(b).await), (Some(b), None), "{name}");
+        assert_eq!(
+            (before_b, regs_of(b).await),
+            (1, 3),
+            "{name}: b's own, and a's, including what came in as a while the chain stood"
+        );
+        store
+            .undo_merge(ab.id, &Scope::all(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(into(a).await, None, "{name}");
+    }
+}
