@@ -225,7 +225,8 @@ pub trait Store: Send + Sync + 'static {
     async fn notice_by_token(&self, token: &str) -> StoreResult<Option<crate::trace::Notice>>;
     /// A notice by id if its case is in the scope.
     async fn notice(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<crate::trace::Notice>>;
-    /// Records someone who came forward: finds or creates the person, adds a pending contact.
+    /// Records someone who came forward: finds or creates the person, adds a pending contact
+    /// (once per person, notice and place: coming forward again changes nothing).
     async fn insert_pending_contact(
         &self,
         contact: &crate::trace::PendingContact,

@@ -95,6 +95,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "the master key's check value",
         include_str!("../migrations/0021_key_check.sql"),
     ),
+    (
+        22,
+        "one pending contact per person, notice and place",
+        include_str!("../migrations/0022_pending_contact_once.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

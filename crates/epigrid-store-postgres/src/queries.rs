@@ -1994,7 +1994,7 @@ impl PgStore {
         insert_grams(&tx, pid, &person.name).await?;
         tx.execute(
             "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (notice_id, person_id, position) DO NOTHING",
             &[&pc.id, &pc.notice_id, &pc.position, &pc.index_person_id, &pid, &pc.reported_at, &pc.status],
         )
         .await

@@ -2553,7 +2553,7 @@ impl SqliteStore {
             let pid = upsert_person(c, &person, &area_path, micros(pc.reported_at))?;
             c.prepare_cached(
                 "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (notice_id, person_id, position) DO NOTHING",
             )
             .map_err(map_err)?
             .execute(params![
