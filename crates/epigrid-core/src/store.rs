@@ -492,6 +492,20 @@ pub const KEPT_PEOPLE_SQL: &str = "SELECT id FROM persons WHERE category <> 'non
      UNION SELECT index_person_id FROM contacts UNION SELECT contact_person_id FROM contacts \
      UNION SELECT person_id FROM list_matches";
 
+/// Whether a registration listing is "the newest in the caller's area" (no site, person or
+/// live-feed filter), which a store answers from the newest rows first: the area's own index
+/// holds it in area order, so the newest fifty of a city would mean sorting all of it.
+pub fn lists_newest(f: &crate::model::RegistrationFilter) -> bool {
+    f.site_id.is_none() && f.person_id.is_none() && f.after_seq.is_none()
+}
+
+/// How many of the newest registrations (by sequence number, below `before` if paging) a
+/// newest-first listing reads first; only when those hold fewer than it asks for does it
+/// read the area's index instead (a small area, or a narrow filter).
+pub fn newest_window(limit: u32) -> i64 {
+    (i64::from(limit) * 20).max(20_000)
+}
+
 /// The people whose merges lead, through merges still standing, into the person `{from}`:
 /// when `{from}`'s own merge into `{into}` is undone, they were moved along to `{into}` and go
 /// back to `{from}` (with the registrations that came in as them). `{from}` and `{into}` are

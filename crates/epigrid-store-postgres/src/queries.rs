@@ -378,10 +378,31 @@ impl Store for PgStore {
             add("r.seq <", Box::new(s));
         }
         let order = if f.after_seq.is_some() { "ASC" } else { "DESC" };
-        sql.push_str(&format!(
-            " ORDER BY r.seq {order} LIMIT {}",
-            f.limit.clamp(1, 5000)
-        ));
+        let limit = f.limit.clamp(1, 5000);
+        let tail = format!(" ORDER BY r.seq {order} LIMIT {limit}");
+        if epigrid_core::store::lists_newest(f) {
+            // the newest rows first, through the primary key (see `lists_newest`)
+            let window = epigrid_core::store::newest_window(limit);
+            let mut probe_args: Vec<&(dyn ToSql + Sync)> = args
+                .iter()
+                .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            probe_args.push(&f.before_seq);
+            let probe = format!(
+                "{sql} AND r.seq >= COALESCE(${}::BIGINT, (SELECT MAX(seq) + 1 FROM registrations)) - {window}{tail}",
+                probe_args.len()
+            );
+            let rows: Vec<Registration> = self
+                .query(&probe, &probe_args)
+                .await?
+                .iter()
+                .map(reg_row)
+                .collect::<StoreResult<_>>()?;
+            if rows.len() >= limit as usize {
+                return Ok(rows);
+            }
+        }
+        sql.push_str(&tail);
         let refs: Vec<&(dyn ToSql + Sync)> = args
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))

@@ -785,14 +785,32 @@ impl Store for SqliteStore {
                 add("r.seq <", Box::new(s));
             }
             let order = if f.after_seq.is_some() { "ASC" } else { "DESC" };
-            sql.push_str(&format!(
-                " ORDER BY r.seq {order} LIMIT {}",
-                f.limit.clamp(1, 5000)
-            ));
-            let mut stmt = c.prepare_cached(&sql).map_err(map_err)?;
-            let refs: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
-            let rows = stmt.query_map(refs.as_slice(), reg_row).map_err(map_err)?;
-            collect(rows)
+            let limit = f.limit.clamp(1, 5000);
+            let tail = format!(" ORDER BY r.seq {order} LIMIT {limit}");
+            let run = |sql: &str, args: &[Box<dyn ToSql>]| {
+                let mut stmt = c.prepare_cached(sql).map_err(map_err)?;
+                let refs: Vec<&dyn ToSql> = args.iter().map(|b| b.as_ref()).collect();
+                let rows = stmt.query_map(refs.as_slice(), reg_row).map_err(map_err)?;
+                collect(rows)
+            };
+            if epigrid_core::store::lists_newest(&f) {
+                // the newest rows first, by rowid (see `lists_newest`)
+                let window = epigrid_core::store::newest_window(limit);
+                let mut probe_args = std::mem::take(&mut args);
+                probe_args.push(Box::new(f.before_seq));
+                let probe = format!(
+                    "{} AND r.seq >= COALESCE(?{}, (SELECT MAX(seq) + 1 FROM registrations)) - {window}{tail}",
+                    sql.replacen("FROM registrations r ", "FROM registrations r NOT INDEXED ", 1),
+                    probe_args.len()
+                );
+                let rows = run(&probe, &probe_args)?;
+                if rows.len() >= limit as usize {
+                    return Ok(rows);
+                }
+                probe_args.pop();
+                args = probe_args;
+            }
+            run(&format!("{sql}{tail}"), &args)
         })
         .await
     }

@@ -41,6 +41,9 @@ struct Feed {
     seen: HashSet<Uuid>,
     order: VecDeque<Uuid>,
     pending: VecDeque<Registration>,
+    /// The last read was full: more is waiting, read again without waiting for news (a
+    /// burst through another server sharing a PostgreSQL database wakes nobody here).
+    behind: bool,
     rx: broadcast::Receiver<i64>,
     _guard: ClientGuard,
 }
@@ -68,11 +71,13 @@ impl Feed {
 
     /// Waits for something new and reads it; false when the feed's session has ended.
     async fn poll(&mut self) -> bool {
-        tokio::select! {
-            r = self.rx.recv() => { if let Err(broadcast::error::RecvError::Closed) = r { tokio::time::sleep(POLL).await; } }
-            _ = tokio::time::sleep(POLL) => {}
+        if !self.behind {
+            tokio::select! {
+                r = self.rx.recv() => { if let Err(broadcast::error::RecvError::Closed) = r { tokio::time::sleep(POLL).await; } }
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            tokio::time::sleep(DEBOUNCE).await;
         }
-        tokio::time::sleep(DEBOUNCE).await;
         while self.rx.try_recv().is_ok() {}
         match self.st.session(&self.session).await {
             Ok(Some(_)) => {}
@@ -82,14 +87,18 @@ impl Feed {
                 return true;
             }
         }
+        const READ: u32 = 500;
         let f = RegistrationFilter {
             site_id: self.site,
             after_seq: Some((self.hwm - self.lookback).max(0)),
-            limit: 500,
+            limit: READ,
             ..Default::default()
         };
+        let before = self.hwm;
+        let mut full = false;
         match self.st.store.registrations(&self.scope, &f).await {
             Ok(rows) => {
+                full = rows.len() >= READ as usize;
                 for r in rows {
                     self.hwm = self.hwm.max(r.seq);
                     if self.remember(r.id) {
@@ -99,6 +108,9 @@ impl Feed {
             }
             Err(e) => tracing::warn!(error = %e, "live feed read failed"),
         }
+        // a full read that moved on means more is waiting (one that did not, only the
+        // look-back window again, means nothing is)
+        self.behind = full && self.hwm > before;
         true
     }
 }
@@ -193,6 +205,7 @@ pub async fn sse(
         seen: HashSet::new(),
         order: VecDeque::new(),
         pending: VecDeque::new(),
+        behind: false,
     };
     for r in send {
         if feed.remember(r.id) {
