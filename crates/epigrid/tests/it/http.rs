@@ -712,6 +712,18 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
         200,
         "still active"
     );
+    // someone checks in before the site's link is changed
+    let visit = json!({"name": "张三", "id_number": cn_id("150802", "19800101", 77),
+                       "phone": "13900000077", "symptoms": []});
+    let r = app
+        .post_json(
+            &format!("/api/v1/sites/{token}/registrations"),
+            &visit,
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let visit_id = body(r).await["id"].as_str().unwrap().to_string();
     let r = app
         .client
         .patch(format!("{}/api/v1/sites/{id}", app.base))
@@ -761,6 +773,20 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
         404,
         "old QR dead"
     );
+    // but the visitor's own confirmation and check-out, reached through the old link, work
+    let mine = format!("{}/s/{token}/r/{visit_id}", app.base);
+    assert_eq!(app.client.get(&mine).send().await.unwrap().status(), 200);
+    let out = app.client.post(format!("{mine}/out")).send().await.unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        out.headers()["location"].to_str().unwrap(),
+        format!("/s/{new_token}/r/{visit_id}"),
+        "back to the confirmation, under the new link"
+    );
+    let checked: Value = app
+        .get_json(&format!("/api/v1/registrations/{visit_id}"), &mgr)
+        .await;
+    assert!(checked["left_at"].is_string(), "{checked}");
     assert_eq!(
         app.client
             .get(format!("{}/s/{new_token}", app.base))
