@@ -117,6 +117,8 @@ struct FormPage<'a> {
     errors: Vec<(String, String, String)>,
     staff_user: String,
     csrf: String,
+    /// One value per form shown: sent twice (a double tap), it is stored once.
+    nonce: String,
     origin_picker: bool,
     /// The origin the script's picker had chosen, sent back with a form that had errors.
     origin: String,
@@ -597,6 +599,7 @@ async fn render_form(
         errors: summary,
         staff_user: staff.map(|s| s.user.username.clone()).unwrap_or_default(),
         csrf: staff.map(|s| s.session.csrf.clone()).unwrap_or_default(),
+        nonce: epigrid_core::vault::random_token(12),
         origin_picker: matches!(site.kind, SiteKind::Checkpoint | SiteKind::Arrival),
         origin: values
             .iter()
@@ -775,7 +778,31 @@ async fn form_submit(
         errs.push(oe);
         return render_form(&st, &site, lang, acting, &pairs, &errs).await;
     }
-    match submit(&st, &site, &input, acting).await {
+    // the same form sent again (a double tap, a reload): its first confirmation
+    let nonce = form_value(&pairs, "nonce")
+        .filter(|n| (8..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let mut claimed = None;
+    if let Some(n) = nonce {
+        for _ in 0..40 {
+            match st.claim_form(&n) {
+                crate::state::FormClaim::New => {
+                    claimed = Some(n);
+                    break;
+                }
+                crate::state::FormClaim::Stored(id) => {
+                    return Redirect::to(&format!("/s/{}/r/{id}", site.token)).into_response()
+                }
+                crate::state::FormClaim::Busy => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+            }
+        }
+    }
+    let stored = submit(&st, &site, &input, acting).await;
+    if let Some(n) = &claimed {
+        st.settle_form(n, stored.as_ref().ok().map(|r| r.id));
+    }
+    match stored {
         Ok(reg) => Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response(),
         Err(ApiError::Invalid(errs)) => render_form(&st, &site, lang, acting, &pairs, &errs).await,
         Err(ApiError::Gone(_)) => message(

@@ -122,7 +122,24 @@ pub struct Inner {
     pub trace_cache: tokio::sync::Mutex<Option<TraceCache>>,
     pub trace_version: std::sync::atomic::AtomicU64,
     sessions: Cache<Vec<u8>, Option<SessionUser>>,
+    /// Public forms sent, by the one-time value each form carries: a second tap, or the
+    /// browser sending the form again, is shown the first one's confirmation instead of
+    /// storing the registration twice (`None` while the first is still being stored).
+    sent_forms: std::sync::Mutex<HashMap<String, (Option<uuid::Uuid>, Instant)>>,
 }
+
+/// What became of a form sent before (see [`AppState::claim_form`]).
+pub enum FormClaim {
+    /// Not seen before: this request stores it.
+    New,
+    /// Stored already, as this registration.
+    Stored(uuid::Uuid),
+    /// Another request is storing it right now.
+    Busy,
+}
+
+/// How long a sent form is remembered.
+const FORM_TTL: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 pub struct AppState(pub Arc<Inner>);
@@ -147,7 +164,37 @@ impl AppState {
             trace_cache: tokio::sync::Mutex::new(None),
             trace_version: std::sync::atomic::AtomicU64::new(0),
             sessions: RwLock::new(HashMap::new()),
+            sent_forms: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Claims a form's one-time value for this request (see `Inner::sent_forms`).
+    pub fn claim_form(&self, nonce: &str) -> FormClaim {
+        let mut g = self.sent_forms.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() > 50_000 {
+            g.retain(|_, (_, at)| at.elapsed() < FORM_TTL);
+        }
+        match g.get(nonce).filter(|(_, at)| at.elapsed() < FORM_TTL) {
+            Some((Some(id), _)) => FormClaim::Stored(*id),
+            Some((None, _)) => FormClaim::Busy,
+            None => {
+                g.insert(nonce.to_string(), (None, Instant::now()));
+                FormClaim::New
+            }
+        }
+    }
+
+    /// Settles a claimed form: stored as `id`, or (`None`) not stored, free to send again.
+    pub fn settle_form(&self, nonce: &str, id: Option<uuid::Uuid>) {
+        let mut g = self.sent_forms.lock().unwrap_or_else(|e| e.into_inner());
+        match id {
+            Some(id) => {
+                g.insert(nonce.to_string(), (Some(id), Instant::now()));
+            }
+            None => {
+                g.remove(nonce);
+            }
+        }
     }
 }
 

@@ -2255,3 +2255,42 @@ async fn an_account_request_gets_the_error_each_field_deserves() {
     let r = post(json!({"username": "keeper", "password": "  long-enough-pw  ", "role": "manager", "area_code": "150802"})).await;
     assert_eq!(r.status(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_form_sent_twice_is_stored_once() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Venue, "150802").clone();
+    let page = app.public_page(&format!("/s/{}", site.token)).await;
+    let nonce = input_value(&page, "nonce");
+    assert!(nonce.len() >= 12, "{page}");
+    let url = format!("{}/s/{}", app.base, site.token);
+    let id = cn_id("150802", "19880808", 8);
+    let form = vec![
+        ("name", "王八".to_string()),
+        ("id_number", id),
+        ("phone", "13900000088".to_string()),
+        ("symptoms", "none".to_string()),
+        ("nonce", nonce),
+    ];
+    let send = || {
+        let request = app.client.post(&url).form(&form);
+        async move { request.send().await.unwrap() }
+    };
+    // a double tap, then the browser sending it again later
+    let (one, two) = tokio::join!(send(), send());
+    let three = send().await;
+    let to = |r: &reqwest::Response| {
+        assert_eq!(r.status(), 303);
+        r.headers()["location"].to_str().unwrap().to_string()
+    };
+    let first = to(&one);
+    assert_eq!((to(&two), to(&three)), (first.clone(), first.clone()));
+    assert_eq!(app.stored_registrations(10).await.len(), 1);
+    // another form shown is another registration
+    let again = app.public_page(&format!("/s/{}", site.token)).await;
+    let mut second = form.clone();
+    second[4].1 = input_value(&again, "nonce");
+    let r = app.client.post(&url).form(&second).send().await.unwrap();
+    assert_ne!(to(&r), first);
+    assert_eq!(app.stored_registrations(10).await.len(), 2);
+}
