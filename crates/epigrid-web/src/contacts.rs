@@ -486,9 +486,12 @@ pub(crate) async fn confirm(
     let mut changes = Vec::new();
     let mut observations = Vec::new();
     let mut links = Vec::new();
-    for p in &people {
+    for (i, p) in people.iter().enumerate() {
         if p.category != Category::CloseContact {
-            check_transition(p.category, Category::CloseContact).map_err(ApiError::Conflict)?;
+            // named, so that one person among hundreds chosen can be taken off the list
+            check_transition(p.category, Category::CloseContact).map_err(|k| {
+                ApiError::ConflictAt(FieldError::new(format!("person_ids[{i}]"), k))
+            })?;
             changes.push(CategoryChange {
                 id: epigrid_core::vault::new_id(),
                 person_id: p.id,

@@ -225,6 +225,9 @@ pub enum ApiError {
     TooLarge,
     /// 409: a uniqueness or state rule.
     Conflict(&'static str),
+    /// 409: a state rule that one field's value breaks (one of many people chosen, say),
+    /// named like a field error so the caller can tell which.
+    ConflictAt(FieldError),
     /// 422: field-level validation errors.
     Invalid(Vec<FieldError>),
     /// 429: too many attempts (a login locked for [`crate::auth::LOCK_WINDOW`]).
@@ -261,7 +264,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::ConflictAt(_) => StatusCode::CONFLICT,
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooMany => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -276,6 +279,7 @@ impl ApiError {
             ApiError::Forbidden => "err.forbidden",
             ApiError::NotFound => "err.not_found",
             ApiError::Gone(k) | ApiError::Conflict(k) => k,
+            ApiError::ConflictAt(e) => e.key,
             ApiError::Invalid(_) => "err.invalid",
             ApiError::TooLarge => "err.body.too_large",
             ApiError::TooMany => "err.too_many",
@@ -287,6 +291,7 @@ impl ApiError {
     pub fn messages(&self, lang: Lang) -> Vec<String> {
         match self {
             ApiError::Invalid(errs) => errs.iter().map(|e| e.message(lang)).collect(),
+            ApiError::ConflictAt(e) => vec![e.message(lang)],
             other => vec![t(lang, other.key()).to_string()],
         }
     }
@@ -295,6 +300,9 @@ impl ApiError {
         match self {
             ApiError::Invalid(errs) => json!({
                 "errors": errs.iter().map(|e| json!({"field": e.field, "message": e.message(lang), "code": e.key})).collect::<Vec<_>>()
+            }),
+            ApiError::ConflictAt(e) => json!({
+                "errors": [{"field": e.field, "message": e.message(lang), "code": e.key}]
             }),
             other => general_error(lang, other.key()),
         }

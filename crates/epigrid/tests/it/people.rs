@@ -1754,7 +1754,12 @@ async fn selected_contacts_are_classified_and_observed_in_one_action_or_not_at_a
             Some(&epi),
         )
         .await;
-    assert_eq!(r.status(), 409);
+    let (status, codes) = status_and_codes(r).await;
+    assert_eq!(
+        (status, codes.len(), codes[0].split(':').next()),
+        (409, 1, Some("person_ids[1]")),
+        "the one who blocks the batch is named: {codes:?}"
+    );
     let v: Value = app.get_json(&format!("/api/v1/persons/{c1}"), &epi).await;
     assert_eq!(v["category"], "none", "nothing half-done");
     assert!(v["observations"].as_array().unwrap().is_empty());
