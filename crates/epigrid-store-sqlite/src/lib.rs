@@ -258,6 +258,24 @@ pub fn path_from_url(url: &str) -> Option<PathBuf> {
     (!rest.is_empty()).then(|| PathBuf::from(rest))
 }
 
+/// Creates a new database file readable by its owner only (SQLite gives its WAL and shared
+/// memory files the database file's mode): names, masked numbers and sealed data are no one
+/// else's business on a shared machine. An existing file is left as its owner set it.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -315,6 +333,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
+        create_private(path).map_err(backend)?;
         let mut conn = open(path, false, durability).map_err(backend)?;
         migrate::run(&mut conn)?;
         let id: i64 = conn

@@ -30,7 +30,7 @@ pub use auth::hash_password;
 pub use error::ApiError;
 pub use lists::{decode_text, read_list};
 pub use openapi::spec as openapi_spec;
-pub use state::{parse_observation_days, AppState, WebConfig};
+pub use state::{parse_observation_days, AppState, WebConfig, LOOKUPS_PER_WINDOW};
 
 use axum::routing::get;
 use axum::Router;
@@ -100,6 +100,31 @@ pub fn router(state: AppState) -> Router {
         ))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(error::with_lang))
+        .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
+}
+
+/// Headers every response carries: no page may be framed by another site (clickjacking of
+/// an unmask or a category change), no content is sniffed into another type, and no address
+/// is sent on as a Referer (report links and notices carry their secret in the path).
+async fn security_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static("frame-ancestors 'none'"));
+    res
 }

@@ -337,19 +337,11 @@ async fn came_forward(
         Ok(Some(s)) => s.area_path,
         _ => n.area_path.clone(),
     };
-    // the case themselves has nothing to report here; someone who came forward already is
-    // thanked again, not recorded twice
+    // the case themselves has nothing to report here, and someone who came forward already
+    // is thanked again, not recorded twice; the page reads the same either way, or it would
+    // tell anyone who types an ID number whether that person is the case
     if person.id == n.case_person_id {
-        let mut r = page(
-            lang,
-            &st,
-            &n,
-            vec![t(lang, "err.notice.is_case").to_string()],
-            false,
-            &[],
-        );
-        *r.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-        return r;
+        return page(lang, &st, &n, Vec::new(), true, &[]);
     }
     match st.store.pending_contacts(n.id).await {
         Ok(known)

@@ -110,6 +110,37 @@ pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> 
     Ok(PersonQuery::Name(name))
 }
 
+/// People in the caller's area that a search finds. An exact lookup by ID or phone number
+/// tells whether that number is someone's, so it could unmask a masked number by trying its
+/// hidden digits: each is audited (how, and how many were found, never the number), and a
+/// user may make at most `LOOKUPS_PER_WINDOW` of them in fifteen minutes.
+pub(crate) async fn search_people(
+    st: &AppState,
+    staff: &Staff,
+    query: &PersonQuery,
+) -> ApiResult<Vec<Person>> {
+    let exact = match query {
+        PersonQuery::Document { .. } => Some("id_number"),
+        PersonQuery::Phone(_) => Some("phone"),
+        _ => None,
+    };
+    if exact.is_some() && !st.allow_lookup(staff.user.id) {
+        return Err(ApiError::TooMany);
+    }
+    let people = st.store.search_persons(&staff.scope(), query, 50).await?;
+    if let Some(how) = exact {
+        let (subject, area) = match people.first() {
+            Some(p) => (format!("person:{}", p.id), p.area_path.clone()),
+            None => ("search".to_string(), staff.user.area_path.clone()),
+        };
+        let detail = format!("by {how}, {} found", people.len());
+        staff
+            .audit(st, "person.lookup", &subject, &area, &detail)
+            .await;
+    }
+    Ok(people)
+}
+
 pub(crate) fn person_json(p: &Person) -> Value {
     json!({
         "id": p.id,
@@ -136,7 +167,7 @@ async fn search(
 ) -> ApiResult<Json<Value>> {
     staff.require(staff.role().sees_people())?;
     let query = interpret_query(&st, q.get("q").map(String::as_str).unwrap_or(""))?;
-    let people = st.store.search_persons(&staff.scope(), &query, 50).await?;
+    let people = search_people(&st, &staff, &query).await?;
     Ok(Json(
         json!({"items": people.iter().map(person_json).collect::<Vec<_>>()}),
     ))
@@ -1625,16 +1656,10 @@ async fn persons_page(
         (Vec::new(), String::new())
     } else {
         match interpret_query(&st, &text) {
-            Ok(query) => (
-                st.store
-                    .search_persons(&s.scope(), &query, 50)
-                    .await
-                    .unwrap_or_default()
-                    .iter()
-                    .map(person_row)
-                    .collect(),
-                String::new(),
-            ),
+            Ok(query) => match search_people(&st, &s, &query).await {
+                Ok(people) => (people.iter().map(person_row).collect(), String::new()),
+                Err(e) => (Vec::new(), e.messages(lang).join(" ")),
+            },
             Err(ApiError::Invalid(e)) => (
                 Vec::new(),
                 e.first().map(|e| e.message(lang)).unwrap_or_default(),

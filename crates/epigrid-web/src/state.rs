@@ -126,7 +126,15 @@ pub struct Inner {
     /// browser sending the form again, is shown the first one's confirmation instead of
     /// storing the registration twice (`None` while the first is still being stored).
     sent_forms: std::sync::Mutex<HashMap<String, (Option<uuid::Uuid>, Instant)>>,
+    /// Each user's recent exact lookups of people by ID or phone number (see
+    /// [`AppState::allow_lookup`]).
+    lookups: std::sync::Mutex<HashMap<uuid::Uuid, std::collections::VecDeque<Instant>>>,
 }
+
+/// How many exact lookups by ID or phone number a user may make in [`LOOKUP_WINDOW`]: enough
+/// for people on the telephone, too few to try every number a masked one could be.
+pub const LOOKUPS_PER_WINDOW: usize = 30;
+const LOOKUP_WINDOW: Duration = Duration::from_secs(900);
 
 /// What became of a form sent before (see [`AppState::claim_form`]).
 pub enum FormClaim {
@@ -165,7 +173,23 @@ impl AppState {
             trace_version: std::sync::atomic::AtomicU64::new(0),
             sessions: RwLock::new(HashMap::new()),
             sent_forms: std::sync::Mutex::new(HashMap::new()),
+            lookups: std::sync::Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Counts an exact lookup by `user`; false when they have made [`LOOKUPS_PER_WINDOW`]
+    /// in the last fifteen minutes (in this process; the message says when to try again).
+    pub fn allow_lookup(&self, user: uuid::Uuid) -> bool {
+        let mut g = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = g.entry(user).or_default();
+        while recent.front().is_some_and(|t| t.elapsed() > LOOKUP_WINDOW) {
+            recent.pop_front();
+        }
+        if recent.len() >= LOOKUPS_PER_WINDOW {
+            return false;
+        }
+        recent.push_back(Instant::now());
+        true
     }
 
     /// Claims a form's one-time value for this request (see `Inner::sent_forms`).

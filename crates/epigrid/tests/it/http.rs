@@ -2294,3 +2294,60 @@ async fn a_form_sent_twice_is_stored_once() {
     assert_ne!(to(&r), first);
     assert_eq!(app.stored_registrations(10).await.len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_by_number_are_audited_and_limited_and_pages_cannot_be_framed() {
+    let app = TestApp::start().await;
+    let epi = app.token("looker", Role::Epidemiologist, "150802").await;
+    let admin = app.token("boss", Role::Admin, "150800").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let id = cn_id("150802", "19890909", 9);
+    let r = app
+        .register(&site, &checkpoint_body(&id, "查找", "13900000099"))
+        .await;
+    assert_eq!(r.status(), 201);
+    // every response: not framed, not sniffed, no Referer sent on
+    let page = app.get(&format!("/s/{}", site.token), None).await;
+    let h = page.headers();
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("frame-ancestors 'none'"));
+    // a lookup by ID number is audited without the number
+    let v: Value = app.get_json(&format!("/api/v1/persons?q={id}"), &epi).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1);
+    let log: Value = app
+        .get_json("/api/v1/audit?action=person.lookup", &admin)
+        .await;
+    let entries = log["items"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{log}");
+    assert_eq!(entries[0]["username"], "looker");
+    assert_eq!(entries[0]["detail"], "by id_number, 1 found");
+    assert!(
+        !log.to_string().contains(&id),
+        "the number is not in the log"
+    );
+    // trying numbers one after another is cut short (names are not counted)
+    let mut statuses = Vec::new();
+    for seq in 0..epigrid_web::LOOKUPS_PER_WINDOW as u32 {
+        let q = cn_id("150802", "19890909", 100 + seq);
+        statuses.push(
+            app.get(&format!("/api/v1/persons?q={q}"), Some(&epi))
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        app.get("/api/v1/persons?q=查找", Some(&epi)).await.status(),
+        200
+    );
+}

@@ -1000,3 +1000,22 @@ async fn the_first_key_check_recorded_stays() {
         );
     }
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("mode");
+    let path = dir.join("private.db");
+    let store =
+        epigrid_store_sqlite::SqliteStore::open(&path, epigrid_store_sqlite::Durability::Process)
+            .unwrap();
+    seed(&store).await;
+    for file in ["private.db", "private.db-wal"] {
+        let mode = std::fs::metadata(dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
