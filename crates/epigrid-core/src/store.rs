@@ -439,7 +439,9 @@ pub fn registration_metrics(kind: SiteKind, fields: &RegistrationFields) -> Vec<
 
 /// SQL (both stores) for whether the stored `persons` row is *pinned*: staff have acted on the
 /// person (a home area, a category now or ever, an observation even if released, a lab
-/// result, a merge either way, even one undone, a correction of their details). A
+/// result, a merge either way, even one undone, a correction of their details), or the
+/// person is under review as a contact (named on a list, come forward on a notice, found by
+/// a trace). A
 /// registration then changes neither their area nor a phone number they already have, since
 /// anyone who knows an ID number can register with it: it must not move a person's health
 /// record to another area's staff. The registration keeps the number it was made with. A
@@ -453,7 +455,10 @@ macro_rules! pinned_person_sql {
          OR persons.category <> 'none' \
          OR EXISTS (SELECT 1 FROM observations o WHERE o.person_id = persons.id) \
          OR EXISTS (SELECT 1 FROM category_changes h WHERE h.person_id = persons.id) \
-         OR EXISTS (SELECT 1 FROM lab_results l WHERE l.person_id = persons.id))"
+         OR EXISTS (SELECT 1 FROM lab_results l WHERE l.person_id = persons.id) \
+         OR EXISTS (SELECT 1 FROM list_matches lm WHERE lm.person_id = persons.id) \
+         OR EXISTS (SELECT 1 FROM pending_contacts pc WHERE pc.person_id = persons.id) \
+         OR EXISTS (SELECT 1 FROM contacts ct WHERE ct.contact_person_id = persons.id))"
     };
 }
 

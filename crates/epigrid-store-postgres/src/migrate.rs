@@ -100,6 +100,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "one pending contact per person, notice and place",
         include_str!("../migrations/0022_pending_contact_once.sql"),
     ),
+    (
+        23,
+        "people on lists and notices found by person",
+        include_str!("../migrations/0023_pinned_by_lists_and_notices.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

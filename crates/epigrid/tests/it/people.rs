@@ -2278,8 +2278,9 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
             1,
             "{name}: and is searchable"
         );
-        // coming forward again with another number: a person nobody manages takes it, alike
-        // on every store (as a registration would)
+        // coming forward again with another number: someone who came forward is under
+        // review, and anyone who knows their ID number could type another phone, so the
+        // number staff will call stays (alike on every store, as for a registration)
         let again = checkpoint_body(&cn_id("150802", "19900101", 52), "乙", "13700000099");
         let newer = sealed(&again);
         let pc2 = epigrid_core::trace::PendingContact {
@@ -2296,7 +2297,7 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(p.phone_masked, newer.phone_masked, "{name}");
+        assert_eq!(p.phone_masked, person.phone_masked, "{name}");
         assert_ne!(newer.phone_masked, person.phone_masked);
     }
 }
@@ -3947,6 +3948,22 @@ async fn a_list_from_another_area_shows_up_where_the_matched_person_lives() {
         assert!(
             names("/150800/150822/").await.is_empty(),
             "{name}: nowhere else"
+        );
+        // someone on a list is under review: a registration elsewhere with their ID number
+        // does not move them out of their area's view
+        let wuyuan = site_in(&sites, "150821");
+        registered_person(
+            store.as_ref(),
+            wuyuan,
+            &cn_id("150802", "19810303", 1),
+            "甲",
+        )
+        .await;
+        let p = store.person(here, &Scope::all()).await.unwrap().unwrap();
+        assert!(
+            p.area_path.starts_with("/150800/150802/"),
+            "{name}: {}",
+            p.area_path
         );
     }
 }
