@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use epigrid_core::divisions;
@@ -50,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit.csv", get(audit_csv))
         .route("/api/v1/users", get(list_users).post(create_user))
+        .route("/api/v1/users/{id}", patch(change_user))
         .route("/api/v1/feed", get(crate::feed::sse))
 }
 
@@ -987,6 +988,69 @@ async fn list_users(State(st): State<AppState>, staff: Staff) -> ApiResult<Json<
     Ok(Json(
         json!({"items": users.iter().map(user_json).collect::<Vec<_>>()}),
     ))
+}
+
+/// Deactivates or reactivates a staff account in the admin's subtree: `{"active": false}`.
+/// A deactivated account's sessions and tokens stop working (every request checks the
+/// account), and it cannot log in; an admin cannot lock themselves out.
+async fn change_user(
+    State(st): State<AppState>,
+    staff: Staff,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(b): JsonBody,
+) -> ApiResult<Json<Value>> {
+    staff.check_csrf_header(&headers)?;
+    staff.require(staff.role() == Role::Admin)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let mut user = st
+        .store
+        .user(id)
+        .await?
+        .filter(|u| staff.scope().contains(&u.area_path))
+        .ok_or(ApiError::NotFound)?;
+    let mut errs = Vec::new();
+    let keys: Vec<&String> = b
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    for k in keys.iter().filter(|k| k.as_str() != "active") {
+        errs.push(FieldError::new(k.as_str(), "err.field.unknown_user"));
+    }
+    let active = match b.get("active") {
+        Some(Value::Bool(a)) => Some(*a),
+        Some(_) => {
+            errs.push(FieldError::new("active", "err.bool.format"));
+            None
+        }
+        None => {
+            errs.push(FieldError::new("active", "err.required"));
+            None
+        }
+    };
+    let Some(active) = active.filter(|_| errs.is_empty()) else {
+        return Err(ApiError::Invalid(errs));
+    };
+    if user.id == staff.user.id && !active {
+        return Err(ApiError::Conflict("err.user.self"));
+    }
+    user.active = active;
+    st.store.update_user(&user).await?;
+    st.forget_sessions_of(user.id);
+    staff
+        .audit(
+            &st,
+            if active {
+                "user.activate"
+            } else {
+                "user.deactivate"
+            },
+            &format!("user:{}", user.id),
+            &user.area_path,
+            &user.username,
+        )
+        .await;
+    Ok(Json(user_json(&user)))
 }
 
 /// Creates a staff account in the admin's subtree: `{"username","password","role","area_code"}`.

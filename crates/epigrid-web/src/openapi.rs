@@ -263,6 +263,9 @@ fn described() -> Value {
             "/api/v1/users": {
                 "get": op("staff accounts in scope", "admin", true, json!([]), None, ("200", "{items}")),
                 "post": op("create a staff account", "admin", true, json!([]), Some(json!({"type": "object", "required": ["username", "password", "role", "area_code"]})), ("201", "user"))
+            },
+            "/api/v1/users/{id}": {
+                "patch": op("deactivate or reactivate a staff account (admins; not oneself)", "admin", true, json!([path_param("id", "user id (UUID)")]), Some(json!({"type": "object", "required": ["active"], "properties": {"active": {"type": "boolean"}}})), ("200", "user; 409 for one's own account"))
             }
         }
     })

@@ -259,6 +259,15 @@ impl Inner {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Forgets the cached sessions of an account (deactivated: its next request is refused
+    /// here at once; other processes notice within the cache's ten seconds).
+    pub fn forget_sessions_of(&self, user: uuid::Uuid) {
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, (s, _)| s.as_ref().is_none_or(|(_, u)| u.id != user));
+    }
+
     pub fn forget_site(&self, token: &str) {
         self.sites
             .write()

@@ -2351,3 +2351,65 @@ async fn lookups_by_number_are_audited_and_limited_and_pages_cannot_be_framed() 
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_deactivates_an_account_and_its_tokens_stop_working() {
+    let app = TestApp::start().await;
+    let admin = app.token("chief", Role::Admin, "150802").await;
+    let other_admin = app.token("far_chief", Role::Admin, "150821").await;
+    let epi = app.token("leaver", Role::Epidemiologist, "150802").await;
+    let users: Value = app.get_json("/api/v1/users", &admin).await;
+    let id_of = |name: &str| {
+        users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == name)
+            .map(|u| u["id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (leaver, chief) = (id_of("leaver"), id_of("chief"));
+    let patch = |token: String, id: String, body: Value| {
+        let request = app
+            .client
+            .patch(format!("{}/api/v1/users/{id}", app.base))
+            .bearer_auth(token)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(app.get("/api/v1/me", Some(&epi)).await.status(), 200);
+    // another county's admin does not see the account; a stray key is named
+    let r = patch(
+        other_admin.clone(),
+        leaver.clone(),
+        json!({"active": false}),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = patch(admin.clone(), leaver.clone(), json!({"enabled": false})).await;
+    assert_eq!(
+        status_and_codes(r).await,
+        (
+            422,
+            vec![
+                "enabled:err.field.unknown_user".to_string(),
+                "active:err.required".to_string()
+            ]
+        )
+    );
+    let r = patch(admin.clone(), leaver.clone(), json!({"active": false})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body(r).await["active"], false);
+    assert_eq!(
+        app.get("/api/v1/me", Some(&epi)).await.status(),
+        401,
+        "at once"
+    );
+    // an admin cannot lock themselves out
+    let r = patch(admin.clone(), chief, json!({"active": false})).await;
+    assert_eq!(status_and_codes(r).await.0, 409);
+    let log: Value = app
+        .get_json("/api/v1/audit?action=user.deactivate", &admin)
+        .await;
+    assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
+}
