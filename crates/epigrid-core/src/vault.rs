@@ -77,6 +77,10 @@ impl Vault {
     pub fn from_hex(hex_key: &str) -> Result<Vault, VaultError> {
         let bytes = hex::decode(hex_key.trim()).map_err(|_| VaultError::BadKey)?;
         let key: [u8; 32] = bytes.try_into().map_err(|_| VaultError::BadKey)?;
+        // all zeros is a placeholder left in a configuration, not a secret
+        if key.iter().all(|b| *b == 0) {
+            return Err(VaultError::BadKey);
+        }
         Ok(Vault::new(&key))
     }
 
@@ -352,6 +356,11 @@ mod tests {
             Vault::load_or_create(&path),
             Err(VaultError::BadKey)
         ));
+        std::fs::write(&path, "00".repeat(32)).unwrap();
+        assert!(
+            matches!(Vault::load_or_create(&path), Err(VaultError::BadKey)),
+            "an all-zero key is a placeholder"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1261,9 +1261,17 @@ async fn export_table(
         Some("1" | "true") => true,
         Some(_) => return Err(ApiError::field("unmask", "err.bool.format")),
     };
-    if unmask {
+    // an unmasked export is as many unmasks as it has people: it needs a reason, as one
+    // unmask does, and each person it shows is in the audit log
+    let why = if unmask {
         staff.require(staff.role().may_unmask())?;
-    }
+        Some(
+            reason(q.get("reason").map(String::as_str).unwrap_or(""))
+                .map_err(|e| ApiError::Invalid(vec![e]))?,
+        )
+    } else {
+        None
+    };
     let lang = crate::error::current_lang();
     let t = |k: &str| epigrid_core::i18n::t(lang, k);
     let header: Vec<String> = [
@@ -1284,8 +1292,17 @@ async fn export_table(
     let mut out = Vec::with_capacity(rows.len());
     for (r, s) in &rows {
         let pid = r.observation.person_id;
-        let (name, doc, phone) = if unmask {
+        let (name, doc, phone) = if let Some(why) = &why {
             let secrets = st.store.person_secrets(pid, &staff.scope()).await?;
+            staff
+                .audit(
+                    st,
+                    "unmask",
+                    &format!("person:{pid}"),
+                    &r.observation.area_path,
+                    &format!("export {format}: {why}"),
+                )
+                .await;
             let open = |col: &str, c: Option<&Vec<u8>>| {
                 c.and_then(|c| st.vault.open(&format!("persons.{col}:{pid}"), c).ok())
                     .unwrap_or_default()
@@ -1331,9 +1348,12 @@ async fn export_table(
             "observations",
             &staff.user.area_path,
             &format!(
-                "{format} rows={} unmasked={unmask} status={}",
+                "{format} rows={} unmasked={unmask} status={}{}",
                 out.len(),
-                q.get("status").cloned().unwrap_or_default()
+                q.get("status").cloned().unwrap_or_default(),
+                why.as_ref()
+                    .map(|w| format!(" reason={w}"))
+                    .unwrap_or_default()
             ),
         )
         .await;

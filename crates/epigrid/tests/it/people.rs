@@ -979,13 +979,33 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         .await
         .unwrap();
     assert!(csv.starts_with('\u{feff}') && csv.contains("司*静") && !csv.contains("13700002222"));
-    let csv = app
+    // unmasked, the export asks a reason, as one unmask does, and logs each person shown
+    let r = app
         .get("/api/v1/observations/export.csv?unmask=1", Some(&epi))
+        .await;
+    assert_eq!(
+        status_and_codes(r).await,
+        (422, vec!["reason:err.required".to_string()])
+    );
+    let csv = app
+        .get(
+            "/api/v1/observations/export.csv?unmask=1&reason=%E9%9A%8F%E8%AE%BF",
+            Some(&epi),
+        )
         .await
         .text()
         .await
         .unwrap();
     assert!(csv.contains("13700002222"));
+    let unmasks: Value = app.get_json("/api/v1/audit?action=unmask", &admin).await;
+    assert!(
+        unmasks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"] == "export csv: 随访"),
+        "{unmasks}"
+    );
     let xlsx = app
         .get("/api/v1/observations/export.xlsx", Some(&epi))
         .await;
