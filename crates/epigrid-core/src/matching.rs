@@ -520,9 +520,17 @@ pub struct KnownPerson {
     /// The person this record was merged into (its matches go there).
     pub merged_into: Option<Uuid>,
     pub name: String,
-    pub birth_date: Option<NaiveDate>,
+    /// The birth date's blind index ([`birth_index`]): the date itself is not kept in clear,
+    /// since with a masked ID number it would be the whole number.
+    pub birth_index: Option<Vec<u8>>,
     /// The phone's blind index.
     pub phone_index: Option<Vec<u8>>,
+}
+
+/// The blind index of a birth date, as people carry it (`PersonInput::birth_index`) and as
+/// a list row's date is looked up.
+pub fn birth_index(vault: &Vault, date: NaiveDate) -> Vec<u8> {
+    vault.blind_index("birth_date", &date.to_string())
 }
 
 /// Which matching passes to run.
@@ -573,7 +581,7 @@ pub struct MatchIndex {
     by_id: FastMap<u128, u32>,
     /// Phone blind index → first person; [`Known::next_phone`] chains the others.
     by_phone: FastMap<u128, u32>,
-    by_name_birth: HashMap<(Box<str>, NaiveDate), Vec<u32>>,
+    by_name_birth: HashMap<(Box<str>, u128), Vec<u32>>,
     by_plate: HashMap<Box<str>, Vec<u32>>,
 }
 
@@ -596,9 +604,9 @@ impl MatchIndex {
                 Some(ph) => ix.by_phone.insert(key128(ph), n).unwrap_or(NONE),
                 None => NONE,
             };
-            if let Some(b) = p.birth_date {
+            if let Some(b) = &p.birth_index {
                 ix.by_name_birth
-                    .entry((p.name.as_str().into(), b))
+                    .entry((p.name.as_str().into(), key128(b)))
                     .or_default()
                     .push(n);
             }
@@ -696,10 +704,11 @@ impl MatchIndex {
         }
     }
 
-    fn fuzzy(&self, r: &ListRow, offer: &mut impl FnMut(u32, &'static str, f64)) {
+    fn fuzzy(&self, vault: &Vault, r: &ListRow, offer: &mut impl FnMut(u32, &'static str, f64)) {
         let name = r.name.as_ref().map(|n| n.as_str());
         if let (Some(n), Some(b)) = (name, r.birth_date) {
-            if let Some(hits) = self.by_name_birth.get(&(Box::<str>::from(n), b)) {
+            let key = (Box::<str>::from(n), key128(&birth_index(vault, b)));
+            if let Some(hits) = self.by_name_birth.get(&key) {
                 for h in hits.iter().take(50) {
                     offer(*h, "name_birth_date", 0.75);
                 }
@@ -743,7 +752,7 @@ impl MatchIndex {
                     self.exact(vault, r, &mut offer);
                 }
                 if passes != Passes::Exact {
-                    self.fuzzy(r, &mut offer);
+                    self.fuzzy(vault, r, &mut offer);
                 }
                 best.sort_by(|a, b| {
                     b.2.total_cmp(&a.2).then(
@@ -848,7 +857,7 @@ mod tests {
             id,
             merged_into,
             name: name.into(),
-            birth_date: birth,
+            birth_index: birth.map(|b| birth_index(&v, b)),
             phone_index,
         };
         let ix = MatchIndex::new(

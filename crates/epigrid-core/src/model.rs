@@ -172,7 +172,11 @@ pub struct PersonInput {
     pub phone_index: Option<Vec<u8>>,
     pub phone_cipher: Option<Vec<u8>>,
     pub phone_masked: Option<String>,
+    /// The birth year only (as 1 January of it): the whole date, with the masked ID number
+    /// beside it, would be the whole number.
     pub birth_date: Option<NaiveDate>,
+    /// The whole birth date's blind index, for matching lists by name and birth date.
+    pub birth_index: Option<Vec<u8>>,
     pub sex: Option<Sex>,
     /// No identity document: found by phone + name only, to be confirmed by staff.
     pub provisional: bool,

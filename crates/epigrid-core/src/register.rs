@@ -5,7 +5,7 @@
 //! where a number belongs, say) becomes a field error in the user's language, not a rejection
 //! of the whole request.
 
-use chrono::{DateTime, Duration, FixedOffset, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -862,10 +862,13 @@ pub fn seal_person(
     phone: Option<&MobilePhone>,
 ) -> PersonInput {
     let id = person_id(vault, doc, phone, name);
-    let (birth_date, sex) = match doc.and_then(|d| d.id_number()) {
+    let (birth, sex) = match doc.and_then(|d| d.id_number()) {
         Some(n) => (Some(n.birth_date()), Some(n.sex())),
         None => (None, None),
     };
+    // kept: the year, and the whole date only as a blind index
+    let birth_date = birth.and_then(|b| NaiveDate::from_ymd_opt(b.year(), 1, 1));
+    let birth_index = birth.map(|b| crate::matching::birth_index(vault, b));
     // the person id and a value's blind index fix both the value and where it is bound
     let memo_key = |tag: u8, index: &[u8]| {
         let mut k = [tag; 32];
@@ -899,6 +902,7 @@ pub fn seal_person(
         phone_index,
         phone_masked: phone.map(|p| p.masked()),
         birth_date,
+        birth_index,
         sex,
         provisional: doc.is_none(),
     }

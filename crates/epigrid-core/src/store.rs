@@ -55,6 +55,13 @@ pub trait Store: Send + Sync + 'static {
     /// One person's sealed document with their id, to try a key on a database sealed before
     /// key checks were recorded (`None` when nobody has a document).
     async fn sealed_sample(&self) -> StoreResult<Option<(Uuid, Vec<u8>)>>;
+    /// Turns birth dates stored whole (before migration 24) into a blind index (`index` of
+    /// the date) and the year; returns how many people it changed. Run where the key is, at
+    /// start; cheap when there is nothing left to do.
+    async fn seal_birth_dates(
+        &self,
+        index: &(dyn Fn(chrono::NaiveDate) -> Vec<u8> + Send + Sync),
+    ) -> StoreResult<u64>;
 
     // ---- areas ----
     /// Inserts or updates areas in one transaction (all or nothing); parents must come first

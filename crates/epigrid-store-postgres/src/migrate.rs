@@ -105,6 +105,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "people on lists and notices found by person",
         include_str!("../migrations/0023_pinned_by_lists_and_notices.sql"),
     ),
+    (
+        24,
+        "birth dates kept as a blind index and a year",
+        include_str!("../migrations/0024_birth_index.sql"),
+    ),
 ];
 
 /// An arbitrary constant naming epigrid's migration lock.

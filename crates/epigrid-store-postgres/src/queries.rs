@@ -962,6 +962,46 @@ impl Store for PgStore {
         Ok(self.key_check().await?.unwrap_or_default())
     }
 
+    async fn seal_birth_dates(
+        &self,
+        index: &(dyn Fn(NaiveDate) -> Vec<u8> + Send + Sync),
+    ) -> StoreResult<u64> {
+        use chrono::Datelike;
+        let mut changed = 0;
+        loop {
+            let rows = self
+                .query(
+                    "SELECT id, birth_date FROM persons \
+                     WHERE birth_index IS NULL AND birth_date IS NOT NULL LIMIT 1000",
+                    &[],
+                )
+                .await?;
+            if rows.is_empty() {
+                return Ok(changed);
+            }
+            let (mut ids, mut years, mut indexes) = (Vec::new(), Vec::new(), Vec::new());
+            for r in &rows {
+                let (id, d): (Uuid, NaiveDate) = (r.get(0), r.get(1));
+                if let Some(year) = NaiveDate::from_ymd_opt(d.year(), 1, 1) {
+                    ids.push(id);
+                    years.push(year);
+                    indexes.push(index(d));
+                }
+            }
+            if ids.is_empty() {
+                return Ok(changed);
+            }
+            changed += self
+                .execute(
+                    "UPDATE persons p SET birth_date = t.year, birth_index = t.ix \
+                     FROM unnest($1::uuid[], $2::date[], $3::bytea[]) AS t(id, year, ix) \
+                     WHERE p.id = t.id AND p.birth_index IS NULL",
+                    &[&ids, &years, &indexes],
+                )
+                .await?;
+        }
+    }
+
     async fn sealed_sample(&self) -> StoreResult<Option<(Uuid, Vec<u8>)>> {
         let row = self
             .query_opt(
@@ -2006,6 +2046,7 @@ impl PgStore {
                     &area_path,
                     &person.provisional,
                     &pc.reported_at,
+                    &person.birth_index,
                 ],
             )
             .await
@@ -2231,7 +2272,7 @@ impl PgStore {
     )> {
         let people = self
             .query(
-                "SELECT id, merged_into, name, birth_date, phone_index FROM persons",
+                "SELECT id, merged_into, name, birth_index, phone_index FROM persons",
                 &[],
             )
             .await?
@@ -2240,7 +2281,7 @@ impl PgStore {
                 id: r.get(0),
                 merged_into: r.get(1),
                 name: r.get(2),
-                birth_date: r.get(3),
+                birth_index: r.get(3),
                 phone_index: r.get(4),
             })
             .collect();

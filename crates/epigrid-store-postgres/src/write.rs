@@ -51,14 +51,15 @@ macro_rules! person_on_conflict {
 const PERSONS: &str = concat!(
     "WITH before AS (SELECT id, name FROM persons WHERE id = ANY($1::uuid[])), up AS (\
      INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, \
-     phone_index, phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
+     phone_index, phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at, \
+     birth_index) \
      SELECT id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
-       birth_date, sex, area_path, provisional, created, seen \
+       birth_date, sex, area_path, provisional, created, seen, birth_index \
      FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::bytea[], $5::text[], $6::text[], $7::bytea[], \
        $8::bytea[], $9::text[], $10::date[], $11::text[], $12::text[], $13::bool[], $14::timestamptz[], \
-       $15::timestamptz[]) \
+       $15::timestamptz[], $16::bytea[]) \
        AS t(id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, phone_cipher, phone_masked, \
-       birth_date, sex, area_path, provisional, created, seen) \
+       birth_date, sex, area_path, provisional, created, seen, birth_index) \
 ",
     person_on_conflict!(),
     "RETURNING id, COALESCE(merged_into, id) AS eff, name) \
@@ -109,8 +110,8 @@ impl<'a> Sighted<'a> {
 /// One person brought by someone coming forward on a notice, like a registration's.
 pub(crate) const PENDING_PERSON: &str = concat!(
     "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
-     phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)",
+     phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at, birth_index) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
     person_on_conflict!(),
     "RETURNING COALESCE(merged_into, id)"
 );
@@ -235,12 +236,13 @@ async fn pipelined<C: GenericClient>(
     let phone_cipher = col(&ps, |s| s.phone.and_then(|p| p.phone_cipher.as_deref()));
     let phone_masked = col(&ps, |s| s.phone.and_then(|p| p.phone_masked.as_deref()));
     let births = col(&ps, |s| s.first.birth_date);
+    let birth_index = col(&ps, |s| s.first.birth_index.as_deref());
     let sexes = col(&ps, |s| s.first.sex.map(|x| x.as_str()));
     let paths = col(&ps, |s| s.area);
     let provisional = col(&ps, |s| s.first.provisional);
     let created = col(&ps, |s| s.created);
     let seen = col(&ps, |s| s.seen);
-    let person_params: [&(dyn ToSql + Sync); 15] = [
+    let person_params: [&(dyn ToSql + Sync); 16] = [
         &ids,
         &doc_types,
         &doc_index,
@@ -256,6 +258,7 @@ async fn pipelined<C: GenericClient>(
         &provisional,
         &created,
         &seen,
+        &birth_index,
     ];
     let upsert = c.query(&st.persons, &person_params);
     // BEGIN and the persons go out together; the first error wins

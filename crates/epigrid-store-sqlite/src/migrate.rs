@@ -99,6 +99,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "people on lists and notices found by person",
         include_str!("../migrations/0023_pinned_by_lists_and_notices.sql"),
     ),
+    (
+        24,
+        "birth dates kept as a blind index and a year",
+        include_str!("../migrations/0024_birth_index.sql"),
+    ),
 ];
 
 pub fn run(conn: &mut Connection) -> StoreResult<()> {

@@ -207,8 +207,8 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
         None => {
             c.prepare_cached(
                 "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
-                 phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)",
+                 phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at, \
+                 birth_index) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14, ?15)",
             )
             .map_err(map_err)?
             .execute(params![
@@ -226,6 +226,7 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                 area_path,
                 p.provisional,
                 at,
+                p.birth_index,
             ])
             .map_err(map_err)?;
             insert_grams(c, &id, &p.name)?;
@@ -540,6 +541,60 @@ impl Store for SqliteStore {
             .map_err(map_err)
         })
         .await
+    }
+
+    async fn seal_birth_dates(
+        &self,
+        index: &(dyn Fn(NaiveDate) -> Vec<u8> + Send + Sync),
+    ) -> StoreResult<u64> {
+        use chrono::Datelike;
+        let mut changed = 0;
+        loop {
+            // a thousand at a time, each its own short write: the writer is shared
+            let rows: Vec<(String, String)> = self
+                .read(|c| {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "SELECT id, birth_date FROM persons \
+                             WHERE birth_index IS NULL AND birth_date IS NOT NULL LIMIT 1000",
+                        )
+                        .map_err(map_err)?;
+                    let rows = stmt
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .map_err(map_err)?;
+                    collect(rows)
+                })
+                .await?;
+            if rows.is_empty() {
+                return Ok(changed);
+            }
+            let sealed: Vec<(String, String, Vec<u8>)> = rows
+                .into_iter()
+                .filter_map(|(id, d)| {
+                    let d = NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok()?;
+                    let year = NaiveDate::from_ymd_opt(d.year(), 1, 1)?;
+                    Some((id, year.to_string(), index(d)))
+                })
+                .collect();
+            if sealed.is_empty() {
+                return Ok(changed);
+            }
+            changed += self
+                .write(move |c| {
+                    let mut stmt = c
+                        .prepare_cached(
+                            "UPDATE persons SET birth_date = ?2, birth_index = ?3 \
+                             WHERE id = ?1 AND birth_index IS NULL",
+                        )
+                        .map_err(map_err)?;
+                    let mut n = 0;
+                    for (id, year, ix) in &sealed {
+                        n += stmt.execute(params![id, year, ix]).map_err(map_err)? as u64;
+                    }
+                    Ok(n)
+                })
+                .await?;
+        }
     }
 
     async fn sealed_sample(&self) -> StoreResult<Option<(Uuid, Vec<u8>)>> {
@@ -2783,7 +2838,7 @@ impl SqliteStore {
     )> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare("SELECT id, merged_into, name, birth_date, phone_index FROM persons")
+                .prepare("SELECT id, merged_into, name, birth_index, phone_index FROM persons")
                 .map_err(map_err)?;
             let people = stmt
                 .query_map([], |r| {
@@ -2791,7 +2846,7 @@ impl SqliteStore {
                         id: r.get::<_, U>(0)?.0,
                         merged_into: r.get::<_, Option<U>>(1)?.map(|u| u.0),
                         name: r.get(2)?,
-                        birth_date: date(r.get(3)?),
+                        birth_index: r.get(3)?,
                         phone_index: r.get(4)?,
                     })
                 })

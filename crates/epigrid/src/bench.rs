@@ -288,7 +288,7 @@ pub fn match_data(vault: &epigrid_core::vault::Vault, people: u32, rows: usize) 
             id: pid,
             merged_into: None,
             name: name.clone(),
-            birth_date: Some(birth),
+            birth_index: Some(epigrid_core::matching::birth_index(vault, birth)),
             phone_index: Some(vault.blind_index("phone", &phone)),
         });
         if let Some(p) = &plate {

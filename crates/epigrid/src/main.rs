@@ -398,6 +398,16 @@ async fn open_vault(db: &DbArgs, store: &dyn Store, lang: Lang) -> Result<Vault>
     if !fits {
         return Err(wrong());
     }
+    // birth dates stored whole by an earlier version become a blind index and a year
+    let sealed = store
+        .seal_birth_dates(&|d| epigrid_core::matching::birth_index(&vault, d))
+        .await?;
+    if sealed > 0 {
+        tracing::info!(
+            people = sealed,
+            "birth dates kept as a blind index and a year"
+        );
+    }
     Ok(vault)
 }
 

@@ -2674,10 +2674,14 @@ async fn list_matches_are_stored_alike_on_every_store() {
             .iter()
             .find(|p| p.id == a)
             .expect("the person is a match key");
+        let born = chrono::NaiveDate::from_ymd_opt(1980, 1, 1).unwrap();
         assert_eq!(
-            (known.name.as_str(), known.birth_date.map(|d| d.to_string())),
-            ("甲", Some("1980-01-01".to_string())),
-            "{name}"
+            (known.name.as_str(), known.birth_index.clone()),
+            (
+                "甲",
+                Some(epigrid_core::matching::birth_index(&vault(), born))
+            ),
+            "{name}: the birth date is a blind index"
         );
         assert_eq!(
             known.phone_index.as_deref(),
@@ -4213,5 +4217,47 @@ async fn undoing_a_merge_gives_back_the_people_it_took_along_on_every_store() {
             .await
             .unwrap();
         assert_eq!(into(a).await, None, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn birth_dates_are_kept_as_a_year_and_a_blind_index_on_every_store() {
+    use chrono::Datelike;
+    for (name, store) in stores().await {
+        let store = store.as_ref();
+        let sites = seed(store).await;
+        let born = NaiveDate::from_ymd_opt(1984, 7, 19).unwrap();
+        // a new person: the year only, and the date's index
+        let id = registered_person(store, &sites[0], &cn_id("150802", "19840719", 3), "年").await;
+        let p = store.person(id, &Scope::all()).await.unwrap().unwrap();
+        assert_eq!(p.birth_date, NaiveDate::from_ymd_opt(1984, 1, 1), "{name}");
+        // one stored whole by an earlier version is turned into the same at start
+        let mut old = seal_at(
+            &sites[0],
+            &checkpoint_body(&cn_id("150802", "19840719", 5), "旧", "13911112222"),
+            Utc::now(),
+        );
+        old.person.birth_date = Some(born);
+        old.person.birth_index = None;
+        let old_id = old.person.id;
+        store.insert_registration(old).await.unwrap();
+        let index = |d| epigrid_core::matching::birth_index(&vault(), d);
+        assert_eq!(store.seal_birth_dates(&index).await.unwrap(), 1, "{name}");
+        assert_eq!(
+            store.seal_birth_dates(&index).await.unwrap(),
+            0,
+            "{name}: once"
+        );
+        let p = store.person(old_id, &Scope::all()).await.unwrap().unwrap();
+        assert_eq!(
+            p.birth_date.map(|d| (d.year(), d.ordinal())),
+            Some((1984, 1)),
+            "{name}"
+        );
+        let (people, _) = store.match_keys().await.unwrap();
+        for pid in [id, old_id] {
+            let known = people.iter().find(|k| k.id == pid).unwrap();
+            assert_eq!(known.birth_index, Some(index(born)), "{name}");
+        }
     }
 }

@@ -955,6 +955,11 @@ fn files_without(dir: &std::path::Path, raw: &str) -> Vec<(String, usize)> {
             !bytes.windows(11).any(|w| w == b"13912345678"),
             "raw phone number in {name}"
         );
+        // the birth date beside the masked number (110105********002X) would be the number
+        assert!(
+            !bytes.windows(10).any(|w| w == b"1949-12-31"),
+            "whole birth date in {name}"
+        );
         files.push((name, bytes.len()));
     }
     let seen: usize = files.iter().map(|f| f.1).sum();
