@@ -447,10 +447,7 @@ const KIND_WORDS_EN: [&str; 14] = [
 /// (`临河区` → `临河`), English in lower case without spaces, punctuation, tone marks or the
 /// words of its kind (`Linhe District` → `linhe`, `Xī'ān` → `xian`).
 fn place_key(name: &str, without_kind: bool) -> String {
-    if name
-        .chars()
-        .any(|c| !c.is_ascii() && c.is_alphabetic() && !is_latin(c))
-    {
+    if has_han(name) {
         let mut key = name.trim();
         let kinds = [
             "自治州",
@@ -477,6 +474,12 @@ fn place_key(name: &str, without_kind: bool) -> String {
         .filter(|w| !(without_kind && KIND_WORDS_EN.contains(w)))
         .flat_map(|w| w.chars().map(plain_latin))
         .collect()
+}
+
+/// Whether `s` has letters that are not Latin ones (Chinese characters): a name in Chinese,
+/// not in pinyin.
+fn has_han(s: &str) -> bool {
+    s.chars().any(|c| c.is_alphabetic() && !is_latin(c))
 }
 
 /// Latin letters, with or without the marks pinyin uses.
@@ -507,7 +510,7 @@ pub fn find_place(province: &str, typed: &str) -> Result<&'static Division, Plac
     if want.is_empty() {
         return Err(PlaceError::NotFound);
     }
-    let english = !typed.chars().any(|c| c.is_alphabetic() && !is_latin(c));
+    let english = !has_han(typed);
     let name = |d: &Division| {
         if english {
             d.name_en().unwrap_or_default()

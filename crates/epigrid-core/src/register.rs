@@ -868,7 +868,6 @@ pub fn seal_person(
     };
     // kept: the year, and the whole date only as a blind index
     let birth_date = birth.and_then(|b| NaiveDate::from_ymd_opt(b.year(), 1, 1));
-    let birth_index = birth.map(|b| crate::matching::birth_index(vault, b));
     // the person id and a value's blind index fix both the value and where it is bound
     let memo_key = |tag: u8, index: &[u8]| {
         let mut k = [tag; 32];
@@ -879,6 +878,12 @@ pub fn seal_person(
     };
     let doc_index = doc.map(|d| vault.blind_index(d.doc_type.index_purpose(), d.number()));
     let phone_index = phone.map(|p| vault.blind_index("phone", p.as_str()));
+    // a birth date comes from an ID number: remembered with it, as its ciphertext is
+    let birth_index = birth.zip(doc_index.as_deref()).map(|(b, ix)| {
+        vault.memo(memo_key(b'b', ix), || {
+            crate::matching::birth_index(vault, b)
+        })
+    });
     PersonInput {
         id,
         doc_type: doc.map(|d| d.doc_type),

@@ -504,6 +504,14 @@ pub const KEPT_PEOPLE_SQL: &str = "SELECT id FROM persons WHERE category <> 'non
      UNION SELECT index_person_id FROM contacts UNION SELECT contact_person_id FROM contacts \
      UNION SELECT person_id FROM list_matches";
 
+/// The master key's check value, as both stores read it (`Store::key_check`).
+pub const KEY_CHECK_SQL: &str = "SELECT value FROM meta WHERE name = 'key_check'";
+
+/// People whose birth date is still stored whole (`Store::seal_birth_dates`), a thousand at a
+/// time; the partial index `persons_birth_unsealed` answers it.
+pub const UNSEALED_BIRTHS_SQL: &str = "SELECT id, birth_date FROM persons \
+     WHERE birth_index IS NULL AND birth_date IS NOT NULL LIMIT 1000";
+
 /// Whether a registration listing is "the newest in the caller's area" (no site, person or
 /// live-feed filter), which a store answers from the newest rows first: the area's own index
 /// holds it in area order, so the newest fifty of a city would mean sorting all of it.

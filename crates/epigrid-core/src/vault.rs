@@ -33,8 +33,8 @@ pub struct Vault {
     cipher: XChaCha20Poly1305,
     /// HMAC keyed with the blind-index key, cloned per use (saves re-hashing the key pads).
     index_mac: HmacSha256,
-    /// Recent ciphertexts by a key that fixes both the value and its binding (see
-    /// [`Vault::seal_memo`]): a returning person's numbers are not encrypted again.
+    /// Recent ciphertexts and indexes by a key that fixes both the value and its binding (see
+    /// [`Vault::memo`]): a returning person's numbers are not encrypted again.
     memo: std::sync::Arc<std::sync::Mutex<Memo>>,
 }
 
@@ -155,24 +155,31 @@ impl Vault {
     /// [`Vault::seal`], reusing the ciphertext made earlier for the same `key`. The caller's
     /// key must determine both `ad` and `plaintext` (e.g. a person id and the value's blind
     /// index): the ciphertext handed back is then one this vault made for exactly this value
-    /// and binding, so nothing is encrypted twice under one nonce. Only ciphertexts are kept.
+    /// and binding, so nothing is encrypted twice under one nonce.
     pub fn seal_memo(
         &self,
         key: [u8; 32],
         ad: impl FnOnce() -> String,
         plaintext: &str,
     ) -> Vec<u8> {
-        if let Some(ct) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return ct;
+        self.memo(key, || self.seal(&ad(), plaintext))
+    }
+
+    /// What `make` makes for `key`, made once while the memo keeps it (a returning person's
+    /// ciphertexts and indexes are not made again). Only ciphertexts and blind indexes are
+    /// kept, never a plaintext; `key` must determine what `make` makes.
+    pub fn memo(&self, key: [u8; 32], make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+        if let Some(v) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return v;
         }
-        let ct = self.seal(&ad(), plaintext);
+        let v = make();
         if let Ok(mut m) = self.memo.lock() {
             if m.len() >= MEMO_MAX {
                 m.clear();
             }
-            m.insert(key, ct.clone());
+            m.insert(key, v.clone());
         }
-        ct
+        v
     }
 
     pub fn open(&self, ad: &str, sealed: &[u8]) -> Result<String, VaultError> {

@@ -948,7 +948,7 @@ impl Store for PgStore {
 
     async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
         let row = self
-            .query_opt("SELECT value FROM meta WHERE name = 'key_check'", &[])
+            .query_opt(epigrid_core::store::KEY_CHECK_SQL, &[])
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
@@ -970,11 +970,7 @@ impl Store for PgStore {
         let mut changed = 0;
         loop {
             let rows = self
-                .query(
-                    "SELECT id, birth_date FROM persons \
-                     WHERE birth_index IS NULL AND birth_date IS NOT NULL LIMIT 1000",
-                    &[],
-                )
+                .query(epigrid_core::store::UNSEALED_BIRTHS_SQL, &[])
                 .await?;
             if rows.is_empty() {
                 return Ok(changed);

@@ -518,11 +518,9 @@ impl Store for SqliteStore {
 
     async fn key_check(&self) -> StoreResult<Option<Vec<u8>>> {
         self.read(|c| {
-            c.query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(map_err)
+            c.query_row(epigrid_core::store::KEY_CHECK_SQL, [], |r| r.get(0))
+                .optional()
+                .map_err(map_err)
         })
         .await
     }
@@ -535,10 +533,8 @@ impl Store for SqliteStore {
                 [&check],
             )
             .map_err(map_err)?;
-            c.query_row("SELECT value FROM meta WHERE name = 'key_check'", [], |r| {
-                r.get(0)
-            })
-            .map_err(map_err)
+            c.query_row(epigrid_core::store::KEY_CHECK_SQL, [], |r| r.get(0))
+                .map_err(map_err)
         })
         .await
     }
@@ -554,10 +550,7 @@ impl Store for SqliteStore {
             let rows: Vec<(String, String)> = self
                 .read(|c| {
                     let mut stmt = c
-                        .prepare_cached(
-                            "SELECT id, birth_date FROM persons \
-                             WHERE birth_index IS NULL AND birth_date IS NOT NULL LIMIT 1000",
-                        )
+                        .prepare_cached(epigrid_core::store::UNSEALED_BIRTHS_SQL)
                         .map_err(map_err)?;
                     let rows = stmt
                         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))

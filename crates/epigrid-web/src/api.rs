@@ -120,6 +120,17 @@ fn required_text<'a>(v: &'a Value, k: &str, errs: &mut Vec<FieldError>) -> Optio
     }
 }
 
+/// The keys of a JSON object that are none of `known`, each as a field error `key`: a key
+/// nobody reads is a mistake, not a no-op.
+pub(crate) fn stray_fields(b: &Value, known: &[&str], key: &'static str) -> Vec<FieldError> {
+    b.as_object()
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .filter(|k| !known.contains(&k.as_str()))
+        .map(|k| FieldError::new(k.as_str(), key))
+        .collect()
+}
+
 /// Whether a password is long enough: 10 characters or more, not counting spaces at either
 /// end (so a password of spaces only is refused).
 pub fn password_long_enough(password: &str) -> bool {
@@ -1009,14 +1020,7 @@ async fn change_user(
         .await?
         .filter(|u| staff.scope().contains(&u.area_path))
         .ok_or(ApiError::NotFound)?;
-    let mut errs = Vec::new();
-    let keys: Vec<&String> = b
-        .as_object()
-        .map(|o| o.keys().collect())
-        .unwrap_or_default();
-    for k in keys.iter().filter(|k| k.as_str() != "active") {
-        errs.push(FieldError::new(k.as_str(), "err.field.unknown_user"));
-    }
+    let mut errs = stray_fields(&b, &["active"], "err.field.unknown_user");
     let active = match b.get("active") {
         Some(Value::Bool(a)) => Some(*a),
         Some(_) => {

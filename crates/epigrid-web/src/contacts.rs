@@ -503,13 +503,7 @@ pub(crate) async fn confirm(
                 reason: format!("{reason} (person:{})", index.id),
             });
         }
-        let open = st
-            .store
-            .observations_of(p.id)
-            .await?
-            .iter()
-            .any(|o| o.is_open(today));
-        if !open {
+        if !crate::persons::under_observation(st, p.id).await? {
             let token = epigrid_core::vault::random_token(16);
             let days = st.cfg.observation_days(Category::CloseContact);
             let worker = workers

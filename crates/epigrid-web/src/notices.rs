@@ -337,22 +337,11 @@ async fn came_forward(
         Ok(Some(s)) => s.area_path,
         _ => n.area_path.clone(),
     };
-    // the case themselves has nothing to report here, and someone who came forward already
-    // is thanked again, not recorded twice; the page reads the same either way, or it would
-    // tell anyone who types an ID number whether that person is the case
+    // the case themselves has nothing to report here; the page reads the same, or it would
+    // tell anyone who types an ID number whether that person is the case (someone who came
+    // forward already is thanked again and recorded once: the store keeps one per place)
     if person.id == n.case_person_id {
         return page(lang, &st, &n, Vec::new(), true, &[]);
-    }
-    match st.store.pending_contacts(n.id).await {
-        Ok(known)
-            if known
-                .iter()
-                .any(|k| k.person_id == person.id && k.position == entry.position) =>
-        {
-            return page(lang, &st, &n, Vec::new(), true, &[]);
-        }
-        Ok(_) => {}
-        Err(e) => return ApiError::from(e).into_response(),
     }
     let pc = PendingContact {
         id: epigrid_core::vault::new_id(),

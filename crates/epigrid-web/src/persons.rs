@@ -182,6 +182,17 @@ pub(crate) async fn person_in_scope(st: &AppState, staff: &Staff, id: &str) -> A
         .ok_or(ApiError::NotFound)
 }
 
+/// Whether the person has an observation open today.
+pub(crate) async fn under_observation(st: &AppState, person: Uuid) -> ApiResult<bool> {
+    let t = today(st);
+    Ok(st
+        .store
+        .observations_of(person)
+        .await?
+        .iter()
+        .any(|o| o.is_open(t)))
+}
+
 /// A record merged into another keeps its history but takes no new facts: a category, an
 /// observation, a lab result or a notice on it would be counted nowhere (counts and lists
 /// follow the kept record). `err.person.merged` (409) names the way to the kept one.
@@ -325,21 +336,8 @@ async fn merge_person(
     }
     // the record merged away must not take a category or an open observation with it: the
     // kept one would not have it and every count would lose it
-    let observed = |id| {
-        let st = &st;
-        async move {
-            let t = today(st);
-            Ok::<bool, ApiError>(
-                st.store
-                    .observations_of(id)
-                    .await?
-                    .iter()
-                    .any(|o| o.is_open(t)),
-            )
-        }
-    };
     if (from.category != Category::None && from.category != into.category)
-        || (observed(from.id).await? && !observed(into.id).await?)
+        || (under_observation(&st, from.id).await? && !under_observation(&st, into.id).await?)
     {
         return Err(ApiError::Conflict("err.merge.from_has_more"));
     }
@@ -462,11 +460,10 @@ async fn person_detail(
     Ok(Json(v))
 }
 
-/// The `reason` staff give for a change they make (kept in its history): required, one line of
-/// at most 500 characters.
-/// A reason staff give for what they do. It goes into the audit log and the person's
-/// history, so it may not hold an ID or phone number (seven digits or more in a row): those
-/// are on record already, and the log keeps no one's numbers.
+/// The `reason` staff give for what they do: required, one line of at most 500 characters.
+/// It goes into the audit log and the person's history, so it may not hold an ID or phone
+/// number (seven digits or more in a row): those are on record already, and the log keeps no
+/// one's numbers.
 pub(crate) fn reason(raw: &str) -> Result<String, FieldError> {
     let text = epigrid_core::validate::validate_text("reason", raw, 500, true)?
         .ok_or_else(|| FieldError::new("reason", "err.required"))?;
@@ -699,13 +696,7 @@ async fn open_observation(
     if p.category == Category::Deceased {
         return Err(ApiError::Conflict("err.observation.deceased"));
     }
-    if st
-        .store
-        .observations_of(p.id)
-        .await?
-        .iter()
-        .any(|o| o.is_open(today(st)))
-    {
+    if under_observation(st, p.id).await? {
         return Err(ApiError::Conflict("err.observation.already_open"));
     }
     let token = random_token(16);
@@ -791,14 +782,12 @@ async fn update_observation(
         "new_link",
         "reports_per_day",
     ];
-    let keys: Vec<&String> = b
-        .as_object()
-        .map(|o| o.keys().collect())
-        .unwrap_or_default();
-    for k in keys.iter().filter(|k| !CHANGES.contains(&k.as_str())) {
-        errs.push(FieldError::new(k.as_str(), "err.field.unknown_observation"));
-    }
-    if !keys.iter().any(|k| CHANGES.contains(&k.as_str())) && errs.is_empty() {
+    errs.extend(crate::api::stray_fields(
+        &b,
+        &CHANGES,
+        "err.field.unknown_observation",
+    ));
+    if errs.is_empty() && !CHANGES.iter().any(|k| b.get(k).is_some()) {
         errs.push(FieldError::new("", "err.field.nothing_to_change"));
     }
     let mut new_link = None;

@@ -443,6 +443,16 @@ pub(crate) fn html<T: askama::Template>(
     }
 }
 
+/// A place of origin named in the reader's language: `Linhe District, Bayannur, Inner
+/// Mongolia` in English, `内蒙古自治区 巴彦淖尔市 临河区` otherwise; an unknown code as itself.
+pub(crate) fn origin_name(code: &str, lang: epigrid_core::Lang) -> String {
+    let name = match lang {
+        epigrid_core::Lang::En => divisions::full_name_en(code),
+        _ => divisions::full_name(code),
+    };
+    name.unwrap_or_else(|| code.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -471,14 +481,4 @@ mod tests {
             );
         }
     }
-}
-
-/// A place of origin named in the reader's language: `Linhe District, Bayannur, Inner
-/// Mongolia` in English, `内蒙古自治区 巴彦淖尔市 临河区` otherwise; an unknown code as itself.
-pub(crate) fn origin_name(code: &str, lang: epigrid_core::Lang) -> String {
-    let name = match lang {
-        epigrid_core::Lang::En => divisions::full_name_en(code),
-        _ => divisions::full_name(code),
-    };
-    name.unwrap_or_else(|| code.to_string())
 }

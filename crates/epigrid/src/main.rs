@@ -333,9 +333,7 @@ async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
 /// For commands that work on what a database holds (people, areas, accounts): a mistyped
 /// SQLite path must not leave a new, empty database (and key) behind and report success.
 fn require_database(db: &DbArgs) -> Result<()> {
-    if let Some(path) = epigrid_store_sqlite::path_from_url(&db.db)
-        .filter(|p| db.db.starts_with("sqlite:") && !p.exists())
-    {
+    if let Some(path) = missing_sqlite_file(db) {
         bail!(
             "no database at {} (create one with: epigrid migrate --db {})",
             path.display(),
@@ -343,6 +341,12 @@ fn require_database(db: &DbArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The SQLite file `db` names, when there is none there yet.
+fn missing_sqlite_file(db: &DbArgs) -> Option<PathBuf> {
+    epigrid_store_sqlite::path_from_url(&db.db)
+        .filter(|p| db.db.starts_with("sqlite:") && !p.exists())
 }
 
 fn key_path(db: &DbArgs) -> PathBuf {
@@ -382,7 +386,6 @@ async fn open_vault(db: &DbArgs, store: &dyn Store, lang: Lang) -> Result<Vault>
         }
     };
     let check = vault.key_check();
-    let wrong = || anyhow!(tf(lang, "cli.key.wrong", &[("source", &source)]));
     let fits = match recorded {
         Some(r) => r == check,
         None => {
@@ -396,7 +399,7 @@ async fn open_vault(db: &DbArgs, store: &dyn Store, lang: Lang) -> Result<Vault>
         }
     };
     if !fits {
-        return Err(wrong());
+        bail!(tf(lang, "cli.key.wrong", &[("source", &source)]));
     }
     // birth dates stored whole by an earlier version become a blind index and a year
     let sealed = store
@@ -622,8 +625,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logs(&args.log_format);
-            let new_file = epigrid_store_sqlite::path_from_url(&args.db.db)
-                .filter(|p| args.db.db.starts_with("sqlite:") && !p.exists());
+            let new_file = missing_sqlite_file(&args.db);
             let store = open_store(&args.db).await?;
             if let Some(path) = new_file {
                 // a mistyped path must not pass unseen as a server with nobody in it

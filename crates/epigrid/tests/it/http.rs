@@ -691,13 +691,12 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
 
     // what cannot change is refused, not silently ignored, and nothing changes
     let r = app
-        .client
-        .patch(format!("{}/api/v1/sites/{id}", app.base))
-        .bearer_auth(&mgr)
-        .json(&json!({"active": false, "kind": "gate", "rotate_token": "yes"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/sites/{id}"),
+            &json!({"active": false, "kind": "gate", "rotate_token": "yes"}),
+            Some(&mgr),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     let mut bad = fields(&body(r).await);
     bad.sort();
@@ -725,13 +724,12 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
     assert_eq!(r.status(), 201);
     let visit_id = body(r).await["id"].as_str().unwrap().to_string();
     let r = app
-        .client
-        .patch(format!("{}/api/v1/sites/{id}", app.base))
-        .bearer_auth(&mgr)
-        .json(&json!({"active": false}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/sites/{id}"),
+            &json!({"active": false}),
+            Some(&mgr),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let page = app
         .client
@@ -754,13 +752,12 @@ async fn sites_are_created_deactivated_and_rotated_through_the_api() {
     assert_eq!(r.status(), 410);
 
     let r = app
-        .client
-        .patch(format!("{}/api/v1/sites/{id}", app.base))
-        .bearer_auth(&mgr)
-        .json(&json!({"active": true, "rotate_token": true}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/sites/{id}"),
+            &json!({"active": true, "rotate_token": true}),
+            Some(&mgr),
+        )
+        .await;
     let new_token = body(r).await["token"].as_str().unwrap().to_string();
     assert_ne!(new_token, token);
     assert_eq!(
@@ -938,8 +935,8 @@ async fn a_traveller_who_reads_english_names_their_origin_in_pinyin() {
         ]
     };
     let send = |place: &'static str| {
-        let request = app.client.post(&url).form(&form(place));
-        async move { request.send().await.unwrap() }
+        let (app, url, form) = (&app, &url, form(place));
+        async move { app.post_form(url, &form).await }
     };
     let r = send("Mars").await;
     assert_eq!(r.status(), 422);
@@ -2196,13 +2193,7 @@ async fn the_audit_log_is_filtered_and_paged() {
             .get("/api/v1/audit?limit=abc&from=x&before=y", Some(&admin))
             .await;
         let v: Value = r.json().await.unwrap();
-        let fields: Vec<&str> = v["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["field"].as_str().unwrap())
-            .collect();
-        assert_eq!(fields, ["before", "from", "limit"], "{v}");
+        assert_eq!(fields(&v), ["before", "from", "limit"], "{v}");
     }
     let bad = app.page("/audit?before=abc&lang=en", &cookie).await;
     assert!(bad.contains("class=\"err\">Page (before): "), "{bad}");
@@ -2272,10 +2263,7 @@ async fn a_form_sent_twice_is_stored_once() {
         ("symptoms", "none".to_string()),
         ("nonce", nonce),
     ];
-    let send = || {
-        let request = app.client.post(&url).form(&form);
-        async move { request.send().await.unwrap() }
-    };
+    let send = || app.post_form(&url, &form);
     // a double tap, then the browser sending it again later
     let (one, two) = tokio::join!(send(), send());
     let three = send().await;
@@ -2306,16 +2294,25 @@ async fn lookups_by_number_are_audited_and_limited_and_pages_cannot_be_framed() 
         .register(&site, &checkpoint_body(&id, "查找", "13900000099"))
         .await;
     assert_eq!(r.status(), 201);
-    // every response: not framed, not sniffed, no Referer sent on
-    let page = app.get(&format!("/s/{}", site.token), None).await;
-    let h = page.headers();
-    assert_eq!(h["x-frame-options"], "DENY");
-    assert_eq!(h["x-content-type-options"], "nosniff");
-    assert_eq!(h["referrer-policy"], "no-referrer");
-    assert!(h["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .contains("frame-ancestors 'none'"));
+    // every response, page or API, public or staff's: not framed, not sniffed, no Referer
+    for (path, token) in [
+        (format!("/s/{}", site.token), None),
+        ("/api/v1/persons?q=查找".to_string(), Some(epi.as_str())),
+        ("/api/v1/nowhere".to_string(), None),
+    ] {
+        let r = app.get(&path, token).await;
+        let h = r.headers();
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+    }
     // a lookup by ID number is audited without the number
     let v: Value = app.get_json(&format!("/api/v1/persons?q={id}"), &epi).await;
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
@@ -2370,12 +2367,11 @@ async fn an_admin_deactivates_an_account_and_its_tokens_stop_working() {
     };
     let (leaver, chief) = (id_of("leaver"), id_of("chief"));
     let patch = |token: String, id: String, body: Value| {
-        let request = app
-            .client
-            .patch(format!("{}/api/v1/users/{id}", app.base))
-            .bearer_auth(token)
-            .json(&body);
-        async move { request.send().await.unwrap() }
+        let app = &app;
+        async move {
+            app.patch_json(&format!("/api/v1/users/{id}"), &body, Some(&token))
+                .await
+        }
     };
     assert_eq!(app.get("/api/v1/me", Some(&epi)).await.status(), 200);
     // another county's admin does not see the account; a stray key is named

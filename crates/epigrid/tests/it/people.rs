@@ -560,16 +560,63 @@ async fn search(app: &TestApp, q: &str, token: &str) -> Value {
         .unwrap()
 }
 
+/// A merge of `from` into `into`, made now.
+fn merge_record(from: Uuid, into: Uuid) -> PersonMerge {
+    PersonMerge {
+        id: new_id(),
+        from_person: from,
+        into_person: into,
+        at: Utc::now(),
+        by_user: None,
+        by_username: "epi".into(),
+        reason: "同一人".into(),
+        undone_at: None,
+    }
+}
+
+/// How many registrations the store lists for a person (theirs and those of records merged
+/// into them).
+async fn registrations_of(store: &dyn epigrid_core::store::Store, pid: Uuid) -> usize {
+    let f = epigrid_core::model::RegistrationFilter {
+        person_id: Some(pid),
+        limit: 100,
+        ..Default::default()
+    };
+    store.registrations(&Scope::all(), &f).await.unwrap().len()
+}
+
+/// Stores a list called `name`, uploaded in `area_path`, whose line 2 names `person` by ID
+/// number.
+async fn insert_matched_list(
+    store: &dyn epigrid_core::store::Store,
+    name: &str,
+    area_path: &str,
+    person: Uuid,
+) {
+    let list = epigrid_core::store::ListRecord {
+        id: new_id(),
+        name: name.into(),
+        uploaded_by: None,
+        area_path: area_path.into(),
+        created_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
+        rows: 1,
+        bad_rows: 0,
+    };
+    let found = epigrid_core::matching::ListMatch {
+        line: 2,
+        person_id: person,
+        method: "id_number",
+        confidence: 1.0,
+        review: false,
+        decision: None,
+    };
+    store.insert_list(&list, &[], &[found]).await.unwrap();
+}
+
 /// Classifies a person through the API (contacts are marked for someone under investigation).
 async fn classify(app: &TestApp, pid: &str, category: &str, token: &str) {
-    let r = app
-        .post_json(
-            &format!("/api/v1/persons/{pid}/category"),
-            &json!({"category": category, "reason": "调查"}),
-            Some(token),
-        )
-        .await;
-    assert_eq!(r.status(), 200, "{category}");
+    let status = app.set_category(pid, category, "调查", token).await;
+    assert_eq!(status, 200, "{category}");
 }
 
 async fn find_person(app: &TestApp, id: &str, token: &str) -> String {
@@ -927,13 +974,12 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
     // revoke the link: reports refused, the page says so
     let oid = obs["id"].as_str().unwrap();
     let r = app
-        .client
-        .patch(format!("{}/api/v1/observations/{oid}", app.base))
-        .bearer_auth(&epi)
-        .json(&json!({"revoke_link": true}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/observations/{oid}"),
+            &json!({"revoke_link": true}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         app.post_status(
@@ -947,24 +993,22 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 410);
     // early release needs a negative test
     let r = app
-        .client
-        .patch(format!("{}/api/v1/observations/{oid}", app.base))
-        .bearer_auth(&epi)
-        .json(&json!({"release_reason": "阴性", "early_release": true}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/observations/{oid}"),
+            &json!({"release_reason": "阴性", "early_release": true}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     let lab = app.post_json(&format!("/api/v1/persons/{pid}/lab-results"), &json!({"test": "nucleic_acid", "sample_date": start.to_string(), "result": "negative"}), Some(&epi)).await;
     assert_eq!(lab.status(), 201);
     let r = app
-        .client
-        .patch(format!("{}/api/v1/observations/{oid}", app.base))
-        .bearer_auth(&epi)
-        .json(&json!({"release_reason": "阴性", "early_release": true}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/observations/{oid}"),
+            &json!({"release_reason": "阴性", "early_release": true}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let ended: Value = app
         .get_json("/api/v1/observations?status=ended", &epi)
@@ -997,13 +1041,21 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         .await
         .unwrap();
     assert!(csv.contains("13700002222"));
+    // one unmask entry for each person in the export (its lines after the header)
     let unmasks: Value = app.get_json("/api/v1/audit?action=unmask", &admin).await;
+    let exported: Vec<&Value> = unmasks["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["detail"] == "export csv: 随访")
+        .collect();
+    let people = csv.trim_end().lines().count() - 1;
+    assert!(people > 0, "{csv}");
+    assert_eq!(exported.len(), people, "{unmasks}");
     assert!(
-        unmasks["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["detail"] == "export csv: 随访"),
+        exported.iter().all(|e| e["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("person:"))),
         "{unmasks}"
     );
     let xlsx = app
@@ -1247,56 +1299,50 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
     );
 
     let r = app
-        .client
-        .patch(format!("{}/api/v1/persons/{dup}", app.base))
-        .bearer_auth(&epi)
-        .json(&json!({"name": "刘德华", "home_area_code": "150802001001001002"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/persons/{dup}"),
+            &json!({"name": "刘德华", "home_area_code": "150802001001001002"}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<Value>().await.unwrap()["home_area_code"],
         "150802001001001002"
     );
     let r = app
-        .client
-        .patch(format!("{}/api/v1/persons/{dup}", app.base))
-        .bearer_auth(&epi)
-        .json(&json!({"name": "12", "home_area_code": "150821"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_json(
+            &format!("/api/v1/persons/{dup}"),
+            &json!({"name": "12", "home_area_code": "150821"}),
+            Some(&epi),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     // a document or phone number is not corrected this way, and says so
     let r = app
-        .client
-        .patch(format!("{}/api/v1/persons/{dup}", app.base))
-        .bearer_auth(&epi)
-        .json(&json!({"phone": "13900000000"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let v = r.json::<Value>().await.unwrap();
+        .patch_json(
+            &format!("/api/v1/persons/{dup}"),
+            &json!({"phone": "13900000000"}),
+            Some(&epi),
+        )
+        .await;
+    let (status, codes) = status_and_codes(r).await;
     assert_eq!(
-        (&v["errors"][0]["field"], &v["errors"][0]["code"]),
-        (&json!("phone"), &json!("err.field.unchangeable_person"))
+        (status, codes[0].as_str()),
+        (422, "phone:err.field.unchangeable_person")
     );
     // a key a correction does not take is named as such, not as the record's identity
     let r = app
-        .client
-        .patch(format!("{}/api/v1/persons/{dup}", app.base))
-        .bearer_auth(&epi)
-        .json(&json!({"name": "刘德华", "reason": "typo"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let v = r.json::<Value>().await.unwrap();
+        .patch_json(
+            &format!("/api/v1/persons/{dup}"),
+            &json!({"name": "刘德华", "reason": "typo"}),
+            Some(&epi),
+        )
+        .await;
+    let (status, codes) = status_and_codes(r).await;
     assert_eq!(
-        (&v["errors"][0]["field"], &v["errors"][0]["code"]),
-        (&json!("reason"), &json!("err.field.unknown_person"))
+        (status, codes[0].as_str()),
+        (422, "reason:err.field.unknown_person")
     );
     let audit: Value = app.get_json("/api/v1/audit", &admin).await;
     let actions: Vec<&str> = audit["items"]
@@ -2122,13 +2168,16 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
     );
     let walker = cn_id("150802", "19910101", 42);
     let come = |name: &'static str, id: String, phone: &'static str| {
-        let request = app.client.post(&url).form(&[
-            ("entry", "0".to_string()),
-            ("name", name.to_string()),
-            ("id_number", id),
-            ("phone", phone.to_string()),
-        ]);
-        async move { request.send().await.unwrap() }
+        let (app, url) = (&app, &url);
+        async move {
+            let form = [
+                ("entry", "0"),
+                ("name", name),
+                ("id_number", &id),
+                ("phone", phone),
+            ];
+            app.post_form(url, &form).await
+        }
     };
     assert_eq!(
         come("路人戊", walker.clone(), "13500000042").await.status(),
@@ -3344,7 +3393,6 @@ async fn suppressed_counts_cannot_be_recovered_from_the_totals() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
-    use epigrid_core::model::RegistrationFilter;
     use epigrid_core::store::Purged;
     for (name, store) in stores().await {
         let store = store.as_ref();
@@ -3440,14 +3488,7 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
             (vec![], vec![e]),
             "{name}: the car E was seen with only in what was purged finds them no more"
         );
-        let regs = |pid| async move {
-            let f = RegistrationFilter {
-                person_id: Some(pid),
-                limit: 100,
-                ..Default::default()
-            };
-            store.registrations(&Scope::all(), &f).await.unwrap().len()
-        };
+        let regs = |pid| registrations_of(store, pid);
         assert_eq!(
             (regs(a).await, regs(c).await, regs(d).await),
             (1, 1, 1),
@@ -3518,7 +3559,6 @@ async fn the_retention_purge_forgets_only_people_nobody_acted_on() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_retention_purge_keeps_people_merged_traced_noticed_or_matched() {
-    use epigrid_core::model::RegistrationFilter;
     use epigrid_core::store::Purged;
     use epigrid_core::trace::{ContactRecord, Notice, NoticeEntry, ProximityRow};
     for (name, store) in stores().await {
@@ -3540,16 +3580,7 @@ async fn the_retention_purge_keeps_people_merged_traced_noticed_or_matched() {
             unreachable!()
         };
         // a merge, even one undone since, is a decision staff took about both people
-        let merge = PersonMerge {
-            id: new_id(),
-            from_person: merged_away,
-            into_person: merged_into,
-            at: now,
-            by_user: None,
-            by_username: "epi".into(),
-            reason: "same".into(),
-            undone_at: None,
-        };
+        let merge = merge_record(merged_away, merged_into);
         store.merge_persons(&merge).await.unwrap();
         store
             .undo_merge(merge.id, &Scope::all(), now)
@@ -3599,24 +3630,7 @@ async fn the_retention_purge_keeps_people_merged_traced_noticed_or_matched() {
             }])
             .await
             .unwrap();
-        let list = epigrid_core::store::ListRecord {
-            id: new_id(),
-            name: "from the railway".into(),
-            uploaded_by: None,
-            area_path: "/150800/".into(),
-            created_at: chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap(),
-            rows: 1,
-            bad_rows: 0,
-        };
-        let found = epigrid_core::matching::ListMatch {
-            line: 2,
-            person_id: matched,
-            method: "id_number",
-            confidence: 1.0,
-            review: false,
-            decision: None,
-        };
-        store.insert_list(&list, &[], &[found]).await.unwrap();
+        insert_matched_list(store, "from the railway", "/150800/", matched).await;
 
         assert_eq!(
             store.purge_before(now - Duration::days(28)).await.unwrap(),
@@ -3639,12 +3653,7 @@ async fn the_retention_purge_keeps_people_merged_traced_noticed_or_matched() {
             ("a contact", contact),
             ("matched on a list", matched),
         ] {
-            let f = RegistrationFilter {
-                person_id: Some(pid),
-                limit: 10,
-                ..Default::default()
-            };
-            let kept = store.registrations(&Scope::all(), &f).await.unwrap().len();
+            let kept = registrations_of(store, pid).await;
             assert_eq!(
                 kept, 1,
                 "{name}: the person {role} keeps their registration"
@@ -3877,17 +3886,7 @@ async fn racing_merges_and_observation_starts_leave_one_winner_on_every_store() 
             )
             .await;
             // two people merge the pair at once, in opposite directions
-            let merge = |from, into| PersonMerge {
-                id: new_id(),
-                from_person: from,
-                into_person: into,
-                at: Utc::now(),
-                by_user: None,
-                by_username: "epi".into(),
-                reason: "同一人".into(),
-                undone_at: None,
-            };
-            let (ab, ba) = (merge(a, b), merge(b, a));
+            let (ab, ba) = (merge_record(a, b), merge_record(b, a));
             let (one, other) = tokio::join!(store.merge_persons(&ab), store.merge_persons(&ba));
             assert!(
                 matches!(
@@ -3934,24 +3933,7 @@ async fn a_list_from_another_area_shows_up_where_the_matched_person_lives() {
         let here =
             registered_person(store.as_ref(), linhe, &cn_id("150802", "19810303", 1), "甲").await;
         // Wuyuan's staff upload a list from the railway that names a Linhe resident
-        let list = epigrid_core::store::ListRecord {
-            id: new_id(),
-            name: "railway".into(),
-            uploaded_by: None,
-            area_path: "/150800/150821/".into(),
-            created_at: chrono::DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap(),
-            rows: 1,
-            bad_rows: 0,
-        };
-        let found = epigrid_core::matching::ListMatch {
-            line: 2,
-            person_id: here,
-            method: "id_number",
-            confidence: 1.0,
-            review: false,
-            decision: None,
-        };
-        store.insert_list(&list, &[], &[found]).await.unwrap();
+        insert_matched_list(store.as_ref(), "railway", "/150800/150821/", here).await;
         let names = |scope: &'static str| {
             let store = store.clone();
             async move {
@@ -4036,12 +4018,8 @@ async fn observations_take_only_real_changes_a_place_to_stay_and_say_when_they_e
     let open: Value = r.json().await.unwrap();
     let path = format!("/api/v1/observations/{}", open["id"].as_str().unwrap());
     let patch = |body: Value| {
-        let request = app
-            .client
-            .patch(format!("{}{path}", app.base))
-            .bearer_auth(&epi)
-            .json(&body);
-        async move { request.send().await.unwrap() }
+        let (app, path, epi) = (&app, &path, &epi);
+        async move { app.patch_json(path, &body, Some(epi)).await }
     };
     assert_eq!(
         status_and_codes(patch(json!({})).await).await,
@@ -4151,7 +4129,6 @@ async fn merges_keep_what_the_merged_record_carried_and_undo_in_reverse_order() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn undoing_a_merge_gives_back_the_people_it_took_along_on_every_store() {
-    use epigrid_core::model::RegistrationFilter;
     use epigrid_core::store::StoreError;
     for (name, store) in stores().await {
         let store = store.as_ref();
@@ -4162,29 +4139,12 @@ async fn undoing_a_merge_gives_back_the_people_it_took_along_on_every_store() {
             ids.push(registered_person(store, &sites[0], &doc(seq), "链").await);
         }
         let (a, b, c) = (ids[0], ids[1], ids[2]);
-        let merge = |from, into| PersonMerge {
-            id: new_id(),
-            from_person: from,
-            into_person: into,
-            at: Utc::now(),
-            by_user: None,
-            by_username: "epi".into(),
-            reason: "同一人".into(),
-            undone_at: None,
-        };
-        let (ab, bc) = (merge(a, b), merge(b, c));
+        let (ab, bc) = (merge_record(a, b), merge_record(b, c));
         store.merge_persons(&ab).await.unwrap();
         store.merge_persons(&bc).await.unwrap();
         // a registers again while the chain stands: it is c's, sealed for a
         registered_person(store, &sites[0], &doc(1), "链").await;
-        let regs_of = |pid| async move {
-            let f = RegistrationFilter {
-                person_id: Some(pid),
-                limit: 10,
-                ..Default::default()
-            };
-            store.registrations(&Scope::all(), &f).await.unwrap().len()
-        };
+        let regs_of = |pid| registrations_of(store, pid);
         let into = |pid| async move {
             store
                 .person(pid, &Scope::all())

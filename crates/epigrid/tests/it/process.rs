@@ -369,6 +369,12 @@ async fn a_database_refuses_a_key_its_data_was_not_sealed_with() {
         .collect();
     names.sort();
     assert_eq!(names, ["list_b", "list_e"]);
+    // the key that opened the data was recorded, and is the one the lists were made with
+    assert_eq!(
+        store.key_check().await.unwrap(),
+        Some(vault().key_check()),
+        "the first key that fits is recorded"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

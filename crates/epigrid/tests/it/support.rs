@@ -370,6 +370,35 @@ impl TestApp {
         rq.send().await.expect("POST")
     }
 
+    /// `PATCH path` with a JSON body.
+    pub async fn patch_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut rq = self.client.patch(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        rq.send().await.expect("PATCH")
+    }
+
+    /// `POST url` (a whole address, as forms have) with form fields, as a browser without
+    /// JavaScript sends them.
+    pub async fn post_form<T: serde::Serialize + ?Sized>(
+        &self,
+        url: &str,
+        form: &T,
+    ) -> reqwest::Response {
+        self.client
+            .post(url)
+            .form(form)
+            .send()
+            .await
+            .expect("POST form")
+    }
+
     /// The status of `POST path` with a JSON body.
     pub async fn post_status(
         &self,
