@@ -239,12 +239,16 @@ async fn upload(
     staff: Staff,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
+    // refused (role, CSRF, name) before the upload, up to 256 MB, is read
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role().investigates())?;
     let name = list_name(q.get("name").map(String::as_str))?;
     let map = ColumnMap::from_pairs(q.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let body = axum::body::to_bytes(body, MAX_LIST_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge)?;
     let p = process(&st, &staff, &name, map, body).await?;
     let lang = crate::error::current_lang();
     Ok((

@@ -2703,6 +2703,36 @@ async fn lists_are_matched_by_id_phone_name_and_birth_date_with_bad_rows_listed(
     assert_eq!(r.status(), 422, "no column to match on");
 }
 
+/// A list upload by someone who may not upload is refused before its body is read: the
+/// answer comes while the 200 MB the request announces has not been sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_list_upload_is_answered_before_its_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let gw = app.token("gw", Role::GridWorker, "150802").await;
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let addr = app.base.trim_start_matches("http://");
+    for (token, name, status) in [(gw.as_str(), "l", "403"), (epi.as_str(), "", "422")] {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/lists?name={name} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 200000000\r\n\r\n身份证号\n"
+        );
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), conn.read(&mut got))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        let line = String::from_utf8_lossy(&got[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        assert!(line.starts_with(&format!("HTTP/1.1 {status}")), "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn list_matches_are_stored_alike_on_every_store() {
     for (name, store) in stores().await {
