@@ -21,6 +21,7 @@ mod openapi;
 mod persons;
 mod public;
 mod qr;
+pub mod serve;
 mod staff;
 mod state;
 mod view;

@@ -465,12 +465,13 @@ async fn serve(
             }
         });
     }
-    axum::serve(
+    epigrid_web::serve::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app,
+        epigrid_web::serve::HEADER_TIMEOUT,
+        shutdown(),
     )
-    .with_graceful_shutdown(shutdown())
-    .await?;
+    .await;
     Ok(())
 }
 
@@ -1222,13 +1223,7 @@ async fn bench_http(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let app = epigrid_web::router(state);
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    });
+    tokio::spawn(epigrid_web::serve::serve_forever(listener, app));
     let body = r#"{"name":"李四","id_type":"cn_id","id_number":"150802198503120019","phone":"13912345678","plate":"蒙L12345","origin":"420100","destination":"150802","companions":0,"temperature":36.6,"symptoms":[],"high_risk_travel":false}"#;
     let path = format!("/api/v1/sites/{}/registrations", site.token);
     println!(

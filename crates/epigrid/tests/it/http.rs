@@ -2409,3 +2409,57 @@ async fn an_admin_deactivates_an_account_and_its_tokens_stop_working() {
         .await;
     assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
 }
+
+/// A client that does not send its headers in time, or keeps a connection idle that long, is
+/// disconnected; a prompt request is answered, and the live feed outlasts the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_or_idle_connections_are_closed_and_the_feed_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (store, dir) = sqlite();
+    let limit = std::time::Duration::from_secs(1);
+    let app = TestApp::serving(store, dir, Default::default(), limit).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // Reads until the server closes the connection (bounded: it must close within the wait).
+    async fn until_closed(conn: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            conn.read_to_end(&mut got),
+        )
+        .await
+        .expect("closed by the server")
+        .ok();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    // headers that never end
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(!until_closed(&mut slow).await.contains("200 OK"));
+    // a kept-alive connection, answered, then left idle
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(until_closed(&mut idle).await.starts_with("HTTP/1.1 200 OK"));
+    // the feed stays open past the limit and still delivers
+    let tok = app.token("watcher", Role::SiteStaff, "150802").await;
+    let mut feed = app
+        .client
+        .get(format!("{}/api/v1/feed", app.base))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    tokio::time::sleep(limit * 3).await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let code = registered_code(
+        &app,
+        &site,
+        &checkpoint_body(&cn_id("150802", "19900101", 7), "晚到", "13900000007"),
+    )
+    .await;
+    read_feed_until(&mut feed, &code).await;
+}

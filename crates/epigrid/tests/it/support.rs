@@ -1,6 +1,5 @@
 //! Shared test fixtures: fresh databases of each backend, a small area tree, a running server.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -204,6 +203,16 @@ impl TestApp {
     }
 
     pub async fn start_configured(store: Arc<dyn Store>, dir: PathBuf, cfg: WebConfig) -> TestApp {
+        TestApp::serving(store, dir, cfg, epigrid_web::serve::HEADER_TIMEOUT).await
+    }
+
+    /// A server that gives clients `header_timeout` to send a request's headers.
+    pub async fn serving(
+        store: Arc<dyn Store>,
+        dir: PathBuf,
+        cfg: WebConfig,
+        header_timeout: std::time::Duration,
+    ) -> TestApp {
         let sites = seed(store.as_ref()).await;
         let state = AppState::new(store.clone(), vault(), cfg);
         let app = epigrid_web::router(state);
@@ -211,13 +220,12 @@ impl TestApp {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .await;
-        });
+        tokio::spawn(epigrid_web::serve::serve(
+            listener,
+            app,
+            header_timeout,
+            std::future::pending(),
+        ));
         TestApp {
             base: format!("http://{addr}"),
             store,
