@@ -53,32 +53,58 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| hash_password("no such user").unwrap_or_default())
 }
 
-/// Failed logins per username in the last window; five failures lock the name for a while.
+/// Failed logins in the last window, by username and client address, and by username alone.
+/// Five failures lock a name from that address; [`LOCK_NAME_AFTER`] from anywhere lock it
+/// from everywhere. Locking by name alone let anyone who knew a colleague's username lock
+/// them out for a quarter of an hour with five wrong guesses.
 static FAILURES: std::sync::LazyLock<Mutex<HashMap<String, (u32, Instant)>>> =
     std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 const LOCK_AFTER: u32 = 5;
+/// Failures from all addresses together that lock a name everywhere (guessing spread over
+/// many addresses).
+const LOCK_NAME_AFTER: u32 = 30;
 pub(crate) const LOCK_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Above this many entries, those whose window has passed are dropped.
+const FAILURES_KEPT: usize = 10_000;
 
-fn locked(username: &str) -> bool {
+/// The keys a failure counts under: the name from this address, and the name.
+fn failure_keys(username: &str, ip: &str) -> [(String, u32); 2] {
+    [
+        (format!("{username}\u{0}{ip}"), LOCK_AFTER),
+        (username.to_string(), LOCK_NAME_AFTER),
+    ]
+}
+
+fn locked(username: &str, ip: &str) -> bool {
     let g = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
-    g.get(username)
-        .is_some_and(|(n, at)| *n >= LOCK_AFTER && at.elapsed() < LOCK_WINDOW)
+    failure_keys(username, ip).iter().any(|(k, limit)| {
+        g.get(k)
+            .is_some_and(|(n, at)| n >= limit && at.elapsed() < LOCK_WINDOW)
+    })
 }
 
-fn record_failure(username: &str) {
+fn record_failure(username: &str, ip: &str) {
     let mut g = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
-    let e = g.entry(username.to_string()).or_insert((0, Instant::now()));
-    if e.1.elapsed() >= LOCK_WINDOW {
-        *e = (0, Instant::now());
+    if g.len() >= FAILURES_KEPT {
+        g.retain(|_, (_, at)| at.elapsed() < LOCK_WINDOW);
     }
-    e.0 += 1;
+    for (k, _) in failure_keys(username, ip) {
+        let e = g.entry(k).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= LOCK_WINDOW {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+    }
 }
 
-fn clear_failures(username: &str) {
+/// A login that succeeds clears its address's count; the name's own count runs out with its
+/// window (guesses from elsewhere go on counting).
+fn clear_failures(username: &str, ip: &str) {
+    let [(pair, _), _] = failure_keys(username, ip);
     FAILURES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(username);
+        .remove(&pair);
 }
 
 /// Checks a username and password and opens a session; returns the raw token (shown once).
@@ -90,7 +116,7 @@ pub async fn login(
     ip: &str,
 ) -> ApiResult<(String, Session, User)> {
     let username = username.trim();
-    if locked(username) {
+    if locked(username, ip) {
         return Err(ApiError::TooMany);
     }
     // no account has a name with control characters (nor could the database hold a NUL)
@@ -116,7 +142,7 @@ pub async fn login(
     let user = match user {
         Some(u) if ok => u,
         user => {
-            record_failure(username);
+            record_failure(username, ip);
             // An attempt on a real account is seen by the admins over that account's area; one
             // as nobody (no area) by the admins of a top-level area.
             let (subject, area) = match &user {
@@ -137,7 +163,7 @@ pub async fn login(
             return Err(ApiError::BadLogin);
         }
     };
-    clear_failures(username);
+    clear_failures(username, ip);
     let token = random_token(32);
     let now = Utc::now();
     let session = Session {

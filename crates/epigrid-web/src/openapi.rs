@@ -65,7 +65,7 @@ const MORE_ANSWERS: &[(&str, &str, &str, &str)] = &[
         "/api/v1/auth/token",
         "post",
         "429",
-        "locked after five failures; Retry-After says for how long",
+        "five failures from one address lock the name there for 15 minutes, 30 from anywhere lock it everywhere; Retry-After says for how long",
     ),
     (
         "/api/v1/sites/{token}/registrations",

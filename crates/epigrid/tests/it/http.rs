@@ -2463,3 +2463,48 @@ async fn slow_or_idle_connections_are_closed_and_the_feed_is_not() {
     .await;
     read_feed_until(&mut feed, &code).await;
 }
+
+/// Wrong guesses lock a name from the address they came from, not for its owner elsewhere;
+/// guesses spread over many addresses lock it everywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_locked_by_guesses_stays_open_to_its_owner_elsewhere() {
+    let (store, dir) = sqlite();
+    let cfg = epigrid_web::WebConfig {
+        trust_proxy: true,
+        ..Default::default()
+    };
+    let app = TestApp::start_configured(store, dir, cfg).await;
+    user(app.store.as_ref(), "colleague", Role::GridWorker, "150802").await;
+    let login = |from: String, password: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/api/v1/auth/token", app.base))
+                .header("x-forwarded-for", from)
+                .json(&json!({"username": "colleague", "password": password}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(login("203.0.113.66".into(), "guess").await, 401);
+    }
+    assert_eq!(
+        login("203.0.113.66".into(), PASSWORD).await,
+        429,
+        "locked there"
+    );
+    assert_eq!(
+        login("198.51.100.7".into(), PASSWORD).await,
+        200,
+        "open to its owner"
+    );
+    // thirty guesses from six more addresses lock the name from anywhere
+    for i in 0..30 {
+        login(format!("192.0.2.{}", i / 5), "guess").await;
+    }
+    assert_eq!(login("198.51.100.8".into(), PASSWORD).await, 429);
+}
