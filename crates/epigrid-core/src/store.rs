@@ -33,6 +33,10 @@ pub enum StoreError {
     /// The database failed; the message is for logs and never holds personal data.
     #[error("database error: {0}")]
     Backend(String),
+    /// The database cannot be reached (refused, closed, no connection free in time): the
+    /// request may succeed if tried again later. For logs, as `Backend`.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -46,13 +46,39 @@ pub(crate) fn map_err(e: tokio_postgres::Error) -> StoreError {
         {
             return StoreError::Invalid(db.message().to_string());
         }
+        // the server going away under us: shutting down, terminated, too many connections,
+        // a database that does not accept connections now
+        if [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::CONNECTION_EXCEPTION,
+        ]
+        .contains(code)
+        {
+            return StoreError::Unavailable(format!("{}: {}", code.code(), db.message()));
+        }
         return StoreError::Backend(format!("{}: {}", code.code(), db.message()));
+    }
+    // no database error: the connection closed or could not be made
+    if e.is_closed() || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
+        return StoreError::Unavailable(with_causes(&e));
     }
     StoreError::Backend(e.to_string())
 }
 
+/// A connection that could not be had: none came free in time, or a new one could not be made
+/// (refused, the database not accepting connections, the login refused) — the database is out
+/// of reach for now.
 pub(crate) fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Backend(format!("connection pool: {}", with_causes(&e)))
+    use deadpool_postgres::PoolError;
+    let text = format!("connection pool: {}", with_causes(&e));
+    match e {
+        PoolError::Timeout(_) | PoolError::Backend(_) => StoreError::Unavailable(text),
+        _ => StoreError::Backend(text),
+    }
 }
 
 /// An error with the errors under it: `db error: FATAL: database "x" does not exist`, not

@@ -157,8 +157,13 @@ pub fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
+/// 200 when the database answers; 503 when it does not (whatever the reason), so that a load
+/// balancer takes this process out of rotation.
 pub async fn readyz(State(st): State<AppState>) -> ApiResult<&'static str> {
-    st.store.ping().await?;
+    st.store
+        .ping()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok("ready")
 }
 

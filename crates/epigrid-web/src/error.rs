@@ -150,7 +150,9 @@ fn nul_in_uri(uri: &axum::http::Uri) -> Option<ApiError> {
 /// error's own message(s), already in the user's language.
 async fn error_page(res: Response, lang: Lang) -> Response {
     let status = res.status();
-    if !content_type_is(&res, "application/json") || !status.is_client_error() {
+    if !content_type_is(&res, "application/json")
+        || !(status.is_client_error() || status.is_server_error())
+    {
         return res;
     }
     let (parts, body) = res.into_parts();
@@ -173,6 +175,8 @@ async fn error_page(res: Response, lang: Lang) -> Response {
         StatusCode::NOT_FOUND => "err.not_found",
         StatusCode::UNPROCESSABLE_ENTITY => "err.invalid",
         StatusCode::TOO_MANY_REQUESTS => "err.too_many",
+        StatusCode::SERVICE_UNAVAILABLE => "err.unavailable.title",
+        StatusCode::INTERNAL_SERVER_ERROR => "err.internal.title",
         _ => "err.request.bad",
     };
     let sep = if lang == Lang::Zh { "" } else { " " };
@@ -236,6 +240,8 @@ pub enum ApiError {
     BadLogin,
     /// 500: logged, never detailed to the client.
     Internal(String),
+    /// 503: the database cannot be reached; logged, and the client told to try again soon.
+    Unavailable(String),
 }
 
 impl From<StoreError> for ApiError {
@@ -248,6 +254,7 @@ impl From<StoreError> for ApiError {
                 ApiError::field("request", "err.value.unstorable")
             }
             StoreError::Invalid(m) | StoreError::Backend(m) => ApiError::Internal(m),
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
         }
     }
 }
@@ -268,6 +275,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooMany => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -284,6 +292,7 @@ impl ApiError {
             ApiError::TooLarge => "err.body.too_large",
             ApiError::TooMany => "err.too_many",
             ApiError::Internal(_) => "err.internal",
+            ApiError::Unavailable(_) => "err.unavailable",
         }
     }
 
@@ -316,9 +325,11 @@ fn general_error(lang: Lang, key: &str) -> serde_json::Value {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(m) = &self {
+        match &self {
             // Store messages never contain personal data (see StoreError::Backend).
-            tracing::error!(error = %m, "internal error");
+            ApiError::Internal(m) => tracing::error!(error = %m, "internal error"),
+            ApiError::Unavailable(m) => tracing::warn!(error = %m, "database unavailable"),
+            _ => {}
         }
         let mut res = (self.status(), axum::Json(self.body(current_lang()))).into_response();
         match self {
@@ -333,6 +344,10 @@ impl IntoResponse for ApiError {
                     header::RETRY_AFTER,
                     header::HeaderValue::from(crate::auth::LOCK_WINDOW.as_secs()),
                 );
+            }
+            ApiError::Unavailable(_) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
             }
             _ => {}
         }

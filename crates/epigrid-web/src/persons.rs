@@ -1677,19 +1677,10 @@ async fn persons_page(
         }
     };
     let mut totals: HashMap<Category, i64> = HashMap::new();
-    for (_, c, n) in st
-        .store
-        .category_counts(&s.scope())
-        .await
-        .unwrap_or_default()
-    {
+    for (_, c, n) in crate::staff::read_or_answer!(st.store.category_counts(&s.scope()).await) {
         *totals.entry(c).or_default() += n;
     }
-    let review = st
-        .store
-        .review_list(&s.scope())
-        .await
-        .unwrap_or_default()
+    let review = crate::staff::read_or_answer!(st.store.review_list(&s.scope()).await)
         .iter()
         .map(|(p, l)| (person_row(p), format!("{} {}", l.test, l.sample_date)))
         .collect();
@@ -1756,36 +1747,28 @@ async fn person_view(
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
-    let history = st.store.category_history(p.id).await.unwrap_or_default();
-    let observations = st.store.observations_of(p.id).await.unwrap_or_default();
-    let reports = st.store.reports_of(p.id).await.unwrap_or_default();
-    let labs = st.store.lab_results_of(p.id).await.unwrap_or_default();
-    let lists = st
-        .store
-        .lists_of(p.id, &s.scope())
-        .await
-        .unwrap_or_default();
-    let venues = st
-        .store
-        .sites(&s.scope())
-        .await
-        .unwrap_or_default()
+    let history = crate::staff::read_or_answer!(st.store.category_history(p.id).await);
+    let observations = crate::staff::read_or_answer!(st.store.observations_of(p.id).await);
+    let reports = crate::staff::read_or_answer!(st.store.reports_of(p.id).await);
+    let labs = crate::staff::read_or_answer!(st.store.lab_results_of(p.id).await);
+    let lists = crate::staff::read_or_answer!(st.store.lists_of(p.id, &s.scope()).await);
+    let venues = crate::staff::read_or_answer!(st.store.sites(&s.scope()).await)
         .into_iter()
         .filter(|v| v.kind == epigrid_core::model::SiteKind::Venue && v.active)
         .map(|v| (v.id.to_string(), v.name))
         .collect();
-    let regs = st
-        .store
-        .registrations(
-            &s.scope(),
-            &RegistrationFilter {
-                person_id: Some(p.id),
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_or_default();
+    let regs = crate::staff::read_or_answer!(
+        st.store
+            .registrations(
+                &s.scope(),
+                &RegistrationFilter {
+                    person_id: Some(p.id),
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+    );
     let tz = st.cfg.tz;
     render(
         if error.is_empty() {

@@ -817,6 +817,15 @@ async fn form_submit(
             "err.forbidden",
             "err.forbidden",
         ),
+        // the database out of reach: the form comes back as typed, saying nothing was saved
+        Err(e @ ApiError::Unavailable(_)) => {
+            let status = e.status();
+            let _ = e.into_response(); // logged there
+            let said = [FieldError::new("form", "err.unavailable")];
+            let mut r = render_form(&st, &site, lang, acting, &pairs, &said).await;
+            *r.status_mut() = status;
+            r
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -867,9 +876,9 @@ async fn load_reg(
     st: &AppState,
     token: &str,
     id: &str,
-) -> Result<(std::sync::Arc<Site>, Registration), StatusCode> {
-    let id = Uuid::parse_str(id).map_err(|_| StatusCode::NOT_FOUND)?;
-    let site = match st.site_by_token(token).await.ok().flatten() {
+) -> Result<(std::sync::Arc<Site>, Registration), ApiError> {
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    let site = match st.site_by_token(token).await? {
         Some(site) => site,
         // The site's link was changed since (a leaked poster): new registrations need the
         // new one, but a visitor's own confirmation and check-out, reached by its
@@ -879,29 +888,23 @@ async fn load_reg(
             let reg = st
                 .store
                 .registration(id, &all)
-                .await
-                .ok()
-                .flatten()
+                .await?
                 .filter(|r| Utc::now() - r.at < chrono::Duration::hours(24))
-                .ok_or(StatusCode::NOT_FOUND)?;
+                .ok_or(ApiError::NotFound)?;
             let site = st
                 .store
                 .site(reg.site_id, &all)
-                .await
-                .ok()
-                .flatten()
-                .ok_or(StatusCode::NOT_FOUND)?;
+                .await?
+                .ok_or(ApiError::NotFound)?;
             return Ok((std::sync::Arc::new(site), reg));
         }
     };
     let reg = st
         .store
         .registration(id, &epigrid_core::area::Scope::new(site.area_path.clone()))
-        .await
-        .ok()
-        .flatten()
+        .await?
         .filter(|r| r.site_id == site.id)
-        .ok_or(StatusCode::NOT_FOUND)?;
+        .ok_or(ApiError::NotFound)?;
     Ok((site, reg))
 }
 
@@ -912,14 +915,15 @@ async fn confirmation(
 ) -> Response {
     let (site, reg) = match load_reg(&st, &token, &id).await {
         Ok(x) => x,
-        Err(code) => {
+        Err(ApiError::NotFound) => {
             return message(
                 lang,
-                code,
+                StatusCode::NOT_FOUND,
                 "public.unknown_site.title",
                 "public.unknown_site.text",
             )
         }
+        Err(e) => return e.into_response(),
     };
     // The confirmation is for showing at the gate right away, not a lasting pass.
     if Utc::now() - reg.at > chrono::Duration::hours(12) {
@@ -968,14 +972,15 @@ async fn check_out(
 ) -> Response {
     let (site, reg) = match load_reg(&st, &token, &id).await {
         Ok(x) => x,
-        Err(code) => {
+        Err(ApiError::NotFound) => {
             return message(
                 lang,
-                code,
+                StatusCode::NOT_FOUND,
                 "public.unknown_site.title",
                 "public.unknown_site.text",
             )
         }
+        Err(e) => return e.into_response(),
     };
     if site.kind == SiteKind::Venue {
         if let Err(e) = st.store.check_out(reg.id, site.id, Utc::now()).await {

@@ -15,7 +15,7 @@ use chrono::{Duration, Utc};
 use epigrid_core::area::{Area, Scope};
 use epigrid_core::i18n::Lang;
 use epigrid_core::model::{AuditEntry, Registration, Role, Site, SiteKind, User};
-use epigrid_core::store::metric;
+use epigrid_core::store::{metric, StoreResult};
 use serde_json::Value;
 
 use crate::api::{base_url, new_site, registration_filter, registration_in_scope, unmask};
@@ -93,6 +93,18 @@ pub(crate) fn logged_in(s: MaybeStaff) -> Result<Staff, Box<Response>> {
         _ => Err(Box::new(Redirect::to("/login").into_response())),
     }
 }
+
+/// The value of a store read, or the page's answer: the error as a page (a database out of
+/// reach is a 503 page saying so), never a page of zeros and empty lists.
+macro_rules! read_or_answer {
+    ($read:expr) => {
+        match $read {
+            Ok(v) => v,
+            Err(e) => return crate::error::ApiError::from(e).into_response(),
+        }
+    };
+}
+pub(crate) use read_or_answer;
 
 fn page<T: Template>(t: T) -> Response {
     crate::view::html(StatusCode::OK, t)
@@ -217,26 +229,25 @@ async fn login_submit(
             ([(header::SET_COOKIE, cookie)], Redirect::to(to)).into_response()
         }
         Err(e) => {
-            let locked = matches!(e, ApiError::TooMany);
+            // a database out of reach is not a wrong password
+            let error = match &e {
+                ApiError::TooMany => "login.locked",
+                ApiError::BadLogin => "login.failed",
+                other => other.key(),
+            };
+            let status = e.status();
+            // the answer's headers (Retry-After) and its log line
+            let said = e.into_response();
             let mut res = page(LoginPage {
                 tr: Tr(lang),
-                error: if locked {
-                    "login.locked"
-                } else {
-                    "login.failed"
-                },
+                error,
                 username,
                 next_q: crate::error::encode(&next),
                 next,
             });
-            if locked {
-                *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                res.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    header::HeaderValue::from(crate::auth::LOCK_WINDOW.as_secs()),
-                );
-            } else {
-                *res.status_mut() = StatusCode::UNAUTHORIZED;
+            *res.status_mut() = status;
+            if let Some(v) = said.headers().get(header::RETRY_AFTER) {
+                res.headers_mut().insert(header::RETRY_AFTER, v.clone());
             }
             res
         }
@@ -331,12 +342,9 @@ async fn home(
         ("home.symptomatic_today", metric::REG_SYMPTOMATIC),
         ("home.high_risk_today", metric::REG_HIGH_RISK),
     ] {
-        let n = st
-            .store
-            .rollup_series(&scope, m, today, today)
-            .await
-            .ok()
-            .and_then(|v| v.first().map(|x| x.1))
+        let n = read_or_answer!(st.store.rollup_series(&scope, m, today, today).await)
+            .first()
+            .map(|x| x.1)
             .unwrap_or(0);
         counts.push((label, n));
     }
@@ -351,11 +359,11 @@ async fn home(
         }
     };
     let bar = |n: i64| if small && n < 5 { 0 } else { n };
-    let series = st
-        .store
-        .rollup_series(&scope, metric::REG_ALL, today - Duration::days(6), today)
-        .await
-        .unwrap_or_default();
+    let series = read_or_answer!(
+        st.store
+            .rollup_series(&scope, metric::REG_ALL, today - Duration::days(6), today)
+            .await
+    );
     let week: Vec<(String, i64, String)> = (0..7)
         .map(|i| {
             let d = today - Duration::days(6 - i);
@@ -364,7 +372,7 @@ async fn home(
         })
         .collect();
     let week_max = week.iter().map(|x| x.1).max().unwrap_or(0).max(1);
-    let sites = st.store.sites(&scope).await.map(|v| v.len()).unwrap_or(0);
+    let sites = read_or_answer!(st.store.sites(&scope).await).len();
     page(HomePage {
         c: chrome(&st, &s, lang).await,
         today: counts.into_iter().map(|(l, n)| (l, shown(n))).collect(),
@@ -401,8 +409,8 @@ async fn sites_view(
     typed: (String, String, String),
 ) -> Response {
     let scope = s.scope();
-    let sites = st.store.sites(&scope).await.unwrap_or_default();
-    let areas = st.store.areas_in(&scope, 4).await.unwrap_or_default();
+    let sites = read_or_answer!(st.store.sites(&scope).await);
+    let areas = read_or_answer!(st.store.areas_in(&scope, 4).await);
     let names: HashMap<&str, &str> = areas
         .iter()
         .map(|a| (a.code.as_str(), a.name.as_str()))
@@ -497,9 +505,12 @@ async fn sites_create(
     }
 }
 
-async fn load_site(st: &AppState, s: &Staff, id: &str) -> Option<Site> {
-    let id = uuid::Uuid::parse_str(id).ok()?;
-    st.store.site(id, &s.scope()).await.ok().flatten()
+/// The site with this id in the caller's area (`None`: no such site for them).
+async fn load_site(st: &AppState, s: &Staff, id: &str) -> StoreResult<Option<Site>> {
+    let Ok(id) = uuid::Uuid::parse_str(id) else {
+        return Ok(None);
+    };
+    st.store.site(id, &s.scope()).await
 }
 
 #[derive(Template)]
@@ -526,7 +537,7 @@ async fn site_page(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let Some(site) = load_site(&st, &s, &id).await else {
+    let Some(site) = read_or_answer!(load_site(&st, &s, &id).await) else {
         return ApiError::NotFound.into_response();
     };
     let url = site_url(&base_url(&st, &headers), &site);
@@ -542,11 +553,7 @@ async fn site_page(
     };
     // an analyst sees aggregates only: the site, not who registered there
     let recent = if s.role().sees_personal_data() {
-        let rows = st
-            .store
-            .registrations(&s.scope(), &f)
-            .await
-            .unwrap_or_default();
+        let rows = read_or_answer!(st.store.registrations(&s.scope(), &f).await);
         Some(rows.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect())
     } else {
         None
@@ -578,7 +585,7 @@ async fn site_change(
     if s.check_csrf(csrf_of(&pairs)).is_err() || !s.role().manages_sites() {
         return forbidden(lang);
     }
-    let Some(mut site) = load_site(&st, &s, &id).await else {
+    let Some(mut site) = read_or_answer!(load_site(&st, &s, &id).await) else {
         return ApiError::NotFound.into_response();
     };
     let old = site.token.clone();
@@ -645,7 +652,7 @@ async fn poster(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let Some(site) = load_site(&st, &s, &id).await else {
+    let Some(site) = read_or_answer!(load_site(&st, &s, &id).await) else {
         return ApiError::NotFound.into_response();
     };
     let url = site_url(&base_url(&st, &headers), &site);
@@ -703,7 +710,7 @@ async fn registrations_page(
     let scope = s.scope();
     let (rows, errors, next) = match registration_filter(&st, &q) {
         Ok(f) => {
-            let rows = st.store.registrations(&scope, &f).await.unwrap_or_default();
+            let rows = read_or_answer!(st.store.registrations(&scope, &f).await);
             let next = match rows.last() {
                 Some(last) if rows.len() as u32 == f.limit => {
                     older_link("/registrations", &q, last.seq)
@@ -728,7 +735,7 @@ async fn registrations_page(
             )
         }
     };
-    let sites = st.store.sites(&scope).await.unwrap_or_default();
+    let sites = read_or_answer!(st.store.sites(&scope).await);
     page(RegistrationsPage {
         c: chrome(&st, &s, lang).await,
         rows: rows.iter().map(|r| row_view(r, st.cfg.tz, lang)).collect(),
@@ -913,14 +920,14 @@ async fn feed_page(
         Err(r) => return *r,
     };
     let scope: Scope = s.scope();
-    let sites = st.store.sites(&scope).await.unwrap_or_default();
+    let sites = read_or_answer!(st.store.sites(&scope).await);
     let site = q.get("site").cloned().unwrap_or_default();
     let f = epigrid_core::model::RegistrationFilter {
         site_id: uuid::Uuid::parse_str(&site).ok(),
         limit: 30,
         ..Default::default()
     };
-    let initial = st.store.registrations(&scope, &f).await.unwrap_or_default();
+    let initial = read_or_answer!(st.store.registrations(&scope, &f).await);
     page(FeedPage {
         c: chrome(&st, &s, lang).await,
         sites,
@@ -979,7 +986,7 @@ async fn audit_page(
     };
     let (rows, errors, next) = match crate::api::audit_filter(&st, &s, &q, 200) {
         Ok(f) => {
-            let rows = st.store.audit_log(&s.scope(), &f).await.unwrap_or_default();
+            let rows = read_or_answer!(st.store.audit_log(&s.scope(), &f).await);
             let next = crate::api::audit_next(&rows, &f)
                 .map(|seq| older_link("/audit", &q, seq))
                 .unwrap_or_default();
@@ -1069,7 +1076,7 @@ async fn users_view(
         Ok(u) => u,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let areas = st.store.areas_in(&scope, 4).await.unwrap_or_default();
+    let areas = read_or_answer!(st.store.areas_in(&scope, 4).await);
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {

@@ -2508,3 +2508,151 @@ async fn a_login_locked_by_guesses_stays_open_to_its_owner_elsewhere() {
     }
     assert_eq!(login("198.51.100.8".into(), PASSWORD).await, 429);
 }
+
+/// A database out of reach (PostgreSQL refusing this server's logins) is said as such: 503
+/// with Retry-After for the API and readiness, a page saying nothing was saved for a form
+/// (sent back as typed), the home page and the login never showing zeros or "wrong
+/// password"; all well again once the database is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_out_of_reach_is_said_so_and_never_shown_as_empty() {
+    let Some(url) = std::env::var("EPIGRID_TEST_PG")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        return;
+    };
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("EPIGRID_TEST_PG is set but PostgreSQL cannot be reached");
+    tokio::spawn(conn);
+    // a login role of its own, so that only this test's server loses the database
+    let role = format!("it_{}", epigrid_core::vault::random_token(6));
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; CREATE SCHEMA {role} AUTHORIZATION {role}"
+        ))
+        .await
+        .unwrap();
+    let cfg: tokio_postgres::Config = url.parse().unwrap();
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => "localhost".to_string(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let db = cfg.get_dbname().unwrap_or("postgres");
+    let store = epigrid_store_postgres::PgStore::connect(&format!(
+        "postgres://{role}@{host}:{port}/{db}?options=-csearch_path%3D{role}"
+    ))
+    .await
+    .expect("store as the test's role");
+    let app = TestApp::start_with(std::sync::Arc::new(store), temp_dir("pg-out")).await;
+    user(app.store.as_ref(), "watcher", Role::Manager, "150802").await;
+    let cookie = app.login_cookie("watcher").await;
+    app.page("/", &cookie).await;
+    let site = app.site(SiteKind::Venue, "150802").clone();
+    app.public_page(&format!("/s/{}", site.token)).await;
+    let cut = |allow: bool| {
+        let (admin, role) = (&admin, &role);
+        async move {
+            let login = if allow { "LOGIN" } else { "NOLOGIN" };
+            admin
+                .batch_execute(&format!("ALTER ROLE {role} {login}"))
+                .await
+                .unwrap();
+            if !allow {
+                admin
+                    .execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                        &[role],
+                    )
+                    .await
+                    .unwrap();
+                // until its connections are gone (bounded)
+                for _ in 0..100 {
+                    let n: i64 = admin
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+                            &[role],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    cut(false).await;
+    let get = |path: &'static str| {
+        let (app, cookie) = (&app, &cookie);
+        async move {
+            app.client
+                .get(format!("{}{path}", app.base))
+                .header("cookie", cookie.as_str())
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(get("/readyz").await.status(), 503);
+    let r = app
+        .register(
+            app.site(SiteKind::Checkpoint, "150802"),
+            &checkpoint_body(&cn_id("150802", "19900101", 5), "未存", "13900000005"),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_codes_of(&r.json().await.unwrap()),
+        [":err.unavailable"]
+    );
+    // the form comes back as typed, saying nothing was saved
+    let r = app
+        .post_form(
+            &format!("{}/s/{}", app.base, site.token),
+            &[
+                ("name", "王未存"),
+                ("id_number", &cn_id("150802", "19880808", 5)),
+                ("phone", "13900000055"),
+                ("symptoms", "none"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("value=\"王未存\"") && text.contains("未保存"),
+        "{text}"
+    );
+    // a staff page and the login: said so, not zeros, not a wrong password
+    let r = get("/").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(r.text().await.unwrap().contains("未保存"));
+    let r = app
+        .post_form(
+            &format!("{}/login", app.base),
+            &[("username", "watcher"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(!r.text().await.unwrap().contains("用户名或密码不正确"));
+    cut(true).await;
+    assert_eq!(get("/readyz").await.status(), 200);
+    assert_eq!(get("/").await.status(), 200);
+    drop(app);
+    let _ = admin
+        .batch_execute(&format!(
+            "DROP SCHEMA {role} CASCADE; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        ))
+        .await;
+    let _ = admin.batch_execute(&format!("DROP ROLE {role}")).await;
+}
