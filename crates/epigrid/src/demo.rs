@@ -227,7 +227,7 @@ pub async fn build(
         registrations += written;
         let percent = (chunk_done * 100).checked_div(total_work).unwrap_or(100);
         if percent >= next_report {
-            eprintln!("demo: {percent}% ({registrations} registrations)");
+            crate::tell!("demo: {percent}% ({registrations} registrations)");
             next_report = (percent / 5 + 1) * 5;
         }
         chunk = next?;

@@ -392,6 +392,28 @@ fn broken_quoting(raw: &str) -> bool {
     false
 }
 
+/// Where each line of `text` starts (byte offsets); a line ends with `\r\n`, `\n` or a lone
+/// `\r` (old Mac files).
+fn line_starts(text: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut starts = vec![0];
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\n' => starts.push(i + 1),
+            b'\r' => {
+                if b.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                starts.push(i + 1);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    starts
+}
+
 /// Reads the header and the rows. Header problems (or unreadable CSV) refuse the whole file.
 fn parse_rows(text: &str, lang: Lang) -> Result<Vec<Row>, Vec<RowError>> {
     let msg = |key: &str, args: &[(&str, &str)]| tf(lang, key, args);
@@ -401,7 +423,20 @@ fn parse_rows(text: &str, lang: Lang) -> Result<Vec<Row>, Vec<RowError>> {
         .trim(csv::Trim::All)
         .from_reader(text.as_bytes());
     let mut records = reader.records();
-    let line_of = |pos: Option<&csv::Position>| pos.map_or(1, |p| p.line() as usize);
+    // the line a record starts on, as an editor counts them: csv's own count leaves out blank
+    // lines and is one short after every \r\n
+    // (a record's position is where reading it began: before the blank lines it skipped)
+    let starts = line_starts(text);
+    let start_of = |p: &csv::Position| {
+        let from = (p.byte() as usize).min(text.len());
+        from + text.as_bytes()[from..]
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count()
+    };
+    let line_of = |pos: Option<&csv::Position>| {
+        pos.map_or(1, |p| starts.partition_point(|&s| s <= start_of(p)).max(1))
+    };
     let csv_error = |e: csv::Error| RowError {
         line: line_of(e.position()),
         field: "file".into(),
@@ -472,7 +507,7 @@ fn parse_rows(text: &str, lang: Lang) -> Result<Vec<Row>, Vec<RowError>> {
             shifted: record.len() != width,
             broken_quoting: record
                 .position()
-                .and_then(|p| text.get(p.byte() as usize..))
+                .and_then(|p| text.get(start_of(p)..))
                 .is_some_and(broken_quoting),
             errors: Vec::new(),
         };
@@ -656,6 +691,32 @@ mod tests {
         assert!(t.store.area("150802002").await.unwrap().is_none());
     }
 
+    /// Lines as an editor numbers them, whatever ends them and with blank lines between
+    /// rows (csv's own count was one short after each \r\n and left blank lines out).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_rows_keep_their_lines_with_crlf_blank_lines_and_lone_cr() {
+        let t = temp_store();
+        import_areas(&t.store, GOOD.as_bytes(), Lang::En)
+            .await
+            .unwrap()
+            .unwrap();
+        let lf = "\u{feff}code,name,parent_code,level\n150802002,车站街道,150802,3\n\n\n\
+            15080200200X,坏社区,150802002,4\n150802002002,平安社区,150802002,4\n\n\
+            150802002003,,150802002,4\n";
+        for (ending, text) in [
+            ("lf", lf.to_string()),
+            ("crlf", lf.replace('\n', "\r\n")),
+            ("cr", lf.replace('\n', "\r")),
+        ] {
+            let errors = import_areas(&t.store, text.as_bytes(), Lang::En)
+                .await
+                .unwrap()
+                .unwrap_err();
+            let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+            assert_eq!(lines, [5, 8], "{ending}: {errors:#?}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_child_may_hang_under_an_area_already_in_the_store() {
         let t = temp_store();
@@ -719,7 +780,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn broken_quoting_is_a_row_error_not_a_strange_name() {
         let t = temp_store();
-        let file = format!("{GOOD}4,150802001003,\"bad \"quote\",150802001\n");
+        // also after blank lines (where reading the row began)
+        let file = format!("{GOOD}\n\n4,150802001003,\"bad \"quote\",150802001\n");
         let errors = import_areas(&t.store, file.as_bytes(), Lang::En)
             .await
             .unwrap()

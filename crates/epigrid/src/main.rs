@@ -3,7 +3,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use epigrid::{bench, demo, import};
+use epigrid::{bench, demo, import, say, tell};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -262,8 +262,10 @@ fn cli_lang() -> Lang {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // colours only for a person at a terminal, not in a file or a journal
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
@@ -313,8 +315,9 @@ async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
             other => bail!("--durability must be \"process\" or \"power\", not {other:?}"),
         };
         let url = db.db.clone();
-        let store =
-            tokio::task::spawn_blocking(move || SqliteStore::open_url(&url, durability)).await??;
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open_url(&url, durability))
+            .await?
+            .with_context(|| format!("cannot open the SQLite database {}", db.db))?;
         Ok(Arc::new(store))
     } else if db.db.starts_with("postgres://") || db.db.starts_with("postgresql://") {
         Ok(Arc::new(
@@ -414,8 +417,17 @@ async fn open_vault(db: &DbArgs, store: &dyn Store, lang: Lang) -> Result<Vault>
     Ok(vault)
 }
 
+/// The listening socket, taken before anything else so that a bad or busy address fails a
+/// start before it creates a database or a key file (or builds a demo city).
+async fn listen(args: &ServeArgs) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(&args.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.bind))
+}
+
 async fn serve(
     args: &ServeArgs,
+    listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     vault: Vault,
     retention_days: u32,
@@ -434,9 +446,6 @@ async fn serve(
     };
     let state = AppState::new(store.clone(), vault, cfg);
     let app = epigrid_web::router(state.clone());
-    let listener = tokio::net::TcpListener::bind(&args.bind)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.backend(), "epigrid listening");
     after_bind(addr);
@@ -473,6 +482,36 @@ async fn serve(
     )
     .await;
     Ok(())
+}
+
+/// Prints a refused import's problems, one per line, and says how many rows were wrong (a
+/// row may have several problems).
+fn refused(lang: Lang, errors: &[import::RowError]) -> anyhow::Error {
+    for e in errors {
+        tell!(
+            "{}",
+            tf(
+                lang,
+                "cli.import.row_error",
+                &[
+                    ("line", &e.line.to_string()),
+                    ("field", &e.field),
+                    ("message", &e.message)
+                ]
+            )
+        );
+    }
+    let rows = errors
+        .iter()
+        .map(|e| e.line)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let key = if rows == 1 {
+        "cli.import.refused.one"
+    } else {
+        "cli.import.refused"
+    };
+    anyhow!(tf(lang, key, &[("n", &rows.to_string())]))
 }
 
 async fn shutdown() {
@@ -543,11 +582,12 @@ async fn add_user(
 }
 
 async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: Lang) -> Result<()> {
+    let listener = listen(serve_args).await?;
     let store = open_store(&serve_args.db).await?;
     let vault = open_vault(&serve_args.db, store.as_ref(), lang).await?;
     let tz = parse_offset(&serve_args.tz_offset)?;
     if store.area_count().await? == 0 {
-        eprintln!(
+        tell!(
             "{}",
             tf(
                 lang,
@@ -564,7 +604,7 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
             tz,
         };
         let summary = demo::build(store.as_ref(), &vault, &opts).await?;
-        eprintln!(
+        tell!(
             "{}",
             tf(
                 lang,
@@ -578,7 +618,7 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
             )
         );
     } else {
-        eprintln!("{}", tf(lang, "cli.demo.exists", &[]));
+        tell!("{}", tf(lang, "cli.demo.exists", &[]));
     }
     // A fresh admin password on every demo start, printed once.
     let password = format!("demo-{}", &epigrid_core::vault::random_token(6));
@@ -604,16 +644,16 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
     let sites = store.sites(&Scope::all()).await?;
     let configured_base = serve_args.base_url.clone();
     let retention = serve_args.retention_days.unwrap_or(0);
-    serve(serve_args, store, vault, retention, move |addr| {
+    serve(serve_args, listener, store, vault, retention, move |addr| {
         let base = configured_base.unwrap_or_else(|| format!("http://{addr}"));
-        println!("\n  epigrid demo: {base}/");
-        println!("  {}: admin / {password}", tf(lang, "cli.demo.login", &[]));
+        say!("\n  epigrid demo: {base}/");
+        say!("  {}: admin / {password}", tf(lang, "cli.demo.login", &[]));
         for kind in SiteKind::ALL {
             if let Some(s) = sites.iter().find(|s| s.kind == *kind && s.active) {
-                println!("  {:<10} {}  {base}/s/{}", kind.as_str(), s.name, s.token);
+                say!("  {:<10} {}  {base}/s/{}", kind.as_str(), s.name, s.token);
             }
         }
-        println!("  {}: {base}/feed\n", tf(lang, "cli.demo.feed", &[]));
+        say!("  {}: {base}/feed\n", tf(lang, "cli.demo.feed", &[]));
     })
     .await
 }
@@ -626,6 +666,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             init_logs(&args.log_format);
+            let listener = listen(&args).await?;
             let new_file = missing_sqlite_file(&args.db);
             let store = open_store(&args.db).await?;
             if let Some(path) = new_file {
@@ -634,7 +675,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             }
             let vault = open_vault(&args.db, store.as_ref(), lang).await?;
             let retention = args.retention_days.unwrap_or(RETENTION_DAYS);
-            serve(&args, store, vault, retention, |_| {}).await
+            serve(&args, listener, store, vault, retention, |_| {}).await
         }
         Command::Demo {
             serve,
@@ -647,7 +688,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
         }
         Command::Migrate { db } => {
             let store = open_store(&db).await?;
-            println!(
+            say!(
                 "{}",
                 tf(lang, "cli.migrate.done", &[("backend", store.backend())])
             );
@@ -686,7 +727,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                 Err(e) => bail!(e.messages(lang).join("\n")),
             };
             for (line, e) in &parsed.errors {
-                eprintln!(
+                tell!(
                     "{}",
                     tf(
                         lang,
@@ -723,12 +764,12 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             let found =
                 epigrid_core::matching::match_rows(store.as_ref(), &vault, &parsed.rows, &progress)
                     .await?;
-            eprintln!();
+            tell!();
             let list = parsed.record(&name, None, "/");
             store
                 .insert_list(&list, &parsed.kept_errors(), &found)
                 .await?;
-            println!(
+            say!(
                 "{}",
                 tf(
                     lang,
@@ -757,7 +798,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             match import::import_proximity(store.as_ref(), &vault, &bytes, &source, lang).await? {
                 Ok(report) => {
                     for (line, col) in &report.unknown {
-                        eprintln!(
+                        tell!(
                             "{}",
                             tf(
                                 lang,
@@ -766,7 +807,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                             )
                         );
                     }
-                    println!(
+                    say!(
                         "{}",
                         tf(
                             lang,
@@ -779,27 +820,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     );
                     Ok(())
                 }
-                Err(errors) => {
-                    for e in &errors {
-                        eprintln!(
-                            "{}",
-                            tf(
-                                lang,
-                                "cli.import.row_error",
-                                &[
-                                    ("line", &e.line.to_string()),
-                                    ("field", &e.field),
-                                    ("message", &e.message)
-                                ]
-                            )
-                        );
-                    }
-                    bail!(tf(
-                        lang,
-                        "cli.import.refused",
-                        &[("n", &errors.len().to_string())]
-                    ))
-                }
+                Err(errors) => Err(refused(lang, &errors)),
             }
         }
         Command::Import {
@@ -809,7 +830,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             let store = open_store(&db).await?;
             match import::import_areas(store.as_ref(), &bytes, lang).await? {
                 Ok(report) => {
-                    println!(
+                    say!(
                         "{}",
                         tf(
                             lang,
@@ -822,27 +843,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     );
                     Ok(())
                 }
-                Err(errors) => {
-                    for e in &errors {
-                        eprintln!(
-                            "{}",
-                            tf(
-                                lang,
-                                "cli.import.row_error",
-                                &[
-                                    ("line", &e.line.to_string()),
-                                    ("field", &e.field),
-                                    ("message", &e.message)
-                                ]
-                            )
-                        );
-                    }
-                    bail!(tf(
-                        lang,
-                        "cli.import.refused",
-                        &[("n", &errors.len().to_string())]
-                    ))
-                }
+                Err(errors) => Err(refused(lang, &errors)),
             }
         }
         Command::Bench {
@@ -888,7 +889,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             require_database(&db)?;
             let store = open_store(&db).await?;
             let user = add_user(store.as_ref(), &username, &password, &role, &area, lang).await?;
-            println!(
+            say!(
                 "{}",
                 tf(
                     lang,
@@ -935,7 +936,7 @@ async fn bench_store(db: Option<String>, people: u32) -> Result<(String, Arc<dyn
             tz: parse_offset("+08:00")?,
         };
         let s = demo::build(store.as_ref(), &vault, &opts).await?;
-        eprintln!(
+        tell!(
             "built {} registrations of {people} people in {:.0} s",
             s.registrations,
             started.elapsed().as_secs_f64()
@@ -958,7 +959,7 @@ async fn bench_trace(
     let t = std::time::Instant::now();
     let records = Records::new(visits.clone());
     let index_s = t.elapsed().as_secs_f64();
-    println!("{n} visits, {people} people, {sites} sites, {days} days: generated in {gen_s:.1} s, indexed in {index_s:.1} s");
+    say!("{n} visits, {people} people, {sites} sites, {days} days: generated in {gen_s:.1} s, indexed in {index_s:.1} s");
     let params = TraceParams {
         from: 0,
         to: i64::from(days) * 86_400,
@@ -986,15 +987,15 @@ async fn bench_trace(
     let t = std::time::Instant::now();
     let found_b: usize = records.trace_many(&hundred, &p2).iter().map(Vec::len).sum();
     let b_ms = t.elapsed().as_secs_f64() * 1000.0;
-    println!("engine (a) first degree, one person: p50 {a50:.3} ms, p95 {a95:.3} ms ({:.1} contacts on average)", found_a as f64 / one.len() as f64);
-    println!(
+    say!("engine (a) first degree, one person: p50 {a50:.3} ms, p95 {a95:.3} ms ({:.1} contacts on average)", found_a as f64 / one.len() as f64);
+    say!(
         "engine (b) first + second degree, 100 people: {b_ms:.1} ms on {} threads ({found_b} contacts)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     if let Some(url) = pg {
         let t = std::time::Instant::now();
         let client = bench::load_pg(&url, &visits).await?;
-        println!(
+        say!(
             "PostgreSQL: loaded and indexed in {:.0} s",
             t.elapsed().as_secs_f64()
         );
@@ -1011,11 +1012,11 @@ async fn bench_trace(
         let row = client.query_one(bench::SQL_SECOND, &[&ids]).await?;
         let sql_b = t.elapsed().as_secs_f64() * 1000.0;
         let (f, s2): (i64, i64) = (row.get(0), row.get(1));
-        println!(
+        say!(
             "SQL (a): p50 {s50:.3} ms, p95 {s95:.3} ms  -> engine is {:.1}x faster at p50",
             s50 / a50.max(1e-6)
         );
-        println!("SQL (b): {sql_b:.0} ms ({f} first-degree pairs, {s2} second-degree pairs)  -> engine is {:.1}x faster", sql_b / b_ms.max(1e-6));
+        say!("SQL (b): {sql_b:.0} ms ({f} first-degree pairs, {s2} second-degree pairs)  -> engine is {:.1}x faster", sql_b / b_ms.max(1e-6));
         client
             .batch_execute("DROP TABLE IF EXISTS bench_visits")
             .await?;
@@ -1029,7 +1030,7 @@ async fn bench_match(people: u32, rows: usize, db: Option<String>) -> Result<()>
     let vault = Vault::new(&[42u8; 32]);
     let t = Instant::now();
     let data = epigrid::bench::match_data(&vault, people, rows);
-    println!(
+    say!(
         "generated {} people and a {rows}-row list ({:.1} MB) in {:.1} s",
         data.people.len(),
         data.csv.len() as f64 / 1e6,
@@ -1038,7 +1039,7 @@ async fn bench_match(people: u32, rows: usize, db: Option<String>) -> Result<()>
     let t = Instant::now();
     let index = MatchIndex::new(data.people, data.plates);
     let build = t.elapsed().as_secs_f64();
-    println!("index of {} people built in {build:.2} s", index.len());
+    say!("index of {} people built in {build:.2} s", index.len());
     let rate = |n: usize, secs: f64| n as f64 / secs;
     let mut best = (f64::MAX, f64::MAX, f64::MAX);
     let mut counts = (0, 0, 0, 0);
@@ -1061,7 +1062,7 @@ async fn bench_match(people: u32, rows: usize, db: Option<String>) -> Result<()>
         );
     }
     let (parse, exact, fuzzy) = best;
-    println!(
+    say!(
         "{} valid rows, {} bad rows; {} exact matches, {} fuzzy matches (best of 3 runs, {} threads)",
         counts.0,
         counts.1,
@@ -1069,20 +1070,20 @@ async fn bench_match(people: u32, rows: usize, db: Option<String>) -> Result<()>
         counts.3,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
-    println!(
+    say!(
         "read + validate:            {parse:.3} s  {:>12.0} rows/s",
         rate(rows, parse)
     );
-    println!(
+    say!(
         "exact match (blind index):  {exact:.3} s  {:>12.0} rows/s",
         rate(rows, exact)
     );
-    println!(
+    say!(
         "exact pass (both):          {:.3} s  {:>12.0} rows/s",
         parse + exact,
         rate(rows, parse + exact)
     );
-    println!(
+    say!(
         "fuzzy pass (name+birth, plate): {fuzzy:.3} s  {:>12.0} rows/s",
         rate(rows, fuzzy)
     );
@@ -1095,7 +1096,7 @@ async fn bench_match(people: u32, rows: usize, db: Option<String>) -> Result<()>
         let store = open_store(&args).await?;
         let t = Instant::now();
         let ix = MatchIndex::load(store.as_ref()).await?;
-        println!(
+        say!(
             "loading the index of {} people from {}: {:.2} s",
             ix.len(),
             store.backend(),
@@ -1161,7 +1162,7 @@ async fn bench_search(db: Option<String>, people: u32, queries: usize) -> Result
             .take(queries),
     );
     let scope = Scope::all();
-    println!("store: {}  people: {people}", store.backend());
+    say!("store: {}  people: {people}", store.backend());
     let kinds: [(&str, Vec<PersonQuery>); 4] = [
         (
             "ID number",
@@ -1201,7 +1202,7 @@ async fn bench_search(db: Option<String>, people: u32, queries: usize) -> Result
             found += usize::from(!hits.is_empty());
         }
         let (p50, p95, max) = bench::percentiles(ms);
-        println!("{label:<15} {:>4} queries  p50 {p50:>8.2} ms  p95 {p95:>8.2} ms  max {max:>8.2} ms  ({found} found)", qs.len());
+        say!("{label:<15} {:>4} queries  p50 {p50:>8.2} ms  p95 {p95:>8.2} ms  max {max:>8.2} ms  ({found} found)", qs.len());
     }
     Ok(())
 }
@@ -1226,7 +1227,7 @@ async fn bench_http(
     tokio::spawn(epigrid_web::serve::serve_forever(listener, app));
     let body = r#"{"name":"李四","id_type":"cn_id","id_number":"150802198503120019","phone":"13912345678","plate":"蒙L12345","origin":"420100","destination":"150802","companions":0,"temperature":36.6,"symptoms":[],"high_risk_travel":false}"#;
     let path = format!("/api/v1/sites/{}/registrations", site.token);
-    println!(
+    say!(
         "store: {}  connections: {connections}  seconds: {seconds} each  rounds: {rounds}",
         store.backend()
     );
@@ -1247,14 +1248,14 @@ async fn bench_http(
         )
         .await?;
         let ratio = regs.per_second / trivial.per_second.max(1.0);
-        println!(
+        say!(
             "round {round}: GET /healthz {:>7.0} requests/s ({} failed)  POST registrations {:>7.0}/s ({} failed)  ratio {ratio:.2}",
             trivial.per_second, trivial.failed, regs.per_second, regs.failed
         );
         ratios.push(ratio);
     }
     let (median, lowest, highest) = bench::median_range(ratios);
-    println!(
+    say!(
         "ratio registrations/healthz:  {median:.2} (median of {rounds}; lowest {lowest:.2}, highest {highest:.2})"
     );
     Ok(())
@@ -1269,14 +1270,14 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("epigrid: {e}");
+            tell!("epigrid: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli, lang)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("epigrid: {e:#}");
+            tell!("epigrid: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -221,6 +221,22 @@ fn every_command_has_help() {
     );
 }
 
+/// A server or demo that cannot listen where it is told fails before it makes anything: no
+/// database, no key file left behind by a mistyped address.
+#[test]
+fn a_bad_address_fails_a_start_before_anything_is_created() {
+    let dir = temp_dir("cli-bind");
+    let db = format!("sqlite://{}", dir.join("s.db").display());
+    for command in ["serve", "demo"] {
+        let (ok, out) = epigrid(&[command, "--db", &db, "--bind", "127.0.0.1:99999"]);
+        assert!(
+            !ok && out.contains("cannot listen on 127.0.0.1:99999"),
+            "{out}"
+        );
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{command}");
+    }
+}
+
 #[test]
 fn user_add_and_area_import_report_bad_input_and_keep_data() {
     let dir = temp_dir("cli");
@@ -270,6 +286,10 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
     assert!(
         out.contains("3") && out.contains("4"),
         "line numbers of the bad rows: {out}"
+    );
+    assert!(
+        out.contains("2 rows are wrong"),
+        "rows counted, not problems: {out}"
     );
     let (ok, out) = epigrid(&["import", "areas", csv.to_str().unwrap(), "--db", &db]);
     assert!(
