@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use chrono::Utc;
 use epigrid_core::area::Scope;
-use epigrid_core::model::{AuditEntry, Role, Session, User};
+use epigrid_core::model::{AuditEntry, AuditFilter, Role, Session, User};
 use epigrid_core::vault::{random_token, token_hash};
 use uuid::Uuid;
 
@@ -107,6 +107,35 @@ fn clear_failures(username: &str, ip: &str) {
         .remove(&pair);
 }
 
+/// The lockout as the audit log tells it, for a real account: the failures every server
+/// sharing the database has recorded, and those before a restart (the counts in memory are
+/// this process's since it started). From this address: the failures since its last login
+/// from here.
+async fn locked_by_the_log(st: &AppState, user: &User, ip: &str) -> ApiResult<bool> {
+    let window = chrono::Duration::from_std(LOCK_WINDOW).unwrap_or_default();
+    let entries = st
+        .store
+        .audit_log(
+            &Scope::all(),
+            &AuditFilter {
+                subject: Some(format!("user:{}", user.id)),
+                from: Some(Utc::now() - window),
+                limit: 4 * LOCK_NAME_AFTER,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let failed = |e: &&AuditEntry| e.action == "login_failed";
+    let from_here = entries
+        .iter()
+        .filter(|e| e.ip == ip)
+        .take_while(|e| e.action != "login")
+        .filter(failed)
+        .count();
+    let anywhere = entries.iter().filter(failed).count();
+    Ok(from_here >= LOCK_AFTER as usize || anywhere >= LOCK_NAME_AFTER as usize)
+}
+
 /// Checks a username and password and opens a session; returns the raw token (shown once).
 pub async fn login(
     st: &AppState,
@@ -125,6 +154,11 @@ pub async fn login(
     } else {
         st.store.user_by_username(username).await?
     };
+    if let Some(u) = &user {
+        if locked_by_the_log(st, u, ip).await? {
+            return Err(ApiError::TooMany);
+        }
+    }
     let ok = match &user {
         Some(u) => {
             let (p, h) = (password.to_string(), u.password_hash.clone());

@@ -127,6 +127,28 @@ pub(crate) async fn search_people(
     if exact.is_some() && !st.allow_lookup(staff.user.id) {
         return Err(ApiError::TooMany);
     }
+    // the lookups the log holds: every server's on a shared database, and those before a
+    // restart (the count in memory is this process's since it started)
+    if exact.is_some() {
+        let window = chrono::Duration::from_std(crate::state::LOOKUP_WINDOW).unwrap_or_default();
+        let logged = st
+            .store
+            .audit_log(
+                &Scope::all(),
+                &epigrid_core::model::AuditFilter {
+                    username: Some(staff.user.username.clone()),
+                    action: Some("person.lookup".into()),
+                    from: Some(Utc::now() - window),
+                    limit: crate::state::LOOKUPS_PER_WINDOW as u32,
+                    unplaced: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        if logged.len() >= crate::state::LOOKUPS_PER_WINDOW {
+            return Err(ApiError::TooMany);
+        }
+    }
     let people = st.store.search_persons(&staff.scope(), query, 50).await?;
     if let Some(how) = exact {
         let (subject, area) = match people.first() {

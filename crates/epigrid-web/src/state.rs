@@ -104,8 +104,9 @@ pub const TRACE_TTL: Duration = Duration::from_secs(600);
 /// A small map whose entries expire after [`CACHE_TTL`].
 type Cache<K, V> = RwLock<HashMap<K, (V, Instant)>>;
 
-/// How long a cached site or session may be served before it is read again. Other processes'
-/// changes (a deactivated site, a revoked token) take effect within this time.
+/// How long a cached site (or, on SQLite, session) may be served before it is read again.
+/// Other processes' changes to a site (deactivated, its link changed) take effect within
+/// this time; sessions are not cached on PostgreSQL (see [`AppState::session`]).
 const CACHE_TTL: Duration = Duration::from_secs(10);
 
 pub struct Inner {
@@ -134,7 +135,7 @@ pub struct Inner {
 /// How many exact lookups by ID or phone number a user may make in [`LOOKUP_WINDOW`]: enough
 /// for people on the telephone, too few to try every number a masked one could be.
 pub const LOOKUPS_PER_WINDOW: usize = 30;
-const LOOKUP_WINDOW: Duration = Duration::from_secs(900);
+pub const LOOKUP_WINDOW: Duration = Duration::from_secs(900);
 
 /// What became of a form sent before (see [`AppState::claim_form`]).
 pub enum FormClaim {
@@ -278,11 +279,20 @@ impl Inner {
     /// The live session for a token hash (cached briefly).
     pub async fn session(&self, hash: &[u8]) -> StoreResult<Option<(Session, User)>> {
         let now = chrono::Utc::now();
-        if let Some(s) = cached(&self.sessions, hash) {
-            return Ok(s.filter(|(s, _)| s.expires_at > now));
+        // Only an SQLite store has this one process writing it, which forgets a session the
+        // moment it ends here. On PostgreSQL other processes log people out and deactivate
+        // accounts, so every request reads the session (a primary-key lookup; registrations,
+        // the busy path, carry none).
+        let shared = self.store.backend() != "sqlite";
+        if !shared {
+            if let Some(s) = cached(&self.sessions, hash) {
+                return Ok(s.filter(|(s, _)| s.expires_at > now));
+            }
         }
         let s = self.store.session(hash, now).await?;
-        remember(&self.sessions, hash.to_vec(), s.clone());
+        if !shared {
+            remember(&self.sessions, hash.to_vec(), s.clone());
+        }
         Ok(s)
     }
 

@@ -577,6 +577,16 @@ async fn login_tokens_logout_and_lockout() {
         "locked after five failures, even with the right password"
     );
     assert_eq!(r.headers()["retry-after"], "900");
+    // another server on the same database (or this one restarted) knows it from the log
+    let twin = TestApp::start_with(app.store.clone(), app.dir.clone()).await;
+    let r = twin
+        .post_json(
+            "/api/v1/auth/token",
+            &json!({"username": "victim", "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 429, "locked on the twin too");
     // the admins over the account see the attempts on it; a city's admins also those made
     // as nobody at all (with the address the server saw: a client's X-Forwarded-For is not
     // believed unless the server is told it sits behind a proxy)
@@ -2346,6 +2356,15 @@ async fn lookups_by_number_are_audited_and_limited_and_pages_cannot_be_framed() 
     assert_eq!(
         app.get("/api/v1/persons?q=查找", Some(&epi)).await.status(),
         200
+    );
+    // another server on the same database (or this one restarted) counts them too
+    let twin = TestApp::start_with(app.store.clone(), app.dir.clone()).await;
+    let q = cn_id("150802", "19890909", 99);
+    assert_eq!(
+        twin.get(&format!("/api/v1/persons?q={q}"), Some(&epi))
+            .await
+            .status(),
+        429
     );
 }
 
