@@ -2675,3 +2675,20 @@ async fn a_database_out_of_reach_is_said_so_and_never_shown_as_empty() {
         .await;
     let _ = admin.batch_execute(&format!("DROP ROLE {role}")).await;
 }
+
+/// Two servers on one PostgreSQL database: a logout on one holds on the other at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logout_holds_at_once_on_every_server_of_a_shared_database() {
+    let Some(store) = postgres().await else {
+        return;
+    };
+    let one = TestApp::start_with(store.clone(), temp_dir("pg-one")).await;
+    let two = TestApp::start_with(store, temp_dir("pg-two")).await;
+    let tok = one.token("shared", Role::Manager, "150802").await;
+    assert_eq!(two.get("/api/v1/me", Some(&tok)).await.status(), 200);
+    let r = one
+        .post_json("/api/v1/auth/logout", &json!({}), Some(&tok))
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(two.get("/api/v1/me", Some(&tok)).await.status(), 401);
+}
