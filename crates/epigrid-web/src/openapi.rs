@@ -165,7 +165,52 @@ pub fn spec() -> Value {
             );
         }
     }
+    // every operation named (clients generated from the spec need it), numbers typed as such
+    if let Some(paths) = spec["paths"].as_object_mut() {
+        for (path, ops) in paths.iter_mut() {
+            let Some(ops) = ops.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in ops.iter_mut() {
+                op["operationId"] = json!(operation_id(method, path));
+                if let Some(params) = op["parameters"].as_array_mut() {
+                    for p in params {
+                        if p["in"] == "query"
+                            && ["limit", "offset", "before", "after", "seconds", "days"]
+                                .contains(&p["name"].as_str().unwrap_or(""))
+                        {
+                            p["schema"] = json!({"type": "integer", "minimum": 0});
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(params) = spec["paths"]["/api/v1/feed"]["get"]["parameters"].as_array_mut() {
+        params.push(
+            json!({"name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "the id (seq) of the last event a reconnecting client had",
+            "schema": {"type": "integer"}}),
+        );
+    }
     spec
+}
+
+/// `get /api/v1/persons/{id}/trace` → `get_persons_id_trace`.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_string();
+    for part in path.trim_start_matches("/api/v1").split('/') {
+        let part: String = part
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.' || *c == '-')
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        if !part.is_empty() {
+            id.push('_');
+            id.push_str(&part);
+        }
+    }
+    id
 }
 
 fn described() -> Value {

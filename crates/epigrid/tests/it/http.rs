@@ -1167,6 +1167,15 @@ async fn operations_endpoints_describe_and_measure_the_service() {
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
+    // every operation has a name of its own
+    let ids: Vec<&str> = paths
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().expect("operationId"))
+        .collect();
+    let unique: std::collections::BTreeSet<&&str> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    assert!(ids.contains(&"get_registrations_id"), "{ids:?}");
     // and every API route the router declares, whatever its parameters are called
     let shape = |p: &str| {
         p.split('/')
