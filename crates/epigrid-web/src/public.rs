@@ -778,9 +778,22 @@ async fn form_submit(
         errs.push(oe);
         return render_form(&st, &site, lang, acting, &pairs, &errs).await;
     }
-    // the same form sent again (a double tap, a reload): its first confirmation
+    // The same form sent again (a double tap, a reload): its first confirmation. Only the
+    // same answers count as the same form: a form brought back (the Back button) and filled
+    // in for someone else is a registration of its own. The answers are remembered as a
+    // keyed hash, for ten minutes, in memory only.
     let nonce = form_value(&pairs, "nonce")
-        .filter(|n| (8..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric()));
+        .filter(|n| (8..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .map(|n| {
+            let mut answers: Vec<String> = pairs
+                .iter()
+                .filter(|(k, _)| k != "nonce" && k != "csrf")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            answers.sort();
+            let digest = st.vault.blind_index("form.answers", &answers.join("\u{0}"));
+            format!("{n}.{}", hex_of(&digest))
+        });
     let mut claimed = None;
     if let Some(n) = nonce {
         for _ in 0..40 {
@@ -828,6 +841,10 @@ async fn form_submit(
         }
         Err(e) => e.into_response(),
     }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first value of field `k` in decoded form pairs.

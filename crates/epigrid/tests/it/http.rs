@@ -2300,6 +2300,15 @@ async fn a_form_sent_twice_is_stored_once() {
     let r = app.client.post(&url).form(&second).send().await.unwrap();
     assert_ne!(to(&r), first);
     assert_eq!(app.stored_registrations(10).await.len(), 2);
+    // the first form brought back (Back) and filled in for someone else is theirs
+    let mut child = form.clone();
+    child[0].1 = "王小九".to_string();
+    child[1].1 = cn_id("150802", "20150101", 9);
+    let r = app.client.post(&url).form(&child).send().await.unwrap();
+    assert_ne!(to(&r), first);
+    let stored = app.stored_registrations(10).await;
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().any(|r| r.name == "王小九"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
