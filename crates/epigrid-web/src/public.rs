@@ -136,7 +136,12 @@ struct ConfirmPage<'a> {
     time: String,
     at_ms: i64,
     temperature: String,
-    fever: bool,
+    /// What staff must see at a glance (a high temperature, symptoms, a high-risk area), in
+    /// the page's language; the card turns red when there is any.
+    flags: Vec<String>,
+    /// The site's offset from UTC in minutes: the live clock shows the site's time, whatever
+    /// the phone's own time zone.
+    tz_minutes: i32,
     direction: &'static str,
     checkout: bool,
     checked_out: String,
@@ -951,8 +956,27 @@ async fn confirmation(
             "public.expired.text",
         );
     }
-    let fever = epigrid_core::store::is_fever(&reg.fields)
-        || Symptoms::from_bits(reg.fields.symptoms).contains(Symptom::Fever);
+    let mut flags = Vec::new();
+    if let Some(t) = reg.fields.temperature.filter(|t| *t >= 373) {
+        flags.push(epigrid_core::i18n::tf(
+            lang,
+            "confirm.flag.temperature",
+            &[("t", &format!("{:.1}", f64::from(t) / 10.0))],
+        ));
+    }
+    if !Symptoms::from_bits(reg.fields.symptoms).is_empty() {
+        flags.push(epigrid_core::i18n::tf(
+            lang,
+            "confirm.flag.symptoms",
+            &[(
+                "list",
+                &crate::view::symptom_labels(reg.fields.symptoms, lang),
+            )],
+        ));
+    }
+    if reg.fields.high_risk_travel == Some(true) {
+        flags.push(t(lang, "confirm.flag.high_risk").to_string());
+    }
     let page = ConfirmPage {
         tr: Tr(lang),
         site: &site,
@@ -965,7 +989,8 @@ async fn confirmation(
             .temperature
             .map(|t| format!("{:.1} ℃", f64::from(t) / 10.0))
             .unwrap_or_default(),
-        fever,
+        flags,
+        tz_minutes: st.cfg.tz.local_minus_utc() / 60,
         direction: match reg.fields.direction {
             Some(Direction::In) => "form.direction.in",
             Some(Direction::Out) => "form.direction.out",

@@ -903,6 +903,29 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
         page.contains("animation"),
         "a moving band marks a live screen"
     );
+    // staff see at a glance what needs them: here a cough, at a normal temperature
+    assert!(
+        page.contains("有症状：咳嗽") && page.contains("请听从工作人员安排"),
+        "{page}"
+    );
+    assert!(!page.contains("37.3") && !page.contains("高风险地区"));
+    assert!(
+        page.contains("data-tz=\"480\""),
+        "the clock keeps the site's time"
+    );
+    // a high temperature and a high-risk area, said as such
+    let mut hot = ok;
+    hot[7] = ("temperature", "38.6");
+    hot[8] = ("symptoms", "none");
+    hot[9] = ("high_risk_travel", "true");
+    let r = app.client.post(&url).form(&hot).send().await.unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let page = app.public_page(&location).await;
+    assert!(
+        page.contains("体温 38.6 ℃") && page.contains("14 天内到过高风险地区"),
+        "{page}"
+    );
+    assert!(!page.contains("有症状"));
     // ambiguous or unknown places are field errors
     let mut amb = ok;
     amb[5] = ("origin_text", "火星");
