@@ -180,6 +180,15 @@ fn parse_tables(china: &'static str, bayannur: &'static str) -> Tables {
             _ => {}
         }
     }
+    // Where else a traveller comes from: Taiwan, Hong Kong and Macao (their GB/T 2260 codes;
+    // the division data lists none of their cities) and abroad (99, no official code).
+    for (code, name) in ORIGINS_BEYOND {
+        provinces.push(Division {
+            code,
+            name,
+            parent: None,
+        });
+    }
     let key = |d: &Division| d.code;
     sort_dedup(&mut provinces, key);
     sort_dedup(&mut cities, key);
@@ -234,7 +243,20 @@ fn parse_english(text: &'static str) -> Vec<(&'static str, &'static str)> {
     v
 }
 
-/// All 31 provinces, autonomous regions and municipalities, sorted by code.
+/// Origins beyond the mainland's 31 provinces, without cities: a traveller from there names
+/// only this.
+pub const ORIGINS_BEYOND: [(&str, &str); 4] = [
+    ("71", "台湾省"),
+    ("81", "香港特别行政区"),
+    ("82", "澳门特别行政区"),
+    (ABROAD, "境外（其他国家和地区）"),
+];
+
+/// The origin of a traveller from abroad (`990000` as a six-digit origin code).
+pub const ABROAD: &str = "99";
+
+/// All 31 provinces, autonomous regions and municipalities, then Taiwan, Hong Kong, Macao and
+/// abroad ([`ORIGINS_BEYOND`]), sorted by code.
 pub fn provinces() -> &'static [Division] {
     &tables().provinces
 }
@@ -277,6 +299,7 @@ pub fn province_name_en(code: &str) -> Option<&'static str> {
         "71" => "Taiwan",
         "81" => "Hong Kong",
         "82" => "Macao",
+        ABROAD => "Abroad (other countries and regions)",
         _ => return None,
     })
 }
@@ -617,7 +640,14 @@ mod tests {
 
     #[test]
     fn counts() {
-        assert_eq!(provinces().len(), 31);
+        assert_eq!(provinces().len(), 31 + ORIGINS_BEYOND.len());
+        // a traveller from Hong Kong or abroad names where they come from
+        assert_eq!(normalise_origin("81").as_deref(), Some("810000"));
+        assert_eq!(
+            full_name("990000").as_deref(),
+            Some("境外（其他国家和地区）")
+        );
+        assert!(children("81").is_empty());
         assert_eq!(tables().cities.len(), 342);
         assert_eq!(tables().counties.len(), 2978);
         assert_eq!(bayannur_counties().len(), 7);

@@ -926,6 +926,18 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
         "{page}"
     );
     assert!(!page.contains("有症状"));
+    // a traveller from Hong Kong (or abroad) names only that
+    let mut hk = ok;
+    hk[1] = ("id_type", "passport");
+    hk[2] = ("id_number", "K12345678");
+    hk[4] = ("origin_province", "81");
+    hk[5] = ("origin_text", "");
+    let r = app.client.post(&url).form(&hk).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let regs = app.stored_registrations(10).await;
+    assert_eq!(regs[0].fields.origin_code.as_deref(), Some("810000"));
+    let form_page = app.public_page(&format!("/s/{}", site.token)).await;
+    assert!(form_page.contains("香港特别行政区") && form_page.contains("境外"));
     // ambiguous or unknown places are field errors
     let mut amb = ok;
     amb[5] = ("origin_text", "火星");
