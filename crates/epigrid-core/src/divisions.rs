@@ -109,6 +109,19 @@ fn tables() -> &'static Tables {
     TABLES.get_or_init(|| {
         let mut t = parse_tables(CHINA_TSV, BAYANNUR_TSV);
         t.english = parse_english(CHINA_EN_TSV);
+        // Where else a traveller comes from: Taiwan, Hong Kong and Macao (their GB/T 2260
+        // codes; the division data lists none of their cities) and abroad (99, no official
+        // code). Their codes sort after every mainland province's.
+        for (code, name) in ORIGINS_BEYOND {
+            if find(&t.provinces, code, |d: &Division| d.code).is_none() {
+                t.provinces.push(Division {
+                    code,
+                    name,
+                    parent: None,
+                });
+            }
+        }
+        sort_dedup(&mut t.provinces, |d: &Division| d.code);
         t
     })
 }
@@ -179,15 +192,6 @@ fn parse_tables(china: &'static str, bayannur: &'static str) -> Tables {
             }
             _ => {}
         }
-    }
-    // Where else a traveller comes from: Taiwan, Hong Kong and Macao (their GB/T 2260 codes;
-    // the division data lists none of their cities) and abroad (99, no official code).
-    for (code, name) in ORIGINS_BEYOND {
-        provinces.push(Division {
-            code,
-            name,
-            parent: None,
-        });
     }
     let key = |d: &Division| d.code;
     sort_dedup(&mut provinces, key);
@@ -772,7 +776,11 @@ mod tests {
             Some("Chaoyang County, Chaoyang, Liaoning")
         );
         assert_eq!(full_name_en("150000").as_deref(), Some("Inner Mongolia"));
-        assert_eq!(full_name_en("99"), None);
+        assert_eq!(full_name_en("98"), None);
+        assert_eq!(
+            full_name_en("99").as_deref(),
+            Some("Abroad (other countries and regions)")
+        );
     }
 
     #[test]
@@ -848,8 +856,9 @@ mod tests {
         assert_eq!(n(" 150802\n").as_deref(), Some("150802"));
         assert_eq!(n("4419").as_deref(), Some("441900"));
         assert_eq!(n("441900").as_deref(), Some("441900"));
-        assert_eq!(n("99"), None);
-        assert_eq!(n("990000"), None);
+        assert_eq!(n("98"), None);
+        assert_eq!(n("980000"), None);
+        assert_eq!(n("99").as_deref(), Some("990000"), "abroad");
         assert_eq!(n("1599"), None);
         assert_eq!(n("159900"), None);
         assert_eq!(n("150899"), None);
