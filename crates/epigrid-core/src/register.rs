@@ -732,7 +732,7 @@ pub fn validate(
                         e.push(FieldError::new("arrival_date", "err.date.format"));
                         None
                     }
-                    Ok(d) if d > local_today + Duration::days(1) => {
+                    Ok(d) if d > local_today => {
                         e.push(FieldError::new("arrival_date", "err.date.future"));
                         None
                     }
@@ -1156,6 +1156,12 @@ mod tests {
         let v = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap();
         assert_eq!(v.fields.origin_code.as_deref(), Some("420000"));
         assert_eq!(v.fields.stay_days, Some(30));
+        // tomorrow is later than today, as the message says
+        let tomorrow = (c.now.with_timezone(&c.tz).date_naive() + Duration::days(1)).to_string();
+        let mut j = j;
+        j["arrival_date"] = tomorrow.into();
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap_err();
+        assert_eq!(errs[0].key, "err.date.future");
     }
 
     #[test]

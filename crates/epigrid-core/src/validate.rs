@@ -162,7 +162,9 @@ fn truncate_chars(s: &str, max: usize) -> String {
 /// A whole number as typed: `30`, or written as a decimal (`3.0`, as some JSON writers put
 /// it); not `3.5`, not text.
 pub fn whole_number(s: &str) -> Option<i64> {
-    let s = s.trim();
+    // full-width digits (２) as typed on a Chinese keyboard
+    let folded: String = s.trim().chars().map(fold_width).collect();
+    let s = folded.as_str();
     s.parse::<i64>().ok().or_else(|| {
         s.parse::<f64>()
             .ok()
@@ -816,6 +818,8 @@ impl Temperature {
         let s: String = raw
             .chars()
             .map(fold_width)
+            // the ideographic full stop of a Chinese keyboard as the decimal point (36。5)
+            .map(|c| if c == '。' { '.' } else { c })
             .filter(|c| !c.is_whitespace())
             .collect();
         if s.is_empty() {
@@ -1918,6 +1922,8 @@ mod tests {
         assert_eq!(t("37"), 370);
         assert_eq!(t("36,6"), 366);
         assert_eq!(t("３６．６"), 366);
+        assert_eq!(t("36。6"), 366, "a Chinese keyboard's full stop");
+        assert_eq!(whole_number("２"), Some(2), "full-width digits count");
         assert_eq!(t(" 36.6℃ "), 366);
         assert_eq!(t("36.6 °C"), 366);
         assert_eq!(t("36.6°"), 366);
