@@ -582,9 +582,19 @@ async fn render_form(
         .iter()
         .filter(|f| !f.error.is_empty())
         .map(|f| {
+            // the label and what joins it to the message: a colon of the page's language,
+            // none after a question
+            let label = tr.t(f.label);
+            let joint = if label.ends_with(['?', '？']) {
+                " "
+            } else if lang == Lang::Zh {
+                "："
+            } else {
+                ": "
+            };
             (
-                format!("w_{}", f.name),
-                tr.t(f.label).to_string(),
+                f.name.to_string(),
+                format!("{label}{joint}"),
                 f.error.clone(),
             )
         })

@@ -833,7 +833,19 @@ async fn a_form_sent_back_names_its_errors_where_they_were_made() {
     assert!(html.contains("id=\"e_companion_id_2\""), "{html}");
     assert!(!html.contains("id=\"e_companion_id_1\""), "{html}");
     // the summary names each field and leads to it; the field says it is wrong
-    assert!(html.contains("href=\"#w_phone\""), "{html}");
+    // (to the input itself, and to a group's first choice, so that focus lands on it)
+    assert!(html.contains("href=\"#phone\""), "{html}");
+    assert!(html.contains("name=\"phone\" id=\"phone\""), "{html}");
+    assert!(html.contains("href=\"#high_risk_travel\""), "{html}");
+    assert!(html.contains("name=\"high_risk_travel\" id=\"high_risk_travel\""));
+    assert!(
+        html.contains("<title>请修改填写内容 · "),
+        "the title says so"
+    );
+    assert!(
+        html.contains("电话：") || html.contains("手机号码："),
+        "a Chinese colon"
+    );
     assert!(html.contains("aria-invalid=\"true\" aria-describedby=\"e_phone\""));
     // the county chosen is sent back, not lost to the province
     assert!(
