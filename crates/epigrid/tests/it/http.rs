@@ -1092,6 +1092,16 @@ async fn registered_code(app: &TestApp, site: &epigrid_core::model::Site, body: 
     )
 }
 
+/// `GET /api/v1/feed` as `token`: the open stream.
+async fn open_feed(app: &TestApp, token: &str) -> reqwest::Response {
+    app.client
+        .get(format!("{}/api/v1/feed", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Reads a feed's events until `marker` has come, for at most twenty seconds (bounded: the
 /// feed must deliver within the wait, or the test fails; not a speed test).
 async fn read_feed_until(feed: &mut reqwest::Response, marker: &str) -> String {
@@ -1112,13 +1122,7 @@ async fn read_feed_until(feed: &mut reqwest::Response, marker: &str) -> String {
 async fn the_live_feed_streams_new_registrations_in_scope() {
     let app = TestApp::start().await;
     let tok = app.token("watcher", Role::SiteStaff, "150802").await;
-    let mut feed = app
-        .client
-        .get(format!("{}/api/v1/feed", app.base))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let mut feed = open_feed(&app, &tok).await;
     assert_eq!(feed.status(), 200);
     assert!(feed.headers()["content-type"]
         .to_str()
@@ -1755,13 +1759,7 @@ async fn a_new_feed_starts_with_the_latest_twenty_then_only_news() {
             let b = checkpoint_body(&cn_id("150802", "19900101", 100 + i), "张三", "13900000100");
             assert_eq!(app.register(&site, &b).await.status(), 201);
         }
-        let mut feed = app
-            .client
-            .get(format!("{}/api/v1/feed", app.base))
-            .bearer_auth(&tok)
-            .send()
-            .await
-            .unwrap();
+        let mut feed = open_feed(&app, &tok).await;
         let marker = registered_code(
             &app,
             &site,
@@ -1820,13 +1818,7 @@ async fn an_open_feed_ends_with_its_session() {
     let app = TestApp::start().await;
     let tok = app.token("feed_logout", Role::GridWorker, "150802").await;
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
-    let mut feed = app
-        .client
-        .get(format!("{}/api/v1/feed", app.base))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let mut feed = open_feed(&app, &tok).await;
     assert_eq!(feed.status(), 200);
     let r = app
         .post_json("/api/v1/auth/logout", &json!({}), Some(&tok))
@@ -2529,13 +2521,7 @@ async fn slow_or_idle_connections_are_closed_and_the_feed_is_not() {
     assert!(until_closed(&mut idle).await.starts_with("HTTP/1.1 200 OK"));
     // the feed stays open past the limit and still delivers
     let tok = app.token("watcher", Role::SiteStaff, "150802").await;
-    let mut feed = app
-        .client
-        .get(format!("{}/api/v1/feed", app.base))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .unwrap();
+    let mut feed = open_feed(&app, &tok).await;
     assert_eq!(feed.status(), 200);
     tokio::time::sleep(limit * 3).await;
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
