@@ -53,7 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/category-counts", get(category_counts))
         .route("/api/v1/reports/{token}", post(report_json))
         .route("/r/{token}", get(report_page).post(report_form))
-        .route("/persons", get(persons_page))
+        .route("/persons", get(persons_page).post(persons_search))
         .route("/persons/{id}", get(person_page))
         .route("/persons/{id}/category", post(person_page_category))
         .route("/persons/{id}/observe", post(person_page_observe))
@@ -1682,7 +1682,30 @@ async fn persons_page(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let text = q.get("q").cloned().unwrap_or_default();
+    persons_view(&st, &s, lang, q.get("q").cloned().unwrap_or_default()).await
+}
+
+/// `POST /persons`: the page's search, sent in the body so that an ID or phone number typed
+/// into it stays out of the address (the browser's history on a shared phone, proxies' logs).
+async fn persons_search(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    body: Bytes,
+) -> Response {
+    let s = match crate::staff::logged_in_as(staff, lang, Role::sees_people) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let pairs = url_decode_pairs(&body);
+    let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
+    if s.check_csrf(Some(&get("csrf"))).is_err() {
+        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
+    }
+    persons_view(&st, &s, lang, get("q")).await
+}
+
+async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Response {
     let (rows, error) = if text.trim().is_empty() {
         (Vec::new(), String::new())
     } else {

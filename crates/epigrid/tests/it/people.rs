@@ -4251,3 +4251,41 @@ async fn birth_dates_are_kept_as_a_year_and_a_blind_index_on_every_store() {
         }
     }
 }
+
+/// The people page searches by POST: an ID number typed into it stays out of the address
+/// (a shared phone's history); the result is the same, and a search without the page's
+/// CSRF value is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_people_page_searches_without_the_number_in_the_address() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let id = cn_id("150802", "19870707", 7);
+    assert_eq!(
+        app.register(&site, &checkpoint_body(&id, "页查", "13900000707"))
+            .await
+            .status(),
+        201
+    );
+    user(app.store.as_ref(), "pager", Role::Epidemiologist, "150802").await;
+    let cookie = app.login_cookie("pager").await;
+    let page = app.page("/persons", &cookie).await;
+    assert!(page.contains("<form method=\"post\" action=\"/persons\""));
+    let csrf = input_value(&page, "csrf");
+    let search = |csrf: String| {
+        let (app, cookie, id) = (&app, &cookie, &id);
+        async move {
+            app.client
+                .post(format!("{}/persons", app.base))
+                .header("cookie", cookie.as_str())
+                .form(&[("csrf", csrf.as_str()), ("q", id.as_str())])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = search(csrf).await;
+    assert_eq!(r.status(), 200);
+    assert!(!r.url().as_str().contains(&id));
+    assert!(r.text().await.unwrap().contains("页*"), "found, masked");
+    assert_eq!(search("wrong".into()).await.status(), 403);
+}
