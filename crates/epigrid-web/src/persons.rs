@@ -1709,8 +1709,8 @@ async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Res
     let (rows, error) = if text.trim().is_empty() {
         (Vec::new(), String::new())
     } else {
-        match interpret_query(&st, &text) {
-            Ok(query) => match search_people(&st, &s, &query).await {
+        match interpret_query(st, &text) {
+            Ok(query) => match search_people(st, s, &query).await {
                 Ok(people) => (people.iter().map(person_row).collect(), String::new()),
                 Err(e) => (Vec::new(), e.messages(lang).join(" ")),
             },
@@ -1732,7 +1732,7 @@ async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Res
     render(
         StatusCode::OK,
         PersonsPage {
-            c: crate::staff::chrome(&st, &s, lang).await,
+            c: crate::staff::chrome(st, s, lang).await,
             q: text,
             rows,
             error,
