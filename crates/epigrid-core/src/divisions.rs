@@ -52,6 +52,11 @@ impl Division {
     /// The name to show in a picker: the province's name for a placeholder city (so
     /// 1101 `市辖区` shows as `北京市`), the division's own name otherwise.
     pub fn display_name(&self) -> &'static str {
+        // Chongqing's counties (5002 `县`) beside its districts (5001 `市辖区`): two entries
+        // reading `重庆市` could not be told apart
+        if self.code == "5002" && self.name == "县" {
+            return "重庆市（县）";
+        }
         if self.is_placeholder() {
             if let Some(parent) = self.parent.and_then(get) {
                 return parent.display_name();
@@ -64,6 +69,9 @@ impl Division {
     /// placeholder city, e.g. `Wuhan`, `Linhe District`, `Inner Mongolia`. `None` only where
     /// the data has no English name.
     pub fn name_en(&self) -> Option<&'static str> {
+        if self.code == "5002" && self.name == "县" {
+            return Some("Chongqing (counties)");
+        }
         if self.is_placeholder() {
             return self.parent.and_then(get).and_then(Division::name_en);
         }
@@ -645,6 +653,9 @@ mod tests {
     #[test]
     fn counts() {
         assert_eq!(provinces().len(), 31 + ORIGINS_BEYOND.len());
+        // Chongqing's two placeholder cities read differently in the picker
+        let cq: Vec<&str> = children("50").iter().map(|d| d.display_name()).collect();
+        assert_eq!(cq, ["重庆市", "重庆市（县）"]);
         // a traveller from Hong Kong or abroad names where they come from
         assert_eq!(normalise_origin("81").as_deref(), Some("810000"));
         assert_eq!(
@@ -827,7 +838,7 @@ mod tests {
     #[test]
     fn display_names() {
         assert_eq!(get("1101").map(|d| d.display_name()), Some("北京市"));
-        assert_eq!(get("5002").map(|d| d.display_name()), Some("重庆市"));
+        assert_eq!(get("5002").map(|d| d.display_name()), Some("重庆市（县）"));
         assert_eq!(get("4190").map(|d| d.display_name()), Some("河南省"));
         assert_eq!(get("1508").map(|d| d.display_name()), Some("巴彦淖尔市"));
         assert_eq!(get("15").map(|d| d.code6()).as_deref(), Some("150000"));
