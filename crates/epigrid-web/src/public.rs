@@ -146,6 +146,8 @@ struct ConfirmPage<'a> {
     checkout: bool,
     checked_out: String,
     again: String,
+    /// Entered by staff for someone without a phone: the screen is theirs, not to show.
+    by_staff: bool,
 }
 
 #[derive(Template)]
@@ -1008,6 +1010,7 @@ async fn confirmation(
         },
         checkout: site.kind == SiteKind::Venue && reg.left_at.is_none(),
         checked_out: reg.left_at.map(|t| local(t, st.cfg.tz)).unwrap_or_default(),
+        by_staff: reg.channel == Channel::Staff,
         // staff entering people one after another stay in staff mode
         again: match reg.channel {
             Channel::Staff => format!("/s/{}?staff=1", site.token),

@@ -1060,6 +1060,11 @@ async fn staff_register_a_person_without_a_phone_through_their_session() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
+    // the confirmation is the staff member's: not "show this to staff", no "remember me"
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let confirm = app.page(&location, &cookie).await;
+    assert!(confirm.contains("已代为登记") && !confirm.contains("请向工作人员出示"));
+    assert!(!page.contains("记住我"), "no remember-me in staff mode");
     let regs = app.stored_registrations(10).await;
     assert_eq!(regs.len(), 1);
     assert_eq!(regs[0].channel, epigrid_core::model::Channel::Staff);
