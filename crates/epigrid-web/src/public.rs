@@ -28,6 +28,7 @@ use crate::view::{local, mask_name};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/s/{token}", get(form).post(form_submit))
+        .route("/s/{token}/lang", post(form_in_language))
         .route("/s/{token}/r/{id}", get(confirmation))
         .route("/s/{token}/r/{id}/out", post(check_out))
 }
@@ -124,6 +125,8 @@ struct FormPage<'a> {
     origin: String,
     /// How long a registration is kept, when it is not kept for good.
     retention: String,
+    /// Nothing typed yet: only then does "remember me" fill the form in.
+    fresh: bool,
 }
 
 #[derive(Template)]
@@ -617,6 +620,7 @@ async fn render_form(
         staff_user: staff.map(|s| s.user.username.clone()).unwrap_or_default(),
         csrf: staff.map(|s| s.session.csrf.clone()).unwrap_or_default(),
         nonce: epigrid_core::vault::random_token(12),
+        fresh: values.is_empty(),
         origin_picker: matches!(site.kind, SiteKind::Checkpoint | SiteKind::Arrival),
         origin: values
             .iter()
@@ -645,7 +649,35 @@ async fn form(
     Path(token): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let site = match st.site_by_token(&token).await {
+    form_with(&st, lang, &staff, &token, &q, &[]).await
+}
+
+/// `POST /s/{token}/lang?lang=…`: the form in another language with what was typed so far
+/// (the language buttons send the form here); nothing is stored.
+async fn form_in_language(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(token): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let pairs: Vec<(String, String)> = url_decode_pairs(&body)
+        .into_iter()
+        .filter(|(k, _)| k != "nonce" && k != "csrf")
+        .collect();
+    form_with(&st, lang, &staff, &token, &q, &pairs).await
+}
+
+async fn form_with(
+    st: &AppState,
+    lang: Lang,
+    staff: &MaybeStaff,
+    token: &str,
+    q: &HashMap<String, String>,
+    typed: &[(String, String)],
+) -> Response {
+    let site = match st.site_by_token(token).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             return message(
@@ -673,8 +705,7 @@ async fn form(
             && s.role().registers_for_others()
             && s.scope().contains(&site.area_path)
     });
-    let res = render_form(&st, &site, lang, acting, &[], &[]).await;
-    res
+    render_form(st, &site, lang, acting, typed, &[]).await
 }
 
 /// Resolves the no-JavaScript origin fields (a province plus a typed place name) to a code.

@@ -2748,3 +2748,34 @@ async fn a_logout_holds_at_once_on_every_server_of_a_shared_database() {
     assert_eq!(r.status(), 204);
     assert_eq!(two.get("/api/v1/me", Some(&tok)).await.status(), 401);
 }
+
+/// Changing the language half-way keeps what was typed: the language buttons send the form
+/// to be shown again in the other language, and nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_language_keeps_what_was_typed() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let page = app.public_page(&format!("/s/{}", site.token)).await;
+    let to_en = format!("/s/{}/lang?lang=en", site.token);
+    assert!(page.contains(&format!("formaction=\"{to_en}\"")), "{page}");
+    let r = app
+        .post_form(
+            &format!("{}{to_en}", app.base),
+            &[
+                ("nonce", "abcdefgh1234"),
+                ("name", "半填"),
+                ("plate", "蒙L12345"),
+                ("origin_province", "42"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("<html lang=\"en\""), "in English");
+    assert!(html.contains("value=\"半填\"") && html.contains("value=\"蒙L12345\""));
+    assert!(
+        !html.contains("class=\"summary\""),
+        "no errors for a form not sent"
+    );
+    assert!(app.stored_registrations(10).await.is_empty());
+}
