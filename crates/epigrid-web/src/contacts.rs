@@ -712,11 +712,11 @@ async fn trace_confirm_page(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let pairs = crate::public::url_decode_pairs(&body);
+    let pairs = match s.form_fields(lang, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
-    if s.check_csrf(Some(&get("csrf"))).is_err() {
-        return crate::public::message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
-    }
     let ids: Vec<Uuid> = pairs
         .iter()
         .filter(|(k, _)| k == "person_ids")

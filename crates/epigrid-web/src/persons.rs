@@ -1697,11 +1697,11 @@ async fn persons_search(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let pairs = url_decode_pairs(&body);
+    let pairs = match s.form_fields(lang, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
-    if s.check_csrf(Some(&get("csrf"))).is_err() {
-        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
-    }
     persons_view(&st, &s, lang, get("q")).await
 }
 
@@ -1907,11 +1907,11 @@ async fn person_page_category(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let pairs = url_decode_pairs(&body);
+    let pairs = match s.form_fields(lang, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
-    if s.check_csrf(Some(&get("csrf"))).is_err() {
-        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
-    }
     let p = match person_in_scope(&st, &s, &id).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -1944,11 +1944,11 @@ async fn person_page_observe(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let pairs = url_decode_pairs(&body);
+    let pairs = match s.form_fields(lang, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let get = |k: &str| crate::public::form_value(&pairs, k);
-    if s.check_csrf(get("csrf").as_deref()).is_err() {
-        return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
-    }
     let p = match person_in_scope(&st, &s, &id).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
