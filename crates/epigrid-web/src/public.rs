@@ -547,7 +547,14 @@ async fn build_fields(
             .find(|e| e.field == target || e.field == field.name)
         {
             if field.name != "origin_text" {
-                field.error = e.message(lang);
+                // a choice left empty is asked to be chosen, not "filled in"
+                field.error = if e.key == "err.required"
+                    && matches!(field.kind, "radio" | "checks" | "select")
+                {
+                    t(lang, "err.choose").to_string()
+                } else {
+                    e.message(lang)
+                };
             }
         }
     }
@@ -606,7 +613,12 @@ async fn render_form(
         .collect();
     for e in errors {
         let m = e.message(lang);
-        if !summary.iter().any(|(_, _, shown)| *shown == m) {
+        // said at its field already (perhaps in other words, as a choice left empty is)
+        let at_field = fields.iter().any(|f| {
+            !f.error.is_empty()
+                && (f.name == e.field || (e.field == "origin" && f.name == "origin_province"))
+        });
+        if !at_field && !summary.iter().any(|(_, _, shown)| *shown == m) {
             summary.push((String::new(), String::new(), m));
         }
     }

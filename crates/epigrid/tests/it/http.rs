@@ -837,6 +837,9 @@ async fn a_form_sent_back_names_its_errors_where_they_were_made() {
     assert!(html.contains("href=\"#phone\""), "{html}");
     assert!(html.contains("name=\"phone\" id=\"phone\""), "{html}");
     assert!(html.contains("href=\"#high_risk_travel\""), "{html}");
+    // a choice left empty is asked to be chosen, once
+    assert!(html.contains("请选择一项"), "{html}");
+    assert!(!html.contains("此项为必填项"), "{html}");
     assert!(html.contains("name=\"high_risk_travel\" id=\"high_risk_travel\""));
     assert!(
         html.contains("<title>请修改填写内容 · "),
