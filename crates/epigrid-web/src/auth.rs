@@ -295,26 +295,6 @@ impl Staff {
         }
     }
     /// For cookie sessions, `provided` must equal the session's CSRF token.
-    /// A page form's fields (`application/x-www-form-urlencoded`), once the CSRF value among
-    /// them is checked; else the 403 page to answer.
-    pub fn form_fields(
-        &self,
-        lang: epigrid_core::Lang,
-        body: &[u8],
-    ) -> Result<Vec<(String, String)>, Box<axum::response::Response>> {
-        let pairs = crate::public::url_decode_pairs(body);
-        let csrf = crate::public::form_value(&pairs, "csrf");
-        match self.check_csrf(csrf.as_deref()) {
-            Ok(()) => Ok(pairs),
-            Err(_) => Err(Box::new(crate::public::message(
-                lang,
-                axum::http::StatusCode::FORBIDDEN,
-                "err.forbidden",
-                "err.csrf",
-            ))),
-        }
-    }
-
     pub fn check_csrf(&self, provided: Option<&str>) -> ApiResult<()> {
         if !self.by_cookie {
             return Ok(());

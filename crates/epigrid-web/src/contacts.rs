@@ -708,12 +708,13 @@ async fn trace_confirm_page(
     body: Bytes,
 ) -> Response {
     // the trace page itself is only for those who investigate: refused before it is drawn
-    let s = match crate::staff::logged_in_as(staff, lang, epigrid_core::model::Role::investigates) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let pairs = match s.form_fields(lang, &body) {
-        Ok(p) => p,
+    let (s, pairs) = match crate::staff::posted_form(
+        staff,
+        &body,
+        lang,
+        epigrid_core::model::Role::investigates,
+    ) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();

@@ -1693,12 +1693,8 @@ async fn persons_search(
     staff: MaybeStaff,
     body: Bytes,
 ) -> Response {
-    let s = match crate::staff::logged_in_as(staff, lang, Role::sees_people) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let pairs = match s.form_fields(lang, &body) {
-        Ok(p) => p,
+    let (s, pairs) = match crate::staff::posted_form(staff, &body, lang, Role::sees_people) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
@@ -1903,12 +1899,8 @@ async fn person_page_category(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let pairs = match s.form_fields(lang, &body) {
-        Ok(p) => p,
+    let (s, pairs) = match crate::staff::posted_form(staff, &body, lang, |_| true) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
@@ -1940,12 +1932,8 @@ async fn person_page_observe(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match crate::staff::logged_in(staff) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let pairs = match s.form_fields(lang, &body) {
-        Ok(p) => p,
+    let (s, pairs) = match crate::staff::posted_form(staff, &body, lang, |_| true) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let get = |k: &str| crate::public::form_value(&pairs, k);

@@ -681,6 +681,36 @@ async fn form_in_language(
     form_with(&st, lang, &staff, &token, &q, &pairs).await
 }
 
+/// The active site a form link names; else the page saying there is none (404) or that it
+/// no longer takes registrations (410).
+async fn open_site(
+    st: &AppState,
+    token: &str,
+    lang: Lang,
+) -> Result<std::sync::Arc<Site>, Box<Response>> {
+    let site = match st.site_by_token(token).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(Box::new(message(
+                lang,
+                StatusCode::NOT_FOUND,
+                "public.unknown_site.title",
+                "public.unknown_site.text",
+            )))
+        }
+        Err(e) => return Err(Box::new(ApiError::from(e).into_response())),
+    };
+    if !site.active {
+        return Err(Box::new(message(
+            lang,
+            StatusCode::GONE,
+            "public.inactive.title",
+            "public.inactive.text",
+        )));
+    }
+    Ok(site)
+}
+
 async fn form_with(
     st: &AppState,
     lang: Lang,
@@ -689,26 +719,10 @@ async fn form_with(
     q: &HashMap<String, String>,
     typed: &[(String, String)],
 ) -> Response {
-    let site = match st.site_by_token(token).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return message(
-                lang,
-                StatusCode::NOT_FOUND,
-                "public.unknown_site.title",
-                "public.unknown_site.text",
-            )
-        }
-        Err(e) => return ApiError::from(e).into_response(),
+    let site = match open_site(st, token, lang).await {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
-    if !site.active {
-        return message(
-            lang,
-            StatusCode::GONE,
-            "public.inactive.title",
-            "public.inactive.text",
-        );
-    }
     let staff_mode = q.get("staff").is_some_and(|v| v == "1");
     // staff mode only at a site in the staff member's own area (elsewhere it would end in a 403)
     let acting = staff.0.as_ref().filter(|s| {
@@ -768,26 +782,10 @@ async fn form_submit(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Response {
-    let site = match st.site_by_token(&token).await {
-        Ok(Some(s)) => s,
-        Ok(None) => {
-            return message(
-                lang,
-                StatusCode::NOT_FOUND,
-                "public.unknown_site.title",
-                "public.unknown_site.text",
-            )
-        }
-        Err(e) => return ApiError::from(e).into_response(),
+    let site = match open_site(&st, &token, lang).await {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
-    if !site.active {
-        return message(
-            lang,
-            StatusCode::GONE,
-            "public.inactive.title",
-            "public.inactive.text",
-        );
-    }
     let mut pairs: Vec<(String, String)> = url_decode_pairs(&body);
     // Staff entering for someone else must prove the form came from their session.
     let staff_entry = pairs.iter().any(|(k, v)| k == "staff_entry" && v == "1");
@@ -852,7 +850,7 @@ async fn form_submit(
                 .collect();
             answers.sort();
             let digest = st.vault.blind_index("form.answers", &answers.join("\u{0}"));
-            format!("{n}.{}", hex_of(&digest))
+            format!("{n}.{}", hex::encode(digest))
         });
     let mut claimed = None;
     if let Some(n) = nonce {
@@ -901,10 +899,6 @@ async fn form_submit(
         }
         Err(e) => e.into_response(),
     }
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The first value of field `k` in decoded form pairs.

@@ -147,8 +147,8 @@ fn labelled(
 type FormPairs = Vec<(String, String)>;
 
 /// A form posted by a logged-in user whose role `may` post it, its CSRF token checked; else
-/// the login page or a 403 page.
-fn posted_form(
+/// the login page or a 403 page (saying the page is out of date when the token is wrong).
+pub(crate) fn posted_form(
     staff: MaybeStaff,
     body: &[u8],
     lang: Lang,
@@ -156,7 +156,15 @@ fn posted_form(
 ) -> Result<(Staff, FormPairs), Box<Response>> {
     let s = logged_in(staff)?;
     let pairs = url_decode_pairs(body);
-    if s.check_csrf(csrf_of(&pairs)).is_err() || !may(s.role()) {
+    if s.check_csrf(csrf_of(&pairs)).is_err() {
+        return Err(Box::new(crate::public::message(
+            lang,
+            StatusCode::FORBIDDEN,
+            "err.forbidden",
+            "err.csrf",
+        )));
+    }
+    if !may(s.role()) {
         return Err(Box::new(forbidden(lang)));
     }
     Ok((s, pairs))

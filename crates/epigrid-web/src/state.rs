@@ -122,7 +122,11 @@ pub struct Inner {
     /// companions) or after [`TRACE_TTL`] (changes made by other processes).
     pub trace_cache: tokio::sync::Mutex<Option<TraceCache>>,
     pub trace_version: std::sync::atomic::AtomicU64,
-    sessions: Cache<Vec<u8>, Option<SessionUser>>,
+    /// Sessions read lately, kept only where this process is the store's one writer (SQLite),
+    /// which forgets a session the moment it ends here. On PostgreSQL other processes log
+    /// people out and deactivate accounts, so every request reads the session (a primary-key
+    /// lookup; registrations, the busy path, carry none).
+    sessions: Option<Cache<Vec<u8>, Option<SessionUser>>>,
     /// Public forms sent, by the one-time value each form carries: a second tap, or the
     /// browser sending the form again, is shown the first one's confirmation instead of
     /// storing the registration twice (`None` while the first is still being stored).
@@ -164,6 +168,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, vault: Vault, cfg: WebConfig) -> AppState {
         let (live, _) = broadcast::channel(1024);
         AppState(Arc::new(Inner {
+            sessions: (store.backend() == "sqlite").then(|| RwLock::new(HashMap::new())),
             store,
             vault,
             cfg,
@@ -172,7 +177,6 @@ impl AppState {
             sites: RwLock::new(HashMap::new()),
             trace_cache: tokio::sync::Mutex::new(None),
             trace_version: std::sync::atomic::AtomicU64::new(0),
-            sessions: RwLock::new(HashMap::new()),
             sent_forms: std::sync::Mutex::new(HashMap::new()),
             lookups: std::sync::Mutex::new(HashMap::new()),
         }))
@@ -260,13 +264,14 @@ impl Inner {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Forgets the cached sessions of an account (deactivated: its next request is refused
-    /// here at once; other processes notice within the cache's ten seconds).
+    /// Forgets the cached sessions of an account (deactivated: its next request is refused at
+    /// once; on PostgreSQL nothing is cached, so every process refuses it at once).
     pub fn forget_sessions_of(&self, user: uuid::Uuid) {
-        self.sessions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (s, _)| s.as_ref().is_none_or(|(_, u)| u.id != user));
+        if let Some(c) = &self.sessions {
+            c.write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, (s, _)| s.as_ref().is_none_or(|(_, u)| u.id != user));
+        }
     }
 
     pub fn forget_site(&self, token: &str) {
@@ -279,28 +284,20 @@ impl Inner {
     /// The live session for a token hash (cached briefly).
     pub async fn session(&self, hash: &[u8]) -> StoreResult<Option<(Session, User)>> {
         let now = chrono::Utc::now();
-        // Only an SQLite store has this one process writing it, which forgets a session the
-        // moment it ends here. On PostgreSQL other processes log people out and deactivate
-        // accounts, so every request reads the session (a primary-key lookup; registrations,
-        // the busy path, carry none).
-        let shared = self.store.backend() != "sqlite";
-        if !shared {
-            if let Some(s) = cached(&self.sessions, hash) {
-                return Ok(s.filter(|(s, _)| s.expires_at > now));
-            }
+        if let Some(s) = self.sessions.as_ref().and_then(|c| cached(c, hash)) {
+            return Ok(s.filter(|(s, _)| s.expires_at > now));
         }
         let s = self.store.session(hash, now).await?;
-        if !shared {
-            remember(&self.sessions, hash.to_vec(), s.clone());
+        if let Some(c) = &self.sessions {
+            remember(c, hash.to_vec(), s.clone());
         }
         Ok(s)
     }
 
     pub fn forget_session(&self, hash: &[u8]) {
-        self.sessions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(hash);
+        if let Some(c) = &self.sessions {
+            c.write().unwrap_or_else(|e| e.into_inner()).remove(hash);
+        }
     }
 }
 

@@ -2614,7 +2614,6 @@ async fn a_database_out_of_reach_is_said_so_and_never_shown_as_empty() {
     let cfg: tokio_postgres::Config = url.parse().unwrap();
     let host = match &cfg.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[allow(unreachable_patterns)]
         _ => "localhost".to_string(),
     };
     let port = cfg.get_ports().first().copied().unwrap_or(5432);

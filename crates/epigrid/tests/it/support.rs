@@ -371,11 +371,8 @@ impl TestApp {
         body: &serde_json::Value,
         token: Option<&str>,
     ) -> reqwest::Response {
-        let mut rq = self.client.post(format!("{}{path}", self.base)).json(body);
-        if let Some(t) = token {
-            rq = rq.bearer_auth(t);
-        }
-        rq.send().await.expect("POST")
+        self.send_json(reqwest::Method::POST, path, body, token)
+            .await
     }
 
     /// `PATCH path` with a JSON body.
@@ -385,11 +382,25 @@ impl TestApp {
         body: &serde_json::Value,
         token: Option<&str>,
     ) -> reqwest::Response {
-        let mut rq = self.client.patch(format!("{}{path}", self.base)).json(body);
+        self.send_json(reqwest::Method::PATCH, path, body, token)
+            .await
+    }
+
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &serde_json::Value,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut rq = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .json(body);
         if let Some(t) = token {
             rq = rq.bearer_auth(t);
         }
-        rq.send().await.expect("PATCH")
+        rq.send().await.expect("request with a JSON body")
     }
 
     /// `POST url` (a whole address, as forms have) with form fields, as a browser without
