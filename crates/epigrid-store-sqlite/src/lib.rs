@@ -86,8 +86,11 @@ struct Writer {
     power: bool,
     /// Frames in the WAL when the background checkpointer last looked.
     wal_frames: Arc<AtomicU64>,
-    /// The background checkpointer copied the whole WAL back: the next commit starts the WAL
-    /// over and fsyncs its header, so it runs on a blocking thread.
+    /// The background checkpointer copied back every frame it saw. Commits made during its
+    /// pass are still only in the WAL, so before the next batch the writer copies those too
+    /// and starts the WAL over ([`Writer::checkpoint`], on a blocking thread): otherwise,
+    /// under sustained writes, the WAL would never start over and would grow to
+    /// [`WAL_LIMIT`].
     restart_due: Arc<AtomicBool>,
 }
 
@@ -112,10 +115,9 @@ fn mark(conn: &Connection) -> rusqlite::Result<()> {
 
 /// A WAL of this many frames (pages, about 540 MB) is checkpointed by the writer itself,
 /// between two batches, so that the next write starts it over (see [`Writer::checkpoint`]).
-/// Every such restart stalls all writes for a checkpoint's fsyncs and the new WAL header's,
-/// so it is rare: under sustained load (about 0.7 frames per registration) every ~180,000
-/// registrations. Under light load the background checkpointer catches up and the WAL starts
-/// over long before this.
+/// A backstop: the WAL normally starts over after every background pass (every 200 ms, a
+/// few thousand frames under sustained load, see [`Writer::restart_due`]); it grows this long
+/// only while a reader keeps an old snapshot open and so holds every pass back.
 const WAL_LIMIT: u64 = 131072;
 
 /// Clears [`Queue::busy`] if the leading task is dropped before it empties the queue (its
@@ -152,12 +154,9 @@ impl Writer {
     }
 
     /// Whether `batch` may run on an async worker thread: registrations only (each a few
-    /// microseconds) and no fsync, not even a new WAL's header. Anything else runs on a
-    /// blocking thread.
+    /// microseconds) and no fsync. Anything else runs on a blocking thread.
     fn inline(&self, batch: &[Job]) -> bool {
-        !self.power
-            && !self.restart_due.load(Ordering::Relaxed)
-            && batch.iter().all(|j| j.registration)
+        !self.power && batch.iter().all(|j| j.registration)
     }
 
     /// Runs `batch` on this thread as one transaction and answers its callers. True when the
@@ -172,8 +171,10 @@ impl Writer {
     }
 
     /// Copies the WAL into the database on the writing connection while no write can start
-    /// (the caller leads), so the next write starts the WAL over from its beginning: the
-    /// background checkpointer alone never catches up while writes keep coming. SQLite's own
+    /// (the caller leads) and starts the WAL over from its beginning: the background
+    /// checkpointer alone never catches up while writes keep coming. Runs when the WAL has
+    /// grown past [`WAL_LIMIT`], and after each background pass that copied what it saw
+    /// (then only the commits made during that pass are left to copy). SQLite's own
     /// automatic checkpoint is off: it would run (and fsync) inside a commit, which here may
     /// be on an async worker. Called on a blocking thread.
     fn checkpoint(&self) {
@@ -208,7 +209,8 @@ impl Writer {
                 return;
             };
             let w = lead.writer.clone();
-            let done = if w.inline(&batch) {
+            let restart = w.restart_due.swap(false, Ordering::Relaxed);
+            let done = if !restart && w.inline(&batch) {
                 if w.run(batch) {
                     tokio::task::spawn_blocking(move || w.checkpoint()).await
                 } else {
@@ -216,7 +218,9 @@ impl Writer {
                 }
             } else {
                 tokio::task::spawn_blocking(move || {
-                    w.restart_due.store(false, Ordering::Relaxed);
+                    if restart {
+                        w.checkpoint();
+                    }
                     if w.run(batch) {
                         w.checkpoint();
                     }
@@ -649,6 +653,34 @@ mod tests {
         assert_eq!(rows, 202, "nothing written was lost by the checkpoint");
         let id = read_i64(&store, "PRAGMA application_id").await;
         assert_eq!(id, 1_162_889_028, "the file is marked as epigrid's");
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_wal_starts_over_after_a_background_pass_that_writes_outran() {
+        let path = scratch("restart");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        create_filler(&store).await;
+        fill(&store, 200).await;
+        // A background pass copies back every frame it sees, while commits keep coming.
+        let other = open(&path, false, Durability::Process).expect("second connection");
+        let (frames, copied): (i64, i64) = other
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })
+            .expect("background pass");
+        assert_eq!(frames, copied, "the pass copied what it saw");
+        fill(&store, 20).await;
+        store.writer.restart_due.store(true, Ordering::Relaxed);
+        // The next batch first copies what was committed during the pass, so the WAL starts
+        // over and holds only what came after.
+        fill(&store, 1).await;
+        let after = wal_frames(&store);
+        assert!(after < 10, "the WAL started over: {after} frames");
+        let rows = read_i64(&store, "SELECT count(*) FROM filler").await;
+        assert_eq!(rows, 221, "nothing written was lost by the restart");
+        drop(other);
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
