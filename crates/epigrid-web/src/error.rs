@@ -56,6 +56,10 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 pub async fn with_lang(mut req: Request, next: Next) -> Response {
     let lang = lang_of(req.headers(), req.uri().query());
     let api = req.uri().path().starts_with("/api/");
+    // the public forms and personal links: their users have no staff pages to go back to
+    let public = ["/s/", "/r/", "/n/"]
+        .iter()
+        .any(|p| req.uri().path().starts_with(p));
     // a language chosen on a page (`?lang=en`) sticks for the pages after it
     let chosen = if api {
         None
@@ -78,7 +82,7 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
     if api {
         return res;
     }
-    let mut res = error_page(res, lang).await;
+    let mut res = error_page(res, lang, !public).await;
     let to_login = res
         .headers()
         .get(header::LOCATION)
@@ -148,7 +152,7 @@ fn nul_in_uri(uri: &axum::http::Uri) -> Option<ApiError> {
 /// A page, not JSON, for an error on a staff page or a form: some page handlers end early
 /// with an [`ApiError`] (out of scope, forbidden), which answers JSON. The page says the
 /// error's own message(s), already in the user's language.
-async fn error_page(res: Response, lang: Lang) -> Response {
+async fn error_page(res: Response, lang: Lang, home: bool) -> Response {
     let status = res.status();
     if !content_type_is(&res, "application/json")
         || !(status.is_client_error() || status.is_server_error())
@@ -180,7 +184,7 @@ async fn error_page(res: Response, lang: Lang) -> Response {
         _ => "err.request.bad",
     };
     let sep = if lang == Lang::Zh { "" } else { " " };
-    crate::public::message_text(lang, status, title, &messages.join(sep))
+    crate::public::page_text(lang, status, title, &messages.join(sep), home)
 }
 
 fn content_type_is(res: &Response, mime: &str) -> bool {

@@ -160,6 +160,9 @@ pub struct MessagePage {
     pub title: &'static str,
     /// Already in the page's language.
     pub text: String,
+    /// A link back to the staff overview: on staff pages, not on the public forms and links,
+    /// whose users have no account.
+    pub home: bool,
 }
 
 pub fn message(
@@ -173,10 +176,22 @@ pub fn message(
 
 /// Like [`message`], with text already in `lang`.
 pub fn message_text(lang: Lang, status: StatusCode, title: &'static str, text: &str) -> Response {
+    page_text(lang, status, title, text, false)
+}
+
+/// [`message_text`], with a link to the staff overview when `home`.
+pub fn page_text(
+    lang: Lang,
+    status: StatusCode,
+    title: &'static str,
+    text: &str,
+    home: bool,
+) -> Response {
     let page = MessagePage {
         tr: Tr(lang),
         title,
         text: text.to_string(),
+        home,
     };
     (status, Html(page.render().unwrap_or_default())).into_response()
 }

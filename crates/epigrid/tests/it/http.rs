@@ -1420,8 +1420,22 @@ async fn staff_pages_answer_errors_with_a_page() {
                 .starts_with("text/html"),
             "{path}"
         );
-        assert!(r.text().await.unwrap().contains("未找到"), "{path}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("未找到"), "{path}");
+        assert!(
+            text.contains("<a href=\"/\">返回概览</a>"),
+            "{path}: a way back: {text}"
+        );
     }
+    // a public form's error has no staff overview to go back to
+    let r = app
+        .client
+        .get(format!("{}/s/{}", app.base, "0".repeat(32)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(!r.text().await.unwrap().contains("返回概览"));
     // the API keeps answering JSON
     let r = app
         .client
