@@ -99,7 +99,32 @@ pub async fn track(State(st): State<AppState>, req: Request, next: Next) -> Resp
     res
 }
 
-pub async fn render(State(st): State<AppState>) -> impl IntoResponse {
+/// Whether `headers` carry `Authorization: Bearer <token>`, compared in constant time.
+fn bears(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+pub async fn render(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &st.cfg.metrics_token {
+        if !bears(&headers, token) {
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                "/metrics needs the metrics token (Authorization: Bearer ...)\n",
+            )
+                .into_response();
+        }
+    }
     use std::fmt::Write;
     let m = &st.metrics;
     let mut out = String::new();
@@ -210,4 +235,5 @@ pub async fn render(State(st): State<AppState>) -> impl IntoResponse {
         )],
         out,
     )
+        .into_response()
 }

@@ -248,7 +248,7 @@ fn described() -> Value {
         "paths": {
             "/healthz": {"get": op("liveness", "operations", false, json!([]), None, ("200", "ok"))},
             "/readyz": {"get": op("readiness (database reachable)", "operations", false, json!([]), None, ("200", "ready"))},
-            "/metrics": {"get": op("Prometheus metrics", "operations", false, json!([]), None, ("200", "text exposition format"))},
+            "/metrics": {"get": op("Prometheus metrics (with `Authorization: Bearer` the server's metrics token, when it has one)", "operations", false, json!([]), None, ("200", "text exposition format"))},
             "/api/v1/openapi.json": {"get": op("this document", "operations", false, json!([]), None, ("200", "OpenAPI 3.1"))},
             "/api/v1/auth/token": {"post": op("exchange username and password for a bearer token", "auth", false, json!([]),
                 Some(json!({"type": "object", "required": ["username", "password"], "properties": {"username": {"type": "string"}, "password": {"type": "string"}}})), ("200", "{token, expires_at, user}"))},

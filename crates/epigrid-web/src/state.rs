@@ -34,6 +34,9 @@ pub struct WebConfig {
     /// Days registrations of people nobody acted on are kept (0: all kept); see
     /// [`crate::purge_expired`].
     pub retention_days: u32,
+    /// A token `/metrics` asks for (`Authorization: Bearer …`); none: `/metrics` is open, for
+    /// a Prometheus on a private network.
+    pub metrics_token: Option<String>,
 }
 
 impl WebConfig {
@@ -85,6 +88,7 @@ impl Default for WebConfig {
             overdue_hours: 36,
             trust_proxy: false,
             retention_days: 0,
+            metrics_token: None,
         }
     }
 }

@@ -90,6 +90,20 @@ struct ServeArgs {
     #[arg(long, env = "EPIGRID_RETENTION_DAYS",
           value_parser = clap::value_parser!(u32).range(0..=3660))]
     retention_days: Option<u32>,
+    /// A token that `/metrics` then asks for (`Authorization: Bearer TOKEN`, at least 16
+    /// characters); without it `/metrics` is open, for a Prometheus on a private network.
+    #[arg(long, env = "EPIGRID_METRICS_TOKEN", value_parser = parse_metrics_token)]
+    metrics_token: Option<String>,
+}
+
+/// A metrics token: 16 to 200 visible ASCII characters, as an HTTP header carries them.
+fn parse_metrics_token(s: &str) -> std::result::Result<String, String> {
+    if (16..=200).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_string())
+    } else {
+        // not echoed: it is a secret
+        Err("expected 16 to 200 visible ASCII characters (no spaces)".to_string())
+    }
 }
 
 /// Days `serve` keeps registrations when not told (`--retention-days`).
@@ -443,6 +457,7 @@ async fn serve(
         overdue_hours: args.overdue_hours,
         trust_proxy: args.trust_proxy,
         retention_days,
+        metrics_token: args.metrics_token.clone(),
     };
     let state = AppState::new(store.clone(), vault, cfg);
     let app = epigrid_web::router(state.clone());

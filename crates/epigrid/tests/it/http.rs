@@ -1201,6 +1201,36 @@ async fn operations_endpoints_describe_and_measure_the_service() {
         "{m}"
     );
     assert!(!m.contains(&site.token), "no tokens in metrics");
+    // with a metrics token, only its bearer reads them
+    let (store, dir) = sqlite();
+    let cfg = epigrid_web::WebConfig {
+        metrics_token: Some("scrape-0123456789abcdef".into()),
+        ..Default::default()
+    };
+    let guarded = TestApp::start_configured(store, dir, cfg).await;
+    let metrics = |auth: Option<&'static str>| {
+        let mut req = guarded.client.get(format!("{}/metrics", guarded.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    for auth in [
+        None,
+        Some("Bearer scrape-0123456789abcdeF"),
+        Some("Bearer scrape"),
+    ] {
+        let r = metrics(auth).await;
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert!(!r.text().await.unwrap().contains("epigrid_"), "{auth:?}");
+    }
+    let r = metrics(Some("Bearer scrape-0123456789abcdef")).await;
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("# TYPE epigrid_registrations_total counter"));
     let spec = body(app.get("/api/v1/openapi.json", None).await).await;
     let paths = spec["paths"].as_object().unwrap();
     for p in [
