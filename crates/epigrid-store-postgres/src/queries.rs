@@ -839,21 +839,29 @@ impl Store for PgStore {
     }
 
     async fn insert_user(&self, u: &User) -> StoreResult<()> {
-        self.execute(
-            &format!("INSERT INTO users ({USER_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
-            &[
-                &u.id,
-                &u.username,
-                &u.password_hash,
-                &u.role.as_str(),
-                &u.area_code,
-                &u.area_path,
-                &u.active,
-                &u.created_at,
-            ],
-        )
-        .await
-        .map(|_| ())
+        // a name that differs from another only in case is taken too ("Admin", "admin")
+        let n = self
+            .execute(
+                &format!(
+                    "INSERT INTO users ({USER_COLS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+                 WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower($2))"
+                ),
+                &[
+                    &u.id,
+                    &u.username,
+                    &u.password_hash,
+                    &u.role.as_str(),
+                    &u.area_code,
+                    &u.area_path,
+                    &u.active,
+                    &u.created_at,
+                ],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::Conflict("username taken".into()));
+        }
+        Ok(())
     }
 
     async fn update_user(&self, u: &User) -> StoreResult<()> {

@@ -1320,21 +1320,27 @@ impl Store for SqliteStore {
     async fn insert_user(&self, user: &User) -> StoreResult<()> {
         let u = user.clone();
         self.write(move |c| {
-            c.prepare_cached(&format!(
-                "INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ))
-            .map_err(map_err)?
-            .execute(params![
-                u.id.to_string(),
-                u.username,
-                u.password_hash,
-                u.role.as_str(),
-                u.area_code,
-                u.area_path,
-                u.active,
-                micros(u.created_at)
-            ])
-            .map_err(map_err)?;
+            // a name that differs from another only in case is taken too ("Admin", "admin")
+            let n = c
+                .prepare_cached(&format!(
+                    "INSERT INTO users ({USER_COLS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 \
+                     WHERE NOT EXISTS (SELECT 1 FROM users WHERE lower(username) = lower(?2))"
+                ))
+                .map_err(map_err)?
+                .execute(params![
+                    u.id.to_string(),
+                    u.username,
+                    u.password_hash,
+                    u.role.as_str(),
+                    u.area_code,
+                    u.area_path,
+                    u.active,
+                    micros(u.created_at)
+                ])
+                .map_err(map_err)?;
+            if n == 0 {
+                return Err(StoreError::Conflict("username taken".into()));
+            }
             Ok(())
         })
         .await

@@ -725,6 +725,14 @@ async fn users_sessions_and_audit() {
             matches!(store.insert_user(&dup).await, Err(StoreError::Conflict(_))),
             "{name}"
         );
+        // a name that differs only in case is taken as well
+        dup.id = Uuid::now_v7();
+        dup.username = "GW1".into();
+        assert!(
+            matches!(store.insert_user(&dup).await, Err(StoreError::Conflict(_))),
+            "{name}: GW1"
+        );
+        assert!(store.user_by_username("GW1").await.unwrap().is_none());
         assert_eq!(
             store.user_by_username("gw1").await.unwrap().unwrap().id,
             u.id,
