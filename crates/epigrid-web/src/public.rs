@@ -127,6 +127,9 @@ struct FormPage<'a> {
     retention: String,
     /// Nothing typed yet: only then does "remember me" fill the form in.
     fresh: bool,
+    /// Signed-in staff asked to enter a registration for someone where they may not: the
+    /// form says it registers the person holding the phone.
+    staff_refused: bool,
 }
 
 #[derive(Template)]
@@ -603,6 +606,20 @@ async fn render_form(
     values: &[(String, String)],
     errors: &[FieldError],
 ) -> Response {
+    render_form_noting(st, site, lang, staff, values, errors, false).await
+}
+
+/// [`render_form`], saying when `staff_refused` that signed-in staff cannot enter a
+/// registration for someone else here.
+async fn render_form_noting(
+    st: &AppState,
+    site: &Site,
+    lang: Lang,
+    staff: Option<&Staff>,
+    values: &[(String, String)],
+    errors: &[FieldError],
+    staff_refused: bool,
+) -> Response {
     let fields = build_fields(st, site, lang, values, errors, staff.is_some()).await;
     let tr = Tr(lang);
     let mut summary: Vec<(String, String, String)> = fields
@@ -660,6 +677,7 @@ async fn render_form(
             0 => String::new(),
             days => epigrid_core::i18n::tf(lang, "form.retention", &[("days", &days.to_string())]),
         },
+        staff_refused,
     };
     let status = if errors.is_empty() {
         StatusCode::OK
@@ -740,13 +758,11 @@ async fn form_with(
     };
     let staff_mode = q.get("staff").is_some_and(|v| v == "1");
     // staff mode only at a site in the staff member's own area (elsewhere it would end in a 403)
-    let acting = staff.0.as_ref().filter(|s| {
-        staff_mode
-            && s.by_cookie
-            && s.role().registers_for_others()
-            && s.scope().contains(&site.area_path)
-    });
-    render_form(st, &site, lang, acting, typed, &[]).await
+    let signed_in = staff.0.as_ref().filter(|s| staff_mode && s.by_cookie);
+    let acting = signed_in
+        .filter(|s| s.role().registers_for_others() && s.scope().contains(&site.area_path));
+    let refused = signed_in.is_some() && acting.is_none();
+    render_form_noting(st, &site, lang, acting, typed, &[], refused).await
 }
 
 /// Resolves the no-JavaScript origin fields (a province plus a typed place name) to a code.

@@ -1863,6 +1863,14 @@ async fn staff_mode_is_offered_only_at_sites_in_the_staff_members_area() {
         !far.contains("name=\"staff_entry\""),
         "another area's site: the public form, not a form that ends in a 403"
     );
+    assert!(
+        far.contains("不能在此点位代他人登记"),
+        "and the staff member is told why: {far}"
+    );
+    assert!(!own.contains("不能在此点位代他人登记"));
+    // the plain public form, without staff mode asked for, says nothing of it
+    let plain = app.page(&format!("/s/{}", other.token), &cookie).await;
+    assert!(!plain.contains("不能在此点位代他人登记"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
