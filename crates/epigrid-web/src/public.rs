@@ -598,20 +598,8 @@ async fn build_fields(
 }
 
 /// Renders a site's form; `staff` (when given) turns it into a staff entry on someone's behalf.
+/// `staff_refused`: the signed-in staff member asked for that where they may not, and is told.
 async fn render_form(
-    st: &AppState,
-    site: &Site,
-    lang: Lang,
-    staff: Option<&Staff>,
-    values: &[(String, String)],
-    errors: &[FieldError],
-) -> Response {
-    render_form_noting(st, site, lang, staff, values, errors, false).await
-}
-
-/// [`render_form`], saying when `staff_refused` that signed-in staff cannot enter a
-/// registration for someone else here.
-async fn render_form_noting(
     st: &AppState,
     site: &Site,
     lang: Lang,
@@ -762,7 +750,7 @@ async fn form_with(
     let acting = signed_in
         .filter(|s| s.role().registers_for_others() && s.scope().contains(&site.area_path));
     let refused = signed_in.is_some() && acting.is_none();
-    render_form_noting(st, &site, lang, acting, typed, &[], refused).await
+    render_form(st, &site, lang, acting, typed, &[], refused).await
 }
 
 /// Resolves the no-JavaScript origin fields (a province plus a typed place name) to a code.
@@ -840,7 +828,7 @@ async fn form_submit(
         let mut values = pairs;
         values.retain(|(k, _)| k != "staff_entry" && k != "csrf");
         let err = FieldError::new("staff_entry", "err.staff.session_ended");
-        let res = render_form(&st, &site, lang, None, &values, &[err]).await;
+        let res = render_form(&st, &site, lang, None, &values, &[err], false).await;
         let (mut parts, body) = res.into_parts();
         parts.status = StatusCode::UNAUTHORIZED;
         return Response::from_parts(parts, body);
@@ -865,7 +853,7 @@ async fn form_submit(
             .unwrap_or_default();
         errs.retain(|x| x.field != "origin");
         errs.push(oe);
-        return render_form(&st, &site, lang, acting, &pairs, &errs).await;
+        return render_form(&st, &site, lang, acting, &pairs, &errs, false).await;
     }
     // The same form sent again (a double tap, a reload): its first confirmation. Only the
     // same answers count as the same form: a form brought back (the Back button) and filled
@@ -906,7 +894,9 @@ async fn form_submit(
     }
     match stored {
         Ok(reg) => Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response(),
-        Err(ApiError::Invalid(errs)) => render_form(&st, &site, lang, acting, &pairs, &errs).await,
+        Err(ApiError::Invalid(errs)) => {
+            render_form(&st, &site, lang, acting, &pairs, &errs, false).await
+        }
         Err(ApiError::Gone(_)) => message(
             lang,
             StatusCode::GONE,
@@ -924,7 +914,7 @@ async fn form_submit(
             let status = e.status();
             let _ = e.into_response(); // logged there
             let said = [FieldError::new("form", "err.unavailable")];
-            let mut r = render_form(&st, &site, lang, acting, &pairs, &said).await;
+            let mut r = render_form(&st, &site, lang, acting, &pairs, &said, false).await;
             *r.status_mut() = status;
             r
         }
