@@ -1294,7 +1294,7 @@ async fn export_table(
         "obs.end",
         "obs.last_report",
         "form.temperature",
-        "form.symptoms",
+        "detail.symptoms",
         "obs.status",
     ]
     .iter()

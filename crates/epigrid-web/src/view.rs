@@ -370,15 +370,16 @@ pub fn detail_pairs(
         f.temperature
             .map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)),
     );
-    opt("form.symptoms", Some(symptom_labels(f.symptoms, lang)));
+    opt("detail.symptoms", Some(symptom_labels(f.symptoms, lang)));
+    // staff read short labels, not the questions the form asked
     opt(
-        "form.high_risk_travel",
+        "detail.high_risk_travel",
         f.high_risk_travel
             .map(|b| t(lang, if b { "form.yes" } else { "form.no" }).to_string()),
     );
     opt("form.plate", f.plate.clone());
     opt(
-        "form.companions",
+        "detail.companion_count",
         (f.companions > 0).then(|| f.companions.to_string()),
     );
     opt(
@@ -401,7 +402,7 @@ pub fn detail_pairs(
         }),
     );
     opt(
-        "form.visitor",
+        "detail.visitor",
         f.visitor.map(|b| {
             t(
                 lang,
@@ -417,7 +418,7 @@ pub fn detail_pairs(
     opt("form.unit", f.unit_code.clone());
     opt("form.visit_reason", f.visit_reason.clone());
     opt("form.arrival_date", f.arrival_date.map(|d| d.to_string()));
-    opt("form.residence", f.residence_code.clone());
+    opt("detail.residence", f.residence_code.clone());
     opt("form.address", f.address.as_deref().map(mask_address));
     opt("form.employer", f.employer.clone());
     opt("form.stay_days", f.stay_days.map(|d| d.to_string()));

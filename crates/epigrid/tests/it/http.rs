@@ -2050,6 +2050,15 @@ async fn unmasking_on_the_page_without_a_reason_asks_for_one_there() {
     app.token("page_epi", Role::Epidemiologist, "150802").await;
     let cookie = app.login_cookie("page_epi").await;
     let page = app.page(&format!("/registrations/{id}"), &cookie).await;
+    // staff read short labels, not the questions the form asked
+    assert!(
+        page.contains("<dt>近 14 天到过中高风险地区</dt><dd>否</dd>"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("是否到过") && !page.contains("可多选"),
+        "{page}"
+    );
     let csrf = input_value(&page, "csrf");
     let r = app
         .client
