@@ -131,12 +131,19 @@ pub(crate) async fn default_window(
             None => Utc::now() - Duration::days(14),
         },
     };
+    // An observation isolates from its start day; one recorded during that day from when it
+    // was recorded (the person was about until then), and one recorded later (backdated)
+    // from the end of that day: a contact on the day isolation began is kept, not lost.
     let isolation = st
         .store
         .observations_of(person.id)
         .await?
         .iter()
-        .filter_map(|o| midnight(o.start))
+        .filter_map(|o| {
+            let day_start = midnight(o.start)?;
+            let day_end = o.start.succ_opt().and_then(midnight)?;
+            Some(day_start.max(o.created_at.min(day_end)))
+        })
         .filter(|t| *t > start)
         .min();
     Ok((

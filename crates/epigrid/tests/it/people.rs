@@ -3309,6 +3309,46 @@ async fn the_default_window_starts_two_days_before_symptom_onset() {
     );
 }
 
+/// An observation begun today isolates from when it was recorded, not from midnight: the
+/// default window keeps the day's earlier contacts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_window_ends_when_an_observation_begun_today_was_recorded() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi_iso", Role::Epidemiologist, "150802").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let pid = registered_person(
+        app.store.as_ref(),
+        &site,
+        &cn_id("150802", "19800101", 56),
+        "观察者",
+    )
+    .await;
+    let before = Utc::now();
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/observations"),
+            &json!({"kind": "home", "days": 14}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let v: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let to = chrono::DateTime::parse_from_rfc3339(v["to"].as_str().unwrap()).unwrap();
+    assert!(
+        to >= before && to <= Utc::now(),
+        "the window ends when isolation was recorded: {to}, recorded after {before}"
+    );
+}
+
 /// A chain that reaches outside the caller's area names that person `outside-1-1`, in the JSON,
 /// the CSV and the GraphML alike: nothing identifies them.
 #[tokio::test(flavor = "multi_thread")]
