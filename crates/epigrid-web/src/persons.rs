@@ -731,7 +731,11 @@ async fn open_observation(
         planned_end: req.start + Duration::days(i64::from(req.days) - 1),
         released_at: None,
         release_reason: None,
-        grid_worker_id: req.grid_worker,
+        // a grid worker who opens one without naming whose it is follows it up themself
+        // (their line list shows their own observations)
+        grid_worker_id: req
+            .grid_worker
+            .or((staff.role() == Role::GridWorker).then_some(staff.user.id)),
         token_hash: token_hash(&token),
         token_revoked: false,
         reports_per_day: req.per_day,

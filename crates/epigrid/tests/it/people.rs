@@ -3309,6 +3309,40 @@ async fn the_default_window_starts_two_days_before_symptom_onset() {
     );
 }
 
+/// A grid worker who opens an observation without naming whose it is follows it up: it is
+/// on their own line list, and assigned to them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grid_worker_sees_the_observation_they_opened() {
+    let app = TestApp::start().await;
+    let gw = app.token("gw_opens", Role::GridWorker, "150802").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let pid = registered_person(
+        app.store.as_ref(),
+        &site,
+        &cn_id("150802", "19800101", 57),
+        "居家者",
+    )
+    .await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/observations"),
+            &json!({"kind": "home", "days": 14}),
+            Some(&gw),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let me = app.get_json("/api/v1/me", &gw).await;
+    assert!(me["id"].is_string(), "{me}");
+    let list = app.get_json("/api/v1/observations", &gw).await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["person_id"], json!(pid.to_string()));
+    assert_eq!(
+        items[0]["observation"]["grid_worker_id"], me["id"],
+        "{list}"
+    );
+}
+
 /// An observation begun today isolates from when it was recorded, not from midnight: the
 /// default window keeps the day's earlier contacts.
 #[tokio::test(flavor = "multi_thread")]
