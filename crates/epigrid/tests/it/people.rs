@@ -1989,6 +1989,11 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
     user(app.store.as_ref(), "gw_page", Role::GridWorker, "150802").await;
     let gw = app.login_cookie("gw_page").await;
     let gw_csrf = input_value(&app.page("/", &gw).await, "csrf");
+    // nor is a trace offered on the person's page
+    let gw_person = app.page(&format!("/persons/{pid}"), &gw).await;
+    assert!(!gw_person.contains(&format!("/persons/{pid}/trace")));
+    let epi_person = app.page(&format!("/persons/{pid}"), &cookie).await;
+    assert!(epi_person.contains(&format!("/persons/{pid}/trace")));
     classify(&app, &pid, "confirmed", &epi).await;
     let r = app
         .client
