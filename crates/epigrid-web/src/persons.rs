@@ -1771,7 +1771,9 @@ struct PersonPage {
     lists: Vec<ListLine>,
     timeline: Vec<crate::view::RowView>,
     categories: Vec<Category>,
-    error: String,
+    /// The form on the page that was sent back with an error ("category" or "observe"), the
+    /// error, and what was typed into it.
+    said: Said,
     link: String,
     link_qr: String,
     default_days: u32,
@@ -1780,12 +1782,40 @@ struct PersonPage {
     can_classify: bool,
 }
 
+/// A person-page form sent back: which one, why, and what was typed into it.
+#[derive(Default)]
+struct Said {
+    form: &'static str,
+    error: String,
+    typed: Vec<(String, String)>,
+}
+
+impl Said {
+    fn new(form: &'static str, e: &ApiError, lang: Lang, typed: &[(String, String)]) -> Said {
+        Said {
+            form,
+            error: e.messages(lang).join(" "),
+            typed: typed.to_vec(),
+        }
+    }
+}
+
+impl PersonPage {
+    /// What was typed into `field` of the form sent back, if it was `form`.
+    fn typed(&self, form: &str, field: &str) -> String {
+        if self.said.form != form {
+            return String::new();
+        }
+        crate::public::form_value(&self.said.typed, field).unwrap_or_default()
+    }
+}
+
 async fn person_view(
     st: &AppState,
     s: &Staff,
     lang: Lang,
     id: &str,
-    error: String,
+    said: Said,
     link: String,
 ) -> Response {
     let p = match person_in_scope(st, s, id).await {
@@ -1816,7 +1846,7 @@ async fn person_view(
     );
     let tz = st.cfg.tz;
     render(
-        if error.is_empty() {
+        if said.error.is_empty() {
             StatusCode::OK
         } else {
             StatusCode::UNPROCESSABLE_ENTITY
@@ -1866,7 +1896,7 @@ async fn person_view(
                 .copied()
                 .filter(|c| check_transition(p.category, *c).is_ok())
                 .collect(),
-            error,
+            said,
             link_qr: if link.is_empty() {
                 String::new()
             } else {
@@ -1891,7 +1921,7 @@ async fn person_page(
     Path(id): Path<String>,
 ) -> Response {
     match crate::staff::logged_in(staff) {
-        Ok(s) => person_view(&st, &s, lang, &id, String::new(), String::new()).await,
+        Ok(s) => person_view(&st, &s, lang, &id, Said::default(), String::new()).await,
         Err(r) => *r,
     }
 }
@@ -1915,15 +1945,8 @@ async fn person_page_category(
     match apply_category(&st, &s, &p, &get("category"), &get("reason")).await {
         Ok(_) => Redirect::to(&format!("/persons/{}", p.id)).into_response(),
         Err(e) => {
-            person_view(
-                &st,
-                &s,
-                lang,
-                &id,
-                e.messages(lang).join(" "),
-                String::new(),
-            )
-            .await
+            let said = Said::new("category", &e, lang, &pairs);
+            person_view(&st, &s, lang, &id, said, String::new()).await
         }
     }
 }
@@ -1949,11 +1972,11 @@ async fn person_page_observe(
         Ok(req) => open_observation(&st, &s, &p, req).await,
         Err(e) => Err(e),
     };
-    let (error, link) = match opened {
-        Ok((_, token)) => (String::new(), report_url(&st, &headers, &token)),
-        Err(e) => (e.messages(lang).join(" "), String::new()),
+    let (said, link) = match opened {
+        Ok((_, token)) => (Said::default(), report_url(&st, &headers, &token)),
+        Err(e) => (Said::new("observe", &e, lang, &pairs), String::new()),
     };
-    person_view(&st, &s, lang, &id, error, link).await
+    person_view(&st, &s, lang, &id, said, link).await
 }
 
 struct LineRow {

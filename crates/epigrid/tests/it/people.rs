@@ -3314,6 +3314,100 @@ async fn the_default_window_starts_two_days_before_symptom_onset() {
     );
 }
 
+/// A person-page form sent back with an error keeps what was typed, says what is wrong inside
+/// that form, and never falls back to "confirmed".
+#[tokio::test(flavor = "multi_thread")]
+async fn person_page_forms_keep_what_was_typed_on_an_error() {
+    let app = TestApp::start().await;
+    user(
+        app.store.as_ref(),
+        "epi_forms",
+        Role::Epidemiologist,
+        "150802",
+    )
+    .await;
+    let cookie = app.login_cookie("epi_forms").await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let pid = registered_person(
+        app.store.as_ref(),
+        &site,
+        &cn_id("150802", "19800101", 58),
+        "表单者",
+    )
+    .await;
+    let page = app.page(&format!("/persons/{pid}"), &cookie).await;
+    assert!(
+        page.contains("<select name=\"category\" required><option value=\"\">"),
+        "no category is chosen for the user: {page}"
+    );
+    let csrf = input_value(&page, "csrf");
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        let app = &app;
+        let cookie = cookie.clone();
+        async move {
+            let r = app
+                .client
+                .post(format!("{}{path}", app.base))
+                .header("cookie", cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, back) = post(
+        format!("/persons/{pid}/category"),
+        vec![
+            ("csrf", csrf.clone()),
+            ("category", "suspected".into()),
+            ("reason", "  ".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        back.contains("<option value=\"suspected\" selected>"),
+        "{back}"
+    );
+    let form = back.split("/category\"").nth(1).unwrap();
+    let form = form.split("</form>").next().unwrap();
+    assert!(
+        form.contains("class=\"err\""),
+        "the error is in its form: {form}"
+    );
+    let (status, back) = post(
+        format!("/persons/{pid}/observe"),
+        vec![
+            ("csrf", csrf.clone()),
+            ("kind", "central".into()),
+            ("start", "2026-11-29".into()),
+            ("days", "200".into()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422);
+    let form = back.split("/observe\"").nth(1).unwrap();
+    let form = form.split("</form>").next().unwrap();
+    assert!(form.contains("class=\"err\""), "{form}");
+    assert!(
+        form.contains("<option value=\"central\" selected>"),
+        "{form}"
+    );
+    assert!(form.contains("value=\"2026-11-29\""), "{form}");
+    assert!(form.contains("value=\"200\""), "{form}");
+    assert_eq!(
+        app.get_json(
+            &format!("/api/v1/persons/{pid}"),
+            &app.token("epi_forms_api", Role::Epidemiologist, "150802")
+                .await
+        )
+        .await["category"],
+        "none",
+        "nothing changed"
+    );
+}
+
 /// A grid worker who opens an observation without naming whose it is follows it up: it is
 /// on their own line list, and assigned to them.
 #[tokio::test(flavor = "multi_thread")]
