@@ -175,7 +175,7 @@ async fn error_page(res: Response, lang: Lang, home: bool) -> Response {
     }
     let title = match status {
         StatusCode::UNAUTHORIZED => "err.unauthorized",
-        StatusCode::FORBIDDEN => "err.forbidden",
+        StatusCode::FORBIDDEN => "err.forbidden.title",
         StatusCode::NOT_FOUND => "err.not_found",
         StatusCode::UNPROCESSABLE_ENTITY => "err.invalid",
         StatusCode::TOO_MANY_REQUESTS => "err.too_many",

@@ -819,7 +819,7 @@ async fn form_submit(
             .find(|(k, _)| k == "csrf")
             .map(|(_, v)| v.as_str());
         if s.check_csrf(csrf).is_err() {
-            return message(lang, StatusCode::FORBIDDEN, "err.forbidden", "err.csrf");
+            return message(lang, StatusCode::FORBIDDEN, "err.csrf.title", "err.csrf");
         }
     }
     if staff_entry && acting.is_none() {
@@ -906,7 +906,7 @@ async fn form_submit(
         Err(ApiError::Forbidden) => message(
             lang,
             StatusCode::FORBIDDEN,
-            "err.forbidden",
+            "err.forbidden.title",
             "err.forbidden",
         ),
         // the database out of reach: the form comes back as typed, saying nothing was saved

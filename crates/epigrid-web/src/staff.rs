@@ -160,7 +160,7 @@ pub(crate) fn posted_form(
         return Err(Box::new(crate::public::message(
             lang,
             StatusCode::FORBIDDEN,
-            "err.forbidden",
+            "err.csrf.title",
             "err.csrf",
         )));
     }
@@ -174,7 +174,7 @@ pub(crate) fn forbidden(lang: Lang) -> Response {
     crate::public::message(
         lang,
         StatusCode::FORBIDDEN,
-        "err.forbidden",
+        "err.forbidden.title",
         "err.forbidden",
     )
 }
@@ -296,11 +296,7 @@ fn cross_site(st: &AppState, headers: &HeaderMap) -> bool {
 async fn logout(State(st): State<AppState>, staff: MaybeStaff, body: Bytes) -> Response {
     if let Some(s) = staff.0 {
         let pairs = url_decode_pairs(&body);
-        let csrf = pairs
-            .iter()
-            .find(|(k, _)| k == "csrf")
-            .map(|(_, v)| v.as_str());
-        if s.check_csrf(csrf).is_ok() {
+        if s.check_csrf(csrf_of(&pairs)).is_ok() {
             let _ = st.store.delete_session(&s.token_hash).await;
             st.forget_session(&s.token_hash);
         }
@@ -585,14 +581,10 @@ async fn site_change(
     body: Bytes,
     rotate: bool,
 ) -> Response {
-    let s = match logged_in(staff) {
-        Ok(s) => s,
+    let (s, _) = match posted_form(staff, &body, lang, Role::manages_sites) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
-    let pairs = url_decode_pairs(&body);
-    if s.check_csrf(csrf_of(&pairs)).is_err() || !s.role().manages_sites() {
-        return forbidden(lang);
-    }
     let Some(mut site) = read_or_answer!(load_site(&st, &s, &id).await) else {
         return ApiError::NotFound.into_response();
     };
@@ -877,14 +869,10 @@ async fn registration_unmask(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let s = match logged_in(staff) {
-        Ok(s) => s,
+    let (s, pairs) = match posted_form(staff, &body, lang, |_| true) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
-    let pairs = url_decode_pairs(&body);
-    if s.check_csrf(csrf_of(&pairs)).is_err() {
-        return forbidden(lang);
-    }
     let reason: String = pairs
         .iter()
         .find(|(k, _)| k == "reason")

@@ -2075,6 +2075,19 @@ async fn unmasking_on_the_page_without_a_reason_asks_for_one_there() {
         "the registration page again, with the reason asked for: {back}"
     );
     assert!(!back.contains("13900000051"), "nothing unmasked");
+    // a stale page's token: said to be out of date, not a lack of rights
+    let r = app
+        .client
+        .post(format!("{}/registrations/{id}/unmask", app.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "stale"), ("reason", "复核")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("页面已过期，请刷新后重试"), "{text}");
+    assert!(!text.contains("13900000051"), "nothing unmasked");
 }
 
 #[tokio::test(flavor = "multi_thread")]
