@@ -593,7 +593,42 @@ async fn add_user(
         Err(StoreError::Conflict(_)) => bail!(tf(lang, "cli.user.exists", &[("value", username)])),
         r => r?,
     }
+    cli_audit(
+        store,
+        "user.create",
+        &format!("user:{}", user.id),
+        &user.area_path,
+        user.role.as_str(),
+    )
+    .await?;
     Ok(user)
+}
+
+/// Writes what a command did into the audit log, as a staff action on a page would be: by
+/// `cli:<the machine's user>`, from `local`.
+async fn cli_audit(
+    store: &dyn Store,
+    action: &str,
+    subject: &str,
+    area_path: &str,
+    detail: &str,
+) -> Result<()> {
+    let by = std::env::var("USER").unwrap_or_else(|_| "?".into());
+    store
+        .append_audit(&epigrid_core::model::AuditEntry {
+            seq: 0,
+            id: Uuid::now_v7(),
+            at: Utc::now(),
+            user_id: None,
+            username: format!("cli:{by}"),
+            action: action.to_string(),
+            subject: subject.to_string(),
+            area_path: area_path.to_string(),
+            ip: "local".into(),
+            detail: detail.to_string(),
+        })
+        .await?;
+    Ok(())
 }
 
 async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: Lang) -> Result<()> {
@@ -643,6 +678,14 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
             u.password_hash = hash;
             u.active = true;
             store.update_user(&u).await?;
+            cli_audit(
+                store.as_ref(),
+                "user.password",
+                &format!("user:{}", u.id),
+                &u.area_path,
+                "demo",
+            )
+            .await?;
         }
         None => {
             add_user(

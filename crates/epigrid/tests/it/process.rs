@@ -279,6 +279,26 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
     assert!(ok, "{out}");
     let (ok, out) = add_boss("long-enough-pw", "admin", "150802");
     assert!(!ok && out.contains("taken"), "{out}");
+    // the account made on the command line is in the audit log, once
+    let created = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = epigrid_store_sqlite::SqliteStore::open(
+            &dir.join("epigrid.db"),
+            epigrid_store_sqlite::Durability::Process,
+        )
+        .unwrap();
+        let filter = epigrid_core::model::AuditFilter {
+            action: Some("user.create".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        store
+            .audit_log(&epigrid_core::area::Scope::all(), &filter)
+            .await
+            .unwrap()
+    });
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(created[0].username.starts_with("cli:"), "{created:?}");
+    assert_eq!(created[0].detail, "admin");
     let bad = dir.join("bad.csv");
     std::fs::write(&bad, "code,name,parent_code,level\n150802001,车站街道,150802,3\n15080200X,坏,150802,3\n150821001,无父,150821,3\n").unwrap();
     let (ok, out) = epigrid(&["import", "areas", bad.to_str().unwrap(), "--db", &db]);
