@@ -13,6 +13,9 @@ use serde_json::json;
 tokio::task_local! {
     /// The language of the request being handled (for error messages).
     pub static LANG: Lang;
+    /// The page's query without its `lang`, each pair followed by `&` (`site=…&`): the
+    /// language links of a staff page keep the page's filters.
+    pub static KEPT_QUERY: String;
 }
 
 /// The request's language: `?lang=`, then the `lang` cookie, then `Accept-Language`.
@@ -70,13 +73,24 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
     // string is made only for a redirect to the login)
     let asked = (!api && req.method() == axum::http::Method::GET).then(|| req.uri().clone());
     req.extensions_mut().insert(lang);
+    let kept: String = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("lang="))
+        .map(|p| format!("{p}&"))
+        .collect();
     let res = LANG
-        .scope(lang, async move {
-            match nul_in_uri(req.uri()) {
-                Some(e) => e.into_response(),
-                None => next.run(req).await,
-            }
-        })
+        .scope(
+            lang,
+            KEPT_QUERY.scope(kept, async move {
+                match nul_in_uri(req.uri()) {
+                    Some(e) => e.into_response(),
+                    None => next.run(req).await,
+                }
+            }),
+        )
         .await;
     let res = localise_rejection(res, lang, api);
     if api {
@@ -217,6 +231,11 @@ fn localise_rejection(res: Response, lang: Lang, api: bool) -> Response {
 
 pub fn current_lang() -> Lang {
     LANG.try_with(|l| *l).unwrap_or_default()
+}
+
+/// [`KEPT_QUERY`] of the request being answered.
+pub fn kept_query() -> String {
+    KEPT_QUERY.try_with(|q| q.clone()).unwrap_or_default()
 }
 
 #[derive(Debug)]

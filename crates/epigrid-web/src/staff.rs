@@ -67,6 +67,8 @@ pub struct Chrome {
     pub crumbs: Vec<Area>,
     pub csrf: String,
     pub is_admin: bool,
+    /// The page's query without its language, for the language links (`site=…&`).
+    pub kept_query: String,
 }
 
 pub(crate) async fn chrome(st: &AppState, s: &Staff, lang: Lang) -> Chrome {
@@ -83,6 +85,7 @@ pub(crate) async fn chrome(st: &AppState, s: &Staff, lang: Lang) -> Chrome {
         crumbs,
         csrf: s.session.csrf.clone(),
         is_admin: s.user.role == Role::Admin,
+        kept_query: crate::error::kept_query(),
     }
 }
 

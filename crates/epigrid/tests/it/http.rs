@@ -1858,6 +1858,20 @@ async fn staff_mode_is_offered_only_at_sites_in_the_staff_members_area() {
         "{:?}",
         r.headers()
     );
+    // a staff page's language links keep its filters
+    let list = app
+        .page(
+            &format!("/registrations?site={}&kind=checkpoint", mine.id),
+            &cookie,
+        )
+        .await;
+    assert!(
+        list.contains(&format!(
+            "href=\"?site={}&#38;kind=checkpoint&#38;lang=en\"",
+            mine.id
+        )),
+        "{list}"
+    );
     let far = app.page(&form(&other), &cookie).await;
     assert!(
         !far.contains("name=\"staff_entry\""),
