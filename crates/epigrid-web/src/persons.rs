@@ -1706,7 +1706,7 @@ async fn persons_search(
 }
 
 async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Response {
-    let (rows, error) = if text.trim().is_empty() {
+    let (mut rows, error) = if text.trim().is_empty() {
         (Vec::new(), String::new())
     } else {
         match interpret_query(st, &text) {
@@ -1725,10 +1725,23 @@ async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Res
     for (_, c, n) in crate::staff::read_or_answer!(st.store.category_counts(&s.scope()).await) {
         *totals.entry(c).or_default() += n;
     }
-    let review = crate::staff::read_or_answer!(st.store.review_list(&s.scope()).await)
-        .iter()
-        .map(|(p, l)| (person_row(p), format!("{} {}", l.test, l.sample_date)))
-        .collect();
+    let mut review: Vec<(PersonRow, String)> =
+        crate::staff::read_or_answer!(st.store.review_list(&s.scope()).await)
+            .iter()
+            .map(|(p, l)| (person_row(p), format!("{} {}", l.test, l.sample_date)))
+            .collect();
+    // areas by name, each looked up once
+    let mut names: HashMap<String, String> = HashMap::new();
+    for row in rows.iter_mut().chain(review.iter_mut().map(|(r, _)| r)) {
+        if !names.contains_key(&row.area) {
+            let name = crate::staff::read_or_answer!(crate::staff::area_label(st, &row.area).await)
+                .unwrap_or_else(|| row.area.clone());
+            names.insert(row.area.clone(), name);
+        }
+        if let Some(name) = names.get(&row.area) {
+            row.area = name.clone();
+        }
+    }
     render(
         StatusCode::OK,
         PersonsPage {
@@ -1780,6 +1793,8 @@ struct PersonPage {
     /// Where a centralised observation can be: the active venues in the reader's area.
     venues: Vec<(String, String)>,
     can_classify: bool,
+    /// The person's area by name (its code when unknown).
+    area_name: String,
 }
 
 /// A person-page form sent back: which one, why, and what was typed into it.
@@ -1844,6 +1859,9 @@ async fn person_view(
             )
             .await
     );
+    let area_name =
+        crate::staff::read_or_answer!(crate::staff::area_label(st, p.area_code()).await)
+            .unwrap_or_else(|| p.area_code().to_string());
     let tz = st.cfg.tz;
     render(
         if said.error.is_empty() {
@@ -1909,6 +1927,7 @@ async fn person_view(
             default_days: st.cfg.observation_days(p.category),
             venues,
             can_classify: s.role().classifies(),
+            area_name,
             p,
         },
     )

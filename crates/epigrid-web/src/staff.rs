@@ -797,6 +797,25 @@ struct RegistrationPage {
     unmask_error: String,
 }
 
+/// An area as staff read it: its name, a unit's with its building's (`1号楼 2单元`); `None`
+/// for an unknown code.
+pub(crate) async fn area_label(
+    st: &AppState,
+    code: &str,
+) -> epigrid_core::store::StoreResult<Option<String>> {
+    let Some(area) = st.store.area(code).await? else {
+        return Ok(None);
+    };
+    if area.level >= 6 {
+        if let Some(parent) = area.parent_code.as_deref() {
+            if let Some(b) = st.store.area(parent).await? {
+                return Ok(Some(format!("{} {}", b.name, area.name)));
+            }
+        }
+    }
+    Ok(Some(area.name))
+}
+
 async fn registration_view(
     st: &AppState,
     s: &Staff,
@@ -810,6 +829,19 @@ async fn registration_view(
         Err(e) => return e.into_response(),
     };
     let mut pairs = detail_pairs(&reg, st.cfg.tz, lang);
+    // areas by name (a unit with its building), not by code
+    for (key, code) in [
+        ("form.unit", reg.fields.unit_code.as_deref()),
+        ("detail.residence", reg.fields.residence_code.as_deref()),
+    ] {
+        let Some(code) = code else { continue };
+        let Some(name) = read_or_answer!(area_label(st, code).await) else {
+            continue;
+        };
+        if let Some(p) = pairs.iter_mut().find(|p| p.0 == key) {
+            p.1 = name;
+        }
+    }
     // who travelled with them, by name (masked) and whether a document was given
     let companions = match st.store.registration_companions(reg.id, &s.scope()).await {
         Ok(c) => c,
@@ -1042,6 +1074,16 @@ struct UsersPage {
     typed: (String, String, String),
     errors: Vec<String>,
     created: String,
+}
+
+impl UsersPage {
+    /// An account's area by name, when it is among the page's areas; else its code.
+    fn area_name<'a>(&'a self, code: &'a str) -> &'a str {
+        self.areas
+            .iter()
+            .find(|a| a.code == code)
+            .map_or(code, |a| a.name.as_str())
+    }
 }
 
 /// Staff accounts in the caller's area (admins and managers); admins create them here.

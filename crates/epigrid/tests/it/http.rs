@@ -203,6 +203,16 @@ async fn each_kind_validates_its_own_fields() {
     let v = app.stored(r).await;
     assert_eq!(v["provisional"], true, "no document: a provisional person");
     assert_eq!(v["direction"], "in");
+    // staff read the unit by name, with its building
+    app.token("kinds_gw", Role::GridWorker, "150802").await;
+    let cookie = app.login_cookie("kinds_gw").await;
+    let page = app
+        .page(
+            &format!("/registrations/{}", v["id"].as_str().unwrap()),
+            &cookie,
+        )
+        .await;
+    assert!(page.contains("<dd>1号楼 2单元</dd>"), "{page}");
 
     let arrival = app.site(SiteKind::Arrival, "150802");
     let mut a = base.clone();

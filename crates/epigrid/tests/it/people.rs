@@ -3337,6 +3337,10 @@ async fn person_page_forms_keep_what_was_typed_on_an_error() {
     .await;
     let page = app.page(&format!("/persons/{pid}"), &cookie).await;
     assert!(
+        page.contains("<dd>测试社区</dd>"),
+        "the area by name: {page}"
+    );
+    assert!(
         page.contains("<select name=\"category\" required><option value=\"\">"),
         "no category is chosen for the user: {page}"
     );
