@@ -1018,13 +1018,6 @@ async fn change_user(
 ) -> ApiResult<Json<Value>> {
     staff.check_csrf_header(&headers)?;
     staff.require(staff.role() == Role::Admin)?;
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let mut user = st
-        .store
-        .user(id)
-        .await?
-        .filter(|u| staff.scope().contains(&u.area_path))
-        .ok_or(ApiError::NotFound)?;
     let mut errs = stray_fields(&b, &["active"], "err.field.unknown_user");
     let active = match b.get("active") {
         Some(Value::Bool(a)) => Some(*a),
@@ -1040,6 +1033,26 @@ async fn change_user(
     let Some(active) = active.filter(|_| errs.is_empty()) else {
         return Err(ApiError::Invalid(errs));
     };
+    let user = set_user_active(&st, &staff, &id, active).await?;
+    Ok(Json(user_json(&user)))
+}
+
+/// Deactivates (ending their sessions) or reactivates an account in an admin's subtree,
+/// audited. Not the admin's own deactivation.
+pub(crate) async fn set_user_active(
+    st: &AppState,
+    staff: &Staff,
+    id: &str,
+    active: bool,
+) -> ApiResult<User> {
+    staff.require(staff.role() == Role::Admin)?;
+    let id = Uuid::parse_str(id).map_err(|_| ApiError::NotFound)?;
+    let mut user = st
+        .store
+        .user(id)
+        .await?
+        .filter(|u| staff.scope().contains(&u.area_path))
+        .ok_or(ApiError::NotFound)?;
     if user.id == staff.user.id && !active {
         return Err(ApiError::Conflict("err.user.self"));
     }
@@ -1048,7 +1061,7 @@ async fn change_user(
     st.forget_sessions_of(user.id);
     staff
         .audit(
-            &st,
+            st,
             if active {
                 "user.activate"
             } else {
@@ -1059,7 +1072,7 @@ async fn change_user(
             &user.username,
         )
         .await;
-    Ok(Json(user_json(&user)))
+    Ok(user)
 }
 
 /// Creates a staff account in the admin's subtree: `{"username","password","role","area_code"}`.

@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/feed", get(feed_page))
         .route("/audit", get(audit_page))
         .route("/users", get(users_page).post(users_create))
+        .route("/users/{id}/active", post(users_active))
 }
 
 const STAFF_CSS: &str = include_str!("../assets/staff.css");
@@ -1118,6 +1119,12 @@ async fn users_view(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let areas = read_or_answer!(st.store.areas_in(&scope, 4).await);
+    // "added" only for an account that is there (the name comes from the address)
+    let created = if users.iter().any(|u| u.username == created) {
+        created
+    } else {
+        String::new()
+    };
     let status = if errors.is_empty() {
         StatusCode::OK
     } else {
@@ -1135,6 +1142,25 @@ async fn users_view(
     });
     *res.status_mut() = status;
     res
+}
+
+/// `POST /users/{id}/active` (`active=0|1`): an admin deactivates or reactivates an account.
+async fn users_active(
+    State(st): State<AppState>,
+    Extension(lang): Extension<Lang>,
+    staff: MaybeStaff,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, pairs) = match posted_form(staff, &body, lang, |r| r == Role::Admin) {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let active = crate::public::form_value(&pairs, "active").as_deref() == Some("1");
+    match crate::api::set_user_active(&st, &s, &id, active).await {
+        Ok(_) => Redirect::to("/users").into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn users_create(

@@ -2590,6 +2590,39 @@ async fn an_admin_deactivates_an_account_and_its_tokens_stop_working() {
         .get_json("/api/v1/audit?action=user.deactivate", &admin)
         .await;
     assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
+    // the users page does the same: reactivate, and a name in the address is not "added"
+    let cookie = app.login_cookie("chief").await;
+    let page = app.page("/users?created=nobody", &cookie).await;
+    assert!(!page.contains("已添加账号"), "{page}");
+    assert!(
+        page.contains(&format!("action=\"/users/{leaver}/active\"")),
+        "{page}"
+    );
+    let r = app
+        .client
+        .post(format!("{}/users/{leaver}/active", app.base))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", input_value(&page, "csrf").as_str()),
+            ("active", "1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success() || r.status().is_redirection(),
+        "{}",
+        r.status()
+    );
+    let users: Value = app.get_json("/api/v1/users", &admin).await;
+    let back = users["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "leaver")
+        .unwrap()
+        .clone();
+    assert_eq!(back["active"], true, "{back}");
 }
 
 /// A client that does not send its headers in time, or keeps a connection idle that long, is
