@@ -696,11 +696,11 @@ impl Span {
         }
     }
 
-    /// The span, once the filter's other values had no error (`errs`) and the span does not
-    /// end before it starts (an error on `to`).
+    /// The span, once the filter's other values had no error (`errs`) and the span ends after
+    /// it starts (an error on `to`: `from=2026-11-30&to=2026-11-29` holds no time at all).
     fn done(self, mut errs: Vec<FieldError>) -> Result<Span, Vec<FieldError>> {
         if let (Some(a), Some(b)) = (self.from, self.to) {
-            if a > b {
+            if a >= b {
                 errs.push(FieldError::new("to", "err.date.before_start"));
             }
         }

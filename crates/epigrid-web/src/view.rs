@@ -365,10 +365,18 @@ pub fn detail_pairs(
             v.push((k, x));
         }
     };
+    // flagged as the lists and the feed flag it
+    let fever = epigrid_core::store::is_fever(f);
     opt(
         "form.temperature",
-        f.temperature
-            .map(|t| format!("{:.1} ℃", f64::from(t) / 10.0)),
+        f.temperature.map(|tenths| {
+            let text = format!("{:.1} ℃", f64::from(tenths) / 10.0);
+            if fever {
+                format!("{text} {}", t(lang, "row.fever"))
+            } else {
+                text
+            }
+        }),
     );
     opt("detail.symptoms", Some(symptom_labels(f.symptoms, lang)));
     // staff read short labels, not the questions the form asked

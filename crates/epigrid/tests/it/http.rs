@@ -213,6 +213,17 @@ async fn each_kind_validates_its_own_fields() {
         )
         .await;
     assert!(page.contains("<dd>1号楼 2单元</dd>"), "{page}");
+    assert!(page.contains("<dd>36.6 ℃</dd>"), "no fever: {page}");
+    let mut hot = b.clone();
+    hot["temperature"] = json!(38.2);
+    let hot = app.stored(app.register(gate, &hot).await).await;
+    let page = app
+        .page(
+            &format!("/registrations/{}", hot["id"].as_str().unwrap()),
+            &cookie,
+        )
+        .await;
+    assert!(page.contains("<dd>38.2 ℃ 发热</dd>"), "flagged: {page}");
 
     let arrival = app.site(SiteKind::Arrival, "150802");
     let mut a = base.clone();
@@ -2294,6 +2305,12 @@ async fn the_audit_log_is_filtered_and_paged() {
         ("before=x", "before", "err.int.format"),
         (
             "from=2026-11-03&to=2026-11-01",
+            "to",
+            "err.date.before_start",
+        ),
+        // the day before: no time at all between them
+        (
+            "from=2026-11-03&to=2026-11-02",
             "to",
             "err.date.before_start",
         ),
