@@ -3061,7 +3061,7 @@ async fn lists_are_uploaded_from_the_page_and_keep_their_bad_rows() {
         "the match links the person, masked"
     );
     assert!(
-        html.contains("<td>3</td><td>ID number</td>"),
+        html.contains(">3</td><td data-label=\"Column\">ID number</td>"),
         "the bad row is listed by line and column"
     );
     // without the CSRF token nothing is stored
