@@ -725,12 +725,10 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
         Command::Serve(args) => {
             init_logs(&args.log_format);
             let listener = listen(&args).await?;
-            let new_file = missing_sqlite_file(&args.db);
+            // a mistyped path must not pass as a server with nobody in it: only `migrate`
+            // and `demo` make a database
+            require_database(&args.db)?;
             let store = open_store(&args.db).await?;
-            if let Some(path) = new_file {
-                // a mistyped path must not pass unseen as a server with nobody in it
-                tracing::warn!(path = %path.display(), "no database was there: created a new, empty one");
-            }
             let vault = open_vault(&args.db, store.as_ref(), lang).await?;
             let retention = args.retention_days.unwrap_or(RETENTION_DAYS);
             serve(&args, listener, store, vault, retention, |_| {}).await
@@ -885,6 +883,7 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
             what: ImportCommand::Areas { file, db },
         } => {
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
+            require_database(&db)?;
             let store = open_store(&db).await?;
             match import::import_areas(store.as_ref(), &bytes, lang).await? {
                 Ok(report) => {

@@ -247,6 +247,14 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
         "code,name,parent_code,level\n150800,巴彦淖尔市,,1\n150802,临河区,150800,2\n",
     )
     .unwrap();
+    // a database that is not there is not made by an import (nor by serve): migrate makes it
+    let (ok, out) = epigrid(&["import", "areas", csv.to_str().unwrap(), "--db", &db]);
+    assert!(!ok && out.contains("no database at"), "{out}");
+    let (ok, out) = epigrid(&["serve", "--db", &db, "--bind", "127.0.0.1:0"]);
+    assert!(!ok && out.contains("epigrid migrate"), "{out}");
+    assert!(!dir.join("epigrid.db").exists());
+    let (ok, out) = epigrid(&["migrate", "--db", &db]);
+    assert!(ok, "{out}");
     let (ok, out) = epigrid(&["import", "areas", csv.to_str().unwrap(), "--db", &db]);
     assert!(ok, "{out}");
     let add_boss = |password: &str, role: &str, area: &str| {
