@@ -390,6 +390,47 @@ impl RegistrationInput {
     }
 }
 
+/// Fields of a form that hold one value, each given more than once in `pairs` (a form sent
+/// by hand or by a broken client): one error each, as a JSON body's repeated key gets, rather
+/// than quietly taking the last. Symptoms may repeat.
+pub fn repeated_fields(pairs: &[(String, String)]) -> Vec<FieldError> {
+    const ONE: [&str; 22] = [
+        "name",
+        "id_type",
+        "id_number",
+        "phone",
+        "plate",
+        "companions",
+        "origin",
+        "destination",
+        "temperature",
+        "high_risk_travel",
+        "direction",
+        "visitor",
+        "unit_code",
+        "visit_reason",
+        "arrival_date",
+        "residence_code",
+        "address",
+        "employer",
+        "stay_days",
+        "purpose",
+        "origin_province",
+        "origin_text",
+    ];
+    let mut seen = std::collections::HashSet::new();
+    let mut errs: Vec<FieldError> = Vec::new();
+    for (k, _) in pairs {
+        let single = ONE.contains(&k.as_str())
+            || k.starts_with("companion_name_")
+            || k.starts_with("companion_id_");
+        if single && !seen.insert(k.as_str()) && !errs.iter().any(|e| e.field == *k) {
+            errs.push(FieldError::new(k, "err.body.duplicate"));
+        }
+    }
+    errs
+}
+
 /// The companions a form lists, in row order, each with its row number (`companion_name_N`,
 /// `companion_id_N`); blank rows are left out, so the `i` of an error on `companions[i]` is
 /// the `i`-th of these, not row `i + 1`.

@@ -833,9 +833,10 @@ async fn form_submit(
         parts.status = StatusCode::UNAUTHORIZED;
         return Response::from_parts(parts, body);
     }
+    let repeated = epigrid_core::register::repeated_fields(&pairs);
     let origin_err = resolve_origin(&mut pairs);
     let input = RegistrationInput::from_pairs(&pairs);
-    if let Some(oe) = origin_err {
+    if origin_err.is_some() || !repeated.is_empty() {
         // Report the origin together with every other bad field, and store nothing.
         let ctx = epigrid_core::register::Context {
             site: &site,
@@ -851,8 +852,13 @@ async fn form_submit(
         let mut errs = epigrid_core::register::validate(&input, &ctx)
             .err()
             .unwrap_or_default();
-        errs.retain(|x| x.field != "origin");
-        errs.push(oe);
+        if let Some(oe) = origin_err {
+            errs.retain(|x| x.field != "origin");
+            errs.push(oe);
+        }
+        // a repeated field's error stands for it (not what its last value said)
+        errs.retain(|x| !repeated.iter().any(|r| r.field == x.field));
+        errs.extend(repeated);
         return render_form(&st, &site, lang, acting, &pairs, &errs, false).await;
     }
     // The same form sent again (a double tap, a reload): its first confirmation. Only the

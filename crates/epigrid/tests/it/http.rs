@@ -907,6 +907,17 @@ async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
     );
     let mut ok = form;
     ok[2] = ("id_number", "11010519491231002X");
+    // a field given twice is refused there, not read as its last value
+    let mut twice = ok.to_vec();
+    twice.push(("temperature", "40"));
+    let r = app.client.post(&url).form(&twice).send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("该字段重复出现，请只填写一次"), "{html}");
+    assert!(
+        app.stored_registrations(10).await.is_empty(),
+        "nothing stored"
+    );
     let r = app.client.post(&url).form(&ok).send().await.unwrap();
     assert_eq!(r.status(), 303);
     let location = r.headers()["location"].to_str().unwrap().to_string();
