@@ -218,22 +218,22 @@ fn described() -> Value {
     let reg = path_param("id", "registration id (UUID)");
     let registration_in = json!({
         "type": "object",
-        "description": "Fields that apply depend on the site's kind (checkpoint, gate, arrival, venue). `symptoms` must be given at every kind (an empty list or [\"none\"] for none) and `high_risk_travel` at a checkpoint: an unanswered question is not taken as \"no\".",
+        "description": "Fields that apply depend on the site's kind. Required: at every kind `name` and `symptoms` (an empty list or [\"none\"] for none: an unanswered question is not taken as \"no\"); checkpoint: `id_number`, `phone`, `origin`, `destination`, `temperature`, `high_risk_travel`; gate: `direction`, `visitor`, `temperature` (and `visit_reason` for a visitor; `id_number` optional); arrival: `id_number`, `phone`, `arrival_date`, `origin`, `residence_code`, `address`; venue: `id_number`, `phone`. Staff entering for someone without a phone may leave `phone` out. Scalars are read as a form's fields are: `36.5` and `\"36.5\"`, `true` and `\"true\"` give the same answer. Fields that do not apply to the kind are ignored; a key given twice is refused.",
         "required": ["name", "symptoms"],
         "properties": {
-            "name": {"type": "string"}, "id_type": {"enum": ["cn_id", "passport", "other"]},
+            "name": {"type": "string", "maxLength": 40}, "id_type": {"enum": ["cn_id", "passport", "other"]},
             "id_number": {"type": "string"}, "phone": {"type": "string"}, "plate": {"type": "string"},
-            "companions": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "id_type": {"type": "string"}, "id_number": {"type": "string"}}}}]},
+            "companions": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 60}, {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "id_type": {"type": "string"}, "id_number": {"type": "string"}}}}]},
             "origin": {"type": "string", "description": "GB/T 2260 code (2, 4 or 6 digits)"},
-            "destination": {"type": "string"}, "temperature": {"type": "number", "minimum": 34, "maximum": 42.5},
+            "destination": {"type": "string", "maxLength": 100}, "temperature": {"type": "number", "minimum": 34, "maximum": 42.5},
             "symptoms": {"type": "array", "items": {"enum": ["fever", "cough", "fatigue", "sore_throat", "shortness_of_breath", "diarrhoea", "none"]}},
             "high_risk_travel": {"type": "boolean"}, "direction": {"enum": ["in", "out"]}, "visitor": {"type": "boolean"},
             "unit_code": {"type": "string"}, "visit_reason": {"type": "string"}, "arrival_date": {"type": "string", "format": "date"},
-            "residence_code": {"type": "string"}, "address": {"type": "string"}, "employer": {"type": "string"},
-            "stay_days": {"type": "integer"}, "purpose": {"type": "string"}
+            "residence_code": {"type": "string"}, "address": {"type": "string", "maxLength": 200}, "employer": {"type": "string"},
+            "stay_days": {"type": "integer", "minimum": 1, "maximum": 3650}, "purpose": {"type": "string"}
         }
     });
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "epigrid API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Outbreak response: self-registration at sites, staff views scoped to their area. Personal fields are masked unless explicitly unmasked (audited)."},
@@ -313,7 +313,27 @@ fn described() -> Value {
                 "patch": op("deactivate or reactivate a staff account (admins; not oneself)", "admin", true, json!([path_param("id", "user id (UUID)")]), Some(json!({"type": "object", "required": ["active"], "properties": {"active": {"type": "boolean"}}})), ("200", "user; 409 for one's own account"))
             }
         }
-    })
+    });
+    // answers beyond what `op` derives from an operation's shape
+    let errors = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}});
+    for (path, method, code, what) in [
+        (
+            "/api/v1/areas",
+            "get",
+            "404",
+            "no such area, or outside the caller's area scope",
+        ),
+        (
+            "/api/v1/users/{id}",
+            "patch",
+            "409",
+            "an admin deactivating their own account",
+        ),
+    ] {
+        doc["paths"][path][method]["responses"][code] =
+            json!({"description": what, "content": errors.clone()});
+    }
+    doc
 }
 
 pub async fn serve() -> Json<Value> {

@@ -1288,6 +1288,9 @@ async fn operations_endpoints_describe_and_measure_the_service() {
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
+    assert!(spec["paths"]["/api/v1/areas"]["get"]["responses"]["404"].is_object());
+    assert!(spec["paths"]["/api/v1/users/{id}"]["patch"]["responses"]["409"].is_object());
+    assert!(spec["paths"]["/api/v1/users/{id}"]["patch"]["summary"].is_string());
     // every operation has a name of its own
     let ids: Vec<&str> = paths
         .values()
