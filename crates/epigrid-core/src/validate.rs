@@ -379,6 +379,15 @@ impl IdNumber {
         if !PROVINCE_CODES.contains(&(digits[0] * 10 + digits[1])) {
             return Err(FieldError::new(field, "err.id_number.region"));
         }
+        // GB/T 2260's city digits in a mainland province: 01–70 (cities, prefectures,
+        // leagues) or 90 (counties under the province). Not the table of today's codes: an
+        // old ID keeps a county since merged or renamed. (Taiwan, Hong Kong and Macao
+        // residents' permits, 71/81/82/83…, and foreigners' 91… follow other rules.)
+        let city = digits[2] * 10 + digits[3];
+        let mainland = digits[0] * 10 + digits[1] < 71;
+        if mainland && !(1..=70).contains(&city) && city != 90 {
+            return Err(FieldError::new(field, "err.id_number.region"));
+        }
 
         let num = |range: std::ops::Range<usize>| digits[range].iter().fold(0, |n, d| n * 10 + d);
         let birth = i32::try_from(num(6..10))
@@ -1650,10 +1659,28 @@ mod tests {
                 "{raw}"
             );
         }
-        // Retired county codes are fine: only the province is checked.
-        for prefix in ["71", "81", "82", "83", "91", "65", "46"] {
-            let raw = with_check(&format!("{prefix}999919491231002"));
+        // A mainland province's city digits are 01–70 or 90 ...
+        for region in ["159999", "119999", "150099", "658000", "467100"] {
+            let raw = with_check(&format!("{region}19491231002"));
+            assert_eq!(
+                key(IdNumber::parse(F, &raw)),
+                "err.id_number.region",
+                "{raw}"
+            );
+        }
+        // ... but retired county codes are fine, and so are cities without counties
+        // (441900 Dongguan) and counties under the province (429004 Xiantao).
+        for region in ["650199", "469099", "441900", "429004", "150899"] {
+            let raw = with_check(&format!("{region}19491231002"));
             assert!(IdNumber::parse(F, &raw).is_ok(), "{raw}");
+        }
+        // Residents' permits of Taiwan, Hong Kong and Macao, and foreigners' numbers, have
+        // city digits of their own.
+        for prefix in ["71", "81", "82", "83", "91"] {
+            for city in ["0000", "9999"] {
+                let raw = with_check(&format!("{prefix}{city}19491231002"));
+                assert!(IdNumber::parse(F, &raw).is_ok(), "{raw}");
+            }
         }
     }
 
@@ -2317,19 +2344,20 @@ mod tests {
 
     // --- properties ----------------------------------------------------------------------
 
-    /// A 17-digit body with a valid province prefix and a birth date in 1900..=2020.
+    /// A 17-digit body with a valid province and city prefix and a birth date in 1900..=2020.
     fn id_body() -> impl Strategy<Value = String> {
         let days = (date(2020, 12, 31) - date(1900, 1, 1)).num_days() as u64;
         (
             proptest::sample::select(PROVINCE_CODES.to_vec()),
-            0u32..10_000,
+            prop_oneof![1u32..=70, Just(90u32)],
+            0u32..100,
             0..=days,
             0u32..1000,
         )
-            .prop_map(|(p, county, d, seq)| {
+            .prop_map(|(p, city, county, d, seq)| {
                 let b = date(1900, 1, 1) + chrono::Days::new(d);
                 format!(
-                    "{p:02}{county:04}{:04}{:02}{:02}{seq:03}",
+                    "{p:02}{city:02}{county:02}{:04}{:02}{:02}{seq:03}",
                     b.year(),
                     b.month(),
                     b.day()
