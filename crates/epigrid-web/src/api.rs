@@ -885,6 +885,10 @@ async fn checkout_registration(
 ) -> ApiResult<Response> {
     staff.check_csrf_header(&headers)?;
     let r = registration_in_scope(&st, &staff, &id).await?;
+    // only a venue's check-in lasts until the person leaves
+    if r.kind != SiteKind::Venue {
+        return Err(ApiError::Conflict("err.checkout.kind"));
+    }
     if !st.store.check_out(r.id, r.site_id, Utc::now()).await? {
         return Err(ApiError::Conflict("err.checkout.done"));
     }

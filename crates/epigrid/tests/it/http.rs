@@ -257,6 +257,58 @@ async fn each_kind_validates_its_own_fields() {
     assert_eq!(app.stored(r).await["id_number"], "E1*****78");
 }
 
+/// Staff check a venue's visitor out once; a registration of another kind has no check-out.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_venue_check_in_is_checked_out_and_once() {
+    let app = TestApp::start().await;
+    let keeper = app.token("out_keeper", Role::SiteStaff, "150802").await;
+    let venue = app.site(SiteKind::Venue, "150802").clone();
+    let checkpoint = app.site(SiteKind::Checkpoint, "150802").clone();
+    let visit = app
+        .stored(
+            app.register(
+                &venue,
+                &json!({"name": "张三", "id_number": cn_id("150802", "19900101", 61), "phone": "13900000061", "temperature": 36.5, "symptoms": []}),
+            )
+            .await,
+        )
+        .await;
+    let trip = app
+        .stored(
+            app.register(
+                &checkpoint,
+                &checkpoint_body(&cn_id("150802", "19900101", 62), "李四", "13900000062"),
+            )
+            .await,
+        )
+        .await;
+    let out = |id: &Value| {
+        let app = &app;
+        let path = format!("/api/v1/registrations/{}/checkout", id.as_str().unwrap());
+        let keeper = keeper.clone();
+        async move { app.post_json(&path, &json!({}), Some(&keeper)).await }
+    };
+    let r = out(&visit["id"]).await;
+    assert_eq!(r.status(), 200);
+    assert!(body(r).await["left_at"].is_string());
+    let r = out(&visit["id"]).await;
+    assert_eq!(
+        status_and_codes(r).await,
+        (409, vec![":err.checkout.done".to_string()])
+    );
+    let r = out(&trip["id"]).await;
+    assert_eq!(r.status(), 409);
+    let v = body(r).await;
+    assert_eq!(v["errors"][0]["code"], "err.checkout.kind", "{v}");
+    let stored = app
+        .get_json(
+            &format!("/api/v1/registrations/{}", trip["id"].as_str().unwrap()),
+            &keeper,
+        )
+        .await;
+    assert!(stored["left_at"].is_null(), "{stored}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_local_date_as_to_takes_in_that_whole_day() {
     let app = TestApp::start().await;
