@@ -95,10 +95,6 @@ fn holds_nul(v: &Value) -> bool {
     }
 }
 
-fn str_field<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
-    v.get(k).and_then(Value::as_str)
-}
-
 /// A field of a JSON body (or a page's form) that must be text: `None` with `err.required`
 /// when it is absent, null or blank, `None` with `err.text.format` when it is a number, a
 /// list or anything but text.
@@ -178,14 +174,8 @@ async fn create_token(
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
     let mut errs = Vec::new();
-    let username = str_field(&b, "username").unwrap_or("");
-    let password = str_field(&b, "password").unwrap_or("");
-    if username.trim().is_empty() {
-        errs.push(FieldError::new("username", "err.required"));
-    }
-    if password.is_empty() {
-        errs.push(FieldError::new("password", "err.required"));
-    }
+    let username = required_text(&b, "username", &mut errs).unwrap_or("");
+    let password = required_text(&b, "password", &mut errs).unwrap_or("");
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }

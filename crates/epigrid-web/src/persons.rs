@@ -67,8 +67,15 @@ fn err_field(field: &str, key: &'static str) -> ApiError {
 /// Decides what a search string is: a document, a phone, a plate or (part of) a name.
 pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> {
     let q = q.trim();
-    if q.is_empty() || q.chars().count() > 40 {
+    if q.is_empty() {
         return Err(err_field("q", "err.search.empty"));
+    }
+    if q.chars().count() > 40 {
+        return Err(ApiError::Invalid(vec![FieldError::new(
+            "q",
+            "err.text.too_long",
+        )
+        .with("max", "40")]));
     }
     if let Ok(id) = IdNumber::parse("q", q) {
         let doc = Document::parse("q", DocType::CnId, id.as_str())

@@ -619,6 +619,18 @@ async fn login_tokens_logout_and_lockout() {
         .await;
     assert_eq!(r.status(), 422);
     assert_eq!(fields(&body(r).await), ["username", "password"]);
+    // a password that is not text is said to be so, not missing
+    let r = app
+        .post_json(
+            "/api/v1/auth/token",
+            &json!({"username": "admin", "password": 123}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status_and_codes(r).await,
+        (422, vec!["password:err.text.format".to_string()])
+    );
     let r = app
         .post_json("/api/v1/auth/logout", &json!({}), Some(&tok))
         .await;

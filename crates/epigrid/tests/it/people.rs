@@ -1267,6 +1267,16 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         1,
         "the duplicate no longer shows in search"
     );
+    // a search too long is said to be so, not empty
+    let r = app
+        .get(
+            &format!("/api/v1/persons?q={}", "张".repeat(41)),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "err.text.too_long", "{v}");
     assert_eq!(
         app.post_status(
             &format!("/api/v1/persons/{dup}/merge"),
