@@ -214,14 +214,28 @@ fn content_type_is(res: &Response, mime: &str) -> bool {
 /// responses is plain text.)
 fn localise_rejection(res: Response, lang: Lang, api: bool) -> Response {
     let status = res.status();
-    if !content_type_is(&res, "text/plain") || !status.is_client_error() {
+    // a method a route does not take: the router answers with no body at all
+    let no_method = status == StatusCode::METHOD_NOT_ALLOWED
+        && res.headers().get(header::CONTENT_TYPE).is_none();
+    if !no_method && (!content_type_is(&res, "text/plain") || !status.is_client_error()) {
         return res;
     }
     let key = if status == StatusCode::PAYLOAD_TOO_LARGE {
         "err.body.too_large"
+    } else if no_method {
+        "err.method"
     } else {
         "err.request.bad"
     };
+    let allow = res.headers().get(header::ALLOW).cloned();
+    let mut res = localised(status, lang, key, api);
+    if let Some(a) = allow {
+        res.headers_mut().insert(header::ALLOW, a);
+    }
+    res
+}
+
+fn localised(status: StatusCode, lang: Lang, key: &'static str, api: bool) -> Response {
     if api {
         (status, axum::Json(general_error(lang, key))).into_response()
     } else {

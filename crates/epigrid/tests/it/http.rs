@@ -1355,6 +1355,13 @@ async fn operations_endpoints_describe_and_measure_the_service() {
     assert!(spec["paths"]["/api/v1/areas"]["get"]["responses"]["404"].is_object());
     assert!(spec["paths"]["/api/v1/users/{id}"]["patch"]["responses"]["409"].is_object());
     assert!(spec["paths"]["/api/v1/users/{id}"]["patch"]["summary"].is_string());
+    // a method a route does not take: said in JSON, with what it does take
+    let r = app
+        .get(&format!("/api/v1/sites/{}/registrations", site.token), None)
+        .await;
+    assert_eq!(r.status(), 405);
+    assert!(r.headers()["allow"].to_str().unwrap().contains("POST"));
+    assert_eq!(body(r).await["errors"][0]["code"], "err.method");
     // every operation has a name of its own
     let ids: Vec<&str> = paths
         .values()
