@@ -606,8 +606,9 @@ pub(crate) fn parse_time(
         check_date(field, t.with_timezone(&st.cfg.tz).date_naive())?;
         return Ok(t.with_timezone(&Utc));
     }
+    // a time must say its offset; a date alone is a local day
     let d = NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-        .map_err(|_| FieldError::new(field, "err.date.format"))?;
+        .map_err(|_| FieldError::new(field, "err.time.format"))?;
     check_date(field, d)?;
     Some(d)
         .and_then(|d| if field == "to" { d.succ_opt() } else { Some(d) })

@@ -38,7 +38,7 @@ pub(crate) fn parse_time(
     match v {
         Value::Null => Ok(None),
         Value::String(s) => crate::api::parse_time(st, field, s).map(Some),
-        _ => Err(FieldError::new(field, "err.date.format")),
+        _ => Err(FieldError::new(field, "err.time.format")),
     }
 }
 

@@ -2385,7 +2385,8 @@ async fn the_audit_log_is_filtered_and_paged() {
     assert!(items(&future).is_empty(), "{future}");
     // bad filters are field errors
     for (q, field, key) in [
-        ("from=yesterday", "from", "err.date.format"),
+        ("from=yesterday", "from", "err.time.format"),
+        ("from=2026-11-30T00:00:00", "from", "err.time.format"),
         ("to=1999-12-31", "to", "err.date.range"),
         ("before=x", "before", "err.int.format"),
         (
