@@ -612,7 +612,9 @@ pub fn validate(
         Some(p) => e.check(MobilePhone::parse("phone", p)),
         None => {
             // Staff may register someone who has no phone, as long as a document identifies them.
-            if !(staff && doc_given) {
+            if staff && !doc_given {
+                e.push(FieldError::new("phone", "err.phone.or_document"));
+            } else if !staff {
                 e.push(FieldError::new("phone", "err.required"));
             }
             None
@@ -1175,9 +1177,16 @@ mod tests {
         let mut j = checkpoint_json();
         j.as_object_mut().unwrap().remove("phone");
         assert!(validate(&RegistrationInput::from_json(&j).unwrap(), &c).is_ok());
+        // neither: the phone's error says a document would do
+        let mut none = j.clone();
+        none.as_object_mut().unwrap().remove("id_number");
+        let errs = validate(&RegistrationInput::from_json(&none).unwrap(), &c).unwrap_err();
+        let phone = errs.iter().find(|e| e.field == "phone").unwrap();
+        assert_eq!(phone.key, "err.phone.or_document");
         c.channel = Channel::SelfService;
         let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &c).unwrap_err();
         assert_eq!(fields_of(&errs), vec!["phone"]);
+        assert_eq!(errs[0].key, "err.required");
     }
 
     #[test]
