@@ -233,19 +233,23 @@ async fn areas(
 
 /// Province → city → county, for the origin picker (public: no personal data): each with its
 /// Chinese name and its English (pinyin) one.
-async fn division_children(Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+async fn division_children(Query(q): Query<HashMap<String, String>>) -> ApiResult<Json<Value>> {
     let item = |d: &divisions::Division, name: &str| json!({"code": d.code, "name": name, "name_en": d.name_en()});
     let items: Vec<Value> = match q.get("parent").map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => divisions::provinces()
             .iter()
             .map(|d| item(d, d.name))
             .collect(),
-        Some(p) => divisions::children(p)
-            .into_iter()
-            .map(|d| item(d, d.display_name()))
-            .collect(),
+        // a province's (2 digits) or a city's (4) children: anything else is no such parent
+        Some(p) if matches!(p.len(), 2 | 4) && p.bytes().all(|b| b.is_ascii_digit()) => {
+            divisions::children(p)
+                .into_iter()
+                .map(|d| item(d, d.display_name()))
+                .collect()
+        }
+        Some(_) => return Err(ApiError::field("parent", "err.division.parent")),
     };
-    Json(json!({ "items": items }))
+    Ok(Json(json!({ "items": items })))
 }
 
 async fn list_sites(
@@ -671,7 +675,8 @@ impl Span {
                 Err(e) => errs.push(e),
             },
             "before" => match v.parse::<i64>() {
-                Ok(n) => self.before = Some(n),
+                Ok(n) if n >= 0 => self.before = Some(n),
+                Ok(_) => errs.push(FieldError::new("before", "err.int.min").with("min", "0")),
                 Err(_) => errs.push(FieldError::new("before", "err.int.format")),
             },
             "limit" => match v.parse::<i64>() {

@@ -1413,6 +1413,12 @@ async fn operations_endpoints_describe_and_measure_the_service() {
         .unwrap()
         .iter()
         .any(|d| d["name"] == "武汉市"));
+    // no such parent is said so, not an empty list
+    let r = app.get("/api/v1/divisions?parent=abc", None).await;
+    assert_eq!(
+        status_and_codes(r).await,
+        (422, vec!["parent:err.division.parent".to_string()])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -2389,6 +2395,7 @@ async fn the_audit_log_is_filtered_and_paged() {
         ("from=2026-11-30T00:00:00", "from", "err.time.format"),
         ("to=1999-12-31", "to", "err.date.range"),
         ("before=x", "before", "err.int.format"),
+        ("before=-1", "before", "err.int.min"),
         (
             "from=2026-11-03&to=2026-11-01",
             "to",
