@@ -44,11 +44,26 @@ impl Tr {
         self.0.code()
     }
     /// The same message in English and in Mongolian, for bilingual posters.
-    pub fn t_en(&self, key: &str) -> &'static str {
-        t(Lang::En, key)
-    }
     pub fn t_mn(&self, key: &str) -> &'static str {
         t(Lang::Mn, key)
+    }
+    /// `key` in the second language of a bilingual sign: English, or Chinese on an English one.
+    pub fn t_other(&self, key: &str) -> &'static str {
+        t(
+            if self.0 == Lang::En {
+                Lang::Zh
+            } else {
+                Lang::En
+            },
+            key,
+        )
+    }
+    pub fn other_code(&self) -> &'static str {
+        if self.0 == Lang::En {
+            Lang::Zh.code()
+        } else {
+            Lang::En.code()
+        }
     }
 }
 

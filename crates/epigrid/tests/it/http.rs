@@ -1459,6 +1459,31 @@ async fn staff_pages_need_a_login_and_show_the_breadcrumb() {
         );
         assert!(!html.contains("13900000003"), "{path}: phone masked");
     }
+    // the poster: the page's language with the other one below it, never the same twice
+    let poster = |lang: &'static str| {
+        let app = &app;
+        let cookie = cookie.clone();
+        let path = format!("/sites/{}/poster?lang={lang}", site.id);
+        async move { app.page(&path, &cookie).await }
+    };
+    let zh = poster("zh-CN").await;
+    assert!(
+        zh.contains("<h1>扫码登记</h1>") && zh.contains(">Scan to register</p>"),
+        "{zh}"
+    );
+    let en = poster("en").await;
+    assert!(
+        en.contains("<h1>Scan to register</h1>") && en.contains(">扫码登记</p>"),
+        "{en}"
+    );
+    assert!(
+        !zh.contains("停用"),
+        "an active site's poster has no warning"
+    );
+    let mut off = site.clone();
+    off.active = false;
+    app.store.update_site(&off).await.unwrap();
+    assert!(poster("zh-CN").await.contains("该登记点已停用"));
     let wrong = app
         .client
         .get(format!(
