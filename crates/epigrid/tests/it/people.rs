@@ -3422,28 +3422,35 @@ async fn person_page_forms_keep_what_was_typed_on_an_error() {
     );
 }
 
-/// A grid worker who opens an observation without naming whose it is follows it up: it is
-/// on their own line list, and assigned to them.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_grid_worker_sees_the_observation_they_opened() {
-    let app = TestApp::start().await;
-    let gw = app.token("gw_opens", Role::GridWorker, "150802").await;
+/// Someone registered at a checkpoint of 150802 (ID number `n` of that county), then put
+/// under 14 days of home observation by `token`'s holder; their id.
+async fn observed_person(app: &TestApp, token: &str, n: u32) -> Uuid {
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
     let pid = registered_person(
         app.store.as_ref(),
         &site,
-        &cn_id("150802", "19800101", 57),
-        "居家者",
+        &cn_id("150802", "19800101", n),
+        "观察者",
     )
     .await;
     let r = app
         .post_json(
             &format!("/api/v1/persons/{pid}/observations"),
             &json!({"kind": "home", "days": 14}),
-            Some(&gw),
+            Some(token),
         )
         .await;
     assert_eq!(r.status(), 201);
+    pid
+}
+
+/// A grid worker who opens an observation without naming whose it is follows it up: it is
+/// on their own line list, and assigned to them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grid_worker_sees_the_observation_they_opened() {
+    let app = TestApp::start().await;
+    let gw = app.token("gw_opens", Role::GridWorker, "150802").await;
+    let pid = observed_person(&app, &gw, 57).await;
     let me = app.get_json("/api/v1/me", &gw).await;
     assert!(me["id"].is_string(), "{me}");
     let list = app.get_json("/api/v1/observations", &gw).await;
@@ -3462,23 +3469,8 @@ async fn a_grid_worker_sees_the_observation_they_opened() {
 async fn the_default_window_ends_when_an_observation_begun_today_was_recorded() {
     let app = TestApp::start().await;
     let epi = app.token("epi_iso", Role::Epidemiologist, "150802").await;
-    let site = app.site(SiteKind::Checkpoint, "150802").clone();
-    let pid = registered_person(
-        app.store.as_ref(),
-        &site,
-        &cn_id("150802", "19800101", 56),
-        "观察者",
-    )
-    .await;
     let before = Utc::now();
-    let r = app
-        .post_json(
-            &format!("/api/v1/persons/{pid}/observations"),
-            &json!({"kind": "home", "days": 14}),
-            Some(&epi),
-        )
-        .await;
-    assert_eq!(r.status(), 201);
+    let pid = observed_person(&app, &epi, 56).await;
     let v: Value = app
         .post_json(
             &format!("/api/v1/persons/{pid}/trace"),
