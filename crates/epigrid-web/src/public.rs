@@ -793,7 +793,13 @@ fn resolve_origin(pairs: &mut Vec<(String, String)>) -> Option<FieldError> {
             .map(|(_, v)| v.trim().to_string())
     };
     let province = get("origin_province")?;
+    // Taiwan, Hong Kong, Macao and abroad have no cities in the table: the region is the
+    // origin, whatever place is typed with it
+    let beyond = divisions::ORIGINS_BEYOND
+        .iter()
+        .any(|(code, _)| *code == province);
     let code = match get("origin_text") {
+        _ if beyond => province,
         None => province,
         Some(text) => match divisions::find_place(&province, &text) {
             Ok(d) => d.code.to_string(),

@@ -944,6 +944,43 @@ async fn a_form_sent_back_names_its_errors_where_they_were_made() {
     assert!(html.contains("id=\"remember\""));
 }
 
+/// Without the script, an origin beyond the mainland's divisions (Taiwan, Hong Kong, Macao,
+/// abroad) is its region, whatever place is typed with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_abroad_is_taken_without_javascript() {
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802");
+    let url = format!("{}/s/{}", app.base, site.token);
+    for (i, (region, place)) in [("99", "Ulaanbaatar"), ("81", "九龙"), ("71", "")]
+        .iter()
+        .enumerate()
+    {
+        let id = cn_id("150802", "19900101", 70 + i as u32);
+        let form = [
+            ("name", "王小明"),
+            ("id_type", "cn_id"),
+            ("id_number", id.as_str()),
+            ("phone", "13912345678"),
+            ("origin_province", region),
+            ("origin_text", place),
+            ("destination", "临河"),
+            ("temperature", "36.6"),
+            ("symptoms", "none"),
+            ("high_risk_travel", "false"),
+        ];
+        let r = app.client.post(&url).form(&form).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{region} {place}");
+    }
+    let mut origins: Vec<String> = app
+        .stored_registrations(10)
+        .await
+        .iter()
+        .filter_map(|r| r.fields.origin_code.clone())
+        .collect();
+    origins.sort();
+    assert_eq!(origins, ["710000", "810000", "990000"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_html_form_keeps_input_on_errors_and_confirms_with_a_code() {
     let app = TestApp::start().await;
