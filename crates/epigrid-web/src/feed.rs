@@ -156,6 +156,15 @@ pub async fn sse(
         limit,
         ..Default::default()
     };
+    // A last event ahead of everything stored here (a database restored or rebuilt since):
+    // the client is sent what a new feed gets, not kept waiting for numbers long past.
+    let resume = match resume {
+        Some(last) => {
+            let newest = st.store.registrations(&scope, &filter(None, 1)).await?;
+            newest.first().filter(|r| r.seq >= last).map(|_| last)
+        }
+        None => None,
+    };
     // What to send first (oldest first), and up to which sequence number the client has
     // everything: what it had before it reconnected, or the latest twenty sent now.
     let (mut send, known_upto): (Vec<Registration>, Option<i64>) = match resume {
@@ -227,6 +236,7 @@ pub async fn sse(
                     "temperature": row.temperature,
                     "summary": row.summary,
                     "symptoms": row.symptoms,
+                    "attention": row.attention,
                 });
                 let data = v.to_string();
                 let ev = Event::default()

@@ -261,6 +261,10 @@ pub struct RowView {
     pub phone: String,
     pub temperature: String,
     pub fever: bool,
+    /// What the confirmation screen flags besides a fever: symptoms, or a risk area in the
+    /// last 14 days.
+    pub attention: bool,
+    /// The symptoms, less a fever the row flags already.
     pub symptoms: String,
     pub summary: String,
     pub code: String,
@@ -317,6 +321,7 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
     if let Some(d) = f.arrival_date {
         summary.push(format!("{} {d}", t(lang, "form.arrival_date")));
     }
+    let fever = epigrid_core::store::is_fever(f);
     RowView {
         id: r.id.to_string(),
         at: local(r.at, tz),
@@ -326,8 +331,16 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         doc: r.doc_masked.clone().unwrap_or_default(),
         phone: r.phone_masked.clone().unwrap_or_default(),
         temperature: temperature_text(f.temperature),
-        fever: epigrid_core::store::is_fever(f),
-        symptoms: symptom_labels(f.symptoms, lang),
+        fever,
+        attention: fever || f.high_risk_travel == Some(true) || f.symptoms != 0,
+        symptoms: symptom_labels(
+            if fever {
+                f.symptoms & !epigrid_core::validate::Symptom::Fever.bit()
+            } else {
+                f.symptoms
+            },
+            lang,
+        ),
         summary: summary.join(" · "),
         code: r.verification_code.clone(),
         staff_entry: r.channel == epigrid_core::model::Channel::Staff,

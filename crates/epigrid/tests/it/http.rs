@@ -1318,6 +1318,41 @@ async fn the_live_feed_streams_new_registrations_in_scope() {
         !resumed.contains(&format!("\"verification_code\":\"{code}\"")),
         "what the phone had is not sent again: {resumed}"
     );
+    // a last event ahead of everything stored (a database restored since): a new feed's
+    // start, and what comes next, not silence
+    drop(feed);
+    let mut feed = app
+        .client
+        .get(format!("{}/api/v1/feed", app.base))
+        .bearer_auth(&tok)
+        .header("last-event-id", "999999")
+        .send()
+        .await
+        .unwrap();
+    let newest = registered_code(
+        &app,
+        &mine,
+        &checkpoint_body(&cn_id("150802", "19900101", 11), "更后来", "13900000011"),
+    )
+    .await;
+    let fresh = read_feed_until(&mut feed, &newest).await;
+    assert!(
+        fresh.contains(&later_code),
+        "the latest are sent again: {fresh}"
+    );
+    assert!(fresh.contains("\"attention\":false"), "{fresh}");
+    // a cough is flagged in the field view as on the confirmation, a fever said once
+    let mut body = checkpoint_body(&cn_id("150802", "19900101", 12), "咳嗽者", "13900000012");
+    body["symptoms"] = json!(["cough", "fever"]);
+    body["temperature"] = json!(38.2);
+    let coughing = registered_code(&app, &mine, &body).await;
+    let got = read_feed_until(&mut feed, &coughing).await;
+    let event = got.split("\n\n").find(|ev| ev.contains(&coughing)).unwrap();
+    assert!(event.contains("\"attention\":true"), "{event}");
+    assert!(
+        event.contains("\"symptoms\":\"咳嗽\""),
+        "the fever is the row's flag, not a symptom again: {event}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
