@@ -1045,7 +1045,7 @@ async fn confirmation(
         Err(e) => return e.into_response(),
     };
     // The confirmation is for showing at the gate right away, not a lasting pass.
-    if Utc::now() - reg.at > chrono::Duration::hours(12) {
+    if expired(&reg) {
         return message(
             lang,
             StatusCode::GONE,
@@ -1105,6 +1105,11 @@ async fn confirmation(
     crate::view::html(StatusCode::OK, page)
 }
 
+/// A confirmation screen, and the check-out on it, last 12 hours after registering.
+fn expired(reg: &Registration) -> bool {
+    Utc::now() - reg.at > chrono::Duration::hours(12)
+}
+
 async fn check_out(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
@@ -1122,6 +1127,15 @@ async fn check_out(
         }
         Err(e) => return e.into_response(),
     };
+    // as long as its confirmation lasts; after that staff record the leaving
+    if expired(&reg) {
+        return message(
+            lang,
+            StatusCode::GONE,
+            "public.expired.title",
+            "public.checkout_expired.text",
+        );
+    }
     if site.kind == SiteKind::Venue {
         if let Err(e) = st.store.check_out(reg.id, site.id, Utc::now()).await {
             return ApiError::from(e).into_response();

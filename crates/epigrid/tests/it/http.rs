@@ -307,6 +307,27 @@ async fn only_a_venue_check_in_is_checked_out_and_once() {
         )
         .await;
     assert!(stored["left_at"].is_null(), "{stored}");
+    // on the visitor's own page, leaving is recorded while the confirmation lasts (12 h):
+    // past that the page says so and nothing is written
+    let old = register_at(
+        app.store.as_ref(),
+        &venue,
+        &json!({"name": "王五", "id_number": cn_id("150802", "19900101", 63), "phone": "13900000063", "temperature": 36.5, "symptoms": []}),
+        chrono::Utc::now() - chrono::Duration::hours(13),
+    )
+    .await;
+    let r = app
+        .client
+        .post(format!("{}/s/{}/r/{}/out", app.base, venue.token, old.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    assert!(r.text().await.unwrap().contains("工作人员"));
+    let stored = app
+        .get_json(&format!("/api/v1/registrations/{}", old.id), &keeper)
+        .await;
+    assert!(stored["left_at"].is_null(), "{stored}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
