@@ -142,9 +142,11 @@ struct FormPage<'a> {
     retention: String,
     /// Nothing typed yet: only then does "remember me" fill the form in.
     fresh: bool,
-    /// Signed-in staff asked to enter a registration for someone where they may not: the
-    /// form says it registers the person holding the phone.
-    staff_refused: bool,
+    /// Staff mode was asked for (`?staff=1`) and is not given: why, as a catalogue key (not
+    /// signed in, or not here), or empty.
+    staff_note: &'static str,
+    /// Where to sign in and come back to staff mode, when not signed in.
+    staff_login: String,
 }
 
 #[derive(Template)]
@@ -613,7 +615,7 @@ async fn build_fields(
 }
 
 /// Renders a site's form; `staff` (when given) turns it into a staff entry on someone's behalf.
-/// `staff_refused`: the signed-in staff member asked for that where they may not, and is told.
+/// `staff_note`: staff mode was asked for and is not given, and why (see [`FormPage`]).
 async fn render_form(
     st: &AppState,
     site: &Site,
@@ -621,7 +623,7 @@ async fn render_form(
     staff: Option<&Staff>,
     values: &[(String, String)],
     errors: &[FieldError],
-    staff_refused: bool,
+    staff_note: &'static str,
 ) -> Response {
     let fields = build_fields(st, site, lang, values, errors, staff.is_some()).await;
     let tr = Tr(lang);
@@ -680,7 +682,15 @@ async fn render_form(
             0 => String::new(),
             days => epigrid_core::i18n::tf(lang, "form.retention", &[("days", &days.to_string())]),
         },
-        staff_refused,
+        staff_note,
+        staff_login: if staff_note == "form.staff_entry.login" {
+            format!(
+                "/login?next={}",
+                crate::error::encode(&format!("/s/{}?staff=1", site.token))
+            )
+        } else {
+            String::new()
+        },
     };
     let status = if errors.is_empty() {
         StatusCode::OK
@@ -764,8 +774,12 @@ async fn form_with(
     let signed_in = staff.0.as_ref().filter(|s| staff_mode && s.by_cookie);
     let acting = signed_in
         .filter(|s| s.role().registers_for_others() && s.scope().contains(&site.area_path));
-    let refused = signed_in.is_some() && acting.is_none();
-    render_form(st, &site, lang, acting, typed, &[], refused).await
+    let note = match (staff_mode, signed_in, acting) {
+        (true, None, _) => "form.staff_entry.login",
+        (true, Some(_), None) => "form.staff_entry.refused",
+        _ => "",
+    };
+    render_form(st, &site, lang, acting, typed, &[], note).await
 }
 
 /// Resolves the no-JavaScript origin fields (a province plus a typed place name) to a code.
@@ -849,7 +863,7 @@ async fn form_submit(
         let mut values = pairs;
         values.retain(|(k, _)| k != "staff_entry" && k != "csrf");
         let err = FieldError::new("staff_entry", "err.staff.session_ended");
-        let res = render_form(&st, &site, lang, None, &values, &[err], false).await;
+        let res = render_form(&st, &site, lang, None, &values, &[err], "").await;
         let (mut parts, body) = res.into_parts();
         parts.status = StatusCode::UNAUTHORIZED;
         return Response::from_parts(parts, body);
@@ -880,7 +894,7 @@ async fn form_submit(
         // a repeated field's error stands for it (not what its last value said)
         errs.retain(|x| !repeated.iter().any(|r| r.field == x.field));
         errs.extend(repeated);
-        return render_form(&st, &site, lang, acting, &pairs, &errs, false).await;
+        return render_form(&st, &site, lang, acting, &pairs, &errs, "").await;
     }
     // The same form sent again (a double tap, a reload): its first confirmation. Only the
     // same answers count as the same form: a form brought back (the Back button) and filled
@@ -922,7 +936,7 @@ async fn form_submit(
     match stored {
         Ok(reg) => Redirect::to(&format!("/s/{}/r/{}", site.token, reg.id)).into_response(),
         Err(ApiError::Invalid(errs)) => {
-            render_form(&st, &site, lang, acting, &pairs, &errs, false).await
+            render_form(&st, &site, lang, acting, &pairs, &errs, "").await
         }
         Err(ApiError::Gone(_)) => message(
             lang,
@@ -941,7 +955,7 @@ async fn form_submit(
             let status = e.status();
             let _ = e.into_response(); // logged there
             let said = [FieldError::new("form", "err.unavailable")];
-            let mut r = render_form(&st, &site, lang, acting, &pairs, &said, false).await;
+            let mut r = render_form(&st, &site, lang, acting, &pairs, &said, "").await;
             *r.status_mut() = status;
             r
         }

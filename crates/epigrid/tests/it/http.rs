@@ -2112,6 +2112,13 @@ async fn staff_mode_is_offered_only_at_sites_in_the_staff_members_area() {
         "and the staff member is told why: {far}"
     );
     assert!(!own.contains("不能在此点位代他人登记"));
+    // asked for while signed out: told to sign in, with the way back to staff mode
+    let out = app.public_page(&form(&mine)).await;
+    assert!(out.contains("工作人员代他人登记须先登录"), "{out}");
+    assert!(
+        out.contains(&format!("/login?next=/s/{}%3Fstaff%3D1", mine.token)),
+        "{out}"
+    );
     // the plain public form, without staff mode asked for, says nothing of it
     let plain = app.page(&format!("/s/{}", other.token), &cookie).await;
     assert!(!plain.contains("不能在此点位代他人登记"));
