@@ -77,6 +77,8 @@ pub struct Field {
     pub error: String,
     pub required: bool,
     pub attrs: &'static str,
+    /// The latest value a date field takes (`max`), when it has one.
+    pub max: String,
     pub hint: &'static str,
     pub options: Vec<(String, String, bool)>,
     /// Starts a new fieldset with this legend.
@@ -93,6 +95,7 @@ impl Field {
             error: String::new(),
             required: false,
             attrs: "",
+            max: String::new(),
             hint: "",
             options: Vec::new(),
             section: "",
@@ -475,11 +478,16 @@ async fn build_fields(
             );
         }
         SiteKind::Arrival => {
-            f.push(
-                Field::new("arrival_date", "form.arrival_date", "date")
+            f.push(Field {
+                // no arrival after today (the server refuses one), so the picker offers none
+                max: Utc::now()
+                    .with_timezone(&st.cfg.tz)
+                    .date_naive()
+                    .to_string(),
+                ..Field::new("arrival_date", "form.arrival_date", "date")
                     .req()
-                    .section("form.section.arrival"),
-            );
+                    .section("form.section.arrival")
+            });
             f.extend(origin_fields(lang));
             let scope_root = site.area_path.clone();
             let areas = st
