@@ -687,9 +687,10 @@ pub fn validate(
                     &c.id_number,
                 );
                 if doc.is_some() && name.is_none() {
+                    // optional, but a document names someone: say whose
                     e.push(FieldError::new(
                         format!("companions[{i}].name"),
-                        "err.required",
+                        "err.companion.name",
                     ));
                 }
                 companions.push((name, doc));
@@ -1167,6 +1168,16 @@ mod tests {
         let reg = seal(&v, &ctx(&s), &Vault::new(&[1; 32]));
         assert!(reg.person.provisional);
         assert!(reg.person.doc_index.is_none());
+    }
+
+    #[test]
+    fn a_companions_document_without_their_name_asks_for_the_name() {
+        let s = site(SiteKind::Checkpoint);
+        let mut j = checkpoint_json();
+        j["companions"] = serde_json::json!([{"id_number": "11010519491231002X"}]);
+        let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["companions[0].name"]);
+        assert_eq!(errs[0].key, "err.companion.name");
     }
 
     #[test]
