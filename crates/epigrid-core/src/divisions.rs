@@ -590,11 +590,29 @@ pub fn find_place(province: &str, typed: &str) -> Result<&'static Division, Plac
         }
     }
     let best = hits.iter().map(|h| h.1).max();
-    let mut best = hits.iter().filter(|h| Some(h.1) == best);
-    match (best.next(), best.next()) {
-        (None, _) => Err(PlaceError::NotFound),
-        (Some((one, _)), None) => Ok(one),
-        (Some(_), Some(_)) => Err(PlaceError::Ambiguous),
+    let best: Vec<&'static Division> = hits
+        .iter()
+        .filter(|h| Some(h.1) == best)
+        .map(|h| h.0)
+        .collect();
+    match best.as_slice() {
+        [] => Err(PlaceError::NotFound),
+        [one] => Ok(one),
+        // a city and the county named after it in it (朝阳市, 朝阳县): the city, which holds
+        // the county, as the romanised names already choose
+        many => {
+            let cities: Vec<&&Division> = many.iter().filter(|d| d.code.len() == 4).collect();
+            match cities.as_slice() {
+                [city]
+                    if many
+                        .iter()
+                        .all(|d| d.code == city.code || d.code.starts_with(city.code)) =>
+                {
+                    Ok(city)
+                }
+                _ => Err(PlaceError::Ambiguous),
+            }
+        }
     }
 }
 
@@ -810,8 +828,9 @@ mod tests {
         assert_eq!(code("15", "Urad Front Banner"), Ok("150823"));
         assert_eq!(code("44", "东莞"), Ok("4419"), "a city without counties");
         assert_eq!(code("44", "Dongguan"), Ok("4419"));
-        // 朝阳: a city and a county in Liaoning, told apart by the whole name or the city
-        assert_eq!(code("21", "朝阳"), Err(PlaceError::Ambiguous));
+        // 朝阳: a city and a county in it, in Liaoning: the city (which holds the county, so
+        // the origin is right either way), the county by its whole name or with its city
+        assert_eq!(code("21", "朝阳"), Ok("2113"));
         assert_eq!(code("21", "朝阳县"), Ok("211321"));
         assert_eq!(code("21", "朝阳朝阳县"), Ok("211321"));
         assert_eq!(code("21", "Chaoyang County"), Ok("211321"));
