@@ -207,8 +207,8 @@ pub fn spec() -> Value {
     if let Some(params) = spec["paths"]["/api/v1/feed"]["get"]["parameters"].as_array_mut() {
         params.push(
             json!({"name": "Last-Event-ID", "in": "header", "required": false,
-            "description": "the id (seq) of the last event a reconnecting client had",
-            "schema": {"type": "integer"}}),
+            "description": "the id (seq) of the last event a reconnecting client had; one that is not a number, or is ahead of everything stored (a database restored since), starts the feed afresh",
+            "schema": {"type": "string"}}),
         );
     }
     spec
