@@ -975,8 +975,8 @@ async fn feed_page(
 #[template(path = "audit.html")]
 struct AuditPage {
     c: Chrome,
-    /// (local time, what was done in words, the entry)
-    rows: Vec<(String, String, AuditEntry)>,
+    /// (local time, what was done in words, the entry, its detail in words)
+    rows: Vec<(String, String, AuditEntry, String)>,
     /// every action the log may hold: (code, in words)
     actions: Vec<(String, String)>,
     q: HashMap<String, String>,
@@ -995,6 +995,59 @@ impl AuditPage {
     fn enc(&self, v: &str) -> String {
         pct(v)
     }
+}
+
+/// An audit entry's detail as the page shows it. Stored as compact English (`fields=name,phone
+/// reason=…`, `by phone, 2 found`, `home 14 days`) so that the log and its CSV read the same
+/// for everyone; shown word by word in the reader's language where the catalogue has the
+/// word (`audit.word.*`), ids, numbers and free text (a reason) as they are.
+pub(crate) fn detail_words(lang: Lang, action: &str, detail: &str) -> String {
+    if lang == Lang::En {
+        return detail.to_string();
+    }
+    // a category change's words are categories (`none -> confirmed`)
+    let families: &[&str] = if action == "category.change" {
+        &["category", "audit.word"]
+    } else {
+        &["audit.word"]
+    };
+    let word = |w: &str| -> Option<&'static str> {
+        families.iter().find_map(|f| {
+            let key = format!("{f}.{w}");
+            let t = epigrid_core::i18n::t(lang, &key);
+            (t != key).then_some(t)
+        })
+    };
+    let said = |w: &str| word(w).map_or_else(|| w.to_string(), str::to_string);
+    // an exact lookup: `by phone, 2 found`
+    if let Some((how, n)) = detail
+        .strip_prefix("by ")
+        .and_then(|r| r.split_once(", "))
+        .and_then(|(how, n)| Some((how, n.strip_suffix(" found")?)))
+    {
+        return epigrid_core::i18n::tf(lang, "audit.lookup", &[("how", &said(how)), ("n", n)]);
+    }
+    let (head, reason) = match detail.find("reason=") {
+        Some(i) => (&detail[..i], Some(&detail[i + "reason=".len()..])),
+        None => (detail, None),
+    };
+    let mut out: Vec<String> = head
+        .split_whitespace()
+        .map(|tok| match tok.split_once('=') {
+            Some((k, v)) => {
+                let values: Vec<String> = v.split(',').map(said).collect();
+                format!("{}：{}", said(k), values.join("、"))
+            }
+            None => match tok.strip_suffix(':') {
+                Some(w) => format!("{}：", said(w)),
+                None => said(tok),
+            },
+        })
+        .collect();
+    if let Some(r) = reason {
+        out.push(format!("{}：{r}", said("reason")));
+    }
+    out.join(" ")
 }
 
 /// An action in the reader's language, its code when the catalogue has none.
@@ -1053,7 +1106,15 @@ async fn audit_page(
         c: chrome(&st, &s, lang).await,
         rows: rows
             .into_iter()
-            .map(|e| (local(e.at, st.cfg.tz), action_words(lang, &e.action), e))
+            .map(|e| {
+                let detail = detail_words(lang, &e.action, &e.detail);
+                (
+                    local(e.at, st.cfg.tz),
+                    action_words(lang, &e.action),
+                    e,
+                    detail,
+                )
+            })
             .collect(),
         actions,
         csv: with_query("/api/v1/audit.csv", &q),
@@ -1192,5 +1253,40 @@ async fn users_create(
             users_view(&st, &s, lang, typed, errors, String::new()).await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::detail_words;
+    use epigrid_core::Lang;
+
+    #[test]
+    fn audit_details_read_in_chinese_and_keep_ids_and_reasons() {
+        let zh = |action, d| detail_words(Lang::Zh, action, d);
+        assert_eq!(
+            zh("person.lookup", "by phone, 2 found"),
+            "按手机号查找，找到 2 人"
+        );
+        assert_eq!(
+            zh(
+                "unmask",
+                "person:0191 fields=name,id_number reason=复核 home address"
+            ),
+            "person:0191 字段：姓名、证件号码 事由：复核 home address"
+        );
+        assert_eq!(zh("observation.start", "home 14 days"), "居家 14 天");
+        assert_eq!(zh("category.change", "none -> confirmed"), "无 -> 确诊病例");
+        assert_eq!(
+            zh("list.decide", "line=3 person=p1 confirmed"),
+            "行：3 人员：p1 确认"
+        );
+        assert_eq!(zh("site.update", "active=false"), "启用：否");
+        assert_eq!(zh("login", "browser"), "浏览器");
+        // English is what is stored
+        assert_eq!(
+            detail_words(Lang::En, "person.lookup", "by phone, 2 found"),
+            "by phone, 2 found"
+        );
     }
 }
