@@ -513,7 +513,7 @@ fn place_key(name: &str, without_kind: bool) -> String {
 
 /// Whether `s` has letters that are not Latin ones (Chinese characters): a name in Chinese,
 /// not in pinyin.
-fn has_han(s: &str) -> bool {
+pub fn has_han(s: &str) -> bool {
     s.chars().any(|c| c.is_alphabetic() && !is_latin(c))
 }
 

@@ -37,6 +37,15 @@ pub fn routes() -> Router<AppState> {
 #[derive(Clone, Copy)]
 pub struct Tr(pub Lang);
 impl Tr {
+    /// ` lang="zh-CN"` for a name in Chinese on a page that is not (so that a screen reader
+    /// reads it as Chinese), else nothing.
+    pub fn lang_of(&self, name: &str) -> &'static str {
+        if self.0 != Lang::Zh && divisions::has_han(name) {
+            " lang=\"zh-CN\""
+        } else {
+            ""
+        }
+    }
     pub fn t(&self, key: impl AsRef<str>) -> &'static str {
         t(self.0, key.as_ref())
     }

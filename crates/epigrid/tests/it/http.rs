@@ -60,6 +60,11 @@ async fn every_public_form_is_small_a_real_form_and_localised() {
             en.contains(">Register<") && en.contains("lang=\"en\""),
             "{kind}: English"
         );
+        assert!(html.contains(&format!("<h1>{}</h1>", site.name)), "{kind}");
+        assert!(
+            !en.contains("<h1 lang="),
+            "{kind}: a Latin name is not marked"
+        );
         if matches!(kind, SiteKind::Checkpoint | SiteKind::Arrival) {
             assert!(
                 en.contains(">Hubei 湖北省<"),
@@ -72,6 +77,21 @@ async fn every_public_form_is_small_a_real_form_and_localised() {
             assert!(html.contains(&format!("max=\"{today}\"")), "{html}");
         }
     }
+    // a Chinese site name on an English page is marked as Chinese (for screen readers)
+    let areas = areas();
+    let community = areas.iter().find(|a| a.code == "150802001001").unwrap();
+    let named = site(SiteKind::Checkpoint, community, "临河东检查站");
+    app.store.insert_site(&named).await.unwrap();
+    let en = app
+        .client
+        .get(format!("{}/s/{}?lang=en", app.base, named.token))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(en.contains("<h1 lang=\"zh-CN\">临河东检查站</h1>"), "{en}");
     let gate = app.site(SiteKind::Gate, "150802");
     let html = app.public_page(&format!("/s/{}", gate.token)).await;
     assert!(
