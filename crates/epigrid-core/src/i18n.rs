@@ -112,12 +112,18 @@ fn catalogue(lang: Lang) -> &'static Catalogue {
     }
 }
 
+/// The message for `key` in `lang`, falling back to Chinese; `None` when the catalogue has no
+/// such key (for keys made from data, which may name nothing: [`t`] is for keys in the code).
+pub fn lookup(lang: Lang, key: &str) -> Option<&'static str> {
+    catalogue(lang)
+        .get(key)
+        .or_else(|| catalogue(Lang::Zh).get(key))
+        .copied()
+}
+
 /// The message for `key` in `lang`, falling back to Chinese, then to the key itself.
 pub fn t(lang: Lang, key: &str) -> &'static str {
-    if let Some(v) = catalogue(lang).get(key) {
-        return v;
-    }
-    if let Some(v) = catalogue(Lang::Zh).get(key) {
+    if let Some(v) = lookup(lang, key) {
         return v;
     }
     // Unknown keys are a programming error; show the key rather than nothing. Leaking a

@@ -157,6 +157,32 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+impl AuditEntry {
+    /// An entry for something done now, to be appended (the store gives its `seq`).
+    pub fn now(
+        user_id: Option<Uuid>,
+        username: &str,
+        action: &str,
+        subject: &str,
+        area_path: &str,
+        ip: &str,
+        detail: &str,
+    ) -> AuditEntry {
+        AuditEntry {
+            seq: 0,
+            id: Uuid::now_v7(),
+            at: Utc::now(),
+            user_id,
+            username: username.to_string(),
+            action: action.to_string(),
+            subject: subject.to_string(),
+            area_path: area_path.to_string(),
+            ip: ip.to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 /// What the store needs to find or create the person behind a registration.
 ///
 /// Person ids are derived from the blind index (see `crate::register::person_id`), so the id —

@@ -353,36 +353,43 @@ impl RegistrationInput {
 
     /// Reads `application/x-www-form-urlencoded` pairs (symptoms repeat; companions as
     /// `companion_name_N` / `companion_id_N`).
+    /// The field of one value a form's `name` fills, if it is one (symptoms repeat, and
+    /// companions have fields of their own).
+    fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
+        Some(match name {
+            "name" => &mut self.name,
+            "id_type" => &mut self.id_type,
+            "id_number" => &mut self.id_number,
+            "phone" => &mut self.phone,
+            "plate" => &mut self.plate,
+            "companions" => &mut self.companions,
+            "origin" => &mut self.origin,
+            "destination" => &mut self.destination,
+            "temperature" => &mut self.temperature,
+            "high_risk_travel" => &mut self.high_risk_travel,
+            "direction" => &mut self.direction,
+            "visitor" => &mut self.visitor,
+            "unit_code" => &mut self.unit_code,
+            "visit_reason" => &mut self.visit_reason,
+            "arrival_date" => &mut self.arrival_date,
+            "residence_code" => &mut self.residence_code,
+            "address" => &mut self.address,
+            "employer" => &mut self.employer,
+            "stay_days" => &mut self.stay_days,
+            "purpose" => &mut self.purpose,
+            _ => return None,
+        })
+    }
+
     pub fn from_pairs(pairs: &[(String, String)]) -> RegistrationInput {
         let mut input = RegistrationInput::default();
         for (k, v) in pairs {
             let v = Some(v.clone()).filter(|s| !s.trim().is_empty());
-            match k.as_str() {
-                "name" => input.name = v,
-                "id_type" => input.id_type = v,
-                "id_number" => input.id_number = v,
-                "phone" => input.phone = v,
-                "plate" => input.plate = v,
-                "companions" => input.companions = v,
-                "origin" => input.origin = v,
-                "destination" => input.destination = v,
-                "temperature" => input.temperature = v,
-                "symptoms" => {
-                    input.symptoms.extend(v);
-                    input.symptoms_answered = true;
-                }
-                "high_risk_travel" => input.high_risk_travel = v,
-                "direction" => input.direction = v,
-                "visitor" => input.visitor = v,
-                "unit_code" => input.unit_code = v,
-                "visit_reason" => input.visit_reason = v,
-                "arrival_date" => input.arrival_date = v,
-                "residence_code" => input.residence_code = v,
-                "address" => input.address = v,
-                "employer" => input.employer = v,
-                "stay_days" => input.stay_days = v,
-                "purpose" => input.purpose = v,
-                _ => {}
+            if k == "symptoms" {
+                input.symptoms.extend(v);
+                input.symptoms_answered = true;
+            } else if let Some(slot) = input.slot(k) {
+                *slot = v;
             }
         }
         input.companion_list = form_companions(pairs).into_iter().map(|(_, c)| c).collect();
@@ -394,34 +401,12 @@ impl RegistrationInput {
 /// by hand or by a broken client): one error each, as a JSON body's repeated key gets, rather
 /// than quietly taking the last. Symptoms may repeat.
 pub fn repeated_fields(pairs: &[(String, String)]) -> Vec<FieldError> {
-    const ONE: [&str; 22] = [
-        "name",
-        "id_type",
-        "id_number",
-        "phone",
-        "plate",
-        "companions",
-        "origin",
-        "destination",
-        "temperature",
-        "high_risk_travel",
-        "direction",
-        "visitor",
-        "unit_code",
-        "visit_reason",
-        "arrival_date",
-        "residence_code",
-        "address",
-        "employer",
-        "stay_days",
-        "purpose",
-        "origin_province",
-        "origin_text",
-    ];
+    let mut form = RegistrationInput::default();
     let mut seen = std::collections::HashSet::new();
     let mut errs: Vec<FieldError> = Vec::new();
     for (k, _) in pairs {
-        let single = ONE.contains(&k.as_str())
+        let single = form.slot(k).is_some()
+            || ["origin_province", "origin_text"].contains(&k.as_str())
             || k.starts_with("companion_name_")
             || k.starts_with("companion_id_");
         if single && !seen.insert(k.as_str()) && !errs.iter().any(|e| e.field == *k) {

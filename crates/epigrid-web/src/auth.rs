@@ -248,18 +248,7 @@ pub async fn audit_raw(
     ip: &str,
     detail: &str,
 ) {
-    let e = AuditEntry {
-        seq: 0,
-        id: Uuid::now_v7(),
-        at: Utc::now(),
-        user_id,
-        username: username.to_string(),
-        action: action.to_string(),
-        subject: subject.to_string(),
-        area_path: area_path.to_string(),
-        ip: ip.to_string(),
-        detail: detail.to_string(),
-    };
+    let e = AuditEntry::now(user_id, username, action, subject, area_path, ip, detail);
     if let Err(err) = st.store.append_audit(&e).await {
         tracing::error!(error = %err, action, "audit write failed");
     }

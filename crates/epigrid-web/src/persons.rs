@@ -1740,14 +1740,17 @@ async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Res
     // areas by name, each looked up once
     let mut names: HashMap<String, String> = HashMap::new();
     for row in rows.iter_mut().chain(review.iter_mut().map(|(r, _)| r)) {
-        if !names.contains_key(&row.area) {
-            let name = crate::staff::read_or_answer!(crate::staff::area_label(st, &row.area).await)
-                .unwrap_or_else(|| row.area.clone());
-            names.insert(row.area.clone(), name);
-        }
-        if let Some(name) = names.get(&row.area) {
-            row.area = name.clone();
-        }
+        let name = match names.get(&row.area) {
+            Some(name) => name.clone(),
+            None => {
+                let name =
+                    crate::staff::read_or_answer!(crate::staff::area_label(st, &row.area).await)
+                        .unwrap_or_else(|| row.area.clone());
+                names.insert(row.area.clone(), name.clone());
+                name
+            }
+        };
+        row.area = name;
     }
     render(
         StatusCode::OK,

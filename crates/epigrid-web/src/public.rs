@@ -56,23 +56,13 @@ impl Tr {
     pub fn t_mn(&self, key: &str) -> &'static str {
         t(Lang::Mn, key)
     }
-    /// `key` in the second language of a bilingual sign: English, or Chinese on an English one.
-    pub fn t_other(&self, key: &str) -> &'static str {
-        t(
-            if self.0 == Lang::En {
-                Lang::Zh
-            } else {
-                Lang::En
-            },
-            key,
-        )
-    }
-    pub fn other_code(&self) -> &'static str {
-        if self.0 == Lang::En {
-            Lang::Zh.code()
+    /// The second language of a bilingual sign: English, or Chinese on an English one.
+    pub fn other(&self) -> Tr {
+        Tr(if self.0 == Lang::En {
+            Lang::Zh
         } else {
-            Lang::En.code()
-        }
+            Lang::En
+        })
     }
 }
 
@@ -1058,32 +1048,48 @@ async fn load_reg(
     Ok((site, reg))
 }
 
+/// A visitor's own registration, for its confirmation screen and the check-out on it; else
+/// the page saying there is none, or that its 12 hours are over (`expired_text`): the
+/// confirmation is for showing at the gate right away, not a lasting pass.
+async fn visitors_reg(
+    st: &AppState,
+    lang: Lang,
+    token: &str,
+    id: &str,
+    expired_text: &'static str,
+) -> Result<(std::sync::Arc<Site>, Registration), Response> {
+    let (site, reg) = match load_reg(st, token, id).await {
+        Ok(x) => x,
+        Err(ApiError::NotFound) => {
+            return Err(message(
+                lang,
+                StatusCode::NOT_FOUND,
+                "public.unknown_site.title",
+                "public.unknown_site.text",
+            ))
+        }
+        Err(e) => return Err(e.into_response()),
+    };
+    if Utc::now() - reg.at > chrono::Duration::hours(12) {
+        return Err(message(
+            lang,
+            StatusCode::GONE,
+            "public.expired.title",
+            expired_text,
+        ));
+    }
+    Ok((site, reg))
+}
+
 async fn confirmation(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
     Path((token, id)): Path<(String, String)>,
 ) -> Response {
-    let (site, reg) = match load_reg(&st, &token, &id).await {
+    let (site, reg) = match visitors_reg(&st, lang, &token, &id, "public.expired.text").await {
         Ok(x) => x,
-        Err(ApiError::NotFound) => {
-            return message(
-                lang,
-                StatusCode::NOT_FOUND,
-                "public.unknown_site.title",
-                "public.unknown_site.text",
-            )
-        }
-        Err(e) => return e.into_response(),
+        Err(page) => return page,
     };
-    // The confirmation is for showing at the gate right away, not a lasting pass.
-    if expired(&reg) {
-        return message(
-            lang,
-            StatusCode::GONE,
-            "public.expired.title",
-            "public.expired.text",
-        );
-    }
     let mut flags = Vec::new();
     if let Some(t) = reg.fields.temperature.filter(|t| *t >= 373) {
         flags.push(epigrid_core::i18n::tf(
@@ -1136,37 +1142,17 @@ async fn confirmation(
     crate::view::html(StatusCode::OK, page)
 }
 
-/// A confirmation screen, and the check-out on it, last 12 hours after registering.
-fn expired(reg: &Registration) -> bool {
-    Utc::now() - reg.at > chrono::Duration::hours(12)
-}
-
 async fn check_out(
     State(st): State<AppState>,
     Extension(lang): Extension<Lang>,
     Path((token, id)): Path<(String, String)>,
 ) -> Response {
-    let (site, reg) = match load_reg(&st, &token, &id).await {
-        Ok(x) => x,
-        Err(ApiError::NotFound) => {
-            return message(
-                lang,
-                StatusCode::NOT_FOUND,
-                "public.unknown_site.title",
-                "public.unknown_site.text",
-            )
-        }
-        Err(e) => return e.into_response(),
-    };
     // as long as its confirmation lasts; after that staff record the leaving
-    if expired(&reg) {
-        return message(
-            lang,
-            StatusCode::GONE,
-            "public.expired.title",
-            "public.checkout_expired.text",
-        );
-    }
+    let (site, reg) =
+        match visitors_reg(&st, lang, &token, &id, "public.checkout_expired.text").await {
+            Ok(x) => x,
+            Err(page) => return page,
+        };
     if site.kind == SiteKind::Venue {
         if let Err(e) = st.store.check_out(reg.id, site.id, Utc::now()).await {
             return ApiError::from(e).into_response();

@@ -1011,12 +1011,12 @@ pub(crate) fn detail_words(lang: Lang, action: &str, detail: &str) -> String {
     } else {
         &["audit.word"]
     };
+    // `lookup`, not `t`: the words come from stored text (ids, numbers, reasons), and `t`
+    // keeps every unknown key it is asked for
     let word = |w: &str| -> Option<&'static str> {
-        families.iter().find_map(|f| {
-            let key = format!("{f}.{w}");
-            let t = epigrid_core::i18n::t(lang, &key);
-            (t != key).then_some(t)
-        })
+        families
+            .iter()
+            .find_map(|f| epigrid_core::i18n::lookup(lang, &format!("{f}.{w}")))
     };
     let said = |w: &str| word(w).map_or_else(|| w.to_string(), str::to_string);
     // an exact lookup: `by phone, 2 found`
@@ -1052,11 +1052,8 @@ pub(crate) fn detail_words(lang: Lang, action: &str, detail: &str) -> String {
 
 /// An action in the reader's language, its code when the catalogue has none.
 fn action_words(lang: Lang, action: &str) -> String {
-    let key = format!("audit.action.{action}");
-    match epigrid_core::i18n::t(lang, &key) {
-        w if w == key => action.to_string(),
-        w => w.to_string(),
-    }
+    epigrid_core::i18n::lookup(lang, &format!("audit.action.{action}"))
+        .map_or_else(|| action.to_string(), str::to_string)
 }
 
 async fn audit_page(

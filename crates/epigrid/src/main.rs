@@ -615,18 +615,15 @@ async fn cli_audit(
 ) -> Result<()> {
     let by = std::env::var("USER").unwrap_or_else(|_| "?".into());
     store
-        .append_audit(&epigrid_core::model::AuditEntry {
-            seq: 0,
-            id: Uuid::now_v7(),
-            at: Utc::now(),
-            user_id: None,
-            username: format!("cli:{by}"),
-            action: action.to_string(),
-            subject: subject.to_string(),
-            area_path: area_path.to_string(),
-            ip: "local".into(),
-            detail: detail.to_string(),
-        })
+        .append_audit(&epigrid_core::model::AuditEntry::now(
+            None,
+            &format!("cli:{by}"),
+            action,
+            subject,
+            area_path,
+            "local",
+            detail,
+        ))
         .await?;
     Ok(())
 }

@@ -83,14 +83,8 @@ async fn every_public_form_is_small_a_real_form_and_localised() {
     let named = site(SiteKind::Checkpoint, community, "临河东检查站");
     app.store.insert_site(&named).await.unwrap();
     let en = app
-        .client
-        .get(format!("{}/s/{}?lang=en", app.base, named.token))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .public_page(&format!("/s/{}?lang=en", named.token))
+        .await;
     assert!(en.contains("<h1 lang=\"zh-CN\">临河东检查站</h1>"), "{en}");
     let gate = app.site(SiteKind::Gate, "150802");
     let html = app.public_page(&format!("/s/{}", gate.token)).await;
