@@ -88,7 +88,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- registrations ----
     /// Stores one registration durably (resolving or creating its person and companions and
-    /// updating rollups) and returns its sequence number. Returns only after commit.
+    /// updating rollups) and returns its sequence number. Returns only once it survives the
+    /// process being killed: after its commit, or (SQLite, durability "process") once it is in
+    /// the store's intake log, from which it is committed before any later read or write.
     async fn insert_registration(&self, reg: NewRegistration) -> StoreResult<i64>;
     /// Bulk load (demo, imports): all or nothing.
     async fn insert_registrations(&self, regs: Vec<NewRegistration>) -> StoreResult<()>;

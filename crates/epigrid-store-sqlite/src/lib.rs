@@ -1,10 +1,15 @@
 //! epigrid's [`Store`] on embedded SQLite, the default backend.
 //!
-//! * One connection writes. Every write is a closure queued for it; whoever finds the writer
-//!   idle takes the lead and runs what is queued (up to [`MAX_BATCH`]) as one transaction,
-//!   commits, and only then answers each caller. Under load this is group commit: one WAL
-//!   append for many registrations, which is what lets an acknowledged registration survive
-//!   `kill -9` without one fsync-bound transaction each.
+//! * Registrations (durability "process", the default) are acknowledged from the intake log
+//!   ([`intake`]): copied into a memory-mapped file, which outlives the process, and committed
+//!   to the database in one transaction every [`FOLD_EVERY`] by the background thread, before
+//!   every read and before every other write ([`Writer::fold`]). A request never waits for a
+//!   transaction, and the database sees thousands of registrations per commit.
+//! * One connection writes. Every other write is a closure queued for it; whoever finds the
+//!   writer idle takes the lead and runs what is queued (up to [`MAX_BATCH`]) as one
+//!   transaction, commits, and only then answers each caller (group commit). Registrations
+//!   take this path too under durability "power" (every commit fsynced) and in a process that
+//!   does not own the intake (another process serves the database).
 //! * No writer thread to hand each write to and wake: the first write queued at an idle
 //!   writer spawns a task that leads, yielding once before each batch so the requests
 //!   already runnable can join it. Batches of registrations (microseconds each, no fsync)
@@ -15,6 +20,7 @@
 //!   writer writes) on tokio's blocking threads.
 
 mod convert;
+mod intake;
 mod migrate;
 mod queries;
 
@@ -23,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use epigrid_core::model::NewRegistration;
 use epigrid_core::store::{StoreError, StoreResult};
 use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
@@ -31,6 +38,9 @@ use tokio::sync::{oneshot, Semaphore};
 /// Most writes one transaction takes before committing.
 pub const MAX_BATCH: usize = 512;
 const READERS: usize = 8;
+/// How often the background thread commits what the intake log holds (see [`intake`]) and
+/// copies the WAL back into the database.
+pub(crate) const FOLD_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 type Reply = Result<Box<dyn Any + Send>, StoreError>;
 /// `Fn`, not `FnOnce`: a job may run twice — once in an optimistic batch that is rolled back
@@ -60,6 +70,8 @@ pub struct SqliteStore {
     writer: Arc<Writer>,
     readers: Arc<Mutex<Vec<Connection>>>,
     read_slots: Arc<Semaphore>,
+    /// Sites known to exist (see [`SqliteStore::require_site`]).
+    known_sites: Mutex<std::collections::HashSet<uuid::Uuid>>,
     /// Tells the checkpointer thread to finish.
     stop: Arc<AtomicBool>,
     /// The checkpointer thread, joined when the store is dropped: it checkpoints the WAL one
@@ -69,6 +81,8 @@ pub struct SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        // what was acknowledged is committed, and the intake files go with it
+        self.writer.fold();
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.checkpointer.take() {
             t.thread().unpark();
@@ -85,13 +99,16 @@ struct Writer {
     /// Durability "power": every commit is fsynced, so no batch runs on an async worker.
     power: bool,
     /// Frames in the WAL when the background checkpointer last looked.
-    wal_frames: Arc<AtomicU64>,
+    wal_frames: AtomicU64,
     /// The background checkpointer copied back every frame it saw. Commits made during its
     /// pass are still only in the WAL, so before the next batch the writer copies those too
     /// and starts the WAL over ([`Writer::checkpoint`], on a blocking thread): otherwise,
     /// under sustained writes, the WAL would never start over and would grow to
     /// [`WAL_LIMIT`].
-    restart_due: Arc<AtomicBool>,
+    restart_due: AtomicBool,
+    /// Where registrations are acknowledged from (durability "process", and only in the
+    /// process that owns it): see [`intake`].
+    intake: Option<intake::Intake>,
 }
 
 struct Queue {
@@ -165,9 +182,60 @@ impl Writer {
         let mut w = lock(&self.conn);
         let w = &mut *w;
         queries::swap_memory(&mut w.memory);
+        // every registration acknowledged before this write is in the database first
+        self.fold_records(&w.conn);
         commit_batch(&w.conn, batch);
         queries::swap_memory(&mut w.memory);
         self.wal_frames.load(Ordering::Relaxed) >= WAL_LIMIT
+    }
+
+    /// Commits what the intake log holds, on this thread (which may block). True when the
+    /// WAL has grown past [`WAL_LIMIT`] and wants [`Writer::checkpoint`].
+    fn fold(&self) -> bool {
+        if self.intake.as_ref().is_some_and(|i| i.unfolded() > 0) {
+            let mut w = lock(&self.conn);
+            let w = &mut *w;
+            queries::swap_memory(&mut w.memory);
+            self.fold_records(&w.conn);
+            queries::swap_memory(&mut w.memory);
+        }
+        self.wal_frames.load(Ordering::Relaxed) >= WAL_LIMIT
+    }
+
+    /// [`Writer::fold`] on the locked writing connection, its memory lent to this thread.
+    fn fold_records(&self, conn: &Connection) {
+        let Some(intake) = &self.intake else { return };
+        let Some(taken) = intake.take() else { return };
+        // Foreign keys are not looked up row by row here: a registration's site was found
+        // before it was acknowledged (`SqliteStore::require_site`; sites are never deleted),
+        // and its people and companions are found or made in the same transaction. About a
+        // tenth of a fold's time.
+        let _ = exec(conn, "PRAGMA foreign_keys = OFF");
+        self.fold_taken(conn, intake, taken);
+        let _ = exec(conn, "PRAGMA foreign_keys = ON");
+    }
+
+    fn fold_taken(&self, conn: &Connection, intake: &intake::Intake, taken: intake::Taken) {
+        let n = taken.records.len();
+        if fold_all(conn, &taken.records).is_ok() {
+            intake.done(n, taken.files);
+            return;
+        }
+        // One of them, or the database, failed: one at a time, each its own transaction.
+        let mut records = taken.records.into_iter();
+        let mut done = 0;
+        while let Some((seq, reg)) = records.next() {
+            if let Err(e) = fold_one(conn, intake, seq, &reg) {
+                tracing::error!(error = %e, "registrations wait in the intake log: the database failed");
+                let mut back = vec![(seq, reg)];
+                back.extend(records);
+                intake.give_back(back, taken.files);
+                intake.done(done, Vec::new());
+                return;
+            }
+            done += 1;
+        }
+        intake.done(done, taken.files);
     }
 
     /// Copies the WAL into the database on the writing connection while no write can start
@@ -346,15 +414,60 @@ impl SqliteStore {
         if id != APPLICATION_ID {
             mark(&conn).map_err(backend)?;
         }
+        let intake = match durability {
+            Durability::Process => intake::Intake::open(path).map_err(backend)?,
+            // every commit fsynced: registrations go through the writer's transactions
+            Durability::Power => None,
+        };
+        let (intake, left) = match intake {
+            Some((i, left)) => (Some(i), left),
+            None => (None, Vec::new()),
+        };
         let stop = Arc::new(AtomicBool::new(false));
-        let wal_frames = Arc::new(AtomicU64::new(0));
-        let restart_due = Arc::new(AtomicBool::new(false));
+        let writer = Arc::new(Writer {
+            queue: Mutex::new(Queue {
+                jobs: Vec::new(),
+                busy: false,
+            }),
+            conn: Mutex::new(WriterConn {
+                conn,
+                memory: Default::default(),
+            }),
+            power: durability == Durability::Power,
+            wal_frames: AtomicU64::new(0),
+            restart_due: AtomicBool::new(false),
+            intake,
+        });
+        if let Some(intake) = &writer.intake {
+            // What a killed process acknowledged and did not commit is committed now, before
+            // anything else reads or writes; then sequence numbers go on from the last.
+            let last: i64 = lock(&writer.conn)
+                .conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM registrations", [], |r| {
+                    r.get(0)
+                })
+                .map_err(backend)?;
+            intake.raise_floor(last);
+            if !left.is_empty() {
+                tracing::info!(
+                    registrations = left.len(),
+                    "committing what the intake log held"
+                );
+                intake.give_back(left, Vec::new());
+                writer.fold();
+                if intake.unfolded() > 0 {
+                    return Err(StoreError::Backend(
+                        "the intake log could not be committed to the database".into(),
+                    ));
+                }
+            }
+        }
         let checkpointer = if background_checkpoints {
             let checkpoints = open(path, false, durability).map_err(backend)?;
-            let (stop, frames, due) = (stop.clone(), wal_frames.clone(), restart_due.clone());
+            let (stop, w) = (stop.clone(), writer.clone());
             let t = std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn(move || checkpointer(checkpoints, stop, frames, due))
+                .spawn(move || checkpointer(checkpoints, stop, w))
                 .map_err(backend)?;
             Some(t)
         } else {
@@ -362,24 +475,23 @@ impl SqliteStore {
         };
         Ok(SqliteStore {
             path: path.to_path_buf(),
-            writer: Arc::new(Writer {
-                queue: Mutex::new(Queue {
-                    jobs: Vec::new(),
-                    busy: false,
-                }),
-                conn: Mutex::new(WriterConn {
-                    conn,
-                    memory: Default::default(),
-                }),
-                power: durability == Durability::Power,
-                wal_frames,
-                restart_due,
-            }),
+            writer,
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(Semaphore::new(READERS)),
+            known_sites: Mutex::new(Default::default()),
             stop,
             checkpointer,
         })
+    }
+
+    /// Leaves the store as a killed process would: nothing folded or removed, the intake's
+    /// lock released (for a test that opens the database again in the same process).
+    #[cfg(test)]
+    fn abandon(self) {
+        if let Some(i) = &self.writer.intake {
+            i.release();
+        }
+        std::mem::forget(self);
     }
 
     pub fn open_url(url: &str, durability: Durability) -> StoreResult<SqliteStore> {
@@ -444,12 +556,72 @@ impl SqliteStore {
             .map_err(|_| StoreError::Backend("writer returned the wrong type".into()))
     }
 
+    /// Commits what the intake log holds (on a blocking thread), so that a read sees every
+    /// registration acknowledged before it began.
+    async fn settle(&self) -> StoreResult<()> {
+        if self.writer.intake.as_ref().is_some_and(|i| i.unfolded() > 0) {
+            let w = self.writer.clone();
+            if tokio::task::spawn_blocking(move || w.fold())
+                .await
+                .map_err(backend)?
+            {
+                let w = self.writer.clone();
+                tokio::task::spawn_blocking(move || w.checkpoint())
+                    .await
+                    .map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a registration through the intake log when this store owns one (its
+    /// sequence number); the registration back when it must go through the writer.
+    pub(crate) fn intake_append(
+        &self,
+        reg: NewRegistration,
+    ) -> Result<StoreResult<i64>, NewRegistration> {
+        match &self.writer.intake {
+            Some(intake) => Ok(intake.append(reg).map_err(backend)),
+            None => Err(reg),
+        }
+    }
+
+    /// Refuses a registration for a site that does not exist, as the database's foreign key
+    /// would (sites are never deleted, so one found once is remembered).
+    pub(crate) async fn require_site(&self, site: uuid::Uuid) -> StoreResult<()> {
+        if self.writer.intake.is_none() || lock(&self.known_sites).contains(&site) {
+            return Ok(());
+        }
+        let found: bool = self
+            .read(move |c| {
+                c.prepare_cached("SELECT EXISTS (SELECT 1 FROM sites WHERE id = ?1)")
+                    .map_err(map_err)?
+                    .query_row([site.to_string()], |r| r.get(0))
+                    .map_err(map_err)
+            })
+            .await?;
+        if !found {
+            return Err(StoreError::Invalid(
+                "FOREIGN KEY constraint failed: no such site".into(),
+            ));
+        }
+        lock(&self.known_sites).insert(site);
+        Ok(())
+    }
+
+    /// Sequence numbers for `n` registrations written through the writer (the first of them),
+    /// when the intake hands them out.
+    pub(crate) fn reserve_seqs(&self, n: usize) -> Option<i64> {
+        self.writer.intake.as_ref().map(|i| i.reserve(n))
+    }
+
     /// Runs `f` on a pooled read connection on a blocking thread.
     pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.settle().await?;
         let _permit = self.read_slots.acquire().await.map_err(backend)?;
         let readers = self.readers.clone();
         let path = self.path.clone();
@@ -473,21 +645,19 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Copies committed WAL frames into the database file every 200 ms on its own connection, so
-/// the fsyncs of checkpointing never stall the writer's commits (a PASSIVE checkpoint does not
-/// block writers). The WAL restarts from its beginning once everything in it is checkpointed.
-fn checkpointer(
-    conn: Connection,
-    stop: Arc<AtomicBool>,
-    wal_frames: Arc<AtomicU64>,
-    restart_due: Arc<AtomicBool>,
-) {
+/// Every [`FOLD_EVERY`], on its own thread: commits what the intake log holds (on the
+/// writing connection), then copies committed WAL frames into the database file on its own
+/// connection, so the fsyncs of checkpointing never stall the writer's commits (a PASSIVE
+/// checkpoint does not block writers). The WAL restarts from its beginning once everything in
+/// it is checkpointed.
+fn checkpointer(conn: Connection, stop: Arc<AtomicBool>, writer: Arc<Writer>) {
     while !stop.load(Ordering::Relaxed) {
         // woken early by the store's drop
-        std::thread::park_timeout(std::time::Duration::from_millis(200));
+        std::thread::park_timeout(FOLD_EVERY);
         if stop.load(Ordering::Relaxed) {
             break;
         }
+        let long = writer.fold();
         // (busy, frames in the WAL, frames checkpointed)
         let row = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
             Ok((
@@ -498,12 +668,18 @@ fn checkpointer(
         });
         match row {
             Ok((busy, frames, done)) => {
-                wal_frames.store(frames.max(0) as u64, Ordering::Relaxed);
+                writer.wal_frames.store(frames.max(0) as u64, Ordering::Relaxed);
                 if busy == 0 && frames > 0 && frames == done {
-                    restart_due.store(true, Ordering::Relaxed);
+                    writer.restart_due.store(true, Ordering::Relaxed);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "wal checkpoint failed"),
+        }
+        // With the intake, registrations are written here, not by batches on async workers:
+        // this thread starts the WAL over itself (the writer does it before its next batch
+        // otherwise, see `Writer::restart_due`).
+        if writer.intake.is_some() && (long || writer.restart_due.swap(false, Ordering::Relaxed)) {
+            writer.checkpoint();
         }
     }
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -545,6 +721,74 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
         return Err(e);
     }
     Ok(out)
+}
+
+/// Inserts registrations from the intake log with their sequence numbers, in one
+/// transaction: all of them, or (on an error) none.
+fn insert_all<'a>(
+    conn: &Connection,
+    mut records: impl Iterator<Item = (i64, &'a NewRegistration)>,
+) -> StoreResult<()> {
+    exec(conn, "BEGIN IMMEDIATE").map_err(backend)?;
+    queries::begin_batch();
+    let done = records
+        .try_for_each(|(seq, reg)| queries::insert_reg(conn, reg, Some(seq)).map(drop))
+        .and_then(|()| queries::end_batch(conn))
+        .and_then(|()| exec(conn, "COMMIT").map_err(map_err));
+    if done.is_err() {
+        let _ = exec(conn, "ROLLBACK");
+        // what the transaction wrote is gone: so is what the writer's memory learnt from it
+        queries::forget_known();
+    }
+    done
+}
+
+fn fold_all(conn: &Connection, records: &[(i64, NewRegistration)]) -> StoreResult<()> {
+    insert_all(conn, records.iter().map(|(seq, reg)| (*seq, reg)))
+}
+
+/// Commits one record of the intake log on its own. One the database refuses (rather than
+/// fails on) was stored already (by an earlier process that was killed after its commit),
+/// lost its sequence number to another process (it takes a new one), or is kept aside
+/// ([`intake::Intake::reject`]) and reported; only the database failing is an error.
+fn fold_one(
+    conn: &Connection,
+    intake: &intake::Intake,
+    seq: i64,
+    reg: &NewRegistration,
+) -> StoreResult<()> {
+    let mut refused = match insert_all(conn, std::iter::once((seq, reg))) {
+        Ok(()) => return Ok(()),
+        Err(e @ StoreError::Backend(_)) => return Err(e),
+        Err(e) => e,
+    };
+    let stored: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM registrations WHERE id = ?1)",
+            [reg.id.to_string()],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if stored {
+        return Ok(());
+    }
+    let last: i64 = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM registrations", [], |r| {
+            r.get(0)
+        })
+        .map_err(backend)?;
+    if last >= seq {
+        intake.raise_floor(last);
+        match insert_all(conn, std::iter::once((intake.reserve(1), reg))) {
+            Ok(()) => return Ok(()),
+            Err(e @ StoreError::Backend(_)) => return Err(e),
+            Err(e) => refused = e,
+        }
+    }
+    tracing::error!(error = %refused, registration = %reg.id,
+        "the database refused an acknowledged registration: kept in the intake's rejected file");
+    intake.reject(seq, reg);
+    Ok(())
 }
 
 /// Runs `batch` as one transaction (group commit) and answers every caller after the commit.
@@ -708,5 +952,213 @@ mod tests {
         assert_eq!(rows, 5);
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    fn intake_registration(site: uuid::Uuid, n: u8) -> NewRegistration {
+        use epigrid_core::model::{
+            Channel, CompanionInput, Direction, PersonInput, RegistrationFields, SiteKind,
+        };
+        let person = |id: u8, name: &str| PersonInput {
+            id: uuid::Uuid::from_bytes([id; 16]),
+            doc_type: Some(epigrid_core::validate::DocType::CnId),
+            doc_index: Some(vec![id; 32]),
+            doc_cipher: Some(vec![id ^ 0x55; 61]),
+            doc_masked: Some("1508**********0019".into()),
+            name: name.into(),
+            phone_index: Some(vec![id ^ 1; 32]),
+            phone_cipher: Some(vec![7; 50]),
+            phone_masked: Some("139****5678".into()),
+            birth_date: chrono::NaiveDate::from_ymd_opt(1985, 1, 1),
+            birth_index: Some(vec![3; 32]),
+            sex: Some(epigrid_core::validate::Sex::Female),
+            provisional: false,
+        };
+        NewRegistration {
+            id: uuid::Uuid::now_v7(),
+            site_id: site,
+            area_path: "/150800/".into(),
+            at: convert::time(1_790_000_000_000_000 + i64::from(n)),
+            kind: SiteKind::Checkpoint,
+            channel: Channel::SelfService,
+            by_user: Some(uuid::Uuid::from_bytes([9; 16])),
+            verification_code: "K7Q2".into(),
+            person: person(n, "李四"),
+            companion_list: vec![
+                CompanionInput {
+                    name: Some("王五".into()),
+                    person: Some(person(n.wrapping_add(100), "王五")),
+                },
+                CompanionInput {
+                    name: None,
+                    person: None,
+                },
+            ],
+            fields: RegistrationFields {
+                temperature: Some(366),
+                symptoms: 5,
+                high_risk_travel: Some(true),
+                plate: Some("蒙L12345".into()),
+                companions: 2,
+                origin_code: Some("420100".into()),
+                destination: Some("150802".into()),
+                direction: Some(Direction::In),
+                visitor: Some(false),
+                unit_code: Some("150802001001001001".into()),
+                visit_reason: Some("送货".into()),
+                arrival_date: chrono::NaiveDate::from_ymd_opt(2026, 11, 1),
+                residence_code: Some("150802001001".into()),
+                address: Some("胜利路 1 号".into()),
+                employer: Some("某公司".into()),
+                stay_days: Some(30),
+                purpose: Some("work".into()),
+            },
+            day: chrono::NaiveDate::from_ymd_opt(2026, 9, 21).expect("day"),
+        }
+    }
+
+    #[test]
+    fn intake_records_read_back_as_written_and_a_cut_record_ends_the_file() {
+        let regs: Vec<NewRegistration> = (1..=3)
+            .map(|n| intake_registration(uuid::Uuid::now_v7(), n))
+            .collect();
+        let mut file = Vec::new();
+        for (i, r) in regs.iter().enumerate() {
+            let mut f = intake::frame(r);
+            let sum = intake::fnv1a(&f[intake::HEADER..]);
+            intake::seal_frame(&mut f, sum, 10 + i as i64);
+            file.extend_from_slice(&f);
+        }
+        let whole = file.len();
+        // the unused rest of a mapped file is zeros
+        file.resize(whole + 4096, 0);
+        let (read, clean) = intake::read_records(&file);
+        assert!(clean);
+        assert_eq!(read.len(), 3);
+        for (i, (seq, r)) in read.iter().enumerate() {
+            assert_eq!(*seq, 10 + i as i64);
+            assert_eq!(r, &regs[i], "every field as written");
+        }
+        // a copy the process did not finish: the records before it, and a warning
+        let (read, clean) = intake::read_records(&file[..whole - 7]);
+        assert!(!clean);
+        assert_eq!(read.len(), 2);
+        // a changed byte fails its record's check
+        let mut bad = file.clone();
+        bad[whole - 40] ^= 0xff;
+        let (read, clean) = intake::read_records(&bad);
+        assert!(!clean);
+        assert_eq!(read.len(), 2);
+    }
+
+    async fn seed_site(store: &SqliteStore) -> uuid::Uuid {
+        let site = uuid::Uuid::now_v7();
+        store
+            .write(move |c| {
+                c.execute_batch(
+                    "INSERT INTO areas (code, name, level, parent_code, path) \
+                     VALUES ('150800', '巴彦淖尔市', 1, NULL, '/150800/')",
+                )
+                .map_err(map_err)?;
+                c.execute(
+                    "INSERT INTO sites (id, token, kind, name, area_code, area_path, default_stay_min, created_at) \
+                     VALUES (?1, 'tok', 'checkpoint', '检查站', '150800', '/150800/', 10, 0)",
+                    [site.to_string()],
+                )
+                .map_err(map_err)
+            })
+            .await
+            .expect("site");
+        site
+    }
+
+    async fn seqs(store: &SqliteStore) -> Vec<i64> {
+        store
+            .read(|c| {
+                let mut s = c
+                    .prepare("SELECT seq FROM registrations ORDER BY seq")
+                    .map_err(map_err)?;
+                let rows = s.query_map([], |r| r.get(0)).map_err(map_err)?;
+                rows.collect::<rusqlite::Result<Vec<i64>>>()
+                    .map_err(map_err)
+            })
+            .await
+            .expect("seqs")
+    }
+
+    async fn rollups(store: &SqliteStore) -> i64 {
+        store
+            .read(|c| {
+                c.query_row("SELECT SUM(value) FROM rollups", [], |r| r.get::<_, i64>(0))
+                    .map_err(map_err)
+            })
+            .await
+            .expect("rollups")
+    }
+
+    fn intake_files(path: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(path.parent().expect("dir"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("t.db-intake-"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_the_intake_held_when_the_process_died_is_stored_once_at_the_next_open() {
+        use epigrid_core::store::Store;
+        let path = scratch("intake");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        let site = seed_site(&store).await;
+        // a site that does not exist is refused before anything is acknowledged
+        let ghost = intake_registration(uuid::Uuid::now_v7(), 4);
+        assert!(matches!(
+            store.insert_registration(ghost).await,
+            Err(StoreError::Invalid(_))
+        ));
+        let mut acked = Vec::new();
+        for n in 1..=3 {
+            acked.push(
+                store
+                    .insert_registration(intake_registration(site, n))
+                    .await
+                    .expect("acknowledged"),
+            );
+        }
+        // killed before any fold: the records are only in the intake file
+        assert!(store.writer.intake.as_ref().expect("intake").unfolded() == 3);
+        let held = intake_files(&path);
+        assert_eq!(held.len(), 1, "{held:?}");
+        let dir = path.parent().expect("dir");
+        let kept = std::fs::read(dir.join(&held[0])).expect("intake file");
+        store.abandon();
+
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("reopen");
+        assert_eq!(seqs(&store).await, acked, "every acknowledged one, with its number");
+        let left = intake_files(&path);
+        assert!(!left.contains(&held[0]), "the emptied file is gone: {left:?}");
+        let counted = rollups(&store).await;
+        assert!(counted > 0);
+        // the next registration goes on from the last number
+        let next = store
+            .insert_registration(intake_registration(site, 5))
+            .await
+            .expect("next");
+        assert_eq!(next, acked[2] + 1);
+        assert_eq!(seqs(&store).await.len(), 4);
+        let four = rollups(&store).await;
+        assert_eq!(four, counted + counted / 3);
+        let counted = four;
+        drop(store);
+        assert!(intake_files(&path).is_empty(), "a dropped store leaves no intake file");
+
+        // killed after its commit but before its file was removed: stored once, counted once
+        std::fs::write(dir.join(&held[0]), kept).expect("put back");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("again");
+        assert_eq!(seqs(&store).await.len(), 4);
+        assert_eq!(rollups(&store).await, counted, "no rollup counted twice");
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

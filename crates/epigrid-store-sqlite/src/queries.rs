@@ -334,7 +334,12 @@ fn insert_grams(c: &Connection, person_id: &str, name: &str) -> StoreResult<()> 
     Ok(())
 }
 
-fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
+/// Stores `reg` with sequence number `seq` (the next free one when `None`).
+pub(crate) fn insert_reg(
+    c: &Connection,
+    reg: &NewRegistration,
+    seq: Option<i64>,
+) -> StoreResult<i64> {
     let at = micros(reg.at);
     let person_id = upsert_person(c, &reg.person, &reg.area_path, at)?;
     // the person the registration came in as (its phone is sealed for them)
@@ -346,9 +351,9 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
             "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
              verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
              destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
-             employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for, name) VALUES (?1, ?2, \
-             ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, \
-             ?25, ?26, ?27, ?28, ?29, ?30, ?31)",
+             employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for, name, seq) VALUES (?1, \
+             ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, \
+             ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
         )
         .map_err(map_err)?
         .execute(
@@ -384,6 +389,7 @@ fn insert_reg(c: &Connection, reg: &NewRegistration) -> StoreResult<i64> {
                 reg.person.phone_masked,
                 (person_id != id_in).then_some(&id_in),
                 reg.person.name,
+                seq,
             ],
         )
         .map(|_| c.last_insert_rowid())
@@ -757,13 +763,22 @@ impl Store for SqliteStore {
     }
 
     async fn insert_registration(&self, reg: NewRegistration) -> StoreResult<i64> {
-        self.write_registration(move |c| insert_reg(c, &reg)).await
+        // What the database would refuse is refused before the registration is acknowledged
+        // through the intake log: a site that does not exist.
+        self.require_site(reg.site_id).await?;
+        let reg = match self.intake_append(reg) {
+            Ok(acknowledged) => return acknowledged,
+            Err(reg) => reg,
+        };
+        self.write_registration(move |c| insert_reg(c, &reg, None))
+            .await
     }
 
     async fn insert_registrations(&self, regs: Vec<NewRegistration>) -> StoreResult<()> {
+        let first = self.reserve_seqs(regs.len());
         self.write(move |c| {
-            for r in &regs {
-                insert_reg(c, r)?;
+            for (i, r) in regs.iter().enumerate() {
+                insert_reg(c, r, first.map(|f| f + i as i64))?;
             }
             Ok(())
         })

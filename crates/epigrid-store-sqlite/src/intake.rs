@@ -1,0 +1,609 @@
+//! The intake log: how a registration is acknowledged on SQLite without waiting for a
+//! transaction (durability "process", the default).
+//!
+//! A registration is copied, as one framed record, into a file next to the database that is
+//! mapped into memory (`MAP_SHARED`), under a mutex that also hands out its sequence number,
+//! and is then acknowledged: the record is in the operating system's page cache, which
+//! outlives the process (`kill -9`), as a commit in WAL mode with `synchronous=NORMAL` does.
+//! No system call per registration: a `write` each cost a registration about a tenth of its
+//! server time (ext4 updates the file's times on every one). The records wait in memory too
+//! and are committed to the database in one transaction (`Writer::fold` in `lib.rs`) every
+//! [`crate::FOLD_EVERY`], before every read and before every other write, so nobody reads or
+//! changes the database without seeing every registration already acknowledged. A store that
+//! opens the database first commits what a killed process left in its intake files.
+//!
+//! Each fold starts a new file (`<database>-intake-<generation>`, made [`FILE_BYTES`] long,
+//! sparse, and mapped off the requests' path); the files a fold emptied are
+//! deleted once its transaction has committed. (A file that fills up before the next fold is
+//! followed by another at once.) A file holds no raw ID or phone number: records are the
+//! sealed registrations the database stores. One process at a time owns the intake (an
+//! exclusive lock on `<database>-intake.lock`); another process that opens the same database
+//! (a command-line tool while `epigrid serve` runs) writes registrations through the
+//! database's own transactions instead.
+//!
+//! Record: body length (u32), sequence number (i64), check (u64: FNV-1a of the body mixed
+//! with the sequence number), body ([`encode`]); all little-endian. The file's unused rest is
+//! zeros: a zero length ends it. A record cut short or not matching its check also ends the
+//! file (a copy the process did not finish, so never acknowledged).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use chrono::NaiveDate;
+use epigrid_core::model::{
+    Channel, CompanionInput, Direction, NewRegistration, PersonInput, RegistrationFields, SiteKind,
+};
+use epigrid_core::validate::{DocType, Sex};
+use memmap2::MmapMut;
+use uuid::Uuid;
+
+use crate::convert::{micros, time};
+use crate::lock;
+
+/// The format of a record's body; a body of another version is not read.
+const VERSION: u8 = 1;
+pub(crate) const HEADER: usize = 4 + 8 + 8;
+/// No record comes near this; a length beyond it is a torn or foreign file.
+const MAX_BODY: usize = 1 << 20;
+/// How long an intake file is made (sparse: a page takes room once a record is copied into
+/// it): many folds' worth of registrations at 50,000 a second.
+pub(crate) const FILE_BYTES: usize = 64 << 20;
+
+pub(crate) struct Intake {
+    db: PathBuf,
+    /// Held (locked) for as long as this store owns the intake.
+    _lock: File,
+    state: Mutex<State>,
+    /// The generation the next new file gets.
+    next_generation: AtomicU64,
+    /// Registrations appended and not yet committed: a read or write waits for a fold first
+    /// while this is not zero.
+    unfolded: AtomicUsize,
+}
+
+/// One mapped intake file.
+struct Log {
+    map: MmapMut,
+    /// Bytes used.
+    len: usize,
+    generation: u64,
+}
+
+struct State {
+    log: Log,
+    /// The last sequence number handed out.
+    last_seq: i64,
+    pending: Vec<(i64, NewRegistration)>,
+    /// Earlier files that may still hold a record not committed.
+    older: Vec<u64>,
+}
+
+/// Records taken for a fold, and the files they came from (removed once they are committed).
+pub(crate) struct Taken {
+    pub records: Vec<(i64, NewRegistration)>,
+    pub files: Vec<u64>,
+}
+
+fn file_name(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    db.with_file_name(name)
+}
+
+fn generation_file(db: &Path, generation: u64) -> PathBuf {
+    file_name(db, &format!("-intake-{generation:020}"))
+}
+
+/// A file readable by its owner only, like the database.
+fn create_private(path: &Path, new: bool) -> std::io::Result<File> {
+    let mut o = std::fs::OpenOptions::new();
+    if new {
+        o.create_new(true);
+    } else {
+        o.create(true);
+    }
+    o.read(true).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+/// A new intake file of at least `bytes`, mapped.
+fn new_log(db: &Path, generation: u64, bytes: usize) -> std::io::Result<Log> {
+    let file = create_private(&generation_file(db, generation), true)?;
+    file.set_len(bytes.max(FILE_BYTES) as u64)?;
+    // SAFETY: the file is this process's own (made just now, mode 0600, next to a database
+    // whose intake this process holds locked); nothing else truncates it while it is mapped.
+    let map = unsafe { memmap2::MmapOptions::new().map_mut(&file)? };
+    Ok(Log {
+        map,
+        len: 0,
+        generation,
+    })
+}
+
+pub(crate) fn frame(reg: &NewRegistration) -> Vec<u8> {
+    let mut frame = vec![0u8; HEADER];
+    encode(reg, &mut frame);
+    frame
+}
+
+/// Fills in `frame`'s header for sequence number `seq`.
+pub(crate) fn seal_frame(frame: &mut [u8], sum: u64, seq: i64) {
+    let body_len = (frame.len() - HEADER) as u32;
+    frame[..4].copy_from_slice(&body_len.to_le_bytes());
+    frame[4..12].copy_from_slice(&seq.to_le_bytes());
+    frame[12..20].copy_from_slice(&check(sum, seq).to_le_bytes());
+}
+
+impl Intake {
+    /// Takes the intake of the database at `db`, with what earlier processes left in it (to
+    /// be committed before anything else); `None` when another process owns it.
+    pub fn open(db: &Path) -> std::io::Result<Option<(Intake, Vec<(i64, NewRegistration)>)>> {
+        let lock_file = create_private(&file_name(db, "-intake.lock"), false)?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let prefix = file_name(db, "-intake-")
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let dir = match db.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(d) => d.to_path_buf(),
+            None => PathBuf::from("."),
+        };
+        let mut generations = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(g) = name.strip_prefix(&prefix).and_then(|g| g.parse::<u64>().ok()) {
+                generations.push(g);
+            }
+        }
+        generations.sort_unstable();
+        let mut left = Vec::new();
+        for &g in &generations {
+            let mut bytes = Vec::new();
+            File::open(generation_file(db, g))?.read_to_end(&mut bytes)?;
+            let (records, whole) = read_records(&bytes);
+            if !whole {
+                tracing::warn!(
+                    generation = g,
+                    "an intake file ends in a record cut short; read up to it"
+                );
+            }
+            left.extend(records);
+        }
+        left.sort_by_key(|(seq, _)| *seq);
+        let generation = generations.last().map_or(1, |g| g + 1);
+        let log = new_log(db, generation, 0)?;
+        let last_seq = left.last().map_or(0, |(s, _)| *s);
+        Ok(Some((
+            Intake {
+                db: db.to_path_buf(),
+                _lock: lock_file,
+                state: Mutex::new(State {
+                    log,
+                    last_seq,
+                    pending: Vec::new(),
+                    older: generations,
+                }),
+                next_generation: AtomicU64::new(generation + 1),
+                unfolded: AtomicUsize::new(left.len()),
+            },
+            left,
+        )))
+    }
+
+    /// Appends `reg` and returns its sequence number: once this returns, the registration
+    /// survives the process being killed.
+    pub fn append(&self, reg: NewRegistration) -> std::io::Result<i64> {
+        let mut frame = frame(&reg);
+        if frame.len() - HEADER > MAX_BODY {
+            return Err(std::io::Error::other("registration too large for the intake"));
+        }
+        let sum = fnv1a(&frame[HEADER..]);
+        let mut s = lock(&self.state);
+        if s.log.len + frame.len() > s.log.map.len() {
+            // full before the next fold took it over: another file, at once
+            let g = self.next_generation.fetch_add(1, Ordering::Relaxed);
+            let full = std::mem::replace(&mut s.log, new_log(&self.db, g, frame.len())?);
+            s.older.push(full.generation);
+        }
+        let seq = s.last_seq + 1;
+        seal_frame(&mut frame, sum, seq);
+        let at = s.log.len;
+        s.log.map[at..at + frame.len()].copy_from_slice(&frame);
+        s.log.len += frame.len();
+        s.last_seq = seq;
+        s.pending.push((seq, reg));
+        self.unfolded.fetch_add(1, Ordering::SeqCst);
+        Ok(seq)
+    }
+
+    /// Lets another store take the intake (a test's stand-in for the process dying).
+    #[cfg(test)]
+    pub fn release(&self) {
+        let _ = self._lock.unlock();
+    }
+
+    /// Registrations acknowledged and not yet committed.
+    pub fn unfolded(&self) -> usize {
+        self.unfolded.load(Ordering::SeqCst)
+    }
+
+    /// Hands out `n` sequence numbers for registrations written straight to the database
+    /// (bulk loads): the first of them.
+    pub fn reserve(&self, n: usize) -> i64 {
+        let mut s = lock(&self.state);
+        let first = s.last_seq + 1;
+        s.last_seq += n as i64;
+        first
+    }
+
+    /// No sequence number at or below `seq` is handed out from now on.
+    pub fn raise_floor(&self, seq: i64) {
+        let mut s = lock(&self.state);
+        s.last_seq = s.last_seq.max(seq);
+    }
+
+    /// Queues records (and the files they are in) for the next fold, before anything
+    /// appended since: what an earlier process left, or what a fold could not commit.
+    pub fn give_back(&self, mut records: Vec<(i64, NewRegistration)>, files: Vec<u64>) {
+        let mut s = lock(&self.state);
+        records.append(&mut s.pending);
+        s.pending = records;
+        s.older.extend(files);
+    }
+
+    /// Takes what is pending for a fold and starts a new file for what comes next (made and
+    /// mapped before the lock is taken: appends do not wait for the file system).
+    pub fn take(&self) -> Option<Taken> {
+        if lock(&self.state).pending.is_empty() {
+            return None;
+        }
+        let g = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let next = new_log(&self.db, g, 0);
+        let mut s = lock(&self.state);
+        let records = std::mem::take(&mut s.pending);
+        let mut files = std::mem::take(&mut s.older);
+        let done = match next {
+            Ok(log) => {
+                let done = std::mem::replace(&mut s.log, log);
+                files.push(done.generation);
+                Some(done)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start a new intake file");
+                None
+            }
+        };
+        drop(s);
+        // unmapped outside the lock
+        drop(done);
+        Some(Taken { records, files })
+    }
+
+    /// A fold committed `n` records, and every record in `files` (which are removed).
+    pub fn done(&self, n: usize, files: Vec<u64>) {
+        self.unfolded.fetch_sub(n, Ordering::SeqCst);
+        for g in files {
+            match std::fs::remove_file(generation_file(&self.db, g)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(error = %e, generation = g, "intake file not removed"),
+            }
+        }
+    }
+
+    /// Keeps a record the database refused (its site gone, say) in
+    /// `<database>-intake-rejected`, so that an acknowledged registration is never dropped
+    /// silently.
+    pub fn reject(&self, seq: i64, reg: &NewRegistration) {
+        use std::io::{Seek, Write};
+        let mut frame = frame(reg);
+        let sum = fnv1a(&frame[HEADER..]);
+        seal_frame(&mut frame, sum, seq);
+        let written = create_private(&file_name(&self.db, "-intake-rejected"), false)
+            .and_then(|mut f| {
+                f.seek(std::io::SeekFrom::End(0))?;
+                f.write_all(&frame)
+            });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "a refused registration could not be kept");
+        }
+    }
+}
+
+impl Drop for Intake {
+    /// A store closed with everything committed leaves no intake file behind.
+    fn drop(&mut self) {
+        if self.unfolded() > 0 {
+            return;
+        }
+        let s = lock(&self.state);
+        for g in s.older.iter().copied().chain([s.log.generation]) {
+            let _ = std::fs::remove_file(generation_file(&self.db, g));
+        }
+    }
+}
+
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn check(sum: u64, seq: i64) -> u64 {
+    sum ^ (seq as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The records in `bytes`, and whether they end where the file ends.
+pub(crate) fn read_records(bytes: &[u8]) -> (Vec<(i64, NewRegistration)>, bool) {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < HEADER {
+            return (out, rest.iter().all(|b| *b == 0));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+        let seq = i64::from_le_bytes(rest[4..12].try_into().unwrap_or_default());
+        let sum = u64::from_le_bytes(rest[12..20].try_into().unwrap_or_default());
+        if len == 0 {
+            // the file's unused rest (a record is never empty)
+            return (out, true);
+        }
+        if len > MAX_BODY || rest.len() < HEADER + len {
+            return (out, false);
+        }
+        let body = &rest[HEADER..HEADER + len];
+        if check(fnv1a(body), seq) != sum {
+            return (out, false);
+        }
+        match decode(body) {
+            Some(reg) => out.push((seq, reg)),
+            None => return (out, false),
+        }
+        rest = &rest[HEADER + len..];
+    }
+    (out, true)
+}
+
+// ---- the body: every field of a registration, in order ----
+
+struct Enc<'a>(&'a mut Vec<u8>);
+
+impl Enc<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) {
+        self.0.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(v);
+    }
+    fn str(&mut self, v: &str) {
+        self.bytes(v.as_bytes());
+    }
+    fn uuid(&mut self, v: Uuid) {
+        self.0.extend_from_slice(v.as_bytes());
+    }
+    fn date(&mut self, v: NaiveDate) {
+        use chrono::Datelike;
+        self.i64(i64::from(v.num_days_from_ce()));
+    }
+    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
+        match v {
+            None => self.u8(0),
+            Some(v) => {
+                self.u8(1);
+                f(self, v);
+            }
+        }
+    }
+    fn opt_str(&mut self, v: &Option<String>) {
+        self.opt(v.as_deref(), |e, s| e.str(s));
+    }
+    fn opt_bytes(&mut self, v: &Option<Vec<u8>>) {
+        self.opt(v.as_deref(), |e, b| e.bytes(b));
+    }
+    fn person(&mut self, p: &PersonInput) {
+        self.uuid(p.id);
+        self.opt(p.doc_type, |e, d| e.str(d.as_str()));
+        self.opt_bytes(&p.doc_index);
+        self.opt_bytes(&p.doc_cipher);
+        self.opt_str(&p.doc_masked);
+        self.str(&p.name);
+        self.opt_bytes(&p.phone_index);
+        self.opt_bytes(&p.phone_cipher);
+        self.opt_str(&p.phone_masked);
+        self.opt(p.birth_date, Self::date);
+        self.opt_bytes(&p.birth_index);
+        self.opt(p.sex, |e, s| e.str(s.as_str()));
+        self.u8(u8::from(p.provisional));
+    }
+}
+
+/// Appends `reg`'s body to `out`.
+pub(crate) fn encode(reg: &NewRegistration, out: &mut Vec<u8>) {
+    let mut e = Enc(out);
+    e.u8(VERSION);
+    e.uuid(reg.id);
+    e.uuid(reg.site_id);
+    e.str(&reg.area_path);
+    e.i64(micros(reg.at));
+    e.str(reg.kind.as_str());
+    e.str(reg.channel.as_str());
+    e.opt(reg.by_user, Enc::uuid);
+    e.str(&reg.verification_code);
+    e.person(&reg.person);
+    e.i64(reg.companion_list.len() as i64);
+    for c in &reg.companion_list {
+        e.opt_str(&c.name);
+        e.opt(c.person.as_ref(), Enc::person);
+    }
+    let f = &reg.fields;
+    e.opt(f.temperature, |e, t| e.i64(i64::from(t)));
+    e.u8(f.symptoms);
+    e.opt(f.high_risk_travel, |e, b| e.u8(u8::from(b)));
+    e.opt_str(&f.plate);
+    e.i64(i64::from(f.companions));
+    e.opt_str(&f.origin_code);
+    e.opt_str(&f.destination);
+    e.opt(f.direction, |e, d| e.str(d.as_str()));
+    e.opt(f.visitor, |e, b| e.u8(u8::from(b)));
+    e.opt_str(&f.unit_code);
+    e.opt_str(&f.visit_reason);
+    e.opt(f.arrival_date, Enc::date);
+    e.opt_str(&f.residence_code);
+    e.opt_str(&f.address);
+    e.opt_str(&f.employer);
+    e.opt(f.stay_days, |e, d| e.i64(i64::from(d)));
+    e.opt_str(&f.purpose);
+    e.date(reg.day);
+}
+
+struct Dec<'a>(&'a [u8]);
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn bool(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(n).map(<[u8]>::to_vec)
+    }
+    fn str(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?).ok()
+    }
+    fn uuid(&mut self) -> Option<Uuid> {
+        Uuid::from_slice(self.take(16)?).ok()
+    }
+    fn date(&mut self) -> Option<NaiveDate> {
+        NaiveDate::from_num_days_from_ce_opt(i32::try_from(self.i64()?).ok()?)
+    }
+    /// `Some(None)` for an absent value, `None` for a malformed one.
+    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => f(self).map(Some),
+            _ => None,
+        }
+    }
+    fn opt_str(&mut self) -> Option<Option<String>> {
+        self.opt(Self::str)
+    }
+    fn opt_bytes(&mut self) -> Option<Option<Vec<u8>>> {
+        self.opt(Self::bytes)
+    }
+    fn person(&mut self) -> Option<PersonInput> {
+        Some(PersonInput {
+            id: self.uuid()?,
+            doc_type: self.opt(|d| DocType::parse(&d.str()?))?,
+            doc_index: self.opt_bytes()?,
+            doc_cipher: self.opt_bytes()?,
+            doc_masked: self.opt_str()?,
+            name: self.str()?,
+            phone_index: self.opt_bytes()?,
+            phone_cipher: self.opt_bytes()?,
+            phone_masked: self.opt_str()?,
+            birth_date: self.opt(Self::date)?,
+            birth_index: self.opt_bytes()?,
+            sex: self.opt(|d| Sex::parse(&d.str()?))?,
+            provisional: self.bool()?,
+        })
+    }
+}
+
+/// A body [`encode`] wrote; `None` for anything else.
+pub(crate) fn decode(body: &[u8]) -> Option<NewRegistration> {
+    let mut d = Dec(body);
+    if d.u8()? != VERSION {
+        return None;
+    }
+    let id = d.uuid()?;
+    let site_id = d.uuid()?;
+    let area_path = d.str()?;
+    let at = time(d.i64()?);
+    let kind = SiteKind::parse(&d.str()?)?;
+    let channel = Channel::parse(&d.str()?)?;
+    let by_user = d.opt(Dec::uuid)?;
+    let verification_code = d.str()?;
+    let person = d.person()?;
+    let n = usize::try_from(d.i64()?).ok()?;
+    let mut companion_list = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        companion_list.push(CompanionInput {
+            name: d.opt_str()?,
+            person: d.opt(Dec::person)?,
+        });
+    }
+    let fields = RegistrationFields {
+        temperature: d.opt(|d| i16::try_from(d.i64()?).ok())?,
+        symptoms: d.u8()?,
+        high_risk_travel: d.opt(Dec::bool)?,
+        plate: d.opt_str()?,
+        companions: i32::try_from(d.i64()?).ok()?,
+        origin_code: d.opt_str()?,
+        destination: d.opt_str()?,
+        direction: d.opt(|d| Direction::parse(&d.str()?))?,
+        visitor: d.opt(Dec::bool)?,
+        unit_code: d.opt_str()?,
+        visit_reason: d.opt_str()?,
+        arrival_date: d.opt(Dec::date)?,
+        residence_code: d.opt_str()?,
+        address: d.opt_str()?,
+        employer: d.opt_str()?,
+        stay_days: d.opt(|d| i32::try_from(d.i64()?).ok())?,
+        purpose: d.opt_str()?,
+    };
+    let day = d.date()?;
+    if !d.0.is_empty() {
+        return None;
+    }
+    Some(NewRegistration {
+        id,
+        site_id,
+        area_path,
+        at,
+        kind,
+        channel,
+        by_user,
+        verification_code,
+        person,
+        companion_list,
+        fields,
+        day,
+    })
+}
