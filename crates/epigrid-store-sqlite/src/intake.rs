@@ -76,14 +76,17 @@ struct State {
     log: Log,
     /// The last sequence number handed out.
     last_seq: i64,
-    pending: Vec<(i64, NewRegistration)>,
+    pending: Records,
     /// Earlier files that may still hold a record not committed.
     older: Vec<u64>,
 }
 
+/// Registrations with their sequence numbers, oldest first.
+pub(crate) type Records = Vec<(i64, NewRegistration)>;
+
 /// Records taken for a fold, and the files they came from (removed once they are committed).
 pub(crate) struct Taken {
-    pub records: Vec<(i64, NewRegistration)>,
+    pub records: Records,
     pub files: Vec<u64>,
 }
 
@@ -145,7 +148,7 @@ pub(crate) fn seal_frame(frame: &mut [u8], sum: u64, seq: i64) {
 impl Intake {
     /// Takes the intake of the database at `db`, with what earlier processes left in it (to
     /// be committed before anything else); `None` when another process owns it.
-    pub fn open(db: &Path) -> std::io::Result<Option<(Intake, Vec<(i64, NewRegistration)>)>> {
+    pub fn open(db: &Path) -> std::io::Result<Option<(Intake, Records)>> {
         let lock_file = create_private(&file_name(db, "-intake.lock"), false)?;
         match lock_file.try_lock() {
             Ok(()) => {}
@@ -164,7 +167,10 @@ impl Intake {
         let mut generations = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(g) = name.strip_prefix(&prefix).and_then(|g| g.parse::<u64>().ok()) {
+            if let Some(g) = name
+                .strip_prefix(&prefix)
+                .and_then(|g| g.parse::<u64>().ok())
+            {
                 generations.push(g);
             }
         }
@@ -208,7 +214,9 @@ impl Intake {
     pub fn append(&self, reg: NewRegistration) -> std::io::Result<i64> {
         let mut frame = frame(&reg);
         if frame.len() - HEADER > MAX_BODY {
-            return Err(std::io::Error::other("registration too large for the intake"));
+            return Err(std::io::Error::other(
+                "registration too large for the intake",
+            ));
         }
         let sum = fnv1a(&frame[HEADER..]);
         let mut s = lock(&self.state);
@@ -257,7 +265,7 @@ impl Intake {
 
     /// Queues records (and the files they are in) for the next fold, before anything
     /// appended since: what an earlier process left, or what a fold could not commit.
-    pub fn give_back(&self, mut records: Vec<(i64, NewRegistration)>, files: Vec<u64>) {
+    pub fn give_back(&self, mut records: Records, files: Vec<u64>) {
         let mut s = lock(&self.state);
         records.append(&mut s.pending);
         s.pending = records;
@@ -312,8 +320,8 @@ impl Intake {
         let mut frame = frame(reg);
         let sum = fnv1a(&frame[HEADER..]);
         seal_frame(&mut frame, sum, seq);
-        let written = create_private(&file_name(&self.db, "-intake-rejected"), false)
-            .and_then(|mut f| {
+        let written =
+            create_private(&file_name(&self.db, "-intake-rejected"), false).and_then(|mut f| {
                 f.seek(std::io::SeekFrom::End(0))?;
                 f.write_all(&frame)
             });
@@ -350,7 +358,7 @@ fn check(sum: u64, seq: i64) -> u64 {
 }
 
 /// The records in `bytes`, and whether they end where the file ends.
-pub(crate) fn read_records(bytes: &[u8]) -> (Vec<(i64, NewRegistration)>, bool) {
+pub(crate) fn read_records(bytes: &[u8]) -> (Records, bool) {
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {

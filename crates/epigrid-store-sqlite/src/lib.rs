@@ -559,7 +559,12 @@ impl SqliteStore {
     /// Commits what the intake log holds (on a blocking thread), so that a read sees every
     /// registration acknowledged before it began.
     async fn settle(&self) -> StoreResult<()> {
-        if self.writer.intake.as_ref().is_some_and(|i| i.unfolded() > 0) {
+        if self
+            .writer
+            .intake
+            .as_ref()
+            .is_some_and(|i| i.unfolded() > 0)
+        {
             let w = self.writer.clone();
             if tokio::task::spawn_blocking(move || w.fold())
                 .await
@@ -574,15 +579,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Acknowledges a registration through the intake log when this store owns one (its
-    /// sequence number); the registration back when it must go through the writer.
-    pub(crate) fn intake_append(
-        &self,
-        reg: NewRegistration,
-    ) -> Result<StoreResult<i64>, NewRegistration> {
+    /// Whether registrations are acknowledged through the intake log (this store owns it).
+    pub(crate) fn has_intake(&self) -> bool {
+        self.writer.intake.is_some()
+    }
+
+    /// Acknowledges a registration through the intake log ([`SqliteStore::has_intake`]): its
+    /// sequence number.
+    pub(crate) fn intake_append(&self, reg: NewRegistration) -> StoreResult<i64> {
         match &self.writer.intake {
-            Some(intake) => Ok(intake.append(reg).map_err(backend)),
-            None => Err(reg),
+            Some(intake) => intake.append(reg).map_err(backend),
+            None => Err(StoreError::Backend("no intake log".into())),
         }
     }
 
@@ -668,7 +675,9 @@ fn checkpointer(conn: Connection, stop: Arc<AtomicBool>, writer: Arc<Writer>) {
         });
         match row {
             Ok((busy, frames, done)) => {
-                writer.wal_frames.store(frames.max(0) as u64, Ordering::Relaxed);
+                writer
+                    .wal_frames
+                    .store(frames.max(0) as u64, Ordering::Relaxed);
                 if busy == 0 && frames > 0 && frames == done {
                     writer.restart_due.store(true, Ordering::Relaxed);
                 }
@@ -743,7 +752,7 @@ fn insert_all<'a>(
     done
 }
 
-fn fold_all(conn: &Connection, records: &[(i64, NewRegistration)]) -> StoreResult<()> {
+fn fold_all(conn: &Connection, records: &intake::Records) -> StoreResult<()> {
     insert_all(conn, records.iter().map(|(seq, reg)| (*seq, reg)))
 }
 
@@ -1135,9 +1144,16 @@ mod tests {
         store.abandon();
 
         let store = SqliteStore::open_with(&path, Durability::Process, false).expect("reopen");
-        assert_eq!(seqs(&store).await, acked, "every acknowledged one, with its number");
+        assert_eq!(
+            seqs(&store).await,
+            acked,
+            "every acknowledged one, with its number"
+        );
         let left = intake_files(&path);
-        assert!(!left.contains(&held[0]), "the emptied file is gone: {left:?}");
+        assert!(
+            !left.contains(&held[0]),
+            "the emptied file is gone: {left:?}"
+        );
         let counted = rollups(&store).await;
         assert!(counted > 0);
         // the next registration goes on from the last number
@@ -1151,7 +1167,10 @@ mod tests {
         assert_eq!(four, counted + counted / 3);
         let counted = four;
         drop(store);
-        assert!(intake_files(&path).is_empty(), "a dropped store leaves no intake file");
+        assert!(
+            intake_files(&path).is_empty(),
+            "a dropped store leaves no intake file"
+        );
 
         // killed after its commit but before its file was removed: stored once, counted once
         std::fs::write(dir.join(&held[0]), kept).expect("put back");

@@ -766,10 +766,9 @@ impl Store for SqliteStore {
         // What the database would refuse is refused before the registration is acknowledged
         // through the intake log: a site that does not exist.
         self.require_site(reg.site_id).await?;
-        let reg = match self.intake_append(reg) {
-            Ok(acknowledged) => return acknowledged,
-            Err(reg) => reg,
-        };
+        if self.has_intake() {
+            return self.intake_append(reg);
+        }
         self.write_registration(move |c| insert_reg(c, &reg, None))
             .await
     }
