@@ -5,8 +5,8 @@
 //! mapped into memory (`MAP_SHARED`), under a mutex that also hands out its sequence number,
 //! and is then acknowledged: the record is in the operating system's page cache, which
 //! outlives the process (`kill -9`), as a commit in WAL mode with `synchronous=NORMAL` does.
-//! No system call per registration: a `write` each cost a registration about a tenth of its
-//! server time (ext4 updates the file's times on every one). The records wait in memory too
+//! No system call per registration: with a `write` each, `write` to ext4 took ~8% of the
+//! tokio workers' time in a profile under load. The records wait in memory too
 //! and are committed to the database in one transaction (`Writer::fold` in `lib.rs`) every
 //! [`crate::FOLD_EVERY`], before every read and before every other write, so nobody reads or
 //! changes the database without seeing every registration already acknowledged. A store that
@@ -41,11 +41,11 @@ use memmap2::MmapMut;
 use uuid::Uuid;
 
 use crate::convert::{micros, time};
-use crate::lock;
+use crate::{lock, open_private};
 
 /// The format of a record's body; a body of another version is not read.
 const VERSION: u8 = 1;
-pub(crate) const HEADER: usize = 4 + 8 + 8;
+const HEADER: usize = 4 + 8 + 8;
 /// No record comes near this; a length beyond it is a torn or foreign file.
 const MAX_BODY: usize = 1 << 20;
 /// How long an intake file is made (sparse: a page takes room once a record is copied into
@@ -100,26 +100,9 @@ fn generation_file(db: &Path, generation: u64) -> PathBuf {
     file_name(db, &format!("-intake-{generation:020}"))
 }
 
-/// A file readable by its owner only, like the database.
-fn create_private(path: &Path, new: bool) -> std::io::Result<File> {
-    let mut o = std::fs::OpenOptions::new();
-    if new {
-        o.create_new(true);
-    } else {
-        o.create(true);
-    }
-    o.read(true).write(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
-}
-
 /// A new intake file of at least `bytes`, mapped.
 fn new_log(db: &Path, generation: u64, bytes: usize) -> std::io::Result<Log> {
-    let file = create_private(&generation_file(db, generation), true)?;
+    let file = open_private(&generation_file(db, generation), true)?;
     file.set_len(bytes.max(FILE_BYTES) as u64)?;
     // SAFETY: the file is this process's own (made just now, mode 0600, next to a database
     // whose intake this process holds locked); nothing else truncates it while it is mapped.
@@ -131,14 +114,23 @@ fn new_log(db: &Path, generation: u64, bytes: usize) -> std::io::Result<Log> {
     })
 }
 
-pub(crate) fn frame(reg: &NewRegistration) -> Vec<u8> {
+/// `reg`'s record with room for its header, which [`seal_frame`] fills in.
+fn frame(reg: &NewRegistration) -> Vec<u8> {
     let mut frame = vec![0u8; HEADER];
     encode(reg, &mut frame);
     frame
 }
 
-/// Fills in `frame`'s header for sequence number `seq`.
-pub(crate) fn seal_frame(frame: &mut [u8], sum: u64, seq: i64) {
+/// `reg`'s whole record as sequence number `seq`.
+pub(crate) fn framed(reg: &NewRegistration, seq: i64) -> Vec<u8> {
+    let mut frame = frame(reg);
+    let sum = fnv1a(&frame[HEADER..]);
+    seal_frame(&mut frame, sum, seq);
+    frame
+}
+
+/// Fills in `frame`'s header for sequence number `seq` (`sum`: the body's FNV-1a).
+fn seal_frame(frame: &mut [u8], sum: u64, seq: i64) {
     let body_len = (frame.len() - HEADER) as u32;
     frame[..4].copy_from_slice(&body_len.to_le_bytes());
     frame[4..12].copy_from_slice(&seq.to_le_bytes());
@@ -149,7 +141,7 @@ impl Intake {
     /// Takes the intake of the database at `db`, with what earlier processes left in it (to
     /// be committed before anything else); `None` when another process owns it.
     pub fn open(db: &Path) -> std::io::Result<Option<(Intake, Records)>> {
-        let lock_file = create_private(&file_name(db, "-intake.lock"), false)?;
+        let lock_file = open_private(&file_name(db, "-intake.lock"), false)?;
         match lock_file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
@@ -303,7 +295,11 @@ impl Intake {
     /// A fold committed `n` records, and every record in `files` (which are removed).
     pub fn done(&self, n: usize, files: Vec<u64>) {
         self.unfolded.fetch_sub(n, Ordering::SeqCst);
-        for g in files {
+        self.remove(files);
+    }
+
+    fn remove(&self, generations: impl IntoIterator<Item = u64>) {
+        for g in generations {
             match std::fs::remove_file(generation_file(&self.db, g)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -317,13 +313,10 @@ impl Intake {
     /// silently.
     pub fn reject(&self, seq: i64, reg: &NewRegistration) {
         use std::io::{Seek, Write};
-        let mut frame = frame(reg);
-        let sum = fnv1a(&frame[HEADER..]);
-        seal_frame(&mut frame, sum, seq);
         let written =
-            create_private(&file_name(&self.db, "-intake-rejected"), false).and_then(|mut f| {
+            open_private(&file_name(&self.db, "-intake-rejected"), false).and_then(|mut f| {
                 f.seek(std::io::SeekFrom::End(0))?;
-                f.write_all(&frame)
+                f.write_all(&framed(reg, seq))
             });
         if let Err(e) = written {
             tracing::error!(error = %e, "a refused registration could not be kept");
@@ -338,13 +331,11 @@ impl Drop for Intake {
             return;
         }
         let s = lock(&self.state);
-        for g in s.older.iter().copied().chain([s.log.generation]) {
-            let _ = std::fs::remove_file(generation_file(&self.db, g));
-        }
+        self.remove(s.older.iter().copied().chain([s.log.generation]));
     }
 }
 
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);

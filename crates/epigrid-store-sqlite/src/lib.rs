@@ -208,34 +208,10 @@ impl Writer {
         let Some(taken) = intake.take() else { return };
         // Foreign keys are not looked up row by row here: a registration's site was found
         // before it was acknowledged (`SqliteStore::require_site`; sites are never deleted),
-        // and its people and companions are found or made in the same transaction. About a
-        // tenth of a fold's time.
+        // and its people and companions are found or made in the same transaction.
         let _ = exec(conn, "PRAGMA foreign_keys = OFF");
-        self.fold_taken(conn, intake, taken);
+        fold_taken(conn, intake, taken);
         let _ = exec(conn, "PRAGMA foreign_keys = ON");
-    }
-
-    fn fold_taken(&self, conn: &Connection, intake: &intake::Intake, taken: intake::Taken) {
-        let n = taken.records.len();
-        if fold_all(conn, &taken.records).is_ok() {
-            intake.done(n, taken.files);
-            return;
-        }
-        // One of them, or the database, failed: one at a time, each its own transaction.
-        let mut records = taken.records.into_iter();
-        let mut done = 0;
-        while let Some((seq, reg)) = records.next() {
-            if let Err(e) = fold_one(conn, intake, seq, &reg) {
-                tracing::error!(error = %e, "registrations wait in the intake log: the database failed");
-                let mut back = vec![(seq, reg)];
-                back.extend(records);
-                intake.give_back(back, taken.files);
-                intake.done(done, Vec::new());
-                return;
-            }
-            done += 1;
-        }
-        intake.done(done, taken.files);
     }
 
     /// Copies the WAL into the database on the writing connection while no write can start
@@ -330,22 +306,25 @@ pub fn path_from_url(url: &str) -> Option<PathBuf> {
     (!rest.is_empty()).then(|| PathBuf::from(rest))
 }
 
-/// Creates a new database file readable by its owner only (SQLite gives its WAL and shared
-/// memory files the database file's mode): names, masked numbers and sealed data are no one
-/// else's business on a shared machine. An existing file is left as its owner set it.
-fn create_private(path: &Path) -> std::io::Result<()> {
+/// Opens `path` for reading and writing, creating it readable by its owner only (`new`: it
+/// must not exist yet). The database is made so (SQLite gives its WAL and shared memory files
+/// the database file's mode), and so are the intake's files: names, masked numbers and sealed
+/// data are no one else's business on a shared machine. An existing file is left as its
+/// owner set it.
+pub(crate) fn open_private(path: &Path, new: bool) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.read(true).write(true);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
+    options.open(path)
 }
 
 fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Result<Connection> {
@@ -405,7 +384,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        create_private(path).map_err(backend)?;
+        open_private(path, false).map_err(backend)?;
         let mut conn = open(path, false, durability).map_err(backend)?;
         migrate::run(&mut conn)?;
         let id: i64 = conn
@@ -414,14 +393,13 @@ impl SqliteStore {
         if id != APPLICATION_ID {
             mark(&conn).map_err(backend)?;
         }
-        let intake = match durability {
-            Durability::Process => intake::Intake::open(path).map_err(backend)?,
+        let (intake, left) = match durability {
+            Durability::Process => match intake::Intake::open(path).map_err(backend)? {
+                Some((intake, left)) => (Some(intake), left),
+                None => (None, Vec::new()),
+            },
             // every commit fsynced: registrations go through the writer's transactions
-            Durability::Power => None,
-        };
-        let (intake, left) = match intake {
-            Some((i, left)) => (Some(i), left),
-            None => (None, Vec::new()),
+            Durability::Power => (None, Vec::new()),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let writer = Arc::new(Writer {
@@ -441,13 +419,7 @@ impl SqliteStore {
         if let Some(intake) = &writer.intake {
             // What a killed process acknowledged and did not commit is committed now, before
             // anything else reads or writes; then sequence numbers go on from the last.
-            let last: i64 = lock(&writer.conn)
-                .conn
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM registrations", [], |r| {
-                    r.get(0)
-                })
-                .map_err(backend)?;
-            intake.raise_floor(last);
+            intake.raise_floor(last_seq(&lock(&writer.conn).conn)?);
             if !left.is_empty() {
                 tracing::info!(
                     registrations = left.len(),
@@ -559,44 +531,28 @@ impl SqliteStore {
     /// Commits what the intake log holds (on a blocking thread), so that a read sees every
     /// registration acknowledged before it began.
     async fn settle(&self) -> StoreResult<()> {
-        if self
-            .writer
-            .intake
-            .as_ref()
-            .is_some_and(|i| i.unfolded() > 0)
-        {
+        if self.intake().is_some_and(|i| i.unfolded() > 0) {
             let w = self.writer.clone();
-            if tokio::task::spawn_blocking(move || w.fold())
-                .await
-                .map_err(backend)?
-            {
-                let w = self.writer.clone();
-                tokio::task::spawn_blocking(move || w.checkpoint())
-                    .await
-                    .map_err(backend)?;
-            }
+            tokio::task::spawn_blocking(move || {
+                if w.fold() {
+                    w.checkpoint();
+                }
+            })
+            .await
+            .map_err(backend)?;
         }
         Ok(())
     }
 
-    /// Whether registrations are acknowledged through the intake log (this store owns it).
-    pub(crate) fn has_intake(&self) -> bool {
-        self.writer.intake.is_some()
-    }
-
-    /// Acknowledges a registration through the intake log ([`SqliteStore::has_intake`]): its
-    /// sequence number.
-    pub(crate) fn intake_append(&self, reg: NewRegistration) -> StoreResult<i64> {
-        match &self.writer.intake {
-            Some(intake) => intake.append(reg).map_err(backend),
-            None => Err(StoreError::Backend("no intake log".into())),
-        }
+    /// The intake log registrations are acknowledged from, when this store owns it.
+    pub(crate) fn intake(&self) -> Option<&intake::Intake> {
+        self.writer.intake.as_ref()
     }
 
     /// Refuses a registration for a site that does not exist, as the database's foreign key
     /// would (sites are never deleted, so one found once is remembered).
     pub(crate) async fn require_site(&self, site: uuid::Uuid) -> StoreResult<()> {
-        if self.writer.intake.is_none() || lock(&self.known_sites).contains(&site) {
+        if self.intake().is_none() || lock(&self.known_sites).contains(&site) {
             return Ok(());
         }
         let found: bool = self
@@ -614,12 +570,6 @@ impl SqliteStore {
         }
         lock(&self.known_sites).insert(site);
         Ok(())
-    }
-
-    /// Sequence numbers for `n` registrations written through the writer (the first of them),
-    /// when the intake hands them out.
-    pub(crate) fn reserve_seqs(&self, n: usize) -> Option<i64> {
-        self.writer.intake.as_ref().map(|i| i.reserve(n))
     }
 
     /// Runs `f` on a pooled read connection on a blocking thread.
@@ -732,6 +682,40 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
     Ok(out)
 }
 
+/// Commits the records a fold took: in one transaction, or (when that fails) one at a time.
+/// Those left when the database itself fails go back to the intake for the next fold.
+fn fold_taken(conn: &Connection, intake: &intake::Intake, taken: intake::Taken) {
+    let n = taken.records.len();
+    let all = taken.records.iter().map(|(seq, reg)| (*seq, reg));
+    if insert_all(conn, all).is_ok() {
+        intake.done(n, taken.files);
+        return;
+    }
+    // One of them, or the database, failed: one at a time, each its own transaction.
+    let mut records = taken.records.into_iter();
+    let mut done = 0;
+    while let Some((seq, reg)) = records.next() {
+        if let Err(e) = fold_one(conn, intake, seq, &reg) {
+            tracing::error!(error = %e, "registrations wait in the intake log: the database failed");
+            let mut back = vec![(seq, reg)];
+            back.extend(records);
+            intake.give_back(back, taken.files);
+            intake.done(done, Vec::new());
+            return;
+        }
+        done += 1;
+    }
+    intake.done(done, taken.files);
+}
+
+/// The highest sequence number stored.
+fn last_seq(conn: &Connection) -> StoreResult<i64> {
+    conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM registrations", [], |r| {
+        r.get(0)
+    })
+    .map_err(backend)
+}
+
 /// Inserts registrations from the intake log with their sequence numbers, in one
 /// transaction: all of them, or (on an error) none.
 fn insert_all<'a>(
@@ -750,10 +734,6 @@ fn insert_all<'a>(
         queries::forget_known();
     }
     done
-}
-
-fn fold_all(conn: &Connection, records: &intake::Records) -> StoreResult<()> {
-    insert_all(conn, records.iter().map(|(seq, reg)| (*seq, reg)))
 }
 
 /// Commits one record of the intake log on its own. One the database refuses (rather than
@@ -781,11 +761,7 @@ fn fold_one(
     if stored {
         return Ok(());
     }
-    let last: i64 = conn
-        .query_row("SELECT COALESCE(MAX(seq), 0) FROM registrations", [], |r| {
-            r.get(0)
-        })
-        .map_err(backend)?;
+    let last = last_seq(conn)?;
     if last >= seq {
         intake.raise_floor(last);
         match insert_all(conn, std::iter::once((intake.reserve(1), reg))) {
@@ -1032,10 +1008,7 @@ mod tests {
             .collect();
         let mut file = Vec::new();
         for (i, r) in regs.iter().enumerate() {
-            let mut f = intake::frame(r);
-            let sum = intake::fnv1a(&f[intake::HEADER..]);
-            intake::seal_frame(&mut f, sum, 10 + i as i64);
-            file.extend_from_slice(&f);
+            file.extend_from_slice(&intake::framed(r, 10 + i as i64));
         }
         let whole = file.len();
         // the unused rest of a mapped file is zeros
@@ -1136,7 +1109,7 @@ mod tests {
             );
         }
         // killed before any fold: the records are only in the intake file
-        assert!(store.writer.intake.as_ref().expect("intake").unfolded() == 3);
+        assert_eq!(store.intake().expect("intake").unfolded(), 3);
         let held = intake_files(&path);
         assert_eq!(held.len(), 1, "{held:?}");
         let dir = path.parent().expect("dir");

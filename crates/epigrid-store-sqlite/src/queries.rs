@@ -766,15 +766,17 @@ impl Store for SqliteStore {
         // What the database would refuse is refused before the registration is acknowledged
         // through the intake log: a site that does not exist.
         self.require_site(reg.site_id).await?;
-        if self.has_intake() {
-            return self.intake_append(reg);
+        if let Some(intake) = self.intake() {
+            return intake.append(reg).map_err(crate::backend);
         }
         self.write_registration(move |c| insert_reg(c, &reg, None))
             .await
     }
 
     async fn insert_registrations(&self, regs: Vec<NewRegistration>) -> StoreResult<()> {
-        let first = self.reserve_seqs(regs.len());
+        // numbered from the intake's counter when there is one, so none collides with a
+        // registration it has acknowledged and not yet committed
+        let first = self.intake().map(|i| i.reserve(regs.len()));
         self.write(move |c| {
             for (i, r) in regs.iter().enumerate() {
                 insert_reg(c, r, first.map(|f| f + i as i64))?;
