@@ -49,13 +49,18 @@ impl Division {
         is_placeholder_name(self.name)
     }
 
+    /// A placeholder that cannot borrow its province's name, in Chinese and English:
+    /// Chongqing's counties (5002 `县`) beside its districts (5001 `市辖区`), two entries that
+    /// would both read `重庆市`.
+    fn own_names(&self) -> Option<(&'static str, &'static str)> {
+        (self.code == "5002").then_some(("重庆市（县）", "Chongqing (counties)"))
+    }
+
     /// The name to show in a picker: the province's name for a placeholder city (so
     /// 1101 `市辖区` shows as `北京市`), the division's own name otherwise.
     pub fn display_name(&self) -> &'static str {
-        // Chongqing's counties (5002 `县`) beside its districts (5001 `市辖区`): two entries
-        // reading `重庆市` could not be told apart
-        if self.code == "5002" && self.name == "县" {
-            return "重庆市（县）";
+        if let Some((zh, _)) = self.own_names() {
+            return zh;
         }
         if self.is_placeholder() {
             if let Some(parent) = self.parent.and_then(get) {
@@ -69,8 +74,8 @@ impl Division {
     /// placeholder city, e.g. `Wuhan`, `Linhe District`, `Inner Mongolia`. `None` only where
     /// the data has no English name.
     pub fn name_en(&self) -> Option<&'static str> {
-        if self.code == "5002" && self.name == "县" {
-            return Some("Chongqing (counties)");
+        if let Some((_, en)) = self.own_names() {
+            return Some(en);
         }
         if self.is_placeholder() {
             return self.parent.and_then(get).and_then(Division::name_en);
@@ -603,13 +608,7 @@ pub fn find_place(province: &str, typed: &str) -> Result<&'static Division, Plac
         many => {
             let cities: Vec<&&Division> = many.iter().filter(|d| d.code.len() == 4).collect();
             match cities.as_slice() {
-                [city]
-                    if many
-                        .iter()
-                        .all(|d| d.code == city.code || d.code.starts_with(city.code)) =>
-                {
-                    Ok(city)
-                }
+                [city] if many.iter().all(|d| d.code.starts_with(city.code)) => Ok(city),
                 _ => Err(PlaceError::Ambiguous),
             }
         }

@@ -351,8 +351,6 @@ impl RegistrationInput {
         Ok(input)
     }
 
-    /// Reads `application/x-www-form-urlencoded` pairs (symptoms repeat; companions as
-    /// `companion_name_N` / `companion_id_N`).
     /// The field of one value a form's `name` fills, if it is one (symptoms repeat, and
     /// companions have fields of their own).
     fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
@@ -381,6 +379,8 @@ impl RegistrationInput {
         })
     }
 
+    /// Reads `application/x-www-form-urlencoded` pairs (symptoms repeat; companions as
+    /// `companion_name_N` / `companion_id_N`).
     pub fn from_pairs(pairs: &[(String, String)]) -> RegistrationInput {
         let mut input = RegistrationInput::default();
         for (k, v) in pairs {

@@ -376,7 +376,8 @@ impl IdNumber {
         last: char,
         today: NaiveDate,
     ) -> Result<IdNumber, FieldError> {
-        if !PROVINCE_CODES.contains(&(digits[0] * 10 + digits[1])) {
+        let province = digits[0] * 10 + digits[1];
+        if !PROVINCE_CODES.contains(&province) {
             return Err(FieldError::new(field, "err.id_number.region"));
         }
         // GB/T 2260's city digits in a mainland province: 01–70 (cities, prefectures,
@@ -384,7 +385,7 @@ impl IdNumber {
         // old ID keeps a county since merged or renamed. (Taiwan, Hong Kong and Macao
         // residents' permits, 71/81/82/83…, and foreigners' 91… follow other rules.)
         let city = digits[2] * 10 + digits[3];
-        let mainland = digits[0] * 10 + digits[1] < 71;
+        let mainland = province < 71;
         if mainland && !(1..=70).contains(&city) && city != 90 {
             return Err(FieldError::new(field, "err.id_number.region"));
         }

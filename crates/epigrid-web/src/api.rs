@@ -174,11 +174,11 @@ async fn create_token(
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
     let mut errs = Vec::new();
-    let username = required_text(&b, "username", &mut errs).unwrap_or("");
-    let password = required_text(&b, "password", &mut errs).unwrap_or("");
-    if !errs.is_empty() {
+    let username = required_text(&b, "username", &mut errs);
+    let password = required_text(&b, "password", &mut errs);
+    let (Some(username), Some(password)) = (username, password) else {
         return Err(ApiError::Invalid(errs));
-    }
+    };
     let ip = auth::client_ip(&st, &headers, peer.map(|p| p.0 .0));
     let (token, session, user) = auth::login(&st, username, password, true, &ip).await?;
     Ok(Json(

@@ -73,11 +73,12 @@ pub async fn with_lang(mut req: Request, next: Next) -> Response {
     // string is made only for a redirect to the login)
     let asked = (!api && req.method() == axum::http::Method::GET).then(|| req.uri().clone());
     req.extensions_mut().insert(lang);
-    // (pages only: the API has no language links)
+    // (staff pages only: `staff::chrome` draws the language links that keep it; the API and
+    // the public pages have none)
     let kept: String = req
         .uri()
         .query()
-        .filter(|_| !api)
+        .filter(|_| !api && !public)
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty() && !p.starts_with("lang="))

@@ -106,12 +106,7 @@ fn bears(headers: &axum::http::HeaderMap, token: &str) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    crate::auth::constant_eq(given.as_bytes(), token.as_bytes())
 }
 
 pub async fn render(State(st): State<AppState>, headers: axum::http::HeaderMap) -> Response {

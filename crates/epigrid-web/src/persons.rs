@@ -60,15 +60,11 @@ pub fn routes() -> Router<AppState> {
         .route("/observations", get(observations_page))
 }
 
-fn err_field(field: &str, key: &'static str) -> ApiError {
-    ApiError::Invalid(vec![FieldError::new(field, key)])
-}
-
 /// Decides what a search string is: a document, a phone, a plate or (part of) a name.
 pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> {
     let q = q.trim();
     if q.is_empty() {
-        return Err(err_field("q", "err.search.empty"));
+        return Err(ApiError::field("q", "err.search.empty"));
     }
     if q.chars().count() > 40 {
         return Err(ApiError::Invalid(vec![FieldError::new(
@@ -108,7 +104,7 @@ pub fn interpret_query(st: &AppState, q: &str) -> Result<PersonQuery, ApiError> 
         }
     }
     if q.chars().any(|c| c.is_ascii_digit()) {
-        return Err(err_field("q", "err.search.number"));
+        return Err(ApiError::field("q", "err.search.number"));
     }
     // as names are stored: `热依拉．艾山` finds 热依拉·艾山
     let name: String = epigrid_core::validate::normalise_name(q)
@@ -361,7 +357,7 @@ async fn merge_person(
         return Err(ApiError::Invalid(errs));
     };
     if into.id == from.id {
-        return Err(err_field("into", "err.merge.self"));
+        return Err(ApiError::field("into", "err.merge.self"));
     }
     // the record merged away must not take a category or an open observation with it: the
     // kept one would not have it and every count would lose it
@@ -1214,9 +1210,9 @@ async fn rows_for(
     staff.require(staff.role().sees_people())?;
     let status = match q.get("status").map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => {
-            Some(LineStatus::parse(s).ok_or_else(|| err_field("status", "err.status.unknown"))?)
-        }
+        Some(s) => Some(
+            LineStatus::parse(s).ok_or_else(|| ApiError::field("status", "err.status.unknown"))?,
+        ),
     };
     let grid_worker = match q
         .get("grid_worker")
@@ -1225,7 +1221,9 @@ async fn rows_for(
     {
         None if staff.role() == Role::GridWorker && q.get("all").is_none() => Some(staff.user.id),
         None => None,
-        Some(g) => Some(Uuid::parse_str(g).map_err(|_| err_field("grid_worker", "err.id.format"))?),
+        Some(g) => {
+            Some(Uuid::parse_str(g).map_err(|_| ApiError::field("grid_worker", "err.id.format"))?)
+        }
     };
     let now = Utc::now();
     let t = today(st);
@@ -1708,8 +1706,8 @@ async fn persons_search(
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
-    persons_view(&st, &s, lang, get("q")).await
+    let q = crate::public::form_value(&pairs, "q").unwrap_or_default();
+    persons_view(&st, &s, lang, q).await
 }
 
 async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Response {
@@ -1740,17 +1738,12 @@ async fn persons_view(st: &AppState, s: &Staff, lang: Lang, text: String) -> Res
     // areas by name, each looked up once
     let mut names: HashMap<String, String> = HashMap::new();
     for row in rows.iter_mut().chain(review.iter_mut().map(|(r, _)| r)) {
-        let name = match names.get(&row.area) {
-            Some(name) => name.clone(),
-            None => {
-                let name =
-                    crate::staff::read_or_answer!(crate::staff::area_label(st, &row.area).await)
-                        .unwrap_or_else(|| row.area.clone());
-                names.insert(row.area.clone(), name.clone());
-                name
-            }
-        };
-        row.area = name;
+        if !names.contains_key(&row.area) {
+            let name = crate::staff::read_or_answer!(crate::staff::area_label(st, &row.area).await)
+                .unwrap_or_else(|| row.area.clone());
+            names.insert(row.area.clone(), name);
+        }
+        row.area = names[&row.area].clone();
     }
     render(
         StatusCode::OK,

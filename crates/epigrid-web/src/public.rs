@@ -193,15 +193,11 @@ pub fn message(
     title: &'static str,
     text: &'static str,
 ) -> Response {
-    message_text(lang, status, title, t(lang, text))
+    page_text(lang, status, title, t(lang, text), false)
 }
 
-/// Like [`message`], with text already in `lang`.
-pub fn message_text(lang: Lang, status: StatusCode, title: &'static str, text: &str) -> Response {
-    page_text(lang, status, title, text, false)
-}
-
-/// [`message_text`], with a link to the staff overview when `home`.
+/// Like [`message`], with text already in `lang`, and a link to the staff overview when
+/// `home`.
 pub fn page_text(
     lang: Lang,
     status: StatusCode,
@@ -580,14 +576,7 @@ async fn build_fields(
             }
             _ => field.value = vals.next().unwrap_or("").to_string(),
         }
-        let target = match field.name {
-            "origin_province" | "origin_text" => "origin",
-            n => n,
-        };
-        if let Some(e) = errors
-            .iter()
-            .find(|e| e.field == target || e.field == field.name)
-        {
+        if let Some(e) = errors.iter().find(|e| shows_error_of(field.name, &e.field)) {
             if field.name != "origin_text" {
                 // a choice left empty is asked to be chosen, not "filled in"
                 field.error = if e.key == "err.required"
@@ -658,10 +647,9 @@ async fn render_form(
     for e in errors {
         let m = e.message(lang);
         // said at its field already (perhaps in other words, as a choice left empty is)
-        let at_field = fields.iter().any(|f| {
-            !f.error.is_empty()
-                && (f.name == e.field || (e.field == "origin" && f.name == "origin_province"))
-        });
+        let at_field = fields
+            .iter()
+            .any(|f| !f.error.is_empty() && shows_error_of(f.name, &e.field));
         if !at_field && !summary.iter().any(|(_, _, shown)| *shown == m) {
             summary.push((String::new(), String::new(), m));
         }
@@ -734,6 +722,12 @@ async fn form_in_language(
     form_with(&st, lang, &staff, &token, &q, &pairs).await
 }
 
+/// Whether the form field `name` shows an error reported for `field`: the origin's error
+/// shows at the province picker (the place typed as text is one input with it).
+fn shows_error_of(name: &str, field: &str) -> bool {
+    name == field || (field == "origin" && matches!(name, "origin_province" | "origin_text"))
+}
+
 /// The active site a form link names; else the page saying there is none (404) or that it
 /// no longer takes registrations (410).
 async fn open_site(
@@ -743,25 +737,33 @@ async fn open_site(
 ) -> Result<std::sync::Arc<Site>, Box<Response>> {
     let site = match st.site_by_token(token).await {
         Ok(Some(s)) => s,
-        Ok(None) => {
-            return Err(Box::new(message(
-                lang,
-                StatusCode::NOT_FOUND,
-                "public.unknown_site.title",
-                "public.unknown_site.text",
-            )))
-        }
+        Ok(None) => return Err(Box::new(unknown_site(lang))),
         Err(e) => return Err(Box::new(ApiError::from(e).into_response())),
     };
     if !site.active {
-        return Err(Box::new(message(
-            lang,
-            StatusCode::GONE,
-            "public.inactive.title",
-            "public.inactive.text",
-        )));
+        return Err(Box::new(inactive_site(lang)));
     }
     Ok(site)
+}
+
+/// The page for a form link that names no site (404).
+fn unknown_site(lang: Lang) -> Response {
+    message(
+        lang,
+        StatusCode::NOT_FOUND,
+        "public.unknown_site.title",
+        "public.unknown_site.text",
+    )
+}
+
+/// The page for a site that no longer takes registrations (410).
+fn inactive_site(lang: Lang) -> Response {
+    message(
+        lang,
+        StatusCode::GONE,
+        "public.inactive.title",
+        "public.inactive.text",
+    )
 }
 
 async fn form_with(
@@ -856,12 +858,8 @@ async fn form_submit(
         None
     };
     if let Some(s) = acting {
-        let csrf = pairs
-            .iter()
-            .find(|(k, _)| k == "csrf")
-            .map(|(_, v)| v.as_str());
-        if s.check_csrf(csrf).is_err() {
-            return message(lang, StatusCode::FORBIDDEN, "err.csrf.title", "err.csrf");
+        if s.check_csrf(crate::staff::csrf_of(&pairs)).is_err() {
+            return crate::staff::stale_form(lang);
         }
     }
     if staff_entry && acting.is_none() {
@@ -945,18 +943,8 @@ async fn form_submit(
         Err(ApiError::Invalid(errs)) => {
             render_form(&st, &site, lang, acting, &pairs, &errs, "").await
         }
-        Err(ApiError::Gone(_)) => message(
-            lang,
-            StatusCode::GONE,
-            "public.inactive.title",
-            "public.inactive.text",
-        ),
-        Err(ApiError::Forbidden) => message(
-            lang,
-            StatusCode::FORBIDDEN,
-            "err.forbidden.title",
-            "err.forbidden",
-        ),
+        Err(ApiError::Gone(_)) => inactive_site(lang),
+        Err(ApiError::Forbidden) => crate::staff::forbidden(lang),
         // the database out of reach: the form comes back as typed, saying nothing was saved
         Err(e @ ApiError::Unavailable(_)) => {
             let status = e.status();
@@ -1060,14 +1048,7 @@ async fn visitors_reg(
 ) -> Result<(std::sync::Arc<Site>, Registration), Response> {
     let (site, reg) = match load_reg(st, token, id).await {
         Ok(x) => x,
-        Err(ApiError::NotFound) => {
-            return Err(message(
-                lang,
-                StatusCode::NOT_FOUND,
-                "public.unknown_site.title",
-                "public.unknown_site.text",
-            ))
-        }
+        Err(ApiError::NotFound) => return Err(unknown_site(lang)),
         Err(e) => return Err(e.into_response()),
     };
     if Utc::now() - reg.at > chrono::Duration::hours(12) {
@@ -1118,11 +1099,7 @@ async fn confirmation(
         name: mask_name(&reg.name),
         time: local(reg.at, st.cfg.tz),
         at_ms: reg.at.timestamp_millis(),
-        temperature: reg
-            .fields
-            .temperature
-            .map(|t| format!("{:.1} ℃", f64::from(t) / 10.0))
-            .unwrap_or_default(),
+        temperature: crate::view::temperature_celsius(reg.fields.temperature).unwrap_or_default(),
         flags,
         tz_minutes: st.cfg.tz.local_minus_utc() / 60,
         direction: match reg.fields.direction {

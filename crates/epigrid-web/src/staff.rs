@@ -161,17 +161,18 @@ pub(crate) fn posted_form(
     let s = logged_in(staff)?;
     let pairs = url_decode_pairs(body);
     if s.check_csrf(csrf_of(&pairs)).is_err() {
-        return Err(Box::new(crate::public::message(
-            lang,
-            StatusCode::FORBIDDEN,
-            "err.csrf.title",
-            "err.csrf",
-        )));
+        return Err(Box::new(stale_form(lang)));
     }
     if !may(s.role()) {
         return Err(Box::new(forbidden(lang)));
     }
     Ok((s, pairs))
+}
+
+/// The 403 page for a form posted with a CSRF value that is not its session's: the page it
+/// came from is out of date (not a lack of rights).
+pub(crate) fn stale_form(lang: Lang) -> Response {
+    crate::public::message(lang, StatusCode::FORBIDDEN, "err.csrf.title", "err.csrf")
 }
 
 pub(crate) fn forbidden(lang: Lang) -> Response {
@@ -312,7 +313,8 @@ async fn logout(State(st): State<AppState>, staff: MaybeStaff, body: Bytes) -> R
         .into_response()
 }
 
-fn csrf_of(pairs: &[(String, String)]) -> Option<&str> {
+/// The CSRF value a posted form carries.
+pub(crate) fn csrf_of(pairs: &[(String, String)]) -> Option<&str> {
     pairs
         .iter()
         .find(|(k, _)| k == "csrf")

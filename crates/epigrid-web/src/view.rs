@@ -74,6 +74,11 @@ pub fn temperature_text(tenths: Option<i16>) -> String {
         .unwrap_or_default()
 }
 
+/// A temperature with its unit (`36.6 ℃`), when one was taken.
+pub fn temperature_celsius(tenths: Option<i16>) -> Option<String> {
+    temperature(tenths).map(|t| format!("{t:.1} ℃"))
+}
+
 /// The symptoms of a bit set in words, joined with `、`.
 pub fn symptom_labels(bits: u8, lang: epigrid_core::Lang) -> String {
     Symptoms::from_bits(bits)
@@ -261,7 +266,7 @@ pub struct RowView {
     pub phone: String,
     pub temperature: String,
     pub fever: bool,
-    /// What the confirmation screen flags besides a fever: symptoms, or a risk area in the
+    /// What the confirmation screen flags: a fever, other symptoms, or a risk area in the
     /// last 14 days.
     pub attention: bool,
     /// The symptoms, less a fever the row flags already.
@@ -333,12 +338,9 @@ pub fn row_view(r: &Registration, tz: FixedOffset, lang: epigrid_core::Lang) -> 
         temperature: temperature_text(f.temperature),
         fever,
         attention: fever || f.high_risk_travel == Some(true) || f.symptoms != 0,
+        // a fever bit always makes `fever` true: the row flags it already
         symptoms: symptom_labels(
-            if fever {
-                f.symptoms & !epigrid_core::validate::Symptom::Fever.bit()
-            } else {
-                f.symptoms
-            },
+            f.symptoms & !epigrid_core::validate::Symptom::Fever.bit(),
             lang,
         ),
         summary: summary.join(" · "),
@@ -382,8 +384,7 @@ pub fn detail_pairs(
     let fever = epigrid_core::store::is_fever(f);
     opt(
         "form.temperature",
-        f.temperature.map(|tenths| {
-            let text = format!("{:.1} ℃", f64::from(tenths) / 10.0);
+        temperature_celsius(f.temperature).map(|text| {
             if fever {
                 format!("{text} {}", t(lang, "row.fever"))
             } else {

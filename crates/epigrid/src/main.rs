@@ -350,7 +350,9 @@ async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
 /// For commands that work on what a database holds (people, areas, accounts): a mistyped
 /// SQLite path must not leave a new, empty database (and key) behind and report success.
 fn require_database(db: &DbArgs) -> Result<()> {
-    if let Some(path) = missing_sqlite_file(db) {
+    let missing = epigrid_store_sqlite::path_from_url(&db.db)
+        .filter(|p| db.db.starts_with("sqlite:") && !p.exists());
+    if let Some(path) = missing {
         bail!(
             "no database at {} (create one with: epigrid migrate --db {})",
             path.display(),
@@ -358,12 +360,6 @@ fn require_database(db: &DbArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The SQLite file `db` names, when there is none there yet.
-fn missing_sqlite_file(db: &DbArgs) -> Option<PathBuf> {
-    epigrid_store_sqlite::path_from_url(&db.db)
-        .filter(|p| db.db.starts_with("sqlite:") && !p.exists())
 }
 
 fn key_path(db: &DbArgs) -> PathBuf {

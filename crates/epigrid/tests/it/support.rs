@@ -328,6 +328,29 @@ impl TestApp {
             .to_string()
     }
 
+    /// Creates a user and logs them in through the login form: their session cookie.
+    pub async fn cookie(&self, username: &str, role: Role, area: &str) -> String {
+        user(self.store.as_ref(), username, role, area).await;
+        self.login_cookie(username).await
+    }
+
+    /// `POST path` with `form`, as the browser holding `cookie` sends it (redirects not
+    /// followed).
+    pub async fn post_page<T: serde::Serialize + ?Sized>(
+        &self,
+        path: &str,
+        cookie: &str,
+        form: &T,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .form(form)
+            .send()
+            .await
+            .expect("POST page")
+    }
+
     /// A staff page as a logged-in browser gets it (status checked), as text.
     pub async fn page(&self, path: &str, cookie: &str) -> String {
         let r = self
@@ -341,7 +364,6 @@ impl TestApp {
         r.text().await.expect("page text")
     }
 
-    /// `GET path` as `token`, read as JSON (whatever the status).
     /// A page as anyone would get it (no login), as text.
     pub async fn public_page(&self, path: &str) -> String {
         let r = self.get(path, None).await;
@@ -349,6 +371,7 @@ impl TestApp {
         r.text().await.expect("text")
     }
 
+    /// `GET path` as `token`, read as JSON (whatever the status).
     pub async fn get_json(&self, path: &str, token: &str) -> serde_json::Value {
         self.get(path, Some(token))
             .await
