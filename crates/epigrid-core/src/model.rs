@@ -349,33 +349,6 @@ pub struct RollupRow {
     pub value: i64,
 }
 
-impl Registration {
-    /// The stored form of a registration just written (no read back needed).
-    pub fn from_new(new: &NewRegistration, site: &Site, seq: i64) -> Registration {
-        Registration {
-            id: new.id,
-            seq,
-            site_id: site.id,
-            site_name: site.name.clone(),
-            kind: new.kind,
-            area_code: site.area_code.clone(),
-            area_path: new.area_path.clone(),
-            at: new.at,
-            person_id: new.person.id,
-            name: new.person.name.clone(),
-            id_type: new.person.doc_type,
-            doc_masked: new.person.doc_masked.clone(),
-            phone_masked: new.person.phone_masked.clone(),
-            provisional: new.person.provisional,
-            channel: new.channel,
-            by_user: new.by_user,
-            verification_code: new.verification_code.clone(),
-            left_at: None,
-            fields: new.fields.clone(),
-        }
-    }
-}
-
 impl Role {
     /// Message-catalogue key of the role's name.
     pub fn label_key(self) -> &'static str {

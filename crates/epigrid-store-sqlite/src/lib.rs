@@ -686,9 +686,9 @@ fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>
 /// Those left when the database itself fails go back to the intake for the next fold.
 fn fold_taken(conn: &Connection, intake: &intake::Intake, taken: intake::Taken) {
     let n = taken.records.len();
-    let all = taken.records.iter().map(|(seq, reg)| (*seq, reg));
+    let all = taken.records.iter().map(|(seq, reg)| (*seq, &**reg));
     if insert_all(conn, all).is_ok() {
-        intake.done(n, taken.files);
+        intake.done(n, taken.files, taken.log);
         return;
     }
     // One of them, or the database, failed: one at a time, each its own transaction.
@@ -700,12 +700,12 @@ fn fold_taken(conn: &Connection, intake: &intake::Intake, taken: intake::Taken) 
             let mut back = vec![(seq, reg)];
             back.extend(records);
             intake.give_back(back, taken.files);
-            intake.done(done, Vec::new());
+            intake.done(done, Vec::new(), None);
             return;
         }
         done += 1;
     }
-    intake.done(done, taken.files);
+    intake.done(done, taken.files, taken.log);
 }
 
 /// The highest sequence number stored.
@@ -1018,7 +1018,7 @@ mod tests {
         assert_eq!(read.len(), 3);
         for (i, (seq, r)) in read.iter().enumerate() {
             assert_eq!(*seq, 10 + i as i64);
-            assert_eq!(r, &regs[i], "every field as written");
+            assert_eq!(**r, regs[i], "every field as written");
         }
         // a copy the process did not finish: the records before it, and a warning
         let (read, clean) = intake::read_records(&file[..whole - 7]);
@@ -1030,6 +1030,26 @@ mod tests {
         let (read, clean) = intake::read_records(&bad);
         assert!(!clean);
         assert_eq!(read.len(), 2);
+    }
+
+    #[test]
+    fn intake_files_written_before_the_crc_still_read_back() {
+        let regs: Vec<NewRegistration> = (1..=2)
+            .map(|n| intake_registration(uuid::Uuid::now_v7(), n))
+            .collect();
+        // a killed process of the earlier binary left this file
+        let mut file = intake::framed_before_crc(&regs[0], 7);
+        file.extend_from_slice(&intake::framed_before_crc(&regs[1], 8));
+        let (read, clean) = intake::read_records(&file);
+        assert!(clean);
+        assert_eq!(read.len(), 2);
+        assert_eq!(*read[0].1, regs[0]);
+        assert_eq!(*read[1].1, regs[1]);
+        // the old check does not let a changed record through either
+        let mut bad = intake::framed_before_crc(&regs[0], 7);
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        assert_eq!(intake::read_records(&bad).0.len(), 0);
     }
 
     async fn seed_site(store: &SqliteStore) -> uuid::Uuid {
@@ -1085,6 +1105,55 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_intake_file_is_reused_after_its_fold_and_holds_only_what_came_since() {
+        use epigrid_core::store::Store;
+        let path = scratch("intake-reuse");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        let site = seed_site(&store).await;
+        let mut acked = Vec::new();
+        let mut files = Vec::new();
+        // three folds: the first makes a second file, the next two go back and forth
+        for round in 0..3 {
+            for n in 1..=3 {
+                let reg = intake_registration(site, 10 * round + n);
+                acked.push(store.insert_registration(reg).await.expect("acknowledged"));
+            }
+            // a read folds first
+            assert_eq!(seqs(&store).await, acked);
+            files.push(intake_files(&path));
+        }
+        assert_eq!(files[0].len(), 2, "{files:?}");
+        assert_eq!(files[1], files[0], "no new file once one is spare");
+        assert_eq!(files[2], files[0]);
+        // appended to a file that held three committed records: only the new one reads back
+        let last = store
+            .insert_registration(intake_registration(site, 99))
+            .await
+            .expect("acknowledged");
+        let dir = path.parent().expect("dir");
+        let held: Vec<_> = files[0]
+            .iter()
+            .map(|f| intake::read_records(&std::fs::read(dir.join(f)).expect("read")))
+            .collect();
+        assert!(held.iter().all(|(_, clean)| *clean));
+        let records: Vec<i64> = held
+            .iter()
+            .flat_map(|(r, _)| r.iter().map(|(s, _)| *s))
+            .collect();
+        assert_eq!(records, vec![last]);
+        acked.push(last);
+        store.abandon();
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("reopen");
+        assert_eq!(seqs(&store).await, acked);
+        drop(store);
+        assert!(
+            intake_files(&path).is_empty(),
+            "the spare goes with the store"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test(flavor = "multi_thread")]

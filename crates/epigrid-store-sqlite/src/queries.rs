@@ -427,16 +427,22 @@ pub(crate) fn insert_reg(
     // Rollup increments are summed for the batch and written at its end (`BatchEffects`).
     BATCH.with(|b| {
         let rollups = &mut b.borrow_mut().rollups;
+        // the area's counts found without a new key: under load, a batch's registrations
+        // come from few areas
+        let counts = match rollups.get_mut(reg.area_path.as_str()) {
+            Some(counts) => counts,
+            None => rollups.entry(reg.area_path.clone()).or_default(),
+        };
         for m in registration_metrics(reg.kind, f) {
-            *rollups
-                .entry((reg.area_path.clone(), reg.day.to_string(), m))
-                .or_default() += 1;
+            *counts.entry((reg.day, m)).or_default() += 1;
         }
     });
     Ok(seq)
 }
 
-type RollupKey = (String, String, &'static str);
+/// A batch's rollup increments: area path → (day, metric) → count.
+type Rollups =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<(NaiveDate, &'static str), i64>>;
 
 /// What the jobs of a batch leave to be written once, at the batch's end, rather than once per
 /// job: under load many registrations of a batch add to the same rollup rows, and a returning
@@ -445,7 +451,7 @@ type RollupKey = (String, String, &'static str);
 /// jobs left goes with it.
 #[derive(Default)]
 pub(crate) struct BatchEffects {
-    rollups: std::collections::BTreeMap<RollupKey, i64>,
+    rollups: Rollups,
     /// person id → their latest registration in the batch that is later than the stored
     /// "last seen" (read back by [`upsert_person`] if the writer's memory was dropped meanwhile)
     seen: std::collections::BTreeMap<String, i64>,
@@ -493,9 +499,11 @@ impl BatchEffects {
                  ON CONFLICT(area_code, day, metric) DO UPDATE SET value = value + excluded.value",
             )
             .map_err(map_err)?;
-        for ((path, day, metric), n) in &self.rollups {
-            up.execute(params![path_leaf(path), path, day, metric, n])
-                .map_err(map_err)?;
+        for (path, counts) in &self.rollups {
+            for ((day, metric), n) in counts {
+                up.execute(params![path_leaf(path), path, day.to_string(), metric, n])
+                    .map_err(map_err)?;
+            }
         }
         let mut seen = c
             .prepare_cached("UPDATE persons SET last_seen_at = MAX(last_seen_at, ?2) WHERE id = ?1")

@@ -496,6 +496,16 @@ async fn qr_png(
         .into_response())
 }
 
+/// What [`submit`] tells its caller about a registration it stored: what a receipt shows
+/// (the stored record, where a caller may see it, is read back from the store).
+pub(crate) struct Submitted {
+    pub id: uuid::Uuid,
+    pub verification_code: String,
+    pub at: DateTime<Utc>,
+    pub kind: epigrid_core::model::SiteKind,
+    pub fever: bool,
+}
+
 /// The registration path shared by the JSON API and the HTML form: validate for the site's
 /// kind, check what needs the store, seal, store, and wake the live feeds.
 pub(crate) async fn submit(
@@ -503,7 +513,7 @@ pub(crate) async fn submit(
     site: &Site,
     input: &RegistrationInput,
     staff: Option<&Staff>,
-) -> ApiResult<Registration> {
+) -> ApiResult<Submitted> {
     if !site.active {
         return Err(ApiError::Gone("err.site.inactive"));
     }
@@ -550,9 +560,15 @@ pub(crate) async fn submit(
         return Err(ApiError::Invalid(errs));
     }
     let new = register::seal(&valid, &ctx, &st.vault);
-    let mut stored = Registration::from_new(&new, site, 0);
+    let submitted = Submitted {
+        id: new.id,
+        verification_code: new.verification_code.clone(),
+        at: new.at,
+        kind: new.kind,
+        fever: epigrid_core::store::is_fever(&new.fields),
+    };
     let named_companions = new.companion_list.iter().any(|c| c.person.is_some());
-    stored.seq = st.store.insert_registration(new).await?;
+    let seq = st.store.insert_registration(new).await?;
     if named_companions {
         // companions are not added to a loaded trace index incrementally
         st.trace_changed();
@@ -560,8 +576,8 @@ pub(crate) async fn submit(
     st.metrics
         .registrations
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = st.live.send(stored.seq);
-    Ok(stored)
+    let _ = st.live.send(seq);
+    Ok(submitted)
 }
 
 async fn post_registration(
@@ -584,17 +600,17 @@ async fn post_registration(
     // learns nothing back about the person (not even the person id) beyond what they typed.
     if let Some(s) = &staff {
         // as stored: the person it counts for may be one the typed record was merged into
-        let stored = st.store.registration(reg.id, &s.scope()).await?;
-        Ok(json_response(
-            StatusCode::CREATED,
-            &registration_json(stored.as_ref().unwrap_or(&reg), st.cfg.tz),
-        ))
-    } else {
-        Ok(json_response(
-            StatusCode::CREATED,
-            &receipt_json(&reg, st.cfg.tz),
-        ))
+        if let Some(stored) = st.store.registration(reg.id, &s.scope()).await? {
+            return Ok(json_response(
+                StatusCode::CREATED,
+                &registration_json(&stored, st.cfg.tz),
+            ));
+        }
     }
+    Ok(json_response(
+        StatusCode::CREATED,
+        &receipt_json(&reg, &site, st.cfg.tz),
+    ))
 }
 
 /// `from`/`to` as RFC 3339 or a local date. A time span's `to` is exclusive, so a local date

@@ -153,15 +153,19 @@ pub struct ReceiptOut<'a> {
     pub fever: bool,
 }
 
-pub fn receipt_json(r: &Registration, tz: FixedOffset) -> ReceiptOut<'_> {
+pub(crate) fn receipt_json<'a>(
+    r: &'a crate::api::Submitted,
+    site: &'a epigrid_core::model::Site,
+    tz: FixedOffset,
+) -> ReceiptOut<'a> {
     ReceiptOut {
         id: r.id,
         verification_code: &r.verification_code,
         at: r.at,
         at_local: local(r.at, tz),
-        site_name: &r.site_name,
+        site_name: &site.name,
         kind: r.kind,
-        fever: epigrid_core::store::is_fever(&r.fields),
+        fever: r.fever,
     }
 }
 
