@@ -12,10 +12,12 @@
 //! changes the database without seeing every registration already acknowledged. A store that
 //! opens the database first commits what a killed process left in its intake files.
 //!
-//! Each fold starts a new file (`<database>-intake-<generation>`, made [`FILE_BYTES`] long,
-//! sparse, and mapped off the requests' path); the files a fold emptied are
-//! deleted once its transaction has committed. (A file that fills up before the next fold is
-//! followed by another at once.) A file holds no raw ID or phone number: records are the
+//! Each fold moves appends to another file (`<database>-intake-<generation>`, made
+//! [`FILE_BYTES`] long, sparse, and mapped off the requests' path). Once the fold's transaction
+//! has committed, the file it emptied is zeroed and kept mapped for the fold after (two files
+//! take turns: an append writes to pages already mapped, where each new page of a new file
+//! took a page fault on the request's path), and any other file it emptied is deleted. (A file
+//! that fills up before the next fold is followed by another at once.) A file holds no raw ID or phone number: records are the
 //! sealed registrations the database stores. One process at a time owns the intake (an
 //! exclusive lock on `<database>-intake.lock`); another process that opens the same database
 //! (a command-line tool while `epigrid serve` runs) writes registrations through the
