@@ -327,6 +327,9 @@ pub(crate) fn open_private(path: &Path, new: bool) -> std::io::Result<std::fs::F
     options.open(path)
 }
 
+/// The page size of a new database, in bytes.
+const PAGE_SIZE: i64 = 16 * 1024;
+
 fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -346,6 +349,13 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
          PRAGMA temp_store = MEMORY;"
     ))?;
     if !read_only {
+        // A new database is made with 16 KiB pages (an existing one keeps its own: this does
+        // nothing once it has tables). Every fold's commit writes each page it changed to the
+        // WAL, and the checkpoint copies it on, a system call or two per page: with 4 KiB pages
+        // under registrations, that was ~20% of the fold thread's time in a profile, and ~10%
+        // with 16 KiB (the fold's share of the server's time 18% → 16%). Set before WAL mode,
+        // which fixes the page size.
+        conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // The checkpointer thread copies frames in the background, and the writer
         // checkpoints between batches when the WAL has grown (Writer::checkpoint); never
@@ -1105,6 +1115,35 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_database_has_large_pages_and_an_old_one_keeps_its_own() {
+        let page_size = |store: &SqliteStore| {
+            let path = store.path.clone();
+            Connection::open(path)
+                .and_then(|c| c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0)))
+                .expect("page size")
+        };
+        let path = scratch("pages-new");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        assert_eq!(page_size(&store), PAGE_SIZE);
+        drop(store);
+        // a database made before, with SQLite's default pages and WAL mode
+        let old = scratch("pages-old");
+        let c = Connection::open(&old).expect("old");
+        c.execute_batch(
+            "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE before (a);",
+        )
+        .expect("made");
+        drop(c);
+        let store = SqliteStore::open_with(&old, Durability::Process, false).expect("reopen");
+        assert_eq!(page_size(&store), 4096);
+        seed_site(&store).await;
+        drop(store);
+        for p in [path, old] {
+            let _ = std::fs::remove_dir_all(p.parent().expect("dir"));
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

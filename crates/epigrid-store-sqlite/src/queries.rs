@@ -13,7 +13,7 @@ use epigrid_core::store::{
 };
 use epigrid_core::validate::{DocType, Sex};
 
-use crate::convert::{date, micros, parse_enum, time, U};
+use crate::convert::{date, micros, parse_enum, time, DayText, UuidText, U};
 use crate::{map_err, SqliteStore};
 
 const AREA_COLS: &str = "code, name, level, parent_code, path";
@@ -343,9 +343,9 @@ pub(crate) fn insert_reg(
     let at = micros(reg.at);
     let person_id = upsert_person(c, &reg.person, &reg.area_path, at)?;
     // the person the registration came in as (its phone is sealed for them)
-    let id_in = reg.person.id.to_string();
+    let id_in = UuidText::new(reg.person.id);
     let f = &reg.fields;
-    let id = reg.id.to_string();
+    let id = UuidText::new(reg.id);
     let seq: i64 = c
         .prepare_cached(
             "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
@@ -359,14 +359,14 @@ pub(crate) fn insert_reg(
         .execute(
             params![
                 id,
-                reg.site_id.to_string(),
+                UuidText::new(reg.site_id),
                 person_id,
                 reg.area_path,
                 at,
-                reg.day.to_string(),
+                DayText::new(reg.day),
                 reg.kind.as_str(),
                 reg.channel.as_str(),
-                reg.by_user.map(|u| u.to_string()),
+                reg.by_user.map(UuidText::new),
                 reg.verification_code,
                 f.temperature,
                 f.symptoms,
@@ -387,7 +387,7 @@ pub(crate) fn insert_reg(
                 f.purpose,
                 reg.person.phone_cipher,
                 reg.person.phone_masked,
-                (person_id != id_in).then_some(&id_in),
+                (person_id.as_bytes() != id_in.as_bytes()).then_some(&id_in),
                 reg.person.name,
                 seq,
             ],

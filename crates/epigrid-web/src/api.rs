@@ -17,7 +17,7 @@ use epigrid_core::validate::FieldError;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::auth::{self, MaybeStaff, Staff};
+use crate::auth::{self, CsrfHeader, MaybeStaff, Staff};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::view::{json_response, receipt_json, registration_json, site_json};
@@ -583,14 +583,14 @@ pub(crate) async fn submit(
 async fn post_registration(
     State(st): State<AppState>,
     MaybeStaff(staff): MaybeStaff,
-    headers: HeaderMap,
+    CsrfHeader(csrf): CsrfHeader,
     Path(token): Path<String>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body.map_err(|_| ApiError::TooLarge)?;
     let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
     if let Some(s) = &staff {
-        s.check_csrf_header(&headers)?;
+        s.check_csrf(csrf.as_ref().and_then(|v| v.to_str().ok()))?;
     }
     // read straight into text fields: the hot path of the whole system
     let input =

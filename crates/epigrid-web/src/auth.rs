@@ -379,6 +379,17 @@ impl FromRequestParts<AppState> for Staff {
     }
 }
 
+/// The `X-CSRF-Token` header alone, for a handler that needs no other header (taking the
+/// whole `HeaderMap` copies every header of the request).
+pub struct CsrfHeader(pub Option<axum::http::HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for CsrfHeader {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(CsrfHeader(parts.headers.get("x-csrf-token").cloned()))
+    }
+}
+
 /// Optional staff (public routes that staff may also use, e.g. registering someone).
 pub struct MaybeStaff(pub Option<Staff>);
 

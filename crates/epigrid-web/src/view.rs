@@ -33,27 +33,61 @@ pub fn mask_address(a: &str) -> String {
 }
 
 pub fn local(t: DateTime<Utc>, tz: FixedOffset) -> String {
-    use chrono::{Datelike, Timelike};
+    use chrono::Datelike;
     // what `format("%Y-%m-%d %H:%M:%S")` gives, without parsing a format string each time
     let l = t.with_timezone(&tz);
-    let mut out = String::with_capacity(19);
-    let year = l.year();
-    if !(0..=9999).contains(&year) {
+    if !(0..=9999).contains(&l.year()) {
         // outside four digits, as strftime writes it (`+10000`)
         return l.format("%Y-%m-%d %H:%M:%S").to_string();
     }
-    push_digits(&mut out, year as u32, 4);
+    let mut out = String::with_capacity(19);
+    push_date_time(&mut out, &l, ' ');
+    out
+}
+
+/// `t` as chrono's serde writes a `DateTime<Utc>` (RFC 3339 with `Z`, fractional seconds in 3,
+/// 6 or 9 digits as needed, none when whole), without chrono's formatting machinery: a
+/// registration's receipt, on every registration's path, spent ~0.3 µs there.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    use chrono::{Datelike, Timelike};
+    let nanos = t.nanosecond();
+    if !(0..=9999).contains(&t.year()) || nanos >= 1_000_000_000 {
+        return t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    }
+    let mut out = String::with_capacity(30);
+    push_date_time(&mut out, &t, 'T');
+    let (digits, fraction) = match nanos {
+        0 => (0, 0),
+        n if n % 1_000_000 == 0 => (3, n / 1_000_000),
+        n if n % 1_000 == 0 => (6, n / 1_000),
+        n => (9, n),
+    };
+    if digits > 0 {
+        out.push('.');
+        push_digits(&mut out, fraction, digits);
+    }
+    out.push('Z');
+    out
+}
+
+/// For `#[serde(serialize_with)]`: [`rfc3339`].
+pub fn serialize_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*t))
+}
+
+/// Appends `YYYY-MM-DD<sep>HH:MM:SS` (a year of four digits).
+fn push_date_time(out: &mut String, t: &(impl chrono::Datelike + chrono::Timelike), sep: char) {
+    push_digits(out, t.year() as u32, 4);
     for (sep, n) in [
-        ('-', l.month()),
-        ('-', l.day()),
-        (' ', l.hour()),
-        (':', l.minute()),
-        (':', l.second()),
+        ('-', t.month()),
+        ('-', t.day()),
+        (sep, t.hour()),
+        (':', t.minute()),
+        (':', t.second()),
     ] {
         out.push(sep);
-        push_digits(&mut out, n, 2);
+        push_digits(out, n, 2);
     }
-    out
 }
 
 /// Appends `n` as exactly `width` decimal digits (zero-padded; `n` < 10^width).
@@ -146,6 +180,7 @@ pub struct RegistrationOut<'a> {
 pub struct ReceiptOut<'a> {
     pub id: uuid::Uuid,
     pub verification_code: &'a str,
+    #[serde(serialize_with = "serialize_rfc3339")]
     pub at: DateTime<Utc>,
     pub at_local: String,
     pub site_name: &'a str,
@@ -482,6 +517,32 @@ pub(crate) fn origin_name(code: &str, lang: epigrid_core::Lang) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_time_is_written_as_chrono_writes_it() {
+        use chrono::{TimeZone, Utc};
+        let base = Utc.with_ymd_and_hms(2026, 11, 30, 13, 7, 5).unwrap();
+        let times = [
+            0u32,
+            1,
+            744_430_224,
+            744_430_000,
+            744_000_000,
+            7_000,
+            999_999_999,
+        ]
+        .into_iter()
+        .map(|ns| base + chrono::Duration::nanoseconds(i64::from(ns)))
+        .chain([
+            Utc.with_ymd_and_hms(999, 1, 2, 3, 4, 5).unwrap(),
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-5, 12, 31, 23, 59, 59).unwrap(),
+        ]);
+        for t in times {
+            let chrono = serde_json::to_string(&t).unwrap();
+            assert_eq!(format!("\"{}\"", super::rfc3339(t)), chrono, "{t:?}");
+        }
+    }
+
     #[test]
     fn an_address_shows_its_street_not_its_door() {
         for (raw, shown) in [
