@@ -734,8 +734,12 @@ fn insert_all<'a>(
 ) -> StoreResult<()> {
     exec(conn, "BEGIN IMMEDIATE").map_err(backend)?;
     queries::begin_batch();
-    let done = records
-        .try_for_each(|(seq, reg)| queries::insert_reg(conn, reg, Some(seq)).map(drop))
+    let done = queries::insert_reg_statement(conn)
+        .and_then(|mut statement| {
+            records.try_for_each(|(seq, reg)| {
+                queries::insert_reg_with(conn, &mut statement, reg, Some(seq)).map(drop)
+            })
+        })
         .and_then(|()| queries::end_batch(conn))
         .and_then(|()| exec(conn, "COMMIT").map_err(map_err));
     if done.is_err() {

@@ -340,58 +340,73 @@ pub(crate) fn insert_reg(
     reg: &NewRegistration,
     seq: Option<i64>,
 ) -> StoreResult<i64> {
+    let mut statement = insert_reg_statement(c)?;
+    insert_reg_with(c, &mut statement, reg, seq)
+}
+
+/// The statement [`insert_reg_with`] runs: prepared once for a batch of registrations rather
+/// than taken from the statement cache for each (which hashes the whole SQL text to find it,
+/// again to put it back, and clears its bindings in between).
+pub(crate) fn insert_reg_statement(c: &Connection) -> StoreResult<rusqlite::CachedStatement<'_>> {
+    c.prepare_cached(
+        "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
+         verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
+         destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
+         employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for, name, seq) VALUES (?1, \
+         ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, \
+         ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
+    )
+    .map_err(map_err)
+}
+
+/// [`insert_reg`] with its statement ([`insert_reg_statement`]).
+pub(crate) fn insert_reg_with(
+    c: &Connection,
+    statement: &mut rusqlite::Statement<'_>,
+    reg: &NewRegistration,
+    seq: Option<i64>,
+) -> StoreResult<i64> {
     let at = micros(reg.at);
     let person_id = upsert_person(c, &reg.person, &reg.area_path, at)?;
     // the person the registration came in as (its phone is sealed for them)
     let id_in = UuidText::new(reg.person.id);
     let f = &reg.fields;
     let id = UuidText::new(reg.id);
-    let seq: i64 = c
-        .prepare_cached(
-            "INSERT INTO registrations (id, site_id, person_id, area_path, at, day, kind, channel, by_user, \
-             verification_code, temperature, symptoms, high_risk_travel, plate, companions, origin_code, \
-             destination, direction, visitor, unit_code, visit_reason, arrival_date, residence_code, address, \
-             employer, stay_days, purpose, phone_cipher, phone_masked, phone_sealed_for, name, seq) VALUES (?1, \
-             ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, \
-             ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
-        )
-        .map_err(map_err)?
-        .execute(
-            params![
-                id,
-                UuidText::new(reg.site_id),
-                person_id,
-                reg.area_path,
-                at,
-                DayText::new(reg.day),
-                reg.kind.as_str(),
-                reg.channel.as_str(),
-                reg.by_user.map(UuidText::new),
-                reg.verification_code,
-                f.temperature,
-                f.symptoms,
-                f.high_risk_travel,
-                f.plate,
-                f.companions,
-                f.origin_code,
-                f.destination,
-                f.direction.map(|d| d.as_str()),
-                f.visitor,
-                f.unit_code,
-                f.visit_reason,
-                f.arrival_date.map(|d| d.to_string()),
-                f.residence_code,
-                f.address,
-                f.employer,
-                f.stay_days,
-                f.purpose,
-                reg.person.phone_cipher,
-                reg.person.phone_masked,
-                (person_id.as_bytes() != id_in.as_bytes()).then_some(&id_in),
-                reg.person.name,
-                seq,
-            ],
-        )
+    let seq: i64 = statement
+        .execute(params![
+            id,
+            UuidText::new(reg.site_id),
+            person_id,
+            reg.area_path,
+            at,
+            DayText::new(reg.day),
+            reg.kind.as_str(),
+            reg.channel.as_str(),
+            reg.by_user.map(UuidText::new),
+            reg.verification_code,
+            f.temperature,
+            f.symptoms,
+            f.high_risk_travel,
+            f.plate,
+            f.companions,
+            f.origin_code,
+            f.destination,
+            f.direction.map(|d| d.as_str()),
+            f.visitor,
+            f.unit_code,
+            f.visit_reason,
+            f.arrival_date.map(|d| d.to_string()),
+            f.residence_code,
+            f.address,
+            f.employer,
+            f.stay_days,
+            f.purpose,
+            reg.person.phone_cipher,
+            reg.person.phone_masked,
+            (person_id.as_bytes() != id_in.as_bytes()).then_some(&id_in),
+            reg.person.name,
+            seq,
+        ])
         .map(|_| c.last_insert_rowid())
         .map_err(map_err)?;
     if let Some(plate) = &f.plate {
@@ -786,8 +801,9 @@ impl Store for SqliteStore {
         // registration it has acknowledged and not yet committed
         let first = self.intake().map(|i| i.reserve(regs.len()));
         self.write(move |c| {
+            let mut statement = insert_reg_statement(c)?;
             for (i, r) in regs.iter().enumerate() {
-                insert_reg(c, r, first.map(|f| f + i as i64))?;
+                insert_reg_with(c, &mut statement, r, first.map(|f| f + i as i64))?;
             }
             Ok(())
         })
