@@ -26,7 +26,10 @@
 //! Record: body length (u32), sequence number (i64), check (u64: the body's CRC-32 mixed with
 //! the sequence number), body ([`encode`]); all little-endian. (Files written before the CRC
 //! have FNV-1a in its place, and are read as well: FNV-1a went a byte at a time, about 0.6 µs
-//! of the request's time for a registration, where the CRC is a few tens of nanoseconds.) The file's unused rest is
+//! of the request's time for a registration, where the CRC is a few tens of nanoseconds. A
+//! binary from before the CRC reads a CRC record as cut short: after a kill, restart with this
+//! version or a later one, or the records it left are dropped.) A record torn by a kill (never
+//! acknowledged) passes a 32-bit check with odds of about one in two billion. The file's unused rest is
 //! zeros: a zero length ends it. A record cut short or not matching its check also ends the
 //! file (a copy the process did not finish, so never acknowledged).
 
@@ -348,7 +351,11 @@ impl Intake {
         let keep = kept.as_ref().map(|l| l.generation);
         self.remove(files.into_iter().filter(|g| Some(*g) != keep));
         if let Some(log) = kept {
-            *lock(&self.spare) = Some(log);
+            // (folds take turns on the writing connection, so there is no spare here; one
+            // that was would be empty, and its file goes rather than stay behind untracked)
+            if let Some(earlier) = lock(&self.spare).replace(log) {
+                self.remove([earlier.generation]);
+            }
         }
     }
 

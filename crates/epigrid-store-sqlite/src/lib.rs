@@ -1044,6 +1044,10 @@ mod tests {
         let (read, clean) = intake::read_records(&bad);
         assert!(!clean);
         assert_eq!(read.len(), 2);
+        // a file whose zeroing (for reuse) was cut short after its first length: empty
+        let mut zeroing = file.clone();
+        zeroing[..4].fill(0);
+        assert_eq!(intake::read_records(&zeroing), (Vec::new(), true));
     }
 
     #[test]
