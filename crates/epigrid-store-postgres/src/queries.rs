@@ -839,8 +839,19 @@ impl Store for PgStore {
     }
 
     async fn insert_user(&self, u: &User) -> StoreResult<()> {
-        // a name that differs from another only in case is taken too ("Admin", "admin")
-        let n = self
+        // A name that differs from another only in case is taken too ("Admin", "admin"). Two
+        // processes adding such names at once take turns on a lock for the folded name (held
+        // until commit), so the second one's check sees the first one's row. (No unique index
+        // on lower(username): databases made before may hold such pairs.)
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('epigrid.users:' || lower($1), 0))",
+            &[&u.username],
+        )
+        .await
+        .map_err(map_err)?;
+        let n = tx
             .execute(
                 &format!(
                     "INSERT INTO users ({USER_COLS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
@@ -857,7 +868,9 @@ impl Store for PgStore {
                     &u.created_at,
                 ],
             )
-            .await?;
+            .await
+            .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
         if n == 0 {
             return Err(StoreError::Conflict("username taken".into()));
         }

@@ -715,6 +715,89 @@ async fn venue_check_out_happens_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn names_differing_only_in_case_added_at_once_make_one_account() {
+    for (name, store) in stores().await {
+        seed(store.as_ref()).await;
+        let base = user(store.as_ref(), "base", Role::GridWorker, "150821").await;
+        // eight spellings of one name at the same instant, each on its own connection
+        let spellings = [
+            "race", "Race", "RACE", "rAce", "raCe", "racE", "RAce", "raCE",
+        ];
+        let tries = spellings.map(|spelling| {
+            let store = store.clone();
+            let mut u = base.clone();
+            u.id = Uuid::now_v7();
+            u.username = spelling.to_string();
+            tokio::spawn(async move { store.insert_user(&u).await })
+        });
+        let mut made = 0;
+        for t in tries {
+            match t.await.expect("task") {
+                Ok(()) => made += 1,
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+        assert_eq!(
+            made, 1,
+            "{name}: one account for the name, whatever its case"
+        );
+    }
+}
+
+/// PostgreSQL: another process adding the same name in another case, at the same moment, is
+/// waited for, and its account makes this one taken (the check and the insert are not one
+/// atomic step there without the name's lock).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_name_another_process_is_adding_is_waited_for_and_taken() {
+    let Some((store, mut other, schema)) = postgres_with_client().await else {
+        return;
+    };
+    seed(store.as_ref()).await;
+    let base = user(store.as_ref(), "base", Role::GridWorker, "150821").await;
+    // the other process has taken the name's lock and inserted "race", not yet committed
+    let tx = other.transaction().await.expect("begin");
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('epigrid.users:' || lower($1), 0))",
+        &[&"race"],
+    )
+    .await
+    .expect("lock");
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.users (id, username, password_hash, role, area_code, area_path, active, created_at) \
+             SELECT $1, 'race', password_hash, role, area_code, area_path, active, created_at \
+             FROM {schema}.users WHERE username = 'base'"
+        ),
+        &[&Uuid::now_v7()],
+    )
+    .await
+    .expect("insert");
+    let mut mine = base.clone();
+    mine.id = Uuid::now_v7();
+    mine.username = "Race".into();
+    let adding = {
+        let store = store.clone();
+        tokio::spawn(async move { store.insert_user(&mine).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !adding.is_finished(),
+        "waits for the other process's commit"
+    );
+    tx.commit().await.expect("commit");
+    assert!(matches!(
+        adding.await.expect("task"),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store
+        .user_by_username("Race")
+        .await
+        .expect("read")
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn users_sessions_and_audit() {
     for (name, store) in stores().await {
         seed(store.as_ref()).await;
