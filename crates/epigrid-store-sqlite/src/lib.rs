@@ -352,7 +352,7 @@ fn open(path: &Path, read_only: bool, durability: Durability) -> rusqlite::Resul
         // A new database is made with 16 KiB pages (an existing one keeps its own: this does
         // nothing once it has tables). Every fold's commit writes each page it changed to the
         // WAL, and the checkpoint copies it on, a system call or two per page: with 4 KiB pages
-        // under registrations, that was ~20% of the fold thread's time in a profile, and ~10%
+        // under registrations, that was ~20% of the fold thread's time in a profile, and ~13%
         // with 16 KiB (the fold's share of the server's time 18% → 16%). Set before WAL mode,
         // which fixes the page size.
         conn.pragma_update(None, "page_size", PAGE_SIZE)?;
