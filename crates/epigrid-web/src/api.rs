@@ -590,7 +590,7 @@ async fn post_registration(
     let body = body.map_err(|_| ApiError::TooLarge)?;
     let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
     if let Some(s) = &staff {
-        s.check_csrf(csrf.as_ref().and_then(|v| v.to_str().ok()))?;
+        s.check_csrf_value(csrf.as_ref())?;
     }
     // read straight into text fields: the hot path of the whole system
     let input =

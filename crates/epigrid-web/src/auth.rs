@@ -21,6 +21,8 @@ use crate::error::{cookie, ApiError, ApiResult};
 use crate::state::AppState;
 
 pub const SESSION_COOKIE: &str = "epigrid_session";
+/// The header a browser session's JSON calls carry their CSRF token in.
+const CSRF_HEADER: &str = "x-csrf-token";
 
 pub fn hash_password(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
@@ -301,7 +303,12 @@ impl Staff {
     /// [`Staff::check_csrf`] with the token of the `X-CSRF-Token` header (JSON API calls made
     /// from a browser session).
     pub fn check_csrf_header(&self, headers: &HeaderMap) -> ApiResult<()> {
-        self.check_csrf(headers.get("x-csrf-token").and_then(|v| v.to_str().ok()))
+        self.check_csrf_value(headers.get(CSRF_HEADER))
+    }
+
+    /// [`Staff::check_csrf`] with the value of the `X-CSRF-Token` header ([`CsrfHeader`]).
+    pub fn check_csrf_value(&self, value: Option<&axum::http::HeaderValue>) -> ApiResult<()> {
+        self.check_csrf(value.and_then(|v| v.to_str().ok()))
     }
 
     pub async fn audit(
@@ -386,7 +393,7 @@ pub struct CsrfHeader(pub Option<axum::http::HeaderValue>);
 impl<S: Send + Sync> FromRequestParts<S> for CsrfHeader {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(CsrfHeader(parts.headers.get("x-csrf-token").cloned()))
+        Ok(CsrfHeader(parts.headers.get(CSRF_HEADER).cloned()))
     }
 }
 
