@@ -1649,19 +1649,14 @@ mod tests {
 
     #[test]
     fn id_number_region() {
-        for prefix in [
+        let provinces = [
             "00", "10", "16", "20", "24", "30", "38", "40", "47", "55", "60", "66", "72", "84",
             "90", "92", "99",
-        ] {
-            let raw = with_check(&format!("{prefix}010519491231002"));
-            assert_eq!(
-                key(IdNumber::parse(F, &raw)),
-                "err.id_number.region",
-                "{raw}"
-            );
-        }
+        ]
+        .map(|prefix| format!("{prefix}0105"));
         // A mainland province's city digits are 01–70 or 90 ...
-        for region in ["159999", "119999", "150099", "658000", "467100"] {
+        let cities = ["159999", "119999", "150099", "658000", "467100"].map(String::from);
+        for region in provinces.iter().chain(&cities) {
             let raw = with_check(&format!("{region}19491231002"));
             assert_eq!(
                 key(IdNumber::parse(F, &raw)),

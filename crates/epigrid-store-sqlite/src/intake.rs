@@ -140,18 +140,19 @@ fn frame(reg: &NewRegistration) -> Vec<u8> {
 
 /// `reg`'s whole record as sequence number `seq`.
 pub(crate) fn framed(reg: &NewRegistration, seq: i64) -> Vec<u8> {
-    let mut frame = frame(reg);
-    let sum = sum(&frame[HEADER..]);
-    seal_frame(&mut frame, sum, seq);
-    frame
+    framed_by(reg, seq, sum)
 }
 
 /// `reg`'s whole record as the intake wrote it before the CRC (checked with FNV-1a).
 #[cfg(test)]
 pub(crate) fn framed_before_crc(reg: &NewRegistration, seq: i64) -> Vec<u8> {
+    framed_by(reg, seq, fnv1a)
+}
+
+fn framed_by(reg: &NewRegistration, seq: i64, sum: fn(&[u8]) -> u64) -> Vec<u8> {
     let mut frame = frame(reg);
-    let sum = fnv1a(&frame[HEADER..]);
-    seal_frame(&mut frame, sum, seq);
+    let body_sum = sum(&frame[HEADER..]);
+    seal_frame(&mut frame, body_sum, seq);
     frame
 }
 
@@ -195,8 +196,7 @@ impl Intake {
         generations.sort_unstable();
         let mut left = Vec::new();
         for &g in &generations {
-            let mut bytes = Vec::new();
-            File::open(generation_file(db, g))?.read_to_end(&mut bytes)?;
+            let bytes = read_used(File::open(generation_file(db, g))?)?;
             let (records, whole) = read_records(&bytes);
             if !whole {
                 tracing::warn!(
@@ -420,6 +420,24 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 fn check(sum: u64, seq: i64) -> u64 {
     sum ^ (seq as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// An intake file's bytes up to and including its first mebibyte of nothing but zeros (or
+/// the whole file): records start at its beginning and its unused rest is zeros, so nothing
+/// is left unread but that rest (a file is [`FILE_BYTES`] long however little it holds). No
+/// record reaches across a zero mebibyte: its body starts with [`VERSION`] and is at most
+/// [`MAX_BODY`] long.
+pub(crate) fn read_used(mut file: impl Read) -> std::io::Result<Vec<u8>> {
+    const CHUNK: usize = 1 << 20;
+    const _: () = assert!(MAX_BODY <= CHUNK);
+    let mut bytes = Vec::new();
+    loop {
+        let start = bytes.len();
+        let read = file.by_ref().take(CHUNK as u64).read_to_end(&mut bytes)?;
+        if read < CHUNK || bytes[start..].iter().all(|b| *b == 0) {
+            return Ok(bytes);
+        }
+    }
 }
 
 /// The records in `bytes`, and whether they end where the file ends.

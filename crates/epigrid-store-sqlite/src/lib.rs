@@ -1051,6 +1051,33 @@ mod tests {
     }
 
     #[test]
+    fn an_intake_file_is_read_up_to_its_unused_rest() {
+        // records past the first mebibyte (one of them across its end), then 64 MiB of zeros
+        let reg = intake_registration(uuid::Uuid::now_v7(), 1);
+        let mut file = Vec::new();
+        let mut seq = 0;
+        while file.len() < (1 << 20) + 4096 {
+            seq += 1;
+            file.extend_from_slice(&intake::framed(&reg, seq));
+        }
+        let used = file.len();
+        file.resize(intake::FILE_BYTES, 0);
+        let read = intake::read_used(&file[..]).expect("read");
+        // the mebibyte the records end in, and the zero one after it
+        assert!(
+            read.len() <= used + (2 << 20),
+            "{} of {}",
+            read.len(),
+            file.len()
+        );
+        let (records, clean) = intake::read_records(&read);
+        assert!(clean);
+        assert_eq!(records.len() as i64, seq, "every record");
+        // a file shorter than a mebibyte, read whole
+        assert_eq!(intake::read_used(&file[..100]).expect("read").len(), 100);
+    }
+
+    #[test]
     fn intake_files_written_before_the_crc_still_read_back() {
         let regs: Vec<NewRegistration> = (1..=2)
             .map(|n| intake_registration(uuid::Uuid::now_v7(), n))

@@ -719,7 +719,8 @@ async fn names_differing_only_in_case_added_at_once_make_one_account() {
     for (name, store) in stores().await {
         seed(store.as_ref()).await;
         let base = user(store.as_ref(), "base", Role::GridWorker, "150821").await;
-        // eight spellings of one name at the same instant, each on its own connection
+        // eight spellings of one name at once: one account (whether PostgreSQL's check races
+        // another process is shown deterministically by the test after this one)
         let spellings = [
             "race", "Race", "RACE", "rAce", "raCe", "racE", "RAce", "raCE",
         ];
