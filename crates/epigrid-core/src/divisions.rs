@@ -89,7 +89,13 @@ impl Division {
 
     /// The code in 6-digit form: `15` → `150000`, `1508` → `150800`, counties unchanged.
     pub fn code6(&self) -> String {
-        format!("{:0<6}", self.code)
+        // (without `format!`: this is on every registration's path, twice)
+        let mut code = String::with_capacity(6);
+        code.push_str(self.code);
+        while code.len() < 6 {
+            code.push('0');
+        }
+        code
     }
 }
 
@@ -115,6 +121,11 @@ struct Tables {
     demo_towns: usize,
     /// `(code, English name)` of cities and counties, sorted by code.
     english: Vec<(&'static str, &'static str)>,
+    /// The codes of `provinces`, `cities` and `counties` as numbers, in the same order:
+    /// [`get`] searches these (a code's digits are all of one length in each table, so the
+    /// numbers sort as the codes do). A registration looks up its origin and destination,
+    /// and comparing numbers took a third of the time that comparing texts did.
+    keys: [Vec<u32>; 3],
 }
 
 fn tables() -> &'static Tables {
@@ -135,7 +146,22 @@ fn tables() -> &'static Tables {
             }
         }
         sort_dedup(&mut t.provinces, |d: &Division| d.code);
+        t.keys = [&t.provinces, &t.cities, &t.counties].map(|v| {
+            v.iter()
+                .map(|d| number(d.code).unwrap_or(u32::MAX))
+                .collect()
+        });
         t
+    })
+}
+
+/// A code of at most nine digits as a number.
+fn number(code: &str) -> Option<u32> {
+    if code.is_empty() || code.len() > 9 {
+        return None;
+    }
+    code.bytes().try_fold(0u32, |n, b| {
+        b.is_ascii_digit().then(|| n * 10 + u32::from(b - b'0'))
     })
 }
 
@@ -245,6 +271,7 @@ fn parse_tables(china: &'static str, bayannur: &'static str) -> Tables {
         demo,
         demo_towns,
         english: Vec::new(),
+        keys: Default::default(),
     }
 }
 
@@ -350,22 +377,19 @@ pub fn children(code: &str) -> Vec<&'static Division> {
 /// (东莞市 has the county code `441900` as well as the city code 4419). Anything else,
 /// including surrounding whitespace, gives `None`.
 pub fn get(code: &str) -> Option<&'static Division> {
-    if !is_digits(code) {
-        return None;
-    }
+    let n = number(code)?;
     let t = tables();
-    let key = |d: &Division| d.code;
+    let [provinces, cities, counties] = &t.keys;
+    let at = |table: &'static [Division], keys: &[u32], n: u32| {
+        keys.binary_search(&n).ok().and_then(|i| table.get(i))
+    };
     match code.len() {
-        2 => find(&t.provinces, code, key),
-        4 => find(&t.cities, code, key),
-        6 => find(&t.counties, code, key).or_else(|| {
-            if let Some(province) = code.strip_suffix("0000") {
-                find(&t.provinces, province, key)
-            } else if let Some(city) = code.strip_suffix("00") {
-                find(&t.cities, city, key)
-            } else {
-                None
-            }
+        2 => at(&t.provinces, provinces, n),
+        4 => at(&t.cities, cities, n),
+        6 => at(&t.counties, counties, n).or_else(|| match (n % 10_000, n % 100) {
+            (0, _) => at(&t.provinces, provinces, n / 10_000),
+            (_, 0) => at(&t.cities, cities, n / 100),
+            _ => None,
         }),
         _ => None,
     }
@@ -851,6 +875,24 @@ mod tests {
         assert_eq!(code("42", "district"), Err(PlaceError::NotFound));
         assert_eq!(code("42", "'"), Err(PlaceError::NotFound));
         assert_eq!(code("99", "Wuhan"), Err(PlaceError::NotFound));
+    }
+
+    #[test]
+    fn every_division_is_found_by_its_own_code_and_its_six_digit_form() {
+        let t = tables();
+        for (table, keys) in [&t.provinces, &t.cities, &t.counties]
+            .into_iter()
+            .zip(&t.keys)
+        {
+            assert_eq!(table.len(), keys.len());
+            for d in table.iter() {
+                assert_eq!(get(d.code).map(|f| f.code), Some(d.code));
+                // a county's code is its six-digit form; 东莞市 4419 is found as county 441900
+                let six = get(&d.code6()).expect("six-digit form");
+                assert!(six.code == d.code || six.code.len() == 6, "{}", d.code);
+            }
+        }
+        assert!(t.counties.len() > 2800, "{}", t.counties.len());
     }
 
     #[test]
