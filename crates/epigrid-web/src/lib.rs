@@ -79,6 +79,9 @@ pub async fn purge_expired(
     Ok(purged)
 }
 
+/// The largest request body taken, in bytes (list uploads have their own, larger limit).
+pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
+
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -102,7 +105,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(error::with_lang))
         .layer(axum::middleware::from_fn(security_headers))
-        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 

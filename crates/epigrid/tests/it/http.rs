@@ -1630,6 +1630,70 @@ async fn requests_refused_before_any_handler_get_localised_errors_too() {
     assert!(r.text().await.unwrap().contains("请求内容过大"));
 }
 
+/// A registration body sent in chunks (no length declared) is read whole, however it is cut;
+/// one that runs past the limit is 413.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_registration_is_read_whole_and_one_past_the_limit_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let post = |chunks: Vec<Vec<u8>>| {
+        let (addr, token) = (addr.clone(), site.token.clone());
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head = format!(
+                "POST /api/v1/sites/{token}/registrations HTTP/1.1\r\nHost: {addr}\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+                 Connection: close\r\n\r\n"
+            );
+            conn.write_all(head.as_bytes()).await.unwrap();
+            for c in chunks {
+                conn.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                    .await
+                    .unwrap();
+                conn.write_all(&c).await.unwrap();
+                conn.write_all(b"\r\n").await.unwrap();
+                conn.flush().await.unwrap();
+            }
+            let _ = conn.write_all(b"0\r\n\r\n").await;
+            let mut got = Vec::new();
+            let _ = conn.read_to_end(&mut got).await;
+            String::from_utf8_lossy(&got).into_owned()
+        }
+    };
+    let id = cn_id("150802", "19850312", 41);
+    let json = format!(
+        r#"{{"name": "李四", "id_number": "{id}", "phone": "13912345678", "origin": "420100", "destination": "150802", "temperature": 36.6, "symptoms": [], "high_risk_travel": false}}"#
+    );
+    // cut inside a multi-byte character and inside a key
+    let bytes = json.as_bytes();
+    let cuts = [0, 5, 13, 40, bytes.len()];
+    let chunks: Vec<Vec<u8>> = cuts
+        .windows(2)
+        .map(|w| bytes[w[0]..w[1]].to_vec())
+        .collect();
+    let answer = post(chunks).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let receipt: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+    let id: uuid::Uuid = receipt["id"].as_str().unwrap().parse().unwrap();
+    let stored = app
+        .store
+        .registration(id, &epigrid_core::area::Scope::all())
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(stored.phone_masked.as_deref(), Some("139****5678"));
+    // past the limit in chunks of 64 KiB, with no length to refuse it by at the start
+    let big: Vec<Vec<u8>> = std::iter::once(br#"{"name": ""#.to_vec())
+        .chain((0..17).map(|_| vec![b'x'; 64 * 1024]))
+        .collect();
+    let answer = post(big).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("err.body.too_large"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn staff_pages_answer_errors_with_a_page() {
     let app = TestApp::start().await;
