@@ -141,7 +141,8 @@ type Known = (String, Option<Vec<u8>>, String, i64, bool);
 #[derive(Default)]
 pub(crate) struct WriterMemory {
     persons: std::collections::HashMap<String, Known>,
-    plates: std::collections::HashSet<(String, String)>,
+    /// Plate → the people known to have come with it (looked up without a new key).
+    plates: std::collections::HashMap<String, std::collections::HashSet<String>>,
 }
 
 /// People and plates remembered before the memory starts over.
@@ -182,6 +183,28 @@ fn remember_person(id: &str, known: Known) {
 /// still gets one).
 fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> StoreResult<String> {
     let id = p.id.to_string();
+    // The common case first: a returning person the writer remembers, with no phone or area
+    // to change. Only the time they were last seen may move; nothing is cloned but their id.
+    let unchanged = MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        let (effective, phone_index, old_path, last_seen, pinned) = m.persons.get_mut(&id)?;
+        let new_phone = p.phone_index.is_some()
+            && p.phone_index != *phone_index
+            && (!*pinned || phone_index.is_none());
+        let moves = at >= *last_seen && !*pinned && old_path != area_path;
+        if new_phone || moves {
+            return None;
+        }
+        let later = at > *last_seen;
+        *last_seen = (*last_seen).max(at);
+        Some((effective.clone(), later))
+    });
+    if let Some((effective, later)) = unchanged {
+        if later {
+            note_seen(&id, at);
+        }
+        return Ok(effective);
+    }
     let remembered = MEMORY.with(|m| m.borrow().persons.get(&id).cloned());
     let hit = remembered.is_some();
     let existing: Option<Known> = match remembered {
@@ -410,8 +433,13 @@ pub(crate) fn insert_reg_with(
         .map(|_| c.last_insert_rowid())
         .map_err(map_err)?;
     if let Some(plate) = &f.plate {
-        let pair = (plate.clone(), person_id.clone());
-        if !MEMORY.with(|m| m.borrow().plates.contains(&pair)) {
+        let known = MEMORY.with(|m| {
+            m.borrow()
+                .plates
+                .get(plate.as_str())
+                .is_some_and(|people| people.contains(person_id.as_str()))
+        });
+        if !known {
             c.prepare_cached(
                 "INSERT OR IGNORE INTO person_plates (plate, person_id, first_at) VALUES (?1, ?2, ?3)",
             )
@@ -423,7 +451,10 @@ pub(crate) fn insert_reg_with(
                 if m.plates.len() >= MEMORY_MAX {
                     m.plates.clear();
                 }
-                m.plates.insert(pair);
+                m.plates
+                    .entry(plate.clone())
+                    .or_default()
+                    .insert(person_id.clone());
             });
         }
     }
