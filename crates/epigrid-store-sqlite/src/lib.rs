@@ -403,16 +403,14 @@ impl SqliteStore {
         if id != APPLICATION_ID {
             mark(&conn).map_err(backend)?;
         }
-        let (intake, left) = match durability {
-            Durability::Process => match intake::Intake::open(path).map_err(backend)? {
-                Some((intake, left)) => (Some(intake), left),
-                None => (None, Vec::new()),
-            },
-            // every commit fsynced: registrations go through the writer's transactions
-            Durability::Power => (None, Vec::new()),
+        // Opened under either durability: what a killed process acknowledged is recovered
+        // whatever this one's durability is.
+        let (intake, left) = match intake::Intake::open(path).map_err(backend)? {
+            Some((intake, left)) => (Some(intake), left),
+            None => (None, Vec::new()),
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let writer = Arc::new(Writer {
+        let mut writer = Writer {
             queue: Mutex::new(Queue {
                 jobs: Vec::new(),
                 busy: false,
@@ -425,7 +423,7 @@ impl SqliteStore {
             wal_frames: AtomicU64::new(0),
             restart_due: AtomicBool::new(false),
             intake,
-        });
+        };
         if let Some(intake) = &writer.intake {
             // What a killed process acknowledged and did not commit is committed now, before
             // anything else reads or writes; then sequence numbers go on from the last.
@@ -444,6 +442,12 @@ impl SqliteStore {
                 }
             }
         }
+        if durability == Durability::Power {
+            // every commit fsynced: registrations go through the writer's transactions, and
+            // the intake (all of it committed) goes, its files with it
+            writer.intake = None;
+        }
+        let writer = Arc::new(writer);
         let checkpointer = if background_checkpoints {
             let checkpoints = open(path, false, durability).map_err(backend)?;
             let (stop, w) = (stop.clone(), writer.clone());
@@ -1295,5 +1299,40 @@ mod tests {
         assert_eq!(rollups(&store).await, counted, "no rollup counted twice");
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn what_the_intake_held_is_stored_when_the_next_open_is_under_durability_power() {
+        use epigrid_core::store::Store;
+        let path = scratch("intake-power");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        let site = seed_site(&store).await;
+        let mut acked = Vec::new();
+        for n in 1..=3 {
+            acked.push(
+                store
+                    .insert_registration(intake_registration(site, n))
+                    .await
+                    .expect("acknowledged"),
+            );
+        }
+        assert_eq!(intake_files(&path).len(), 1);
+        store.abandon();
+
+        let store = SqliteStore::open_with(&path, Durability::Power, false).expect("reopen");
+        assert!(store.intake().is_none(), "power: no intake kept");
+        assert_eq!(
+            seqs(&store).await,
+            acked,
+            "every acknowledged one, with its number"
+        );
+        assert!(intake_files(&path).is_empty(), "{:?}", intake_files(&path));
+        let next = store
+            .insert_registration(intake_registration(site, 4))
+            .await
+            .expect("next");
+        assert_eq!(next, acked[2] + 1);
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }
