@@ -115,10 +115,11 @@ fn generation_file(db: &Path, generation: u64) -> PathBuf {
     file_name(db, &format!("-intake-{generation:020}"))
 }
 
-/// A new intake file of at least `bytes`, mapped.
-fn new_log(db: &Path, generation: u64, bytes: usize) -> std::io::Result<Log> {
+/// A new intake file, mapped ([`FILE_BYTES`] long: room for any record, which is at most
+/// [`MAX_BODY`]).
+fn new_log(db: &Path, generation: u64) -> std::io::Result<Log> {
     let file = open_private(&generation_file(db, generation), true)?;
-    file.set_len(bytes.max(FILE_BYTES) as u64)?;
+    file.set_len(FILE_BYTES as u64)?;
     // SAFETY: the file is this process's own (made just now, mode 0600, next to a database
     // whose intake this process holds locked); nothing else truncates it while it is mapped.
     let map = unsafe { memmap2::MmapOptions::new().map_mut(&file)? };
@@ -186,8 +187,11 @@ impl Intake {
         let mut generations = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
+            // only names as `generation_file` writes them (twenty digits): another file that
+            // happens to start the same is not the intake's
             if let Some(g) = name
                 .strip_prefix(&prefix)
+                .filter(|g| g.len() == 20)
                 .and_then(|g| g.parse::<u64>().ok())
             {
                 generations.push(g);
@@ -208,7 +212,7 @@ impl Intake {
         }
         left.sort_by_key(|(seq, _)| *seq);
         let generation = generations.last().map_or(1, |g| g + 1);
-        let log = new_log(db, generation, 0)?;
+        let log = new_log(db, generation)?;
         let last_seq = left.last().map_or(0, |(s, _)| *s);
         Ok(Some((
             Intake {
@@ -243,7 +247,7 @@ impl Intake {
         if s.log.len + frame.len() > s.log.map.len() {
             // full before the next fold took it over: another file, at once
             let g = self.next_generation.fetch_add(1, Ordering::Relaxed);
-            let full = std::mem::replace(&mut s.log, new_log(&self.db, g, frame.len())?);
+            let full = std::mem::replace(&mut s.log, new_log(&self.db, g)?);
             s.older.push(full.generation);
         }
         let seq = s.last_seq + 1;
@@ -305,7 +309,6 @@ impl Intake {
             None => new_log(
                 &self.db,
                 self.next_generation.fetch_add(1, Ordering::Relaxed),
-                0,
             ),
         };
         let room = Vec::with_capacity(pending + pending / 2);
@@ -333,7 +336,7 @@ impl Intake {
 
     /// A fold committed `n` records, and every record in `files`: they are removed, but for
     /// `log` (one of them), which is emptied for the next fold to append to. Rewriting a page
-    /// already mapped costs nothing, where each new page of a new file took a page fault on
+    /// already mapped takes no page fault, where each new page of a new file took one on
     /// an append (about 1 µs a registration under load, a few percent of the whole request).
     pub fn done(&self, n: usize, files: Vec<u64>, log: Option<Log>) {
         self.unfolded.fetch_sub(n, Ordering::SeqCst);

@@ -130,7 +130,8 @@ fn mark(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "application_id", APPLICATION_ID)
 }
 
-/// A WAL of this many frames (pages, about 540 MB) is checkpointed by the writer itself,
+/// A WAL of this many frames (pages: 2 GiB of 16 KiB pages, 512 MiB of a database made
+/// before with 4 KiB pages) is checkpointed by the writer itself,
 /// between two batches, so that the next write starts it over (see [`Writer::checkpoint`]).
 /// A backstop: the WAL normally starts over after every background pass (every 200 ms, a
 /// few thousand frames under sustained load, see [`Writer::restart_due`]); it grows this long
@@ -547,10 +548,10 @@ impl SqliteStore {
     async fn settle(&self) -> StoreResult<()> {
         if self.intake().is_some_and(|i| i.unfolded() > 0) {
             let w = self.writer.clone();
+            // only the fold: a long WAL is the background thread's to checkpoint, not a
+            // read's to wait for
             tokio::task::spawn_blocking(move || {
-                if w.fold() {
-                    w.checkpoint();
-                }
+                w.fold();
             })
             .await
             .map_err(backend)?;
@@ -672,28 +673,26 @@ fn run_job(conn: &Connection, job: &Job) -> Reply {
 /// Runs `jobs` in one transaction; the first job's error (and nothing committed) if any job
 /// or the commit fails.
 fn run_batch(conn: &Connection, jobs: &[Job]) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
+    in_batch(conn, || jobs.iter().map(|job| run_job(conn, job)).collect())
+}
+
+/// Runs `body` in one transaction whose batch effects (`queries::end_batch`) are written at
+/// its end. On any error all of it is rolled back, and with it the writer's memory of people
+/// and plates, which may have learnt from what is gone.
+fn in_batch<T>(conn: &Connection, body: impl FnOnce() -> StoreResult<T>) -> StoreResult<T> {
     exec(conn, "BEGIN IMMEDIATE").map_err(backend)?;
-    let mut out = Vec::with_capacity(jobs.len());
     queries::begin_batch();
-    for job in jobs {
-        match run_job(conn, job) {
-            Ok(v) => out.push(v),
-            Err(e) => {
-                let _ = exec(conn, "ROLLBACK");
-                // what the batch wrote is gone: so is what the cache learnt from it
-                queries::forget_known();
-                return Err(e);
-            }
-        }
-    }
-    let committed = queries::end_batch(conn).and_then(|()| exec(conn, "COMMIT").map_err(map_err));
-    if let Err(e) = committed {
+    let done = body().and_then(|out| {
+        queries::end_batch(conn)
+            .and_then(|()| exec(conn, "COMMIT").map_err(map_err))
+            .inspect_err(|e| tracing::error!(error = %e, "sqlite commit failed"))?;
+        Ok(out)
+    });
+    if done.is_err() {
         let _ = exec(conn, "ROLLBACK");
         queries::forget_known();
-        tracing::error!(error = %e, "sqlite commit failed");
-        return Err(e);
     }
-    Ok(out)
+    done
 }
 
 /// Commits the records a fold took: in one transaction, or (when that fails) one at a time.
@@ -734,24 +733,11 @@ fn last_seq(conn: &Connection) -> StoreResult<i64> {
 /// transaction: all of them, or (on an error) none.
 fn insert_all<'a>(
     conn: &Connection,
-    mut records: impl Iterator<Item = (i64, &'a NewRegistration)>,
+    records: impl Iterator<Item = (i64, &'a NewRegistration)>,
 ) -> StoreResult<()> {
-    exec(conn, "BEGIN IMMEDIATE").map_err(backend)?;
-    queries::begin_batch();
-    let done = queries::insert_reg_statement(conn)
-        .and_then(|mut statement| {
-            records.try_for_each(|(seq, reg)| {
-                queries::insert_reg_with(conn, &mut statement, reg, Some(seq)).map(drop)
-            })
-        })
-        .and_then(|()| queries::end_batch(conn))
-        .and_then(|()| exec(conn, "COMMIT").map_err(map_err));
-    if done.is_err() {
-        let _ = exec(conn, "ROLLBACK");
-        // what the transaction wrote is gone: so is what the writer's memory learnt from it
-        queries::forget_known();
-    }
-    done
+    in_batch(conn, || {
+        queries::insert_regs(conn, records.map(|(seq, reg)| (Some(seq), reg)))
+    })
 }
 
 /// Commits one record of the intake log on its own. One the database refuses (rather than
@@ -1137,13 +1123,7 @@ mod tests {
     }
 
     async fn rollups(store: &SqliteStore) -> i64 {
-        store
-            .read(|c| {
-                c.query_row("SELECT SUM(value) FROM rollups", [], |r| r.get::<_, i64>(0))
-                    .map_err(map_err)
-            })
-            .await
-            .expect("rollups")
+        read_i64(store, "SELECT SUM(value) FROM rollups").await
     }
 
     fn intake_files(path: &Path) -> Vec<String> {
@@ -1298,6 +1278,20 @@ mod tests {
         assert_eq!(seqs(&store).await.len(), 4);
         assert_eq!(rollups(&store).await, counted, "no rollup counted twice");
         drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_named_almost_like_an_intake_file_is_left_alone() {
+        let path = scratch("lookalike");
+        let dir = path.parent().expect("dir").to_path_buf();
+        std::fs::write(dir.join("t.db-intake-5"), b"not a record").expect("write");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("opens");
+        drop(store);
+        assert_eq!(
+            std::fs::read(dir.join("t.db-intake-5")).expect("still there"),
+            b"not a record"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

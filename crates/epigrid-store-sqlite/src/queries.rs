@@ -143,9 +143,11 @@ pub(crate) struct WriterMemory {
     persons: std::collections::HashMap<String, Known>,
     /// Plate → the people known to have come with it (looked up without a new key).
     plates: std::collections::HashMap<String, std::collections::HashSet<String>>,
+    /// How many (plate, person) pairs `plates` holds.
+    plate_pairs: usize,
 }
 
-/// People and plates remembered before the memory starts over.
+/// People, and (plate, person) pairs, remembered before the memory starts over.
 const MEMORY_MAX: usize = 200_000;
 
 thread_local! {
@@ -173,6 +175,18 @@ fn remember_person(id: &str, known: Known) {
     });
 }
 
+/// What a registration at `at` in `area_path` changes of a person the writer knows: (a new
+/// phone, a move to that area). A pinned person keeps their area, and their phone unless they
+/// have none.
+fn changes(known: &Known, p: &PersonInput, area_path: &str, at: i64) -> (bool, bool) {
+    let (_, phone_index, old_path, last_seen, pinned) = known;
+    let new_phone = p.phone_index.is_some()
+        && p.phone_index != *phone_index
+        && (!pinned || phone_index.is_none());
+    let moves = at >= *last_seen && !pinned && old_path != area_path;
+    (new_phone, moves)
+}
+
 /// Finds or creates a person; returns the id registrations should point at (following a merge).
 ///
 /// A returning person whose phone and area are unchanged (the common case at a gate or
@@ -185,30 +199,24 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
     let id = p.id.to_string();
     // The common case first: a returning person the writer remembers, with no phone or area
     // to change. Only the time they were last seen may move; nothing is cloned but their id.
-    let unchanged = MEMORY.with(|m| {
+    let remembered = MEMORY.with(|m| {
         let mut m = m.borrow_mut();
-        let (effective, phone_index, old_path, last_seen, pinned) = m.persons.get_mut(&id)?;
-        let new_phone = p.phone_index.is_some()
-            && p.phone_index != *phone_index
-            && (!*pinned || phone_index.is_none());
-        let moves = at >= *last_seen && !*pinned && old_path != area_path;
-        if new_phone || moves {
-            return None;
+        let known = m.persons.get_mut(&id)?;
+        if changes(known, p, area_path, at) != (false, false) {
+            return Some(Err(known.clone()));
         }
-        let later = at > *last_seen;
-        *last_seen = (*last_seen).max(at);
-        Some((effective.clone(), later))
+        let later = at > known.3;
+        known.3 = known.3.max(at);
+        Some(Ok((known.0.clone(), later)))
     });
-    if let Some((effective, later)) = unchanged {
-        if later {
-            note_seen(&id, at);
-        }
-        return Ok(effective);
-    }
-    let remembered = MEMORY.with(|m| m.borrow().persons.get(&id).cloned());
-    let hit = remembered.is_some();
     let existing: Option<Known> = match remembered {
-        Some(k) => Some(k),
+        Some(Ok((effective, later))) => {
+            if later {
+                note_seen(&id, at);
+            }
+            return Ok(effective);
+        }
+        Some(Err(known)) => Some(known),
         None => c
             .prepare_cached(concat!(
                 "SELECT COALESCE(merged_into, id), phone_index, area_path, last_seen_at, ",
@@ -244,7 +252,7 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
                 p.phone_index,
                 p.phone_cipher,
                 p.phone_masked,
-                p.birth_date.map(|d| d.to_string()),
+                p.birth_date.map(DayText::new),
                 p.sex.map(Sex::as_str),
                 area_path,
                 p.provisional,
@@ -265,45 +273,31 @@ fn upsert_person(c: &Connection, p: &PersonInput, area_path: &str, at: i64) -> S
             );
             Ok(id)
         }
-        Some((effective, phone_index, old_path, last_seen, pinned)) => {
-            let new_phone = p.phone_index.is_some()
-                && p.phone_index != phone_index
-                && (!pinned || phone_index.is_none());
-            let newer = at >= last_seen;
-            let moves = newer && !pinned && old_path != area_path;
+        Some(known) => {
+            let (new_phone, moves) = changes(&known, p, area_path, at);
+            let (effective, phone_index, old_path, last_seen, pinned) = known;
             if !new_phone && !moves {
-                // Only "last seen" may change: written once per batch (see `BatchEffects`).
-                let later = at > last_seen;
-                if later {
+                // Read from the database (a remembered one returned above): only "last seen"
+                // may change, written once per batch (see `BatchEffects`).
+                if at > last_seen {
                     note_seen(&id, at);
                 }
-                if !hit {
-                    let known = (
-                        effective.clone(),
-                        phone_index,
-                        old_path,
-                        last_seen.max(at),
-                        pinned,
-                    );
-                    remember_person(&id, known);
-                } else if later {
-                    MEMORY.with(|m| {
-                        if let Some(k) = m.borrow_mut().persons.get_mut(&id) {
-                            k.3 = at;
-                        }
-                    });
-                }
+                let known = (
+                    effective.clone(),
+                    phone_index,
+                    old_path,
+                    last_seen.max(at),
+                    pinned,
+                );
+                remember_person(&id, known);
                 return Ok(effective);
             }
             remember_person(
                 &id,
                 (
                     effective.clone(),
-                    if new_phone || moves {
-                        p.phone_index.clone()
-                    } else {
-                        phone_index
-                    },
+                    // (a new phone, or a move: either takes this registration's phone)
+                    p.phone_index.clone(),
                     if moves {
                         area_path.to_string()
                     } else {
@@ -357,14 +351,15 @@ fn insert_grams(c: &Connection, person_id: &str, name: &str) -> StoreResult<()> 
     Ok(())
 }
 
-/// Stores `reg` with sequence number `seq` (the next free one when `None`).
-pub(crate) fn insert_reg(
+/// Stores registrations with their sequence numbers (the next free one for `None`) through one
+/// prepared statement.
+pub(crate) fn insert_regs<'a>(
     c: &Connection,
-    reg: &NewRegistration,
-    seq: Option<i64>,
-) -> StoreResult<i64> {
+    regs: impl IntoIterator<Item = (Option<i64>, &'a NewRegistration)>,
+) -> StoreResult<()> {
     let mut statement = insert_reg_statement(c)?;
-    insert_reg_with(c, &mut statement, reg, seq)
+    regs.into_iter()
+        .try_for_each(|(seq, reg)| insert_reg_with(c, &mut statement, reg, seq).map(drop))
 }
 
 /// The statement [`insert_reg_with`] runs: prepared once for a batch of registrations rather
@@ -418,7 +413,7 @@ pub(crate) fn insert_reg_with(
             f.visitor,
             f.unit_code,
             f.visit_reason,
-            f.arrival_date.map(|d| d.to_string()),
+            f.arrival_date.map(DayText::new),
             f.residence_code,
             f.address,
             f.employer,
@@ -448,13 +443,17 @@ pub(crate) fn insert_reg_with(
             .map_err(map_err)?;
             MEMORY.with(|m| {
                 let mut m = m.borrow_mut();
-                if m.plates.len() >= MEMORY_MAX {
+                if m.plate_pairs >= MEMORY_MAX {
                     m.plates.clear();
+                    m.plate_pairs = 0;
                 }
-                m.plates
+                if m.plates
                     .entry(plate.clone())
                     .or_default()
-                    .insert(person_id.clone());
+                    .insert(person_id.clone())
+                {
+                    m.plate_pairs += 1;
+                }
             });
         }
     }
@@ -547,8 +546,14 @@ impl BatchEffects {
             .map_err(map_err)?;
         for (path, counts) in &self.rollups {
             for ((day, metric), n) in counts {
-                up.execute(params![path_leaf(path), path, day.to_string(), metric, n])
-                    .map_err(map_err)?;
+                up.execute(params![
+                    path_leaf(path),
+                    path,
+                    DayText::new(*day),
+                    metric,
+                    n
+                ])
+                .map_err(map_err)?;
             }
         }
         let mut seen = c
@@ -823,8 +828,10 @@ impl Store for SqliteStore {
         if let Some(intake) = self.intake() {
             return intake.append(reg).map_err(crate::backend);
         }
-        self.write_registration(move |c| insert_reg(c, &reg, None))
-            .await
+        self.write_registration(move |c| {
+            insert_reg_with(c, &mut *insert_reg_statement(c)?, &reg, None)
+        })
+        .await
     }
 
     async fn insert_registrations(&self, regs: Vec<NewRegistration>) -> StoreResult<()> {
@@ -832,11 +839,8 @@ impl Store for SqliteStore {
         // registration it has acknowledged and not yet committed
         let first = self.intake().map(|i| i.reserve(regs.len()));
         self.write(move |c| {
-            let mut statement = insert_reg_statement(c)?;
-            for (i, r) in regs.iter().enumerate() {
-                insert_reg_with(c, &mut statement, r, first.map(|f| f + i as i64))?;
-            }
-            Ok(())
+            let seqs = (0..).map(|i| first.map(|f| f + i));
+            insert_regs(c, seqs.zip(&regs))
         })
         .await
     }
