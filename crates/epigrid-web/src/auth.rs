@@ -265,6 +265,9 @@ pub struct Staff {
     /// True when authenticated by cookie: changes then need the CSRF token.
     pub by_cookie: bool,
     pub ip: String,
+    /// The request's `X-CSRF-Token` header, kept (by a browser session only) for
+    /// [`Staff::check_csrf_header`].
+    csrf_header: Option<axum::http::HeaderValue>,
 }
 
 impl Staff {
@@ -300,15 +303,10 @@ impl Staff {
             _ => Err(ApiError::Forbidden),
         }
     }
-    /// [`Staff::check_csrf`] with the token of the `X-CSRF-Token` header (JSON API calls made
-    /// from a browser session).
-    pub fn check_csrf_header(&self, headers: &HeaderMap) -> ApiResult<()> {
-        self.check_csrf_value(headers.get(CSRF_HEADER))
-    }
-
-    /// [`Staff::check_csrf`] with the value of the `X-CSRF-Token` header ([`CsrfHeader`]).
-    pub fn check_csrf_value(&self, value: Option<&axum::http::HeaderValue>) -> ApiResult<()> {
-        self.check_csrf(value.and_then(|v| v.to_str().ok()))
+    /// [`Staff::check_csrf`] with the token of the request's `X-CSRF-Token` header (JSON API
+    /// calls made from a browser session).
+    pub fn check_csrf_header(&self) -> ApiResult<()> {
+        self.check_csrf(self.csrf_header.as_ref().and_then(|v| v.to_str().ok()))
     }
 
     pub async fn audit(
@@ -376,6 +374,9 @@ pub async fn staff_of(st: &AppState, parts: &Parts) -> ApiResult<Option<Staff>> 
         token_hash: hash,
         by_cookie,
         ip: client_ip(st, &parts.headers, peer),
+        csrf_header: by_cookie
+            .then(|| parts.headers.get(CSRF_HEADER).cloned())
+            .flatten(),
     }))
 }
 
@@ -383,17 +384,6 @@ impl FromRequestParts<AppState> for Staff {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         staff_of(st, parts).await?.ok_or(ApiError::Unauthorized)
-    }
-}
-
-/// The `X-CSRF-Token` header alone, for a handler that needs no other header (taking the
-/// whole `HeaderMap` copies every header of the request).
-pub struct CsrfHeader(pub Option<axum::http::HeaderValue>);
-
-impl<S: Send + Sync> FromRequestParts<S> for CsrfHeader {
-    type Rejection = std::convert::Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(CsrfHeader(parts.headers.get(CSRF_HEADER).cloned()))
     }
 }
 

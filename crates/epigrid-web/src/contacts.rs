@@ -155,11 +155,10 @@ pub(crate) async fn default_window(
 async fn trace(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().classifies())?;
     let person = crate::persons::person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
@@ -408,7 +407,7 @@ async fn confirm_contacts(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().investigates())?;
     let index = crate::persons::person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();

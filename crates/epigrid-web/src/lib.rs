@@ -80,6 +80,8 @@ pub async fn purge_expired(
 }
 
 /// The largest request body taken, in bytes (list uploads have their own, larger limit).
+/// Enforced twice: by the router's `DefaultBodyLimit` layer, and by `api::WholeBody`, which
+/// cannot see that layer (a route that raises its own limit must not read through it).
 pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
 
 /// The whole application.

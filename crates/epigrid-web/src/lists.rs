@@ -8,7 +8,7 @@ use askama::Template;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::handler::Handler;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -237,12 +237,11 @@ async fn process(
 async fn upload(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     // refused (role, CSRF, name) before the upload, up to 256 MB, is read
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().investigates())?;
     let name = list_name(q.get("name").map(String::as_str))?;
     let map = ColumnMap::from_pairs(q.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -407,11 +406,10 @@ async fn apply_decision(
 async fn decide(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
     crate::api::JsonBody(b): crate::api::JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     let get = crate::persons::json_get(&b);
     let d = read_decision(get).map_err(ApiError::Invalid)?;
     apply_decision(&st, &staff, &id, d).await?;

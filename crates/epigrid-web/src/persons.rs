@@ -250,11 +250,10 @@ fn today(st: &AppState) -> NaiveDate {
 async fn correct_person(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().follows_up())?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
@@ -329,11 +328,10 @@ async fn correct_person(
 async fn merge_person(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().investigates())?;
     let from = person_in_scope(&st, &staff, &id).await?;
     let mut errs = Vec::new();
@@ -400,10 +398,9 @@ async fn merge_person(
 async fn undo_merge(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().investigates())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let m = match st.store.undo_merge(id, &staff.scope(), Utc::now()).await {
@@ -555,11 +552,10 @@ pub(crate) async fn apply_category(
 async fn change_category(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let to = b.get("category").and_then(Value::as_str).unwrap_or("");
     let reason = b.get("reason").and_then(Value::as_str).unwrap_or("");
@@ -772,7 +768,7 @@ async fn start_observation(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let get = json_get(&b);
     let req = parse_observation(&st, &staff, &p, &get).await?;
@@ -789,7 +785,7 @@ async fn update_observation(
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Json<Value>> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().follows_up())?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     let mut o = st
@@ -1049,11 +1045,10 @@ async fn report_json(
 async fn report_on_behalf(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().follows_up())?;
     let p = person_in_scope(&st, &staff, &id).await?;
     let o = st
@@ -1080,11 +1075,10 @@ async fn report_on_behalf(
 async fn add_lab_result(
     State(st): State<AppState>,
     staff: Staff,
-    headers: HeaderMap,
     Path(id): Path<String>,
     JsonBody(b): JsonBody,
 ) -> ApiResult<Response> {
-    staff.check_csrf_header(&headers)?;
+    staff.check_csrf_header()?;
     staff.require(staff.role().classifies())?;
     let p = person_in_scope(&st, &staff, &id).await?;
     takes_new_facts(&p)?;

@@ -199,7 +199,7 @@ pub(crate) fn receipt_json<'a>(
         at: r.at,
         at_local: local(r.at, tz),
         site_name: &site.name,
-        kind: r.kind,
+        kind: site.kind,
         fever: r.fever,
     }
 }
