@@ -377,7 +377,8 @@ pub(crate) fn insert_reg_statement(c: &Connection) -> StoreResult<rusqlite::Cach
     .map_err(map_err)
 }
 
-/// [`insert_reg`] with its statement ([`insert_reg_statement`]).
+/// Stores `reg` with sequence number `seq` (the next free one when `None`) through `statement`
+/// ([`insert_reg_statement`]); its sequence number.
 pub(crate) fn insert_reg_with(
     c: &Connection,
     statement: &mut rusqlite::Statement<'_>,
