@@ -211,7 +211,22 @@ impl Writer {
         // before it was acknowledged (`SqliteStore::require_site`; sites are never deleted),
         // and its people and companions are found or made in the same transaction.
         let _ = exec(conn, "PRAGMA foreign_keys = OFF");
-        fold_taken(conn, intake, taken);
+        let n = taken.records.len();
+        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fold_taken(conn, intake, taken)
+        }));
+        if folded.is_err() {
+            // The writing connection stays usable (as after a write job's panic, `run_job`):
+            // its transaction is rolled back. The records are still in their intake files,
+            // which are left on disk for the next process that opens the database to commit.
+            let _ = exec(conn, "ROLLBACK");
+            queries::forget_known();
+            intake.done(n, Vec::new(), None);
+            tracing::error!(
+                registrations = n,
+                "committing the intake log panicked: they wait in their files for the next start"
+            );
+        }
         let _ = exec(conn, "PRAGMA foreign_keys = ON");
     }
 
