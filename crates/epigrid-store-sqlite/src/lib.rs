@@ -1296,6 +1296,39 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rows_through_one_statement_keep_their_own_values() {
+        use epigrid_core::area::Scope;
+        use epigrid_core::model::RegistrationFields;
+        use epigrid_core::store::Store;
+        let path = scratch("rebind");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        let site = seed_site(&store).await;
+        // every field filled; then none (what the row before bound must not stay); then
+        // filled again with another plate and no user
+        let full = intake_registration(site, 1);
+        let mut empty = intake_registration(site, 1);
+        empty.fields = RegistrationFields::default();
+        empty.companion_list.clear();
+        let mut other = intake_registration(site, 2);
+        other.fields.plate = Some("蒙L99999".into());
+        other.by_user = None;
+        let regs = vec![full, empty, other, intake_registration(site, 1)];
+        store.insert_registrations(regs.clone()).await.expect("stored");
+        for reg in &regs {
+            let stored = store
+                .registration(reg.id, &Scope::all())
+                .await
+                .expect("read")
+                .expect("there");
+            assert_eq!(stored.fields, reg.fields);
+            assert_eq!(stored.by_user, reg.by_user);
+            assert_eq!(stored.verification_code, reg.verification_code);
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
     #[test]
     fn a_file_named_almost_like_an_intake_file_is_left_alone() {
         let path = scratch("lookalike");
