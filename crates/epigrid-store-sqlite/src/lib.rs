@@ -1123,6 +1123,21 @@ mod tests {
         site
     }
 
+    /// Registrations `ns` at `site`, acknowledged: their sequence numbers.
+    async fn acknowledge(
+        store: &SqliteStore,
+        site: uuid::Uuid,
+        ns: std::ops::RangeInclusive<u8>,
+    ) -> Vec<i64> {
+        use epigrid_core::store::Store;
+        let mut acked = Vec::new();
+        for n in ns {
+            let reg = intake_registration(site, n);
+            acked.push(store.insert_registration(reg).await.expect("acknowledged"));
+        }
+        acked
+    }
+
     async fn seqs(store: &SqliteStore) -> Vec<i64> {
         store
             .read(|c| {
@@ -1241,15 +1256,7 @@ mod tests {
             store.insert_registration(ghost).await,
             Err(StoreError::Invalid(_))
         ));
-        let mut acked = Vec::new();
-        for n in 1..=3 {
-            acked.push(
-                store
-                    .insert_registration(intake_registration(site, n))
-                    .await
-                    .expect("acknowledged"),
-            );
-        }
+        let acked = acknowledge(&store, site, 1..=3).await;
         // killed before any fold: the records are only in the intake file
         assert_eq!(store.intake().expect("intake").unfolded(), 3);
         let held = intake_files(&path);
@@ -1314,7 +1321,10 @@ mod tests {
         other.fields.plate = Some("蒙L99999".into());
         other.by_user = None;
         let regs = vec![full, empty, other, intake_registration(site, 1)];
-        store.insert_registrations(regs.clone()).await.expect("stored");
+        store
+            .insert_registrations(regs.clone())
+            .await
+            .expect("stored");
         for reg in &regs {
             let stored = store
                 .registration(reg.id, &Scope::all())
@@ -1349,15 +1359,7 @@ mod tests {
         let path = scratch("intake-power");
         let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
         let site = seed_site(&store).await;
-        let mut acked = Vec::new();
-        for n in 1..=3 {
-            acked.push(
-                store
-                    .insert_registration(intake_registration(site, n))
-                    .await
-                    .expect("acknowledged"),
-            );
-        }
+        let acked = acknowledge(&store, site, 1..=3).await;
         assert_eq!(intake_files(&path).len(), 1);
         store.abandon();
 
