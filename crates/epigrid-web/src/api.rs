@@ -869,7 +869,7 @@ pub(crate) async fn unmask(
     let doc = open("doc", secrets.doc_cipher.as_ref())?;
     let phone = open("phone", secrets.phone_cipher.as_ref())?;
     staff
-        .audit(
+        .audit_read(
             st,
             "unmask",
             &format!("registration:{}", r.id),
@@ -879,7 +879,7 @@ pub(crate) async fn unmask(
                 r.person_id, reason
             ),
         )
-        .await;
+        .await?;
     st.metrics
         .unmasks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1028,14 +1028,14 @@ async fn audit_csv(
         })
         .collect();
     staff
-        .audit(
+        .audit_read(
             &st,
             "export",
             "audit.csv",
             &staff.user.area_path,
             &format!("rows={}", lines.len()),
         )
-        .await;
+        .await?;
     Ok(crate::persons::csv_download("audit.csv", &header, &lines))
 }
 

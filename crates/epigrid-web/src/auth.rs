@@ -309,6 +309,7 @@ impl Staff {
         self.check_csrf(self.csrf_header.as_ref().and_then(|v| v.to_str().ok()))
     }
 
+    /// Records a change already made (a failed write is logged: the change stands).
     pub async fn audit(
         &self,
         st: &AppState,
@@ -328,6 +329,32 @@ impl Staff {
             detail,
         )
         .await;
+    }
+
+    /// Records a read of personal data (an unmask, an export, a lookup) before it is shown:
+    /// when the entry cannot be written, the read is refused (503, or 500), so nothing is
+    /// disclosed that the audit log does not hold.
+    pub async fn audit_read(
+        &self,
+        st: &AppState,
+        action: &str,
+        subject: &str,
+        area_path: &str,
+        detail: &str,
+    ) -> ApiResult<()> {
+        let e = AuditEntry::now(
+            Some(self.user.id),
+            &self.user.username,
+            action,
+            subject,
+            area_path,
+            &self.ip,
+            detail,
+        );
+        st.store.append_audit(&e).await.map_err(|err| {
+            tracing::error!(error = %err, action, "audit write failed: the read is refused");
+            ApiError::from(err)
+        })
     }
 }
 

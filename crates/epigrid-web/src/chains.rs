@@ -111,14 +111,14 @@ async fn edges_csv(State(st): State<AppState>, staff: Staff) -> ApiResult<Respon
         ));
     }
     staff
-        .audit(
+        .audit_read(
             &st,
             "export",
             "chains.csv",
             &staff.user.area_path,
             &format!("edges={}", records.len()),
         )
-        .await;
+        .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -161,14 +161,14 @@ async fn graphml(State(st): State<AppState>, staff: Staff) -> ApiResult<Response
     }
     out.push_str("</graph>\n</graphml>\n");
     staff
-        .audit(
+        .audit_read(
             &st,
             "export",
             "chains.graphml",
             &staff.user.area_path,
             &format!("edges={}", records.len()),
         )
-        .await;
+        .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/graphml+xml"),

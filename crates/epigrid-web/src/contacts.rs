@@ -381,7 +381,7 @@ pub(crate) async fn run_trace(
         c["new"] = json!(is_new);
     }
     staff
-        .audit(
+        .audit_read(
             st,
             "trace",
             &format!("person:{}", person.id),
@@ -392,7 +392,7 @@ pub(crate) async fn run_trace(
                 new.len()
             ),
         )
-        .await;
+        .await?;
     Ok((from, to, contacts))
 }
 

@@ -160,8 +160,8 @@ pub(crate) async fn search_people(
         };
         let detail = format!("by {how}, {} found", people.len());
         staff
-            .audit(st, "person.lookup", &subject, &area, &detail)
-            .await;
+            .audit_read(st, "person.lookup", &subject, &area, &detail)
+            .await?;
     }
     Ok(people)
 }
@@ -1309,14 +1309,14 @@ async fn export_table(
         let (name, doc, phone) = if let Some(why) = &why {
             let secrets = st.store.person_secrets(pid, &staff.scope()).await?;
             staff
-                .audit(
+                .audit_read(
                     st,
                     "unmask",
                     &format!("person:{pid}"),
                     &r.observation.area_path,
                     &format!("export {format}: {why}"),
                 )
-                .await;
+                .await?;
             let open = |col: &str, c: Option<&Vec<u8>>| {
                 c.and_then(|c| st.vault.open(&format!("persons.{col}:{pid}"), c).ok())
                     .unwrap_or_default()
@@ -1356,7 +1356,7 @@ async fn export_table(
         ]);
     }
     staff
-        .audit(
+        .audit_read(
             st,
             "export",
             "observations",
@@ -1370,7 +1370,7 @@ async fn export_table(
                     .unwrap_or_default()
             ),
         )
-        .await;
+        .await?;
     Ok((header, out))
 }
 

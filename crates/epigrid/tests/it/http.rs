@@ -633,6 +633,70 @@ async fn unmasking_is_for_allowed_roles_and_always_audited() {
     );
 }
 
+/// An unmask or an export the audit log cannot record is refused: nothing is shown. The
+/// database itself refuses the entries (a trigger on PostgreSQL's `audit_log`).
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_disclosed_that_the_audit_log_could_not_record() {
+    let Some((store, client, schema)) = postgres_with_client().await else {
+        return;
+    };
+    let app = TestApp::start_with(store, temp_dir("audit_refused")).await;
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let raw = cn_id("150802", "19880808", 7);
+    let reg = body(
+        app.register(&site, &checkpoint_body(&raw, "欧阳明", "13700003333"))
+            .await,
+    )
+    .await;
+    let id = reg["id"].as_str().unwrap().to_string();
+    let epi = app.token("epi", Role::Epidemiologist, "150802").await;
+    let admin = app.token("admin", Role::Admin, "150800").await;
+    let unmask = || async {
+        app.post_json(
+            &format!("/api/v1/registrations/{id}/unmask"),
+            &json!({"reason": "流调"}),
+            Some(&epi),
+        )
+        .await
+    };
+    client
+        .batch_execute(&format!(
+            "CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$; \
+             CREATE TRIGGER refuse BEFORE INSERT ON {schema}.audit_log \
+             FOR EACH ROW EXECUTE FUNCTION {schema}.refuse();"
+        ))
+        .await
+        .expect("trigger");
+    let r = unmask().await;
+    assert_eq!(r.status(), 500, "an unaudited unmask is refused");
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains(&raw) && !text.contains("13700003333"),
+        "{text}"
+    );
+    let r = app.get("/api/v1/audit.csv", Some(&admin)).await;
+    assert_eq!(r.status(), 500, "an unaudited export is refused");
+    let kind = r.headers().get("content-type").cloned();
+    assert!(!format!("{kind:?}").contains("csv"), "{kind:?}");
+
+    client
+        .batch_execute(&format!("DROP TRIGGER refuse ON {schema}.audit_log"))
+        .await
+        .expect("drop trigger");
+    let r = unmask().await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(body(r).await["id_number"], raw.as_str());
+    let audit = body(app.get("/api/v1/audit", Some(&admin)).await).await;
+    let unmasks = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "unmask")
+        .count();
+    assert_eq!(unmasks, 1, "the one unmask shown is the one recorded");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_tokens_logout_and_lockout() {
     let app = TestApp::start().await;
