@@ -68,7 +68,8 @@ pub fn code_fits(level: u8, code: &str, parent_code: Option<&str>) -> bool {
         (1, Some(_)) => false,
         (_, None) => false,
         // counties share the city's first four digits
-        (2, Some(p)) => p.len() == 6 && code[..4] == p[..4],
+        // (bytes: a parent code from a file need not be digits, nor split at a character)
+        (2, Some(p)) => p.len() == 6 && code.as_bytes()[..4] == p.as_bytes()[..4],
         (_, Some(p)) => code.starts_with(p),
     }
 }
@@ -161,6 +162,9 @@ mod tests {
         assert!(code_fits(5, "150802001001001", Some("150802001001")));
         assert!(code_fits(6, "150802001001001002", Some("150802001001001")));
         assert!(!code_fits(4, "15080200100A", Some("150802001")));
+        // a six-byte parent that is not six digits, cut inside a character at byte 4
+        assert!(!code_fits(2, "150802", Some("€€")));
+        assert!(!code_fits(2, "150802", Some("15€0")));
         assert!(!code_fits(7, "150802001001001002", Some("150802001001001")));
     }
 

@@ -678,7 +678,15 @@ pub fn validate(
                 ))
                 .flatten()
                 .unwrap_or(listed);
-            if listed > count {
+            if listed > MAX_COMPANIONS as i64 {
+                // named one by one (a form's companion_name_N) with no count given: the
+                // count's own limit still holds
+                e.push(
+                    FieldError::new("companions", "err.int.range")
+                        .with("min", "0")
+                        .with("max", MAX_COMPANIONS.to_string()),
+                );
+            } else if listed > count {
                 e.push(FieldError::new("companions", "err.companions.more_listed"));
             }
             fields.companions = count as i32;
@@ -1098,6 +1106,36 @@ mod tests {
         ] {
             assert!(f.contains(&want), "{want} missing from {f:?}");
         }
+    }
+
+    #[test]
+    fn companions_named_on_a_form_without_a_count_keep_the_count_limit() {
+        let s = site(SiteKind::Checkpoint);
+        let base: Vec<(String, String)> = [
+            ("name", "张三"),
+            ("id_type", "cn_id"),
+            ("id_number", "11010519491231002X"),
+            ("phone", "13912345678"),
+            ("origin", "420100"),
+            ("destination", "150802"),
+            ("temperature", "36.5"),
+            ("symptoms", "none"),
+            ("high_risk_travel", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let named = |n: usize| {
+            let mut pairs = base.clone();
+            pairs.extend((1..=n).map(|i| (format!("companion_name_{i}"), "李四".to_string())));
+            validate(&RegistrationInput::from_pairs(&pairs), &ctx(&s))
+        };
+        let ok = named(MAX_COMPANIONS as usize).expect("at the limit");
+        assert_eq!(ok.fields.companions, MAX_COMPANIONS);
+        let errs = named(MAX_COMPANIONS as usize + 1).unwrap_err();
+        assert_eq!(fields_of(&errs), vec!["companions"]);
+        assert_eq!(errs[0].key, "err.int.range");
+        assert!(named(5000).is_err());
     }
 
     #[test]
