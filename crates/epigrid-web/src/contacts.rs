@@ -468,7 +468,9 @@ pub(crate) async fn confirm(
     }
     let scope = staff.scope();
     let mut people = Vec::new();
-    for pid in ids {
+    // a person chosen twice is marked once (not refused as changed meanwhile)
+    let mut chosen = std::collections::HashSet::new();
+    for pid in ids.iter().filter(|id| chosen.insert(**id)) {
         let p = st
             .store
             .person(*pid, &scope)
@@ -724,20 +726,24 @@ async fn trace_confirm_page(
         Err(r) => return *r,
     };
     let get = |k: &str| crate::public::form_value(&pairs, k).unwrap_or_default();
-    let ids: Vec<Uuid> = pairs
+    // every id or none, as the API takes them: one that is not an id refuses the batch
+    let ids: Result<Vec<Uuid>, ()> = pairs
         .iter()
         .filter(|(k, _)| k == "person_ids")
-        .filter_map(|(_, v)| Uuid::parse_str(v).ok())
+        .map(|(_, v)| Uuid::parse_str(v.trim()).map_err(drop))
         .collect();
     let index = match page_person(&st, &s, &id).await {
         Ok(p) => p,
         Err(r) => return *r,
     };
     let reason = crate::persons::reason(&get("reason"));
-    let result = match (ids.is_empty(), reason) {
-        (true, _) => Err(ApiError::field("person_ids", "err.contacts.list")),
-        (false, Err(e)) => Err(ApiError::Invalid(vec![e])),
-        (false, Ok(reason)) => {
+    let result = match (ids, reason) {
+        (Err(()), _) => Err(ApiError::field("person_ids", "err.id.format")),
+        (Ok(ids), _) if ids.is_empty() || ids.len() > 1000 => {
+            Err(ApiError::field("person_ids", "err.contacts.list"))
+        }
+        (Ok(_), Err(e)) => Err(ApiError::Invalid(vec![e])),
+        (Ok(ids), Ok(reason)) => {
             confirm(
                 &st,
                 &s,

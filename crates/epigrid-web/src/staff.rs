@@ -1216,7 +1216,12 @@ async fn users_active(
         Ok(f) => f,
         Err(r) => return *r,
     };
-    let active = crate::public::form_value(&pairs, "active").as_deref() == Some("1");
+    // anything but 0 or 1 is refused, not read as "deactivate"
+    let active = match crate::public::form_value(&pairs, "active").as_deref() {
+        Some("1") => true,
+        Some("0") => false,
+        _ => return ApiError::field("active", "err.bool.format").into_response(),
+    };
     match crate::api::set_user_active(&st, &s, &id, active).await {
         Ok(_) => Redirect::to("/users").into_response(),
         Err(e) => e.into_response(),

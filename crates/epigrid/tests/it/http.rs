@@ -2915,6 +2915,20 @@ async fn an_admin_deactivates_an_account_and_its_tokens_stop_working() {
         page.contains(&format!("action=\"/users/{leaver}/active\"")),
         "{page}"
     );
+    // a value that is neither 0 nor 1 is refused, and changes nothing
+    for bad in ["true", ""] {
+        let r = app
+            .post_page(
+                &format!("/users/{leaver}/active"),
+                &cookie,
+                &[
+                    ("csrf", input_value(&page, "csrf").as_str()),
+                    ("active", bad),
+                ],
+            )
+            .await;
+        assert_eq!(r.status(), 422, "active={bad:?}");
+    }
     let r = app
         .post_page(
             &format!("/users/{leaver}/active"),

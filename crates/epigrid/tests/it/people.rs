@@ -2002,8 +2002,10 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
     let mark = |cookie: String, csrf: String| {
         let (app, contact, path) = (&app, &contact, format!("/persons/{pid}/contacts"));
         async move {
+            // chosen twice (two boxes of one person): marked once
             let form = [
                 ("csrf", csrf.as_str()),
+                ("person_ids", contact.as_str()),
                 ("person_ids", contact.as_str()),
                 ("reason", "同场所"),
             ];
@@ -2016,6 +2018,24 @@ async fn the_trace_page_lets_an_epidemiologist_review_and_mark_contacts() {
         !r.text().await.unwrap().contains("同*乙"),
         "the refusal does not show the trace"
     );
+    // one value that is not an id refuses the batch: nothing is marked
+    let r = app
+        .post_page(
+            &format!("/persons/{pid}/contacts"),
+            &cookie,
+            &[
+                ("csrf", csrf.as_str()),
+                ("person_ids", contact.as_str()),
+                ("person_ids", "junk"),
+                ("reason", "同场所"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let p: Value = app
+        .get_json(&format!("/api/v1/persons/{contact}"), &epi)
+        .await;
+    assert_eq!(p["category"], "none", "nothing half-done");
     let r = mark(cookie.clone(), csrf.clone()).await;
     assert_eq!(r.status(), 200);
     assert!(
