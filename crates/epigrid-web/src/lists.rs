@@ -91,6 +91,9 @@ fn cell_text(c: &calamine::DataRef<'_>) -> String {
     }
 }
 
+/// Rows in an Excel sheet (1,048,576): a cell said to lie below them is a broken file.
+const XLSX_MAX_ROWS: u32 = 1 << 20;
+
 /// The first sheet of an XLSX file as numbered rows (line = the spreadsheet's row number),
 /// read cell by cell: a sparse sheet costs what its cells cost, not its bounding box.
 fn xlsx_rows(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
@@ -104,6 +107,10 @@ fn xlsx_rows(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>, ApiError> {
     let (mut cell_count, mut text_len) = (0usize, 0usize);
     while let Some(cell) = cells.next_cell().map_err(|_| bad())? {
         let (r, c) = cell.get_position();
+        if r >= XLSX_MAX_ROWS {
+            // beyond any sheet a spreadsheet writes (and beyond a stored line number)
+            return Err(bad());
+        }
         if c >= MAX_COLUMNS {
             continue;
         }
@@ -194,9 +201,14 @@ async fn process(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let join = |e: tokio::task::JoinError| ApiError::Internal(e.to_string());
+    // a panic inside the spreadsheet reader (on a crafted file) is the file's error, not
+    // the server's
     let (parsed, turn) = tokio::task::spawn_blocking(move || (read_list(&body, &map), turn))
         .await
-        .map_err(join)?;
+        .map_err(|e| {
+            tracing::error!(error = %e, "reading an uploaded list failed");
+            ApiError::field("file", "err.list.xlsx")
+        })?;
     let parsed = parsed?;
     let index = MatchIndex::load(st.store.as_ref()).await?;
     let vault = st.vault.clone();

@@ -926,7 +926,11 @@ pub async fn import_proximity(
                 .ok()
                 .map(|t| t.with_timezone(&chrono::Utc)),
         };
-        let Some(at) = at else {
+        // a contact is recent: a time outside 2000–2100 is a wrong unit or a typo (and one
+        // outside PostgreSQL's range failed the whole file with no line)
+        let in_range =
+            |t: &chrono::DateTime<chrono::Utc>| (2000..=2100).contains(&chrono::Datelike::year(t));
+        let Some(at) = at.filter(in_range) else {
             errors.push(err(line, "time", "import.proximity.time"));
             continue;
         };

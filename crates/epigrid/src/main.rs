@@ -311,14 +311,17 @@ fn parse_offset(s: &str) -> Result<FixedOffset> {
         _ => (1, t),
     };
     let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-    let h: i32 = h
-        .parse()
-        .map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
-    let m: i32 = m
-        .parse()
-        .map_err(|_| anyhow!("--tz-offset: expected +HH:MM, got {s}"))?;
+    let part = |p: &str, max: u8| {
+        p.parse::<u8>()
+            .ok()
+            .filter(|n| *n <= max && p.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| anyhow!("--tz-offset: expected +HH:MM from -14:00 to +14:00, got {s}"))
+    };
+    // (hours checked before they are multiplied: 600000 hours overflowed)
+    let (h, m) = (i32::from(part(h, 14)?), i32::from(part(m, 59)?));
     FixedOffset::east_opt(sign * (h * 3600 + m * 60))
-        .ok_or_else(|| anyhow!("--tz-offset out of range: {s}"))
+        .filter(|o| o.local_minus_utc().abs() <= 14 * 3600)
+        .ok_or_else(|| anyhow!("--tz-offset: expected +HH:MM from -14:00 to +14:00, got {s}"))
 }
 
 async fn open_store(db: &DbArgs) -> Result<Arc<dyn Store>> {
@@ -427,9 +430,11 @@ async fn open_vault(db: &DbArgs, store: &dyn Store, lang: Lang) -> Result<Vault>
     Ok(vault)
 }
 
-/// The listening socket, taken before anything else so that a bad or busy address fails a
-/// start before it creates a database or a key file (or builds a demo city).
+/// The listening socket, taken before anything else so that a bad or busy address (or a bad
+/// `--tz-offset`, checked first) fails a start before it creates a database or a key file
+/// (or builds a demo city).
 async fn listen(args: &ServeArgs) -> Result<tokio::net::TcpListener> {
+    parse_offset(&args.tz_offset)?;
     tokio::net::TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))

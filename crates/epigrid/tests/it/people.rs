@@ -1699,7 +1699,9 @@ async fn imported_proximity_records_become_contacts_and_bad_files_change_nothing
         let b = registered_person(store.as_ref(), &sites[4], &idb, "乙").await;
         let now = Utc::now().timestamp();
         let bad = format!(
-            "time,a,b,duration_s\n{now},{ida},{idb},60\nyesterday,{ida},{idb}\n{now},{ida},123\n"
+            "time,a,b,duration_s\n{now},{ida},{idb},60\nyesterday,{ida},{idb}\n{now},{ida},123\n\
+             -1000000000000,{ida},{idb}\n{},{ida},{idb}\n",
+            now * 1000
         );
         let r = epigrid::import::import_proximity(
             store.as_ref(),
@@ -1715,7 +1717,8 @@ async fn imported_proximity_records_become_contacts_and_bad_files_change_nothing
             errs.iter()
                 .map(|e| (e.line, e.field.as_str()))
                 .collect::<Vec<_>>(),
-            vec![(3, "time"), (4, "b")],
+            // (a time in milliseconds, or one 29,000 years ago, is out of range)
+            vec![(3, "time"), (4, "b"), (5, "time"), (6, "time")],
             "{name}"
         );
         assert!(

@@ -234,6 +234,16 @@ fn a_bad_address_fails_a_start_before_anything_is_created() {
             "{out}"
         );
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{command}");
+        // nor a time zone offset no place has (600000 hours overflowed, 1193047 wrapped)
+        for offset in ["600000", "1193047", "+14:60", "+15:00", "-+5", "8h"] {
+            let flag = format!("--tz-offset={offset}");
+            let (ok, out) = epigrid(&[command, "--db", &db, "--bind", "127.0.0.1:0", &flag]);
+            assert!(
+                !ok && out.contains("expected +HH:MM from -14:00 to +14:00"),
+                "{offset}: {out}"
+            );
+        }
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "{command}");
     }
 }
 
