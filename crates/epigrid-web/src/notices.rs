@@ -186,13 +186,16 @@ async fn detail(
         .ok_or(ApiError::NotFound)?;
     let mut pending = Vec::new();
     for pc in st.store.pending_contacts(n.id).await? {
-        // someone whose record is outside the caller's area is counted, not shown
-        let p = st.store.person(pc.person_id, &staff.scope()).await?;
-        pending.push(json!({
-            "id": pc.id, "position": pc.position, "reported_at": pc.reported_at, "status": pc.status,
-            "outside_scope": p.is_none(),
-            "person": p.map(|p| crate::persons::person_json(&p)),
-        }));
+        // someone whose record is outside the caller's area is counted, not shown: not even
+        // which place they named or when (their area's staff follow them up)
+        match st.store.person(pc.person_id, &staff.scope()).await? {
+            Some(p) => pending.push(json!({
+                "id": pc.id, "position": pc.position, "reported_at": pc.reported_at, "status": pc.status,
+                "outside_scope": false,
+                "person": crate::persons::person_json(&p),
+            })),
+            None => pending.push(json!({"outside_scope": true})),
+        }
     }
     let url = notice_url(&st, &headers, &n);
     let mut v = notice_json(&st, &n, &url);

@@ -2221,6 +2221,34 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
             .status(),
         200
     );
+    // someone another county follows up (a suspected case there, so the sighting does not
+    // move them) comes forward: counted here, not shown
+    let elsewhere = cn_id("150821", "19920202", 44);
+    let wuyuan = app.site(SiteKind::Checkpoint, "150821").clone();
+    assert_eq!(
+        app.register(
+            &wuyuan,
+            &checkpoint_body(&elsewhere, "外县己", "13500000044")
+        )
+        .await
+        .status(),
+        201
+    );
+    let wuyuan_epi = app
+        .token("wuyuan_epi", Role::Epidemiologist, "150821")
+        .await;
+    let theirs = find_person(&app, &elsewhere, &wuyuan_epi).await;
+    assert_eq!(
+        app.set_category(&theirs, "suspected", "发热", &wuyuan_epi)
+            .await,
+        200
+    );
+    assert_eq!(
+        come("外县己", elsewhere.clone(), "13500000044")
+            .await
+            .status(),
+        200
+    );
     // the case coming forward on their own notice is thanked as anyone is (the page must not
     // tell who the case is) and not recorded
     let own = come("病例丁", case_id.clone(), "13500000041").await;
@@ -2235,13 +2263,20 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
         .await
         .unwrap();
     let came = d["came_forward"].as_array().unwrap();
-    let mut names: Vec<&str> = came
+    let (shown, counted): (Vec<&Value>, Vec<&Value>) =
+        came.iter().partition(|c| c["outside_scope"] == false);
+    let mut names: Vec<&str> = shown
         .iter()
         .map(|c| c["person"]["name"].as_str().unwrap())
         .collect();
     names.sort();
     assert_eq!(names, ["A*** S***", "路*戊"], "{came:?}");
-    assert!(came.iter().all(|c| c["status"] == "pending"));
+    assert!(shown.iter().all(|c| c["status"] == "pending"));
+    assert_eq!(
+        counted,
+        [&json!({"outside_scope": true})],
+        "no place, time or id of someone outside the area: {came:?}"
+    );
     let other = app.token("wuyuan", Role::Epidemiologist, "150821").await;
     assert_eq!(
         app.get(
