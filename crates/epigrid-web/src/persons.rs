@@ -269,9 +269,13 @@ async fn correct_person(
             }
         }
     };
-    let home = match b.get("home_area_code").and_then(Value::as_str) {
-        None => None,
-        Some(code) => match st.store.area(code.trim()).await? {
+    let home = match b.get("home_area_code") {
+        None | Some(Value::Null) => None,
+        Some(v) if !v.is_string() => {
+            errs.push(FieldError::new("home_area_code", "err.text.format"));
+            None
+        }
+        Some(v) => match st.store.area(v.as_str().unwrap_or("").trim()).await? {
             Some(a) if staff.scope().contains(&a.path) => Some(a),
             _ => {
                 errs.push(FieldError::new("home_area_code", "err.area.not_in_scope"));
@@ -827,12 +831,15 @@ async fn update_observation(
         }
     }
     if let Some(v) = b.get("release_reason") {
-        match v
-            .as_str()
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.chars().count() <= 200)
-        {
-            Some(r) => {
+        // one line of text, as every other reason (no control characters)
+        let text = match v.as_str() {
+            Some(s) => epigrid_core::validate::validate_text("release_reason", s, 200, true),
+            None => Err(FieldError::new("release_reason", "err.text.format")),
+        };
+        match text {
+            Err(e) => errs.push(e),
+            Ok(None) => errs.push(FieldError::new("release_reason", "err.required")),
+            Ok(Some(r)) => {
                 let early = o.planned_end > today(&st);
                 if early && b.get("early_release").and_then(Value::as_bool) != Some(true) {
                     errs.push(FieldError::new("early_release", "err.observation.early"));
@@ -853,9 +860,8 @@ async fn update_observation(
                     }
                 }
                 o.released_at = Some(Utc::now());
-                o.release_reason = Some(r.to_string());
+                o.release_reason = Some(r);
             }
-            None => errs.push(FieldError::new("release_reason", "err.required")),
         }
     }
     if b.get("revoke_link").and_then(Value::as_bool) == Some(true) {

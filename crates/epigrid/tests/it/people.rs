@@ -991,6 +991,22 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         410
     );
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 410);
+    // a release reason is one line of text
+    for bad in [json!("阴性\u{7}"), json!(""), json!(5)] {
+        let r = app
+            .patch_json(
+                &format!("/api/v1/observations/{oid}"),
+                &json!({"release_reason": bad, "early_release": true}),
+                Some(&epi),
+            )
+            .await;
+        let (status, codes) = status_and_codes(r).await;
+        assert_eq!(
+            (status, codes.len(), codes[0].split(':').next()),
+            (422, 1, Some("release_reason")),
+            "{bad}: {codes:?}"
+        );
+    }
     // early release needs a negative test
     let r = app
         .patch_json(
@@ -1329,6 +1345,19 @@ async fn duplicates_are_merged_reversibly_and_details_corrected() {
         )
         .await;
     assert_eq!(r.status(), 422);
+    // an area code that is not text is refused, not ignored
+    let r = app
+        .patch_json(
+            &format!("/api/v1/persons/{dup}"),
+            &json!({"home_area_code": 150802001001001002u64}),
+            Some(&epi),
+        )
+        .await;
+    let (status, codes) = status_and_codes(r).await;
+    assert_eq!(
+        (status, codes),
+        (422, vec!["home_area_code:err.text.format".to_string()])
+    );
     // a document or phone number is not corrected this way, and says so
     let r = app
         .patch_json(
