@@ -294,7 +294,8 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- users and sessions ----
     async fn insert_user(&self, user: &User) -> StoreResult<()>;
-    /// Updates password hash, role, area and active flag.
+    /// Updates password hash, role, area and active flag; deactivating ends the user's sessions
+    /// (a reactivated account logs in afresh).
     async fn update_user(&self, user: &User) -> StoreResult<()>;
     async fn user(&self, id: Uuid) -> StoreResult<Option<User>>;
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<User>>;

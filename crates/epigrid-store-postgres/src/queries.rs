@@ -878,13 +878,17 @@ impl Store for PgStore {
     }
 
     async fn update_user(&self, u: &User) -> StoreResult<()> {
-        let n = self
-            .execute(
-                "UPDATE users SET password_hash = $2, role = $3, area_code = $4, area_path = $5, active = $6 WHERE id = $1",
+        // a deactivated account's sessions end with it (reactivated, it logs in afresh)
+        let rows = self
+            .query(
+                "WITH u AS (UPDATE users SET password_hash = $2, role = $3, area_code = $4, area_path = $5, \
+                 active = $6 WHERE id = $1 RETURNING id), \
+                 d AS (DELETE FROM sessions WHERE NOT $6 AND user_id IN (SELECT id FROM u)) \
+                 SELECT id FROM u",
                 &[&u.id, &u.password_hash, &u.role.as_str(), &u.area_code, &u.area_path, &u.active],
             )
             .await?;
-        if n == 0 {
+        if rows.is_empty() {
             return Err(StoreError::NotFound);
         }
         Ok(())

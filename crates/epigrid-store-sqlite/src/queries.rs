@@ -1489,6 +1489,13 @@ impl Store for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
+            // a deactivated account's sessions end with it (reactivated, it logs in afresh)
+            if !u.active {
+                c.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")
+                    .map_err(map_err)?
+                    .execute([u.id.to_string()])
+                    .map_err(map_err)?;
+            }
             Ok(())
         })
         .await

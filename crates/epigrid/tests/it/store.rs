@@ -880,6 +880,16 @@ async fn users_sessions_and_audit() {
                 .is_none(),
             "{name}: inactive user"
         );
+        // and do not come back with the account: it logs in afresh
+        store.update_user(&u).await.unwrap();
+        assert!(
+            store
+                .session(&token_hash("live"), now)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: reactivated user's old session"
+        );
         store.delete_session(&token_hash("live")).await.unwrap();
 
         for (i, path) in ["/150800/150802/", "/150800/150821/", "/"]
