@@ -84,6 +84,17 @@ pub async fn purge_expired(
 /// cannot see that layer (a route that raises its own limit must not read through it).
 pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
 
+/// Whether session cookies carry the Secure flag: when asked (`--secure-cookies`), and when
+/// the public base URL is https (browsers then reach the server over https, and a cookie also
+/// sent over plain http would give a session away on a hostile network).
+pub fn secure_cookies(asked: bool, base_url: Option<&str>) -> bool {
+    asked
+        || base_url.is_some_and(|u| {
+            u.get(..8)
+                .is_some_and(|p| p.eq_ignore_ascii_case("https://"))
+        })
+}
+
 /// The whole application.
 pub fn router(state: AppState) -> Router {
     Router::new()

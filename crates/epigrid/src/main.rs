@@ -67,7 +67,8 @@ struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "EPIGRID_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
-    /// Send cookies with the Secure flag (set this behind HTTPS).
+    /// Send cookies with the Secure flag (set this behind HTTPS; on by itself when --base-url is
+    /// https).
     #[arg(long, env = "EPIGRID_SECURE_COOKIES")]
     secure_cookies: bool,
     /// Take clients' addresses (for the audit log) from X-Forwarded-For: set this only behind
@@ -452,7 +453,7 @@ async fn serve(
         base_url: args.base_url.clone(),
         tz: parse_offset(&args.tz_offset)?,
         session_hours: 12,
-        secure_cookies: args.secure_cookies,
+        secure_cookies: epigrid_web::secure_cookies(args.secure_cookies, args.base_url.as_deref()),
         observation_days: epigrid_web::parse_observation_days(&args.observation_days)
             .map_err(|e| anyhow!("--observation-days: {e}"))?,
         overdue_hours: args.overdue_hours,

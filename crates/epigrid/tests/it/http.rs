@@ -697,6 +697,42 @@ async fn nothing_is_disclosed_that_the_audit_log_could_not_record() {
     assert_eq!(unmasks, 1, "the one unmask shown is the one recorded");
 }
 
+/// A server whose public address is https sends its session cookie with `Secure` by itself;
+/// one on plain http does not unless asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_cookies_are_secure_behind_an_https_address() {
+    use epigrid_web::secure_cookies;
+    assert!(secure_cookies(false, Some("https://epigrid.example.org")));
+    assert!(secure_cookies(false, Some("HTTPS://epigrid.example.org")));
+    assert!(!secure_cookies(false, Some("http://10.0.0.5:8080")));
+    assert!(!secure_cookies(false, None));
+    assert!(secure_cookies(true, None));
+    for (base, secure) in [
+        ("https://epigrid.example.org", true),
+        ("http://a.example", false),
+    ] {
+        let (store, dir) = sqlite();
+        let cfg = epigrid_web::WebConfig {
+            base_url: Some(base.into()),
+            secure_cookies: secure_cookies(false, Some(base)),
+            ..Default::default()
+        };
+        let app = TestApp::start_configured(store, dir, cfg).await;
+        user(app.store.as_ref(), "mgr", Role::Manager, "150802").await;
+        let login = app
+            .client
+            .post(format!("{}/login", app.base))
+            .form(&[("username", "mgr"), ("password", PASSWORD)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 303);
+        let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert_eq!(cookie.contains("; Secure"), secure, "{base}: {cookie}");
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_tokens_logout_and_lockout() {
     let app = TestApp::start().await;
