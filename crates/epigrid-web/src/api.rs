@@ -218,6 +218,8 @@ async fn create_token(
 }
 
 async fn logout(State(st): State<AppState>, staff: Staff) -> ApiResult<StatusCode> {
+    // a browser session is ended by its own pages only (as every other change it makes)
+    staff.check_csrf_header()?;
     st.store.delete_session(&staff.token_hash).await?;
     st.forget_session(&staff.token_hash);
     Ok(StatusCode::NO_CONTENT)

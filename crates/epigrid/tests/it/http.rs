@@ -733,6 +733,36 @@ async fn session_cookies_are_secure_behind_an_https_address() {
     }
 }
 
+/// A browser session is logged out through the API only with its CSRF token (another page
+/// of the same site cannot end it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cookie_logout_through_the_api_needs_the_csrf_token() {
+    let app = TestApp::start().await;
+    let cookie = app.cookie("sess", Role::Manager, "150802").await;
+    let csrf = input_value(&app.page("/", &cookie).await, "csrf");
+    let logout = |token: Option<String>| {
+        let mut req = app
+            .client
+            .post(format!("{}/api/v1/auth/logout", app.base))
+            .header("cookie", &cookie);
+        if let Some(t) = token {
+            req = req.header("x-csrf-token", t);
+        }
+        req.send()
+    };
+    let me = || {
+        app.client
+            .get(format!("{}/api/v1/me", app.base))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(logout(None).await.unwrap().status(), 403);
+    assert_eq!(logout(Some("forged".into())).await.unwrap().status(), 403);
+    assert_eq!(me().await.unwrap().status(), 200, "still logged in");
+    assert_eq!(logout(Some(csrf)).await.unwrap().status(), 204);
+    assert_eq!(me().await.unwrap().status(), 401);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_tokens_logout_and_lockout() {
     let app = TestApp::start().await;
