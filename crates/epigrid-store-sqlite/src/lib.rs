@@ -216,6 +216,8 @@ impl Writer {
             fold_taken(conn, intake, taken)
         }));
         if folded.is_err() {
+            // (a panic inside a record's commit is caught there, `unwound`; this is the last
+            // resort for one in the intake's own bookkeeping)
             // The writing connection stays usable (as after a write job's panic, `run_job`):
             // its transaction is rolled back. The records are still in their intake files,
             // which are left on disk for the next process that opens the database to commit.
@@ -715,7 +717,7 @@ fn in_batch<T>(conn: &Connection, body: impl FnOnce() -> StoreResult<T>) -> Stor
 fn fold_taken(conn: &Connection, intake: &intake::Intake, taken: intake::Taken) {
     let n = taken.records.len();
     let all = taken.records.iter().map(|(seq, reg)| (*seq, &**reg));
-    if insert_all(conn, all).is_ok() {
+    if unwound(conn, || insert_all(conn, all)).is_ok() {
         intake.done(n, taken.files, taken.log);
         return;
     }
@@ -723,17 +725,45 @@ fn fold_taken(conn: &Connection, intake: &intake::Intake, taken: intake::Taken) 
     let mut records = taken.records.into_iter();
     let mut done = 0;
     while let Some((seq, reg)) = records.next() {
-        if let Err(e) = fold_one(conn, intake, seq, &reg) {
-            tracing::error!(error = %e, "registrations wait in the intake log: the database failed");
-            let mut back = vec![(seq, reg)];
-            back.extend(records);
-            intake.give_back(back, taken.files);
-            intake.done(done, Vec::new(), None);
-            return;
+        match unwound(conn, || fold_one(conn, intake, seq, &reg)) {
+            Ok(()) => {}
+            Err(None) => {
+                // a bug this record runs into: kept aside as one the database refuses, so
+                // that neither this process nor the next one stops at it, and the rest go in
+                tracing::error!(registration = %reg.id,
+                    "committing an acknowledged registration panicked: kept in the intake's rejected file");
+                intake.reject(seq, &reg);
+            }
+            Err(Some(e)) => {
+                tracing::error!(error = %e, "registrations wait in the intake log: the database failed");
+                let mut back = vec![(seq, reg)];
+                back.extend(records);
+                intake.give_back(back, taken.files);
+                intake.done(done, Vec::new(), None);
+                return;
+            }
         }
         done += 1;
     }
     intake.done(done, taken.files, taken.log);
+}
+
+/// Runs `f`, turning a panic into `Err(None)` after rolling back what it left open on `conn`
+/// (and the writer's memory of people and plates, which may hold what is rolled back).
+fn unwound(
+    conn: &Connection,
+    f: impl FnOnce() -> StoreResult<()>,
+) -> Result<(), Option<StoreError>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(Some),
+        Err(_) => {
+            if !conn.is_autocommit() {
+                let _ = exec(conn, "ROLLBACK");
+            }
+            queries::forget_known();
+            Err(None)
+        }
+    }
 }
 
 /// The highest sequence number stored.
@@ -1164,6 +1194,38 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_registration_whose_commit_panics_is_kept_aside_and_the_rest_are_stored() {
+        use epigrid_core::store::Store;
+        let path = scratch("panic");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        let site = seed_site(&store).await;
+        let bad = intake_registration(site, 2);
+        let bad_id = bad.id;
+        queries::tests::PANIC_ON.lock().unwrap().push(bad_id);
+        let a = acknowledge(&store, site, 1..=1).await[0];
+        let b = store.insert_registration(bad).await.expect("acknowledged");
+        let c = acknowledge(&store, site, 3..=3).await[0];
+        assert_eq!((a + 1, b + 1), (b, c));
+        // the read right after sees the others (it waited for none of them)
+        assert_eq!(seqs(&store).await, vec![a, c]);
+        assert_eq!(store.intake().expect("intake").unfolded(), 0);
+        let dir = path.parent().expect("dir");
+        let rejected = std::fs::read(dir.join("t.db-intake-rejected")).expect("kept aside");
+        let (kept, clean) = intake::read_records(&rejected);
+        assert!(clean);
+        assert_eq!(kept.len(), 1);
+        assert_eq!((kept[0].0, kept[0].1.id), (b, bad_id));
+        // the writer goes on, and so does the next process
+        let d = acknowledge(&store, site, 4..=4).await[0];
+        assert_eq!(seqs(&store).await, vec![a, c, d]);
+        drop(store);
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("reopen");
+        assert_eq!(seqs(&store).await, vec![a, c, d]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -436,6 +436,10 @@ pub(crate) fn insert_reg_with(
     reg: &NewRegistration,
     seq: Option<i64>,
 ) -> StoreResult<i64> {
+    #[cfg(test)]
+    if tests::PANIC_ON.lock().is_ok_and(|p| p.contains(&reg.id)) {
+        panic!("a fault injected into a test");
+    }
     let at = micros(reg.at);
     let person_id = upsert_person(c, &reg.person, &reg.area_path, at)?;
     // the person the registration came in as (its phone is sealed for them)
@@ -3062,4 +3066,11 @@ fn list_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ListRecord> {
         rows: r.get(5)?,
         bad_rows: r.get(6)?,
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Registrations whose commit panics, by id: a bug stood in for, in the fold's tests.
+    pub(crate) static PANIC_ON: std::sync::Mutex<Vec<uuid::Uuid>> =
+        std::sync::Mutex::new(Vec::new());
 }
