@@ -267,6 +267,20 @@ impl Intake {
         let _ = self._lock.unlock();
     }
 
+    /// The sequence number of the last registration acknowledged.
+    pub fn last_acknowledged(&self) -> i64 {
+        lock(&self.state).last_seq
+    }
+
+    /// Whether a registration numbered `seq` or lower waits for a fold (the oldest wait first:
+    /// what a failed fold gives back goes before what came since).
+    pub fn waits_at_or_below(&self, seq: i64) -> bool {
+        lock(&self.state)
+            .pending
+            .first()
+            .is_some_and(|(s, _)| *s <= seq)
+    }
+
     /// Registrations acknowledged and not yet committed.
     pub fn unfolded(&self) -> usize {
         self.unfolded.load(Ordering::SeqCst)

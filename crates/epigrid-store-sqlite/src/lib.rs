@@ -563,7 +563,8 @@ impl SqliteStore {
     /// Commits what the intake log holds (on a blocking thread), so that a read sees every
     /// registration acknowledged before it began.
     async fn settle(&self) -> StoreResult<()> {
-        if self.intake().is_some_and(|i| i.unfolded() > 0) {
+        if let Some(intake) = self.intake().filter(|i| i.unfolded() > 0) {
+            let upto = intake.last_acknowledged();
             let w = self.writer.clone();
             // only the fold: a long WAL is the background thread's to checkpoint, not a
             // read's to wait for
@@ -572,6 +573,13 @@ impl SqliteStore {
             })
             .await
             .map_err(backend)?;
+            // a fold the database failed (another process holding it longer than the busy
+            // timeout, say) leaves them waiting: the read would miss them, and is refused
+            if intake.waits_at_or_below(upto) {
+                return Err(StoreError::Unavailable(
+                    "acknowledged registrations could not be committed yet".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -1226,6 +1234,40 @@ mod tests {
         assert_eq!(seqs(&store).await, vec![a, c, d]);
         drop(store);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_read_is_refused_while_what_was_acknowledged_before_it_cannot_be_committed() {
+        let path = scratch("blocked");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        let site = seed_site(&store).await;
+        let a = acknowledge(&store, site, 1..=1).await[0];
+        assert_eq!(seqs(&store).await, vec![a]);
+        // another process holds the database's write lock longer than the writer waits
+        lock(&store.writer.conn)
+            .conn
+            .busy_timeout(std::time::Duration::from_millis(20))
+            .expect("timeout");
+        let other = Connection::open(&path).expect("other");
+        other.execute_batch("BEGIN IMMEDIATE").expect("lock");
+        let b = acknowledge(&store, site, 2..=2).await[0];
+        let read = store
+            .read(|c| {
+                c.query_row("SELECT count(*) FROM registrations", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(map_err)
+            })
+            .await;
+        assert!(
+            matches!(read, Err(StoreError::Unavailable(_))),
+            "not a count without the one acknowledged: {read:?}"
+        );
+        // given back, not lost: committed once the lock is let go
+        other.execute_batch("ROLLBACK").expect("unlock");
+        assert_eq!(seqs(&store).await, vec![a, b]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 
     #[tokio::test(flavor = "multi_thread")]
