@@ -183,6 +183,7 @@ impl Writer {
         let mut w = lock(&self.conn);
         let w = &mut *w;
         queries::swap_memory(&mut w.memory);
+        queries::forget_if_changed_elsewhere(&w.conn);
         // every registration acknowledged before this write is in the database first
         self.fold_records(&w.conn);
         commit_batch(&w.conn, batch);
@@ -197,6 +198,7 @@ impl Writer {
             let mut w = lock(&self.conn);
             let w = &mut *w;
             queries::swap_memory(&mut w.memory);
+            queries::forget_if_changed_elsewhere(&w.conn);
             self.fold_records(&w.conn);
             queries::swap_memory(&mut w.memory);
         }
@@ -1266,6 +1268,65 @@ mod tests {
         // given back, not lost: committed once the lock is let go
         other.execute_batch("ROLLBACK").expect("unlock");
         assert_eq!(seqs(&store).await, vec![a, b]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_person_another_process_pins_is_not_moved_by_what_the_writer_remembered() {
+        use epigrid_core::store::Store;
+        let path = scratch("elsewhere");
+        let store = SqliteStore::open_with(&path, Durability::Process, false).expect("open");
+        let site = seed_site(&store).await;
+        let other_site = uuid::Uuid::now_v7();
+        store
+            .write(move |c| {
+                c.execute_batch(
+                    "INSERT INTO areas (code, name, level, parent_code, path) \
+                     VALUES ('150802', '临河区', 2, '150800', '/150800/150802/')",
+                )
+                .map_err(map_err)?;
+                c.execute(
+                    "INSERT INTO sites (id, token, kind, name, area_code, area_path, default_stay_min, created_at) \
+                     VALUES (?1, 'tok2', 'checkpoint', '临河站', '150802', '/150800/150802/', 10, 0)",
+                    [other_site.to_string()],
+                )
+                .map_err(map_err)
+            })
+            .await
+            .expect("second site");
+        let first = intake_registration(site, 1);
+        let person = first.person.id.to_string();
+        store.insert_registration(first).await.expect("first");
+        async fn area(store: &SqliteStore, p: String) -> String {
+            store
+                .read(move |c| {
+                    c.query_row("SELECT area_path FROM persons WHERE id = ?1", [p], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .map_err(map_err)
+                })
+                .await
+                .expect("person")
+        }
+        assert_eq!(area(&store, person.clone()).await, "/150800/");
+        // a command in another process gives them a home area: they are pinned
+        let other = Connection::open(&path).expect("other");
+        other
+            .execute(
+                "UPDATE persons SET home_area_code = '150800' WHERE id = ?1",
+                [&person],
+            )
+            .expect("pin");
+        drop(other);
+        let mut later = intake_registration(other_site, 1);
+        later.area_path = "/150800/150802/".into();
+        store.insert_registration(later).await.expect("later");
+        assert_eq!(
+            area(&store, person.clone()).await,
+            "/150800/",
+            "a pinned person stays"
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }

@@ -135,8 +135,9 @@ type Known = (String, Option<Vec<u8>>, String, i64, bool);
 
 /// The writer's memory of people and plates it has written or read, so a returning person
 /// costs no query. Only registrations run while it is kept: any other write, and any failed
-/// batch, drops it (`lib.rs`), so it never outlives a change it did not make itself. (SQLite
-/// has one writing process: `epigrid serve`.) It belongs to the writing connection and is
+/// batch, drops it (`lib.rs`), and so does a commit by another process (a CLI command while
+/// `serve` runs, [`forget_if_changed_elsewhere`]), so it never outlives a change it did not
+/// make itself. It belongs to the writing connection and is
 /// lent to the thread running a batch for the batch's duration ([`swap_memory`]).
 #[derive(Default)]
 pub(crate) struct WriterMemory {
@@ -145,6 +146,8 @@ pub(crate) struct WriterMemory {
     plates: std::collections::HashMap<String, std::collections::HashSet<String>>,
     /// How many (plate, person) pairs `plates` holds.
     plate_pairs: usize,
+    /// The database's `data_version` when this memory was last checked against it.
+    data_version: Option<i64>,
 }
 
 /// People, and (plate, person) pairs, remembered before the memory starts over.
@@ -158,6 +161,24 @@ thread_local! {
 /// before it runs and gives it back after, on whichever thread it ran.
 pub(crate) fn swap_memory(m: &mut WriterMemory) {
     MEMORY.with(|t| std::mem::swap(&mut *t.borrow_mut(), m));
+}
+
+/// Drops the writer's memory of people and plates when another connection has committed
+/// since it was last checked (another process: a CLI command pinning or correcting someone
+/// while `serve` runs); what it remembers may be what was changed. One pragma a batch.
+pub(crate) fn forget_if_changed_elsewhere(conn: &Connection) {
+    let version = conn
+        .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        .ok();
+    MEMORY.with(|m| {
+        let mut m = m.borrow_mut();
+        if version.is_none() || m.data_version != version {
+            *m = WriterMemory {
+                data_version: version,
+                ..Default::default()
+            };
+        }
+    });
 }
 
 /// Drops the writer's memory of people and plates.
