@@ -758,6 +758,10 @@ async fn run(cli: Cli, lang: Lang) -> Result<()> {
                     db,
                 },
         } => {
+            // the name as the upload page takes it: one line of 1–100 characters
+            let name = epigrid_core::validate::validate_text("name", &name, 100, true)
+                .map_err(|e| anyhow!("--name: {}", e.message(lang)))?
+                .unwrap_or_default();
             let bytes = std::fs::read(&file).with_context(|| format!("{}", file.display()))?;
             require_database(&db)?;
             let store = open_store(&db).await?;

@@ -389,6 +389,11 @@ async fn a_database_refuses_a_key_its_data_was_not_sealed_with() {
     };
     let theirs = "2a".repeat(32); // the tests' key, [42; 32]
     let other = "07".repeat(32);
+    // a list's name is one line of 1–100 characters, as the upload page takes it
+    for bad in [" ", &"名".repeat(101), "a\u{7}b"] {
+        let (ok, out) = add(bad, &[("EPIGRID_KEY", &theirs)], None);
+        assert!(!ok && out.contains("--name"), "{bad:?}: {out}");
+    }
     let (ok, out) = add("list_a", &[("EPIGRID_KEY", &other)], None);
     assert!(
         !ok && out.contains("EPIGRID_KEY") && out.contains("not the one"),
