@@ -318,17 +318,10 @@ impl Staff {
         area_path: &str,
         detail: &str,
     ) {
-        audit_raw(
-            st,
-            Some(self.user.id),
-            &self.user.username,
-            action,
-            subject,
-            area_path,
-            &self.ip,
-            detail,
-        )
-        .await;
+        let e = self.audit_entry(action, subject, area_path, detail);
+        if let Err(err) = st.store.append_audit(&e).await {
+            tracing::error!(error = %err, action, "audit write failed");
+        }
     }
 
     /// Records a read of personal data (an unmask, an export, a lookup) before it is shown:
@@ -342,7 +335,21 @@ impl Staff {
         area_path: &str,
         detail: &str,
     ) -> ApiResult<()> {
-        let e = AuditEntry::now(
+        let e = self.audit_entry(action, subject, area_path, detail);
+        st.store.append_audit(&e).await.map_err(|err| {
+            tracing::error!(error = %err, action, "audit write failed: the read is refused");
+            ApiError::from(err)
+        })
+    }
+
+    fn audit_entry(
+        &self,
+        action: &str,
+        subject: &str,
+        area_path: &str,
+        detail: &str,
+    ) -> AuditEntry {
+        AuditEntry::now(
             Some(self.user.id),
             &self.user.username,
             action,
@@ -350,11 +357,7 @@ impl Staff {
             area_path,
             &self.ip,
             detail,
-        );
-        st.store.append_audit(&e).await.map_err(|err| {
-            tracing::error!(error = %err, action, "audit write failed: the read is refused");
-            ApiError::from(err)
-        })
+        )
     }
 }
 

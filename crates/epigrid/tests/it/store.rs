@@ -872,22 +872,13 @@ async fn users_sessions_and_audit() {
         let mut off = u.clone();
         off.active = false;
         store.update_user(&off).await.unwrap();
-        assert!(
-            store
-                .session(&token_hash("live"), now)
-                .await
-                .unwrap()
-                .is_none(),
-            "{name}: inactive user"
-        );
+        let live_hash = token_hash("live");
+        let live_now = || store.session(&live_hash, now);
+        assert!(live_now().await.unwrap().is_none(), "{name}: inactive user");
         // and do not come back with the account: it logs in afresh
         store.update_user(&u).await.unwrap();
         assert!(
-            store
-                .session(&token_hash("live"), now)
-                .await
-                .unwrap()
-                .is_none(),
+            live_now().await.unwrap().is_none(),
             "{name}: reactivated user's old session"
         );
         store.delete_session(&token_hash("live")).await.unwrap();
