@@ -1285,6 +1285,9 @@ async fn export_table(
     // unmask does, and each person it shows is in the audit log
     let why = if unmask {
         staff.require(staff.role().may_unmask())?;
+        // a GET that reveals: from a browser session only with the session's CSRF token (a
+        // link on another page of the site cannot make it), as every unmask on the pages
+        staff.check_csrf_header()?;
         Some(
             reason(q.get("reason").map(String::as_str).unwrap_or(""))
                 .map_err(|e| ApiError::Invalid(vec![e]))?,

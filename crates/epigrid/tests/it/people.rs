@@ -1110,6 +1110,29 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
             .count(),
         3
     );
+    // from a browser session, an unmasked export needs the session's CSRF token (a link
+    // cannot make one)
+    let cookie = app.cookie("epi_page", Role::Epidemiologist, "150802").await;
+    let csrf = input_value(&app.page("/", &cookie).await, "csrf");
+    let export = |token: Option<String>| {
+        let mut req = app
+            .client
+            .get(format!(
+                "{}/api/v1/observations/export.csv?unmask=1&reason=%E9%9A%8F%E8%AE%BF",
+                app.base
+            ))
+            .header("cookie", &cookie);
+        if let Some(t) = token {
+            req = req.header("x-csrf-token", t);
+        }
+        req.send()
+    };
+    let r = export(None).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(!r.text().await.unwrap().contains("13700002222"));
+    let r = export(Some(csrf)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("13700002222"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
