@@ -1271,7 +1271,8 @@ async fn apply_change<C: deadpool_postgres::GenericClient>(
 ) -> StoreResult<bool> {
     let n = c
         .execute(
-            "UPDATE persons SET category = $2, category_since = $3 WHERE id = $1 AND category = $4",
+            "UPDATE persons SET category = $2, category_since = $3 WHERE id = $1 AND category = $4 \
+             AND merged_into IS NULL",
             &[&ch.person_id, &ch.to.as_str(), &ch.at, &ch.from.as_str()],
         )
         .await
@@ -1296,12 +1297,19 @@ async fn insert_obs<C: deadpool_postgres::GenericClient>(
     c: &C,
     o: &Observation,
 ) -> StoreResult<()> {
-    c.execute(
-        "SELECT 1 FROM persons WHERE id = $1 FOR UPDATE",
-        &[&o.person_id],
-    )
-    .await
-    .map_err(map_err)?;
+    // locked, then read: a record merged away takes no new facts (a merge may have come
+    // between the caller's read and this write; once locked, it cannot come now)
+    let merged: Option<bool> = c
+        .query_opt(
+            "SELECT merged_into IS NOT NULL FROM persons WHERE id = $1 FOR UPDATE",
+            &[&o.person_id],
+        )
+        .await
+        .map_err(map_err)?
+        .map(|r| r.get(0));
+    if merged == Some(true) {
+        return Err(StoreError::Conflict(format!("merged:{}", o.person_id)));
+    }
     let overlapping = c
         .query_opt(
             "SELECT 1 FROM observations WHERE person_id = $1 AND released_at IS NULL \
@@ -1688,7 +1696,8 @@ impl PgStore {
         let n = tx
             .execute(
                 "UPDATE persons SET merged_into = $2 WHERE id = $1 AND merged_into IS NULL \
-                 AND EXISTS (SELECT 1 FROM persons t WHERE t.id = $2 AND t.merged_into IS NULL)",
+                 AND EXISTS (SELECT 1 FROM persons t WHERE t.id = $2 AND t.merged_into IS NULL \
+                 AND (persons.category = 'none' OR persons.category = t.category))",
                 &[&m.from_person, &m.into_person],
             )
             .await

@@ -1932,7 +1932,8 @@ fn lab_row(r: &Row<'_>, o: usize) -> rusqlite::Result<LabResult> {
 fn apply_change(c: &Connection, ch: &CategoryChange) -> StoreResult<bool> {
     let n = c
         .prepare_cached(
-            "UPDATE persons SET category = ?2, category_since = ?3 WHERE id = ?1 AND category = ?4",
+            "UPDATE persons SET category = ?2, category_since = ?3 WHERE id = ?1 AND category = ?4 \
+             AND merged_into IS NULL",
         )
         .map_err(map_err)?
         .execute(params![
@@ -1967,6 +1968,16 @@ fn apply_change(c: &Connection, ch: &CategoryChange) -> StoreResult<bool> {
 /// Starts an observation unless the person has one not released whose days reach this one's
 /// start (`StoreError::Conflict`; the one writer makes the check and the insert one step).
 fn insert_obs(c: &Connection, o: &Observation) -> StoreResult<()> {
+    // a record merged away takes no new facts (checked here too: a merge may have come
+    // between the caller's read and this write)
+    let merged = c
+        .prepare_cached("SELECT 1 FROM persons WHERE id = ?1 AND merged_into IS NOT NULL")
+        .map_err(map_err)?
+        .exists([o.person_id.to_string()])
+        .map_err(map_err)?;
+    if merged {
+        return Err(StoreError::Conflict(format!("merged:{}", o.person_id)));
+    }
     let overlapping = c
         .prepare_cached(
             "SELECT 1 FROM observations WHERE person_id = ?1 AND released_at IS NULL \
@@ -2377,7 +2388,8 @@ impl SqliteStore {
             let n = c
                 .prepare_cached(
                     "UPDATE persons SET merged_into = ?2 WHERE id = ?1 AND merged_into IS NULL \
-                     AND EXISTS (SELECT 1 FROM persons t WHERE t.id = ?2 AND t.merged_into IS NULL)",
+                     AND EXISTS (SELECT 1 FROM persons t WHERE t.id = ?2 AND t.merged_into IS NULL \
+                     AND (persons.category = 'none' OR persons.category = t.category))",
                 )
                 .map_err(map_err)?
                 .execute(params![m.from_person.to_string(), m.into_person.to_string()])

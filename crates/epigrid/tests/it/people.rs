@@ -1454,6 +1454,55 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
             vec![a],
             "{name}: a plate seen under the merged-away record finds the kept person"
         );
+        // the merged-away record takes no new facts, even from a caller that read it before
+        // the merge: no category, no observation
+        let change = |p: Uuid, to: Category| CategoryChange {
+            id: new_id(),
+            person_id: p,
+            from: Category::None,
+            to,
+            at: Utc::now(),
+            by_user: None,
+            by_username: "epi".into(),
+            reason: "test".into(),
+        };
+        assert!(
+            !store
+                .change_category(&change(b, Category::Confirmed))
+                .await
+                .unwrap(),
+            "{name}: no category on a merged-away record"
+        );
+        let o = observation(b, Utc::now().date_naive(), 14, "tok-merged");
+        assert!(
+            matches!(
+                store.insert_observation(&o).await,
+                Err(epigrid_core::store::StoreError::Conflict(_))
+            ),
+            "{name}: no observation on a merged-away record"
+        );
+        // and a record that became a case after the caller looked is not merged into one
+        // that is not (the case would be counted nowhere)
+        let e =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 5), "戊").await;
+        let f =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 6), "戊").await;
+        assert!(store
+            .change_category(&change(f, Category::Confirmed))
+            .await
+            .unwrap());
+        let refused = store
+            .merge_persons(&PersonMerge {
+                id: new_id(),
+                from_person: f,
+                into_person: e,
+                ..merge.clone()
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(epigrid_core::store::StoreError::Conflict(_))),
+            "{name}: {refused:?}"
+        );
         assert!(
             matches!(
                 store
