@@ -260,12 +260,15 @@ pub trait Store: Send + Sync + 'static {
     async fn observation(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>>;
     async fn observation_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<Observation>>;
     async fn observations_of(&self, person_id: Uuid) -> StoreResult<Vec<Observation>>;
-    /// Observations of people in the scope still open or ended on or after `ended_since`.
+    /// Observations of people in the scope (not merged away) still open, planned to end on or
+    /// after the local day `ended_since`, or released at or after `released_since` (that
+    /// day's local midnight).
     async fn observation_rows(
         &self,
         scope: &Scope,
         today: NaiveDate,
         ended_since: NaiveDate,
+        released_since: DateTime<Utc>,
         grid_worker: Option<Uuid>,
     ) -> StoreResult<Vec<ObservationRow>>;
     /// Conflict when the observation already has a report in that slot.

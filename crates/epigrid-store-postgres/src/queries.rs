@@ -744,9 +744,10 @@ impl Store for PgStore {
         scope: &Scope,
         today: NaiveDate,
         ended_since: NaiveDate,
+        released_since: DateTime<Utc>,
         grid_worker: Option<Uuid>,
     ) -> StoreResult<Vec<ObservationRow>> {
-        self.observation_rows_impl(scope, today, ended_since, grid_worker)
+        self.observation_rows_impl(scope, today, ended_since, released_since, grid_worker)
             .await
     }
     async fn insert_report(&self, r: &HealthReport) -> StoreResult<()> {
@@ -1561,13 +1562,11 @@ impl PgStore {
         scope: &Scope,
         today: NaiveDate,
         ended_since: NaiveDate,
+        released_since: DateTime<Utc>,
         grid_worker: Option<Uuid>,
     ) -> StoreResult<Vec<ObservationRow>> {
         let (lo, hi) = scope.bounds();
-        let since_ts = ended_since
-            .and_hms_opt(0, 0, 0)
-            .map(|d| d.and_utc())
-            .unwrap_or_default();
+        let since_ts = released_since;
         self.query(
             &format!(
                 "SELECT {OBS_COLS}, p.name, p.category, last.at, last.temperature, last.symptoms, \
@@ -1575,7 +1574,7 @@ impl PgStore {
                  FROM observations o JOIN persons p ON p.id = o.person_id \
                  LEFT JOIN LATERAL (SELECT h.at, h.temperature, h.symptoms FROM health_reports h \
                    WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1) last ON TRUE \
-                 WHERE p.area_path >= $1 AND p.area_path < $2 \
+                 WHERE p.area_path >= $1 AND p.area_path < $2 AND p.merged_into IS NULL \
                  AND (o.released_at IS NULL OR o.planned_end >= $4 OR o.released_at >= $5) \
                  AND ($6::uuid IS NULL OR o.grid_worker_id = $6) ORDER BY o.planned_end, o.id"
             ),

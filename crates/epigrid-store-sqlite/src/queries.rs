@@ -1370,9 +1370,10 @@ impl Store for SqliteStore {
         scope: &Scope,
         today: NaiveDate,
         ended_since: NaiveDate,
+        released_since: DateTime<Utc>,
         grid_worker: Option<Uuid>,
     ) -> StoreResult<Vec<ObservationRow>> {
-        self.observation_rows_impl(scope, today, ended_since, grid_worker)
+        self.observation_rows_impl(scope, today, ended_since, released_since, grid_worker)
             .await
     }
     async fn insert_report(&self, r: &HealthReport) -> StoreResult<()> {
@@ -2238,6 +2239,7 @@ impl SqliteStore {
         scope: &Scope,
         today: NaiveDate,
         ended_since: NaiveDate,
+        released_since: DateTime<Utc>,
         grid_worker: Option<Uuid>,
     ) -> StoreResult<Vec<ObservationRow>> {
         let (lo, hi) = scope.bounds();
@@ -2250,12 +2252,12 @@ impl SqliteStore {
                      FROM observations o JOIN persons p ON p.id = o.person_id \
                      LEFT JOIN health_reports last ON last.id = \
                        (SELECT h.id FROM health_reports h WHERE h.observation_id = o.id ORDER BY h.at DESC LIMIT 1) \
-                     WHERE p.area_path >= ?1 AND p.area_path < ?2 \
+                     WHERE p.area_path >= ?1 AND p.area_path < ?2 AND p.merged_into IS NULL \
                      AND (o.released_at IS NULL OR o.planned_end >= ?4 OR o.released_at >= ?5) \
                      AND (?6 IS NULL OR o.grid_worker_id = ?6) ORDER BY o.planned_end, o.id"
                 ))
                 .map_err(map_err)?;
-            let since_us = ended_since.and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp_micros()).unwrap_or(0);
+            let since_us = micros(released_since);
             let rows = stmt
                 .query_map(
                     params![lo, hi, today.to_string(), ended_since.to_string(), since_us, grid_worker.map(|u| u.to_string())],

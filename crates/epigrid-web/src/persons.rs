@@ -1227,9 +1227,16 @@ async fn rows_for(
     };
     let now = Utc::now();
     let t = today(st);
+    // a week of ended ones: from local midnight seven days back (not UTC's)
+    let since = t - Duration::days(7);
+    let released_since = since
+        .and_hms_opt(0, 0, 0)
+        .and_then(|d| d.and_local_timezone(st.cfg.tz).single())
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or(now);
     let rows = st
         .store
-        .observation_rows(&staff.scope(), t, t - Duration::days(7), grid_worker)
+        .observation_rows(&staff.scope(), t, since, released_since, grid_worker)
         .await?;
     Ok(rows
         .into_iter()

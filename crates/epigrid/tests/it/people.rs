@@ -442,7 +442,13 @@ async fn categories_observations_reports_and_labs_behave_the_same_on_every_store
         );
         store.insert_report(&report(today, 1)).await.unwrap();
         let rows = store
-            .observation_rows(&in_scope, today, today - Duration::days(7), None)
+            .observation_rows(
+                &in_scope,
+                today,
+                today - Duration::days(7),
+                Utc::now() - Duration::days(8),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(rows.len(), 1, "{name}");
@@ -457,7 +463,7 @@ async fn categories_observations_reports_and_labs_behave_the_same_on_every_store
         );
         assert!(
             store
-                .observation_rows(&out_scope, today, today, None)
+                .observation_rows(&out_scope, today, today, Utc::now(), None)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -473,6 +479,65 @@ async fn categories_observations_reports_and_labs_behave_the_same_on_every_store
             "{name}"
         );
         assert_eq!(store.reports_of(pid).await.unwrap().len(), 2, "{name}");
+        // ended ones are listed from an instant (the caller's local midnight a week back), and
+        // a record merged away is not listed beside the one it was merged into
+        let cutoff = Utc::now() - Duration::days(6);
+        let mut listed = Vec::new();
+        for (n, released) in [
+            (11, cutoff - Duration::hours(1)),
+            (12, cutoff + Duration::hours(1)),
+        ] {
+            let p = registered_person(store.as_ref(), linhe, &cn_id("150802", "19800101", n), "乙")
+                .await;
+            let mut o = observation(p, today - Duration::days(30), 10, &format!("tok-{n}"));
+            o.released_at = Some(released);
+            o.release_reason = Some("期满".into());
+            store.insert_observation(&o).await.unwrap();
+            listed.push(o.id);
+        }
+        let kept = registered_person(
+            store.as_ref(),
+            linhe,
+            &cn_id("150802", "19800101", 13),
+            "丁",
+        )
+        .await;
+        let gone = registered_person(
+            store.as_ref(),
+            linhe,
+            &cn_id("150802", "19800101", 14),
+            "丁",
+        )
+        .await;
+        let kept_o = observation(kept, today, 14, "tok-kept");
+        let gone_o = observation(gone, today, 14, "tok-gone");
+        store.insert_observation(&kept_o).await.unwrap();
+        store.insert_observation(&gone_o).await.unwrap();
+        store
+            .merge_persons(&epigrid_core::person::PersonMerge {
+                id: new_id(),
+                from_person: gone,
+                into_person: kept,
+                at: Utc::now(),
+                by_user: None,
+                by_username: "epi".into(),
+                reason: "same".into(),
+                undone_at: None,
+            })
+            .await
+            .unwrap();
+        let shown: Vec<Uuid> = store
+            .observation_rows(&in_scope, today, today - Duration::days(7), cutoff, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.observation.id)
+            .collect();
+        assert_eq!(
+            [listed[0], listed[1], kept_o.id, gone_o.id].map(|id| shown.contains(&id)),
+            [false, true, true, false],
+            "{name}"
+        );
 
         let other = registered_person(
             store.as_ref(),
