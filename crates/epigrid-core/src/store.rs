@@ -255,8 +255,14 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- medical observation ----
     async fn insert_observation(&self, o: &Observation) -> StoreResult<()>;
-    /// Updates end, release, token state, grid worker and reports per day.
-    async fn update_observation(&self, o: &Observation) -> StoreResult<()>;
+    /// Updates end, release, token state, grid worker and reports per day from `before` (as
+    /// the caller read it) to `after`: `Conflict` when it is no longer as read (a release or
+    /// a revoked link is not undone by a change made from an older read).
+    async fn update_observation(
+        &self,
+        before: &Observation,
+        after: &Observation,
+    ) -> StoreResult<()>;
     async fn observation(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>>;
     async fn observation_by_token(&self, token_hash: &[u8]) -> StoreResult<Option<Observation>>;
     async fn observations_of(&self, person_id: Uuid) -> StoreResult<Vec<Observation>>;

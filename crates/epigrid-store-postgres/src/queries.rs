@@ -727,8 +727,12 @@ impl Store for PgStore {
     async fn insert_observation(&self, o: &Observation) -> StoreResult<()> {
         self.insert_observation_impl(o).await
     }
-    async fn update_observation(&self, o: &Observation) -> StoreResult<()> {
-        self.update_observation_impl(o).await
+    async fn update_observation(
+        &self,
+        before: &Observation,
+        after: &Observation,
+    ) -> StoreResult<()> {
+        self.update_observation_impl(before, after).await
     }
     async fn observation(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
         self.observation_impl(id, scope).await
@@ -1489,11 +1493,18 @@ impl PgStore {
         tx.commit().await.map_err(map_err)
     }
 
-    pub(crate) async fn update_observation_impl(&self, o: &Observation) -> StoreResult<()> {
+    pub(crate) async fn update_observation_impl(
+        &self,
+        b: &Observation,
+        o: &Observation,
+    ) -> StoreResult<()> {
         let n = self
             .execute(
                 "UPDATE observations SET planned_end = $2, released_at = $3, release_reason = $4, grid_worker_id = $5, \
-                 token_hash = $6, token_revoked = $7, reports_per_day = $8 WHERE id = $1",
+                 token_hash = $6, token_revoked = $7, reports_per_day = $8 WHERE id = $1 \
+                 AND planned_end = $9 AND released_at IS NOT DISTINCT FROM $10 \
+                 AND release_reason IS NOT DISTINCT FROM $11 AND grid_worker_id IS NOT DISTINCT FROM $12 \
+                 AND token_hash = $13 AND token_revoked = $14 AND reports_per_day = $15",
                 &[
                     &o.id,
                     &o.planned_end,
@@ -1503,11 +1514,25 @@ impl PgStore {
                     &o.token_hash,
                     &o.token_revoked,
                     &i16::from(o.reports_per_day),
+                    &b.planned_end,
+                    &b.released_at,
+                    &b.release_reason,
+                    &b.grid_worker_id,
+                    &b.token_hash,
+                    &b.token_revoked,
+                    &i16::from(b.reports_per_day),
                 ],
             )
             .await?;
         if n == 0 {
-            return Err(StoreError::NotFound);
+            let exists = self
+                .query_opt("SELECT 1 FROM observations WHERE id = $1", &[&o.id])
+                .await?;
+            return Err(if exists.is_some() {
+                StoreError::Conflict(format!("observation:{}", o.id))
+            } else {
+                StoreError::NotFound
+            });
         }
         Ok(())
     }

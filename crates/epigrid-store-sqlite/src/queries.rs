@@ -1353,8 +1353,12 @@ impl Store for SqliteStore {
     async fn insert_observation(&self, o: &Observation) -> StoreResult<()> {
         self.insert_observation_impl(o).await
     }
-    async fn update_observation(&self, o: &Observation) -> StoreResult<()> {
-        self.update_observation_impl(o).await
+    async fn update_observation(
+        &self,
+        before: &Observation,
+        after: &Observation,
+    ) -> StoreResult<()> {
+        self.update_observation_impl(before, after).await
     }
     async fn observation(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Observation>> {
         self.observation_impl(id, scope).await
@@ -2154,13 +2158,20 @@ impl SqliteStore {
         self.write(move |c| insert_obs(c, &o)).await
     }
 
-    pub(crate) async fn update_observation_impl(&self, o: &Observation) -> StoreResult<()> {
-        let o = o.clone();
+    pub(crate) async fn update_observation_impl(
+        &self,
+        before: &Observation,
+        after: &Observation,
+    ) -> StoreResult<()> {
+        let (b, o) = (before.clone(), after.clone());
         self.write(move |c| {
             let n = c
                 .prepare_cached(
                     "UPDATE observations SET planned_end = ?2, released_at = ?3, release_reason = ?4, grid_worker_id = ?5, \
-                     token_hash = ?6, token_revoked = ?7, reports_per_day = ?8 WHERE id = ?1",
+                     token_hash = ?6, token_revoked = ?7, reports_per_day = ?8 WHERE id = ?1 \
+                     AND planned_end = ?9 AND released_at IS ?10 AND release_reason IS ?11 \
+                     AND grid_worker_id IS ?12 AND token_hash = ?13 AND token_revoked = ?14 \
+                     AND reports_per_day = ?15",
                 )
                 .map_err(map_err)?
                 .execute(params![
@@ -2171,11 +2182,27 @@ impl SqliteStore {
                     o.grid_worker_id.map(|u| u.to_string()),
                     o.token_hash,
                     o.token_revoked,
-                    o.reports_per_day
+                    o.reports_per_day,
+                    b.planned_end.to_string(),
+                    b.released_at.map(micros),
+                    b.release_reason,
+                    b.grid_worker_id.map(|u| u.to_string()),
+                    b.token_hash,
+                    b.token_revoked,
+                    b.reports_per_day
                 ])
                 .map_err(map_err)?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                let exists = c
+                    .prepare_cached("SELECT 1 FROM observations WHERE id = ?1")
+                    .map_err(map_err)?
+                    .exists([o.id.to_string()])
+                    .map_err(map_err)?;
+                return Err(if exists {
+                    StoreError::Conflict(format!("observation:{}", o.id))
+                } else {
+                    StoreError::NotFound
+                });
             }
             Ok(())
         })

@@ -800,6 +800,8 @@ async fn update_observation(
     if o.released_at.is_some() {
         return Err(ApiError::Conflict("err.observation.released"));
     }
+    // as read: the change is made from this, or not at all
+    let before = o.clone();
     let mut errs = Vec::new();
     // a change names what it changes: an empty or misspelt request is not a change (and is
     // not audited as one)
@@ -886,7 +888,15 @@ async fn update_observation(
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    st.store.update_observation(&o).await?;
+    st.store
+        .update_observation(&before, &o)
+        .await
+        .map_err(|e| match e {
+            epigrid_core::store::StoreError::Conflict(_) => {
+                ApiError::Conflict("err.observation.changed_meanwhile")
+            }
+            e => ApiError::from(e),
+        })?;
     staff
         .audit(
             &st,

@@ -113,9 +113,13 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
             .unwrap();
         let mut released = observation(first[4].person.id, today, 14, "tok-released");
         store.insert_observation(&released).await.unwrap();
+        let as_inserted = released.clone();
         released.released_at = Some(Utc::now());
         released.release_reason = Some("test".into());
-        store.update_observation(&released).await.unwrap();
+        store
+            .update_observation(&as_inserted, &released)
+            .await
+            .unwrap();
 
         // the same ID numbers registered in another county with another number, as anyone
         // holding a person's ID number could
@@ -469,9 +473,21 @@ async fn categories_observations_reports_and_labs_behave_the_same_on_every_store
                 .is_empty(),
             "{name}"
         );
+        let read = o.clone();
         o.planned_end += Duration::days(3);
         o.token_revoked = true;
-        store.update_observation(&o).await.unwrap();
+        store.update_observation(&read, &o).await.unwrap();
+        // a change made from the older read (extending it again) does not undo the revoked
+        // link: it is refused
+        let mut stale = read.clone();
+        stale.planned_end += Duration::days(7);
+        assert!(
+            matches!(
+                store.update_observation(&read, &stale).await,
+                Err(epigrid_core::store::StoreError::Conflict(_))
+            ),
+            "{name}"
+        );
         let back = store.observations_of(pid).await.unwrap();
         assert_eq!(
             (back[0].planned_end, back[0].token_revoked),
