@@ -80,8 +80,10 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- sites ----
     async fn insert_site(&self, site: &Site) -> StoreResult<()>;
-    /// Updates name, token, active and default stay of an existing site.
-    async fn update_site(&self, site: &Site) -> StoreResult<()>;
+    /// Updates name, token, active and default stay of a site from `before` (as the caller
+    /// read it) to `after`: `Conflict` when it is no longer as read (a rename made from an
+    /// older read does not undo a deactivation or a new token).
+    async fn update_site(&self, before: &Site, after: &Site) -> StoreResult<()>;
     async fn site(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<Site>>;
     async fn site_by_token(&self, token: &str) -> StoreResult<Option<Site>>;
     async fn sites(&self, scope: &Scope) -> StoreResult<Vec<Site>>;

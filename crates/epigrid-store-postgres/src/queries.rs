@@ -255,15 +255,33 @@ impl Store for PgStore {
         .map(|_| ())
     }
 
-    async fn update_site(&self, s: &Site) -> StoreResult<()> {
+    async fn update_site(&self, b: &Site, s: &Site) -> StoreResult<()> {
         let n = self
             .execute(
-                "UPDATE sites SET name = $2, token = $3, active = $4, default_stay_min = $5 WHERE id = $1",
-                &[&s.id, &s.name, &s.token, &s.active, &s.default_stay_min],
+                "UPDATE sites SET name = $2, token = $3, active = $4, default_stay_min = $5 WHERE id = $1 \
+                 AND name = $6 AND token = $7 AND active = $8 AND default_stay_min = $9",
+                &[
+                    &s.id,
+                    &s.name,
+                    &s.token,
+                    &s.active,
+                    &s.default_stay_min,
+                    &b.name,
+                    &b.token,
+                    &b.active,
+                    &b.default_stay_min,
+                ],
             )
             .await?;
         if n == 0 {
-            return Err(StoreError::NotFound);
+            let exists = self
+                .query_opt("SELECT 1 FROM sites WHERE id = $1", &[&s.id])
+                .await?;
+            return Err(if exists.is_some() {
+                StoreError::Conflict(format!("site:{}", s.id))
+            } else {
+                StoreError::NotFound
+            });
         }
         Ok(())
     }

@@ -843,18 +843,38 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn update_site(&self, site: &Site) -> StoreResult<()> {
-        let s = site.clone();
+    async fn update_site(&self, before: &Site, after: &Site) -> StoreResult<()> {
+        let (b, s) = (before.clone(), after.clone());
         self.write(move |c| {
             let n = c
                 .prepare_cached(
-                    "UPDATE sites SET name = ?2, token = ?3, active = ?4, default_stay_min = ?5 WHERE id = ?1",
+                    "UPDATE sites SET name = ?2, token = ?3, active = ?4, default_stay_min = ?5 WHERE id = ?1 \
+                     AND name = ?6 AND token = ?7 AND active = ?8 AND default_stay_min = ?9",
                 )
                 .map_err(map_err)?
-                .execute(params![s.id.to_string(), s.name, s.token, s.active, s.default_stay_min])
+                .execute(params![
+                    s.id.to_string(),
+                    s.name,
+                    s.token,
+                    s.active,
+                    s.default_stay_min,
+                    b.name,
+                    b.token,
+                    b.active,
+                    b.default_stay_min
+                ])
                 .map_err(map_err)?;
             if n == 0 {
-                return Err(StoreError::NotFound);
+                let exists = c
+                    .prepare_cached("SELECT 1 FROM sites WHERE id = ?1")
+                    .map_err(map_err)?
+                    .exists([s.id.to_string()])
+                    .map_err(map_err)?;
+                return Err(if exists {
+                    StoreError::Conflict(format!("site:{}", s.id))
+                } else {
+                    StoreError::NotFound
+                });
             }
             Ok(())
         })

@@ -414,6 +414,16 @@ async fn get_site(
 }
 
 /// Changes a site: `{"name"?, "active"?, "rotate_token"?, "default_stay_min"?}`.
+/// A site changed by someone else since it was read: said so (409), not "conflicts".
+pub(crate) fn site_changed(e: epigrid_core::store::StoreError) -> ApiError {
+    match e {
+        epigrid_core::store::StoreError::Conflict(_) => {
+            ApiError::Conflict("err.site.changed_meanwhile")
+        }
+        e => ApiError::from(e),
+    }
+}
+
 async fn update_site(
     State(st): State<AppState>,
     staff: Staff,
@@ -424,6 +434,7 @@ async fn update_site(
     staff.check_csrf_header()?;
     staff.require(staff.role().manages_sites())?;
     let mut site = site_in_scope(&st, &staff, &id).await?;
+    let before = site.clone();
     let old_token = site.token.clone();
     let mut errs = Vec::new();
     if let Some(v) = b.get("name") {
@@ -463,7 +474,10 @@ async fn update_site(
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
     }
-    st.store.update_site(&site).await?;
+    st.store
+        .update_site(&before, &site)
+        .await
+        .map_err(site_changed)?;
     st.forget_site(&old_token);
     staff
         .audit(

@@ -595,13 +595,14 @@ async fn site_change(
         return ApiError::NotFound.into_response();
     };
     let old = site.token.clone();
+    let before = site.clone();
     if rotate {
         site.token = epigrid_core::vault::random_token(16);
     } else {
         site.active = !site.active;
     }
-    if let Err(e) = st.store.update_site(&site).await {
-        return ApiError::from(e).into_response();
+    if let Err(e) = st.store.update_site(&before, &site).await {
+        return crate::api::site_changed(e).into_response();
     }
     st.forget_site(&old);
     let what = if rotate { "site.rotate" } else { "site.update" };

@@ -1679,7 +1679,7 @@ async fn staff_pages_need_a_login_and_show_the_breadcrumb() {
     );
     let mut off = site.clone();
     off.active = false;
-    app.store.update_site(&off).await.unwrap();
+    app.store.update_site(&site, &off).await.unwrap();
     assert!(poster("zh-CN").await.contains("该登记点已停用"));
     let wrong = app
         .client

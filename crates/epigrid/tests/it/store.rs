@@ -118,9 +118,21 @@ async fn sites_are_found_by_token_and_filtered_by_scope() {
             .unwrap()
             .expect("by token");
         assert_eq!(s, *linhe_site, "{name}: round trip");
+        let read = s.clone();
         s.active = false;
         s.token = "rotated-token".into();
-        store.update_site(&s).await.unwrap();
+        store.update_site(&read, &s).await.unwrap();
+        // a rename made from the older read does not bring the old token or the active site
+        // back: it is refused
+        let mut renamed = read.clone();
+        renamed.name = "新名字".into();
+        assert!(
+            matches!(
+                store.update_site(&read, &renamed).await,
+                Err(epigrid_core::store::StoreError::Conflict(_))
+            ),
+            "{name}"
+        );
         assert!(
             store
                 .site_by_token(&linhe_site.token)
