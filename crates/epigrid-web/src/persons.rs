@@ -309,6 +309,9 @@ async fn correct_person(
             home.as_ref().map(|a| (a.code.as_str(), a.path.as_str())),
         )
         .await?;
+    if let Some(a) = &home {
+        reroute_observations(&st, p.id, &a.path).await?;
+    }
     st.trace_changed();
     staff
         .audit(
@@ -325,6 +328,49 @@ async fn correct_person(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(person_json(&p)))
+}
+
+/// A person whose home moved to `area_path` is followed there: each open observation whose
+/// grid worker does not cover that area goes to the active grid worker closest to it (as a
+/// marked contact's does), or to nobody named (its area's managers see it), rather than stay
+/// with a worker whose line list no longer shows the person.
+async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> ApiResult<()> {
+    let t = today(st);
+    let open: Vec<Observation> = st
+        .store
+        .observations_of(person)
+        .await?
+        .into_iter()
+        .filter(|o| o.is_open(t))
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let covering: Vec<_> = st
+        .store
+        .users(&Scope::all())
+        .await?
+        .into_iter()
+        .filter(|u| u.role == Role::GridWorker && u.active && area_path.starts_with(&u.area_path))
+        .collect();
+    let closest = covering
+        .iter()
+        .max_by_key(|u| u.area_path.len())
+        .map(|u| u.id);
+    for before in open {
+        if before
+            .grid_worker_id
+            .is_some_and(|w| covering.iter().any(|u| u.id == w))
+        {
+            continue;
+        }
+        let mut after = before.clone();
+        after.grid_worker_id = closest;
+        if after.grid_worker_id != before.grid_worker_id {
+            st.store.update_observation(&before, &after).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Merges this person into another found to be the same: `{"into", "reason"}` (audited,

@@ -3669,6 +3669,46 @@ async fn a_grid_worker_sees_the_observation_they_opened() {
     );
 }
 
+/// A person whose home is corrected to another area is followed there by a grid worker of
+/// that area, not left with one whose list no longer shows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrected_home_takes_the_observation_to_a_grid_worker_there() {
+    let app = TestApp::start().await;
+    let chief = app.token("chief_epi", Role::Epidemiologist, "150800").await;
+    let linhe = app
+        .token("gw_linhe", Role::GridWorker, "150802001001")
+        .await;
+    let wuyuan = app
+        .token("gw_wuyuan", Role::GridWorker, "150821100001")
+        .await;
+    let pid = observed_person(&app, &linhe, 58).await;
+    let linhe_id = app.get_json("/api/v1/me", &linhe).await["id"].clone();
+    let wuyuan_id = app.get_json("/api/v1/me", &wuyuan).await["id"].clone();
+    let worker = || async {
+        app.get_json(&format!("/api/v1/persons/{pid}"), &chief)
+            .await["observations"][0]["grid_worker_id"]
+            .clone()
+    };
+    assert_eq!(worker().await, linhe_id);
+    for (home, want) in [
+        ("150821100001001001", &wuyuan_id),
+        ("150802001001001002", &linhe_id),
+    ] {
+        let r = app
+            .patch_json(
+                &format!("/api/v1/persons/{pid}"),
+                &json!({"home_area_code": home}),
+                Some(&chief),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{home}");
+        assert_eq!(&worker().await, want, "{home}");
+    }
+    // and the worker's own list shows them
+    let list = app.get_json("/api/v1/observations", &linhe).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+}
+
 /// An observation begun today isolates from when it was recorded, not from midnight: the
 /// default window keeps the day's earlier contacts.
 #[tokio::test(flavor = "multi_thread")]
