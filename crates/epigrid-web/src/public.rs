@@ -405,8 +405,8 @@ async fn build_fields(
                     .section("form.section.trip"),
             );
             f.push(
-                Field::new("companions", "form.companions", "number")
-                    .attrs("inputmode=\"numeric\" min=\"0\" max=\"60\"")
+                Field::new("companions", "form.companions", "text")
+                    .attrs("inputmode=\"numeric\" maxlength=\"4\" autocomplete=\"off\"")
                     .hint("form.companions.hint"),
             );
             for i in 1..=3 {
@@ -415,7 +415,7 @@ async fn build_fields(
                     "form.companion_name",
                     "text",
                 )
-                .attrs("maxlength=\"40\"");
+                .attrs("maxlength=\"40\" autocomplete=\"off\"");
                 n.hint = "";
                 f.push(n);
                 f.push(
@@ -501,15 +501,15 @@ async fn build_fields(
             f.push(
                 Field::new("address", "form.address", "text")
                     .req()
-                    .attrs("maxlength=\"200\" autocomplete=\"street-address\""),
+                    .attrs("maxlength=\"200\" autocomplete=\"off\""),
             );
             f.push(
                 Field::new("employer", "form.employer", "text")
                     .attrs("maxlength=\"100\" autocomplete=\"organization\""),
             );
             f.push(
-                Field::new("stay_days", "form.stay_days", "number")
-                    .attrs("inputmode=\"numeric\" min=\"1\" max=\"3650\""),
+                Field::new("stay_days", "form.stay_days", "text")
+                    .attrs("inputmode=\"numeric\" maxlength=\"6\" autocomplete=\"off\""),
             );
             f.push(
                 Field::new("purpose", "form.purpose", "text")
@@ -529,8 +529,10 @@ async fn build_fields(
             );
         }
     }
-    let mut temp = Field::new("temperature", "form.temperature", "number")
-        .attrs("inputmode=\"decimal\" step=\"0.1\" min=\"34\" max=\"42.5\"")
+    // text, not number: a browser sends a number field it cannot read as empty, and the
+    // server reads "36,5", "３６．５" and "36.5℃" on purpose
+    let mut temp = Field::new("temperature", "form.temperature", "text")
+        .attrs("inputmode=\"decimal\" maxlength=\"8\" autocomplete=\"off\"")
         .hint("form.temperature.hint")
         .section("form.section.health");
     temp.required = matches!(site.kind, SiteKind::Checkpoint | SiteKind::Gate);
@@ -1113,7 +1115,8 @@ async fn confirmation(
         // staff entering people one after another stay in staff mode
         again: match reg.channel {
             Channel::Staff => format!("/s/{}?staff=1", site.token),
-            _ => format!("/s/{}", site.token),
+            // someone else's form: not filled with this phone's owner's details
+            _ => format!("/s/{}?another=1", site.token),
         },
     };
     crate::view::html(StatusCode::OK, page)

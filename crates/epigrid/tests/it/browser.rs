@@ -275,7 +275,7 @@ async fn the_public_form_picks_the_origin_remembers_the_person_and_confirms() {
     )
     .await;
     let code = b
-        .js("return document.querySelector('.code').textContent.trim()")
+        .js("return document.getElementById('vcode').textContent.trim()")
         .await;
     assert_eq!(code.as_str().map(str::len), Some(4), "a verification code");
     // the live clock runs
@@ -321,6 +321,22 @@ async fn the_public_form_picks_the_origin_remembers_the_person_and_confirms() {
         !html.contains(&id),
         "the server never sends the number back"
     );
+    // "register another person" is not filled with this phone's owner's details, and does
+    // not forget them
+    b.goto(&format!("{form}?another=1")).await;
+    b.wait_for("the form", "return !!document.getElementById('reg')")
+        .await;
+    assert_eq!(
+        b.js("return [document.getElementById('id_number').value, document.getElementById('remember').checked, !!localStorage.getItem('epigrid.me')]")
+            .await,
+        json!(["", false, true])
+    );
+    b.goto(&form).await;
+    b.wait_for(
+        "prefill again",
+        &format!("return document.getElementById('id_number').value === '{id}'"),
+    )
+    .await;
     // unticking "remember" forgets them
     b.click("#remember").await;
     b.type_into("#temperature", "36.5").await;
