@@ -1108,6 +1108,20 @@ async fn a_form_sent_back_names_its_errors_where_they_were_made() {
     );
     assert!(html.contains("手机号码："), "a Chinese colon");
     assert!(html.contains("aria-invalid=\"true\" aria-describedby=\"e_phone\""));
+    // a hint is read with its field (after the error, when there is one), and a required
+    // choice says so
+    assert!(
+        html.contains("aria-describedby=\"e_temperature h_temperature\"")
+            || html.contains("aria-describedby=\"h_temperature\""),
+        "{html}"
+    );
+    assert!(html.contains("<p class=\"hint\" id=\"h_temperature\">"));
+    assert!(
+        html.contains(
+            "role=\"radiogroup\" aria-labelledby=\"l_high_risk_travel\" aria-required=\"true\""
+        ),
+        "{html}"
+    );
     // the county chosen is sent back, not lost to the province
     assert!(
         html.contains("name=\"origin\" id=\"origin\" value=\"420102\""),
