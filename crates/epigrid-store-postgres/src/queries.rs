@@ -139,6 +139,17 @@ impl PgStore {
         c.query_opt(&stmt, params).await.map_err(map_err)
     }
 
+    /// Why a compare-and-set update of row `id` in `table` changed nothing: the row changed
+    /// since the caller read it (`Conflict`), or it is gone (`NotFound`).
+    async fn changed_or_gone(&self, table: &str, id: Uuid) -> StoreError {
+        let sql = format!("SELECT 1 FROM {table} WHERE id = $1");
+        match self.query_opt(&sql, &[&id]).await {
+            Ok(Some(_)) => StoreError::Conflict(format!("{table}:{id}")),
+            Ok(None) => StoreError::NotFound,
+            Err(e) => e,
+        }
+    }
+
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> StoreResult<u64> {
         let c = self.client().await?;
         let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
@@ -274,14 +285,7 @@ impl Store for PgStore {
             )
             .await?;
         if n == 0 {
-            let exists = self
-                .query_opt("SELECT 1 FROM sites WHERE id = $1", &[&s.id])
-                .await?;
-            return Err(if exists.is_some() {
-                StoreError::Conflict(format!("site:{}", s.id))
-            } else {
-                StoreError::NotFound
-            });
+            return Err(self.changed_or_gone("sites", s.id).await);
         }
         Ok(())
     }
@@ -1543,14 +1547,7 @@ impl PgStore {
             )
             .await?;
         if n == 0 {
-            let exists = self
-                .query_opt("SELECT 1 FROM observations WHERE id = $1", &[&o.id])
-                .await?;
-            return Err(if exists.is_some() {
-                StoreError::Conflict(format!("observation:{}", o.id))
-            } else {
-                StoreError::NotFound
-            });
+            return Err(self.changed_or_gone("observations", o.id).await);
         }
         Ok(())
     }
@@ -1609,7 +1606,6 @@ impl PgStore {
         grid_worker: Option<Uuid>,
     ) -> StoreResult<Vec<ObservationRow>> {
         let (lo, hi) = scope.bounds();
-        let since_ts = released_since;
         self.query(
             &format!(
                 "SELECT {OBS_COLS}, p.name, p.category, last.at, last.temperature, last.symptoms, \
@@ -1621,7 +1617,7 @@ impl PgStore {
                  AND (o.released_at IS NULL OR o.planned_end >= $4 OR o.released_at >= $5) \
                  AND ($6::uuid IS NULL OR o.grid_worker_id = $6) ORDER BY o.planned_end, o.id"
             ),
-            &[&lo, &hi, &today, &ended_since, &since_ts, &grid_worker],
+            &[&lo, &hi, &today, &ended_since, &released_since, &grid_worker],
         )
         .await?
         .iter()

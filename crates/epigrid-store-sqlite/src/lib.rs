@@ -214,17 +214,15 @@ impl Writer {
         // and its people and companions are found or made in the same transaction.
         let _ = exec(conn, "PRAGMA foreign_keys = OFF");
         let n = taken.records.len();
-        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            fold_taken(conn, intake, taken)
-        }));
+        // A panic inside a record's commit is caught there (`fold_taken`); this is the last
+        // resort for one in the intake's own bookkeeping. The writing connection stays usable
+        // (its transaction rolled back), and the records are still in their intake files,
+        // which are left on disk for the next process that opens the database to commit.
+        let folded = unwound(conn, || {
+            fold_taken(conn, intake, taken);
+            Ok(())
+        });
         if folded.is_err() {
-            // (a panic inside a record's commit is caught there, `unwound`; this is the last
-            // resort for one in the intake's own bookkeeping)
-            // The writing connection stays usable (as after a write job's panic, `run_job`):
-            // its transaction is rolled back. The records are still in their intake files,
-            // which are left on disk for the next process that opens the database to commit.
-            let _ = exec(conn, "ROLLBACK");
-            queries::forget_known();
             intake.done(n, Vec::new(), None);
             tracing::error!(
                 registrations = n,

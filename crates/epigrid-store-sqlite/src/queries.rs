@@ -181,6 +181,19 @@ pub(crate) fn forget_if_changed_elsewhere(conn: &Connection) {
     });
 }
 
+/// Why a compare-and-set update of row `id` in `table` changed nothing: the row changed since
+/// the caller read it (`Conflict`), or it is gone (`NotFound`).
+fn changed_or_gone(c: &Connection, table: &str, id: Uuid) -> StoreError {
+    let exists = c
+        .prepare_cached(&format!("SELECT 1 FROM {table} WHERE id = ?1"))
+        .and_then(|mut s| s.exists([id.to_string()]));
+    match exists {
+        Ok(true) => StoreError::Conflict(format!("{table}:{id}")),
+        Ok(false) => StoreError::NotFound,
+        Err(e) => map_err(e),
+    }
+}
+
 /// Drops the writer's memory of people and plates.
 pub(crate) fn forget_known() {
     MEMORY.with(|m| *m.borrow_mut() = WriterMemory::default());
@@ -865,16 +878,7 @@ impl Store for SqliteStore {
                 ])
                 .map_err(map_err)?;
             if n == 0 {
-                let exists = c
-                    .prepare_cached("SELECT 1 FROM sites WHERE id = ?1")
-                    .map_err(map_err)?
-                    .exists([s.id.to_string()])
-                    .map_err(map_err)?;
-                return Err(if exists {
-                    StoreError::Conflict(format!("site:{}", s.id))
-                } else {
-                    StoreError::NotFound
-                });
+                return Err(changed_or_gone(c, "sites", s.id));
             }
             Ok(())
         })
@@ -2213,16 +2217,7 @@ impl SqliteStore {
                 ])
                 .map_err(map_err)?;
             if n == 0 {
-                let exists = c
-                    .prepare_cached("SELECT 1 FROM observations WHERE id = ?1")
-                    .map_err(map_err)?
-                    .exists([o.id.to_string()])
-                    .map_err(map_err)?;
-                return Err(if exists {
-                    StoreError::Conflict(format!("observation:{}", o.id))
-                } else {
-                    StoreError::NotFound
-                });
+                return Err(changed_or_gone(c, "observations", o.id));
             }
             Ok(())
         })

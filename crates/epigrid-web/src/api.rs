@@ -414,16 +414,6 @@ async fn get_site(
 }
 
 /// Changes a site: `{"name"?, "active"?, "rotate_token"?, "default_stay_min"?}`.
-/// A site changed by someone else since it was read: said so (409), not "conflicts".
-pub(crate) fn site_changed(e: epigrid_core::store::StoreError) -> ApiError {
-    match e {
-        epigrid_core::store::StoreError::Conflict(_) => {
-            ApiError::Conflict("err.site.changed_meanwhile")
-        }
-        e => ApiError::from(e),
-    }
-}
-
 async fn update_site(
     State(st): State<AppState>,
     staff: Staff,
@@ -477,7 +467,7 @@ async fn update_site(
     st.store
         .update_site(&before, &site)
         .await
-        .map_err(site_changed)?;
+        .map_err(ApiError::changed_meanwhile("err.site.changed_meanwhile"))?;
     st.forget_site(&old_token);
     staff
         .audit(

@@ -14,6 +14,7 @@ use axum::http::{header, HeaderMap};
 use chrono::Utc;
 use epigrid_core::area::Scope;
 use epigrid_core::model::{AuditEntry, AuditFilter, Role, Session, User};
+use epigrid_core::store::StoreResult;
 use epigrid_core::vault::{random_token, token_hash};
 use uuid::Uuid;
 
@@ -195,7 +196,8 @@ pub async fn login(
                     .map(|c| format!("{c}***"))
                     .unwrap_or_default(),
             };
-            audit_raw(st, None, &name, "login_failed", &subject, area, ip, "").await;
+            // (a failed entry is logged; the answer is the same)
+            let _ = audit_raw(st, None, &name, "login_failed", &subject, area, ip, "").await;
             return Err(ApiError::BadLogin);
         }
     };
@@ -211,7 +213,7 @@ pub async fn login(
         expires_at: now + chrono::Duration::hours(st.cfg.session_hours),
     };
     st.store.insert_session(&session).await?;
-    audit_raw(
+    let _ = audit_raw(
         st,
         Some(user.id),
         &user.username,
@@ -239,6 +241,8 @@ pub fn client_ip(st: &AppState, headers: &HeaderMap, peer: Option<std::net::Sock
         .unwrap_or_else(|| "-".into())
 }
 
+/// Appends an audit entry; a failure is logged and returned (callers recording what is done
+/// already go on; a read of personal data stops, `Staff::audit_read`).
 #[allow(clippy::too_many_arguments)]
 pub async fn audit_raw(
     st: &AppState,
@@ -249,11 +253,11 @@ pub async fn audit_raw(
     area_path: &str,
     ip: &str,
     detail: &str,
-) {
+) -> StoreResult<()> {
     let e = AuditEntry::now(user_id, username, action, subject, area_path, ip, detail);
-    if let Err(err) = st.store.append_audit(&e).await {
+    st.store.append_audit(&e).await.inspect_err(|err| {
         tracing::error!(error = %err, action, "audit write failed");
-    }
+    })
 }
 
 /// A logged-in staff member, from a bearer token or the session cookie.
@@ -318,10 +322,7 @@ impl Staff {
         area_path: &str,
         detail: &str,
     ) {
-        let e = self.audit_entry(action, subject, area_path, detail);
-        if let Err(err) = st.store.append_audit(&e).await {
-            tracing::error!(error = %err, action, "audit write failed");
-        }
+        let _ = self.record(st, action, subject, area_path, detail).await;
     }
 
     /// Records a read of personal data (an unmask, an export, a lookup) before it is shown:
@@ -335,29 +336,21 @@ impl Staff {
         area_path: &str,
         detail: &str,
     ) -> ApiResult<()> {
-        let e = self.audit_entry(action, subject, area_path, detail);
-        st.store.append_audit(&e).await.map_err(|err| {
-            tracing::error!(error = %err, action, "audit write failed: the read is refused");
-            ApiError::from(err)
-        })
+        self.record(st, action, subject, area_path, detail)
+            .await
+            .map_err(ApiError::from)
     }
 
-    fn audit_entry(
+    async fn record(
         &self,
+        st: &AppState,
         action: &str,
         subject: &str,
         area_path: &str,
         detail: &str,
-    ) -> AuditEntry {
-        AuditEntry::now(
-            Some(self.user.id),
-            &self.user.username,
-            action,
-            subject,
-            area_path,
-            &self.ip,
-            detail,
-        )
+    ) -> StoreResult<()> {
+        let (id, name, ip) = (Some(self.user.id), &self.user.username, &self.ip);
+        audit_raw(st, id, name, action, subject, area_path, ip, detail).await
     }
 }
 

@@ -304,6 +304,15 @@ impl ApiError {
         ApiError::Invalid(vec![FieldError::new(field, key)])
     }
 
+    /// A store error of a compare-and-set update: its `Conflict` (the record changed since it
+    /// was read) as 409 `key` ("changed meanwhile, reload"), anything else as usual.
+    pub(crate) fn changed_meanwhile(key: &'static str) -> impl FnOnce(StoreError) -> ApiError {
+        move |e| match e {
+            StoreError::Conflict(_) => ApiError::Conflict(key),
+            e => ApiError::from(e),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized | ApiError::BadLogin => StatusCode::UNAUTHORIZED,

@@ -64,7 +64,7 @@ pub async fn purge_expired(
             before.format("%Y-%m-%d %H:%M UTC")
         );
         let subject = format!("retention:{days}d");
-        auth::audit_raw(
+        let _ = auth::audit_raw(
             st,
             None,
             "epigrid",

@@ -367,7 +367,9 @@ async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> A
         let mut after = before.clone();
         after.grid_worker_id = closest;
         if after.grid_worker_id != before.grid_worker_id {
-            st.store.update_observation(&before, &after).await?;
+            st.store.update_observation(&before, &after).await.map_err(
+                ApiError::changed_meanwhile("err.observation.changed_meanwhile"),
+            )?;
         }
     }
     Ok(())
@@ -937,12 +939,9 @@ async fn update_observation(
     st.store
         .update_observation(&before, &o)
         .await
-        .map_err(|e| match e {
-            epigrid_core::store::StoreError::Conflict(_) => {
-                ApiError::Conflict("err.observation.changed_meanwhile")
-            }
-            e => ApiError::from(e),
-        })?;
+        .map_err(ApiError::changed_meanwhile(
+            "err.observation.changed_meanwhile",
+        ))?;
     staff
         .audit(
             &st,

@@ -602,7 +602,7 @@ async fn site_change(
         site.active = !site.active;
     }
     if let Err(e) = st.store.update_site(&before, &site).await {
-        return crate::api::site_changed(e).into_response();
+        return ApiError::changed_meanwhile("err.site.changed_meanwhile")(e).into_response();
     }
     st.forget_site(&old);
     let what = if rotate { "site.rotate" } else { "site.update" };

@@ -62,8 +62,9 @@ struct ServeArgs {
     #[arg(long, env = "EPIGRID_BASE_URL", value_parser = parse_base_url)]
     base_url: Option<String>,
     /// Local time offset from UTC for days and display (China: +08:00).
-    #[arg(long, env = "EPIGRID_TZ_OFFSET", default_value = "+08:00")]
-    tz_offset: String,
+    // (read, and checked, with the command line: before anything is made)
+    #[arg(long, env = "EPIGRID_TZ_OFFSET", default_value = "+08:00", value_parser = parse_offset)]
+    tz_offset: FixedOffset,
     /// Log format: text or json.
     #[arg(long, env = "EPIGRID_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -431,11 +432,9 @@ async fn open_vault(db: &DbArgs, store: &dyn Store, lang: Lang) -> Result<Vault>
     Ok(vault)
 }
 
-/// The listening socket, taken before anything else so that a bad or busy address (or a bad
-/// `--tz-offset`, checked first) fails a start before it creates a database or a key file
-/// (or builds a demo city).
+/// The listening socket, taken before anything else so that a bad or busy address fails a
+/// start before it creates a database or a key file (or builds a demo city).
 async fn listen(args: &ServeArgs) -> Result<tokio::net::TcpListener> {
-    parse_offset(&args.tz_offset)?;
     tokio::net::TcpListener::bind(&args.bind)
         .await
         .with_context(|| format!("cannot listen on {}", args.bind))
@@ -451,7 +450,7 @@ async fn serve(
 ) -> Result<()> {
     let cfg = WebConfig {
         base_url: args.base_url.clone(),
-        tz: parse_offset(&args.tz_offset)?,
+        tz: args.tz_offset,
         session_hours: 12,
         secure_cookies: epigrid_web::secure_cookies(args.secure_cookies, args.base_url.as_deref()),
         observation_days: epigrid_web::parse_observation_days(&args.observation_days)
@@ -634,7 +633,7 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
     let listener = listen(serve_args).await?;
     let store = open_store(&serve_args.db).await?;
     let vault = open_vault(&serve_args.db, store.as_ref(), lang).await?;
-    let tz = parse_offset(&serve_args.tz_offset)?;
+    let tz = serve_args.tz_offset;
     if store.area_count().await? == 0 {
         tell!(
             "{}",
