@@ -27,44 +27,65 @@ pub struct CompanionRaw {
     pub id_number: Option<String>,
 }
 
+/// A field's text as it came: borrowed from the request where it can be (a JSON string
+/// without escapes, a form value), so that reading a registration copies none of them.
+pub type Text<'a> = Option<std::borrow::Cow<'a, str>>;
+
 /// Raw registration input, every field still text.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RegistrationInput {
-    pub name: Option<String>,
-    pub id_type: Option<String>,
-    pub id_number: Option<String>,
-    pub phone: Option<String>,
-    pub plate: Option<String>,
-    pub companions: Option<String>,
+pub struct RegistrationInput<'a> {
+    pub name: Text<'a>,
+    pub id_type: Text<'a>,
+    pub id_number: Text<'a>,
+    pub phone: Text<'a>,
+    pub plate: Text<'a>,
+    pub companions: Text<'a>,
     pub companion_list: Vec<CompanionRaw>,
-    pub origin: Option<String>,
-    pub destination: Option<String>,
-    pub temperature: Option<String>,
+    pub origin: Text<'a>,
+    pub destination: Text<'a>,
+    pub temperature: Text<'a>,
     pub symptoms: Vec<String>,
     /// Whether the symptoms were answered at all (an empty list or "none" is an answer; a
     /// form with nothing ticked, or a body without the key, is not).
     pub symptoms_answered: bool,
-    pub high_risk_travel: Option<String>,
-    pub direction: Option<String>,
-    pub visitor: Option<String>,
-    pub unit_code: Option<String>,
-    pub visit_reason: Option<String>,
-    pub arrival_date: Option<String>,
-    pub residence_code: Option<String>,
-    pub address: Option<String>,
-    pub employer: Option<String>,
-    pub stay_days: Option<String>,
-    pub purpose: Option<String>,
+    pub high_risk_travel: Text<'a>,
+    pub direction: Text<'a>,
+    pub visitor: Text<'a>,
+    pub unit_code: Text<'a>,
+    pub visit_reason: Text<'a>,
+    pub arrival_date: Text<'a>,
+    pub residence_code: Text<'a>,
+    pub address: Text<'a>,
+    pub employer: Text<'a>,
+    pub stay_days: Text<'a>,
+    pub purpose: Text<'a>,
 }
 
 fn scalar(v: &Value) -> Option<String> {
+    text(v).map(std::borrow::Cow::into_owned)
+}
+
+/// A scalar field's text: strings as they are, booleans and numbers written out, null as
+/// absent, and for an array or an object a marker that fails validation.
+fn text(v: &Value) -> Text<'_> {
+    use std::borrow::Cow;
     match v {
         Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        // Arrays and objects in a scalar field: keep a marker that fails validation.
-        _ => Some("\u{0}".to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Bool(b) => Some(Cow::Borrowed(bool_text(*b))),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => Some(Cow::Borrowed(MARKER)),
+    }
+}
+
+/// What an array or an object in a scalar field reads as: no valid value holds it.
+const MARKER: &str = "\u{0}";
+
+fn bool_text(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
     }
 }
 
@@ -74,6 +95,7 @@ fn scalar(v: &Value) -> Option<String> {
 mod typed {
     use super::RegistrationInput;
     use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::borrow::Cow;
     use std::fmt;
 
     /// A value read and dropped, checked as building a `Value` would check it (nesting depth,
@@ -122,53 +144,60 @@ mod typed {
         }
     }
 
-    /// Any JSON value as form text: strings as they are, numbers and booleans written out,
-    /// null as absent, arrays and objects as a marker that fails validation.
-    pub struct Text(pub Option<String>);
-
-    const MARKER: &str = "\u{0}";
+    /// Any JSON value as form text (as [`super::text`] reads it), borrowed from the body
+    /// unless it holds an escape.
+    pub struct Text<'de>(pub super::Text<'de>);
 
     struct TextVisitor;
     impl<'de> Visitor<'de> for TextVisitor {
-        type Value = Text;
+        type Value = Text<'de>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("any JSON value")
         }
-        fn visit_str<E>(self, v: &str) -> Result<Text, E> {
-            Ok(Text(Some(v.to_string())))
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+            Ok(Text(Some(Cow::Borrowed(v))))
         }
-        fn visit_string<E>(self, v: String) -> Result<Text, E> {
-            Ok(Text(Some(v)))
+        fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+            Ok(Text(Some(Cow::Owned(v.to_string()))))
         }
-        fn visit_bool<E>(self, v: bool) -> Result<Text, E> {
-            Ok(Text(Some(v.to_string())))
+        fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+            Ok(Text(Some(Cow::Owned(v))))
         }
-        fn visit_i64<E>(self, v: i64) -> Result<Text, E> {
-            Ok(Text(Some(serde_json::Number::from(v).to_string())))
+        fn visit_bool<E>(self, v: bool) -> Result<Text<'de>, E> {
+            Ok(Text(Some(Cow::Borrowed(super::bool_text(v)))))
         }
-        fn visit_u64<E>(self, v: u64) -> Result<Text, E> {
-            Ok(Text(Some(serde_json::Number::from(v).to_string())))
+        fn visit_i64<E>(self, v: i64) -> Result<Text<'de>, E> {
+            Ok(Text(Some(Cow::Owned(
+                serde_json::Number::from(v).to_string(),
+            ))))
         }
-        fn visit_f64<E>(self, v: f64) -> Result<Text, E> {
-            Ok(Text(serde_json::Number::from_f64(v).map(|n| n.to_string())))
+        fn visit_u64<E>(self, v: u64) -> Result<Text<'de>, E> {
+            Ok(Text(Some(Cow::Owned(
+                serde_json::Number::from(v).to_string(),
+            ))))
         }
-        fn visit_unit<E>(self) -> Result<Text, E> {
+        fn visit_f64<E>(self, v: f64) -> Result<Text<'de>, E> {
+            Ok(Text(
+                serde_json::Number::from_f64(v).map(|n| Cow::Owned(n.to_string())),
+            ))
+        }
+        fn visit_unit<E>(self) -> Result<Text<'de>, E> {
             Ok(Text(None))
         }
-        fn visit_none<E>(self) -> Result<Text, E> {
+        fn visit_none<E>(self) -> Result<Text<'de>, E> {
             Ok(Text(None))
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
             while seq.next_element::<Skip>()?.is_some() {}
-            Ok(Text(Some(MARKER.to_string())))
+            Ok(Text(Some(Cow::Borrowed(super::MARKER))))
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
             while map.next_entry::<Skip, Skip>()?.is_some() {}
-            Ok(Text(Some(MARKER.to_string())))
+            Ok(Text(Some(Cow::Borrowed(super::MARKER))))
         }
     }
-    impl<'de> Deserialize<'de> for Text {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+    impl<'de> Deserialize<'de> for Text<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text<'de>, D::Error> {
             d.deserialize_any(TextVisitor)
         }
     }
@@ -207,14 +236,14 @@ mod typed {
 
     /// The whole body: a JSON object (anything else is an error, and the caller falls back
     /// to the `Value` path for the exact message).
-    pub struct Input(pub RegistrationInput);
+    pub struct Input<'de>(pub RegistrationInput<'de>);
     struct InputVisitor;
     impl<'de> Visitor<'de> for InputVisitor {
-        type Value = Input;
+        type Value = Input<'de>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input, A::Error> {
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input<'de>, A::Error> {
             let mut i = RegistrationInput::default();
             // the keys seen so far, one bit each: one given twice is an error, not "the
             // last wins"
@@ -252,7 +281,8 @@ mod typed {
                             i.symptoms = super::symptoms_of(&v);
                             i.symptoms_answered = true;
                         } else {
-                            (i.companions, i.companion_list) = super::companions_of(&v);
+                            let (count, list) = super::companions_of(&v);
+                            (i.companions, i.companion_list) = (count.map(Cow::Owned), list);
                         }
                         continue;
                     }
@@ -270,8 +300,8 @@ mod typed {
             Ok(Input(i))
         }
     }
-    impl<'de> Deserialize<'de> for Input {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Input, D::Error> {
+    impl<'de> Deserialize<'de> for Input<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Input<'de>, D::Error> {
             d.deserialize_map(InputVisitor)
         }
     }
@@ -315,12 +345,18 @@ fn companions_of(v: &Value) -> (Option<String>, Vec<CompanionRaw>) {
     (Some(items.len().to_string()), list)
 }
 
-impl RegistrationInput {
+impl<'a> RegistrationInput<'a> {
     /// Reads a request body: a JSON object read straight into text fields (as
     /// [`RegistrationInput::from_json`] would read its `Value`). Not JSON, or not an object:
     /// the `body` field error `from_json` gives.
-    pub fn from_json_slice(bytes: &[u8]) -> Result<RegistrationInput, FieldError> {
-        match serde_json::from_slice::<typed::Input>(bytes) {
+    pub fn from_json_slice(bytes: &'a [u8]) -> Result<RegistrationInput<'a>, FieldError> {
+        // The body checked as UTF-8 once, then read as text: read as bytes, each of its
+        // strings was checked on its own. (Not UTF-8: read as bytes, to fail as before.)
+        let typed = match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str::<typed::Input>(text),
+            Err(_) => serde_json::from_slice::<typed::Input>(bytes),
+        };
+        match typed {
             Ok(typed::Input(i)) => return Ok(i),
             Err(e) => {
                 let m = e.to_string();
@@ -333,17 +369,18 @@ impl RegistrationInput {
             }
         }
         match serde_json::from_slice::<Value>(bytes) {
-            Ok(v) => RegistrationInput::from_json(&v),
+            // (owned: the `Value` goes with this call)
+            Ok(v) => RegistrationInput::from_json(&v).map(RegistrationInput::into_owned),
             Err(_) => Err(FieldError::new("body", "err.body.json")),
         }
     }
 
     /// Reads a JSON object; unknown keys are ignored, wrong shapes become field errors later.
-    pub fn from_json(v: &Value) -> Result<RegistrationInput, FieldError> {
+    pub fn from_json(v: &'a Value) -> Result<RegistrationInput<'a>, FieldError> {
         let Some(obj) = v.as_object() else {
             return Err(FieldError::new("body", "err.body.not_object"));
         };
-        let s = |k: &str| obj.get(k).and_then(scalar);
+        let s = |k: &str| obj.get(k).and_then(text);
         let mut input = RegistrationInput {
             name: s("name"),
             id_type: s("id_type"),
@@ -371,14 +408,15 @@ impl RegistrationInput {
             input.symptoms_answered = true;
         }
         if let Some(v) = obj.get("companions") {
-            (input.companions, input.companion_list) = companions_of(v);
+            let (count, list) = companions_of(v);
+            (input.companions, input.companion_list) = (count.map(std::borrow::Cow::Owned), list);
         }
         Ok(input)
     }
 
     /// The field of one value a form's `name` fills, if it is one (symptoms repeat, and
     /// companions have fields of their own).
-    fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
+    fn slot(&mut self, name: &str) -> Option<&mut Text<'a>> {
         Some(match name {
             "name" => &mut self.name,
             "id_type" => &mut self.id_type,
@@ -406,19 +444,51 @@ impl RegistrationInput {
 
     /// Reads `application/x-www-form-urlencoded` pairs (symptoms repeat; companions as
     /// `companion_name_N` / `companion_id_N`).
-    pub fn from_pairs(pairs: &[(String, String)]) -> RegistrationInput {
+    pub fn from_pairs(pairs: &'a [(String, String)]) -> RegistrationInput<'a> {
         let mut input = RegistrationInput::default();
         for (k, v) in pairs {
-            let v = Some(v.clone()).filter(|s| !s.trim().is_empty());
+            let v = Some(v).filter(|s| !s.trim().is_empty());
             if k == "symptoms" {
-                input.symptoms.extend(v);
+                input.symptoms.extend(v.cloned());
                 input.symptoms_answered = true;
             } else if let Some(slot) = input.slot(k) {
-                *slot = v;
+                *slot = v.map(|v| std::borrow::Cow::Borrowed(v.as_str()));
             }
         }
         input.companion_list = form_companions(pairs).into_iter().map(|(_, c)| c).collect();
         input
+    }
+
+    /// The same input with every text its own (borrowing nothing).
+    pub fn into_owned(self) -> RegistrationInput<'static> {
+        fn own(t: Text<'_>) -> Text<'static> {
+            t.map(|t| std::borrow::Cow::Owned(t.into_owned()))
+        }
+        RegistrationInput {
+            name: own(self.name),
+            id_type: own(self.id_type),
+            id_number: own(self.id_number),
+            phone: own(self.phone),
+            plate: own(self.plate),
+            companions: own(self.companions),
+            origin: own(self.origin),
+            destination: own(self.destination),
+            temperature: own(self.temperature),
+            high_risk_travel: own(self.high_risk_travel),
+            direction: own(self.direction),
+            visitor: own(self.visitor),
+            unit_code: own(self.unit_code),
+            visit_reason: own(self.visit_reason),
+            arrival_date: own(self.arrival_date),
+            residence_code: own(self.residence_code),
+            address: own(self.address),
+            employer: own(self.employer),
+            stay_days: own(self.stay_days),
+            purpose: own(self.purpose),
+            companion_list: self.companion_list,
+            symptoms: self.symptoms,
+            symptoms_answered: self.symptoms_answered,
+        }
     }
 }
 
@@ -519,7 +589,10 @@ pub struct ValidRegistration {
     pub fields: RegistrationFields,
 }
 
-fn parse_bool(field: &str, raw: &Option<String>) -> Result<Option<bool>, FieldError> {
+fn parse_bool(
+    field: &str,
+    raw: &Option<impl std::ops::Deref<Target = str>>,
+) -> Result<Option<bool>, FieldError> {
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
         Some("true" | "1" | "yes" | "on" | "是") => Ok(Some(true)),
@@ -532,7 +605,7 @@ fn parse_bool(field: &str, raw: &Option<String>) -> Result<Option<bool>, FieldEr
 
 fn parse_int(
     field: &str,
-    raw: &Option<String>,
+    raw: &Option<impl std::ops::Deref<Target = str>>,
     min: i64,
     max: i64,
 ) -> Result<Option<i64>, FieldError> {
@@ -549,7 +622,10 @@ fn parse_int(
     Ok(Some(n))
 }
 
-fn origin(field: &str, raw: &Option<String>) -> Result<Option<String>, FieldError> {
+fn origin(
+    field: &str,
+    raw: &Option<impl std::ops::Deref<Target = str>>,
+) -> Result<Option<String>, FieldError> {
     match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => divisions::normalise_origin(s)
@@ -562,8 +638,8 @@ fn parse_document(
     errors: &mut Errors,
     type_field: &str,
     number_field: &str,
-    id_type: &Option<String>,
-    id_number: &Option<String>,
+    id_type: &Option<impl std::ops::Deref<Target = str>>,
+    id_number: &Option<impl std::ops::Deref<Target = str>>,
 ) -> Option<Document> {
     let number = id_number
         .as_deref()
@@ -984,24 +1060,27 @@ pub fn verification_code() -> String {
         .collect()
 }
 
-/// Turns a validated registration into what the store keeps.
-pub fn seal(valid: &ValidRegistration, ctx: &Context<'_>, vault: &Vault) -> NewRegistration {
-    let id = &valid.identity;
+/// Turns a validated registration into what the store keeps (its texts moved, not copied).
+pub fn seal(valid: ValidRegistration, ctx: &Context<'_>, vault: &Vault) -> NewRegistration {
+    let ValidRegistration {
+        identity: id,
+        companions,
+        fields,
+    } = valid;
     let person = seal_person(
         vault,
         id.name.as_str(),
         id.document.as_ref(),
         id.phone.as_ref(),
     );
-    let companion_list = valid
-        .companions
-        .iter()
-        .map(|(name, doc)| CompanionInput {
-            name: name.clone(),
-            person: match (name, doc) {
+    let companion_list = companions
+        .into_iter()
+        .map(|(name, doc)| {
+            let person = match (&name, &doc) {
                 (Some(n), Some(d)) => Some(seal_person(vault, n, Some(d), None)),
                 _ => None,
-            },
+            };
+            CompanionInput { name, person }
         })
         .collect();
     let local = ctx.now.with_timezone(&ctx.tz);
@@ -1016,7 +1095,7 @@ pub fn seal(valid: &ValidRegistration, ctx: &Context<'_>, vault: &Vault) -> NewR
         verification_code: verification_code(),
         person,
         companion_list,
-        fields: valid.fields.clone(),
+        fields,
         day: local.date_naive(),
     }
 }
@@ -1063,12 +1142,13 @@ mod tests {
     fn a_valid_checkpoint_registration_seals_without_the_raw_number() {
         let s = site(SiteKind::Checkpoint);
         let c = ctx(&s);
-        let input = RegistrationInput::from_json(&checkpoint_json()).unwrap();
+        let body = checkpoint_json();
+        let input = RegistrationInput::from_json(&body).unwrap();
         let valid = validate(&input, &c).unwrap();
         assert_eq!(valid.fields.temperature, Some(365));
         assert_eq!(valid.fields.origin_code.as_deref(), Some("420100"));
         let vault = Vault::new(&[1; 32]);
-        let reg = seal(&valid, &c, &vault);
+        let reg = seal(valid.clone(), &c, &vault);
         assert_eq!(reg.person.doc_masked.as_deref(), Some("110105********002X"));
         let cipher = reg.person.doc_cipher.clone().unwrap();
         assert_eq!(
@@ -1078,7 +1158,7 @@ mod tests {
             "11010519491231002X"
         );
         // same document, same person
-        let again = seal(&valid, &c, &vault);
+        let again = seal(valid, &c, &vault);
         assert_eq!(again.person.id, reg.person.id);
         assert_ne!(again.id, reg.id);
         assert_eq!(reg.verification_code.len(), 4);
@@ -1158,7 +1238,8 @@ mod tests {
         o.remove("high_risk_travel");
         let errs = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap_err();
         assert_eq!(fields_of(&errs), vec!["high_risk_travel", "symptoms"]);
-        let typed = RegistrationInput::from_json_slice(j.to_string().as_bytes()).unwrap();
+        let text = j.to_string();
+        let typed = RegistrationInput::from_json_slice(text.as_bytes()).unwrap();
         assert!(!typed.symptoms_answered);
         // an empty list, "none" or null is an answer; so is a form's "none" ticked
         for answer in [
@@ -1169,7 +1250,8 @@ mod tests {
             j["symptoms"] = answer;
             j["high_risk_travel"] = false.into();
             assert!(validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).is_ok());
-            let typed = RegistrationInput::from_json_slice(j.to_string().as_bytes()).unwrap();
+            let text = j.to_string();
+            let typed = RegistrationInput::from_json_slice(text.as_bytes()).unwrap();
             assert!(validate(&typed, &ctx(&s)).is_ok());
         }
         let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
@@ -1213,7 +1295,7 @@ mod tests {
         // a resident going out needs no document: a provisional person by phone + name
         let j = serde_json::json!({"name":"李四","phone":"13812345678","temperature":"36.6","direction":"out","symptoms":["none"]});
         let v = validate(&RegistrationInput::from_json(&j).unwrap(), &ctx(&s)).unwrap();
-        let reg = seal(&v, &ctx(&s), &Vault::new(&[1; 32]));
+        let reg = seal(v, &ctx(&s), &Vault::new(&[1; 32]));
         assert!(reg.person.provisional);
         assert!(reg.person.doc_index.is_none());
     }
@@ -1312,7 +1394,7 @@ mod tests {
     #[test]
     fn form_pairs_collect_repeated_symptoms_and_companions() {
         let p = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let input = RegistrationInput::from_pairs(&[
+        let pairs = [
             p("name", "张三"),
             p("symptoms", "cough"),
             p("symptoms", "fever"),
@@ -1334,7 +1416,8 @@ mod tests {
             p("companion_name_8", "周八"),
             p("companion_id_8", "15010219900101"),
             p("plate", " "),
-        ]);
+        ];
+        let input = RegistrationInput::from_pairs(&pairs);
         assert_eq!(input.symptoms, vec!["cough", "fever"]);
         assert_eq!(input.companion_list.len(), 7);
         assert_eq!(input.plate, None);

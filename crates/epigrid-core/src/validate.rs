@@ -735,19 +735,30 @@ pub struct Plate(String);
 impl Plate {
     /// Parses a plate (`err.required`, `err.plate.format`).
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        let chars: Vec<char> = raw
+        // A plate has 7 or 8 characters: they are checked from a buffer on the stack, and
+        // a text with more than fit is no plate.
+        let mut chars = ['\0'; 9];
+        let mut n = 0;
+        let mut plate = String::with_capacity(raw.len());
+        for c in raw
             .chars()
             .map(fold_width)
             .filter(|c| !c.is_whitespace() && !is_middle_dot(*c) && !matches!(c, '-' | '.'))
             .map(|c| c.to_ascii_uppercase())
-            .collect();
-        if chars.is_empty() {
+        {
+            if let Some(slot) = chars.get_mut(n) {
+                *slot = c;
+            }
+            n += 1;
+            plate.push(c);
+        }
+        if n == 0 {
             return Err(FieldError::new(field, "err.required"));
         }
-        if !plate_shape_ok(&chars) {
+        if !chars.get(..n).is_some_and(plate_shape_ok) {
             return Err(FieldError::new(field, "err.plate.format"));
         }
-        Ok(Plate(chars.into_iter().collect()))
+        Ok(Plate(plate))
     }
 
     /// The normalised plate without the dot, e.g. `蒙L12345`.
@@ -825,6 +836,12 @@ impl Temperature {
     /// Errors: `err.required` (blank), `err.temperature.format` (not a plain decimal number:
     /// `NaN`, `inf`, exponents are refused), `err.temperature.range` with `{min}` `{max}`.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        // the usual reading (`36.5`) as it is: nothing below would change it
+        if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            let tenths = decimal_to_tenths(raw)
+                .ok_or_else(|| FieldError::new(field, "err.temperature.format"))?;
+            return Self::in_range(field, tenths);
+        }
         let s: String = raw
             .chars()
             .map(fold_width)

@@ -235,8 +235,21 @@ impl Intake {
     /// Appends `reg` and returns its sequence number: once this returns, the registration
     /// survives the process being killed.
     pub fn append(&self, reg: NewRegistration) -> std::io::Result<i64> {
-        let mut frame = frame(&reg);
-        let reg = Box::new(reg);
+        thread_local! {
+            // the record is made here, out of the lock, in a buffer this thread keeps
+            static FRAME: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::new());
+        }
+        FRAME.with(|f| {
+            let mut f = f.borrow_mut();
+            f.clear();
+            f.resize(HEADER, 0);
+            encode(&reg, &mut f);
+            self.append_framed(&mut f, Box::new(reg))
+        })
+    }
+
+    /// [`Intake::append`] of `reg` encoded in `frame` (its header left to fill in).
+    fn append_framed(&self, frame: &mut [u8], reg: Box<NewRegistration>) -> std::io::Result<i64> {
         if frame.len() - HEADER > MAX_BODY {
             return Err(std::io::Error::other(
                 "registration too large for the intake",
@@ -251,9 +264,9 @@ impl Intake {
             s.older.push(full.generation);
         }
         let seq = s.last_seq + 1;
-        seal_frame(&mut frame, sum, seq);
+        seal_frame(frame, sum, seq);
         let at = s.log.len;
-        s.log.map[at..at + frame.len()].copy_from_slice(&frame);
+        s.log.map[at..at + frame.len()].copy_from_slice(frame);
         s.log.len += frame.len();
         s.last_seq = seq;
         s.pending.push((seq, reg));

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::auth::{self, MaybeStaff, Staff};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::view::{json_response, receipt_json, registration_json, site_json};
+use crate::view::{json_bytes_response, json_response, receipt_body, registration_json, site_json};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -547,7 +547,7 @@ pub(crate) struct Submitted {
 pub(crate) async fn submit(
     st: &AppState,
     site: &Site,
-    input: &RegistrationInput,
+    input: &RegistrationInput<'_>,
     staff: Option<&Staff>,
 ) -> ApiResult<Submitted> {
     if !site.active {
@@ -595,7 +595,7 @@ pub(crate) async fn submit(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return Err(ApiError::Invalid(errs));
     }
-    let new = register::seal(&valid, &ctx, &st.vault);
+    let new = register::seal(valid, &ctx, &st.vault);
     let submitted = Submitted {
         id: new.id,
         verification_code: new.verification_code.clone(),
@@ -621,6 +621,19 @@ async fn post_registration(
     Path(token): Path<String>,
     WholeBody(body): WholeBody,
 ) -> ApiResult<Response> {
+    // The work in a box of its own: the router's layers move this future several times
+    // before it first runs, and a registration's state (about 2.5 KB) was copied with it
+    // every time.
+    Box::pin(register_json(st, staff, token, body)).await
+}
+
+/// [`post_registration`]'s work.
+async fn register_json(
+    st: AppState,
+    staff: Option<Staff>,
+    token: String,
+    body: Bytes,
+) -> ApiResult<Response> {
     let site = st.site_by_token(&token).await?.ok_or(ApiError::NotFound)?;
     if let Some(s) = &staff {
         s.check_csrf_header()?;
@@ -640,9 +653,9 @@ async fn post_registration(
             ));
         }
     }
-    Ok(json_response(
+    Ok(json_bytes_response(
         StatusCode::CREATED,
-        &receipt_json(&reg, &site, st.cfg.tz),
+        receipt_body(&reg, &site, st.cfg.tz),
     ))
 }
 

@@ -71,7 +71,8 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// For `#[serde(serialize_with)]`: [`rfc3339`].
-pub fn serialize_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+#[cfg(test)]
+fn serialize_rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&rfc3339(*t))
 }
 
@@ -175,7 +176,9 @@ pub struct RegistrationOut<'a> {
 
 /// What an anonymous self-registration gets back: enough to show the staff at the gate (the
 /// code, the time, the site) and to tell a feverish person where to go, and nothing about the
-/// person that the caller did not type in themselves.
+/// person that the caller did not type in themselves. Written by [`receipt_body`]; this is
+/// the shape it is tested against.
+#[cfg(test)]
 #[derive(serde::Serialize)]
 pub struct ReceiptOut<'a> {
     pub id: uuid::Uuid,
@@ -188,20 +191,54 @@ pub struct ReceiptOut<'a> {
     pub fever: bool,
 }
 
-pub(crate) fn receipt_json<'a>(
-    r: &'a crate::api::Submitted,
-    site: &'a epigrid_core::model::Site,
+/// The receipt ([`ReceiptOut`], its fields in their order) written out as JSON: serde's
+/// field-by-field serialising was about 0.5 µs of every registration.
+pub(crate) fn receipt_body(
+    r: &crate::api::Submitted,
+    site: &epigrid_core::model::Site,
     tz: FixedOffset,
-) -> ReceiptOut<'a> {
-    ReceiptOut {
-        id: r.id,
-        verification_code: &r.verification_code,
-        at: r.at,
-        at_local: local(r.at, tz),
-        site_name: &site.name,
-        kind: site.kind,
-        fever: r.fever,
+) -> Vec<u8> {
+    // a string serde_json writes cannot fail into a `Vec`
+    fn text(b: &mut Vec<u8>, s: &str) {
+        let _ = serde_json::to_writer(&mut *b, s);
     }
+    let mut b = Vec::with_capacity(256);
+    b.extend_from_slice(b"{\"id\":\"");
+    let mut id = uuid::Uuid::encode_buffer();
+    b.extend_from_slice(r.id.hyphenated().encode_lower(&mut id).as_bytes());
+    b.extend_from_slice(b"\",\"verification_code\":");
+    text(&mut b, &r.verification_code);
+    b.extend_from_slice(b",\"at\":");
+    text(&mut b, &rfc3339(r.at));
+    b.extend_from_slice(b",\"at_local\":");
+    text(&mut b, &local(r.at, tz));
+    b.extend_from_slice(b",\"site_name\":");
+    text(&mut b, &site.name);
+    b.extend_from_slice(b",\"kind\":");
+    text(&mut b, site.kind.as_str());
+    b.extend_from_slice(if r.fever {
+        b",\"fever\":true}"
+    } else {
+        b",\"fever\":false}"
+    });
+    b
+}
+
+/// A JSON response of `body`, already written.
+pub(crate) fn json_bytes_response(
+    status: axum::http::StatusCode,
+    body: Vec<u8>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// A JSON response written into a buffer that holds a registration at once (axum's `Json`
@@ -213,15 +250,7 @@ pub fn json_response<T: serde::Serialize>(
     use axum::response::IntoResponse;
     let mut buf = Vec::with_capacity(1024);
     match serde_json::to_writer(&mut buf, value) {
-        Ok(()) => (
-            status,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("application/json"),
-            )],
-            buf,
-        )
-            .into_response(),
+        Ok(()) => json_bytes_response(status, buf),
         Err(e) => {
             tracing::error!(error = %e, "response not serialisable");
             axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -517,6 +546,55 @@ pub(crate) fn origin_name(code: &str, lang: epigrid_core::Lang) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_receipt_is_written_as_serde_writes_its_fields() {
+        use chrono::{TimeZone, Utc};
+        use epigrid_core::model::{Site, SiteKind};
+        let tz = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+        let base = Utc.with_ymd_and_hms(2026, 11, 30, 23, 7, 5).unwrap();
+        for (i, (name, kind)) in [
+            ("110国道临河东检查站", SiteKind::Checkpoint),
+            ("a \"quoted\" \\ name\twith\u{1}controls", SiteKind::Venue),
+            ("", SiteKind::Gate),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let site = Site {
+                id: uuid::Uuid::now_v7(),
+                token: "t".into(),
+                kind,
+                name: name.into(),
+                area_code: "150802".into(),
+                area_path: "/150800/150802/".into(),
+                active: true,
+                default_stay_min: 10,
+                created_at: base,
+            };
+            let r = crate::api::Submitted {
+                id: uuid::Uuid::now_v7(),
+                verification_code: "EV\"F".into(),
+                at: base + chrono::Duration::nanoseconds(744_430_224 * i as i64),
+                fever: i == 1,
+            };
+            let serde = serde_json::to_vec(&super::ReceiptOut {
+                id: r.id,
+                verification_code: &r.verification_code,
+                at: r.at,
+                at_local: super::local(r.at, tz),
+                site_name: &site.name,
+                kind: site.kind,
+                fever: r.fever,
+            })
+            .unwrap();
+            let body = super::receipt_body(&r, &site, tz);
+            assert_eq!(
+                String::from_utf8(body).unwrap(),
+                String::from_utf8(serde).unwrap()
+            );
+        }
+    }
+
     #[test]
     fn a_time_is_written_as_chrono_writes_it() {
         use chrono::{TimeZone, Utc};

@@ -64,7 +64,7 @@ async fn run(name: &str, store: Arc<dyn Store>) {
                 tz: FixedOffset::east_opt(8 * 3600).expect("tz"),
             };
             let v = register::validate(&input, &ctx).expect("valid");
-            register::seal(&v, &ctx, &vault)
+            register::seal(v, &ctx, &vault)
         })
         .collect();
     let prep = t0.elapsed();

@@ -174,10 +174,10 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
         // Typing a person's ID number at a site shows back only what was typed: another name
         // and no phone give a registration with that name and no phone, not the person's.
         // (site staff may register someone without a phone)
-        let input = RegistrationInput::from_json(&json!({"name": "某人", "id_type": "cn_id",
+        let body = json!({"name": "某人", "id_type": "cn_id",
             "id_number": ids[0], "temperature": 36.5, "symptoms": [], "origin": "150802",
-            "destination": "150821", "high_risk_travel": false}))
-        .unwrap();
+            "destination": "150821", "high_risk_travel": false});
+        let input = RegistrationInput::from_json(&body).unwrap();
         let ctx = Context {
             site: &wuyuan,
             channel: Channel::Staff,
@@ -185,20 +185,20 @@ async fn registrations_keep_their_number_and_move_only_people_nobody_manages() {
             now: t0 + Duration::minutes(20),
             tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
         };
-        let typed = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
+        let typed = register::seal(register::validate(&input, &ctx).unwrap(), &ctx, &vault());
         store.insert_registration(typed.clone()).await.unwrap();
         // The same for someone nobody manages, whom the registration moves: the record their
         // new area's staff see holds what was typed, not what other areas were told.
-        let input = RegistrationInput::from_json(&json!({"name": "某人", "id_type": "cn_id",
+        let body = json!({"name": "某人", "id_type": "cn_id",
             "id_number": ids[2], "temperature": 36.5, "symptoms": [], "origin": "150821",
-            "destination": "150802", "high_risk_travel": false}))
-        .unwrap();
+            "destination": "150802", "high_risk_travel": false});
+        let input = RegistrationInput::from_json(&body).unwrap();
         let ctx = Context {
             site: &linhe,
             now: t0 + Duration::minutes(25),
             ..ctx
         };
-        let moved = register::seal(&register::validate(&input, &ctx).unwrap(), &ctx, &vault());
+        let moved = register::seal(register::validate(&input, &ctx).unwrap(), &ctx, &vault());
         store.insert_registration(moved.clone()).await.unwrap();
         let p = store
             .person(moved.person.id, &Scope::new("/150800/150802/"))

@@ -38,7 +38,7 @@ fn reg_of(site: &Site, mut body: serde_json::Value, at: chrono::DateTime<Utc>) -
         tz: tz(),
     };
     let valid = register::validate(&input, &ctx).expect("valid registration");
-    register::seal(&valid, &ctx, &vault())
+    register::seal(valid, &ctx, &vault())
 }
 
 #[tokio::test(flavor = "multi_thread")]

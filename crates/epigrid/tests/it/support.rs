@@ -521,7 +521,7 @@ pub fn seal_at(
         tz: chrono::FixedOffset::east_opt(8 * 3600).unwrap(),
     };
     epigrid_core::register::seal(
-        &epigrid_core::register::validate(&input, &ctx).unwrap(),
+        epigrid_core::register::validate(&input, &ctx).unwrap(),
         &ctx,
         &vault(),
     )
