@@ -237,7 +237,7 @@ impl Intake {
     pub fn append(&self, reg: NewRegistration) -> std::io::Result<i64> {
         thread_local! {
             // the record is made here, out of the lock, in a buffer this thread keeps
-            static FRAME: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::new());
+            static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
         FRAME.with(|f| {
             let mut f = f.borrow_mut();
