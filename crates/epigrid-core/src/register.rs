@@ -1016,32 +1016,33 @@ pub fn seal_person(
     };
     let doc_index = doc.map(|d| vault.blind_index(d.doc_type.index_purpose(), d.number()));
     let phone_index = phone.map(|p| vault.blind_index("phone", p.as_str()));
-    // a birth date comes from an ID number: remembered with it, as its ciphertext is
-    let birth_index = birth.zip(doc_index.as_deref()).map(|(b, ix)| {
-        vault.memo(memo_key(b'b', ix), || {
-            crate::matching::birth_index(vault, b)
-        })
-    });
+    // Ciphertexts (and a birth date's index, remembered with the ID number it comes from)
+    // made once for a returning person, looked up together.
+    let [birth_index, doc_cipher, phone_cipher] = vault.memo_each(
+        [
+            birth
+                .zip(doc_index.as_deref())
+                .map(|(_, ix)| memo_key(b'b', ix)),
+            doc.zip(doc_index.as_deref())
+                .map(|(_, ix)| memo_key(b'd', ix)),
+            phone
+                .zip(phone_index.as_deref())
+                .map(|(_, ix)| memo_key(b'p', ix)),
+        ],
+        |i| match i {
+            0 => birth.map(|b| crate::matching::birth_index(vault, b)),
+            1 => doc.map(|d| vault.seal(&format!("persons.doc:{id}"), d.number())),
+            _ => phone.map(|p| vault.seal(&format!("persons.phone:{id}"), p.as_str())),
+        },
+    );
     PersonInput {
         id,
         doc_type: doc.map(|d| d.doc_type),
-        doc_cipher: doc.zip(doc_index.as_deref()).map(|(d, ix)| {
-            vault.seal_memo(
-                memo_key(b'd', ix),
-                || format!("persons.doc:{id}"),
-                d.number(),
-            )
-        }),
+        doc_cipher,
         doc_index,
         doc_masked: doc.map(|d| d.masked()),
         name: name.to_string(),
-        phone_cipher: phone.zip(phone_index.as_deref()).map(|(p, ix)| {
-            vault.seal_memo(
-                memo_key(b'p', ix),
-                || format!("persons.phone:{id}"),
-                p.as_str(),
-            )
-        }),
+        phone_cipher,
         phone_index,
         phone_masked: phone.map(|p| p.masked()),
         birth_date,

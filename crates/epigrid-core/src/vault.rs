@@ -169,17 +169,45 @@ impl Vault {
     /// ciphertexts and indexes are not made again). Only ciphertexts and blind indexes are
     /// kept, never a plaintext; `key` must determine what `make` makes.
     pub fn memo(&self, key: [u8; 32], make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
-        if let Some(v) = self.memo.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return v;
-        }
-        let v = make();
-        if let Ok(mut m) = self.memo.lock() {
-            if m.len() >= MEMO_MAX {
-                m.clear();
+        let make = std::cell::Cell::new(Some(make));
+        let [v] = self.memo_each([Some(key)], |_| make.take().map(|f| f()));
+        v.unwrap_or_default()
+    }
+
+    /// [`Vault::memo`] of several keys at once (`None`: nothing wanted there), looked up
+    /// under one lock of the memo that every worker shares, not one each; `make(i)` makes
+    /// what `keys[i]` is missing.
+    pub fn memo_each<const N: usize>(
+        &self,
+        keys: [Option<[u8; 32]>; N],
+        make: impl Fn(usize) -> Option<Vec<u8>>,
+    ) -> [Option<Vec<u8>>; N] {
+        let mut out: [Option<Vec<u8>>; N] = std::array::from_fn(|_| None);
+        if let Ok(m) = self.memo.lock() {
+            for (o, k) in out.iter_mut().zip(&keys) {
+                *o = k.as_ref().and_then(|k| m.get(k).cloned());
             }
-            m.insert(key, v.clone());
         }
-        v
+        let mut made: [Option<([u8; 32], Vec<u8>)>; N] = std::array::from_fn(|_| None);
+        for (i, ((o, k), m)) in out.iter_mut().zip(&keys).zip(&mut made).enumerate() {
+            if let (None, Some(k)) = (&o, k) {
+                if let Some(v) = make(i) {
+                    *o = Some(v.clone());
+                    *m = Some((*k, v));
+                }
+            }
+        }
+        if made.iter().any(Option::is_some) {
+            if let Ok(mut m) = self.memo.lock() {
+                for (k, v) in made.into_iter().flatten() {
+                    if m.len() >= MEMO_MAX {
+                        m.clear();
+                    }
+                    m.insert(k, v);
+                }
+            }
+        }
+        out
     }
 
     pub fn open(&self, ad: &str, sealed: &[u8]) -> Result<String, VaultError> {
@@ -319,6 +347,27 @@ mod tests {
         let b = v.seal_memo([2; 32], || "persons.doc:x".into(), "secret");
         assert_ne!(a, b, "another key is sealed afresh");
         assert_eq!(v.open("persons.doc:x", &b).unwrap(), "secret");
+    }
+
+    #[test]
+    fn memo_each_makes_only_what_is_missing_and_keeps_it() {
+        let v = vault();
+        let made = std::cell::Cell::new(0);
+        let make = |i: usize| {
+            made.set(made.get() + 1);
+            (i != 2).then(|| vec![i as u8; 3])
+        };
+        let first = v.memo_each([Some([7; 32]), None, Some([8; 32])], make);
+        // made for each key wanted and missing (none for `None`); what is not made is not kept
+        assert_eq!(first, [Some(vec![0; 3]), None, None]);
+        assert_eq!(made.get(), 1 + 1);
+        let again = v.memo_each([Some([8; 32]), Some([7; 32])], |i| Some(vec![9 + i as u8]));
+        assert_eq!(
+            again,
+            [Some(vec![9]), Some(vec![0; 3])],
+            "a kept value is not made again"
+        );
+        assert_eq!(v.memo([7; 32], Vec::new), vec![0; 3]);
     }
 
     #[test]

@@ -611,7 +611,17 @@ pub(crate) async fn submit(
     st.metrics
         .registrations
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _ = st.live.send(seq);
+    // Only when a feed is open: a send takes the channel's lock, which every worker shares.
+    // (A feed that opens meanwhile misses nothing: it reads by sequence number, at the
+    // latest every 2 s, as it does for other processes' registrations.)
+    if st
+        .metrics
+        .live_clients
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        let _ = st.live.send(seq);
+    }
     Ok(submitted)
 }
 
