@@ -1018,7 +1018,7 @@ pub fn seal_person(
     let phone_index = phone.map(|p| vault.blind_index("phone", p.as_str()));
     // Ciphertexts (and a birth date's index, remembered with the ID number it comes from)
     // made once for a returning person, looked up together.
-    let [birth_index, doc_cipher, phone_cipher] = vault.memo_each(
+    let [birth_index, doc_cipher, phone_cipher] = vault.memo(
         [
             birth
                 .zip(doc_index.as_deref())

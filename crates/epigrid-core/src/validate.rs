@@ -836,19 +836,18 @@ impl Temperature {
     /// Errors: `err.required` (blank), `err.temperature.format` (not a plain decimal number:
     /// `NaN`, `inf`, exponents are refused), `err.temperature.range` with `{min}` `{max}`.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        // the usual reading (`36.5`) as it is: nothing below would change it
-        if !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-            let tenths = decimal_to_tenths(raw)
-                .ok_or_else(|| FieldError::new(field, "err.temperature.format"))?;
-            return Self::in_range(field, tenths);
-        }
-        let s: String = raw
-            .chars()
-            .map(fold_width)
-            // the ideographic full stop of a Chinese keyboard as the decimal point (36。5)
-            .map(|c| if c == '。' { '.' } else { c })
-            .filter(|c| !c.is_whitespace())
-            .collect();
+        // the usual reading (`36.5`) as it is: folding would not change it
+        let s: std::borrow::Cow<str> = if raw.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            raw.into()
+        } else {
+            raw.chars()
+                .map(fold_width)
+                // the ideographic full stop of a Chinese keyboard as the decimal point (36。5)
+                .map(|c| if c == '。' { '.' } else { c })
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .into()
+        };
         if s.is_empty() {
             return Err(FieldError::new(field, "err.required"));
         }

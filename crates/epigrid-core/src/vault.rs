@@ -44,7 +44,7 @@ type Memo = std::collections::HashMap<
     std::hash::BuildHasherDefault<crate::trace::IdHasher>,
 >;
 
-/// Ciphertexts kept by [`Vault::seal_memo`] before the memo starts over.
+/// Values kept by [`Vault::memo`] before it starts over.
 const MEMO_MAX: usize = 100_000;
 
 impl std::fmt::Debug for Vault {
@@ -152,32 +152,14 @@ impl Vault {
         out
     }
 
-    /// [`Vault::seal`], reusing the ciphertext made earlier for the same `key`. The caller's
-    /// key must determine both `ad` and `plaintext` (e.g. a person id and the value's blind
-    /// index): the ciphertext handed back is then one this vault made for exactly this value
-    /// and binding, so nothing is encrypted twice under one nonce.
-    pub fn seal_memo(
-        &self,
-        key: [u8; 32],
-        ad: impl FnOnce() -> String,
-        plaintext: &str,
-    ) -> Vec<u8> {
-        self.memo(key, || self.seal(&ad(), plaintext))
-    }
-
-    /// What `make` makes for `key`, made once while the memo keeps it (a returning person's
-    /// ciphertexts and indexes are not made again). Only ciphertexts and blind indexes are
-    /// kept, never a plaintext; `key` must determine what `make` makes.
-    pub fn memo(&self, key: [u8; 32], make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
-        let make = std::cell::Cell::new(Some(make));
-        let [v] = self.memo_each([Some(key)], |_| make.take().map(|f| f()));
-        v.unwrap_or_default()
-    }
-
-    /// [`Vault::memo`] of several keys at once (`None`: nothing wanted there), looked up
-    /// under one lock of the memo that every worker shares, not one each; `make(i)` makes
-    /// what `keys[i]` is missing.
-    pub fn memo_each<const N: usize>(
+    /// What `make(i)` makes for `keys[i]` (`None`: nothing wanted there), made once while
+    /// the memo keeps it: a returning person's ciphertexts and indexes are not made again.
+    /// The keys are looked up together, under one lock of the memo every worker shares. Only
+    /// ciphertexts and blind indexes are kept, never a plaintext, and a key must determine
+    /// what is made for it, value and binding alike (e.g. a person id and the value's blind
+    /// index): a ciphertext handed back is then one this vault made for exactly that value,
+    /// so nothing is encrypted twice under one nonce.
+    pub fn memo<const N: usize>(
         &self,
         keys: [Option<[u8; 32]>; N],
         make: impl Fn(usize) -> Option<Vec<u8>>,
@@ -341,33 +323,40 @@ mod tests {
     #[test]
     fn memoised_seals_are_reused_only_for_their_key() {
         let v = vault();
-        let a = v.seal_memo([1; 32], || "persons.doc:x".into(), "secret");
-        assert_eq!(a, v.seal_memo([1; 32], || "persons.doc:x".into(), "secret"));
+        let seal_memo = |key: [u8; 32]| {
+            let [sealed] = v.memo([Some(key)], |_| Some(v.seal("persons.doc:x", "secret")));
+            sealed.unwrap()
+        };
+        let a = seal_memo([1; 32]);
+        assert_eq!(a, seal_memo([1; 32]));
         assert_eq!(v.open("persons.doc:x", &a).unwrap(), "secret");
-        let b = v.seal_memo([2; 32], || "persons.doc:x".into(), "secret");
+        let b = seal_memo([2; 32]);
         assert_ne!(a, b, "another key is sealed afresh");
         assert_eq!(v.open("persons.doc:x", &b).unwrap(), "secret");
     }
 
     #[test]
-    fn memo_each_makes_only_what_is_missing_and_keeps_it() {
+    fn memo_makes_only_what_is_missing_and_keeps_it() {
         let v = vault();
         let made = std::cell::Cell::new(0);
         let make = |i: usize| {
             made.set(made.get() + 1);
             (i != 2).then(|| vec![i as u8; 3])
         };
-        let first = v.memo_each([Some([7; 32]), None, Some([8; 32])], make);
+        let first = v.memo([Some([7; 32]), None, Some([8; 32])], make);
         // made for each key wanted and missing (none for `None`); what is not made is not kept
         assert_eq!(first, [Some(vec![0; 3]), None, None]);
         assert_eq!(made.get(), 1 + 1);
-        let again = v.memo_each([Some([8; 32]), Some([7; 32])], |i| Some(vec![9 + i as u8]));
+        let again = v.memo([Some([8; 32]), Some([7; 32])], |i| Some(vec![9 + i as u8]));
         assert_eq!(
             again,
             [Some(vec![9]), Some(vec![0; 3])],
             "a kept value is not made again"
         );
-        assert_eq!(v.memo([7; 32], Vec::new), vec![0; 3]);
+        assert_eq!(
+            v.memo([Some([7; 32])], |_| Some(Vec::new())),
+            [Some(vec![0; 3])]
+        );
     }
 
     #[test]

@@ -130,13 +130,12 @@ fn new_log(db: &Path, generation: u64) -> std::io::Result<Log> {
     })
 }
 
-/// `reg`'s record with room for its header, which [`seal_frame`] fills in.
-fn frame(reg: &NewRegistration) -> Vec<u8> {
-    // room for a registration with every field filled (one allocation, no growing)
-    let mut frame = Vec::with_capacity(1024);
+/// `reg`'s record in `frame` (emptied first), with room for its header, which
+/// [`seal_frame`] fills in.
+fn frame(reg: &NewRegistration, frame: &mut Vec<u8>) {
+    frame.clear();
     frame.resize(HEADER, 0);
-    encode(reg, &mut frame);
-    frame
+    encode(reg, frame);
 }
 
 /// `reg`'s whole record as sequence number `seq`.
@@ -151,7 +150,9 @@ pub(crate) fn framed_before_crc(reg: &NewRegistration, seq: i64) -> Vec<u8> {
 }
 
 fn framed_by(reg: &NewRegistration, seq: i64, sum: fn(&[u8]) -> u64) -> Vec<u8> {
-    let mut frame = frame(reg);
+    // room for a registration with every field filled (one allocation, no growing)
+    let mut frame = Vec::with_capacity(1024);
+    self::frame(reg, &mut frame);
     let body_sum = sum(&frame[HEADER..]);
     seal_frame(&mut frame, body_sum, seq);
     frame
@@ -241,9 +242,7 @@ impl Intake {
         }
         FRAME.with(|f| {
             let mut f = f.borrow_mut();
-            f.clear();
-            f.resize(HEADER, 0);
-            encode(&reg, &mut f);
+            frame(&reg, &mut f);
             self.append_framed(&mut f, Box::new(reg))
         })
     }

@@ -456,7 +456,6 @@ pub(crate) async fn confirm(
     ids: &[Uuid],
     reason: &str,
 ) -> ApiResult<(usize, Vec<Value>)> {
-    use epigrid_core::model::Role;
     use epigrid_core::person::{check_transition, CategoryChange, Observation, ObservationKind};
     // here, not only in each handler: the page's form reaches this too
     staff.require(staff.role().investigates())?;
@@ -482,13 +481,7 @@ pub(crate) async fn confirm(
         crate::persons::takes_new_facts(&p)?;
         people.push(p);
     }
-    let workers: Vec<_> = st
-        .store
-        .users(&scope)
-        .await?
-        .into_iter()
-        .filter(|u| u.role == Role::GridWorker && u.active)
-        .collect();
+    let users = st.store.users(&scope).await?;
     let now = Utc::now();
     let today = now.with_timezone(&st.cfg.tz).date_naive();
     let mut changes = Vec::new();
@@ -514,10 +507,7 @@ pub(crate) async fn confirm(
         if !crate::persons::under_observation(st, p.id).await? {
             let token = epigrid_core::vault::random_token(16);
             let days = st.cfg.observation_days(Category::CloseContact);
-            let worker = workers
-                .iter()
-                .filter(|u| p.area_path.starts_with(&u.area_path))
-                .max_by_key(|u| u.area_path.len());
+            let worker = crate::persons::closest_grid_worker(&users, &p.area_path);
             observations.push(Observation {
                 id: epigrid_core::vault::new_id(),
                 person_id: p.id,

@@ -346,21 +346,12 @@ async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> A
     if open.is_empty() {
         return Ok(());
     }
-    let covering: Vec<_> = st
-        .store
-        .users(&Scope::all())
-        .await?
-        .into_iter()
-        .filter(|u| u.role == Role::GridWorker && u.active && area_path.starts_with(&u.area_path))
-        .collect();
-    let closest = covering
-        .iter()
-        .max_by_key(|u| u.area_path.len())
-        .map(|u| u.id);
+    let users = st.store.users(&Scope::all()).await?;
+    let closest = closest_grid_worker(&users, area_path).map(|u| u.id);
     for before in open {
         if before
             .grid_worker_id
-            .is_some_and(|w| covering.iter().any(|u| u.id == w))
+            .is_some_and(|w| users.iter().any(|u| u.id == w && covers(u, area_path)))
         {
             continue;
         }
@@ -373,6 +364,23 @@ async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> A
         }
     }
     Ok(())
+}
+
+/// Whether `u` is an active grid worker whose area holds `area_path`.
+fn covers(u: &epigrid_core::model::User, area_path: &str) -> bool {
+    u.role == Role::GridWorker && u.active && area_path.starts_with(&u.area_path)
+}
+
+/// The grid worker among `users` who looks after `area_path`: the active one whose area
+/// holds it most closely.
+pub(crate) fn closest_grid_worker<'a>(
+    users: &'a [epigrid_core::model::User],
+    area_path: &str,
+) -> Option<&'a epigrid_core::model::User> {
+    users
+        .iter()
+        .filter(|u| covers(u, area_path))
+        .max_by_key(|u| u.area_path.len())
 }
 
 /// Merges this person into another found to be the same: `{"into", "reason"}` (audited,
