@@ -240,8 +240,10 @@ pub trait Store: Send + Sync + 'static {
     async fn notice_by_token(&self, token: &str) -> StoreResult<Option<crate::trace::Notice>>;
     /// A notice by id if its case is in the scope.
     async fn notice(&self, id: Uuid, scope: &Scope) -> StoreResult<Option<crate::trace::Notice>>;
-    /// Records someone who came forward: finds or creates the person, adds a pending contact
-    /// (once per person, notice and place: coming forward again changes nothing).
+    /// Records someone who came forward: finds the person (left as they are: coming forward
+    /// is not a registration, so it moves, renames or re-numbers no one) or creates them in
+    /// `area_path`, and adds a pending contact (once per person, notice and place: coming
+    /// forward again changes nothing).
     async fn insert_pending_contact(
         &self,
         contact: &crate::trace::PendingContact,

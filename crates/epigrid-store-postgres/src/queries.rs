@@ -2097,7 +2097,7 @@ impl PgStore {
         let tx = c.transaction().await.map_err(map_err)?;
         let sex = person.sex.map(Sex::as_str);
         let row = tx
-            .query_one(
+            .query_opt(
                 crate::write::PENDING_PERSON,
                 &[
                     &person.id,
@@ -2119,9 +2119,23 @@ impl PgStore {
             )
             .await
             .map_err(map_err)?;
-        let pid: Uuid = row.get(0);
-        // a new person's name, or the name a move gave them (grams already there are kept)
-        insert_grams(&tx, pid, &person.name).await?;
+        let pid: Uuid = match row {
+            Some(row) => {
+                if row.get::<_, bool>(1) {
+                    // a new person's name
+                    insert_grams(&tx, row.get(0), &person.name).await?;
+                }
+                row.get(0)
+            }
+            None => tx
+                .query_one(
+                    "SELECT COALESCE(merged_into, id) FROM persons WHERE id = $1",
+                    &[&person.id],
+                )
+                .await
+                .map_err(map_err)?
+                .get(0),
+        };
         tx.execute(
             "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (notice_id, person_id, position) DO NOTHING",

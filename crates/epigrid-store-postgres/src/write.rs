@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{map_err, pool_err, Pending, MAX_BATCH};
 
-/// What a person's row becomes when a registration (or someone coming forward) brings them
+/// What a person's row becomes when a registration brings them
 /// again: unless they are pinned (`pinned_person_sql`, worked out once per row: `OFFSET 0`
 /// keeps the planner from copying it into each column), a phone given replaces theirs, and a
 /// later registration in another area moves them there with its name and phone (or none), so
@@ -107,14 +107,19 @@ impl<'a> Sighted<'a> {
     }
 }
 
-/// One person brought by someone coming forward on a notice, like a registration's.
-pub(crate) const PENDING_PERSON: &str = concat!(
-    "INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
+/// One person brought by someone coming forward on a notice: made if new, and otherwise left
+/// as they are (coming forward is not a registration; anyone who knows an ID number can type
+/// it, and the pending contact pins them, so a change here would stick). Per row: the id the
+/// contact goes to, and whether the person was made here. No row: the person was made by
+/// another transaction after this statement's snapshot (read them again).
+pub(crate) const PENDING_PERSON: &str = "WITH made AS (\
+     INSERT INTO persons (id, doc_type, doc_index, doc_cipher, doc_masked, name, phone_index, \
      phone_cipher, phone_masked, birth_date, sex, area_path, provisional, created_at, last_seen_at, birth_index) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15)",
-    person_on_conflict!(),
-    "RETURNING COALESCE(merged_into, id)"
-);
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, $15) \
+     ON CONFLICT (id) DO NOTHING RETURNING id) \
+     SELECT id, true FROM made \
+     UNION ALL SELECT COALESCE(merged_into, id), false FROM persons \
+     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM made)";
 
 const GRAMS: &str = "INSERT INTO person_grams (gram, person_id) \
      SELECT * FROM unnest($1::text[], $2::uuid[]) ON CONFLICT DO NOTHING";

@@ -2840,7 +2840,19 @@ impl SqliteStore {
     ) -> StoreResult<()> {
         let (pc, person, area_path) = (pc.clone(), person.clone(), area_path.to_string());
         self.write(move |c| {
-            let pid = upsert_person(c, &person, &area_path, micros(pc.reported_at))?;
+            // Coming forward is not a registration: someone already known keeps their area,
+            // name and phone (anyone who knows an ID number can type it, and the pending
+            // contact pins them, so a change here would stick); only someone new is made.
+            let known: Option<String> = c
+                .prepare_cached("SELECT COALESCE(merged_into, id) FROM persons WHERE id = ?1")
+                .map_err(map_err)?
+                .query_row([person.id.to_string()], |r| r.get(0))
+                .optional()
+                .map_err(map_err)?;
+            let pid = match known {
+                Some(pid) => pid,
+                None => upsert_person(c, &person, &area_path, micros(pc.reported_at))?,
+            };
             c.prepare_cached(
                 "INSERT INTO pending_contacts (id, notice_id, position, index_person_id, person_id, reported_at, status) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (notice_id, person_id, position) DO NOTHING",

@@ -2606,6 +2606,60 @@ async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
             .unwrap();
         assert_eq!(p.phone_masked, person.phone_masked, "{name}");
         assert_ne!(newer.phone_masked, person.phone_masked);
+        // Someone already known elsewhere who comes forward (later than they were last seen,
+        // at a place in another area, under another name and number) stays as they were:
+        // coming forward is not a registration, and the pending contact would pin a change.
+        let elsewhere = sites
+            .iter()
+            .find(|s| s.area_path.starts_with("/150800/150821/"))
+            .unwrap();
+        let known_id = cn_id("150821", "19900101", 53);
+        let known = registered_person(store.as_ref(), elsewhere, &known_id, "丙").await;
+        let before = store.person(known, &Scope::all()).await.unwrap().unwrap();
+        let typed = checkpoint_body(&known_id, "丁", "13700000053");
+        let input = RegistrationInput::from_json(&typed).unwrap();
+        let v = register::validate(&input, &ctx).unwrap();
+        let forward = register::seal_person(
+            &vault(),
+            "丁",
+            v.identity.document.as_ref(),
+            v.identity.phone.as_ref(),
+        );
+        assert_eq!(forward.id, known);
+        let pc3 = epigrid_core::trace::PendingContact {
+            id: new_id(),
+            person_id: known,
+            reported_at: Utc::now() + Duration::minutes(5),
+            ..pc.clone()
+        };
+        store
+            .insert_pending_contact(&pc3, &forward, &sites[0].area_path)
+            .await
+            .unwrap();
+        let after = store.person(known, &Scope::all()).await.unwrap().unwrap();
+        assert_eq!(
+            (&after.area_path, &after.name, &after.phone_masked),
+            (&before.area_path, &before.name, &before.phone_masked),
+            "{name}: coming forward changed a known person"
+        );
+        assert_eq!(before.name, "丙");
+        assert!(
+            store
+                .pending_contacts(n.id)
+                .await
+                .unwrap()
+                .iter()
+                .any(|p| p.person_id == known),
+            "{name}: their pending contact is recorded"
+        );
+        assert!(
+            store
+                .search_persons(&Scope::all(), &PersonQuery::Name("丁".into()), 5)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: the typed name is not searchable as theirs"
+        );
     }
 }
 
