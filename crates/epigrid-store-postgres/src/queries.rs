@@ -1903,8 +1903,10 @@ impl PgStore {
             .collect();
         let companions = self
             .query(
-                "SELECT r.person_id, c.person_id, r.id, r.at FROM registration_companions c \
-                 JOIN registrations r ON r.id = c.registration_id WHERE c.person_id IS NOT NULL AND r.at >= $1",
+                "SELECT COALESCE(pr.merged_into, r.person_id), COALESCE(pc.merged_into, c.person_id), r.id, r.at \
+                 FROM registration_companions c JOIN registrations r ON r.id = c.registration_id \
+                 LEFT JOIN persons pr ON pr.id = r.person_id LEFT JOIN persons pc ON pc.id = c.person_id \
+                 WHERE c.person_id IS NOT NULL AND r.at >= $1",
                 &[&since],
             )
             .await?
@@ -1919,7 +1921,8 @@ impl PgStore {
             .collect();
         let proximity = self
             .query(
-                "SELECT a, b, at, duration_s FROM proximity WHERE at >= $1",
+                "SELECT COALESCE(pa.merged_into, x.a), COALESCE(pb.merged_into, x.b), x.at, x.duration_s FROM proximity x \
+                 LEFT JOIN persons pa ON pa.id = x.a LEFT JOIN persons pb ON pb.id = x.b WHERE x.at >= $1",
                 &[&since],
             )
             .await?

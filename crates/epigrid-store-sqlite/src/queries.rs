@@ -2622,8 +2622,10 @@ impl SqliteStore {
             data.visits = collect(rows)?;
             let mut stmt = c
                 .prepare(
-                    "SELECT r.person_id, c.person_id, r.id, r.at FROM registration_companions c \
-                     JOIN registrations r ON r.id = c.registration_id WHERE c.person_id IS NOT NULL AND r.at >= ?1",
+                    "SELECT COALESCE(pr.merged_into, r.person_id), COALESCE(pc.merged_into, c.person_id), r.id, r.at \
+                     FROM registration_companions c JOIN registrations r ON r.id = c.registration_id \
+                     LEFT JOIN persons pr ON pr.id = r.person_id LEFT JOIN persons pc ON pc.id = c.person_id \
+                     WHERE c.person_id IS NOT NULL AND r.at >= ?1",
                 )
                 .map_err(map_err)?;
             let rows = stmt
@@ -2681,7 +2683,8 @@ impl SqliteStore {
         since: DateTime<Utc>,
     ) -> StoreResult<Vec<epigrid_core::trace::ProximityPair>> {
         let mut stmt = c
-            .prepare("SELECT a, b, at, duration_s FROM proximity WHERE at >= ?1")
+            .prepare("SELECT COALESCE(pa.merged_into, x.a), COALESCE(pb.merged_into, x.b), x.at, x.duration_s FROM proximity x \
+                     LEFT JOIN persons pa ON pa.id = x.a LEFT JOIN persons pb ON pb.id = x.b WHERE x.at >= ?1")
             .map_err(map_err)?;
         let rows = stmt
             .query_map([micros(since)], |r| {

@@ -191,8 +191,11 @@ const LAYER_MAX: usize = 40;
 async fn chain_svg(
     State(st): State<AppState>,
     staff: Staff,
-    axum::extract::Path(n): axum::extract::Path<usize>,
+    axum::extract::Path(n): axum::extract::Path<String>,
 ) -> ApiResult<Response> {
+    // a chain that is not a number is not found, like one past the last (not axum's
+    // plain-text rejection)
+    let n: usize = n.parse().map_err(|_| crate::error::ApiError::NotFound)?;
     // only the chain drawn: its people are looked up, not everyone's
     let (items, _, _) = build(&st, &staff, Some(n)).await?;
     let chain = items.first().ok_or(crate::error::ApiError::NotFound)?;

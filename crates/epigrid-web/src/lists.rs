@@ -387,15 +387,17 @@ async fn apply_decision(
         .await?;
     if !done {
         // a match the reader can see that was decided already, or is certain, is not "not
-        // found": say why it takes no decision
-        let seen = st
-            .store
-            .lists_of(person_id, &staff.scope())
-            .await?
-            .iter()
-            .any(|(l, m)| {
-                l.id == list_id && m.line == line && staff.scope().contains(&l.area_path)
-            });
+        // found": say why it takes no decision (a match to someone outside the reader's area
+        // is not seen, even on their own list: it is 404, as if the person were not on it)
+        let seen = st.store.person(person_id, &staff.scope()).await?.is_some()
+            && st
+                .store
+                .lists_of(person_id, &staff.scope())
+                .await?
+                .iter()
+                .any(|(l, m)| {
+                    l.id == list_id && m.line == line && staff.scope().contains(&l.area_path)
+                });
         return Err(if seen {
             ApiError::Conflict("err.list.not_to_review")
         } else {

@@ -299,6 +299,11 @@ async fn correct_person(
             },
         ));
     }
+    // nothing to correct is refused, not recorded as a correction: a corrected person is
+    // pinned (registrations no longer move them) and kept past the retention period
+    if errs.is_empty() && b.get("name").is_none() && home.is_none() {
+        errs.push(FieldError::new("", "err.field.nothing_to_change"));
+    }
     let Some(name) = name.filter(|_| errs.is_empty()) else {
         return Err(ApiError::Invalid(errs));
     };

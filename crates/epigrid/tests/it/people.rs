@@ -1512,7 +1512,26 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
         // b drove another car before anyone knew b and a are one person
         let mut by_car = checkpoint_body(&cn_id("150802", "19700101", 2), "甲", "13911112222");
         by_car["plate"] = "蒙L99999".into();
-        register_at(store.as_ref(), linhe, &by_car, Utc::now()).await;
+        // with a named companion, and near someone else (an imported proximity record)
+        let companion_id = cn_id("150802", "19700101", 5);
+        by_car["companions"] =
+            json!([{"name": "同车", "id_type": "cn_id", "id_number": companion_id}]);
+        let since = Utc::now() - Duration::minutes(1);
+        let with_companion = register_at(store.as_ref(), linhe, &by_car, Utc::now()).await;
+        let companion = with_companion.companion_list[0].person.as_ref().unwrap().id;
+        let near =
+            registered_person(store.as_ref(), linhe, &cn_id("150802", "19700101", 6), "丁").await;
+        store
+            .insert_proximity(vec![epigrid_core::trace::ProximityRow {
+                id: new_id(),
+                a: b,
+                b: near,
+                at: Utc::now(),
+                duration_s: 900,
+                source: "test".into(),
+            }])
+            .await
+            .unwrap();
         let merge = PersonMerge {
             id: new_id(),
             from_person: b,
@@ -1534,6 +1553,24 @@ async fn merges_and_corrections_behave_the_same_on_every_store() {
                 .collect::<Vec<_>>(),
             vec![a],
             "{name}: a plate seen under the merged-away record finds the kept person"
+        );
+        // and tracing follows the merge for companions and proximity, as for visits
+        let data = store.trace_data(since).await.unwrap();
+        assert_eq!(
+            data.companions
+                .iter()
+                .map(|c| (c.0, c.1))
+                .collect::<Vec<_>>(),
+            vec![(a, companion)],
+            "{name}: the companion travelled with the kept person"
+        );
+        assert_eq!(
+            data.proximity
+                .iter()
+                .map(|p| (p.0, p.1))
+                .collect::<Vec<_>>(),
+            vec![(a, near)],
+            "{name}: the kept person was near"
         );
         // the merged-away record takes no new facts, even from a caller that read it before
         // the merge: no category, no observation
@@ -2786,12 +2823,19 @@ async fn re_tracing_shows_what_is_new_and_confirmed_contacts_form_chains() {
             && svg.contains("<line"),
         "{svg}"
     );
-    assert_eq!(
-        app.get("/api/v1/chains/9/graph.svg", Some(&epi))
-            .await
-            .status(),
-        404
-    );
+    for missing in ["9", "abc", "99999999999999999999999", "-1"] {
+        let r = app
+            .get(&format!("/api/v1/chains/{missing}/graph.svg"), Some(&epi))
+            .await;
+        assert_eq!(r.status(), 404, "{missing}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{missing}: the API's own error"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -3438,6 +3482,17 @@ async fn uncertain_list_matches_are_confirmed_or_rejected_by_a_reviewer() {
         (far["matched"].clone(), far["to_review"].clone()),
         (json!(0), json!(0))
     );
+    // nor whether someone outside it is on its own list: that match does not exist for it
+    let far_list = far["id"].as_str().unwrap();
+    let r = app
+        .client
+        .post(format!("{}/api/v1/lists/{far_list}/decisions", app.base))
+        .bearer_auth(&other)
+        .json(&json!({"line": 2, "person_id": a, "decision": "rejected"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "an out-of-area match on one's own list");
     // a heading that is not in the file is a field error, and no list is kept
     let r = app
         .client
@@ -3744,6 +3799,23 @@ async fn a_corrected_home_takes_the_observation_to_a_grid_worker_there() {
             .clone()
     };
     assert_eq!(worker().await, linhe_id);
+    // an empty correction is refused and changes nothing (a corrected person is pinned)
+    for empty in [json!({}), json!({"home_area_code": null})] {
+        let r = app
+            .patch_json(&format!("/api/v1/persons/{pid}"), &empty, Some(&chief))
+            .await;
+        assert_eq!(r.status(), 422, "{empty}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["errors"][0]["field"],
+            "",
+            "{empty}"
+        );
+    }
+    let admin = app.token("adm_correct", Role::Admin, "150800").await;
+    let audit = app
+        .get_json("/api/v1/audit?action=person.correct", &admin)
+        .await;
+    assert_eq!(audit["items"], json!([]), "nothing recorded: {audit}");
     for (home, want) in [
         ("150821100001001001", &wuyuan_id),
         ("150802001001001002", &linhe_id),
@@ -3758,6 +3830,10 @@ async fn a_corrected_home_takes_the_observation_to_a_grid_worker_there() {
         assert_eq!(r.status(), 200, "{home}");
         assert_eq!(&worker().await, want, "{home}");
     }
+    let audit = app
+        .get_json("/api/v1/audit?action=person.correct", &admin)
+        .await;
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(2), "{audit}");
     // and the worker's own list shows them
     let list = app.get_json("/api/v1/observations", &linhe).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
