@@ -31,6 +31,12 @@ pub fn routes() -> Router<AppState> {
         .route("/n/{token}", get(public_page).post(came_forward))
 }
 
+/// Registrations read per page when a notice is made.
+const NOTICE_PAGE: u32 = 1000;
+/// Registrations a notice is made from at most: past this the window is too wide to publish
+/// (a clear refusal, not a notice missing its first places).
+const NOTICE_MAX_VISITS: usize = 50_000;
+
 /// Visits closer together than this at one place are one span on the notice.
 const MERGE_GAP_S: i64 = 1800;
 
@@ -96,20 +102,36 @@ async fn create(
     if from >= to {
         return Err(ApiError::field("to", "err.date.before_start"));
     }
-    // only places in the caller's area: a notice must not publish what they may not see
-    let regs = st
-        .store
-        .registrations(
-            &staff.scope(),
-            &RegistrationFilter {
-                person_id: Some(person.id),
-                from: Some(from),
-                to: Some(to),
-                limit: 1000,
-                ..Default::default()
-            },
-        )
-        .await?;
+    // only places in the caller's area: a notice must not publish what they may not see.
+    // Newest first, page by page, the whole window: a courier may check in thousands of
+    // times, and a notice that left out the first places would miss whoever was there then.
+    let mut regs = Vec::new();
+    let mut before_seq = None;
+    loop {
+        let page = st
+            .store
+            .registrations(
+                &staff.scope(),
+                &RegistrationFilter {
+                    person_id: Some(person.id),
+                    from: Some(from),
+                    to: Some(to),
+                    before_seq,
+                    limit: NOTICE_PAGE,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let more = page.len() == NOTICE_PAGE as usize;
+        before_seq = page.last().map(|r| r.seq);
+        regs.extend(page);
+        if !more {
+            break;
+        }
+        if regs.len() >= NOTICE_MAX_VISITS {
+            return Err(ApiError::Conflict("err.notice.too_many_visits"));
+        }
+    }
     let mut names = std::collections::HashMap::new();
     let visits: Vec<(Uuid, i64, i64)> = regs
         .iter()

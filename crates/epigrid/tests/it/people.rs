@@ -2525,6 +2525,50 @@ async fn a_notice_lists_places_without_personal_data_and_records_who_comes_forwa
     assert_eq!(r.status(), 409);
 }
 
+/// A notice covers its whole window, however many times the case checked in: the first
+/// places are not dropped after a page of registrations.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_notice_covers_the_whole_window_of_a_busy_case() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi_busy", Role::Epidemiologist, "150802").await;
+    let first = app.site(SiteKind::Venue, "150802").clone();
+    let busy = app.site(SiteKind::Checkpoint, "150802").clone();
+    let case_id = cn_id("150802", "19800101", 71);
+    let body = checkpoint_body(&case_id, "快递员", "13500000071");
+    let start = Utc::now() - Duration::days(3);
+    register_at(app.store.as_ref(), &first, &body, start).await;
+    // then 1,200 check-ins at one checkpoint: more than a page
+    for i in 0..1200 {
+        let at = start + Duration::hours(1) + Duration::minutes(i);
+        register_at(app.store.as_ref(), &busy, &body, at).await;
+    }
+    let pid = find_person(&app, &case_id, &epi).await;
+    assert_eq!(
+        app.set_category(&pid, "confirmed", "核酸阳性", &epi).await,
+        200
+    );
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/notices"),
+            &json!({"from": (start - Duration::hours(1)).to_rfc3339(), "to": Utc::now().to_rfc3339()}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let n: Value = r.json().await.unwrap();
+    let places: Vec<&str> = n["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["place"].as_str().unwrap())
+        .collect();
+    assert!(
+        places.contains(&first.name.as_str()),
+        "the first place is on the notice: {places:?}"
+    );
+    assert!(places.contains(&busy.name.as_str()), "{places:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn notices_and_pending_contacts_are_stored_alike_on_every_store() {
     for (name, store) in stores().await {
