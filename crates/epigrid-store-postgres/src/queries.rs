@@ -2300,8 +2300,11 @@ impl PgStore {
             let confidence: Vec<f64> = part.iter().map(|m| m.confidence).collect();
             let review: Vec<bool> = part.iter().map(|m| m.review).collect();
             tx.execute(
+                // a person purged since the list was matched is left out, not a failed upload
                 "INSERT INTO list_matches (list_id, line, person_id, method, confidence, review) \
-                 SELECT $1, * FROM unnest($2::int[], $3::uuid[], $4::text[], $5::float8[], $6::bool[]) \
+                 SELECT $1, t.* FROM unnest($2::int[], $3::uuid[], $4::text[], $5::float8[], $6::bool[]) \
+                   AS t(line, person_id, method, confidence, review) \
+                 WHERE EXISTS (SELECT 1 FROM persons p WHERE p.id = t.person_id) \
                  ON CONFLICT DO NOTHING",
                 &[&l.id, &line, &person, &method, &confidence, &review],
             )

@@ -3013,7 +3013,9 @@ impl SqliteStore {
             }
             let mut stmt = c
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO list_matches (list_id, line, person_id, method, confidence, review) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    // a person purged since the list was matched is left out, not a failed upload
+                    "INSERT OR IGNORE INTO list_matches (list_id, line, person_id, method, confidence, review) \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM persons WHERE id = ?3)",
                 )
                 .map_err(map_err)?;
             for m in &matches {
