@@ -200,13 +200,20 @@ async fn process(
         .acquire()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let join = |e: tokio::task::JoinError| ApiError::Internal(e.to_string());
+    // (a panic's message is not passed on to the log: it may hold what the file held)
+    let join = |e: tokio::task::JoinError| {
+        ApiError::Internal(if e.is_panic() {
+            "matching a list panicked".into()
+        } else {
+            e.to_string()
+        })
+    };
     // a panic inside the spreadsheet reader (on a crafted file) is the file's error, not
     // the server's
     let (parsed, turn) = tokio::task::spawn_blocking(move || (read_list(&body, &map), turn))
         .await
         .map_err(|e| {
-            tracing::error!(error = %e, "reading an uploaded list failed");
+            tracing::error!(panicked = e.is_panic(), "reading an uploaded list failed");
             ApiError::field("file", "err.list.xlsx")
         })?;
     let parsed = parsed?;
