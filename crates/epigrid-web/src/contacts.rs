@@ -367,6 +367,17 @@ pub(crate) async fn run_trace(
             })
         })
         .collect();
+    // the read is recorded before anything is stored or shown: a trace the audit log cannot
+    // hold neither shows its contacts nor uses up their "new" markers
+    staff
+        .audit_read(
+            st,
+            "trace",
+            &format!("person:{}", person.id),
+            &person.area_path,
+            &format!("degree={degree} contacts={}", contacts.len()),
+        )
+        .await?;
     let new: std::collections::HashSet<Uuid> = st
         .store
         .upsert_contacts(&records)
@@ -380,19 +391,6 @@ pub(crate) async fn run_trace(
             .is_some_and(|id| new.contains(&id));
         c["new"] = json!(is_new);
     }
-    staff
-        .audit_read(
-            st,
-            "trace",
-            &format!("person:{}", person.id),
-            &person.area_path,
-            &format!(
-                "degree={degree} contacts={} new={}",
-                contacts.len(),
-                new.len()
-            ),
-        )
-        .await?;
     Ok((from, to, contacts))
 }
 

@@ -659,6 +659,28 @@ async fn nothing_is_disclosed_that_the_audit_log_could_not_record() {
     let id = reg["id"].as_str().unwrap().to_string();
     let epi = app.token("epi", Role::Epidemiologist, "150802").await;
     let admin = app.token("admin", Role::Admin, "150800").await;
+    // someone at the same checkpoint at the same time: a contact of the first, once traced
+    let near = cn_id("150802", "19880808", 8);
+    assert_eq!(
+        app.register(&site, &checkpoint_body(&near, "同行者", "13700004444"))
+            .await
+            .status(),
+        201
+    );
+    let found: Value = body(
+        app.get(&format!("/api/v1/persons?q={raw}"), Some(&epi))
+            .await,
+    )
+    .await;
+    let pid = found["items"][0]["id"].as_str().unwrap().to_string();
+    let trace = || async {
+        app.post_json(
+            &format!("/api/v1/persons/{pid}/trace"),
+            &json!({}),
+            Some(&epi),
+        )
+        .await
+    };
     let unmask = || async {
         app.post_json(
             &format!("/api/v1/registrations/{id}/unmask"),
@@ -685,6 +707,7 @@ async fn nothing_is_disclosed_that_the_audit_log_could_not_record() {
     );
     let r = app.get("/api/v1/audit.csv", Some(&admin)).await;
     assert_eq!(r.status(), 500, "an unaudited export is refused");
+    assert_eq!(trace().await.status(), 500, "an unaudited trace is refused");
     let kind = r.headers().get("content-type").cloned();
     assert!(!format!("{kind:?}").contains("csv"), "{kind:?}");
 
@@ -703,6 +726,13 @@ async fn nothing_is_disclosed_that_the_audit_log_could_not_record() {
         .filter(|e| e["action"] == "unmask")
         .count();
     assert_eq!(unmasks, 1, "the one unmask shown is the one recorded");
+    // the refused trace stored nothing: its contacts are still new to whoever sees them first
+    let r = trace().await;
+    assert_eq!(r.status(), 200);
+    let v = body(r).await;
+    let contacts = v["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 1, "{v}");
+    assert_eq!(contacts[0]["new"], true, "{v}");
 }
 
 /// A server whose public address is https sends its session cookie with `Secure` by itself;
