@@ -314,9 +314,7 @@ async fn correct_person(
             home.as_ref().map(|a| (a.code.as_str(), a.path.as_str())),
         )
         .await?;
-    if let Some(a) = &home {
-        reroute_observations(&st, p.id, &a.path).await?;
-    }
+    // stored: recorded as such whatever happens to the observations after
     st.trace_changed();
     staff
         .audit(
@@ -327,6 +325,17 @@ async fn correct_person(
             if home.is_some() { "name,home" } else { "name" },
         )
         .await;
+    if let Some(a) = &home {
+        // an observation changed meanwhile is read again (twice at most) rather than left
+        // with a worker who no longer covers the person's home
+        let mut tries = 0;
+        while let Err(e) = reroute_observations(&st, p.id, &a.path).await {
+            tries += 1;
+            if tries == 3 {
+                return Err(e);
+            }
+        }
+    }
     let p = st
         .store
         .person(p.id, &Scope::all())
