@@ -433,10 +433,17 @@ async fn merge_person(
     }
     // the record merged away must not take a category or an open observation with it: the
     // kept one would not have it and every count would lose it
+    let from_observed = under_observation(&st, from.id).await?;
+    let into_observed = under_observation(&st, into.id).await?;
     if (from.category != Category::None && from.category != into.category)
-        || (under_observation(&st, from.id).await? && !under_observation(&st, into.id).await?)
+        || (from_observed && !into_observed)
     {
         return Err(ApiError::Conflict("err.merge.from_has_more"));
+    }
+    // both observed: the merged-away record's observation would go on taking reports (its link
+    // still works) that no line list shows, as it lists only kept records
+    if from_observed {
+        return Err(ApiError::Conflict("err.merge.both_observed"));
     }
     let m = PersonMerge {
         id: new_id(),
@@ -750,10 +757,9 @@ async fn parse_observation(
     {
         None => None,
         Some(s) => match Uuid::parse_str(s).ok() {
+            // an active grid worker over the person's area (a deactivated one follows no one up)
             Some(id) => match st.store.user(id).await? {
-                Some(u) if u.role == Role::GridWorker && p.area_path.starts_with(&u.area_path) => {
-                    Some(id)
-                }
+                Some(u) if covers(&u, &p.area_path) => Some(id),
                 _ => {
                     errs.push(FieldError::new("grid_worker", "err.grid_worker.not_here"));
                     None
@@ -804,11 +810,18 @@ async fn open_observation(
         planned_end: req.start + Duration::days(i64::from(req.days) - 1),
         released_at: None,
         release_reason: None,
-        // a grid worker who opens one without naming whose it is follows it up themself
-        // (their line list shows their own observations)
-        grid_worker_id: req
-            .grid_worker
-            .or((staff.role() == Role::GridWorker).then_some(staff.user.id)),
+        grid_worker_id: match req.grid_worker {
+            Some(w) => Some(w),
+            // a grid worker who opens one without naming whose it is follows it up themself
+            // (their line list shows their own observations)
+            None if staff.role() == Role::GridWorker => Some(staff.user.id),
+            // anyone else's goes to the grid worker closest above the person's area, as a
+            // marked contact's does: an observation nobody follows up is on no worker's list
+            None => {
+                let users = st.store.users(&Scope::all()).await?;
+                closest_grid_worker(&users, &p.area_path).map(|u| u.id)
+            }
+        },
         token_hash: token_hash(&token),
         token_revoked: false,
         reports_per_day: req.per_day,
@@ -957,6 +970,15 @@ async fn update_observation(
     }
     if !errs.is_empty() {
         return Err(ApiError::Invalid(errs));
+    }
+    // an observation that ran past its end, extended, is open again: not while another one
+    // is (one observation at a time; its link, line list and reports would be doubled)
+    let t = today(&st);
+    if !before.is_open(t) && o.is_open(t) {
+        let others = st.store.observations_of(o.person_id).await?;
+        if others.iter().any(|x| x.id != o.id && x.is_open(t)) {
+            return Err(ApiError::Conflict("err.observation.already_open"));
+        }
     }
     st.store
         .update_observation(&before, &o)
@@ -1716,6 +1738,20 @@ async fn report_form(
                 vec![],
                 &pairs,
                 (false, false, true),
+            ),
+        ),
+        // not begun yet: the form stays, with why (not the page for an ended observation,
+        // which would tell the person to stop reporting)
+        Err(ApiError::Conflict(key @ "err.report.not_started")) => render(
+            StatusCode::CONFLICT,
+            report_page_html(
+                lang,
+                &o,
+                &name,
+                &token,
+                vec![FieldError::new("", key).message(lang)],
+                &pairs,
+                (false, false, false),
             ),
         ),
         Err(ApiError::Gone(_)) | Err(ApiError::Conflict(_)) => render(

@@ -903,6 +903,83 @@ async fn category_changes_follow_the_rules_and_keep_history() {
     );
 }
 
+/// One observation at a time: an observation that ran past its end is not extended back
+/// open while a newer one is open (its link would work again, beside the newer one's).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ended_observation_is_not_reopened_beside_a_newer_one() {
+    let app = TestApp::start().await;
+    let epi = app
+        .token("epi_reopen", Role::Epidemiologist, "150802")
+        .await;
+    let pid = person_via_api(
+        &app,
+        &cn_id("150802", "19771231", 244),
+        "再观察",
+        "13700002244",
+        &epi,
+    )
+    .await;
+    let today = Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+        .date_naive();
+    let open = |start: NaiveDate| {
+        let (app, epi, pid) = (&app, epi.clone(), pid.clone());
+        async move {
+            let r = app
+                .post_json(
+                    &format!("/api/v1/persons/{pid}/observations"),
+                    &json!({"kind": "home", "start": start.to_string(), "days": 14}),
+                    Some(&epi),
+                )
+                .await;
+            assert_eq!(r.status(), 201, "{start}");
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let extend = |oid: String| {
+        let (app, epi) = (&app, epi.clone());
+        async move {
+            status_and_codes(
+                app.patch_json(
+                    &format!("/api/v1/observations/{oid}"),
+                    &json!({"extend_days": 14}),
+                    Some(&epi),
+                )
+                .await,
+            )
+            .await
+        }
+    };
+    // ended a week ago, never released
+    let old = open(today - Duration::days(20)).await;
+    let newer = open(today).await;
+    assert_eq!(
+        extend(old.clone()).await,
+        (409, vec![":err.observation.already_open".to_string()])
+    );
+    // the newer one released, the old one may be extended again (say, a follow-up)
+    let lab = app
+        .post_json(
+            &format!("/api/v1/persons/{pid}/lab-results"),
+            &json!({"test": "nucleic_acid", "sample_date": today.to_string(), "result": "negative"}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(lab.status(), 201);
+    let r = app
+        .patch_json(
+            &format!("/api/v1/observations/{newer}"),
+            &json!({"release_reason": "阴性", "early_release": true}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(extend(old).await.0, 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
     let app = TestApp::start().await;
@@ -1317,6 +1394,40 @@ async fn the_report_form_works_without_javascript() {
         .await
         .unwrap();
     assert_eq!(r.status(), 409);
+    // an observation that begins tomorrow: the form says so and stays, it is not "ended"
+    let later = person_via_api(
+        &app,
+        &cn_id("150802", "19771231", 245),
+        "明天起",
+        "13700002245",
+        &epi,
+    )
+    .await;
+    let tomorrow = (Utc::now() + Duration::hours(8) + Duration::days(1)).date_naive();
+    let obs: Value = app
+        .post_json(
+            &format!("/api/v1/persons/{later}/observations"),
+            &json!({"kind": "home", "start": tomorrow.to_string(), "days": 14}),
+            Some(&epi),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{}?lang=en", obs["report_url"].as_str().unwrap());
+    let r = app
+        .client
+        .post(&url)
+        .form(&[("temperature", "36.6"), ("symptoms", "none")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("The observation has not started yet.") && html.contains("<form"),
+        "{html}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -3783,6 +3894,61 @@ async fn person_page_forms_keep_what_was_typed_on_an_error() {
     assert_eq!(stored.category, Category::None, "nothing changed");
 }
 
+/// An observation opened by anyone but a grid worker, naming no one, goes to the active grid
+/// worker closest above the person's area; a deactivated one cannot be named.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_observation_goes_to_an_active_grid_worker_over_the_person() {
+    let app = TestApp::start().await;
+    let epi = app
+        .token("epi_assign", Role::Epidemiologist, "150802")
+        .await;
+    let admin = app.token("adm_assign", Role::Admin, "150800").await;
+    let gw = app
+        .token("gw_assign", Role::GridWorker, "150802001001")
+        .await;
+    let gw_id = app.get_json("/api/v1/me", &gw).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pid = observed_person(&app, &epi, 59).await;
+    let person = app.get_json(&format!("/api/v1/persons/{pid}"), &epi).await;
+    assert_eq!(
+        person["observations"][0]["grid_worker_id"].as_str(),
+        Some(gw_id.as_str()),
+        "{person}"
+    );
+    let r = app
+        .patch_json(
+            &format!("/api/v1/users/{gw_id}"),
+            &json!({"active": false}),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let site = app.site(SiteKind::Checkpoint, "150802").clone();
+    let other = registered_person(
+        app.store.as_ref(),
+        &site,
+        &cn_id("150802", "19800101", 60),
+        "观察者",
+    )
+    .await;
+    let r = app
+        .post_json(
+            &format!("/api/v1/persons/{other}/observations"),
+            &json!({"kind": "home", "days": 14, "grid_worker": gw_id}),
+            Some(&epi),
+        )
+        .await;
+    assert_eq!(
+        status_and_codes(r).await,
+        (
+            422,
+            vec!["grid_worker:err.grid_worker.not_here".to_string()]
+        )
+    );
+}
+
 /// The form of `page` whose action ends in `action`, up to its end.
 fn form_of<'a>(page: &'a str, action: &str) -> &'a str {
     let form = page.split(&format!("{action}\"")).nth(1).unwrap();
@@ -4739,6 +4905,30 @@ async fn merges_keep_what_the_merged_record_carried_and_undo_in_reverse_order() 
     );
     let (status, _) = merge(plain.clone(), case.clone()).await;
     assert_eq!(status, 200, "the other way round keeps the case");
+    // two records both under observation: the one merged away would go on taking reports
+    // that no line list shows, so its observation is released first
+    let observe = |pid: String| {
+        let (app, epi) = (&app, epi.clone());
+        async move {
+            app.post_json(
+                &format!("/api/v1/persons/{pid}/observations"),
+                &json!({"kind": "home", "days": 14}),
+                Some(&epi),
+            )
+            .await
+            .status()
+        }
+    };
+    let (watched_a, watched_b) = (person(7).await, person(8).await);
+    assert_eq!(observe(watched_a.clone()).await, 201);
+    assert_eq!(observe(watched_b.clone()).await, 201);
+    let (status, v) = merge(watched_a.clone(), watched_b.clone()).await;
+    assert_eq!(
+        (status, &v["errors"][0]["code"]),
+        (409, &json!("err.merge.both_observed")),
+        "{v}"
+    );
+    assert_eq!(merged_into(watched_a.clone()).await, None);
     // a record merged away is found by its own ID number, as the one it was merged into
     let found: Value = app
         .get_json(&format!("/api/v1/persons?q={}", doc(2)), &epi)
