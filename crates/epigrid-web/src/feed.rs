@@ -28,6 +28,16 @@ const POLL: Duration = Duration::from_secs(2);
 /// Minimum time between two reads, so a burst of registrations costs one query.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
+/// How far below the highest sequence number seen a feed on PostgreSQL reads again, for
+/// registrations that committed late: a batch takes its numbers when it inserts and may
+/// commit after another process's later batch (waiting on the same rollup row), so the
+/// window is four of PostgreSQL's largest batches (`MAX_BATCH`, 256), not fewer.
+pub const PG_LOOKBACK: i64 = 1024;
+/// New registrations read at most per poll, besides the look-back window.
+const READ: u32 = 500;
+/// Ids remembered as sent (more than a window and a read: nothing in it is sent twice).
+const SEEN_MAX: usize = 4000;
+
 struct Feed {
     st: AppState,
     lang: epigrid_core::Lang,
@@ -61,7 +71,7 @@ impl Feed {
             return false;
         }
         self.order.push_back(id);
-        if self.order.len() > 2000 {
+        if self.order.len() > SEEN_MAX {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
@@ -84,21 +94,24 @@ impl Feed {
             Ok(None) => return false,
             Err(e) => {
                 tracing::warn!(error = %e, "live feed session check failed");
+                // wait before the next try, even while catching up: not a loop that spins
+                // while the database is down
+                self.behind = false;
                 return true;
             }
         }
-        const READ: u32 = 500;
+        let read = READ + self.lookback as u32;
         let f = RegistrationFilter {
             site_id: self.site,
             after_seq: Some((self.hwm - self.lookback).max(0)),
-            limit: READ,
+            limit: read,
             ..Default::default()
         };
         let before = self.hwm;
         let mut full = false;
         match self.st.store.registrations(&self.scope, &f).await {
             Ok(rows) => {
-                full = rows.len() >= READ as usize;
+                full = rows.len() >= read as usize;
                 for r in rows {
                     self.hwm = self.hwm.max(r.seq);
                     if self.remember(r.id) {
@@ -146,7 +159,7 @@ pub async fn sse(
     let scope = staff.scope();
     // PostgreSQL may commit sequence numbers out of order: look back that far for late ones
     let lookback = if st.store.backend() == "postgres" {
-        200
+        PG_LOOKBACK
     } else {
         0
     };
@@ -185,7 +198,10 @@ pub async fn sse(
     if let Some(upto) = known_upto.filter(|_| resume.is_some() || lookback > 0) {
         for r in st
             .store
-            .registrations(&scope, &filter(Some((upto - lookback).max(0)), 500))
+            .registrations(
+                &scope,
+                &filter(Some((upto - lookback).max(0)), READ + lookback as u32),
+            )
             .await?
         {
             if resume.is_some() {

@@ -29,6 +29,7 @@ mod view;
 pub use api::{password_long_enough, valid_username};
 pub use auth::hash_password;
 pub use error::ApiError;
+pub use feed::PG_LOOKBACK as FEED_PG_LOOKBACK;
 pub use lists::{decode_text, read_list};
 pub use openapi::spec as openapi_spec;
 pub use state::{parse_observation_days, AppState, WebConfig, LOOKUPS_PER_WINDOW};

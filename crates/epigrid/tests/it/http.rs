@@ -1436,6 +1436,14 @@ async fn registered_code(app: &TestApp, site: &epigrid_core::model::Site, body: 
 
 /// `GET /api/v1/feed` as `token`, resumed after `last_event_id` when given (as a browser's
 /// `EventSource` reconnects): the open stream.
+/// A feed on PostgreSQL reads again far enough below the highest number it has seen to find
+/// another process's batch that took its numbers first and committed last (waiting on a
+/// rollup row the later batch held): at least four of the largest batches.
+#[test]
+fn the_feed_looks_back_past_several_postgres_batches() {
+    assert!(epigrid_web::FEED_PG_LOOKBACK >= 4 * epigrid_store_postgres::MAX_BATCH as i64);
+}
+
 async fn open_feed(app: &TestApp, token: &str, last_event_id: Option<&str>) -> reqwest::Response {
     let mut rq = app
         .client
