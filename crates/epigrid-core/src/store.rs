@@ -56,6 +56,11 @@ pub trait Store: Send + Sync + 'static {
     /// Records `check` as the key's check value unless one is recorded already; returns the
     /// value recorded (someone else's, if another process was first).
     async fn claim_key_check(&self, check: &[u8]) -> StoreResult<Vec<u8>>;
+    /// Whether `epigrid demo` built this database ([`Store::mark_demo`]): only then does a
+    /// demo start give its `admin` a new password (never a real deployment's).
+    async fn is_demo(&self) -> StoreResult<bool>;
+    /// Records that `epigrid demo` built this database.
+    async fn mark_demo(&self) -> StoreResult<()>;
     /// One person's sealed document with their id, to try a key on a database sealed before
     /// key checks were recorded (`None` when nobody has a document).
     async fn sealed_sample(&self) -> StoreResult<Option<(Uuid, Vec<u8>)>>;

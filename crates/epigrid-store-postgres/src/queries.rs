@@ -1014,6 +1014,22 @@ impl Store for PgStore {
         Ok(self.key_check().await?.unwrap_or_default())
     }
 
+    async fn is_demo(&self) -> StoreResult<bool> {
+        Ok(self
+            .query_opt("SELECT 1 FROM meta WHERE name = 'demo'", &[])
+            .await?
+            .is_some())
+    }
+
+    async fn mark_demo(&self) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO meta (name, value) VALUES ('demo', '\\x01'::bytea) ON CONFLICT (name) DO NOTHING",
+            &[],
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn seal_birth_dates(
         &self,
         index: &(dyn Fn(NaiveDate) -> Vec<u8> + Send + Sync),

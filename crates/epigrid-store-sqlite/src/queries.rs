@@ -697,6 +697,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn is_demo(&self) -> StoreResult<bool> {
+        self.read(|c| {
+            c.prepare_cached("SELECT 1 FROM meta WHERE name = 'demo'")
+                .and_then(|mut s| s.exists([]))
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn mark_demo(&self) -> StoreResult<()> {
+        self.write(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('demo', x'01')",
+                [],
+            )
+            .map(|_| ())
+            .map_err(map_err)
+        })
+        .await
+    }
+
     async fn seal_birth_dates(
         &self,
         index: &(dyn Fn(NaiveDate) -> Vec<u8> + Send + Sync),

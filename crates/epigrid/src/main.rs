@@ -125,8 +125,8 @@ enum Command {
         /// Number of synthetic people.
         #[arg(long, default_value_t = 3000)]
         people: u32,
-        /// Days of registrations, ending today.
-        #[arg(long, default_value_t = 3)]
+        /// Days of registrations, ending today (at most ten years).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
     },
     /// Create or update the database schema, then exit.
@@ -652,6 +652,7 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
             tz,
         };
         let summary = demo::build(store.as_ref(), &vault, &opts).await?;
+        store.mark_demo().await?;
         tell!(
             "{}",
             tf(
@@ -665,8 +666,12 @@ async fn demo(serve_args: &ServeArgs, seed: u64, people: u32, days: u32, lang: L
                 ]
             )
         );
-    } else {
+    } else if store.is_demo().await? {
         tell!("{}", tf(lang, "cli.demo.exists", &[]));
+    } else {
+        // a database `demo` did not build (a real deployment's, through EPIGRID_DB, say):
+        // its admin's password is not replaced, nor a deactivated admin brought back
+        return Err(anyhow!(tf(lang, "cli.demo.not_demo", &[])));
     }
     // A fresh admin password on every demo start, printed once.
     let password = format!("demo-{}", &epigrid_core::vault::random_token(6));

@@ -170,6 +170,8 @@ fn every_command_has_help() {
         (vec!["serve", "--overdue-hours=-5"], "-5"),
         (vec!["serve", "--retention-days", "a month"], "a month"),
         (vec!["serve", "--base-url", "not a url"], "not a url"),
+        // past chrono's dates, after half the city was built
+        (vec!["demo", "--days", "100000000"], "1..=3650"),
     ] {
         let (ok, out) = epigrid(&args);
         assert!(!ok && out.contains(named), "{args:?}: {out}");
@@ -297,6 +299,13 @@ fn user_add_and_area_import_report_bad_input_and_keep_data() {
     assert!(ok, "{out}");
     let (ok, out) = add_boss("long-enough-pw", "admin", "150802");
     assert!(!ok && out.contains("taken"), "{out}");
+    // `demo` on a database it did not build (a deployment's, by EPIGRID_DB, say) does not
+    // reset its admin's password: it refuses and serves nothing
+    let (ok, out) = epigrid(&["demo", "--db", &db, "--bind", "127.0.0.1:0"]);
+    assert!(
+        !ok && out.contains("was not made by `epigrid demo`"),
+        "{out}"
+    );
     // the account made on the command line is in the audit log, once
     let created = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = epigrid_store_sqlite::SqliteStore::open(
