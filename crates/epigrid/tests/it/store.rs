@@ -1091,6 +1091,12 @@ async fn the_first_key_check_recorded_stays() {
             "{name}: a second key does not replace the first"
         );
         assert_eq!(store.key_check().await.unwrap(), Some(first), "{name}");
+        // the demo's mark sits beside the key check, apart from it
+        assert!(!store.is_demo().await.unwrap(), "{name}");
+        store.mark_demo().await.unwrap();
+        store.mark_demo().await.unwrap();
+        assert!(store.is_demo().await.unwrap(), "{name}");
+        assert_eq!(store.key_check().await.unwrap(), Some(first), "{name}");
         let sites = seed(store.as_ref()).await;
         let id = registered_person(
             store.as_ref(),
