@@ -1090,7 +1090,11 @@ async fn the_first_key_check_recorded_stays() {
             first,
             "{name}: a second key does not replace the first"
         );
-        assert_eq!(store.key_check().await.unwrap(), Some(first), "{name}");
+        assert_eq!(
+            store.key_check().await.unwrap(),
+            Some(first.clone()),
+            "{name}"
+        );
         // the demo's mark sits beside the key check, apart from it
         assert!(!store.is_demo().await.unwrap(), "{name}");
         store.mark_demo().await.unwrap();
