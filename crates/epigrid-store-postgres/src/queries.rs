@@ -1539,7 +1539,7 @@ impl PgStore {
         let n = self
             .execute(
                 "UPDATE observations SET planned_end = $2, released_at = $3, release_reason = $4, grid_worker_id = $5, \
-                 token_hash = $6, token_revoked = $7, reports_per_day = $8 WHERE id = $1 \
+                 token_hash = $6, token_revoked = $7, reports_per_day = $8, area_path = $16 WHERE id = $1 \
                  AND planned_end = $9 AND released_at IS NOT DISTINCT FROM $10 \
                  AND release_reason IS NOT DISTINCT FROM $11 AND grid_worker_id IS NOT DISTINCT FROM $12 \
                  AND token_hash = $13 AND token_revoked = $14 AND reports_per_day = $15",
@@ -1559,6 +1559,7 @@ impl PgStore {
                     &b.token_hash,
                     &b.token_revoked,
                     &i16::from(b.reports_per_day),
+                    &o.area_path,
                 ],
             )
             .await?;

@@ -2213,7 +2213,7 @@ impl SqliteStore {
             let n = c
                 .prepare_cached(
                     "UPDATE observations SET planned_end = ?2, released_at = ?3, release_reason = ?4, grid_worker_id = ?5, \
-                     token_hash = ?6, token_revoked = ?7, reports_per_day = ?8 WHERE id = ?1 \
+                     token_hash = ?6, token_revoked = ?7, reports_per_day = ?8, area_path = ?16 WHERE id = ?1 \
                      AND planned_end = ?9 AND released_at IS ?10 AND release_reason IS ?11 \
                      AND grid_worker_id IS ?12 AND token_hash = ?13 AND token_revoked = ?14 \
                      AND reports_per_day = ?15",
@@ -2234,7 +2234,8 @@ impl SqliteStore {
                     b.grid_worker_id.map(|u| u.to_string()),
                     b.token_hash,
                     b.token_revoked,
-                    b.reports_per_day
+                    b.reports_per_day,
+                    o.area_path
                 ])
                 .map_err(map_err)?;
             if n == 0 {

@@ -350,28 +350,25 @@ async fn correct_person(
 /// with a worker whose line list no longer shows the person.
 async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> ApiResult<()> {
     let t = today(st);
-    let open: Vec<Observation> = st
-        .store
-        .observations_of(person)
-        .await?
-        .into_iter()
-        .filter(|o| o.is_open(t))
-        .collect();
-    if open.is_empty() {
+    let all = st.store.observations_of(person).await?;
+    if all.is_empty() {
         return Ok(());
     }
     let users = st.store.users(&Scope::all()).await?;
     let closest = closest_grid_worker(&users, area_path).map(|u| u.id);
-    for before in open {
-        if before
-            .grid_worker_id
-            .is_some_and(|w| users.iter().any(|u| u.id == w && covers(u, area_path)))
-        {
-            continue;
-        }
+    for before in all {
         let mut after = before.clone();
-        after.grid_worker_id = closest;
-        if after.grid_worker_id != before.grid_worker_id {
+        // every observation belongs where the person now does (the audit of an unmasked
+        // export of it goes to that area's admins, not the old one's)
+        after.area_path = area_path.to_string();
+        // an open one goes to a worker there, unless its own still covers the new home
+        let keeps = before
+            .grid_worker_id
+            .is_some_and(|w| users.iter().any(|u| u.id == w && covers(u, area_path)));
+        if before.is_open(t) && !keeps {
+            after.grid_worker_id = closest;
+        }
+        if after != before {
             st.store.update_observation(&before, &after).await.map_err(
                 ApiError::changed_meanwhile("err.observation.changed_meanwhile"),
             )?;

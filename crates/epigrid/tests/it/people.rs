@@ -4047,6 +4047,13 @@ async fn a_corrected_home_takes_the_observation_to_a_grid_worker_there() {
             .await;
         assert_eq!(r.status(), 200, "{home}");
         assert_eq!(&worker().await, want, "{home}");
+        // and the observation belongs where the person now does (its audit goes there)
+        let obs = app.store.observations_of(pid).await.unwrap();
+        assert!(
+            obs[0].area_path.ends_with(&format!("/{home}/")),
+            "{home}: {}",
+            obs[0].area_path
+        );
     }
     let audit = app
         .get_json("/api/v1/audit?action=person.correct", &admin)
