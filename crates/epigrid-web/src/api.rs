@@ -1128,6 +1128,9 @@ pub(crate) async fn set_user_active(
     user.active = active;
     st.store.update_user(&user).await?;
     st.forget_sessions_of(user.id);
+    if !active && user.role == Role::GridWorker {
+        crate::persons::hand_over_observations(st, user.id).await?;
+    }
     staff
         .audit(
             st,

@@ -377,6 +377,32 @@ async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> A
     Ok(())
 }
 
+/// The open observations a grid worker followed up, handed to the active grid worker closest
+/// above each person (or to nobody, when there is none): a deactivated worker's line list is
+/// read by no one.
+pub(crate) async fn hand_over_observations(st: &AppState, worker: Uuid) -> ApiResult<()> {
+    let t = today(st);
+    let rows = st
+        .store
+        .observation_rows(&Scope::all(), t, t, Utc::now(), Some(worker))
+        .await?;
+    let users = st.store.users(&Scope::all()).await?;
+    for row in rows {
+        let before = row.observation;
+        if !before.is_open(t) || before.grid_worker_id != Some(worker) {
+            continue;
+        }
+        let mut after = before.clone();
+        after.grid_worker_id = closest_grid_worker(&users, &before.area_path).map(|u| u.id);
+        if after != before {
+            st.store.update_observation(&before, &after).await.map_err(
+                ApiError::changed_meanwhile("err.observation.changed_meanwhile"),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether `u` is an active grid worker whose area holds `area_path`.
 fn covers(u: &epigrid_core::model::User, area_path: &str) -> bool {
     u.role == Role::GridWorker && u.active && area_path.starts_with(&u.area_path)
@@ -621,6 +647,31 @@ pub(crate) async fn apply_category(
             &format!("{} -> {}", p.category, to),
         )
         .await;
+    if to == Category::Deceased {
+        // nobody reports for the dead: their open observation is released with the reason
+        // given, its link stops and no line list flags them as not reported
+        let t = today(st);
+        for before in st.store.observations_of(p.id).await? {
+            if !before.is_open(t) {
+                continue;
+            }
+            let mut after = before.clone();
+            after.released_at = Some(Utc::now());
+            after.release_reason = Some(reason.clone());
+            st.store.update_observation(&before, &after).await.map_err(
+                ApiError::changed_meanwhile("err.observation.changed_meanwhile"),
+            )?;
+            staff
+                .audit(
+                    st,
+                    "observation.update",
+                    &format!("observation:{}", after.id),
+                    &after.area_path,
+                    "released: deceased",
+                )
+                .await;
+        }
+    }
     st.store
         .person(p.id, &Scope::all())
         .await?

@@ -3894,6 +3894,32 @@ async fn person_page_forms_keep_what_was_typed_on_an_error() {
     assert_eq!(stored.category, Category::None, "nothing changed");
 }
 
+/// Someone recorded as deceased is no longer under observation: nobody reports for them,
+/// and no line list flags them as not reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deceased_persons_observation_is_released() {
+    let app = TestApp::start().await;
+    let epi = app.token("epi_dead", Role::Epidemiologist, "150802").await;
+    let pid = observed_person(&app, &epi, 62).await;
+    for (category, reason) in [("confirmed", "阳性"), ("deceased", "死亡")] {
+        let r = app
+            .post_json(
+                &format!("/api/v1/persons/{pid}/category"),
+                &json!({"category": category, "reason": reason}),
+                Some(&epi),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{category}");
+    }
+    let obs = app.store.observations_of(pid).await.unwrap();
+    assert!(obs[0].released_at.is_some(), "{obs:?}");
+    assert_eq!(obs[0].release_reason.as_deref(), Some("死亡"));
+    let open = app
+        .get_json("/api/v1/observations?status=not_reported", &epi)
+        .await;
+    assert_eq!(open["items"], json!([]), "{open}");
+}
+
 /// An observation opened by anyone but a grid worker, naming no one, goes to the active grid
 /// worker closest above the person's area; a deactivated one cannot be named.
 #[tokio::test(flavor = "multi_thread")]
@@ -3910,13 +3936,19 @@ async fn an_observation_goes_to_an_active_grid_worker_over_the_person() {
         .as_str()
         .unwrap()
         .to_string();
+    let town = app.token("gw_town", Role::GridWorker, "150802001").await;
+    let town_id = app.get_json("/api/v1/me", &town).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let pid = observed_person(&app, &epi, 59).await;
-    let person = app.get_json(&format!("/api/v1/persons/{pid}"), &epi).await;
-    assert_eq!(
-        person["observations"][0]["grid_worker_id"].as_str(),
-        Some(gw_id.as_str()),
-        "{person}"
-    );
+    let assigned = || async {
+        app.get_json(&format!("/api/v1/persons/{pid}"), &epi).await["observations"][0]
+            ["grid_worker_id"]
+            .as_str()
+            .map(String::from)
+    };
+    assert_eq!(assigned().await, Some(gw_id.clone()), "the closest");
     let r = app
         .patch_json(
             &format!("/api/v1/users/{gw_id}"),
@@ -3925,6 +3957,8 @@ async fn an_observation_goes_to_an_active_grid_worker_over_the_person() {
         )
         .await;
     assert_eq!(r.status(), 200);
+    // a deactivated worker's observations go to the next one above, not to nobody
+    assert_eq!(assigned().await, Some(town_id), "handed over");
     let site = app.site(SiteKind::Checkpoint, "150802").clone();
     let other = registered_person(
         app.store.as_ref(),
