@@ -1759,61 +1759,35 @@ async fn report_form(
         Ok(fields) => file_report(&st, &o, fields, None).await.map(|_| ()),
         Err(e) => Err(e),
     };
+    // the report page again: what it says, the typed values kept, and (done, ended, slot taken)
+    let page = |status, msgs, kept: &[(String, String)], flags| {
+        render(
+            status,
+            report_page_html(lang, &o, &name, &token, msgs, kept, flags),
+        )
+    };
     match result {
-        Ok(()) => render(
-            StatusCode::OK,
-            report_page_html(lang, &o, &name, &token, vec![], &[], (true, false, false)),
-        ),
-        Err(ApiError::Invalid(errs)) => render(
+        Ok(()) => page(StatusCode::OK, vec![], &[], (true, false, false)),
+        Err(ApiError::Invalid(errs)) => page(
             StatusCode::UNPROCESSABLE_ENTITY,
-            report_page_html(
-                lang,
-                &o,
-                &name,
-                &token,
-                errs.iter().map(|e| e.message(lang)).collect(),
-                &pairs,
-                (false, false, false),
-            ),
+            errs.iter().map(|e| e.message(lang)).collect(),
+            &pairs,
+            (false, false, false),
         ),
-        Err(ApiError::Conflict("err.report.slot_taken")) => render(
-            StatusCode::CONFLICT,
-            report_page_html(
-                lang,
-                &o,
-                &name,
-                &token,
-                vec![],
-                &pairs,
-                (false, false, true),
-            ),
-        ),
+        Err(ApiError::Conflict("err.report.slot_taken")) => {
+            page(StatusCode::CONFLICT, vec![], &pairs, (false, false, true))
+        }
         // not begun yet: the form stays, with why (not the page for an ended observation,
         // which would tell the person to stop reporting)
-        Err(ApiError::Conflict(key @ "err.report.not_started")) => render(
+        Err(ApiError::Conflict(key @ "err.report.not_started")) => page(
             StatusCode::CONFLICT,
-            report_page_html(
-                lang,
-                &o,
-                &name,
-                &token,
-                vec![FieldError::new("", key).message(lang)],
-                &pairs,
-                (false, false, false),
-            ),
+            vec![FieldError::new("", key).message(lang)],
+            &pairs,
+            (false, false, false),
         ),
-        Err(ApiError::Gone(_)) | Err(ApiError::Conflict(_)) => render(
-            StatusCode::GONE,
-            report_page_html(
-                lang,
-                &o,
-                &name,
-                &token,
-                vec![],
-                &pairs,
-                (false, true, false),
-            ),
-        ),
+        Err(ApiError::Gone(_)) | Err(ApiError::Conflict(_)) => {
+            page(StatusCode::GONE, vec![], &pairs, (false, true, false))
+        }
         Err(e) => e.into_response(),
     }
 }
