@@ -919,9 +919,7 @@ async fn an_ended_observation_is_not_reopened_beside_a_newer_one() {
         &epi,
     )
     .await;
-    let today = Utc::now()
-        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
-        .date_naive();
+    let today = local_today();
     let open = |start: NaiveDate| {
         let (app, epi, pid) = (&app, epi.clone(), pid.clone());
         async move {
@@ -993,9 +991,7 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         &epi,
     )
     .await;
-    let start = Utc::now()
-        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
-        .date_naive();
+    let start = local_today();
     for (body, field) in [
         (
             json!({"kind": "home", "start": start.to_string(), "days": -3}),

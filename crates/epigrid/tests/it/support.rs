@@ -560,3 +560,10 @@ pub async fn status_and_codes(r: reqwest::Response) -> (u16, Vec<String>) {
     let v: serde_json::Value = r.json().await.unwrap_or_default();
     (status, error_codes_of(&v))
 }
+
+/// Today in the servers' time zone (UTC+8, the default): the day observations count in.
+pub fn local_today() -> chrono::NaiveDate {
+    chrono::Utc::now()
+        .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+        .date_naive()
+}
