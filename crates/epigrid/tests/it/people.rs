@@ -959,23 +959,38 @@ async fn an_ended_observation_is_not_reopened_beside_a_newer_one() {
         (409, vec![":err.observation.already_open".to_string()])
     );
     // the newer one released, the old one may be extended again (say, a follow-up)
+    assert_eq!(
+        release_after_negative_test(&app, &epi, &pid, &newer, today).await,
+        200
+    );
+    assert_eq!(extend(old).await.0, 200);
+}
+
+/// A negative test taken on `day`, then the observation `oid` released early; the release's
+/// status.
+async fn release_after_negative_test(
+    app: &TestApp,
+    token: &str,
+    pid: &str,
+    oid: &str,
+    day: NaiveDate,
+) -> u16 {
     let lab = app
         .post_json(
             &format!("/api/v1/persons/{pid}/lab-results"),
-            &json!({"test": "nucleic_acid", "sample_date": today.to_string(), "result": "negative"}),
-            Some(&epi),
+            &json!({"test": "nucleic_acid", "sample_date": day.to_string(), "result": "negative"}),
+            Some(token),
         )
         .await;
     assert_eq!(lab.status(), 201);
-    let r = app
-        .patch_json(
-            &format!("/api/v1/observations/{newer}"),
-            &json!({"release_reason": "阴性", "early_release": true}),
-            Some(&epi),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(extend(old).await.0, 200);
+    app.patch_json(
+        &format!("/api/v1/observations/{oid}"),
+        &json!({"release_reason": "阴性", "early_release": true}),
+        Some(token),
+    )
+    .await
+    .status()
+    .as_u16()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1170,16 +1185,10 @@ async fn observation_links_take_one_report_per_slot_and_feed_the_line_lists() {
         )
         .await;
     assert_eq!(r.status(), 422);
-    let lab = app.post_json(&format!("/api/v1/persons/{pid}/lab-results"), &json!({"test": "nucleic_acid", "sample_date": start.to_string(), "result": "negative"}), Some(&epi)).await;
-    assert_eq!(lab.status(), 201);
-    let r = app
-        .patch_json(
-            &format!("/api/v1/observations/{oid}"),
-            &json!({"release_reason": "阴性", "early_release": true}),
-            Some(&epi),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        release_after_negative_test(&app, &epi, &pid, oid, start).await,
+        200
+    );
     let ended: Value = app
         .get_json("/api/v1/observations?status=ended", &epi)
         .await;
