@@ -1542,7 +1542,8 @@ impl PgStore {
                  token_hash = $6, token_revoked = $7, reports_per_day = $8, area_path = $16 WHERE id = $1 \
                  AND planned_end = $9 AND released_at IS NOT DISTINCT FROM $10 \
                  AND release_reason IS NOT DISTINCT FROM $11 AND grid_worker_id IS NOT DISTINCT FROM $12 \
-                 AND token_hash = $13 AND token_revoked = $14 AND reports_per_day = $15",
+                 AND token_hash = $13 AND token_revoked = $14 AND reports_per_day = $15 \
+                 AND area_path = $17",
                 &[
                     &o.id,
                     &o.planned_end,
@@ -1560,6 +1561,7 @@ impl PgStore {
                     &b.token_revoked,
                     &i16::from(b.reports_per_day),
                     &o.area_path,
+                    &b.area_path,
                 ],
             )
             .await?;

@@ -2216,7 +2216,7 @@ impl SqliteStore {
                      token_hash = ?6, token_revoked = ?7, reports_per_day = ?8, area_path = ?16 WHERE id = ?1 \
                      AND planned_end = ?9 AND released_at IS ?10 AND release_reason IS ?11 \
                      AND grid_worker_id IS ?12 AND token_hash = ?13 AND token_revoked = ?14 \
-                     AND reports_per_day = ?15",
+                     AND reports_per_day = ?15 AND area_path = ?17",
                 )
                 .map_err(map_err)?
                 .execute(params![
@@ -2235,7 +2235,8 @@ impl SqliteStore {
                     b.token_hash,
                     b.token_revoked,
                     b.reports_per_day,
-                    o.area_path
+                    o.area_path,
+                    b.area_path
                 ])
                 .map_err(map_err)?;
             if n == 0 {

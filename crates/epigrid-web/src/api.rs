@@ -1128,9 +1128,6 @@ pub(crate) async fn set_user_active(
     user.active = active;
     st.store.update_user(&user).await?;
     st.forget_sessions_of(user.id);
-    if !active && user.role == Role::GridWorker {
-        crate::persons::hand_over_observations(st, user.id).await?;
-    }
     staff
         .audit(
             st,
@@ -1144,6 +1141,10 @@ pub(crate) async fn set_user_active(
             &user.username,
         )
         .await;
+    if !active && user.role == Role::GridWorker {
+        // the account is deactivated (and audited) whatever happens here
+        crate::persons::hand_over_observations(st, user.id).await;
+    }
     Ok(user)
 }
 

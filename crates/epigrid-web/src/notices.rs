@@ -125,11 +125,11 @@ async fn create(
         let more = page.len() == NOTICE_PAGE as usize;
         before_seq = page.last().map(|r| r.seq);
         regs.extend(page);
+        if regs.len() > NOTICE_MAX_VISITS {
+            return Err(ApiError::Conflict("err.notice.too_many_visits"));
+        }
         if !more {
             break;
-        }
-        if regs.len() >= NOTICE_MAX_VISITS {
-            return Err(ApiError::Conflict("err.notice.too_many_visits"));
         }
     }
     let mut names = std::collections::HashMap::new();

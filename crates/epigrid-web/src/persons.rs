@@ -378,29 +378,41 @@ async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> A
 }
 
 /// The open observations a grid worker followed up, handed to the active grid worker closest
-/// above each person (or to nobody, when there is none): a deactivated worker's line list is
-/// read by no one.
-pub(crate) async fn hand_over_observations(st: &AppState, worker: Uuid) -> ApiResult<()> {
+/// above each person's area (or to nobody, when there is none): a deactivated worker's line
+/// list is read by no one. Best effort after the deactivation it follows: one that cannot be
+/// handed over (changed meanwhile, a database error) is logged by id and left as it is.
+pub(crate) async fn hand_over_observations(st: &AppState, worker: Uuid) {
     let t = today(st);
-    let rows = st
-        .store
-        .observation_rows(&Scope::all(), t, t, Utc::now(), Some(worker))
-        .await?;
-    let users = st.store.users(&Scope::all()).await?;
+    let (rows, users) = match (
+        st.store
+            .observation_rows(&Scope::all(), t, t, Utc::now(), Some(worker))
+            .await,
+        st.store.users(&Scope::all()).await,
+    ) {
+        (Ok(r), Ok(u)) => (r, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, %worker, "observations not handed over");
+            return;
+        }
+    };
     for row in rows {
         let before = row.observation;
         if !before.is_open(t) || before.grid_worker_id != Some(worker) {
             continue;
         }
+        // where the person belongs now (an observation's own area may predate a correction)
+        let area = match st.store.person(before.person_id, &Scope::all()).await {
+            Ok(Some(p)) => p.area_path,
+            _ => before.area_path.clone(),
+        };
         let mut after = before.clone();
-        after.grid_worker_id = closest_grid_worker(&users, &before.area_path).map(|u| u.id);
+        after.grid_worker_id = closest_grid_worker(&users, &area).map(|u| u.id);
         if after != before {
-            st.store.update_observation(&before, &after).await.map_err(
-                ApiError::changed_meanwhile("err.observation.changed_meanwhile"),
-            )?;
+            if let Err(e) = st.store.update_observation(&before, &after).await {
+                tracing::warn!(error = %e, observation = %before.id, "observation not handed over");
+            }
         }
     }
-    Ok(())
 }
 
 /// Whether `u` is an active grid worker whose area holds `area_path`.
@@ -603,6 +615,50 @@ pub(crate) fn reason(raw: &str) -> Result<String, FieldError> {
     Ok(text)
 }
 
+/// Nobody reports for the dead: every observation of theirs not yet released (open, or past
+/// its end and never released, which an extension could reopen) is released with the reason
+/// given, so its link stops and no line list flags them as not reported. After the category
+/// change it follows, which stands either way: one changed meanwhile is read again (twice at
+/// most), and one that still cannot be released is logged by id.
+async fn release_for_the_dead(st: &AppState, staff: &Staff, person: Uuid, reason: &str) {
+    for _ in 0..3 {
+        let unreleased: Vec<Observation> = match st.store.observations_of(person).await {
+            Ok(all) => all
+                .into_iter()
+                .filter(|o| o.released_at.is_none())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "observations of a deceased person not released");
+                return;
+            }
+        };
+        if unreleased.is_empty() {
+            return;
+        }
+        for before in unreleased {
+            let mut after = before.clone();
+            after.released_at = Some(Utc::now());
+            after.release_reason = Some(reason.to_string());
+            match st.store.update_observation(&before, &after).await {
+                Ok(()) => {
+                    staff
+                        .audit(
+                            st,
+                            "observation.update",
+                            &format!("observation:{}", after.id),
+                            &after.area_path,
+                            "released: deceased",
+                        )
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, observation = %before.id, "not released yet")
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn apply_category(
     st: &AppState,
     staff: &Staff,
@@ -648,29 +704,7 @@ pub(crate) async fn apply_category(
         )
         .await;
     if to == Category::Deceased {
-        // nobody reports for the dead: their open observation is released with the reason
-        // given, its link stops and no line list flags them as not reported
-        let t = today(st);
-        for before in st.store.observations_of(p.id).await? {
-            if !before.is_open(t) {
-                continue;
-            }
-            let mut after = before.clone();
-            after.released_at = Some(Utc::now());
-            after.release_reason = Some(reason.clone());
-            st.store.update_observation(&before, &after).await.map_err(
-                ApiError::changed_meanwhile("err.observation.changed_meanwhile"),
-            )?;
-            staff
-                .audit(
-                    st,
-                    "observation.update",
-                    &format!("observation:{}", after.id),
-                    &after.area_path,
-                    "released: deceased",
-                )
-                .await;
-        }
+        release_for_the_dead(st, staff, p.id, &reason).await;
     }
     st.store
         .person(p.id, &Scope::all())
@@ -1026,6 +1060,11 @@ async fn update_observation(
         let others = st.store.observations_of(o.person_id).await?;
         if others.iter().any(|x| x.id != o.id && x.is_open(t)) {
             return Err(ApiError::Conflict("err.observation.already_open"));
+        }
+        // nor for the dead, as a new one is not
+        let person = st.store.person(o.person_id, &Scope::all()).await?;
+        if person.is_some_and(|p| p.category == Category::Deceased) {
+            return Err(ApiError::Conflict("err.observation.deceased"));
         }
     }
     st.store

@@ -494,6 +494,29 @@ async fn categories_observations_reports_and_labs_behave_the_same_on_every_store
             (o.planned_end, true),
             "{name}"
         );
+        // a move to another area (a corrected home) is not undone by a change made from a
+        // read before it either
+        let before_move = o.clone();
+        let mut moved = o.clone();
+        moved.area_path = "/150800/150821/".into();
+        store
+            .update_observation(&before_move, &moved)
+            .await
+            .unwrap();
+        let mut stale = before_move.clone();
+        stale.reports_per_day = 2;
+        assert!(
+            matches!(
+                store.update_observation(&before_move, &stale).await,
+                Err(epigrid_core::store::StoreError::Conflict(_))
+            ),
+            "{name}: a stale write over a move"
+        );
+        assert_eq!(
+            store.observations_of(pid).await.unwrap()[0].area_path,
+            "/150800/150821/",
+            "{name}"
+        );
         assert_eq!(store.reports_of(pid).await.unwrap().len(), 2, "{name}");
         // ended ones are listed from an instant (the caller's local midnight a week back), and
         // a record merged away is not listed beside the one it was merged into
