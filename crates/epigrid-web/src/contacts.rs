@@ -42,6 +42,32 @@ pub(crate) fn parse_time(
     }
 }
 
+/// Registrations read per page by [`each_registration_page`].
+pub(crate) const PAGE: u32 = 1000;
+
+/// Hands what `filter` matches in `scope` to `each`, newest first, a page of [`PAGE`] at a
+/// time (not all at once: a courier may check in thousands of times), until the last page or
+/// after `max_pages`; whether it got to the last.
+pub(crate) async fn each_registration_page(
+    st: &AppState,
+    scope: &Scope,
+    mut filter: epigrid_core::model::RegistrationFilter,
+    max_pages: usize,
+    mut each: impl FnMut(Vec<epigrid_core::model::Registration>),
+) -> ApiResult<bool> {
+    filter.limit = PAGE;
+    for _ in 0..max_pages {
+        let page = st.store.registrations(scope, &filter).await?;
+        let more = page.len() == PAGE as usize;
+        filter.before_seq = page.last().map(|r| r.seq);
+        each(page);
+        if !more {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Symptom onset: the first fever or symptom the person reported (at a site or in a daily
 /// report) in the 14 days before `before`.
 async fn symptom_onset(
@@ -50,39 +76,23 @@ async fn symptom_onset(
     before: DateTime<Utc>,
 ) -> ApiResult<Option<DateTime<Utc>>> {
     let since = before - Duration::days(14);
-    // newest first, page by page: a courier may check in thousands of times in 14 days
+    // a courier may check in thousands of times in 14 days
     let mut first_at_site: Option<DateTime<Utc>> = None;
-    let mut before_seq = None;
-    let mut complete = false;
-    for _ in 0..100 {
-        let page = st
-            .store
-            .registrations(
-                &epigrid_core::area::Scope::all(),
-                &epigrid_core::model::RegistrationFilter {
-                    person_id: Some(person_id),
-                    from: Some(since),
-                    to: Some(before),
-                    before_seq,
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
+    let filter = epigrid_core::model::RegistrationFilter {
+        person_id: Some(person_id),
+        from: Some(since),
+        to: Some(before),
+        ..Default::default()
+    };
+    let complete = each_registration_page(st, &Scope::all(), filter, 100, |page| {
         let symptomatic = page
             .iter()
             .filter(|r| epigrid_core::store::is_fever(&r.fields) || r.fields.symptoms != 0)
             .map(|r| r.at)
             .min();
         first_at_site = first_at_site.into_iter().chain(symptomatic).min();
-        match page.last() {
-            Some(last) if page.len() == 1000 => before_seq = Some(last.seq),
-            _ => {
-                complete = true;
-                break;
-            }
-        }
-    }
+    })
+    .await?;
     if !complete {
         tracing::warn!(
             "symptom onset: over 100,000 registrations in 14 days; the oldest were not read"

@@ -31,8 +31,6 @@ pub fn routes() -> Router<AppState> {
         .route("/n/{token}", get(public_page).post(came_forward))
 }
 
-/// Registrations read per page when a notice is made.
-const NOTICE_PAGE: u32 = 1000;
 /// Registrations a notice is made from at most: past this the window is too wide to publish
 /// (a clear refusal, not a notice missing its first places).
 const NOTICE_MAX_VISITS: usize = 50_000;
@@ -106,31 +104,21 @@ async fn create(
     // Newest first, page by page, the whole window: a courier may check in thousands of
     // times, and a notice that left out the first places would miss whoever was there then.
     let mut regs = Vec::new();
-    let mut before_seq = None;
-    loop {
-        let page = st
-            .store
-            .registrations(
-                &staff.scope(),
-                &RegistrationFilter {
-                    person_id: Some(person.id),
-                    from: Some(from),
-                    to: Some(to),
-                    before_seq,
-                    limit: NOTICE_PAGE,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let more = page.len() == NOTICE_PAGE as usize;
-        before_seq = page.last().map(|r| r.seq);
-        regs.extend(page);
-        if regs.len() > NOTICE_MAX_VISITS {
-            return Err(ApiError::Conflict("err.notice.too_many_visits"));
-        }
-        if !more {
-            break;
-        }
+    let filter = RegistrationFilter {
+        person_id: Some(person.id),
+        from: Some(from),
+        to: Some(to),
+        ..Default::default()
+    };
+    // one page past the most a notice is made from, to tell "exactly that many" from "more"
+    let pages = NOTICE_MAX_VISITS / crate::contacts::PAGE as usize + 1;
+    let complete =
+        crate::contacts::each_registration_page(&st, &staff.scope(), filter, pages, |page| {
+            regs.extend(page)
+        })
+        .await?;
+    if !complete || regs.len() > NOTICE_MAX_VISITS {
+        return Err(ApiError::Conflict("err.notice.too_many_visits"));
     }
     let mut names = std::collections::HashMap::new();
     let visits: Vec<(Uuid, i64, i64)> = regs

@@ -326,15 +326,7 @@ async fn correct_person(
         )
         .await;
     if let Some(a) = &home {
-        // an observation changed meanwhile is read again (twice at most) rather than left
-        // with a worker who no longer covers the person's home
-        let mut tries = 0;
-        while let Err(e) = reroute_observations(&st, p.id, &a.path).await {
-            tries += 1;
-            if tries == 3 {
-                return Err(e);
-            }
-        }
+        reroute_observations(&st, p.id, &a.path).await?;
     }
     let p = st
         .store
@@ -350,13 +342,9 @@ async fn correct_person(
 /// with a worker whose line list no longer shows the person.
 async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> ApiResult<()> {
     let t = today(st);
-    let all = st.store.observations_of(person).await?;
-    if all.is_empty() {
-        return Ok(());
-    }
     let users = st.store.users(&Scope::all()).await?;
     let closest = closest_grid_worker(&users, area_path).map(|u| u.id);
-    for before in all {
+    let (_, failed) = change_observations(st, person, |before| {
         let mut after = before.clone();
         // every observation belongs where the person now does (the audit of an unmasked
         // export of it goes to that area's admins, not the old one's)
@@ -368,13 +356,46 @@ async fn reroute_observations(st: &AppState, person: Uuid, area_path: &str) -> A
         if before.is_open(t) && !keeps {
             after.grid_worker_id = closest;
         }
-        if after != before {
-            st.store.update_observation(&before, &after).await.map_err(
-                ApiError::changed_meanwhile("err.observation.changed_meanwhile"),
-            )?;
+        Some(after)
+    })
+    .await;
+    failed.map_or(Ok(()), |e| {
+        Err(ApiError::changed_meanwhile(
+            "err.observation.changed_meanwhile",
+        )(e))
+    })
+}
+
+/// Writes what `change` makes of each observation of `person` (`None`, or the same: left as it
+/// is), each against the observation as read: one changed meanwhile is read and changed again,
+/// twice at most. The observations written, and the error of one that still could not be.
+async fn change_observations(
+    st: &AppState,
+    person: Uuid,
+    change: impl Fn(&Observation) -> Option<Observation>,
+) -> (Vec<Observation>, Option<epigrid_core::store::StoreError>) {
+    let mut written = Vec::new();
+    let mut failed = None;
+    for _ in 0..3 {
+        failed = None;
+        let all = match st.store.observations_of(person).await {
+            Ok(all) => all,
+            Err(e) => return (written, Some(e)),
+        };
+        for before in all {
+            let Some(after) = change(&before).filter(|a| *a != before) else {
+                continue;
+            };
+            match st.store.update_observation(&before, &after).await {
+                Ok(()) => written.push(after),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if failed.is_none() {
+            break;
         }
     }
-    Ok(())
+    (written, failed)
 }
 
 /// The open observations a grid worker followed up, handed to the active grid worker closest
@@ -397,7 +418,8 @@ pub(crate) async fn hand_over_observations(st: &AppState, worker: Uuid) {
     };
     for row in rows {
         let before = row.observation;
-        if !before.is_open(t) || before.grid_worker_id != Some(worker) {
+        // (the rows are the worker's; ended ones among them stay where they are)
+        if !before.is_open(t) {
             continue;
         }
         // where the person belongs now (an observation's own area may predate a correction)
@@ -468,17 +490,19 @@ async fn merge_person(
     }
     // the record merged away must not take a category or an open observation with it: the
     // kept one would not have it and every count would lose it
-    let from_observed = under_observation(&st, from.id).await?;
-    let into_observed = under_observation(&st, into.id).await?;
-    if (from.category != Category::None && from.category != into.category)
-        || (from_observed && !into_observed)
-    {
+    if from.category != Category::None && from.category != into.category {
         return Err(ApiError::Conflict("err.merge.from_has_more"));
     }
-    // both observed: the merged-away record's observation would go on taking reports (its link
-    // still works) that no line list shows, as it lists only kept records
-    if from_observed {
-        return Err(ApiError::Conflict("err.merge.both_observed"));
+    if under_observation(&st, from.id).await? {
+        // both observed: the merged-away record's observation would go on taking reports
+        // (its link still works) that no line list shows, as it lists only kept records
+        return Err(ApiError::Conflict(
+            if under_observation(&st, into.id).await? {
+                "err.merge.both_observed"
+            } else {
+                "err.merge.from_has_more"
+            },
+        ));
     }
     let m = PersonMerge {
         id: new_id(),
@@ -618,44 +642,29 @@ pub(crate) fn reason(raw: &str) -> Result<String, FieldError> {
 /// Nobody reports for the dead: every observation of theirs not yet released (open, or past
 /// its end and never released, which an extension could reopen) is released with the reason
 /// given, so its link stops and no line list flags them as not reported. After the category
-/// change it follows, which stands either way: one changed meanwhile is read again (twice at
-/// most), and one that still cannot be released is logged by id.
+/// change it follows, which stands either way: one that cannot be released is logged by id.
 async fn release_for_the_dead(st: &AppState, staff: &Staff, person: Uuid, reason: &str) {
-    for _ in 0..3 {
-        let unreleased: Vec<Observation> = match st.store.observations_of(person).await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|o| o.released_at.is_none())
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "observations of a deceased person not released");
-                return;
-            }
-        };
-        if unreleased.is_empty() {
-            return;
-        }
-        for before in unreleased {
-            let mut after = before.clone();
-            after.released_at = Some(Utc::now());
-            after.release_reason = Some(reason.to_string());
-            match st.store.update_observation(&before, &after).await {
-                Ok(()) => {
-                    staff
-                        .audit(
-                            st,
-                            "observation.update",
-                            &format!("observation:{}", after.id),
-                            &after.area_path,
-                            "released: deceased",
-                        )
-                        .await
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, observation = %before.id, "not released yet")
-                }
-            }
-        }
+    let (released, failed) = change_observations(st, person, |before| {
+        before.released_at.is_none().then(|| Observation {
+            released_at: Some(Utc::now()),
+            release_reason: Some(reason.to_string()),
+            ..before.clone()
+        })
+    })
+    .await;
+    for o in released {
+        staff
+            .audit(
+                st,
+                "observation.update",
+                &format!("observation:{}", o.id),
+                &o.area_path,
+                "released: deceased",
+            )
+            .await;
+    }
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, %person, "observations of a deceased person not released");
     }
 }
 
